@@ -1,0 +1,163 @@
+"""The one contract every check kind follows (kube-apiserver healthz style).
+
+A check kind is a `Check` subclass registered under its kind name. It declares its keys as
+`Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
+an observation into a verdict in `judge()` (pure, so per-request overrides such as
+`/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
+The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
+"""
+
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Type
+
+from ..values import (
+    ConfigError,
+    parse_duration,
+    parse_positive_count,
+    parse_probes,
+)
+
+
+class Observation:
+    """What one poll saw.
+
+    ok      the raw outcome before thresholds that `judge` applies (True for a plain success).
+    reason  short words for a failure (or a note on a pass), shown after `failed:` in ?verbose.
+    value   the number the verdict used (queue depth, nodes alive...), shown in JSON and /metrics.
+    hard    the backend said so itself (vLLM /health 503): skips `fail-after`.
+    detail  JSON-able extras for ?format=json (per-node, per-worker data...).
+    raw     anything else `judge` needs that is not shown (a response body...).
+    """
+
+    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw")
+
+    def __init__(
+        self,
+        ok: bool,
+        reason: str = "",
+        value: Optional[float] = None,
+        hard: bool = False,
+        detail: Optional[Dict[str, Any]] = None,
+        raw: Any = None,
+    ) -> None:
+        self.ok = ok
+        self.reason = reason
+        self.value = value
+        self.hard = hard
+        self.detail = detail
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return "Observation(ok=%r, reason=%r, value=%r, hard=%r)" % (
+            self.ok, self.reason, self.value, self.hard)
+
+
+class Param:
+    """One key a check kind accepts: how to parse it, its default, whether to hide it."""
+
+    __slots__ = ("parse", "default", "required", "secret", "help", "overridable", "repeat")
+
+    def __init__(
+        self,
+        parse: Callable[[str], Any],
+        default: Any = None,
+        required: bool = False,
+        secret: bool = False,
+        help: str = "",
+        overridable: bool = False,
+        repeat: bool = False,
+    ) -> None:
+        self.parse = parse
+        self.default = default
+        self.required = required
+        self.secret = secret
+        self.help = help
+        self.overridable = overridable
+        self.repeat = repeat  # the key may be given many times; the value is a list
+
+
+# Keys every kind accepts; the engine reads them, the check never does.
+COMMON_PARAMS: Dict[str, Param] = {
+    "name": Param(str, help="check name (default: the kind)"),
+    "probes": Param(parse_probes, help="groups this check counts in: live,ready,started"),
+    "interval": Param(parse_duration, help="time between polls"),
+    "timeout": Param(parse_duration, help="hard deadline of one poll"),
+    "fail-after": Param(parse_positive_count, help="consecutive failures before failing"),
+    "pass-after": Param(parse_positive_count, help="consecutive passes before passing"),
+    "stale-after": Param(parse_duration, help="a result older than this counts as failed"),
+    "start-interval": Param(parse_duration, help="poll interval until started latches"),
+}
+
+
+class CheckSpec:
+    """A check's validated configuration: common settings plus its kind's parameters."""
+
+    __slots__ = ("kind", "name", "probes", "interval", "timeout", "fail_after", "pass_after",
+                 "stale_after", "params", "origin", "start_interval", "shown")
+
+    def __init__(self, kind: str, name: str, probes: FrozenSet[str], interval: float,
+                 timeout: float, fail_after: int, pass_after: int, stale_after: float,
+                 params: Dict[str, Any], origin: str = "",
+                 start_interval: Optional[float] = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.probes = probes
+        self.interval = interval
+        self.timeout = timeout
+        self.fail_after = fail_after
+        self.pass_after = pass_after
+        self.stale_after = stale_after
+        self.params = params
+        self.origin = origin  # where it came from: "--check #2", "--vllm", "config.json"
+        self.start_interval = start_interval  # None: the daemon's --start-interval
+        self.shown: Dict[str, Any] = {}  # kind keys as the user wrote them, secrets masked
+
+
+class Check:
+    """Base class of every check kind. Subclasses set `kind`, `params`, and `observe`."""
+
+    kind: ClassVar[str] = ""
+    params: ClassVar[Dict[str, Param]] = {}
+    default_probes: ClassVar[FrozenSet[str]] = frozenset(("ready", "started"))
+    default_interval: ClassVar[float] = 10.0
+    default_timeout: ClassVar[float] = 1.0
+
+    def __init__(self, spec: CheckSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.config: Dict[str, Any] = spec.params
+
+    async def observe(self) -> Observation:
+        """Poll the backend once. The engine bounds it with the check's timeout."""
+        raise NotImplementedError
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        """Turn an observation into (passes, reason) under `config`; `was_ok` allows hysteresis."""
+        return obs.ok, obs.reason
+
+    def target(self) -> str:
+        """What this check looks at, for the index page and logs (never contains secrets)."""
+        return ""
+
+    def parse_override(self, key: str, text: str) -> Any:
+        """Parse a per-request override `NAME.KEY=VALUE`; only keys marked overridable."""
+        param = self.params.get(key)
+        if param is None or not param.overridable:
+            allowed = sorted(k for k, p in self.params.items() if p.overridable)
+            raise ConfigError("check %r has no overridable key %r (expected one of: %s)" % (
+                self.name, key, ", ".join(allowed) or "none"))
+        try:
+            return param.parse(text)
+        except ValueError as exc:
+            raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
+
+
+CHECK_KINDS: Dict[str, Type[Check]] = {}
+
+
+def register_check(cls: Type[Check]) -> Type[Check]:
+    """Class decorator: make a check kind available to `--check KIND ...`."""
+    if cls.kind in CHECK_KINDS:
+        raise RuntimeError("check kind %r registered twice" % cls.kind)
+    CHECK_KINDS[cls.kind] = cls
+    return cls
+

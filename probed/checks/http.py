@@ -1,0 +1,111 @@
+"""Check kind `http`: a request whose status (and optionally body) says pass or fail."""
+
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..client import FetchError, TLSOptions, fetch, read_bearer_token
+from ..values import parse_bool, parse_http_url, parse_status_ranges
+from .base import Check, Observation, Param, register_check
+
+BODY_SNIPPET = 120  # characters of a failing body shown in the reason
+HTTP_CHECK_MAX_BODY = 1 << 20
+
+
+def parse_header_line(text: str) -> Tuple[str, str]:
+    """`Name: value` -> (name, value)."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip() or any(c in name for c in " \t\r\n"):
+        raise ValueError("expected a header like 'X-Name: value'")
+    if "\r" in value or "\n" in value:
+        raise ValueError("a header value cannot contain line breaks")
+    return name.strip(), value.strip()
+
+
+def body_snippet(body: bytes) -> str:
+    """A short printable excerpt of a response body for a failure reason."""
+    text = body.decode("utf-8", "replace").strip()
+    text = " ".join(text.split())
+    return text[:BODY_SNIPPET] + ("..." if len(text) > BODY_SNIPPET else "")
+
+
+def status_in(status: int, ranges: Any) -> bool:
+    """Whether `status` falls in one of the inclusive (low, high) ranges."""
+    return any(low <= status <= high for low, high in ranges)
+
+
+class HTTPRequestSettings:
+    """What every HTTP-polling check shares: headers, Bearer token, TLS options."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.headers: Dict[str, str] = dict(config.get("header") or ())
+        self.token_file: Optional[str] = config.get("token-file")
+        self.token_env: Optional[str] = config.get("token-env")
+        tls_needed = config.get("ca-file") or config.get("insecure")
+        self.tls = TLSOptions(ca_file=config.get("ca-file"),
+                              insecure=bool(config.get("insecure"))) if tls_needed else None
+
+    def request_headers(self) -> Dict[str, str]:
+        """Headers for one request; the token is read fresh so rotated secrets apply."""
+        headers = dict(self.headers)
+        if self.token_file or self.token_env:
+            token = read_bearer_token(self.token_file, (self.token_env,) if self.token_env else ())
+            if token:
+                headers["Authorization"] = "Bearer " + token
+        return headers
+
+
+HTTP_COMMON_PARAMS: Dict[str, Param] = {
+    "header": Param(parse_header_line, repeat=True, secret=True,
+                    help="extra request header 'Name: value' (repeatable)"),
+    "token-file": Param(str, help="file holding a Bearer token (re-read on every poll)"),
+    "token-env": Param(str, help="environment variable holding a Bearer token"),
+    "ca-file": Param(str, help="CA bundle for https"),
+    "insecure": Param(parse_bool, default=False, help="skip https certificate checks"),
+}
+
+
+@register_check
+class HTTPCheck(Check):
+    """Passes when the status is in `expect` and the body contains `contains`."""
+
+    kind = "http"
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True, help="URL to request"),
+        "method": Param(str.upper, default="GET", help="GET, POST, HEAD..."),
+        "body": Param(str, help="request body (sent with Content-Length)"),
+        "expect": Param(parse_status_ranges, default=((200, 399),), overridable=True,
+                        help="passing status codes, e.g. 200-399,404"),
+        "contains": Param(str, overridable=True, help="text the body must contain"),
+    })
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+
+    def target(self) -> str:
+        return "%s %s" % (self.config["method"], self.config["url"])
+
+    async def observe(self) -> Observation:
+        body = self.config.get("body")
+        try:
+            resp = await fetch(self.config["url"], method=self.config["method"],
+                               headers=self.request.request_headers(),
+                               body=body.encode("utf-8") if body is not None else None,
+                               timeout=self.spec.timeout, max_body=HTTP_CHECK_MAX_BODY,
+                               tls=self.request.tls)
+        except FetchError as exc:
+            return Observation(False, str(exc), detail={"error": exc.kind})
+        detail = {"status": resp.status, "body": body_snippet(resp.body)}
+        return Observation(True, "HTTP %d" % resp.status, float(resp.status), detail=detail,
+                           raw=resp.body)
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        if obs.value is None or obs.detail is None:
+            return False, obs.reason
+        status = int(obs.value)
+        snippet = obs.detail.get("body", "")
+        if not status_in(status, config["expect"]):
+            return False, "HTTP %d%s" % (status, (": " + snippet) if snippet else "")
+        contains = config.get("contains")
+        if contains and contains.encode("utf-8") not in (obs.raw or b""):
+            return False, "HTTP %d, body lacks %r" % (status, contains)
+        return True, "HTTP %d" % status

@@ -1,0 +1,109 @@
+"""The serving process: binds the ports, runs the engine, drains on SIGTERM, exits 0.
+
+Glue only: the pieces (engine, router, server) know nothing of each other; this module wires
+the engine's group changes to the gated TCP ports and the signals to the drain sequence.
+"""
+
+import asyncio
+import signal
+import socket
+from typing import Any, Dict, List, Optional, Tuple
+
+from .checks.base import Check
+from .engine import Engine
+from .eventlog import EventLog
+from .router import Router
+from .server import ProbeServer, bind_listener
+from .values import ConfigError, format_duration
+
+GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
+
+
+class GatedPorts:
+    """Listens on a group's port only while that group passes, so tcpSocket carries a verdict."""
+
+    def __init__(self, server: ProbeServer, ports: Dict[str, int], log: EventLog) -> None:
+        self.server = server
+        self.ports = ports
+        self.log = log
+        self.open: Dict[str, socket.socket] = {}
+
+    def check_bindable(self) -> None:
+        """Fail at start (not at the first verdict change) when a gated port is taken."""
+        for group, port in self.ports.items():
+            bind_listener("", port, GATE_FLAGS[group]).close()
+
+    def set(self, group: str, passing: bool) -> None:
+        """Open or close `group`'s port to match its verdict."""
+        port = self.ports.get(group)
+        if port is None:
+            return
+        if passing and group not in self.open:
+            try:
+                sock = bind_listener("", port, GATE_FLAGS[group])
+            except ConfigError as exc:
+                self.log.warn("gated port not opened", group=group, error=str(exc))
+                return
+            self.open[group] = sock
+            self.server.add_listener(sock)
+        elif not passing and group in self.open:
+            self.server.remove_listener(self.open.pop(group))
+
+
+class Daemon:
+    """One probed process: settings in, serve until a signal and the drain are done."""
+
+    def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog) -> None:
+        self.settings = settings
+        self.log = log
+        self.engine = Engine(checks, log, settings["startup_timeout"], settings["start_interval"])
+        self.router = Router(self.engine)
+        self.server = ProbeServer(self.router.respond, settings["read_timeout"],
+                                  settings["write_timeout"], settings["idle_timeout"],
+                                  settings["max_connections"])
+        gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
+        self.gates = GatedPorts(self.server, gates, log)
+        self.stopping: Optional[asyncio.Event] = None
+        self.signals = 0
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        host, port = self.settings["addr"]
+        listener = bind_listener(host, port, "--addr")
+        self.gates.check_bindable()
+        self.stopping = asyncio.Event()
+        self.server.add_listener(listener)
+        self.engine.listeners.append(self.gates.set)
+        for group, verdict in self.engine.verdicts.items():
+            self.gates.set(group, verdict.ok)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+        self.engine.start()
+        self.log.info("probed serving", addr=_show_addr(listener.getsockname()),
+                      checks=" ".join("%s(%s)" % (s.check.name, s.check.kind)
+                                      for s in self.engine.states.values()) or "none")
+        await self.stopping.wait()
+        self.server.close()
+        await self.engine.stop()
+        self.log.info("probed stopped")
+        return 0
+
+    def on_signal(self, signum: int) -> None:
+        """First signal: fail ready, keep answering for --drain-seconds. Second: stop now."""
+        assert self.stopping is not None
+        self.signals += 1
+        if self.signals > 1:
+            self.log.info("second signal, stopping now", signal=signal.Signals(signum).name)
+            self.stopping.set()
+            return
+        drain = self.settings["drain_seconds"]
+        self.log.info("shutting down", signal=signal.Signals(signum).name,
+                      drain=format_duration(drain))
+        self.engine.set_draining("shutting down")
+        asyncio.get_running_loop().call_later(drain, self.stopping.set)
+
+
+def _show_addr(sockname: Tuple[Any, ...]) -> str:
+    host, port = sockname[0], sockname[1]
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)

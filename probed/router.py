@@ -1,0 +1,189 @@
+"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
+
+Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
+served from a dict; anything with a query (verbose, JSON, exclude, overrides) is rendered on
+demand from the engine's cached state, which still never touches a backend.
+"""
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .engine import Engine
+from .httpproto import (
+    HTTPError,
+    PreparedResponse,
+    Request,
+    build_error_response,
+    build_response,
+    connection_mode,
+)
+from .render import GROUP_PATHS, render_json, render_plain, render_verbose
+from .values import ConfigError
+from .verdicts import GroupVerdict, evaluate_checks, first_failure
+
+JSON_TYPE = "application/json"
+PROBE_METHODS = "GET, HEAD"
+
+# path -> (group, (body when passing, body when failing) or None for the standard bodies)
+GROUP_ROUTES: Dict[str, Tuple[str, Optional[Tuple[bytes, bytes]]]] = {
+    "/livez": ("live", None),
+    "/readyz": ("ready", None),
+    "/startupz": ("started", None),
+    "/healthz": ("live", None),  # Multi Node Prober compatible
+    "/health": ("ready", (b"Healthy", b"Unhealthy")),  # LLM Healthchecker compatible
+    "/ready": ("ready", (b"OK", b"Not Ready")),  # llm-d requester compatible
+}
+
+
+class GroupQuery:
+    """What a query string asked of a group reply."""
+
+    __slots__ = ("verbose", "json", "exclude", "overrides")
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.json = False
+        self.exclude: List[str] = []
+        self.overrides: Dict[str, Dict[str, Any]] = {}
+
+
+class Router:
+    """Answers the probe port: group verdicts, single checks, the index and /metrics."""
+
+    def __init__(self, engine: Engine, metrics: Optional[Callable[[], bytes]] = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
+        self._cache_version = -1
+        self.check_routes: Dict[str, Tuple[str, str]] = {}
+        for group, path in GROUP_PATHS.items():
+            for st in engine.by_group[group]:
+                self.check_routes["/%s/%s" % (path, st.check.name)] = (group, st.check.name)
+
+    def respond(self, req: Request) -> PreparedResponse:
+        """The reply to one request; errors become 4xx replies that close the connection."""
+        head = req.method == "HEAD"
+        try:
+            if req.method not in ("GET", "HEAD"):
+                self._known_path_or_404(req.path)
+                raise HTTPError(405, "method %s not allowed" % req.method, allow=PROBE_METHODS)
+            mode = connection_mode(req)
+            if not req.query and JSON_TYPE not in req.headers.get("accept", ""):
+                key = (req.path, head, mode)
+                if self._cache_version == self.engine.version:
+                    cached = self._cache.get(key)
+                    if cached is not None:
+                        return cached
+                else:
+                    self._cache.clear()
+                    self._cache_version = self.engine.version
+                reply = self._route(req, head, mode)
+                if reply.status in (200, 503) and req.path in GROUP_ROUTES:
+                    self._cache[key] = reply
+                return reply
+            return self._route(req, head, mode)
+        except HTTPError as err:
+            return build_error_response(err, head)
+
+    def _known_path_or_404(self, path: str) -> None:
+        if path in GROUP_ROUTES or path in self.check_routes or path in ("/", "/metrics"):
+            return
+        raise HTTPError(404, "no such path %s (see / for the index)" % path)
+
+    def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        path = req.path
+        route = GROUP_ROUTES.get(path)
+        if route is not None:
+            group, alias = route
+            return self._group_reply(req, group, alias, head, mode)
+        single = self.check_routes.get(path)
+        if single is not None:
+            return self._check_reply(req, single[0], single[1], head, mode)
+        if path == "/":
+            return build_response(200, self.index().encode("utf-8"), head=head, mode=mode)
+        if path == "/metrics" and self.metrics is not None:
+            return build_response(200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8",
+                                  head=head, mode=mode)
+        raise HTTPError(404, "no such path %s (see / for the index)" % path)
+
+    def _group_reply(self, req: Request, group: str, alias: Optional[Tuple[bytes, bytes]],
+                     head: bool, mode: int) -> PreparedResponse:
+        query = self.parse_query(req, group, None)
+        if query.exclude or query.overrides:
+            verdict = self.engine.evaluate(group, query.exclude, query.overrides)
+        else:
+            verdict = self.engine.verdicts[group]
+        return self._reply(verdict, query, alias, head, mode)
+
+    def _check_reply(self, req: Request, group: str, name: str, head: bool,
+                     mode: int) -> PreparedResponse:
+        query = self.parse_query(req, group, name)
+        rows = evaluate_checks([self.engine.states[name]], (), query.overrides)
+        failure = first_failure(rows)
+        return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
+                           head, mode)
+
+    def _reply(self, verdict: GroupVerdict, query: GroupQuery,
+               alias: Optional[Tuple[bytes, bytes]], head: bool, mode: int) -> PreparedResponse:
+        status = 200 if verdict.ok else 503
+        if query.json:
+            extra = {"started": self.engine.started, "draining": self.engine.draining or None}
+            body = render_json(verdict, time.monotonic(), extra, query.exclude)
+            return build_response(status, body, JSON_TYPE, head=head, mode=mode)
+        if query.verbose:
+            body = render_verbose(verdict, query.exclude)
+        elif alias is not None:
+            body = alias[0] if verdict.ok else alias[1]
+        else:
+            body = render_plain(verdict)
+        return build_response(status, body, head=head, mode=mode)
+
+    def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
+        """verbose, format=json, exclude=NAME, NAME.KEY=VALUE; anything else is a 400."""
+        query = GroupQuery()
+        query.json = JSON_TYPE in req.headers.get("accept", "")
+        members = {st.check.name for st in self.engine.by_group[group]}
+        for key, value in req.query_pairs():
+            if key == "verbose":
+                query.verbose = value.lower() not in ("0", "false", "no")
+            elif key == "format":
+                if value not in ("json", "text"):
+                    raise HTTPError(400, "format=%s: expected json or text" % value)
+                query.json = value == "json"
+            elif key == "exclude":
+                if value not in members:
+                    raise HTTPError(400, "exclude=%s: no such check in %s (have: %s)" % (
+                        value, group, ", ".join(sorted(members)) or "none"))
+                query.exclude.append(value)
+            elif "." in key:
+                self._add_override(query, key, value, members if only is None else {only})
+            else:
+                raise HTTPError(400, "unknown query parameter %r (expected verbose, format, "
+                                     "exclude or NAME.KEY=VALUE)" % key)
+        return query
+
+    def _add_override(self, query: GroupQuery, key: str, value: str, members: Any) -> None:
+        name, _, param = key.partition(".")
+        if name not in members:
+            raise HTTPError(400, "%s: no such check here (have: %s)" % (
+                key, ", ".join(sorted(members)) or "none"))
+        try:
+            parsed = self.engine.states[name].check.parse_override(param, value)
+        except ConfigError as exc:
+            raise HTTPError(400, str(exc)) from None
+        query.overrides.setdefault(name, {})[param] = parsed
+
+    def index(self) -> str:
+        """The `/` page: endpoints, then every check with its groups and target."""
+        lines = ["probed: probe endpoints for this pod", ""]
+        for path, (group, _) in GROUP_ROUTES.items():
+            verdict = self.engine.verdicts[group]
+            lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
+        lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",
+                  "checks:"]
+        for st in self.engine.states.values():
+            spec = st.check.spec
+            lines.append("  %-20s %-8s %-7s probes=%s %s" % (
+                st.check.name, st.check.kind, st.state_word(),
+                ",".join(sorted(spec.probes)) or "-", st.check.target()))
+        return "\n".join(lines) + "\n"
