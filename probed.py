@@ -5,25 +5,49 @@
 # One file, standard library only, CPython 3.8 to 3.13. Copy it anywhere and run:
 #     python3 -I -S probed.py --help
 #
+# To keep this file small, each module keeps only the first paragraph of its docstring, and
+# the docstrings of functions and classes and the comments are left out: read them in the
+# source under probed/.
+#
 # Modules, in dependency order (each below under a banner with its path):
 #     probed/__init__.py
 #     probed/client.py
 #     probed/httpproto.py
 #     probed/probebench.py
+#     probed/promselector.py
+#     probed/expfmt.py
+#     probed/scrape.py
 #     probed/values.py
+#     probed/checkcmd.py
 #     probed/checks/base.py
 #     probed/checks/exec.py
+#     probed/checks/heartbeat.py
+#     probed/beat.py
 #     probed/checks/http.py
+#     probed/checks/inference.py
+#     probed/checks/manual.py
+#     probed/checks/metric.py
+#     probed/checks/awake.py
+#     probed/checks/inflight.py
+#     probed/checks/process.py
+#     probed/checks/relay.py
 #     probed/checks/tcp.py
+#     probed/checks/ray.py
 #     probed/checks/__init__.py
 #     probed/config.py
 #     probed/eventlog.py
+#     probed/presets.py
 #     probed/server.py
 #     probed/verdicts.py
+#     probed/lifecycle.py
 #     probed/engine.py
+#     probed/admin.py
+#     probed/drain.py
 #     probed/render.py
 #     probed/router.py
+#     probed/selfmetrics.py
 #     probed/daemon.py
+#     probed/settings.py
 #     probed/cli.py
 
 
@@ -31,15 +55,6 @@
 # probed/__init__.py
 # ==================================================================================================
 """probed: a Kubernetes probe daemon for LLM inference servers.
-
-The package is the source; `probed.py` at the top of the repository is generated from it by
-`python3 -m probed.bundle` and is what users copy into their images.
-
-This module comes first in that file, so it also keeps `ssl` unloaded there: asyncio imports
-ssl eagerly when it can (about 4 MB of RSS), and probed needs it only for https URLs. Run as
-the single file (`__name__ == "__main__"`), ssl is marked unavailable before asyncio loads;
-`import_ssl()` lifts the mark when a check really uses https. Imported as a package, nothing
-is blocked, so embedding programs and tests keep their ssl.
 """
 
 import sys
@@ -49,13 +64,12 @@ __version__ = "0.1.0"
 
 SSL_DEFERRED = __name__ == "__main__" and "ssl" not in sys.modules
 if SSL_DEFERRED:
-    sys.modules["ssl"] = None  # type: ignore[assignment]
+    sys.modules["ssl"] = None
 
 
 def import_ssl() -> ModuleType:
-    """Import ssl for real (the https client calls this), undoing the single file's block."""
     if SSL_DEFERRED and "ssl" in sys.modules and sys.modules["ssl"] is None:
-        del sys.modules["ssl"]  # our own mark; a None put there by anyone else stays
+        del sys.modules["ssl"]
     import ssl
 
     return ssl
@@ -65,14 +79,6 @@ def import_ssl() -> ModuleType:
 # probed/client.py
 # ==================================================================================================
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
-
-No pooling: every fetch() opens a new connection and sends `Connection: close`. One deadline
-bounds the whole call (DNS to last body byte), so a backend that accepts and never answers, or
-drips a byte a second, fails at the deadline; urllib's per-socket timeouts bound neither.
-Raw non-blocking sockets on the running loop, TLS through `ssl.MemoryBIO`: closing is always a
-synchronous socket.close(), on every path, so no transport is left for the GC to warn about.
-Must never: import ssl at module import, reuse a connection, put request headers or bodies
-(bearer tokens) into an error message or a repr.
 """
 
 import asyncio
@@ -86,17 +92,17 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
 CLIENT_USER_AGENT = "probed"
-CLIENT_MAX_LINE_BYTES = 8 * 1024  # the status line; one chunk-size line with its extensions
-CLIENT_MAX_HEAD_BYTES = 64 * 1024  # the header fields of one response (and chunked trailers)
-CLIENT_RECV_BYTES = 64 * 1024  # one read from the socket
-CLIENT_MAX_TOKEN_BYTES = 64 * 1024  # a bearer-token file bigger than this is a wrong path
+CLIENT_MAX_LINE_BYTES = 8 * 1024
+CLIENT_MAX_HEAD_BYTES = 64 * 1024
+CLIENT_RECV_BYTES = 64 * 1024
+CLIENT_MAX_TOKEN_BYTES = 64 * 1024
 CLIENT_FETCH_ERROR_KINDS = (
     "refused", "timeout", "reset", "dns", "tls", "protocol", "too-large", "closed")
 
 _CLIENT_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _CLIENT_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
 _CLIENT_LINE_END = re.compile(rb"\r?\n")
-_CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")  # no fields, or the blank line
+_CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")
 _CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
 _CLIENT_CONTENT_LENGTH = re.compile(r"[0-9]+\Z")
 _CLIENT_SAFE_TARGET = "!#$%&'()*+,/:;=?@[]~"
@@ -104,7 +110,6 @@ _CLIENT_OWNED_HEADERS = ("connection", "content-length", "transfer-encoding")
 
 
 class FetchError(Exception):
-    """A fetch that produced no HTTP response; `.kind` is one of CLIENT_FETCH_ERROR_KINDS."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -115,7 +120,6 @@ class FetchError(Exception):
 
 
 class Response:
-    """A complete HTTP response; header names are lower-case, repeated ones joined by ", "."""
 
     __slots__ = ("status", "reason", "headers", "body", "elapsed")
 
@@ -125,7 +129,6 @@ class Response:
         self.elapsed = elapsed
 
     def json(self) -> Any:
-        """The body parsed as JSON; ValueError when it is not JSON."""
         return json.loads(self.body)
 
     def __repr__(self) -> str:
@@ -134,20 +137,15 @@ class Response:
 
 
 class TLSOptions:
-    """How https is verified: system CAs (default), `ca_file`, or not at all (`insecure`).
-
-    The ssl context is built on first use (only then is `ssl` imported) and cached.
-    """
 
     __slots__ = ("ca_file", "insecure", "_context")
 
     def __init__(self, ca_file: Optional[str] = None, insecure: bool = False) -> None:
         self.ca_file = ca_file
         self.insecure = insecure
-        self._context = None  # type: Any
+        self._context = None
 
     def context(self) -> Any:
-        """The cached `ssl.SSLContext`; FetchError("tls") when ssl or the CA file is unusable."""
         if self._context is not None:
             return self._context
         try:
@@ -172,12 +170,6 @@ _CLIENT_DEFAULT_TLS = TLSOptions()
 
 
 def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
-    """The bearer token: the stripped file content, else the first non-empty env var, else None.
-
-    The file is read on every call so a rotated Kubernetes Secret is picked up. An empty file
-    falls through to the env vars; an unreadable one raises OSError (path and reason, never
-    content), so a broken mount is reported instead of polling without credentials.
-    """
     if token_file:
         with open(token_file, "rb") as handle:
             data = handle.read(CLIENT_MAX_TOKEN_BYTES + 1)
@@ -198,11 +190,6 @@ def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) 
 
 
 def split_url(url: str) -> Tuple[str, str, int, str]:
-    """Split an http(s) URL into (scheme, host, port, path_and_query); ValueError otherwise.
-
-    The host comes without IPv6 brackets; the target is percent-encoded where it must be and
-    is "/" when the URL has no path. Credentials in the URL are refused (use a header).
-    """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
@@ -212,7 +199,7 @@ def split_url(url: str) -> Tuple[str, str, int, str]:
     host = parts.hostname or ""
     if not host:
         raise ValueError("expected a host after %s://" % scheme)
-    port = parts.port  # ValueError for a bad or out-of-range port
+    port = parts.port
     if port is None:
         port = 443 if scheme == "https" else 80
     if not host.isascii():
@@ -225,20 +212,19 @@ def split_url(url: str) -> Tuple[str, str, int, str]:
 
 def _client_build_request(method: str, scheme: str, host: str, port: int, target: str,
                           headers: Optional[Mapping[str, str]], body: Optional[bytes]) -> bytes:
-    """The request head and body as bytes; ValueError (naming the header, never its value)."""
     if not _CLIENT_TOKEN.match(method):
         raise ValueError("bad HTTP method %r" % method)
     authority = "[%s]" % host if ":" in host else host
     if port != (443 if scheme == "https" else 80):
         authority += ":%d" % port
     fields = {"host": ("Host", authority), "user-agent": ("User-Agent", CLIENT_USER_AGENT),
-              "accept": ("Accept", "*/*")}  # type: Dict[str, Tuple[str, str]]
+              "accept": ("Accept", "*/*")}
     for name, value in (headers or {}).items():
         if not _CLIENT_TOKEN.match(name):
             raise ValueError("bad header name %r" % name)
         if "\r" in value or "\n" in value or "\x00" in value:
             raise ValueError("header %r has a CR, LF or NUL in its value" % name)
-        if name.lower() not in _CLIENT_OWNED_HEADERS:  # framing is ours to decide
+        if name.lower() not in _CLIENT_OWNED_HEADERS:
             fields[name.lower()] = (name, value)
     fields["connection"] = ("Connection", "close")
     if body is not None or method in ("POST", "PUT", "PATCH"):
@@ -253,12 +239,11 @@ def _client_build_request(method: str, scheme: str, host: str, port: int, target
 
 
 def _client_parse_fields(block: bytes) -> Dict[str, str]:
-    """Header fields as a dict: lower-case names, repeats joined by ", ", folds joined by SP."""
-    fields = {}  # type: Dict[str, str]
+    fields = {}
     last = ""
     for raw in _CLIENT_LINE_END.split(block):
         line = raw.decode("latin-1")
-        if line[:1] in (" ", "\t") and last:  # obsolete line folding (RFC 7230 3.2.4)
+        if line[:1] in (" ", "\t") and last:
             fields[last] += " " + line.strip()
             continue
         name, sep, value = line.partition(":")
@@ -272,7 +257,6 @@ def _client_parse_fields(block: bytes) -> Dict[str, str]:
 
 
 def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
-    """(status, reason) from `HTTP/1.x 200 OK`; the reason may be missing."""
     match = _CLIENT_STATUS_LINE.match(line)
     if not match:
         raise FetchError("protocol", "bad status line %r" % line[:32].decode("latin-1"))
@@ -283,18 +267,13 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
 
 
 class _ClientChannel:
-    """One connected non-blocking socket (optionally TLS over memory BIOs) plus a read buffer.
-
-    close() is synchronous, so every exit path, cancellation by the deadline included,
-    releases the descriptor at once.
-    """
 
     __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         self._loop = loop
         self._sock = sock
-        self._tls = self._tls_in = self._tls_out = None  # type: Any
+        self._tls = self._tls_in = self._tls_out = None
         self._tcp_eof = False
         self.buf = bytearray()
 
@@ -302,7 +281,6 @@ class _ClientChannel:
         self._sock.close()
 
     async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
-        """Run one SSLObject call, moving TLS records between the memory BIOs and the socket."""
         import ssl
         while True:
             try:
@@ -319,7 +297,7 @@ class _ClientChannel:
                     self._tls_in.write_eof()
                 continue
             except ssl.SSLError as exc:
-                if self._tcp_eof and what == "read":  # EOF without close_notify: just the end
+                if self._tcp_eof and what == "read":
                     return b""
                 detail = getattr(exc, "verify_message", None) or exc.reason or exc
                 raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
@@ -346,7 +324,6 @@ class _ClientChannel:
             view = view[await self._tls_call("write", self._tls.write, view):]
 
     async def _fill(self) -> bool:
-        """Append one read to the buffer; False at end of stream."""
         if self._tls is None:
             data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
         else:
@@ -355,7 +332,6 @@ class _ClientChannel:
         return bool(data)
 
     async def read_until(self, end: Any, limit: int, what: str) -> bytes:
-        """Bytes before the next match of `end` (consumed too); FetchError past `limit` or EOF."""
         while True:
             match = end.search(self.buf)
             if match and match.start() <= limit:
@@ -385,28 +361,24 @@ class _ClientChannel:
 
 
 async def _client_read_fields(chan: _ClientChannel, what: str) -> Dict[str, str]:
-    """The header fields up to and including the blank line that ends them."""
     block = await chan.read_until(_CLIENT_FIELDS_END, CLIENT_MAX_HEAD_BYTES, what)
     return _client_parse_fields(block) if block else {}
 
 
 async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, str]]:
-    """The final response head. The status line is checked before the fields are read, so a
-    non-HTTP peer (an SSH banner, say) fails at once instead of at the deadline."""
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "status line")
-        if not line:  # RFC 7230 3.5: empty lines before a status line are ignored
+        if not line:
             continue
         status, reason = _client_parse_status_line(line)
         headers = await _client_read_fields(chan, "response header block")
         if status == 101:
             raise FetchError("protocol", "unexpected 101 Switching Protocols")
-        if status >= 200:  # 100 Continue, 103 Early Hints: interim, a final one follows
+        if status >= 200:
             return status, reason, headers
 
 
 async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
-    """A chunked body; trailers are checked for syntax and size, then dropped."""
     body = bytearray()
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES,
@@ -428,7 +400,6 @@ async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
 
 async def _client_read_body(chan: _ClientChannel, method: str, status: int,
                             headers: Dict[str, str], max_body: int) -> bytes:
-    """The response body, framed as RFC 7230 section 3.3.3 says."""
     if method == "HEAD" or status in (204, 304):
         return b""
     coding = headers.get("transfer-encoding")
@@ -449,7 +420,6 @@ async def _client_read_body(chan: _ClientChannel, method: str, status: int,
 
 
 async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> List[Any]:
-    """getaddrinfo results; IP literals never touch the resolver thread pool."""
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                   flags=socket.AI_NUMERICHOST)
@@ -466,8 +436,7 @@ async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int)
 
 
 async def _client_connect(loop: asyncio.AbstractEventLoop, infos: List[Any]) -> socket.socket:
-    """A socket connected to the first address that accepts; the last error otherwise."""
-    last = OSError(errno.ECONNREFUSED, "no address to connect to")  # type: OSError
+    last = OSError(errno.ECONNREFUSED, "no address to connect to")
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
         try:
@@ -477,14 +446,13 @@ async def _client_connect(loop: asyncio.AbstractEventLoop, infos: List[Any]) -> 
         except OSError as exc:
             sock.close()
             last = exc
-        except BaseException:  # cancelled by the deadline: still release the descriptor
+        except BaseException:
             sock.close()
             raise
     raise last
 
 
 def _client_os_error(exc: OSError, phase: str) -> FetchError:
-    """Map a socket error to the FetchError kind a check reports."""
     if isinstance(exc, ConnectionRefusedError):
         return FetchError("refused", "connection refused")
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
@@ -499,7 +467,6 @@ def _client_os_error(exc: OSError, phase: str) -> FetchError:
 async def _client_exchange(host: str, port: int, request: bytes, method: str, context: Any,
                            max_body: int,
                            phase: List[str]) -> Tuple[int, str, Dict[str, str], bytes]:
-    """One request on one new connection; `phase[0]` says what it is doing, for timeouts."""
     loop = asyncio.get_running_loop()
     phase[0] = "resolving %s" % host
     infos = await _client_resolve(loop, host, port)
@@ -527,14 +494,6 @@ async def _client_exchange(host: str, port: int, request: bytes, method: str, co
 async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
                 body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
                 tls: Optional[TLSOptions] = None) -> Response:
-    """Make one HTTP/1.1 request on a new connection and return the whole response.
-
-    `timeout` is one deadline for everything (DNS, connect, TLS, send, headers, body). Any
-    status is a Response; no response at all is a FetchError. Host, User-Agent (CLIENT_USER_AGENT)
-    and Accept are sent unless `headers` has them; Connection and Content-Length are always
-    fetch's own. A body over `max_body` bytes is FetchError("too-large"); chunked trailers
-    are dropped. ValueError for a bad URL, method, header or timeout.
-    """
     scheme, host, port, target = split_url(url)
     if not timeout > 0:
         raise ValueError("timeout must be > 0 seconds, got %r" % timeout)
@@ -556,11 +515,6 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 # probed/httpproto.py
 # ==================================================================================================
 """HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
-
-The server hands this module its receive buffer and gets back a `Request` (or "need more
-bytes", or an `HTTPError` carrying the status to answer with). Responses are built as two byte
-strings around the Date header so the server can splice in a per-second cached date without
-re-rendering anything. Every limit is a named constant below; h11 is the model.
 """
 
 import re
@@ -568,10 +522,10 @@ import time
 from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-MAX_REQUEST_LINE = 8 * 1024  # longer -> 414
-MAX_HEADER_BYTES = 32 * 1024  # header block beyond the request line; longer -> 431
-MAX_HEADER_FIELDS = 100  # more -> 431
-MAX_BODY = 64 * 1024  # Content-Length beyond the route's cap -> 413
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADER_FIELDS = 100
+MAX_BODY = 64 * 1024
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -581,21 +535,18 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-# RFC 9110 token (method, header name) and field-value: visible chars, SP and HTAB only.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)\Z")
 _ABSOLUTE_FORM = re.compile(rb"https?://[^/?#]*", re.IGNORECASE)
 _TARGET_CHARS = re.compile(rb"[\x21-\x7e]+\Z")
 _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST"))
-# Every field line: token ":" field-value, lines ending in LF with an optional CR before it.
 _HEADER_BLOCK = re.compile(
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20\x09\x21-\x7e\x80-\xff]*\r?\n)*\Z")
 _DIGITS = re.compile(r"[0-9]{1,18}\Z")
 
 
 class HTTPError(Exception):
-    """A request we answer with an error status and then close the connection."""
 
     def __init__(self, status: int, message: str, allow: str = "") -> None:
         super().__init__(message)
@@ -605,7 +556,6 @@ class HTTPError(Exception):
 
 
 class Request:
-    """One parsed request. `path` is percent-decoded; `query` is the raw query string."""
 
     __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body")
 
@@ -621,7 +571,6 @@ class Request:
         self.body = body
 
     def query_pairs(self) -> List[Tuple[str, str]]:
-        """Decoded `key=value` pairs in order; a bare key has the value ''."""
         if not self.query:
             return []
         try:
@@ -631,7 +580,6 @@ class Request:
 
 
 def _find_head_end(buf: bytes, start: int) -> Tuple[int, int]:
-    """Return (end of header block, index after the blank line), or (-1, -1)."""
     crlf = buf.find(b"\n\r\n", start)
     lf = buf.find(b"\n\n", start)
     if crlf >= 0 and (lf < 0 or crlf < lf):
@@ -642,7 +590,6 @@ def _find_head_end(buf: bytes, start: int) -> Tuple[int, int]:
 
 
 def _check_incomplete(buf: bytes, start: int) -> None:
-    """Raise the right limit error for a head that is not complete yet but already too big."""
     line_end = buf.find(b"\n", start, start + MAX_REQUEST_LINE + 2)
     if line_end < 0:
         if len(buf) - start > MAX_REQUEST_LINE + 1:
@@ -652,14 +599,9 @@ def _check_incomplete(buf: bytes, start: int) -> None:
 
 
 def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Request], int]:
-    """Parse one request from the start of `buf`.
-
-    Returns (request, bytes consumed), or (None, 0) when more bytes are needed. Raises
-    HTTPError for anything malformed or over a limit. Pipelined requests: call again on the rest.
-    """
     start = 0
     n = len(buf)
-    while start < n and buf[start] in (13, 10):  # RFC 9112 §2.2: ignore leading empty lines
+    while start < n and buf[start] in (13, 10):
         start += 1
     head_end, body_start = _find_head_end(buf, start)
     if head_end < 0:
@@ -707,8 +649,6 @@ def _parse_request_line(line: bytes) -> Tuple[str, bytes, str]:
 
 
 def _parse_headers(lines: List[bytes]) -> Dict[str, str]:
-    # One regex over the whole block validates every field (the common case); only a bad
-    # block is walked line by line, to say which rule it broke.
     fields = lines[1:]
     if fields and not _HEADER_BLOCK.match(b"\n".join(fields) + b"\n"):
         _explain_bad_header(fields)
@@ -787,24 +727,20 @@ def _split_target(target: bytes) -> Tuple[str, str]:
     return path, query.partition(b"#")[0].decode("ascii")
 
 
-# --- responses --------------------------------------------------------------------------------
-
-CONN_KEEP = 0  # HTTP/1.1 keep-alive: no Connection header needed
+CONN_KEEP = 0
 CONN_CLOSE = 1
-CONN_KEEP_10 = 2  # HTTP/1.0 keep-alive must be confirmed explicitly
+CONN_KEEP_10 = 2
 
 _CONNECTION_LINES = (b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n")
 
 
 def connection_mode(request: Request) -> int:
-    """Which Connection header a reply to `request` carries."""
     if not request.keep_alive:
         return CONN_CLOSE
     return CONN_KEEP if request.version == "1.1" else CONN_KEEP_10
 
 
 class PreparedResponse:
-    """A response split around its Date value: `before + date + after` is the wire bytes."""
 
     __slots__ = ("status", "before", "after", "close")
 
@@ -818,7 +754,6 @@ class PreparedResponse:
 def build_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
                    head: bool = False, mode: int = CONN_KEEP,
                    extra_headers: Iterable[Tuple[str, str]] = ()) -> PreparedResponse:
-    """Render a full response; HEAD keeps Content-Length of the body it leaves out."""
     extra = "".join("%s: %s\r\n" % kv for kv in extra_headers).encode("latin-1")
     before = ("HTTP/1.1 %d %s\r\nDate: " % (status, REASONS.get(status, "Unknown"))).encode("ascii")
     after = b"".join((
@@ -831,7 +766,6 @@ def build_response(status: int, body: bytes, content_type: str = "text/plain; ch
 
 
 def build_error_response(error: HTTPError, head: bool = False) -> PreparedResponse:
-    """The reply to a protocol or routing error: plain text, and the connection closes."""
     extra = (("Allow", error.allow),) if error.allow else ()
     body = ("%d %s: %s\n" % (error.status, REASONS.get(error.status, "Error"), error.message))
     return build_response(error.status, body.encode("utf-8"), head=head, mode=CONN_CLOSE,
@@ -843,7 +777,6 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def http_date(epoch_seconds: float) -> bytes:
-    """IMF-fixdate for the Date header (RFC 9110 §5.6.7), independent of the C locale."""
     t = time.gmtime(epoch_seconds)
     return ("%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
@@ -854,14 +787,10 @@ def http_date(epoch_seconds: float) -> bytes:
 # probed/probebench.py
 # ==================================================================================================
 """`probed bench URL`: probe latency the way the kubelet sees it.
-
-Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
-headers, timed from connect to the end of the reply; `--mode tcp` times a bare connect as a
-`tcpSocket` probe does. Blocking sockets in threads keep the client simple and its own cost
-constant across the servers being compared; results are percentiles, never a verdict.
 """
 
 import argparse
+import collections
 import json
 import socket
 import threading
@@ -873,14 +802,12 @@ BENCH_RECV = 65536
 
 
 def kubelet_request(host: str, port: int, path: str) -> bytes:
-    """The request bytes a kubelet httpGet probe sends."""
     hostport = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
     return ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n"
             "Connection: close\r\n\r\n" % (path, hostport, KUBELET_USER_AGENT)).encode("ascii")
 
 
 def probe_once(addr: Tuple[str, int], request: Optional[bytes], timeout: float) -> Tuple[float, int]:
-    """One probe on a new connection: (seconds, HTTP status or 0 for a bare TCP probe)."""
     t0 = time.perf_counter()
     with socket.create_connection(addr, timeout=timeout) as sock:
         if request is None:
@@ -900,7 +827,6 @@ def probe_once(addr: Tuple[str, int], request: Optional[bytes], timeout: float) 
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
     if not sorted_values:
         return float("nan")
     rank = max(1, int(round(q / 100.0 * len(sorted_values) + 0.4999)))
@@ -909,7 +835,6 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
               warmup: int = 100, timeout: float = 2.0) -> Dict[str, Any]:
-    """Send `warmup` then `n` probes from `concurrency` threads; summarize the latencies."""
     _scheme, host, port, path = split_url(url)
     request = kubelet_request(host, port, path) if mode == "http" else None
     addr = (host, port)
@@ -918,15 +843,12 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
             probe_once(addr, request, timeout)
         except OSError:
             pass
-    latencies: List[float] = []
-    statuses: Dict[int, int] = {}
-    errors = [0]
-    lock = threading.Lock()
     shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+    results: List[Tuple[List[float], "collections.Counter[int]", int]] = []
 
     def worker(count: int) -> None:
         mine: List[float] = []
-        seen: Dict[int, int] = {}
+        seen: "collections.Counter[int]" = collections.Counter()
         failed = 0
         for _ in range(count):
             try:
@@ -935,12 +857,8 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
                 failed += 1
                 continue
             mine.append(elapsed)
-            seen[status] = seen.get(status, 0) + 1
-        with lock:
-            latencies.extend(mine)
-            errors[0] += failed
-            for status, count_ in seen.items():
-                statuses[status] = statuses.get(status, 0) + count_
+            seen[status] += 1
+        results.append((mine, seen, failed))
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(share,)) for share in shares]
@@ -949,14 +867,16 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - t0
-    return summarize(url, mode, concurrency, latencies, statuses, errors[0], wall)
+    latencies = [elapsed for mine, _, _ in results for elapsed in mine]
+    statuses = sum((seen for _, seen, _ in results), collections.Counter())
+    errors = sum(failed for _, _, failed in results)
+    return summarize(url, mode, concurrency, latencies, statuses, errors, wall)
 
 
 def summarize(url: str, mode: str, concurrency: int, latencies: List[float],
               statuses: Dict[int, int], errors: int, wall: float) -> Dict[str, Any]:
-    """Percentiles in microseconds and probes per second."""
     ordered = sorted(latencies)
-    us = lambda s: round(s * 1e6, 1)  # noqa: E731
+    us = lambda s: round(s * 1e6, 1)
     return {
         "url": url, "mode": mode, "concurrency": concurrency, "probes": len(ordered),
         "errors": errors, "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -967,7 +887,6 @@ def summarize(url: str, mode: str, concurrency: int, latencies: List[float],
 
 
 def bench_main(argv: Sequence[str]) -> int:
-    """Command line of `probed bench`."""
     parser = argparse.ArgumentParser(prog="probed bench", description=__doc__.split("\n")[0])
     parser.add_argument("url", help="probe URL, e.g. http://127.0.0.1:8080/readyz")
     parser.add_argument("-n", type=int, default=2000, help="probes to time (default 2000)")
@@ -993,12 +912,579 @@ def bench_main(argv: Sequence[str]) -> int:
 
 
 # ==================================================================================================
+# probed/promselector.py
+# ==================================================================================================
+"""PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
+syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
+"""
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+AGGREGATIONS = ("sum", "max", "min", "avg", "count")
+PROM_NAME_PATTERN = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+PROM_LABEL_PATTERN = r"[a-zA-Z_][a-zA-Z0-9_]*"
+PROM_NAME_RE = re.compile(PROM_NAME_PATTERN)
+PROM_TEXT_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+PROM_EXCERPT_CHARS = 60
+
+_PROMSEL_ESCAPES = dict(PROM_TEXT_ESCAPES, **{"'": "'", "t": "\t"})
+_PROMSEL_OPS = ("=", "!=", "=~", "!~")
+_PROMSEL_LABEL_RE = re.compile(PROM_LABEL_PATTERN)
+_PROMSEL_ESCAPE_RE = re.compile(r"\\(.)")
+_PROMSEL_HEAD_RE = re.compile(r"\s*(%s)?\s*" % PROM_NAME_PATTERN)
+_PROMSEL_CLOSE_RE = re.compile(r"\s*\}\s*")
+_PROMSEL_ITEM_RE = re.compile(
+    r"""\s*(?:(%s)|"((?:[^"\\]|\\.)*)")\s*(?:(=~|!~|!=|=)\s*"""
+    r"""(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'))?\s*(?:,|(?=\s*\}))""" % PROM_LABEL_PATTERN,
+    re.S)
+
+
+def prom_unescape(text: str, table: Dict[str, str] = PROM_TEXT_ESCAPES) -> str:
+    if "\\" not in text:
+        return text
+    return _PROMSEL_ESCAPE_RE.sub(lambda m: table.get(m.group(1), m.group(0)), text)
+
+
+def prom_excerpt(text: str) -> str:
+    return repr(text if len(text) <= PROM_EXCERPT_CHARS else text[:PROM_EXCERPT_CHARS] + "...")
+
+
+def _promsel_quote(text: str) -> str:
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Selector:
+
+    __slots__ = ("name", "matchers", "_tests")
+
+    def __init__(self, name: str, matchers: Sequence[Tuple[str, str, str]] = ()) -> None:
+        if not name:
+            raise ValueError("a selector needs a metric name")
+        self.name = name
+        self.matchers = tuple((label, op, value) for label, op, value in matchers)
+        tests = []
+        for label, op, value in self.matchers:
+            if op not in _PROMSEL_OPS:
+                raise ValueError("unknown operator %r for label %r: expected =, !=, =~ or !~"
+                                 % (op, label))
+            try:
+                tests.append((label, op, re.compile(value, re.S) if "~" in op else value))
+            except re.error as exc:
+                raise ValueError("bad regular expression %r for label %r: %s"
+                                 % (value, label, exc)) from None
+        self._tests = tuple(tests)
+
+    def matches(self, labels: Dict[str, str]) -> bool:
+        for label, op, want in self._tests:
+            have = labels.get(label, "")
+            if op == "=":
+                ok = have == want
+            elif op == "!=":
+                ok = have != want
+            else:
+                ok = (want.fullmatch(have) is None) == (op == "!~")
+            if not ok:
+                return False
+        return True
+
+    def __str__(self) -> str:
+        bare = PROM_NAME_RE.fullmatch(self.name) is not None
+        parts = [] if bare else [_promsel_quote(self.name)]
+        for label, op, value in self.matchers:
+            shown = label if _PROMSEL_LABEL_RE.fullmatch(label) else _promsel_quote(label)
+            parts.append(shown + op + _promsel_quote(value))
+        return (self.name if bare else "") + ("{%s}" % ",".join(parts) if parts else "")
+
+    def __repr__(self) -> str:
+        return "parse_selector(%r)" % str(self)
+
+
+def parse_selector(text: str) -> Selector:
+    head = _PROMSEL_HEAD_RE.match(text)
+    name, pos = head.group(1), head.end()
+    matchers = []
+    if text.startswith("{", pos):
+        pos += 1
+        while not _PROMSEL_CLOSE_RE.match(text, pos):
+            item = _PROMSEL_ITEM_RE.match(text, pos)
+            if item is None:
+                raise ValueError("selector %r: expected label=\"value\" (or !=, =~, !~) or '}' "
+                                 "at position %d" % (text, pos))
+            bare, quoted, op, dq, sq = item.groups()
+            label = prom_unescape(quoted, _PROMSEL_ESCAPES) if bare is None else bare
+            value = prom_unescape(dq if dq is not None else sq or "", _PROMSEL_ESCAPES)
+            if op is None and quoted is None:
+                raise ValueError("selector %r: label %r needs an operator and a quoted value"
+                                 % (text, label))
+            if op is None or (label == "__name__" and op == "="):
+                if name:
+                    raise ValueError("selector %r names more than one metric" % text)
+                name = label if op is None else value
+            else:
+                matchers.append((label, op, value))
+            pos = item.end()
+        pos = _PROMSEL_CLOSE_RE.match(text, pos).end()
+    if pos != len(text):
+        raise ValueError("selector %r: unexpected %s at position %d"
+                         % (text, prom_excerpt(text[pos:]), pos))
+    if not name:
+        raise ValueError("selector %r has no metric name: write name{...} or {\"name\",...}" % text)
+    return Selector(name, matchers)
+
+
+def aggregate(values: Sequence[float], how: str) -> Optional[float]:
+    if how not in AGGREGATIONS:
+        raise ValueError("unknown aggregation %r: expected one of %s"
+                         % (how, ", ".join(AGGREGATIONS)))
+    if how == "count" or not values:
+        return float(len(values)) if how == "count" else None
+    if how in ("sum", "avg"):
+        return float(sum(values)) / (len(values) if how == "avg" else 1)
+    numbers = [v for v in values if v == v] or list(values)
+    return float(max(numbers) if how == "max" else min(numbers))
+
+
+# ==================================================================================================
+# probed/expfmt.py
+# ==================================================================================================
+"""Prometheus text (0.0.4) and OpenMetrics exposition parsing: series selection and aggregation.
+"""
+
+import functools
+import re
+from typing import Dict, FrozenSet, Iterator, List, Match, Optional, Pattern, Sequence, Set, Tuple
+
+_EXPFMT_MAX_EXEMPLAR_CHARS = 128
+_EXPFMT_MAX_TS_DIGITS = 19
+_EXPFMT_PLAN_CACHE = 64
+
+ExpositionSample = Tuple[str, Dict[str, str], float, Optional[float]]
+_ExpfmtSeriesKey = Tuple[str, Tuple[Tuple[str, str], ...]]
+
+_EXPFMT_FLOAT = (r"(?:[-+]?(?:[0-9]+\.?[0-9]*(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?"
+                 r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)|[nN][aA][nN])")
+_EXPFMT_REAL = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_EXPFMT_OM_TYPES = "counter|gauge|histogram|gaugehistogram|stateset|info|summary|unknown"
+_EXPFMT_TEXT_TYPES = _EXPFMT_OM_TYPES + "|untyped|gauge_histogram"
+
+
+def _expfmt_text_grammar() -> Tuple[str, str, str]:
+    q = r'"[^"\\\n]*(?:"|(?:\\[\\"n][^"\\\n]*)+")'
+    pair = r"(?:%s|%s)[ \t]*=[ \t]*%s" % (PROM_LABEL_PATTERN, q, q)
+    pairs = r"[ \t]*(?:%s(?:[ \t]*,[ \t]*%s)*[ \t]*(?:,[ \t]*)?)?" % (pair, pair)
+    qpairs = r"[ \t]*(?:%s[ \t]*,[ \t]*)*%s[ \t]*(?:,%s)?" % (pair, q, pairs)
+    name = "(?:%s|%s)" % (PROM_NAME_PATTERN, q)
+    comment = (r"[ \t]*\#(?:[ \t]*HELP(?:[ \t]+(?P<hname>%s)(?:[ \t]+(?P<help>[^\n]*))?)?[ \t]*"
+               r"|[ \t]*TYPE(?:[ \t]+(?P<tname>%s)(?:[ \t]+(?P<type>(?i:%s)))?)?[ \t]*"
+               r"|(?![ \t]*(?:HELP|TYPE)(?![^ \t\n]))[^\n]*)") % (name, name, _EXPFMT_TEXT_TYPES)
+    sample = (r"[ \t]*(?:(?P<name>%s)(?:[ \t]*\{(?P<lab>%s)\}[ \t]*|[ \t]+)|\{(?P<qlab>%s)\}[ \t]*)"
+              r"(?P<val>%s)(?:[ \t]+(?P<ts>[-+]?[0-9]+))?[ \t]*"
+              ) % (PROM_NAME_PATTERN, pairs, qpairs, _EXPFMT_FLOAT)
+    return comment, sample, r"\{(?:%s|%s)\}" % (pairs, qpairs)
+
+
+def _expfmt_om_grammar() -> Tuple[str, str, str]:
+    q = r'"[^"\\\n]*(?:"|(?:\\[^\n][^"\\\n]*)+")'
+    pair = "(?:%s|%s)=%s" % (PROM_LABEL_PATTERN, q, q)
+    pairs = "(?:%s(?:,%s)*)?" % (pair, pair)
+    qpairs = "(?:%s,)*%s(?:,%s)*" % (pair, q, pair)
+    name = "(?:%s|%s)" % (PROM_NAME_PATTERN, q)
+    comment = (r"\# (?:HELP (?P<hname>%s) (?P<help>[^\n]*)|TYPE (?P<tname>%s) (?P<type>%s)"
+               r"|UNIT (?P<uname>%s) (?P<unit>[a-zA-Z0-9_:]*))"
+               ) % (name, name, _EXPFMT_OM_TYPES, name)
+    exemplar = r"(?: \# \{(?P<exl>%s)\} %s(?: %s)?)?" % (pairs, _EXPFMT_FLOAT, _EXPFMT_REAL)
+    sample = (r"(?:(?P<name>%s)(?:\{(?P<lab>%s)\})?|\{(?P<qlab>%s)\}) (?P<val>%s)(?: (?P<ts>%s))?%s"
+              ) % (PROM_NAME_PATTERN, pairs, qpairs, _EXPFMT_FLOAT, _EXPFMT_REAL, exemplar)
+    return comment, sample, r"\{(?:%s|%s)\}" % (pairs, qpairs)
+
+
+def _expfmt_compile(om: bool) -> Tuple[Pattern[str], ...]:
+    comment, sample, labelset = _expfmt_om_grammar() if om else _expfmt_text_grammar()
+    line = r"(?:(?=[ \t]*\#)%s|%s%s)" % (comment, sample, "" if om else r"|[ \t]*")
+    body = re.sub(r"\(\?P<\w+>", "(?:", r"(?:%s\n)*" % line)
+    return re.compile(comment), re.compile(sample), re.compile(labelset), re.compile(body)
+
+
+_EXPFMT_COMMENT_RE, _EXPFMT_SAMPLE_RE, _EXPFMT_LABELSET_RE, _EXPFMT_BODY_RE = zip(
+    _expfmt_compile(False), _expfmt_compile(True))
+_EXPFMT_FLOAT_RE = re.compile(_EXPFMT_FLOAT)
+_EXPFMT_REAL_RE = re.compile(_EXPFMT_REAL)
+_EXPFMT_TS_RE = (re.compile("[-+]?[0-9]+"), _EXPFMT_REAL_RE)
+_EXPFMT_ITEM_RE = re.compile(r'(?:(%s)|"([^"\\]*(?:\\.[^"\\]*)*)")[ \t]*'
+                             r'(?:=[ \t]*"([^"\\]*(?:\\.[^"\\]*)*)")?' % PROM_LABEL_PATTERN)
+_EXPFMT_ROUGH_RE = re.compile(r'[ \t]*([^ \t{]*)[ \t]*(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\}|\{.*)?'
+                              r'[ \t]*([^ \t]*)[ \t]*([^ \t]*)')
+
+_EXPFMT_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
+_EXPFMT_OWNED = {"counter": ("_total", "_created"), "gauge": (), "unknown": (), "stateset": (),
+                 "info": ("_info",), "summary": ("_count", "_sum", "_created"),
+                 "histogram": ("_bucket", "_count", "_sum", "_created"),
+                 "gaugehistogram": ("_bucket", "_gcount", "_gsum")}
+_EXPFMT_BARE_OK = ("gauge", "unknown", "stateset", "summary")
+_EXPFMT_TYPE_ALIASES = {"untyped": "unknown", "gauge_histogram": "gaugehistogram"}
+_EXPFMT_COUNTS = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                  "gaugehistogram": ("_bucket", "_gcount"), "summary": ("_count", "_sum")}
+_EXPFMT_EXEMPLAR_OK = {"counter": ("_total",), "histogram": ("_bucket",),
+                       "gaugehistogram": ("_bucket",)}
+
+
+class ExpositionError(ValueError):
+
+    def __init__(self, lineno: int, message: str) -> None:
+        super().__init__("line %d: %s" % (lineno, message))
+        self.lineno = lineno
+
+
+def _expfmt_labels(body: Optional[str], lineno: int) -> Tuple[Optional[str], Dict[str, str]]:
+    name, labels = None, {}
+    for item in _EXPFMT_ITEM_RE.finditer(body or ""):
+        bare, quoted, value = item.groups()
+        key = bare if bare is not None else prom_unescape(quoted)
+        if value is None:
+            name = key
+        elif key in labels or key == "__name__":
+            raise ExpositionError(lineno, "label name %r is %s"
+                                  % (key, "repeated" if key in labels else "reserved"))
+        else:
+            labels[key] = prom_unescape(value)
+    return name, labels
+
+
+def _expfmt_text_problem(ftype: str, suffix: str, labels: Dict[str, str],
+                         value: float) -> Optional[str]:
+    le, quantile = labels.get("le"), labels.get("quantile")
+    if ftype in ("histogram", "gaugehistogram") and suffix in ("_bucket", "_count"):
+        if suffix == "_bucket" and le is not None and not _EXPFMT_FLOAT_RE.fullmatch(le):
+            return "expected a number as 'le' label, got %r" % le
+        if value < 0:
+            return "negative %s in a histogram: %r" % (suffix[1:], value)
+    if ftype == "summary" and not suffix and quantile is not None and (
+            not _EXPFMT_FLOAT_RE.fullmatch(quantile)):
+        return "expected a number as 'quantile' label, got %r" % quantile
+    return None
+
+
+def _expfmt_om_problem(family: str, ftype: str, suffix: str, labels: Dict[str, str],
+                       value: float, exemplar: Optional[Dict[str, str]]) -> Optional[str]:
+    le, quantile = labels.get("le"), labels.get("quantile")
+    if not suffix and ftype not in _EXPFMT_BARE_OK:
+        return "a sample of %s family %r needs one of the suffixes %s" % (
+            ftype, family, ", ".join(_EXPFMT_OWNED[ftype]))
+    if (suffix in _EXPFMT_COUNTS.get(ftype, ()) and not value >= 0) or (
+            suffix == "_gsum" and value != value):
+        return "value %r is not allowed for %s of a %s" % (value, suffix, ftype)
+    if suffix == "_bucket" and (le is None or not (le == "+Inf" or _EXPFMT_REAL_RE.fullmatch(le))):
+        return "a bucket needs an 'le' label holding a number or +Inf, got %r" % le
+    if ftype == "summary" and not suffix and (
+            quantile is None or not _EXPFMT_REAL_RE.fullmatch(quantile)
+            or not 0 <= float(quantile) <= 1 or value < 0):
+        return "a quantile needs a 'quantile' label from 0 to 1 and a value >= 0, got %r, %r" % (
+            quantile, value)
+    if ftype == "info" and value != 1:
+        return "an info sample must have the value 1, got %r" % value
+    if ftype == "stateset" and (family not in labels or value not in (0, 1)):
+        return "a stateset sample needs the label %r and the value 0 or 1" % family
+    if exemplar is not None and suffix not in _EXPFMT_EXEMPLAR_OK.get(ftype, ()):
+        return "exemplars are only allowed on counter _total and histogram _bucket samples"
+    size = sum(len(k) + len(v) for k, v in (exemplar or {}).items())
+    if size > _EXPFMT_MAX_EXEMPLAR_CHARS:
+        return "exemplar labels hold %d characters, more than %d" % (
+            size, _EXPFMT_MAX_EXEMPLAR_CHARS)
+    return None
+
+
+def _expfmt_timestamp(token: Optional[str], om: bool, lineno: int) -> Optional[float]:
+    if token is None:
+        return None
+    if om:
+        return float(token)
+    if len(token.lstrip("+-")) > _EXPFMT_MAX_TS_DIGITS or not -2 ** 63 <= int(token) < 2 ** 63:
+        raise ExpositionError(lineno, "timestamp %r is outside the int64 millisecond range" % token)
+    return int(token) / 1000.0
+
+
+class _ExpfmtFamilies:
+
+    def __init__(self, om: bool, strict: Optional[FrozenSet[str]] = None) -> None:
+        self.om = om
+        self.strict = strict
+        self.types: Dict[str, str] = {}
+        self.declared: Set[Tuple[str, str]] = set()
+        self.sampled: Set[str] = set()
+        self.prev = ("", 0)
+        self.series: Dict[_ExpfmtSeriesKey, Optional[float]] = {}
+
+    def family(self, name: str) -> Tuple[str, str, str]:
+        if name in self.types:
+            return name, self.types[name], ""
+        for suffix in _EXPFMT_SUFFIXES:
+            base = name[:-len(suffix)]
+            if name.endswith(suffix) and suffix in _EXPFMT_OWNED.get(self.types.get(base, ""), ()):
+                return base, self.types[base], suffix
+        return name, "unknown", ""
+
+    def metadata(self, lineno: int, kind: str, name: str, arg: str) -> None:
+        problem = None
+        if (kind, name) in self.declared:
+            problem = "second %s line for metric family %r" % (kind, name)
+        elif name in self.sampled and (self.om or kind == "TYPE"):
+            problem = "%s line for metric family %r after its samples" % (kind, name)
+        elif kind == "TYPE":
+            ftype = _EXPFMT_TYPE_ALIASES.get(arg.lower(), arg.lower())
+            owner, _, suffix = self.family(name)
+            clash = [name + s for s in _EXPFMT_OWNED[ftype] if name + s in self.types]
+            if self.om and (clash or suffix):
+                problem = "TYPE of %r clashes with metric family %r" % (name, (clash or [owner])[0])
+            self.types[name] = ftype
+        elif kind == "UNIT" and arg and not name.endswith("_" + arg):
+            problem = "UNIT %r is not the suffix of metric family %r" % (arg, name)
+        elif kind == "UNIT" and arg and self.types.get(name) in ("info", "stateset"):
+            problem = "%s metric family %r cannot have a UNIT" % (self.types[name], name)
+        if problem:
+            raise ExpositionError(lineno, problem)
+        self.declared.add((kind, name))
+
+    def sample(self, lineno: int, m: Match[str],
+               names: Optional[FrozenSet[str]]) -> Optional[ExpositionSample]:
+        name = m.group("name")
+        quoted, labels = _expfmt_labels(m.group("qlab" if name is None else "lab"), lineno)
+        name = quoted if name is None else name
+        if not name:
+            raise ExpositionError(lineno, "empty metric name")
+        if names is not None and name not in names:
+            return None
+        value, stamp = float(m.group("val")), _expfmt_timestamp(m.group("ts"), self.om, lineno)
+        family, ftype, suffix = self.family(name)
+        if self.om:
+            exemplar = m.group("exl")
+            problem = _expfmt_om_problem(family, ftype, suffix, labels, value, None if exemplar
+                                         is None else _expfmt_labels(exemplar, lineno)[1])
+        else:
+            problem = _expfmt_text_problem(ftype, suffix, labels, value)
+        if problem:
+            raise ExpositionError(lineno, "%s: %s" % (name, problem))
+        if self.om:
+            self._check_order(lineno, family, (name, tuple(sorted(labels.items()))), stamp)
+        self.sampled.add(family)
+        self.prev = (family, lineno)
+        return name, labels, value, stamp
+
+    def _check_order(self, lineno: int, family: str, series: _ExpfmtSeriesKey,
+                     stamp: Optional[float]) -> None:
+        if family in self.sampled and self.prev != (family, lineno - 1) and (
+                self.strict is None or family in self.strict):
+            raise ExpositionError(lineno, "samples of metric family %r are not in one block"
+                                  % family)
+        before = self.series.get(series, stamp)
+        if series in self.series and (before is None) != (stamp is None):
+            raise ExpositionError(lineno, "series %s mixes samples with and without timestamp"
+                                  % series[0])
+        if stamp is not None and before is not None and stamp < before:
+            raise ExpositionError(lineno, "timestamp of series %s goes backwards" % series[0])
+        self.series[series] = stamp
+
+
+def _expfmt_explain(line: str, om: bool) -> str:
+    if om and line == "# EOF":
+        return "'# EOF' must be the last line"
+    if line.lstrip(" \t").startswith("#"):
+        return "malformed comment %s: expected %s" % (prom_excerpt(line), (
+            "'# HELP name text', '# TYPE name type' or '# any comment'",
+            "'# HELP name text', '# TYPE name type' or '# UNIT name unit', single spaces")[om])
+    name, labels, value, stamp = _EXPFMT_ROUGH_RE.match(line).groups()
+    if name and not PROM_NAME_RE.fullmatch(name):
+        return "invalid metric name %s" % prom_excerpt(name)
+    if labels is not None and not _EXPFMT_LABELSET_RE[om].fullmatch(labels):
+        return "malformed label set %s: expected label=\"value\" pairs%s" % (
+            prom_excerpt(labels), "" if om else " (escapes only \\\\, \\\" and \\n)")
+    if not _EXPFMT_FLOAT_RE.fullmatch(value):
+        return "expected a number as sample value, got %s" % prom_excerpt(value)
+    if stamp and stamp != "#" and not _EXPFMT_TS_RE[om].fullmatch(stamp):
+        return "expected a timestamp in %s, got %s" % (
+            "seconds" if om else "integer ms", prom_excerpt(stamp))
+    return "malformed sample line %s: expected 'name{label=\"value\",...} value [timestamp]'%s" % (
+        prom_excerpt(line), " with single spaces, then maybe ' # {labels} value'" if om else "")
+
+
+def _expfmt_line(state: _ExpfmtFamilies, line: str, lineno: int,
+                 names: Optional[FrozenSet[str]] = None,
+                 meta: Optional[FrozenSet[str]] = None) -> Optional[ExpositionSample]:
+    om = state.om
+    first = line.lstrip(" \t")[:1] if line[:1] in (" ", "\t") and not om else line[:1]
+    if first == "#":
+        m = _EXPFMT_COMMENT_RE[om].fullmatch(line)
+        if m is None:
+            raise ExpositionError(lineno, _expfmt_explain(line, om))
+        groups = m.groupdict()
+        for kind, key in (("HELP", "h"), ("TYPE", "t"), ("UNIT", "u")):
+            name, arg = groups.get(key + "name"), groups.get(kind.lower())
+            if name is not None and arg is not None and (arg or om or kind != "HELP"):
+                name = prom_unescape(name[1:-1]) if name[0] == '"' else name
+                if meta is None or name in meta:
+                    state.metadata(lineno, kind, name, arg)
+        return None
+    if not first:
+        if om:
+            raise ExpositionError(lineno, "blank line (not allowed in OpenMetrics)")
+        return None
+    m = _EXPFMT_SAMPLE_RE[om].fullmatch(line)
+    if m is None:
+        raise ExpositionError(lineno, _expfmt_explain(line, om))
+    return state.sample(lineno, m, names)
+
+
+def _expfmt_prepare(body: bytes, openmetrics: Optional[bool]) -> Tuple[str, bool]:
+    try:
+        text = body if isinstance(body, str) else bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExpositionError(bytes(body).count(b"\n", 0, exc.start) + 1,
+                              "invalid UTF-8 at byte %d" % exc.start) from None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    end = text[:-1] if text.endswith("\n") else text
+    has_eof = end == "# EOF" or end.endswith("\n# EOF")
+    if not (has_eof if openmetrics is None else openmetrics):
+        cut = text.rfind("\n") + 1
+        if text[cut:].strip(" \t"):
+            raise ExpositionError(text.count("\n") + 1, "last line has no line feed (body cut "
+                                  "short?): %s" % prom_excerpt(text[cut:]))
+        return text[:cut], False
+    if has_eof:
+        return end[:-5], True
+    early = ("\n" + text).find("\n# EOF\n")
+    if early >= 0:
+        raise ExpositionError(text.count("\n", 0, early) + 2, "text after '# EOF'")
+    raise ExpositionError(end.count("\n") + 1, "missing '# EOF' at the end of the OpenMetrics "
+                          "body (cut short?)")
+
+
+@functools.lru_cache(maxsize=_EXPFMT_PLAN_CACHE)
+def _expfmt_plan(names: FrozenSet[str]) -> Tuple[Pattern[str], FrozenSet[str], FrozenSet[str],
+                                                 FrozenSet[str]]:
+    def bases(name: str) -> Set[str]:
+        return {name} | {name[:-len(s)] for s in _EXPFMT_SUFFIXES if name.endswith(s) and name != s}
+    families = set().union(*map(bases, names))
+    wanted = {f + s for f in families for s in ("",) + _EXPFMT_SUFFIXES}
+    meta = set().union(*map(bases, wanted))
+
+    def alt(words: Set[str]) -> str:
+        return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    finder = re.compile(r'\n((?:[ \t{]|\#[ \t]*(?:HELP|TYPE|UNIT)[ \t]+(?:"|(?:%s)(?![\w:]))'
+                        r"|(?:%s)(?:%s)?(?=[ \t{]))[^\n]*)"
+                        % (alt(meta), alt(families), alt(set(_EXPFMT_SUFFIXES))), re.ASCII)
+    return finder, frozenset(wanted), frozenset(meta), frozenset(families)
+
+
+def parse_samples(body: bytes, openmetrics: Optional[bool] = None) -> Iterator[ExpositionSample]:
+    text, om = _expfmt_prepare(body, openmetrics)
+    state = _ExpfmtFamilies(om)
+    samples = (_expfmt_line(state, line, n) for n, line in enumerate(text.split("\n")[:-1], 1))
+    return iter([sample for sample in samples if sample is not None])
+
+
+def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optional[bool] = None
+                  ) -> List[List[Tuple[Dict[str, str], float]]]:
+    sels = [s if isinstance(s, Selector) else parse_selector(s) for s in selectors]
+    text, om = _expfmt_prepare(body, openmetrics)
+    if _EXPFMT_BODY_RE[om].fullmatch(text) is None:
+        list(parse_samples(body, openmetrics))
+        raise ExpositionError(1, "malformed exposition body")
+    if not sels:
+        return []
+    finder, wanted, meta, families = _expfmt_plan(frozenset(s.name for s in sels))
+    state = _ExpfmtFamilies(om, families)
+    found: List[Dict[tuple, Tuple[Dict[str, str], float]]] = [{} for _ in sels]
+    padded, lineno, counted = "\n" + text, 0, 0
+    for m in finder.finditer(padded):
+        lineno += padded.count("\n", counted, m.start() + 1)
+        counted = m.start() + 1
+        sample = _expfmt_line(state, m.group(1), lineno, wanted, meta)
+        if sample is None:
+            continue
+        for i, sel in enumerate(sels):
+            if sel.name == sample[0] and sel.matches(sample[1]):
+                found[i][tuple(sorted(sample[1].items()))] = (dict(sample[1]), sample[2])
+    return [list(f.values()) for f in found]
+
+
+# ==================================================================================================
+# probed/scrape.py
+# ==================================================================================================
+"""One `/metrics` scrape shared by every check that reads the same URL.
+"""
+
+import asyncio
+import time
+from typing import Dict, Mapping, Optional, Tuple
+
+SCRAPE_MAX_BODY = 16 << 20
+
+
+class MetricsSource:
+
+    def __init__(self, url: str, headers: Optional[Mapping[str, str]] = None,
+                 tls: Optional[TLSOptions] = None) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+        self.tls = tls
+        self.response: Optional[Response] = None
+        self.error: Optional[FetchError] = None
+        self.taken_at = float("-inf")
+        self._inflight: Optional["asyncio.Future[None]"] = None
+
+    async def scrape(self, timeout: float, max_age: float,
+                     headers: Optional[Mapping[str, str]] = None) -> Response:
+        if time.monotonic() - self.taken_at > max_age:
+            if self._inflight is None or self._inflight.done():
+                self._inflight = asyncio.ensure_future(self._fetch(timeout, headers))
+            await asyncio.shield(self._inflight)
+        if self.error is not None:
+            raise self.error
+        assert self.response is not None
+        return self.response
+
+    async def _fetch(self, timeout: float, headers: Optional[Mapping[str, str]]) -> None:
+        try:
+            self.response = await fetch(self.url, headers=headers or self.headers,
+                                        timeout=timeout, max_body=SCRAPE_MAX_BODY, tls=self.tls)
+            self.error = None
+        except FetchError as exc:
+            self.response, self.error = None, exc
+        self.taken_at = time.monotonic()
+
+
+_SOURCES: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], MetricsSource] = {}
+
+
+def metrics_source(url: str, headers: Optional[Mapping[str, str]] = None,
+                   tls: Optional[TLSOptions] = None) -> MetricsSource:
+    key = (url, tuple(sorted((headers or {}).items())))
+    source = _SOURCES.get(key)
+    if source is None:
+        source = _SOURCES[key] = MetricsSource(url, headers, tls)
+    return source
+
+
+def is_openmetrics(response: Response) -> Optional[bool]:
+    return True if "openmetrics" in response.headers.get("content-type", "") else None
+
+
+_PROGRESS_AT: Dict[str, float] = {}
+
+
+def note_progress(url: str, when: float) -> None:
+    _PROGRESS_AT[url] = when
+
+
+def last_progress(url: str) -> float:
+    return _PROGRESS_AT.get(url, float("-inf"))
+
+
+# ==================================================================================================
 # probed/values.py
 # ==================================================================================================
 """Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
-
-Pure functions, no I/O. Every parser raises ValueError with a message that says what was
-expected; the config layer adds the flag or key name and the bad value.
 """
 
 import re
@@ -1016,7 +1502,6 @@ class ConfigError(Exception):
 
 
 def parse_duration(text: str) -> float:
-    """Parse Go-style durations (`500ms`, `1m30s`, `2h`) or plain seconds (`2.5`) into seconds."""
     s = text.strip()
     if not s:
         raise ValueError("expected a duration like 500ms, 10s, 2m or plain seconds")
@@ -1037,7 +1522,6 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds the way a user would type them: 500ms, 10s, 2m30s."""
     if seconds < 1 and seconds != 0:
         return "%gms" % round(seconds * 1000, 3)
     if seconds < 60 or seconds != int(seconds):
@@ -1047,13 +1531,11 @@ def format_duration(seconds: float) -> str:
 
 
 def format_timestamp(wall: float, millis: bool = False) -> str:
-    """RFC 3339 UTC time of a Unix timestamp, with milliseconds for logs."""
     text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
     return text + (".%03dZ" % (int(wall * 1000) % 1000) if millis else "Z")
 
 
 def parse_count(text: str) -> int:
-    """Parse a whole number >= 0."""
     try:
         value = int(text.strip())
     except ValueError:
@@ -1064,7 +1546,6 @@ def parse_count(text: str) -> int:
 
 
 def parse_positive_count(text: str) -> int:
-    """Parse a whole number >= 1."""
     value = parse_count(text)
     if value < 1:
         raise ValueError("expected a whole number >= 1")
@@ -1072,7 +1553,6 @@ def parse_positive_count(text: str) -> int:
 
 
 def parse_number(text: str) -> float:
-    """Parse a finite float."""
     try:
         value = float(text.strip())
     except ValueError:
@@ -1083,7 +1563,6 @@ def parse_number(text: str) -> float:
 
 
 def parse_bool(text: str) -> bool:
-    """Parse true/false, yes/no, on/off, 1/0."""
     s = text.strip().lower()
     if s in ("1", "true", "yes", "on"):
         return True
@@ -1093,7 +1572,6 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_probes(text: str) -> FrozenSet[str]:
-    """Parse a comma list of probe groups (live, ready, started); empty means none."""
     names = [p.strip() for p in text.split(",") if p.strip()]
     for name in names:
         if name not in GROUPS:
@@ -1102,7 +1580,6 @@ def parse_probes(text: str) -> FrozenSet[str]:
 
 
 def parse_status_ranges(text: str) -> Tuple[Tuple[int, int], ...]:
-    """Parse `200-399,404` into inclusive (low, high) ranges of HTTP status codes."""
     ranges: List[Tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
@@ -1117,17 +1594,21 @@ def parse_status_ranges(text: str) -> Tuple[Tuple[int, int], ...]:
     return tuple(ranges)
 
 
+def redact_userinfo(text: str) -> str:
+    return re.sub(r"(?<=//)[^/?#@\s]*@", "<redacted>@", text)
+
+
 def parse_http_url(text: str) -> str:
-    """Check that a URL is http:// or https:// with a host."""
     s = text.strip()
     m = re.match(r"^(https?)://([^/?#\s]+)", s)
     if not m:
         raise ValueError("expected an http:// or https:// URL with a host")
+    if "@" in m.group(2):
+        raise ValueError("credentials in a URL are not supported (use header= or token-file=)")
     return s
 
 
 def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
-    """Parse `host:port`, `:port`, `[v6]:port` into (host, port); an empty host stays empty."""
     s = text.strip()
     if s.startswith("["):
         host, sep, port = s[1:].partition("]:")
@@ -1147,32 +1628,112 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
 
 
 # ==================================================================================================
+# probed/checkcmd.py
+# ==================================================================================================
+"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Dict, Sequence
+
+CHECK_EXIT_PASS, CHECK_EXIT_FAIL, CHECK_EXIT_USAGE, CHECK_EXIT_UNREACHABLE = 0, 1, 2, 3
+CHECK_DEFAULT_TIMEOUT = 1.0
+CHECK_MAX_BODY = 16 << 20
+CHECK_FAIL_STATUS = 400
+
+
+def _check_timeout(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("%s (e.g. 1s, 500ms, 2.5)" % exc) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
+    return value
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probed check", description="GET a URL once; the exit code is the verdict: "
+        "0 pass (status < 400), 1 fail (status >= 400), 2 usage error, 3 unreachable or "
+        "timed out.")
+    parser.add_argument("url", help="http:// or https:// URL, e.g. "
+                                    "http://127.0.0.1:8080/readyz")
+    parser.add_argument("--timeout", type=_check_timeout, default=CHECK_DEFAULT_TIMEOUT,
+                        metavar="DURATION", help="deadline for the whole request (default 1s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the body too")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="extra request header (repeatable)")
+    parser.add_argument("-k", "--insecure", action="store_true",
+                        help="https: do not verify the server certificate")
+    parser.add_argument("--ca-file", metavar="PEM", help="https: trust this CA bundle")
+    return parser
+
+
+def _check_headers(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
+    headers: Dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            parser.error("-H %r: expected 'Name: value'" % item)
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def print_check_result(response: Response, verbose: bool) -> None:
+    print(("%d %s" % (response.status, response.reason)).rstrip())
+    if verbose and response.body:
+        sys.stdout.flush()
+        out = getattr(sys.stdout, "buffer", None)
+        if out is not None:
+            out.write(response.body)
+            if not response.body.endswith(b"\n"):
+                out.write(b"\n")
+            out.flush()
+        else:
+            text = response.body.decode("utf-8", "replace")
+            print(text, end="" if text.endswith("\n") else "\n")
+
+
+def check_main(argv: Sequence[str]) -> int:
+    parser = build_check_parser()
+    args = parser.parse_args(list(argv))
+    headers = _check_headers(parser, args.header)
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        parser.error("--ca-file %s: no such file" % args.ca_file)
+    tls = TLSOptions(args.ca_file, args.insecure) if args.ca_file or args.insecure else None
+    try:
+        response = asyncio.run(fetch(args.url, headers=headers, timeout=args.timeout,
+                                     max_body=CHECK_MAX_BODY, tls=tls))
+    except ValueError as exc:
+        print("probed check: error: %s: %s" % (args.url, exc), file=sys.stderr)
+        return CHECK_EXIT_USAGE
+    except FetchError as exc:
+        print("probed check: %s: %s" % (args.url, exc), file=sys.stderr)
+        return CHECK_EXIT_UNREACHABLE
+    except OSError as exc:
+        print("probed check: %s: %s" % (args.url, exc.strerror or exc), file=sys.stderr)
+        return CHECK_EXIT_UNREACHABLE
+    print_check_result(response, args.verbose)
+    return CHECK_EXIT_FAIL if response.status >= CHECK_FAIL_STATUS else CHECK_EXIT_PASS
+
+
+# ==================================================================================================
 # probed/checks/base.py
 # ==================================================================================================
 """The one contract every check kind follows (kube-apiserver healthz style).
-
-A check kind is a `Check` subclass registered under its kind name. It declares its keys as
-`Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
-an observation into a verdict in `judge()` (pure, so per-request overrides such as
-`/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
-The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Type
 
 
 class Observation:
-    """What one poll saw.
 
-    ok      the raw outcome before thresholds that `judge` applies (True for a plain success).
-    reason  short words for a failure (or a note on a pass), shown after `failed:` in ?verbose.
-    value   the number the verdict used (queue depth, nodes alive...), shown in JSON and /metrics.
-    hard    the backend said so itself (vLLM /health 503): skips `fail-after`.
-    detail  JSON-able extras for ?format=json (per-node, per-worker data...).
-    raw     anything else `judge` needs that is not shown (a response body...).
-    """
-
-    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw")
+    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "incarnation",
+                 "restart")
 
     def __init__(
         self,
@@ -1182,6 +1743,9 @@ class Observation:
         hard: bool = False,
         detail: Optional[Dict[str, Any]] = None,
         raw: Any = None,
+        refused: bool = False,
+        incarnation: Optional[float] = None,
+        restart: str = "",
     ) -> None:
         self.ok = ok
         self.reason = reason
@@ -1189,6 +1753,9 @@ class Observation:
         self.hard = hard
         self.detail = detail
         self.raw = raw
+        self.refused = refused
+        self.incarnation = incarnation
+        self.restart = restart
 
     def __repr__(self) -> str:
         return "Observation(ok=%r, reason=%r, value=%r, hard=%r)" % (
@@ -1196,7 +1763,6 @@ class Observation:
 
 
 class Param:
-    """One key a check kind accepts: how to parse it, its default, whether to hide it."""
 
     __slots__ = ("parse", "default", "required", "secret", "help", "overridable", "repeat")
 
@@ -1216,10 +1782,9 @@ class Param:
         self.secret = secret
         self.help = help
         self.overridable = overridable
-        self.repeat = repeat  # the key may be given many times; the value is a list
+        self.repeat = repeat
 
 
-# Keys every kind accepts; the engine reads them, the check never does.
 COMMON_PARAMS: Dict[str, Param] = {
     "name": Param(str, help="check name (default: the kind)"),
     "probes": Param(parse_probes, help="groups this check counts in: live,ready,started"),
@@ -1233,7 +1798,6 @@ COMMON_PARAMS: Dict[str, Param] = {
 
 
 class CheckSpec:
-    """A check's validated configuration: common settings plus its kind's parameters."""
 
     __slots__ = ("kind", "name", "probes", "interval", "timeout", "fail_after", "pass_after",
                  "stale_after", "params", "origin", "start_interval", "shown")
@@ -1251,13 +1815,12 @@ class CheckSpec:
         self.pass_after = pass_after
         self.stale_after = stale_after
         self.params = params
-        self.origin = origin  # where it came from: "--check #2", "--vllm", "config.json"
-        self.start_interval = start_interval  # None: the daemon's --start-interval
-        self.shown: Dict[str, Any] = {}  # kind keys as the user wrote them, secrets masked
+        self.origin = origin
+        self.start_interval = start_interval
+        self.shown: Dict[str, Any] = {}
 
 
 class Check:
-    """Base class of every check kind. Subclasses set `kind`, `params`, and `observe`."""
 
     kind: ClassVar[str] = ""
     params: ClassVar[Dict[str, Param]] = {}
@@ -1271,19 +1834,18 @@ class Check:
         self.config: Dict[str, Any] = spec.params
 
     async def observe(self) -> Observation:
-        """Poll the backend once. The engine bounds it with the check's timeout."""
         raise NotImplementedError
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
-        """Turn an observation into (passes, reason) under `config`; `was_ok` allows hysteresis."""
         return obs.ok, obs.reason
 
     def target(self) -> str:
-        """What this check looks at, for the index page and logs (never contains secrets)."""
         return ""
 
+    def forget(self) -> None:
+        """The backend restarted: drop history kept between polls (counters, rates)."""
+
     def parse_override(self, key: str, text: str) -> Any:
-        """Parse a per-request override `NAME.KEY=VALUE`; only keys marked overridable."""
         param = self.params.get(key)
         if param is None or not param.overridable:
             allowed = sorted(k for k, p in self.params.items() if p.overridable)
@@ -1299,7 +1861,6 @@ CHECK_KINDS: Dict[str, Type[Check]] = {}
 
 
 def register_check(cls: Type[Check]) -> Type[Check]:
-    """Class decorator: make a check kind available to `--check KIND ...`."""
     if cls.kind in CHECK_KINDS:
         raise RuntimeError("check kind %r registered twice" % cls.kind)
     CHECK_KINDS[cls.kind] = cls
@@ -1310,10 +1871,6 @@ def register_check(cls: Type[Check]) -> Type[Check]:
 # probed/checks/exec.py
 # ==================================================================================================
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
-
-For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
-command runs in its own process group, and the whole group is killed when the deadline ends
-the poll, so a script's children cannot pile up.
 """
 
 import asyncio
@@ -1322,11 +1879,11 @@ import shlex
 import signal
 from typing import Any, List
 
-EXEC_OUTPUT_CAP = 64 * 1024  # bytes of output kept; the rest is read and dropped
+EXEC_OUTPUT_CAP = 64 * 1024
+EXEC_REAP_SECONDS = 1.0
 
 
 def parse_command(text: str) -> List[str]:
-    """Split a command line the way a POSIX shell would, without running a shell."""
     try:
         argv = shlex.split(text)
     except ValueError as exc:
@@ -1336,14 +1893,39 @@ def parse_command(text: str) -> List[str]:
     return argv
 
 
-async def _read_capped(stream: Any) -> bytes:
-    kept = b""
-    while True:
-        chunk = await stream.read(8192)
+class ExecOutput:
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.kept = b""
+        self.done = asyncio.Event()
+        loop.add_reader(self.read_fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self.read_fd, 8192)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
         if not chunk:
-            return kept
-        if len(kept) < EXEC_OUTPUT_CAP:
-            kept += chunk[:EXEC_OUTPUT_CAP - len(kept)]
+            self.done.set()
+            self.loop.remove_reader(self.read_fd)
+        elif len(self.kept) < EXEC_OUTPUT_CAP:
+            self.kept += chunk[:EXEC_OUTPUT_CAP - len(self.kept)]
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.read_fd)
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+
+    def close_write_end(self) -> None:
+        os.close(self.write_fd)
+        self.write_fd = -1
 
 
 def _kill_group(pid: int) -> None:
@@ -1355,7 +1937,6 @@ def _kill_group(pid: int) -> None:
 
 @register_check
 class ExecCheck(Check):
-    """Exit status 0 passes; the last line of output explains a failure."""
 
     kind = "exec"
     params = {"cmd": Param(parse_command, required=True, help="command line (no shell)")}
@@ -1365,24 +1946,397 @@ class ExecCheck(Check):
 
     async def observe(self) -> Observation:
         argv = self.config["cmd"]
+        output = ExecOutput(asyncio.get_running_loop())
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        except OSError as exc:
-            return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
-        try:
-            output = await _read_capped(proc.stdout)
-            code = await proc.wait()
-        except asyncio.CancelledError:
-            _kill_group(proc.pid)  # the deadline ended the poll: take the children too
-            raise
-        _kill_group(proc.pid)  # leftovers of a script that exited but left children behind
-        lines = output.decode("utf-8", "replace").strip().splitlines()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output.write_fd,
+                    stderr=output.write_fd, start_new_session=True)
+            except OSError as exc:
+                return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
+            output.close_write_end()
+            code = await self.wait(proc)
+            try:
+                await asyncio.wait_for(output.done.wait(), EXEC_REAP_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            lines = output.kept.decode("utf-8", "replace").strip().splitlines()
+        finally:
+            output.close()
         last = lines[-1][:200] if lines else ""
         if code == 0:
             return Observation(True, last or "exit 0", 0.0)
         return Observation(False, "exit %d%s" % (code, (": " + last) if last else ""), float(code))
+
+    async def wait(self, proc: Any) -> int:
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            _kill_group(proc.pid)
+            try:
+                await asyncio.wait_for(proc.wait(), EXEC_REAP_SECONDS)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+            raise
+        _kill_group(proc.pid)
+        return code
+
+
+# ==================================================================================================
+# probed/checks/heartbeat.py
+# ==================================================================================================
+"""Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
+"""
+
+import asyncio
+import fnmatch
+import glob
+import itertools
+import os
+import re
+import stat
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+HEARTBEAT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+HEARTBEAT_MAX_WORKERS = 1024
+HEARTBEAT_FORGET_AFTER = 3600.0
+HEARTBEAT_DEFAULT_WINDOW = 60.0
+HEARTBEAT_REASON_NAMES = 12
+HEARTBEAT_CLOCK_SLACK = 1.0
+_HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
+
+WorkerAges = Tuple[Tuple[str, float], ...]
+
+
+def parse_beat_name(text: str) -> str:
+    if not HEARTBEAT_NAME_PATTERN.match(text):
+        raise ValueError("expected 1-128 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")
+    return text
+
+
+def parse_window(text: str) -> float:
+    value = parse_duration(text)
+    if not value > 0:
+        raise ValueError("expected a duration above 0, e.g. 30s")
+    return value
+
+
+class HeartbeatRegistryFull(Exception):
+    """A new name arrived while the registry holds HEARTBEAT_MAX_WORKERS recently seen names."""
+
+
+class HeartbeatRegistry:
+
+    def __init__(self, max_names: int = HEARTBEAT_MAX_WORKERS,
+                 forget_after: float = HEARTBEAT_FORGET_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_names = max_names
+        self.forget_after = forget_after
+        self.clock = clock
+        self.beats: Dict[str, float] = {}
+
+    def beat(self, name: str) -> None:
+        parse_beat_name(name)
+        now = self.clock()
+        if name not in self.beats and len(self.beats) >= self.max_names:
+            oldest = min(self.beats, key=self.beats.__getitem__)
+            if now - self.beats[oldest] <= self.forget_after:
+                raise HeartbeatRegistryFull(
+                    "heartbeat registry full: %d names beat within the last %s" % (
+                        len(self.beats), format_duration(self.forget_after)))
+            del self.beats[oldest]
+        self.beats[name] = now
+
+    def remove(self, name: str) -> bool:
+        return self.beats.pop(name, None) is not None
+
+    def ages(self) -> WorkerAges:
+        now = self.clock()
+        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
+
+
+def _heartbeat_fixed_prefix(pattern: str) -> str:
+    fixed = itertools.takewhile(lambda part: not _HEARTBEAT_GLOB_CHARS.search(part),
+                                pattern.split(os.sep)[:-1])
+    return os.sep.join(fixed) or ("." if not pattern.startswith(os.sep) else os.sep)
+
+
+def _heartbeat_candidates(path: str) -> List[Tuple[str, str]]:
+    limit = HEARTBEAT_MAX_WORKERS + 1
+    if _HEARTBEAT_GLOB_CHARS.search(path):
+        prefix = _heartbeat_fixed_prefix(path)
+        return [(os.path.relpath(m, prefix), m) for m in itertools.islice(glob.iglob(path), limit)]
+    if os.path.isdir(path):
+        with os.scandir(path) as entries:
+            visible = (e for e in entries if not e.name.startswith("."))
+            return [(e.name, e.path) for e in itertools.islice(visible, limit)]
+    if not os.path.exists(path):
+        raise FileNotFoundError("%s: no such file or directory" % path)
+    return [(os.path.basename(path), path)]
+
+
+def scan_beat_files(path: str) -> WorkerAges:
+    found = _heartbeat_candidates(path)
+    if len(found) > HEARTBEAT_MAX_WORKERS:
+        raise OSError("%s matches more than %d files; narrow the path" % (
+            path, HEARTBEAT_MAX_WORKERS))
+    mtimes: List[Tuple[str, float]] = []
+    for name, file_path in found:
+        try:
+            st = os.stat(file_path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            mtimes.append((name, st.st_mtime))
+    now = time.time()
+    return tuple(sorted((name, now - mtime) for name, mtime in mtimes))
+
+
+def heartbeat_fresh(age: float, window: float) -> bool:
+    return -HEARTBEAT_CLOCK_SLACK <= age <= window
+
+
+def _heartbeat_age_text(age: float) -> str:
+    if age < -HEARTBEAT_CLOCK_SLACK:
+        return "%s in the future" % format_duration(round(-age))
+    age = max(age, 0.0)
+    return format_duration(round(age) if age >= 10 else round(age, 1))
+
+
+def heartbeat_roster(silent: Sequence[Tuple[str, float]], fresh: Sequence[Tuple[str, float]],
+                     missing: int) -> str:
+    budget = HEARTBEAT_REASON_NAMES
+
+    def names(rows: Sequence[Tuple[str, float]]) -> str:
+        nonlocal budget
+        shown = ["%s %s" % (n, _heartbeat_age_text(a)) for n, a in rows[:budget]]
+        budget -= len(shown)
+        more = len(rows) - len(shown)
+        return ", ".join(shown + (["+%d more" % more] if more else []))
+
+    parts = ["silent: " + names(sorted(silent, key=lambda r: -r[1]))] if silent else []
+    if missing:
+        parts.append("missing: %d never beat" % missing)
+    if fresh:
+        parts.append("fresh: " + names(sorted(fresh, key=lambda r: r[1])))
+    return "; ".join(parts) or "no worker has beaten yet"
+
+
+@register_check
+class HeartbeatCheck(Check):
+
+    kind = "heartbeat"
+    params = {
+        "path": Param(str, help="beat files: a directory, a glob or one file (mtime = beat); "
+                                "without it workers POST /heartbeat/NAME to the admin listener"),
+        "match": Param(str, help="only worker names matching this glob, e.g. enc-*"),
+        "expect": Param(parse_positive_count, overridable=True,
+                        help="workers that should exist (Y); missing ones count as silent"),
+        "min-fresh": Param(parse_count, overridable=True,
+                           help="pass when at least X workers beat within the window"),
+        "max-silent": Param(parse_count, overridable=True,
+                            help="pass when at most this many workers are silent"),
+        "window": Param(parse_window, default=HEARTBEAT_DEFAULT_WINDOW, overridable=True,
+                        help="a beat older than this is silent (T)"),
+    }
+    default_probes = frozenset(("live", "ready", "started"))
+    default_interval = 2.0
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.path: Optional[str] = self.config.get("path") or None
+        self.registry = HeartbeatRegistry()
+        self._scan: Optional["asyncio.Future[WorkerAges]"] = None
+
+    @property
+    def pushed(self) -> bool:
+        return self.path is None
+
+    def target(self) -> str:
+        where = self.path if self.path else "POST /heartbeat/NAME"
+        return where + (" match=%s" % self.config["match"] if self.config.get("match") else "")
+
+    async def observe(self) -> Observation:
+        if self.path is None:
+            workers = self.registry.ages()
+        else:
+            if self._scan is not None and not self._scan.done():
+                return Observation(False, "%s: the previous scan is still running (slow "
+                                          "volume?)" % self.path)
+            if self._scan is not None and not self._scan.cancelled():
+                self._scan.exception()
+            self._scan = asyncio.get_running_loop().run_in_executor(None, scan_beat_files,
+                                                                    self.path)
+            try:
+                workers = await asyncio.shield(self._scan)
+            except OSError as exc:
+                own = bool(exc.args) and isinstance(exc.args[0], str)
+                return Observation(False, str(exc) if own else "%s: %s" % (
+                    self.path, exc.strerror or exc))
+        pattern = self.config.get("match")
+        if pattern:
+            workers = tuple(w for w in workers if fnmatch.fnmatchcase(w[0], pattern))
+        window = self.config["window"]
+        detail = {"source": "push" if self.path is None else "files",
+                  "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        fresh = sum(1 for _, a in workers if heartbeat_fresh(a, window))
+        return Observation(True, "", float(fresh), detail=detail, raw=workers)
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        workers: Optional[WorkerAges] = obs.raw
+        if workers is None:
+            return False, obs.reason
+        window, expect = config["window"], config.get("expect")
+        fresh = [w for w in workers if heartbeat_fresh(w[1], window)]
+        silent = [w for w in workers if not heartbeat_fresh(w[1], window)]
+        missing = max(0, expect - len(workers)) if expect else 0
+        silent_count = max(0, expect - len(fresh)) if expect else len(silent)
+        min_fresh, max_silent = config.get("min-fresh"), config.get("max-silent")
+        if min_fresh is None and max_silent is None:
+            max_silent = 0
+        floor = min_fresh if min_fresh is not None else 1
+        summary = "%d of %d workers beat within %s" % (
+            len(fresh), expect or len(workers), format_duration(window))
+        if expect and len(fresh) > expect:
+            summary = "%d workers beat within %s (%d expected)" % (
+                len(fresh), format_duration(window), expect)
+        wants = []
+        if max_silent is not None and silent_count > max_silent:
+            wants.append("%d silent, at most %d allowed" % (silent_count, max_silent))
+        if len(fresh) < floor and (min_fresh is not None or not wants):
+            wants.append("need %d" % floor)
+        if not wants:
+            return True, summary
+        return False, "%s (%s): %s" % (summary, ", ".join(wants),
+                                       heartbeat_roster(silent, fresh, missing))
+
+
+def share_heartbeat_registry(checks: Sequence[Check], registry: HeartbeatRegistry) -> int:
+    pushed = [c for c in checks if isinstance(c, HeartbeatCheck) and c.pushed]
+    for check in pushed:
+        check.registry = registry
+    return len(pushed)
+
+
+# ==================================================================================================
+# probed/beat.py
+# ==================================================================================================
+"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Dict, Optional, Sequence
+
+BEAT_EXIT_OK, BEAT_EXIT_FAILED, BEAT_EXIT_USAGE = 0, 1, 2
+BEAT_DEFAULT_TIMEOUT = 2.0
+BEAT_MAX_REPLY = 64 * 1024
+BEAT_ENV_DIR = "PROBED_BEAT_DIR"
+BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
+BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"
+
+
+def _beat_name(text: str) -> str:
+    try:
+        return parse_beat_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("%r: %s" % (text, exc)) from None
+
+
+def _beat_timeout(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
+    return value
+
+
+def admin_base_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + ("127.0.0.1" + value if value.startswith(":") else value)
+    return value
+
+
+def build_beat_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probed beat", description="Send one worker heartbeat: touch DIR/NAME, or POST "
+        "/heartbeat/NAME to probed's admin listener. Exit 0 done, 1 failed, 2 usage error.")
+    parser.add_argument("name", type=_beat_name, help="worker name: letters, digits, . _ -")
+    parser.add_argument("--dir", help="touch DIR/NAME (env %s)" % BEAT_ENV_DIR)
+    parser.add_argument("--admin", metavar="URL", help="POST to the admin listener, e.g. :9090 "
+                        "or http://127.0.0.1:9090 (env %s)" % BEAT_ENV_ADMIN)
+    parser.add_argument("--admin-token-file", metavar="FILE",
+                        help="Bearer token for the admin listener (env %s)" % BEAT_ENV_TOKEN_FILE)
+    parser.add_argument("--timeout", type=_beat_timeout, default=BEAT_DEFAULT_TIMEOUT,
+                        metavar="DURATION", help="deadline of an admin call (default 2s)")
+    parser.add_argument("--remove", action="store_true",
+                        help="the worker leaves: delete its file, or DELETE its name")
+    return parser
+
+
+def touch_beat(directory: str, name: str, remove: bool = False) -> None:
+    if not os.path.isdir(directory):
+        raise OSError("%s: no such directory (is the shared volume mounted?)" % directory)
+    path = os.path.join(directory, name)
+    if remove:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        return
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    os.utime(path, None)
+
+
+async def push_beat(base_url: str, name: str, token_file: Optional[str], timeout: float,
+                    remove: bool = False) -> str:
+    headers: Dict[str, str] = {}
+    try:
+        token = read_bearer_token(token_file) if token_file else None
+    except ValueError as exc:
+        raise OSError(str(exc)) from None
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    resp = await fetch(base_url + "/heartbeat/" + name, method="DELETE" if remove else "POST",
+                       headers=headers, timeout=timeout, max_body=BEAT_MAX_REPLY)
+    text = resp.body.decode("utf-8", "replace").strip()
+    if not 200 <= resp.status < 300:
+        raise RuntimeError("%s: HTTP %d%s" % (base_url, resp.status,
+                                              ": " + text.splitlines()[0] if text else ""))
+    return text
+
+
+def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
+    environ = dict(os.environ) if env is None else env
+    parser = build_beat_parser()
+    args = parser.parse_args(list(argv))
+    directory = args.dir or ("" if args.admin else environ.get(BEAT_ENV_DIR, ""))
+    admin = args.admin or ("" if args.dir else environ.get(BEAT_ENV_ADMIN, ""))
+    if bool(directory) == bool(admin):
+        print("probed beat: error: give exactly one of --dir DIR (env %s) or --admin URL "
+              "(env %s)" % (BEAT_ENV_DIR, BEAT_ENV_ADMIN), file=sys.stderr)
+        return BEAT_EXIT_USAGE
+    try:
+        if directory:
+            touch_beat(directory, args.name, args.remove)
+        else:
+            token_file = args.admin_token_file or environ.get(BEAT_ENV_TOKEN_FILE)
+            asyncio.run(push_beat(admin_base_url(admin), args.name, token_file, args.timeout,
+                                  args.remove))
+    except ValueError as exc:
+        print("probed beat: error: %s" % exc, file=sys.stderr)
+        return BEAT_EXIT_USAGE
+    except (OSError, FetchError, RuntimeError) as exc:
+        print("probed beat: %s" % exc, file=sys.stderr)
+        return BEAT_EXIT_FAILED
+    return BEAT_EXIT_OK
 
 
 # ==================================================================================================
@@ -1392,12 +2346,11 @@ class ExecCheck(Check):
 
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-BODY_SNIPPET = 120  # characters of a failing body shown in the reason
+BODY_SNIPPET = 120
 HTTP_CHECK_MAX_BODY = 1 << 20
 
 
 def parse_header_line(text: str) -> Tuple[str, str]:
-    """`Name: value` -> (name, value)."""
     name, colon, value = text.partition(":")
     if not colon or not name.strip() or any(c in name for c in " \t\r\n"):
         raise ValueError("expected a header like 'X-Name: value'")
@@ -1407,33 +2360,30 @@ def parse_header_line(text: str) -> Tuple[str, str]:
 
 
 def body_snippet(body: bytes) -> str:
-    """A short printable excerpt of a response body for a failure reason."""
     text = body.decode("utf-8", "replace").strip()
     text = " ".join(text.split())
     return text[:BODY_SNIPPET] + ("..." if len(text) > BODY_SNIPPET else "")
 
 
 def status_in(status: int, ranges: Any) -> bool:
-    """Whether `status` falls in one of the inclusive (low, high) ranges."""
     return any(low <= status <= high for low, high in ranges)
 
 
 class HTTPRequestSettings:
-    """What every HTTP-polling check shares: headers, Bearer token, TLS options."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.headers: Dict[str, str] = dict(config.get("header") or ())
         self.token_file: Optional[str] = config.get("token-file")
         self.token_env: Optional[str] = config.get("token-env")
+        self.token_envs: Tuple[str, ...] = (self.token_env,) if self.token_env else ()
         tls_needed = config.get("ca-file") or config.get("insecure")
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
                               insecure=bool(config.get("insecure"))) if tls_needed else None
 
     def request_headers(self) -> Dict[str, str]:
-        """Headers for one request; the token is read fresh so rotated secrets apply."""
         headers = dict(self.headers)
-        if self.token_file or self.token_env:
-            token = read_bearer_token(self.token_file, (self.token_env,) if self.token_env else ())
+        if self.token_file or self.token_envs:
+            token = read_bearer_token(self.token_file, self.token_envs)
             if token:
                 headers["Authorization"] = "Bearer " + token
         return headers
@@ -1451,7 +2401,6 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
 
 @register_check
 class HTTPCheck(Check):
-    """Passes when the status is in `expect` and the body contains `contains`."""
 
     kind = "http"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -1461,6 +2410,8 @@ class HTTPCheck(Check):
         "expect": Param(parse_status_ranges, default=((200, 399),), overridable=True,
                         help="passing status codes, e.g. 200-399,404"),
         "contains": Param(str, overridable=True, help="text the body must contain"),
+        "hard": Param(parse_status_ranges, help="statuses that are the backend declaring itself "
+                                                "dead (vLLM: 503): fail at once, no fail-after"),
     })
 
     def __init__(self, spec: Any) -> None:
@@ -1479,10 +2430,12 @@ class HTTPCheck(Check):
                                timeout=self.spec.timeout, max_body=HTTP_CHECK_MAX_BODY,
                                tls=self.request.tls)
         except FetchError as exc:
-            return Observation(False, str(exc), detail={"error": exc.kind})
+            return Observation(False, str(exc), detail={"error": exc.kind},
+                               refused=exc.kind == "refused")
         detail = {"status": resp.status, "body": body_snippet(resp.body)}
-        return Observation(True, "HTTP %d" % resp.status, float(resp.status), detail=detail,
-                           raw=resp.body)
+        hard = bool(self.config.get("hard")) and status_in(resp.status, self.config["hard"])
+        return Observation(True, "HTTP %d" % resp.status, float(resp.status), hard=hard,
+                           detail=detail, raw=resp.body)
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if obs.value is None or obs.detail is None:
@@ -1498,6 +2451,664 @@ class HTTPCheck(Check):
 
 
 # ==================================================================================================
+# probed/checks/inference.py
+# ==================================================================================================
+"""Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
+completion through the OpenAI API, or any JSON POST endpoint with an expected field).
+"""
+
+import json
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+API_KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
+INFERENCE_APIS = ("completions", "chat", "json")
+INFERENCE_MAX_BODY = 1 << 20
+
+
+def parse_api(text: str) -> str:
+    if text not in INFERENCE_APIS:
+        raise ValueError("expected one of %s" % ", ".join(INFERENCE_APIS))
+    return text
+
+
+def parse_json_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError("expected JSON: %s" % exc) from None
+
+
+def json_field(doc: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        elif isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        else:
+            raise KeyError(path)
+    return doc
+
+
+def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
+    settings = HTTPRequestSettings(config)
+    if not settings.token_file and not settings.token_env and config.get("api") != "json":
+        settings.token_envs = API_KEY_ENVS
+    return settings
+
+
+async def served_models(base: str, settings: HTTPRequestSettings, timeout: float) -> List[str]:
+    resp = await fetch(base.rstrip("/") + "/v1/models", headers=settings.request_headers(),
+                       timeout=timeout, tls=settings.tls)
+    if resp.status != 200:
+        raise ValueError("/v1/models: HTTP %d%s" % (resp.status, (
+            ": " + body_snippet(resp.body)) if resp.body else ""))
+    try:
+        doc = resp.json()
+    except ValueError:
+        raise ValueError("/v1/models: the reply is not JSON: " + body_snippet(resp.body)) from None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        raise ValueError("/v1/models: no \"data\" list in the reply")
+    if not all(isinstance(m, dict) and m.get("id") is not None for m in data):
+        raise ValueError("/v1/models: a model entry without an \"id\"")
+    return [str(m["id"]) for m in data]
+
+
+@register_check
+class ModelsCheck(Check):
+
+    kind = "models"
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True, help="server base URL"),
+        "model": Param(str, help="model id that must be listed (default: any)"),
+    })
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = api_settings(self.config)
+
+    def target(self) -> str:
+        return self.config["url"].rstrip("/") + "/v1/models"
+
+    async def observe(self) -> Observation:
+        try:
+            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+        except FetchError as exc:
+            return Observation(False, str(exc), detail={"error": exc.kind})
+        except ValueError as exc:
+            return Observation(False, str(exc))
+        want = self.config.get("model")
+        if want and want not in models:
+            return Observation(False, "model %r not served (serving: %s)" % (
+                want, ", ".join(models) or "none"), detail={"models": models})
+        if not models:
+            return Observation(False, "no model served yet", detail={"models": models})
+        return Observation(True, "serving " + ", ".join(models), len(models),
+                           detail={"models": models})
+
+
+@register_check
+class InferenceCheck(Check):
+
+    kind = "inference"
+    default_timeout = 30.0
+    default_interval = 60.0
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True,
+                     help="server base URL (api=completions|chat) or endpoint URL (api=json)"),
+        "api": Param(parse_api, default="completions", help="completions, chat or json"),
+        "model": Param(str, help="model id (default: the first on /v1/models)"),
+        "prompt": Param(str, default="Hi", help="prompt text"),
+        "max-tokens": Param(parse_positive_count, default=1, help="tokens to generate"),
+        "body": Param(parse_json_text, help="JSON request body (api=json)"),
+        "expect-field": Param(str, help="dotted path that must be in the JSON reply"),
+        "idle-only": Param(parse_bool, default=False,
+                           help="skip while metrics show tokens flowing (needs metrics-url)"),
+        "metrics-url": Param(parse_http_url, help="metrics URL for idle-only"),
+    })
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = api_settings(self.config)
+        self.model: Optional[str] = self.config.get("model")
+        if self.config["idle-only"] and not self.config.get("metrics-url"):
+            if self.config["api"] == "json":
+                raise ConfigError("%s (inference): idle-only=true needs metrics-url=URL with "
+                                  "api=json" % spec.origin)
+            self.config["metrics-url"] = self.config["url"].rstrip("/") + "/metrics"
+
+    def target(self) -> str:
+        return self.endpoint()
+
+    def endpoint(self) -> str:
+        base = self.config["url"].rstrip("/")
+        api = self.config["api"]
+        return {"completions": base + "/v1/completions",
+                "chat": base + "/v1/chat/completions"}.get(api, self.config["url"])
+
+    async def observe(self) -> Observation:
+        if self.config["idle-only"] and self.busy():
+            return Observation(True, "skipped: tokens are flowing, the engine generates")
+        try:
+            body = await self.request_body()
+            resp = await fetch(self.endpoint(), method="POST", body=body,
+                               headers=dict(self.request.request_headers(),
+                                            **{"Content-Type": "application/json"}),
+                               timeout=self.spec.timeout, max_body=INFERENCE_MAX_BODY,
+                               tls=self.request.tls)
+        except FetchError as exc:
+            return Observation(False, str(exc), detail={"error": exc.kind})
+        except ValueError as exc:
+            return Observation(False, str(exc))
+        return self.read_reply(resp.status, resp.body, resp.elapsed)
+
+    def busy(self) -> bool:
+        url = self.config.get("metrics-url")
+        return bool(url) and time.monotonic() - last_progress(url) < self.spec.interval
+
+    async def request_body(self) -> bytes:
+        api = self.config["api"]
+        if api == "json":
+            return json.dumps(self.config.get("body") or {}).encode("utf-8")
+        if not self.model:
+            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+            if not models:
+                raise ValueError("no model served yet")
+            self.model = models[0]
+        doc: Dict[str, Any] = {"model": self.model, "max_tokens": self.config["max-tokens"],
+                               "temperature": 0}
+        if api == "chat":
+            doc["messages"] = [{"role": "user", "content": self.config["prompt"]}]
+        else:
+            doc["prompt"] = self.config["prompt"]
+        return json.dumps(doc).encode("utf-8")
+
+    def read_reply(self, status: int, body: bytes, elapsed: float) -> Observation:
+        if not 200 <= status < 300:
+            if status == 404 and not self.config.get("model"):
+                self.model = None
+            return Observation(False, "HTTP %d: %s" % (status, body_snippet(body)),
+                               detail={"status": status})
+        field = self.config.get("expect-field") or ("choices" if self.config["api"] != "json"
+                                                    else None)
+        try:
+            doc = json.loads(body.decode("utf-8"))
+            found = json_field(doc, field) if field else doc
+        except (ValueError, UnicodeDecodeError):
+            return Observation(False, "HTTP %d but the reply is not JSON" % status)
+        except KeyError:
+            return Observation(False, "HTTP %d but the reply has no %r" % (status, field))
+        if found in ([], {}, None, ""):
+            return Observation(False, "HTTP %d but %r is empty" % (status, field or "the reply"))
+        return Observation(True, "generated in %dms" % round(elapsed * 1000), elapsed,
+                           detail={"status": status, "model": self.model})
+
+
+# ==================================================================================================
+# probed/checks/manual.py
+# ==================================================================================================
+"""Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
+"""
+
+from typing import Any, Optional
+
+
+def parse_initial_state(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("ready", "unready"):
+        raise ValueError("expected ready or unready")
+    return value == "ready"
+
+
+@register_check
+class ManualCheck(Check):
+
+    kind = "manual"
+    params = {
+        "initial": Param(parse_initial_state, default=False,
+                         help="ready or unready until the first admin call (default unready)"),
+    }
+    default_probes = frozenset(("ready",))
+    default_interval = 5.0
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.ready: bool = self.config["initial"]
+        self.reason = "initial=%s, until POST /v1/become-%s" % (
+            "ready" if self.ready else "unready", "unready" if self.ready else "ready")
+        self.changed_at: Optional[float] = None
+
+    def target(self) -> str:
+        return "POST /v1/become-ready, /v1/become-unready"
+
+    def set_ready(self, ready: bool, by: str, wall: float) -> None:
+        self.ready, self.changed_at = ready, wall
+        self.reason = "%s at %s" % (by, format_timestamp(wall))
+
+    def current(self) -> Observation:
+        detail: Any = {"ready": self.ready}
+        if self.changed_at is not None:
+            detail["changed"] = format_timestamp(self.changed_at)
+        return Observation(self.ready, self.reason, 1.0 if self.ready else 0.0,
+                           hard=not self.ready, detail=detail)
+
+    async def observe(self) -> Observation:
+        return self.current()
+
+
+# ==================================================================================================
+# probed/checks/metric.py
+# ==================================================================================================
+"""Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
+"""
+
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+
+def parse_selector_param(text: str) -> Selector:
+    return parse_selector(text)
+
+
+def parse_aggregation(text: str) -> str:
+    if text not in AGGREGATIONS:
+        raise ValueError("expected one of %s" % ", ".join(AGGREGATIONS))
+    return text
+
+
+def parse_missing(text: str) -> str:
+    if text not in ("pass", "fail"):
+        raise ValueError("expected pass or fail")
+    return text
+
+
+def format_value(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
+    return "%d" % value if value == int(value) and abs(value) < 1e15 else "%.4g" % value
+
+
+class ScrapeResult:
+
+    __slots__ = ("series", "error", "empty", "refused")
+
+    def __init__(self, series: List[List[Tuple[Dict[str, str], float]]], error: str = "",
+                 empty: bool = False, refused: bool = False) -> None:
+        self.series = series
+        self.error = error
+        self.empty = empty
+        self.refused = refused
+
+    def failure(self) -> Observation:
+        return Observation(False, self.error, refused=self.refused)
+
+
+async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector],
+                           settings: HTTPRequestSettings,
+                           max_age: Optional[float] = None) -> ScrapeResult:
+    source = metrics_source(url, settings.headers, settings.tls)
+    spec = check.spec
+    if max_age is None:
+        max_age = min(spec.interval / 2, 1.0)
+    try:
+        resp = await source.scrape(spec.timeout, max_age, settings.request_headers())
+    except FetchError as exc:
+        return ScrapeResult([], "%s: %s" % (url, exc), refused=exc.kind == "refused")
+    if not 200 <= resp.status < 300 or resp.status == 204:
+        location = resp.headers.get("location")
+        return ScrapeResult([], "%s: HTTP %d%s" % (url, resp.status, (
+            " (redirect to %s: give that URL)" % location[:200]) if location else ""))
+    if resp.body.strip() in (b"", b"null"):
+        return ScrapeResult([[] for _ in selectors], empty=True)
+    try:
+        return ScrapeResult(select_series(resp.body, selectors, is_openmetrics(resp)))
+    except ExpositionError as exc:
+        return ScrapeResult([], "%s: malformed metrics: %s" % (url, exc))
+
+
+METRIC_PARAMS: Dict[str, Param] = dict(HTTP_COMMON_PARAMS, **{
+    "url": Param(parse_http_url, required=True, help="metrics URL, e.g. http://host:8000/metrics"),
+    "metric": Param(parse_selector_param, required=True, repeat=True,
+                    help="series selector; repeat for fallbacks (the first present wins)"),
+    "agg": Param(parse_aggregation, default="sum", overridable=True,
+                 help="sum, max, min, avg or count over matching series"),
+    "max": Param(parse_number, overridable=True, help="fail above this"),
+    "min": Param(parse_number, overridable=True, help="fail below this"),
+    "recover": Param(parse_number, overridable=True,
+                     help="after failing on max, pass again only at or below this"),
+    "missing": Param(parse_missing, default="pass", overridable=True,
+                     help="no matching series (or an empty body): pass or fail"),
+})
+
+
+def judge_bounds(value: float, label: str, config: Mapping[str, Any],
+                 was_ok: bool) -> Tuple[bool, str]:
+    shown = "%s = %s" % (label, format_value(value))
+    if value != value:
+        return config["missing"] == "pass", "%s (not a number: missing=%s)" % (
+            shown, config["missing"])
+    high, low, recover = config.get("max"), config.get("min"), config.get("recover")
+    if high is not None:
+        limit = high if was_ok or recover is None else min(recover, high)
+        if value > limit:
+            if limit == high:
+                return False, "%s > max %s" % (shown, format_value(high))
+            return False, "%s, not yet back to recover %s" % (shown, format_value(limit))
+    if low is not None and value < low:
+        return False, "%s < min %s" % (shown, format_value(low))
+    return True, shown
+
+
+@register_check
+class MetricCheck(Check):
+
+    kind = "metric"
+    params = METRIC_PARAMS
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        recover, high = self.config.get("recover"), self.config.get("max")
+        if recover is not None and (high is None or recover > high):
+            raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
+                spec.origin, format_value(recover)))
+        self.request = HTTPRequestSettings(self.config)
+
+    def target(self) -> str:
+        return "%s %s(%s)" % (self.config["url"], self.config["agg"],
+                              " | ".join(str(s) for s in self.config["metric"]))
+
+    async def observe(self) -> Observation:
+        selectors = self.config["metric"]
+        result = await scrape_selectors(self, self.config["url"], selectors, self.request)
+        if result.error:
+            return result.failure()
+        for selector, series in zip(selectors, result.series):
+            if series:
+                values = [v for _, v in series]
+                return Observation(True, "", aggregate(values, self.config["agg"]), detail={
+                    "metric": str(selector), "series": len(series), "values": values})
+        return Observation(True, "", None, detail={"metric": " | ".join(map(str, selectors)),
+                                                   "series": 0, "empty_body": result.empty})
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        if not obs.ok or obs.detail is None:
+            return False, obs.reason
+        values = obs.detail.get("values")
+        label = "%s(%s)" % (config["agg"], obs.detail["metric"])
+        if not values:
+            what = "empty metrics body" if obs.detail.get("empty_body") else "no series %s" % (
+                obs.detail["metric"])
+            return config["missing"] == "pass", "%s (missing=%s)" % (what, config["missing"])
+        value = obs.value if config["agg"] == self.config["agg"] else aggregate(
+            values, config["agg"])
+        return judge_bounds(value, label, config, was_ok)
+
+
+PROGRESS_RUNNING = "vllm:num_requests_running"
+PROGRESS_COUNTER = "vllm:generation_tokens_total"
+
+
+@register_check
+class ProgressCheck(Check):
+
+    kind = "progress"
+    default_probes = frozenset(("live",))
+    default_interval = 5.0
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True, help="metrics URL"),
+        "running": Param(parse_selector_param, default=parse_selector(PROGRESS_RUNNING),
+                         help="in-flight requests (summed)"),
+        "counter": Param(parse_selector_param, default=parse_selector(PROGRESS_COUNTER),
+                         help="a counter that rises while work gets done (summed)"),
+        "stall-after": Param(parse_duration, default=120.0, overridable=True,
+                             help="running > 0 and the counter flat this long is a stall"),
+    })
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+        self.last_counter: Optional[float] = None
+        self.flat_since = 0.0
+
+    def target(self) -> str:
+        return "%s %s vs %s" % (self.config["url"], self.config["running"], self.config["counter"])
+
+    async def observe(self) -> Observation:
+        running_sel, counter_sel = self.config["running"], self.config["counter"]
+        result = await scrape_selectors(self, self.config["url"], [running_sel, counter_sel],
+                                        self.request)
+        if result.error:
+            return result.failure()
+        running_series, counter_series = result.series
+        if not counter_series:
+            return Observation(True, "no series %s: progress unknown" % counter_sel)
+        running = sum(v for _, v in running_series)
+        counter = sum(v for _, v in counter_series)
+        return self.note(running, counter, time.monotonic())
+
+    def note(self, running: float, counter: float, now: float) -> Observation:
+        last = self.last_counter
+        if last is None or counter < last or counter > last or running <= 0:
+            self.flat_since = now
+        if last is not None and counter > last:
+            note_progress(self.config["url"], now)
+        self.last_counter = counter
+        flat_for = now - self.flat_since
+        reset = last is not None and counter < last
+        detail = {"running": running, "counter": counter, "flat_seconds": round(flat_for, 3)}
+        return Observation(True, "", flat_for, detail=detail, restart="%s went back from %s to %s" % (
+            self.config["counter"].name, format_value(last), format_value(counter)) if reset else "")
+
+    def forget(self) -> None:
+        self.last_counter = None
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        if not obs.ok or obs.detail is None or obs.value is None:
+            return obs.ok, obs.reason
+        running = obs.detail["running"]
+        if running > 0 and obs.value >= config["stall-after"]:
+            return False, "stalled: %s running, %s flat for %s" % (
+                format_value(running), self.config["counter"].name, format_duration(
+                    round(obs.value)))
+        if running > 0:
+            return True, "%s running, tokens at %s" % (format_value(running),
+                                                       format_value(obs.detail["counter"]))
+        return True, "idle"
+
+
+# ==================================================================================================
+# probed/checks/awake.py
+# ==================================================================================================
+"""Check kind `awake`: a vLLM engine that was put to sleep is not ready, though /health says 200.
+"""
+
+from typing import Any, Mapping, Tuple
+
+AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
+
+
+@register_check
+class AwakeCheck(Check):
+
+    kind = "awake"
+    default_probes = frozenset(("ready",))
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True, help="vLLM base URL"),
+    })
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+
+    def target(self) -> str:
+        return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping"
+
+    async def observe(self) -> Observation:
+        base = self.config["url"].rstrip("/")
+        result = await scrape_selectors(self, base + "/metrics", [AWAKE_SELECTOR], self.request)
+        if result.error:
+            return result.failure()
+        series = result.series[0]
+        if series:
+            asleep = sorted(labels.get("engine", "?") for labels, value in series if value < 1)
+            if asleep:
+                return Observation(False, "sleeping (engine %s; vllm:engine_sleep_state)" % (
+                    ",".join(asleep)), 0.0, detail={"asleep_engines": asleep})
+            return Observation(True, "awake (vllm:engine_sleep_state)", 1.0)
+        return await self.ask_is_sleeping(base)
+
+    async def ask_is_sleeping(self, base: str) -> Observation:
+        try:
+            resp = await fetch(base + "/is_sleeping", headers=self.request.request_headers(),
+                               timeout=self.spec.timeout, tls=self.request.tls)
+        except FetchError as exc:
+            return Observation(False, "/is_sleeping: %s" % exc)
+        if resp.status == 404:
+            return Observation(True, "sleep state unknown (no sleep gauge; /is_sleeping is "
+                                     "dev mode only)")
+        try:
+            sleeping = resp.json().get("is_sleeping") if resp.status == 200 else None
+        except (ValueError, AttributeError):
+            sleeping = None
+        if sleeping is None:
+            return Observation(False, "/is_sleeping: unexpected reply HTTP %d" % resp.status)
+        if sleeping:
+            return Observation(False, "sleeping (/is_sleeping)", 0.0)
+        return Observation(True, "awake (/is_sleeping)", 1.0)
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        return obs.ok, obs.reason
+
+
+# ==================================================================================================
+# probed/checks/inflight.py
+# ==================================================================================================
+"""Check kind `inflight`: how many requests the backend still has (running + waiting).
+"""
+
+INFLIGHT_MAX_AGE = 0.0
+
+
+@register_check
+class InflightCheck(Check):
+
+    kind = "inflight"
+    default_probes = frozenset()
+    default_interval = 10.0
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True, help="metrics URL"),
+        "metric": Param(parse_selector_param, repeat=True, required=True,
+                        help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
+    })
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+
+    def target(self) -> str:
+        return "%s %s" % (self.config["url"], " + ".join(map(str, self.config["metric"])))
+
+    async def observe(self) -> Observation:
+        result = await scrape_selectors(self, self.config["url"], self.config["metric"],
+                                        self.request, max_age=INFLIGHT_MAX_AGE)
+        if result.error:
+            return result.failure()
+        total = sum(value for series in result.series for _, value in series)
+        return Observation(True, "%s in flight" % format_value(total), total)
+
+
+# ==================================================================================================
+# probed/checks/process.py
+# ==================================================================================================
+"""Check kind `process`: which incarnation of the backend process is answering.
+"""
+
+PROCESS_START = "process_start_time_seconds"
+
+
+@register_check
+class ProcessCheck(Check):
+
+    kind = "process"
+    default_probes = frozenset()
+    default_interval = 5.0
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True, help="metrics URL"),
+        "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
+                        help="gauge holding the process start time (Unix seconds)"),
+    })
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+
+    def target(self) -> str:
+        return "%s %s" % (self.config["url"], self.config["metric"])
+
+    async def observe(self) -> Observation:
+        result = await scrape_selectors(self, self.config["url"], [self.config["metric"]],
+                                        self.request)
+        if result.error:
+            return result.failure()
+        series = result.series[0]
+        if not series:
+            return Observation(True, "no %s: restarts show only as refusals and counter resets"
+                               % self.config["metric"].name)
+        started = max(value for _, value in series)
+        return Observation(True, "process started %s" % format_timestamp(started), started,
+                           incarnation=started)
+
+
+# ==================================================================================================
+# probed/checks/relay.py
+# ==================================================================================================
+"""Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
+another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
+"""
+
+RELAY_MAX_BODY = 64 * 1024
+RELAY_LINE_CHARS = 200
+
+
+def first_body_line(body: bytes) -> str:
+    line = body.decode("utf-8", "replace").strip().split("\n", 1)[0]
+    line = "".join(c if c.isprintable() else " " for c in line).strip()
+    return line[:RELAY_LINE_CHARS] + ("..." if len(line) > RELAY_LINE_CHARS else "")
+
+
+@register_check
+class RelayCheck(Check):
+
+    kind = "relay"
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True,
+                     help="remote probe URL, e.g. http://server-pod:8080/readyz"),
+    })
+    default_probes = frozenset(("ready",))
+    default_interval = 2.0
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+
+    def target(self) -> str:
+        return "GET %s" % self.config["url"]
+
+    async def observe(self) -> Observation:
+        try:
+            resp = await fetch(self.config["url"], headers=self.request.request_headers(),
+                               timeout=self.spec.timeout, max_body=RELAY_MAX_BODY,
+                               tls=self.request.tls)
+        except FetchError as exc:
+            return Observation(False, str(exc), detail={"error": exc.kind})
+        line = first_body_line(resp.body)
+        reason = "remote HTTP %d%s" % (resp.status, ": " + line if line else "")
+        return Observation(200 <= resp.status < 300, reason, float(resp.status),
+                           detail={"status": resp.status, "body": line})
+
+
+# ==================================================================================================
 # probed/checks/tcp.py
 # ==================================================================================================
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
@@ -1507,7 +3118,6 @@ from typing import Any
 
 
 def parse_tcp_addr(text: str) -> Any:
-    """`host:port` or `[v6]:port` with a host (unlike --addr, the host is required here)."""
     host, port = parse_host_port(text)
     if not host or not port:
         raise ValueError("expected host:port")
@@ -1515,7 +3125,6 @@ def parse_tcp_addr(text: str) -> Any:
 
 
 async def tcp_connect(host: str, port: int) -> None:
-    """Open and close one connection; raises OSError on failure."""
     _reader, writer = await asyncio.open_connection(host, port)
     writer.close()
     try:
@@ -1526,7 +3135,6 @@ async def tcp_connect(host: str, port: int) -> None:
 
 @register_check
 class TCPCheck(Check):
-    """Connect succeeds: the port is open (all a tcpSocket probe would learn)."""
 
     kind = "tcp"
     params = {"addr": Param(parse_tcp_addr, required=True, help="host:port to connect to")}
@@ -1547,6 +3155,293 @@ class TCPCheck(Check):
 
 
 # ==================================================================================================
+# probed/checks/ray.py
+# ==================================================================================================
+"""Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
+"""
+
+import asyncio
+from typing import Any, Awaitable, Dict, List, Mapping, Optional, Tuple
+
+RAY_GCS_HEALTH_PATH = "/api/gcs_healthz"
+RAY_NODES_PATH = "/api/v0/nodes?detail=1&limit=10000"
+RAY_NODES_MAX_BODY = 8 << 20
+RAY_AGENT_HEALTH_PATH = "/api/healthz"
+RAY_AGENT_LEGACY_PATH = "/api/local_raylet_healthz"
+RAY_AGENT_MAX_BODY = 64 << 10
+RAY_HEALTH_MAX_BODY = 1 << 20
+RAY_DEADLINE_SHARE = 0.9
+RAY_MIN_FETCH_TIMEOUT = 0.05
+RAY_DEAD_SHOWN = 3
+RAY_REASON_MAX = 200
+RAY_NO_DASHBOARD_NOTE = "GCS port reachable (no dashboard: only reachability is known)"
+
+
+def ray_fetch_timeout(check_timeout: Optional[float], fallback: float) -> float:
+    total = check_timeout if check_timeout else fallback
+    return max(RAY_MIN_FETCH_TIMEOUT, total * RAY_DEADLINE_SHARE)
+
+
+def ray_fetch_problem(what: str, exc: FetchError, timeout: float) -> str:
+    if exc.kind == "refused":
+        return "%s refused the connection" % what
+    if exc.kind == "timeout":
+        return "%s did not answer within %gs" % (what, round(timeout, 3))
+    return "%s: %s" % (what, exc)
+
+
+def ray_gcs_health_problem(status: int, body: bytes) -> str:
+    text = body_snippet(body)
+    if status == 200 and text == "success":
+        return ""
+    if text.startswith("%d: " % status):
+        text = text[len("%d: " % status):]
+    return "GCS unhealthy: HTTP %d%s" % (status, (": " + text) if text else "")
+
+
+def _ray_node_gpus(node: Mapping[str, Any]) -> float:
+    resources = node.get("resources_total") or {}
+    try:
+        return float(resources.get("GPU", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _ray_node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
+    try:
+        if payload.get("result") is False:
+            raise ValueError("state API error: %s" % (payload.get("msg") or "no message"))
+        listing = payload["data"]["result"]
+        nodes = listing["result"]
+        if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+            raise TypeError("result is not a list of nodes")
+        total = listing.get("total", len(nodes))
+        return (total if isinstance(total, int) else len(nodes)), nodes
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise ValueError("not a Ray state API node list (%s)" % exc) from None
+
+
+def ray_nodes_summary(payload: Any) -> Dict[str, Any]:
+    total, nodes = _ray_node_list(payload)
+    alive: List[Dict[str, Any]] = []
+    newest_dead: Dict[str, Dict[str, Any]] = {}
+    for node in nodes:
+        ip = str(node.get("node_ip") or node.get("node_name") or "?")
+        node_id = str(node.get("node_id") or "")[:12]
+        if node.get("state") == "ALIVE":
+            alive.append({"ip": ip, "id": node_id, "gpus": _ray_node_gpus(node),
+                          "head": bool(node.get("is_head_node"))})
+            continue
+        ended = node.get("end_time_ms")
+        ended = ended if isinstance(ended, (int, float)) else 0
+        if ip not in newest_dead or ended > newest_dead[ip]["ended_ms"]:
+            newest_dead[ip] = {"ip": ip, "id": node_id, "ended_ms": ended,
+                               "message": str(node.get("state_message") or node.get("state"))}
+    alive_ips = set(n["ip"] for n in alive)
+    dead = sorted((d for ip, d in newest_dead.items() if ip not in alive_ips),
+                  key=lambda d: d["ended_ms"], reverse=True)
+    return {"alive": alive, "dead": dead, "dead_total": len(nodes) - len(alive),
+            "listed": len(nodes), "total": total}
+
+
+def _ray_dead_words(dead: List[Dict[str, Any]]) -> str:
+    shown = ["%s (%s)" % (d["ip"], d["message"]) for d in dead[:RAY_DEAD_SHOWN]]
+    more = len(dead) - RAY_DEAD_SHOWN
+    return ", ".join(shown) + (" and %d more" % more if more > 0 else "")
+
+
+def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tuple[bool, str]:
+    alive = summary["alive"]
+    have_gpus = sum(n["gpus"] for n in alive)
+    short: List[str] = []
+    if len(alive) < nodes:
+        short.append("%d/%d nodes alive" % (len(alive), nodes))
+    if have_gpus < gpus:
+        short.append("%g/%d GPUs on %d alive nodes" % (have_gpus, gpus, len(alive)))
+    if not short:
+        return True, "%d nodes alive, %g GPUs" % (len(alive), have_gpus)
+    reason = ", ".join(short)
+    if summary["dead"]:
+        reason += "; dead: " + _ray_dead_words(summary["dead"])
+    if summary.get("listed", 0) < summary.get("total", 0):
+        reason += " (node list truncated: %d of %d)" % (summary["listed"], summary["total"])
+    return False, reason
+
+
+class _RayDashboardCheck(Check):
+
+    default_timeout = 2.0
+    default_interval = 5.0
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+        self.base: str = self.config["url"].rstrip("/")
+
+    def _fetch(self, path: str, timeout: float, max_body: int,
+               headers: Optional[Dict[str, str]] = None) -> Awaitable[Response]:
+        if headers is None:
+            headers = self.request.request_headers()
+        return fetch(self.base + path, headers=headers, timeout=timeout, max_body=max_body,
+                     tls=self.request.tls)
+
+
+@register_check
+class RayClusterCheck(_RayDashboardCheck):
+
+    kind = "ray"
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True,
+                     help="Ray dashboard, e.g. http://127.0.0.1:8265"),
+        "nodes": Param(parse_count, default=1, overridable=True,
+                       help="ALIVE nodes needed (DEAD ones are not counted)"),
+        "gpus": Param(parse_count, default=0, overridable=True,
+                      help="GPUs needed, summed over ALIVE nodes"),
+    })
+
+    def target(self) -> str:
+        return self.base + RAY_NODES_PATH
+
+    async def observe(self) -> Observation:
+        timeout = ray_fetch_timeout(self.spec.timeout, self.default_timeout)
+        headers = self.request.request_headers()
+        health = asyncio.ensure_future(
+            self._fetch(RAY_GCS_HEALTH_PATH, timeout, RAY_HEALTH_MAX_BODY, headers))
+        listing = asyncio.ensure_future(
+            self._fetch(RAY_NODES_PATH, timeout, RAY_NODES_MAX_BODY, headers))
+        for task in (health, listing):
+            task.add_done_callback(_ray_forget_task)
+        try:
+            problem, hard = await self._gcs_problem(health, timeout)
+            if problem:
+                return Observation(False, problem, hard=hard, detail={"gcs": problem})
+            return await self._count_nodes(listing, timeout)
+        finally:
+            for task in (health, listing):
+                if not task.done():
+                    task.cancel()
+
+    async def _gcs_problem(self, health: "asyncio.Future[Any]", timeout: float
+                           ) -> Tuple[str, bool]:
+        try:
+            resp = await health
+        except FetchError as exc:
+            problem = ray_fetch_problem("dashboard " + self.base, exc, timeout)
+            if exc.kind == "refused":
+                problem += " (Ray without a dashboard? then use kind ray-gcs addr=HOST:PORT)"
+            return problem, False
+        problem = ray_gcs_health_problem(resp.status, resp.body)
+        return problem, bool(problem) and resp.status == 503
+
+    async def _count_nodes(self, listing: "asyncio.Future[Any]", timeout: float) -> Observation:
+        try:
+            resp = await listing
+        except FetchError as exc:
+            return Observation(False, ray_fetch_problem("node list", exc, timeout) + (
+                " (GCS overloaded or down?)" if exc.kind == "timeout" else ""))
+        if resp.status != 200:
+            hint = " (dashboard token auth? set token-file=)" if resp.status in (401, 403) else ""
+            return Observation(False, "node list: HTTP %d: %s%s" % (
+                resp.status, body_snippet(resp.body), hint))
+        try:
+            summary = ray_nodes_summary(resp.json())
+        except ValueError as exc:
+            return Observation(False, "node list: %s" % exc)
+        summary["gcs"] = "success"
+        ok, reason = self.judge_summary(summary, self.config)
+        return Observation(ok, reason, float(len(summary["alive"])), detail=summary)
+
+    @staticmethod
+    def judge_summary(summary: Mapping[str, Any], config: Mapping[str, Any]) -> Tuple[bool, str]:
+        return judge_ray_cluster(summary, config.get("nodes", 1), config.get("gpus", 0))
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        if not obs.detail or "alive" not in obs.detail:
+            return False, obs.reason
+        return self.judge_summary(obs.detail, config)
+
+
+def _ray_forget_task(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _ray_agent_line_ok(line: str) -> bool:
+    return line.partition(": ")[2 if ": " in line else 0].startswith("success")
+
+
+def ray_agent_verdict(status: int, body: bytes, path: str) -> Tuple[bool, str, bool]:
+    text = body.decode("utf-8", "replace").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if status == 200 and lines and all(_ray_agent_line_ok(line) for line in lines):
+        note = "" if path == RAY_AGENT_HEALTH_PATH else "raylet ok (Ray < 2.53: GCS not checked)"
+        return True, note, False
+    failed = [line for line in lines if not _ray_agent_line_ok(line)] or lines
+    said = "; ".join(failed)[:RAY_REASON_MAX] if failed else "empty body"
+    if path == RAY_AGENT_LEGACY_PATH:
+        raylet_failed = status == 503
+        said = "raylet: " + said if not said.startswith("raylet") else said
+    else:
+        raylet_failed = any(line.startswith("raylet:") for line in failed)
+    return False, "agent HTTP %d: %s" % (status, said), raylet_failed and status == 503
+
+
+@register_check
+class RayAgentCheck(_RayDashboardCheck):
+
+    kind = "ray-agent"
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True,
+                     help="this node's dashboard agent, e.g. http://127.0.0.1:52365"),
+    })
+    default_probes = frozenset(("live", "ready", "started"))
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.path = RAY_AGENT_HEALTH_PATH
+
+    def target(self) -> str:
+        return self.base + self.path
+
+    async def observe(self) -> Observation:
+        timeout = ray_fetch_timeout(self.spec.timeout, self.default_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            resp = await self._fetch(self.path, timeout, RAY_AGENT_MAX_BODY)
+            if resp.status == 404:
+                other = RAY_AGENT_LEGACY_PATH if self.path == RAY_AGENT_HEALTH_PATH \
+                    else RAY_AGENT_HEALTH_PATH
+                left = max(RAY_MIN_FETCH_TIMEOUT, deadline - loop.time())
+                resp = await self._fetch(other, left, RAY_AGENT_MAX_BODY)
+                self.path = other
+        except FetchError as exc:
+            problem = ray_fetch_problem("agent " + self.base, exc, timeout)
+            if exc.kind == "refused":
+                problem += " (raylet or agent down)"
+            return Observation(False, problem, detail={"error": exc.kind})
+        ok, reason, hard = ray_agent_verdict(resp.status, resp.body, self.path)
+        return Observation(ok, reason, float(resp.status), hard=hard,
+                           detail={"status": resp.status, "path": self.path,
+                                   "body": body_snippet(resp.body)})
+
+
+@register_check
+class RayGCSCheck(TCPCheck):
+
+    kind = "ray-gcs"
+    params = {"addr": Param(parse_tcp_addr, required=True, help="GCS host:port, e.g. head:6379")}
+    default_timeout = 2.0
+    default_interval = 5.0
+
+    async def observe(self) -> Observation:
+        obs = await super().observe()
+        if obs.ok:
+            return Observation(True, RAY_NO_DASHBOARD_NOTE)
+        return Observation(False, "GCS port %s: %s" % (self.target(), obs.reason))
+
+
+# ==================================================================================================
 # probed/checks/__init__.py
 # ==================================================================================================
 """Check kinds. Importing this package registers every kind in CHECK_KINDS."""
@@ -1556,9 +3451,6 @@ class TCPCheck(Check):
 # probed/config.py
 # ==================================================================================================
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
-
-Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
-value and what was expected, before the daemon starts. Secrets are masked in every rendering.
 """
 
 import re
@@ -1571,11 +3463,10 @@ REDACTED = "<redacted>"
 
 
 def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
-    """`http url=... probes=live` -> {"kind": "http", "url": ..., "probes": ...} (raw strings)."""
     try:
         tokens = shlex.split(text)
     except ValueError as exc:
-        raise ConfigError("%s %r: %s" % (origin, text, exc)) from None
+        raise ConfigError("%s: %s (check the quoting)" % (origin, exc)) from None
     if not tokens:
         raise ConfigError("%s: empty check (expected \"KIND key=value ...\")" % origin)
     raw: Dict[str, RawValue] = {"kind": tokens[0]}
@@ -1594,11 +3485,12 @@ def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
 
 
 def json_check_to_raw(obj: Any, origin: str) -> Dict[str, RawValue]:
-    """A JSON check object: the same keys as `--check`; numbers, booleans and lists allowed."""
     if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
         raise ConfigError("%s: expected an object with a \"kind\" string" % origin)
     raw: Dict[str, RawValue] = {}
     for key, value in obj.items():
+        if key == "from":
+            continue
         if isinstance(value, list):
             items = [_json_scalar(v, origin, key) for v in value]
             raw[key] = ",".join(items) if key == "probes" else items
@@ -1626,13 +3518,12 @@ def _parse_value(param: Param, key: str, value: RawValue, where: str) -> Any:
         try:
             parsed.append(param.parse(text))
         except ValueError as exc:
-            shown = REDACTED if param.secret else text
+            shown = REDACTED if param.secret else redact_userinfo(text)
             raise ConfigError("%s: %s=%s: %s" % (where, key, shown, exc)) from None
     return parsed if param.repeat else parsed[0]
 
 
 def build_spec(raw: Mapping[str, RawValue], origin: str) -> CheckSpec:
-    """Validate one raw check against its kind's keys and the common keys."""
     kind = raw.get("kind")
     cls = CHECK_KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -1687,7 +3578,6 @@ def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
 
 
 def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str]) -> List[Check]:
-    """Checks from raw specs; names must be unique."""
     checks: List[Check] = []
     seen: Dict[str, str] = {}
     for raw, origin in zip(raws, origins):
@@ -1701,7 +3591,6 @@ def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str]) ->
 
 
 def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
-    """A check as the JSON object `--config` accepts, secrets replaced by <redacted>."""
     out: Dict[str, Any] = {
         "kind": spec.kind, "name": spec.name, "probes": ",".join(sorted(spec.probes)),
         "interval": format_duration(spec.interval), "timeout": format_duration(spec.timeout),
@@ -1720,9 +3609,6 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 # probed/eventlog.py
 # ==================================================================================================
 """One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
-
-Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
-start-up line. The sink is any writable text stream (stderr by default) so tests capture it.
 """
 
 import json
@@ -1746,14 +3632,12 @@ def _logfmt_value(value: Any) -> str:
 
 
 class EventLog:
-    """Writes one line per event: `time=... level=... msg=... key=value ...` or a JSON object."""
 
     def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None) -> None:
         self.fmt = fmt
         self.stream = stream
 
     def emit(self, level: str, msg: str, **fields: Any) -> None:
-        """Write one event line; fields keep their order."""
         stream = self.stream or sys.stderr
         wall = time.time()
         if self.fmt == "json":
@@ -1768,46 +3652,251 @@ class EventLog:
             stream.write(line + "\n")
             stream.flush()
         except (OSError, ValueError):
-            pass  # a closed or full log pipe must never take the prober down
+            pass
 
     def info(self, msg: str, **fields: Any) -> None:
-        """An informational event."""
         self.emit("info", msg, **fields)
 
     def warn(self, msg: str, **fields: Any) -> None:
-        """Something the operator should look at."""
         self.emit("warn", msg, **fields)
+
+
+# ==================================================================================================
+# probed/presets.py
+# ==================================================================================================
+"""Presets: one flag per backend that expands into named checks (shown by --print-config).
+"""
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+RawCheck = Dict[str, Any]
+
+
+def parse_fraction(text: str) -> float:
+    value = parse_number(text)
+    if not 0 < value <= 1:
+        raise ValueError("expected a fraction in (0, 1], e.g. 0.95")
+    return value
+
+
+def parse_base_url(text: str) -> str:
+    return parse_http_url(text).rstrip("/")
+
+
+PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
+    ("--vllm", parse_base_url, None, "vLLM server base URL: health, model, sleep, queue, "
+                                     "KV cache, progress and inference checks"),
+    ("--tgi", parse_base_url, None, "TGI server base URL"),
+    ("--sglang", parse_base_url, None, "SGLang server base URL"),
+    ("--llamacpp", parse_base_url, None, "llama.cpp server base URL"),
+    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: a vLLM /health URL"),
+    ("--model", str, None, "model id that must be served (default: any)"),
+    ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
+    ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
+    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY "
+                                  "or $OPENAI_API_KEY)"),
+    ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
+                                                "after start (live); default: only until started"),
+    ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
+                                                  "(default 30s; 100s with --vllm-endpoint)"),
+    ("--stall-after", parse_duration, 120.0, "live fails when requests run but no token is "
+                                             "generated for this long (0: off)"),
+    ("--ray", parse_base_url, None, "Ray dashboard URL (leader): GCS health, ALIVE nodes, GPUs"),
+    ("--ray-nodes", parse_count, None, "ALIVE Ray nodes needed (default: $LWS_GROUP_SIZE or 1)"),
+    ("--ray-gpus", parse_count, 0, "GPUs needed over ALIVE Ray nodes"),
+    ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
+                                          "this long (recreates the group; default: never)"),
+    ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
+]
+
+
+class BackendFlavour:
+
+    def __init__(self, name: str, queue: str, running: Optional[str], counter: Optional[str],
+                 kv_cache: Tuple[str, ...] = (), hard_status: str = "", models: bool = True,
+                 inference_api: str = "completions", sleep: bool = False,
+                 process: bool = True) -> None:
+        self.name = name
+        self.queue = queue
+        self.running = running
+        self.counter = counter
+        self.kv_cache = kv_cache
+        self.hard_status = hard_status
+        self.models = models
+        self.inference_api = inference_api
+        self.sleep = sleep
+        self.process = process
+
+
+FLAVOURS = {
+    "vllm": BackendFlavour("vllm", "vllm:num_requests_waiting", "vllm:num_requests_running",
+                           "vllm:generation_tokens_total",
+                           ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+                           hard_status="503", sleep=True),
+    "tgi": BackendFlavour("tgi", "tgi_queue_size", "tgi_batch_current_size", None, models=False,
+                          inference_api="tgi", process=False),
+    "sglang": BackendFlavour("sglang", "sglang:num_queue_reqs", "sglang:num_running_reqs",
+                             "sglang:generation_tokens_total", ("sglang:token_usage",)),
+    "llamacpp": BackendFlavour("llamacpp", "llamacpp:requests_deferred",
+                               "llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
+                               models=False),
+}
+
+
+def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    n = flavour.name
+    token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
+    checks: List[RawCheck] = [dict(
+        kind="http", name=n + "-health", url=base + "/health",
+        probes="live,ready,started", expect="200", **({"hard": flavour.hard_status}
+                                                       if flavour.hard_status else {}))]
+    if flavour.models:
+        checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
+                           **({"model": opts["model"]} if opts.get("model") else {}), **token))
+    if flavour.sleep:
+        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready"))
+    metrics = base + "/metrics"
+    if opts.get("max_waiting") is not None:
+        checks.append(dict(kind="metric", name=n + "-queue", url=metrics, metric=flavour.queue,
+                           agg="sum", max="%g" % opts["max_waiting"], probes="ready"))
+    if opts.get("max_kv_cache") is not None and flavour.kv_cache:
+        checks.append(dict(kind="metric", name=n + "-kv-cache", url=metrics,
+                           metric=list(flavour.kv_cache), agg="max",
+                           max="%g" % opts["max_kv_cache"], probes="ready"))
+    stall = opts.get("stall_after")
+    if flavour.counter and flavour.running and stall:
+        checks.append(dict(kind="progress", name=n + "-progress", url=metrics,
+                           running=flavour.running, counter=flavour.counter,
+                           **{"stall-after": format_duration(stall)}, probes="live"))
+    if flavour.running:
+        checks.append(dict(kind="inflight", name=n + "-inflight", url=metrics,
+                           metric=[flavour.running, flavour.queue], probes=""))
+    if flavour.process:
+        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes=""))
+    checks.append(inference_check(flavour, base, opts, token))
+    return checks
+
+
+def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],
+                    token: Dict[str, str]) -> RawCheck:
+    every = opts.get("inference_every")
+    check: RawCheck = dict(kind="inference", name=flavour.name + "-inference",
+                           timeout=format_duration(opts.get("inference_timeout") or 30.0),
+                           probes="live,started" if every else "started", **token)
+    if flavour.inference_api == "tgi":
+        check.update(url=base + "/generate", api="json", **{"expect-field": "generated_text"},
+                     body='{"inputs": "Hi", "parameters": {"max_new_tokens": 1}}')
+    else:
+        check.update(url=base, api=flavour.inference_api)
+        if opts.get("model"):
+            check["model"] = opts["model"]
+    if every:
+        check["interval"] = format_duration(every)
+        if flavour.counter:
+            check.update({"idle-only": "true", "metrics-url": base + "/metrics"})
+    return check
+
+
+def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    trimmed = health_url.rstrip("/")
+    base = trimmed[:-len("/health")] if trimmed.endswith("/health") else trimmed
+    return [
+        dict(kind="http", name="vllm-health", url=health_url, probes="live,ready,started",
+             expect="200", hard="503"),
+        dict(kind="inference", name="vllm-inference", url=base.rstrip("/"), api="chat",
+             probes="started", timeout=format_duration(opts.get("inference_timeout") or 100.0)),
+    ]
+
+
+def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
+    url = env.get("METRICS_ENDPOINT")
+    metric = env.get("METRIC_TO_CHECK")
+    if not url and not metric:
+        return []
+    if not url or not metric:
+        raise ConfigError("METRICS_ENDPOINT and METRIC_TO_CHECK go together (got only %s)" % (
+            "METRICS_ENDPOINT" if url else "METRIC_TO_CHECK"))
+    try:
+        parse_http_url(url)
+    except ValueError as exc:
+        raise ConfigError("METRICS_ENDPOINT=%s: %s" % (url, exc)) from None
+    var = "METRIC_THRESHOLD" if "METRIC_THRESHOLD" in env else "METRICS_THRESHOLD"
+    threshold = env.get(var)
+    if threshold is None:
+        raise ConfigError("METRIC_TO_CHECK=%s needs METRIC_THRESHOLD" % metric)
+    try:
+        parse_number(threshold)
+    except ValueError as exc:
+        raise ConfigError("%s=%s: %s" % (var, threshold, exc)) from None
+    return [dict(kind="metric", name="metric", url=url, metric=metric, agg="sum",
+                 max=threshold, missing="pass", probes="ready")]
+
+
+def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple[RawCheck, str]]:
+    out: List[Tuple[RawCheck, str]] = []
+    for name, flavour in FLAVOURS.items():
+        base = opts.get(name)
+        if base:
+            out += [(c, "--" + name) for c in backend_checks(flavour, base, opts)]
+    if opts.get("vllm_endpoint"):
+        if opts.get("vllm"):
+            raise ConfigError("--vllm-endpoint and --vllm both describe the vLLM server; "
+                              "give one (--vllm is the richer preset)")
+        out += [(c, "--vllm-endpoint") for c in multinode_prober_checks(
+            opts["vllm_endpoint"], opts)]
+    out += [(c, "--ray") for c in ray_checks(opts, env)]
+    if opts.get("ray_agent"):
+        out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
+                    "--ray-agent"))
+    out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
+    return out
+
+
+def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck]:
+    url = opts.get("ray")
+    if not url:
+        return []
+    nodes = opts.get("ray_nodes")
+    if nodes is None:
+        size = env.get("LWS_GROUP_SIZE", "1")
+        try:
+            nodes = parse_count(size)
+        except ValueError as exc:
+            raise ConfigError("LWS_GROUP_SIZE=%s: %s" % (size, exc)) from None
+    base = dict(kind="ray", url=url, nodes=str(nodes), gpus=str(opts.get("ray_gpus") or 0))
+    checks = [dict(base, name="ray", probes="ready,started")]
+    grace = opts.get("ray_grace")
+    if grace:
+        interval = max(1.0, min(5.0, grace / 3))
+        checks.append(dict(base, name="ray-live", probes="live",
+                           interval=format_duration(interval),
+                           **{"fail-after": str(int(grace // interval) + 1)}))
+    return checks
 
 
 # ==================================================================================================
 # probed/server.py
 # ==================================================================================================
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
-
-The fast path avoids asyncio transports and protocols altogether: the loop watches raw
-non-blocking sockets (`add_reader`), a new connection is read at once (a kubelet's request is
-usually already there), answered with one `send`, and closed. Per-connection state is one small
-object; deadlines are checked by one sweep timer instead of a timer per connection. Nothing
-here logs per request. Gated ports listen only while their group passes.
 """
 
 import asyncio
 import errno
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-ACCEPTS_PER_WAKEUP = 64  # bounded so one busy listener cannot starve the pollers
+ACCEPTS_PER_WAKEUP = 64
 RECV_SIZE = 65536
-SWEEP_INTERVAL = 0.25  # how often deadlines are checked; timeouts are this coarse
-LINGER_SECONDS = 2.0  # after an error reply, read and drop input this long before closing
-MAX_PENDING_OUTPUT = 1 << 20  # stop reading from a client that does not read its replies
+SWEEP_INTERVAL = 0.25
+LINGER_SECONDS = 2.0
+MAX_PENDING_OUTPUT = 1 << 20
+OTHER_PATH_LABEL = "other"
 
-READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
+READING, IDLE, WRITING, LINGERING, WAITING = 0, 1, 2, 3, 4
 
 
 class Connection:
-    """One client connection: its socket, unparsed input, unsent output, and a deadline."""
 
     __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after")
 
@@ -1822,7 +3911,6 @@ class Connection:
 
 
 class ServerStats:
-    """Counters the /metrics page reads."""
 
     __slots__ = ("accepted", "refused_at_cap", "requests")
 
@@ -1833,7 +3921,6 @@ class ServerStats:
 
 
 def bind_listener(host: str, port: int, flag: str) -> socket.socket:
-    """A non-blocking listening socket; an empty host means dual-stack all interfaces."""
     where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
     families = [socket.AF_INET6, socket.AF_INET] if not host else [
         socket.AF_INET6 if ":" in host else socket.AF_INET]
@@ -1862,9 +3949,8 @@ def bind_listener(host: str, port: int, flag: str) -> socket.socket:
 
 
 class ProbeServer:
-    """Serves `respond(request)` on any number of listening sockets."""
 
-    def __init__(self, respond: Callable[..., PreparedResponse], read_timeout: float = 10.0,
+    def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
                  max_connections: int = 1024, max_body: int = 0) -> None:
         self.respond = respond
@@ -1876,21 +3962,18 @@ class ProbeServer:
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
         self.stats = ServerStats()
+        self.counted_paths: FrozenSet[str] = frozenset()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._date_second = -1
         self._date = b""
 
-    # --- listeners -----------------------------------------------------------------------------
-
     def add_listener(self, sock: socket.socket) -> None:
-        """Start accepting on `sock` (already bound and listening)."""
         loop = self._loop_or_start()
         self.listeners[sock.fileno()] = sock
         loop.add_reader(sock.fileno(), self._on_accept, sock)
 
     def remove_listener(self, sock: socket.socket) -> None:
-        """Stop accepting on `sock` and close it; open connections are left to finish."""
         fd = sock.fileno()
         if self.listeners.pop(fd, None) is not None and self._loop is not None:
             self._loop.remove_reader(fd)
@@ -1903,15 +3986,12 @@ class ProbeServer:
         return self._loop
 
     def close(self) -> None:
-        """Close every listener and connection."""
         for sock in list(self.listeners.values()):
             self.remove_listener(sock)
         for conn in list(self.conns.values()):
             self._close(conn)
         if self._sweeper is not None:
             self._sweeper.cancel()
-
-    # --- accept and read -------------------------------------------------------------------------
 
     def _on_accept(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
@@ -1931,11 +4011,10 @@ class ProbeServer:
             conn = Connection(sock, time.monotonic() + self.read_timeout)
             self.conns[conn.fd] = conn
             self._read(conn, first=True)
-            if conn.fd in self.conns and conn.phase != WRITING:
-                self._loop.add_reader(conn.fd, self._read, conn)  # type: ignore[union-attr]
+            if conn.fd in self.conns and conn.phase in (READING, IDLE):
+                self._loop.add_reader(conn.fd, self._read, conn)
 
     def _pause_accepting(self, lsock: socket.socket, exc: OSError) -> None:
-        # Out of file descriptors: stop watching the listener briefly rather than spin.
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             fd = lsock.fileno()
             loop = self._loop
@@ -1952,7 +4031,7 @@ class ProbeServer:
         except OSError:
             data = b""
         if not data:
-            self._close(conn, registered=not first)  # tcpSocket probes end here: normal
+            self._close(conn, registered=not first)
             return
         if conn.phase == LINGERING:
             return
@@ -1969,6 +4048,7 @@ class ProbeServer:
                 request, used = parse_request(conn.buf, self.max_body) if self.max_body else \
                     parse_request(conn.buf)
             except HTTPError as err:
+                self._count(OTHER_PATH_LABEL, err.status)
                 out.append(self._wire(build_error_response(err)))
                 close, conn.buf = True, b""
                 conn.phase = LINGERING
@@ -1977,6 +4057,10 @@ class ProbeServer:
                 break
             conn.buf = conn.buf[used:]
             reply = self.respond(request)
+            if isinstance(reply, asyncio.Future):
+                self._defer(conn, reply, out, registered)
+                return
+            self._count(request.path, reply.status)
             out.append(self._wire(reply))
             if reply.close:
                 close = True
@@ -1984,13 +4068,43 @@ class ProbeServer:
         if out:
             self._send(conn, b"".join(out) if len(out) > 1 else out[0], close, registered)
 
+    def _count(self, path: str, status: int) -> None:
+        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
+        requests = self.stats.requests
+        requests[key] = requests.get(key, 0) + 1
+
+    def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
+               earlier: List[bytes], registered: bool) -> None:
+        if earlier:
+            try:
+                conn.sock.sendall(b"".join(earlier))
+            except OSError:
+                self._close(conn, registered)
+                return
+        if registered:
+            self._loop.remove_reader(conn.fd)
+        conn.phase, conn.deadline = WAITING, float("inf")
+        future.add_done_callback(lambda done: self._deferred_ready(conn, done))
+
+    def _deferred_ready(self, conn: Connection, future: "asyncio.Future[PreparedResponse]") -> None:
+        if self.conns.get(conn.fd) is not conn:
+            return
+        if future.cancelled() or future.exception() is not None:
+            self._close(conn, registered=False)
+            return
+        reply = future.result()
+        conn.phase = READING
+        self._send(conn, self._wire(reply), reply.close, registered=False)
+        if self.conns.get(conn.fd) is conn and conn.phase not in (WRITING, LINGERING):
+            self._loop.add_reader(conn.fd, self._read, conn)
+            if conn.buf:
+                self._serve(conn, registered=True)
+
     def _wire(self, reply: PreparedResponse) -> bytes:
         now = int(time.time())
         if now != self._date_second:
             self._date_second, self._date = now, http_date(now)
         return reply.before + self._date + reply.after
-
-    # --- write and close -----------------------------------------------------------------------
 
     def _send(self, conn: Connection, data: bytes, close: bool, registered: bool) -> None:
         if conn.out:
@@ -2018,7 +4132,7 @@ class ProbeServer:
         if conn.phase != WRITING:
             conn.phase, conn.deadline = WRITING, time.monotonic() + self.write_timeout
             if registered:
-                loop.remove_reader(conn.fd)  # backpressure: read no more until this is sent
+                loop.remove_reader(conn.fd)
             loop.add_writer(conn.fd, self._flush, conn)
 
     def _flush(self, conn: Connection) -> None:
@@ -2045,7 +4159,6 @@ class ProbeServer:
             self._serve(conn, registered=True)
 
     def _finish(self, conn: Connection, registered: bool) -> None:
-        """Close after the last reply; linger when unread input could turn into an RST."""
         if conn.phase != LINGERING and not conn.buf:
             self._close(conn, registered)
             return
@@ -2057,7 +4170,7 @@ class ProbeServer:
         conn.phase, conn.buf = LINGERING, b""
         conn.deadline = time.monotonic() + LINGER_SECONDS
         if not registered:
-            self._loop.add_reader(conn.fd, self._read, conn)  # type: ignore[union-attr]
+            self._loop.add_reader(conn.fd, self._read, conn)
 
     def _close(self, conn: Connection, registered: bool = True) -> None:
         if self.conns.pop(conn.fd, None) is None:
@@ -2074,7 +4187,7 @@ class ProbeServer:
         expired = [c for c in self.conns.values() if c.deadline < now]
         for conn in expired:
             if conn.phase == READING and conn.buf:
-                try:  # a request that started but never finished gets told why
+                try:
                     conn.sock.send(self._wire(build_error_response(
                         HTTPError(408, "request not complete within the read timeout"))))
                 except OSError:
@@ -2089,11 +4202,6 @@ class ProbeServer:
 # probed/verdicts.py
 # ==================================================================================================
 """Check states and group verdicts: the pure bookkeeping under the engine (no I/O, no asyncio).
-
-A `CheckState` folds a stream of judged observations into an effective pass/fail with
-`fail-after`/`pass-after` hysteresis, hard evidence and staleness. `evaluate_group` turns the
-states of one group into a verdict, optionally excluding checks or re-judging cached
-observations with per-request overrides. Times are passed in, so tests drive them directly.
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -2102,15 +4210,14 @@ PENDING_REASON = "no result yet"
 
 
 class CheckState:
-    """Everything known about one check: last observation, effective verdict, streaks, times."""
 
     __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
                  "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls")
+                 "last_success_wall", "polls", "passed_once")
 
     def __init__(self, check: Check, now: float, wall: float) -> None:
         self.check = check
-        self.ok: Optional[bool] = None  # None: pending, no verdict yet
+        self.ok: Optional[bool] = None
         self.reason = PENDING_REASON
         self.obs: Optional[Observation] = None
         self.obs_at = 0.0
@@ -2125,31 +4232,30 @@ class CheckState:
         self.transitions = 0
         self.last_success_wall = 0.0
         self.polls = 0
+        self.passed_once = False
 
     @property
     def passing(self) -> bool:
-        """The verdict groups use: pending and stale both count as failed."""
         return bool(self.ok) and not self.stale
 
     @property
     def shown_reason(self) -> str:
-        """The reason as users see it, staleness first."""
         if self.stale:
             return "stale: no result within %s (last: %s)" % (
                 format_duration(self.check.spec.stale_after), self.reason or "ok")
         return self.reason
 
     def record(self, obs: Observation, latency: float, now: float, wall: float) -> bool:
-        """Fold one observation in; returns True when the state (pass/fail/pending) changed."""
         spec = self.check.spec
         before = self.state_word()
         ok, reason = self.check.judge(obs, self.check.config, bool(self.ok))
         self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
         self.polls += 1
         self.generation += 1
-        self.stale = False
+        was_stale, self.stale = self.stale, False
         if ok:
             self.last_success_wall = wall
+            self.passed_once = True
         if self.streak and ok == self.streak_ok:
             self.streak += 1
         else:
@@ -2158,7 +4264,7 @@ class CheckState:
             flip = self.ok is not True and self.streak >= spec.pass_after
         else:
             flip = self.ok is not False and (
-                self.ok is None or obs.hard or self.streak >= spec.fail_after)
+                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
         if flip:
             self.ok = ok
         if self.ok == ok:
@@ -2166,7 +4272,6 @@ class CheckState:
         return self._note_change(before, now, wall)
 
     def expire(self, generation: int, now: float, wall: float) -> bool:
-        """Mark the result stale if no newer one arrived; returns True when the verdict changed."""
         if generation != self.generation or self.stale:
             return False
         before = self.state_word()
@@ -2174,10 +4279,9 @@ class CheckState:
         return self._note_change(before, now, wall)
 
     def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
-        """Forget every result (a new backend incarnation): back to pending."""
         before = self.state_word()
         self.ok, self.reason, self.obs, self.stale = None, reason, None, False
-        self.streak = 0
+        self.streak, self.passed_once = 0, False
         self.generation += 1
         return self._note_change(before, now, wall)
 
@@ -2189,13 +4293,11 @@ class CheckState:
         return True
 
     def state_word(self) -> str:
-        """pass, fail or pending, as JSON and metrics name it."""
         if self.ok is None and not self.stale:
             return "pending"
         return "pass" if self.passing else "fail"
 
     def judged_with(self, overrides: Mapping[str, Any]) -> Tuple[bool, str]:
-        """Re-judge the cached observation under per-request overrides (no backend contact)."""
         if self.obs is None or self.stale or not overrides:
             return self.passing, self.shown_reason
         config = dict(self.check.config)
@@ -2204,7 +4306,6 @@ class CheckState:
 
 
 class GroupVerdict:
-    """One group's answer: pass/fail, a short reason, and (name, passes, reason) per check."""
 
     __slots__ = ("group", "ok", "reason", "checks")
 
@@ -2217,21 +4318,21 @@ class GroupVerdict:
 
 
 def evaluate_checks(states: Sequence[CheckState], exclude: Sequence[str] = (),
-                    overrides: Optional[Dict[str, Dict[str, Any]]] = None
-                    ) -> List[Tuple[CheckState, bool, str]]:
-    """The (state, passes, reason) of each state not excluded, overrides applied."""
+                    overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+                    pending_passes: bool = False) -> List[Tuple[CheckState, bool, str]]:
     rows = []
     for st in states:
         if st.check.name in exclude:
             continue
         own = overrides.get(st.check.name) if overrides else None
         ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
+        if pending_passes and st.ok is None and not st.stale:
+            ok = True
         rows.append((st, ok, reason))
     return rows
 
 
 def first_failure(rows: Sequence[Tuple[CheckState, bool, str]]) -> str:
-    """`name: reason` of the first failing row, or ''."""
     for st, ok, reason in rows:
         if not ok:
             return "%s: %s" % (st.check.name, reason)
@@ -2239,14 +4340,52 @@ def first_failure(rows: Sequence[Tuple[CheckState, bool, str]]) -> str:
 
 
 # ==================================================================================================
+# probed/lifecycle.py
+# ==================================================================================================
+"""Backend lifecycle facts derived from check states: restarts and start-up phases. Pure.
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+PHASES = ("loading", "starting", "warming", "started")
+BACKEND_GROUPS = frozenset(("started", "live"))
+
+
+def restart_signal(st: CheckState, obs: Observation, started: bool,
+                   incarnation: Optional[float], trusts_start_time: bool
+                   ) -> Tuple[str, Optional[float]]:
+    if obs.incarnation is not None:
+        if incarnation is not None and obs.incarnation != incarnation:
+            return ("process start time changed from %s to %s" % (
+                format_timestamp(incarnation), format_timestamp(obs.incarnation)),
+                obs.incarnation)
+        return "", obs.incarnation
+    if obs.restart and not trusts_start_time:
+        return obs.restart, None
+    if obs.refused and started and st.passed_once and st.check.spec.probes & BACKEND_GROUPS:
+        return "%s refused connections after passing" % st.check.name, None
+    return "", incarnation
+
+
+def startup_phase(states: Sequence[CheckState], started: bool) -> str:
+    if started:
+        return "started"
+    if any(st.obs is not None and st.obs.refused and not st.passing for st in states):
+        return "loading"
+    waiting = [st for st in states if not st.passing]
+    if waiting and all(st.check.kind == "inference" for st in waiting):
+        return "warming"
+    return "starting"
+
+
+def describe_incarnation(value: Any) -> str:
+    return format_timestamp(value, millis=True) if isinstance(value, float) else "unknown"
+
+
+# ==================================================================================================
 # probed/engine.py
 # ==================================================================================================
 """The engine: runs every check on its schedule and keeps the group verdicts probes read.
-
-One asyncio task per check polls with interval + jitter under a hard deadline and folds each
-observation into its `CheckState`; timers expire results that grow stale and end the start-up
-grace. Whenever a group verdict changes, listeners (the reply cache, gated ports) are told and
-one log line is written. Probe handling never waits on anything here: it reads `verdicts`.
 """
 
 import asyncio
@@ -2254,16 +4393,16 @@ import random
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-JITTER = 0.1  # +-10% of the interval, so many pods do not poll a shared backend in step
-# The engine's deadline trails the check's own timeout a little, so a check that bounds its I/O
-# with the same timeout (the HTTP client does) reports what stalled before the engine cuts in.
+JITTER = 0.1
 DEADLINE_GRACE = 0.1
+STARTED_ONLY = frozenset(("started",))
+FAST_UNTIL_READY = frozenset(("started", "ready"))
+DORMANT_RECHECK = 1.0
 
 Listener = Callable[[str, bool], None]
 
 
 class Engine:
-    """Check states, the `started` latch, draining, and the three group verdicts."""
 
     def __init__(self, checks: Sequence[Check], log: Optional[EventLog] = None,
                  startup_timeout: Optional[float] = None, start_interval: float = 0.5,
@@ -2278,27 +4417,31 @@ class Engine:
         self.by_group: Dict[str, List[CheckState]] = {
             g: [s for s in self.states.values() if g in s.check.spec.probes] for g in GROUPS}
         self.started = False
+        self.ready_seen = False
         self.started_at: Optional[float] = None
         self.starting_since = clock()
-        self.draining = ""  # non-empty: the reason ready fails
+        self.incarnation: Optional[float] = None
+        self.start_time_seen = False
+        self.phase, self.phase_since, self.phase_since_wall = "starting", clock(), wall()
+        self.draining = ""
+        self.drain_ends_on_restart = False
         self.listeners: List[Listener] = []
-        self.version = 0  # bumped on every verdict change; reply caches key on it
+        self.poll_listeners: List[Callable[[CheckState], None]] = []
+        self.version = 0
         self._tasks: List["asyncio.Task[None]"] = []
         self._startup_timer: Optional[asyncio.TimerHandle] = None
         self.verdicts: Dict[str, GroupVerdict] = {}
         self._refresh(log_changes=False)
 
-    # --- verdicts ------------------------------------------------------------------------------
-
     def evaluate(self, group: str, exclude: Sequence[str] = (),
                  overrides: Optional[Dict[str, Dict[str, Any]]] = None) -> GroupVerdict:
-        """A group's verdict now, optionally excluding checks or re-judging with overrides."""
-        rows = evaluate_checks(self.by_group[group], exclude, overrides)
+        rows = evaluate_checks(self.by_group[group], exclude, overrides, group == "live")
         failure = first_failure(rows)
         if group == "started":
             if self.started:
                 return GroupVerdict(group, True, "started", rows)
-            return GroupVerdict(group, not failure, failure or "ok", rows)
+            rows = self._with_phase(rows)
+            return GroupVerdict(group, not failure, first_failure(rows) or "ok", rows)
         if not self.started:
             waiting = first_failure(evaluate_checks(self.by_group["started"], exclude, overrides))
             if group == "live":
@@ -2308,8 +4451,18 @@ class Engine:
             return GroupVerdict(group, False, self.draining, rows)
         return GroupVerdict(group, not failure, failure or "ok", rows)
 
+    def _with_phase(self, rows: List[Any]) -> List[Any]:
+        since = int(self.clock() - self.phase_since)
+        return [(st, ok, reason if ok else "%s for %ds (%s)" % (self.phase, since, reason))
+                for st, ok, reason in rows]
+
+    def _forget_loading_results(self) -> None:
+        now, wall = self.clock(), self.wall()
+        for st in self.by_group["live"]:
+            if "started" not in st.check.spec.probes and not st.passing:
+                st.reset(now, wall)
+
     def _live_before_start(self, rows: List[Any], waiting: str) -> GroupVerdict:
-        # Loading must not be killed: live passes until --startup-timeout runs out.
         elapsed = self.clock() - self.starting_since
         if self.startup_timeout is not None and elapsed >= self.startup_timeout:
             return GroupVerdict("live", False, "not started within %s: %s" % (
@@ -2317,15 +4470,22 @@ class Engine:
         return GroupVerdict("live", True, "starting for %ds" % elapsed, rows)
 
     def _refresh(self, log_changes: bool = True) -> None:
-        """Recompute group verdicts; latch `started`; tell listeners about changes."""
+        phase = startup_phase(self.by_group["started"], self.started)
         if not self.started and self.evaluate("started").ok:
             self.started, self.started_at = True, self.clock()
+            phase = "started"
+            self._forget_loading_results()
             if log_changes:
                 self.log.info("started", after=format_duration(
                     round(self.started_at - self.starting_since, 3)))
+        if phase != self.phase:
+            self.phase, self.phase_since, self.phase_since_wall = phase, self.clock(), self.wall()
         previous = self.verdicts
         self.verdicts = {g: self.evaluate(g) for g in GROUPS}
-        self.version += 1
+        self.ready_seen = self.ready_seen or self.verdicts["ready"].ok
+        if any(previous.get(g) is None or (previous[g].ok, previous[g].reason) != (v.ok, v.reason)
+               for g, v in self.verdicts.items()):
+            self.version += 1
         for group, verdict in self.verdicts.items():
             old = previous.get(group)
             if old is None or old.ok == verdict.ok:
@@ -2336,16 +4496,20 @@ class Engine:
             for listener in self.listeners:
                 listener(group, verdict.ok)
 
-    # --- state changes -------------------------------------------------------------------------
-
     def record(self, name: str, obs: Observation, latency: float) -> None:
-        """Fold one observation of check `name` in, log a transition, schedule staleness."""
         st = self.states[name]
+        self.start_time_seen = self.start_time_seen or obs.incarnation is not None
+        old = self.incarnation
+        why, self.incarnation = restart_signal(st, obs, self.started, old, self.start_time_seen)
+        if why:
+            self.restart(why, old)
         before, since = st.state_word(), st.since
         now = self.clock()
         if st.record(obs, latency, now, self.wall()):
             self._log_transition(st, before, now - since)
         self._schedule_expiry(st)
+        for listener in self.poll_listeners:
+            listener(st)
         self._refresh()
 
     def _log_transition(self, st: CheckState, before: str, lasted: float) -> None:
@@ -2358,37 +4522,47 @@ class Engine:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # unit tests drive record() without a loop and call expire() themselves
+            return
         loop.call_later(st.check.spec.stale_after, self.expire, st.check.name, st.generation)
 
     def expire(self, name: str, generation: int) -> None:
-        """Called stale-after past a result: if nothing newer came, the result goes stale."""
         st = self.states[name]
+        if self.dormant(st):
+            return
         before, since = st.state_word(), st.since
         now = self.clock()
         if st.expire(generation, now, self.wall()):
             self._log_transition(st, before, now - since)
             self._refresh()
 
-    def set_draining(self, reason: str) -> None:
-        """Fail `ready` with `reason` (shutting down, draining) until cleared with ''."""
+    def set_draining(self, reason: str, until_restart: bool = False) -> None:
+        self.drain_ends_on_restart = until_restart and bool(reason)
         if reason != self.draining:
             self.draining = reason
             self._refresh()
 
+    def restart(self, reason: str, old_incarnation: Optional[float] = None) -> None:
+        self.log.info("backend restarted", reason=reason,
+                      old_start=describe_incarnation(old_incarnation),
+                      new_start=describe_incarnation(self.incarnation))
+        now, wall = self.clock(), self.wall()
+        for st in self.states.values():
+            st.reset(now, wall, "no result since the backend restarted")
+            st.check.forget()
+        self.unlatch(reason)
+        self._refresh()
+
     def unlatch(self, reason: str) -> None:
-        """A new backend incarnation: `started` fails again and loading grace restarts."""
+        if self.drain_ends_on_restart:
+            self.draining, self.drain_ends_on_restart = "", False
         if self.started:
-            self.started, self.started_at = False, None
+            self.started, self.started_at, self.ready_seen = False, None, False
             self.starting_since = self.clock()
             self.log.info("started unlatched", reason=reason)
             self._arm_startup_timer()
             self._refresh()
 
-    # --- scheduling ----------------------------------------------------------------------------
-
     def start(self) -> None:
-        """Start one polling task per check (call inside the running loop)."""
         loop = asyncio.get_running_loop()
         for name in self.states:
             self._tasks.append(loop.create_task(self._poll_forever(name)))
@@ -2406,33 +4580,36 @@ class Engine:
         self._startup_timer = loop.call_later(self.startup_timeout + 0.001, self._refresh)
 
     async def stop(self) -> None:
-        """Cancel every polling task and wait for them to finish."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
     def next_delay(self, st: CheckState) -> float:
-        """Seconds until the next poll: the fast start interval until started, else interval."""
         spec = st.check.spec
-        if not self.started and "started" in spec.probes:
+        if not self.ready_seen and spec.probes & FAST_UNTIL_READY:
             fast = spec.start_interval if spec.start_interval is not None else self.start_interval
             return min(spec.interval, fast)
         return spec.interval * random.uniform(1 - JITTER, 1 + JITTER)
 
+    def dormant(self, st: CheckState) -> bool:
+        return self.started and st.check.spec.probes == STARTED_ONLY
+
     async def _poll_forever(self, name: str) -> None:
         st = self.states[name]
         while True:
+            if self.dormant(st):
+                await asyncio.sleep(min(st.check.spec.interval, DORMANT_RECHECK))
+                continue
             obs, latency = await poll_once(st.check)
             try:
                 self.record(name, obs, latency)
-            except Exception as exc:  # a bug in one check must not stop the others
+            except Exception as exc:
                 self.log.warn("check bookkeeping failed", check=name, error=repr(exc))
             await asyncio.sleep(self.next_delay(st))
 
 
 async def poll_once(check: Check) -> Tuple[Observation, float]:
-    """Run one observation under the check's hard deadline; never raises (but cancellation)."""
     t0 = time.monotonic()
     timeout = check.spec.timeout
     try:
@@ -2447,12 +4624,406 @@ async def poll_once(check: Check) -> Tuple[Observation, float]:
 
 
 # ==================================================================================================
+# probed/admin.py
+# ==================================================================================================
+"""The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
+"""
+
+import asyncio
+import os
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+ADMIN_DEFAULT_HOST = "127.0.0.1"
+ADMIN_MAX_BODY = 4096
+ADMIN_MAX_CONNECTIONS = 64
+ADMIN_DRAIN_REASON = "draining (admin)"
+ADMIN_HEARTBEAT_PREFIX = "/heartbeat/"
+ADMIN_SHOWN_NAME_CHARS = 64
+ADMIN_REALM = 'Bearer realm="probed admin"'
+ADMIN_UNAUTHORIZED = (b"401 Unauthorized: admin calls need Authorization: Bearer <token from "
+                      b"--admin-token-file>\n")
+
+AdminReply = Union[PreparedResponse, "asyncio.Future[PreparedResponse]"]
+AdminHandler = Callable[[Request, bool, int], AdminReply]
+
+
+def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    host, port = parse_host_port(text, ADMIN_DEFAULT_HOST)
+    if port == 0:
+        raise ValueError("expected a port between 1 and 65535")
+    return host, port
+
+
+class AdminToken:
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._signature: Optional[Tuple[int, int, int, int]] = None
+        self._digest: Optional[bytes] = None
+        self._problem = ""
+
+    def digest(self) -> bytes:
+        import hashlib
+
+        try:
+            st = os.stat(self.path)
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+            if signature != self._signature:
+                token = read_bearer_token(self.path)
+                self._digest = hashlib.sha256(token.encode("utf-8")).digest() if token else None
+                self._problem = "" if token else "is empty"
+                self._signature = signature
+        except (OSError, ValueError) as exc:
+            self._signature, self._digest = None, None
+            self._problem = "cannot be read: %s" % (getattr(exc, "strerror", None) or exc)
+        if self._digest is None:
+            raise HTTPError(503, "--admin-token-file %s %s; every admin call is refused" % (
+                self.path, self._problem))
+        return self._digest
+
+    def validate(self) -> None:
+        try:
+            self.digest()
+        except HTTPError:
+            raise ConfigError("--admin-token-file %s %s" % (self.path, self._problem)) from None
+
+    def allows(self, authorization: str) -> bool:
+        import hashlib
+        import hmac
+
+        expected = self.digest()
+        scheme, _, value = authorization.strip().partition(" ")
+        given = hashlib.sha256(value.strip().encode("latin-1")).digest()
+        return hmac.compare_digest(given, expected) and scheme.lower() == "bearer"
+
+
+class AdminRoute(NamedTuple):
+
+    methods: Tuple[str, ...]
+    handler: AdminHandler
+    help: str
+
+
+class AdminRouter:
+
+    def __init__(self, engine: Engine, registry: HeartbeatRegistry,
+                 token: Optional[AdminToken] = None, log: Optional[EventLog] = None) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.token = token
+        self.log = log or engine.log
+        checks = [st.check for st in engine.states.values()]
+        self.manual: List[ManualCheck] = [c for c in checks if isinstance(c, ManualCheck)]
+        self.reads_pushed_beats = share_heartbeat_registry(checks, registry) > 0
+        self._refusing_names = False
+        self.routes: Dict[str, AdminRoute] = {}
+        self.add_route("/", ("GET", "HEAD"), self._index, "this list")
+        self.add_route("/drain", ("POST",), self._drain,
+                       "ready fails with reason \"%s\" until POST /undrain" % ADMIN_DRAIN_REASON)
+        self.add_route("/undrain", ("POST",), self._undrain, "ready follows its checks again")
+        self.add_route(ADMIN_HEARTBEAT_PREFIX + "NAME", ("POST", "DELETE"), self._heartbeat,
+                       "a worker beats (DELETE: the worker left on purpose)")
+        self.add_route("/v1/become-ready", ("POST",), self._become(True),
+                       "manual checks pass (llm-d requester SPI)")
+        self.add_route("/v1/become-unready", ("POST",), self._become(False),
+                       "manual checks fail (llm-d requester SPI)")
+
+    def add_route(self, path: str, methods: Sequence[str], handler: AdminHandler,
+                  help: str) -> None:
+        self.routes[path] = AdminRoute(tuple(methods), handler, help)
+
+    def respond(self, req: Request) -> AdminReply:
+        head = req.method == "HEAD"
+        try:
+            if self.token is not None and not self.token.allows(
+                    req.headers.get("authorization", "")):
+                return build_response(401, ADMIN_UNAUTHORIZED, head=head, mode=CONN_CLOSE,
+                                      extra_headers=(("WWW-Authenticate", ADMIN_REALM),))
+            route = self.routes.get(req.path)
+            if route is None and req.path.startswith(ADMIN_HEARTBEAT_PREFIX):
+                route = self.routes[ADMIN_HEARTBEAT_PREFIX + "NAME"]
+            if route is None:
+                raise HTTPError(404, "no admin path %s (GET / lists them)" % req.path[:200])
+            if req.method not in route.methods:
+                raise HTTPError(405, "method %s not allowed on %s" % (req.method, req.path[:200]),
+                                allow=", ".join(route.methods))
+            return route.handler(req, head, connection_mode(req))
+        except HTTPError as err:
+            return build_error_response(err, head)
+
+    def _index(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        admin_reject_query(req)
+        lines = ["probed admin listener", ""]
+        for path, route in self.routes.items():
+            lines.append("%-11s %-20s %s" % ("/".join(route.methods), path, route.help))
+        manual = ", ".join("%s=%s" % (c.name, "ready" if c.ready else "unready")
+                           for c in self.manual)
+        lines += ["", "draining: %s" % (self.engine.draining or "no"),
+                  "pushed heartbeats: %d of at most %d names%s" % (
+                      len(self.registry.beats), self.registry.max_names,
+                      "" if self.reads_pushed_beats else " (no heartbeat check reads them)"),
+                  "manual checks: %s" % (manual or "none"),
+                  "auth: %s" % ("Bearer token" if self.token is not None else "none")]
+        return admin_text("\n".join(lines), head, mode)
+
+    def _drain(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        admin_reject_query(req)
+        current = self.engine.draining
+        if current and current != ADMIN_DRAIN_REASON:
+            return admin_text("ready already fails: %s" % current, head, mode)
+        if not current:
+            self.engine.set_draining(ADMIN_DRAIN_REASON)
+            self.log.info("admin drain", reason=ADMIN_DRAIN_REASON)
+        return admin_text("draining: ready fails until POST /undrain", head, mode)
+
+    def _undrain(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        admin_reject_query(req)
+        current = self.engine.draining
+        if current == ADMIN_DRAIN_REASON:
+            self.engine.set_draining("")
+            self.log.info("admin undrain")
+            return admin_text("undrained: ready follows its checks again", head, mode)
+        if current:
+            raise HTTPError(503, "cannot undrain: %s" % current)
+        return admin_text("not draining", head, mode)
+
+    def _heartbeat(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        admin_reject_query(req)
+        name = req.path[len(ADMIN_HEARTBEAT_PREFIX):]
+        try:
+            parse_beat_name(name)
+        except ValueError as exc:
+            raise HTTPError(400, "heartbeat name %r: %s" % (
+                name[:ADMIN_SHOWN_NAME_CHARS], exc)) from None
+        if not self.reads_pushed_beats:
+            raise HTTPError(404, "no heartbeat check reads pushed beats (each has path=); "
+                                 "add --check \"heartbeat\" without path=")
+        if req.method == "DELETE":
+            known = self.registry.remove(name)
+            return admin_text("removed %s" % name if known else "%s was not known" % name,
+                              head, mode)
+        try:
+            self.registry.beat(name)
+        except HeartbeatRegistryFull as exc:
+            if not self._refusing_names:
+                self._refusing_names = True
+                self.log.warn("heartbeat name refused", name=name, error=str(exc))
+            raise HTTPError(503, "%s; DELETE names of workers that left" % exc) from None
+        self._refusing_names = False
+        return admin_text("OK", head, mode)
+
+    def _become(self, ready: bool) -> AdminHandler:
+        path = "/v1/become-ready" if ready else "/v1/become-unready"
+
+        def handler(req: Request, head: bool, mode: int) -> PreparedResponse:
+            admin_reject_query(req)
+            if not self.manual:
+                raise HTTPError(404, "no manual check to set: add --check \"manual\" to use "
+                                     "%s" % path)
+            wall = self.engine.wall()
+            for check in self.manual:
+                changed = check.ready != ready
+                check.set_ready(ready, "POST " + path, wall)
+                self.engine.record(check.name, check.current(), 0.0)
+                if changed:
+                    self.log.info("admin set manual check", check=check.name,
+                                  to="ready" if ready else "unready")
+            return admin_text("OK", head, mode)
+
+        return handler
+
+
+def admin_text(text: str, head: bool, mode: int) -> PreparedResponse:
+    return build_response(200, (text + "\n").encode("utf-8"), head=head, mode=mode)
+
+
+def admin_reject_query(req: Request) -> None:
+    if req.query:
+        raise HTTPError(400, "%s takes no query parameters (got %r)" % (
+            req.path[:200], req.query[:200]))
+
+
+class AdminListener:
+
+    def __init__(self, router: AdminRouter, addr: Tuple[str, int],
+                 settings: Dict[str, Any]) -> None:
+        self.router = router
+        self.addr = addr
+        self.server = ProbeServer(router.respond, settings.get("read_timeout", 10.0),
+                                  settings.get("write_timeout", 10.0),
+                                  settings.get("idle_timeout", 120.0), ADMIN_MAX_CONNECTIONS,
+                                  ADMIN_MAX_BODY)
+
+    def start(self) -> str:
+        sock = bind_listener(self.addr[0], self.addr[1], "--admin-addr")
+        self.server.add_listener(sock)
+        host, port = sock.getsockname()[:2]
+        return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check],
+                log: EventLog) -> Optional[AdminListener]:
+    addr = settings.get("admin_addr")
+    token_file = settings.get("admin_token_file")
+    if addr is None:
+        for check in checks:
+            if isinstance(check, ManualCheck):
+                raise ConfigError("check %r (manual) is set by POST /v1/become-ready on the "
+                                  "admin listener, but --admin-addr is off (e.g. --admin-addr "
+                                  ":9090)" % check.name)
+        if any(isinstance(c, HeartbeatCheck) and c.pushed for c in checks):
+            raise ConfigError("a heartbeat check without path= reads beats POSTed to the admin "
+                              "listener, but --admin-addr is off (give --admin-addr :9090, or "
+                              "path=DIR for file beats)")
+        if token_file:
+            raise ConfigError("--admin-token-file %s: has no effect without --admin-addr" %
+                              token_file)
+        return None
+    token = AdminToken(token_file) if token_file else None
+    if token is not None:
+        token.validate()
+    elif not addr[0].startswith("127.") and addr[0] not in ("::1", "localhost"):
+        log.warn("admin listener without --admin-token-file on a non-loopback address: "
+                 "anyone who reaches it can drain this pod", addr="%s:%d" % addr)
+    return AdminListener(AdminRouter(engine, HeartbeatRegistry(), token, log), addr, settings)
+
+
+# ==================================================================================================
+# probed/drain.py
+# ==================================================================================================
+"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
+`probed drain --wait DURATION` for an exec preStop hook.
+"""
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any, List, Optional, Sequence, Tuple
+from urllib.parse import quote
+
+DRAIN_REASON = "draining"
+DRAIN_POLL = 0.5
+DRAIN_DEFAULT_TIMEOUT = 60.0
+DRAIN_MAX_TIMEOUT = 3600.0
+
+
+class DrainWaiter:
+
+    def __init__(self, engine: Engine, log: EventLog) -> None:
+        self.engine = engine
+        self.log = log
+        self.checks: List[InflightCheck] = [
+            st.check for st in engine.states.values() if isinstance(st.check, InflightCheck)]
+        self.active = 0
+
+    def handle(self, req: Request, head: bool, mode: int) -> "asyncio.Future[PreparedResponse]":
+        timeout = DRAIN_DEFAULT_TIMEOUT
+        for key, value in req.query_pairs():
+            if key != "timeout":
+                raise HTTPError(400, "unknown query parameter %r (expected timeout)" % key)
+            try:
+                timeout = parse_duration(value)
+            except ValueError as exc:
+                raise HTTPError(400, "timeout=%s: %s" % (value, exc)) from None
+            if timeout > DRAIN_MAX_TIMEOUT:
+                raise HTTPError(400, "timeout=%s: at most %s" % (
+                    value, format_duration(DRAIN_MAX_TIMEOUT)))
+        self.active += 1
+        if not self.engine.draining:
+            self.engine.set_draining(DRAIN_REASON, until_restart=True)
+        self.log.info("draining", timeout=format_duration(timeout), inflight_checks=len(
+            self.checks))
+        return asyncio.ensure_future(self._reply(timeout, head, mode))
+
+    async def _reply(self, timeout: float, head: bool, mode: int) -> PreparedResponse:
+        try:
+            text = await self.wait(timeout)
+        finally:
+            self.active -= 1
+        self.log.info("drain wait returned", result=text)
+        return build_response(200, (text + "\n").encode("utf-8"), head=head, mode=mode)
+
+    async def wait(self, timeout: float) -> str:
+        t0 = time.monotonic()
+        if not self.checks:
+            return ("drained at once: no inflight check configured (use --vllm, --sglang, "
+                    "--tgi or --llamacpp, or add an inflight check), so nothing to wait for")
+        left, note = await self.inflight()
+        while left and time.monotonic() - t0 < timeout:
+            await asyncio.sleep(min(DRAIN_POLL, max(0.0, timeout - (time.monotonic() - t0))))
+            left, note = await self.inflight()
+        took = format_duration(round(time.monotonic() - t0, 1))
+        if not left:
+            return "drained after %s: nothing in flight (%s)" % (took, note)
+        return "timed out after %s: %s" % (took, note)
+
+    async def inflight(self) -> Tuple[float, str]:
+        total, unknown, notes = 0.0, False, []
+        for check in self.checks:
+            obs, _ = await poll_once(check)
+            if obs.ok and obs.value is not None:
+                total += obs.value
+                notes.append("%s: %s" % (check.name, obs.reason))
+            elif obs.refused:
+                notes.append("%s: backend gone (%s)" % (check.name, obs.reason))
+            else:
+                unknown = True
+                notes.append("%s: unknown (%s)" % (check.name, obs.reason))
+        return (max(total, 1.0) if unknown else total), "; ".join(notes)
+
+
+def drain_main(argv: Sequence[str], out: Any = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="probed drain", description="preStop drain: fail ready, then wait until the "
+        "server has no request in flight (GET /wait-for-drain on the admin listener).")
+    parser.add_argument("--wait", default="60s", help="longest wait (default 60s)")
+    parser.add_argument("--admin", default="http://127.0.0.1:9090",
+                        help="admin listener URL (default http://127.0.0.1:9090)")
+    parser.add_argument("--token-file", help="file with the admin token")
+    args = parser.parse_args(list(argv))
+    out = out or sys.stdout
+    try:
+        wait = parse_duration(args.wait)
+    except ValueError as exc:
+        parser.error("--wait %s: %s" % (args.wait, exc))
+    headers = {}
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                headers["Authorization"] = "Bearer " + fh.read().strip()
+        except OSError as exc:
+            parser.error("--token-file %s: %s" % (args.token_file, exc.strerror or exc))
+    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), quote(args.wait))
+    try:
+        resp = asyncio.run(fetch(url, headers=headers, timeout=wait + 10.0))
+    except FetchError as exc:
+        print("probed drain: %s: %s" % (args.admin, exc), file=sys.stderr)
+        return 3
+    except ValueError as exc:
+        parser.error("--admin %s: %s" % (args.admin, exc))
+    print(resp.body.decode("utf-8", "replace").rstrip(), file=out)
+    return 0 if resp.status == 200 else 1
+
+
+def optional_waiter(engine: Engine, log: EventLog, admin: Optional[Any]) -> Optional[DrainWaiter]:
+    if admin is None:
+        return None
+    waiter = DrainWaiter(engine, log)
+    admin.router.add_route("/wait-for-drain", ("GET",), waiter.handle,
+                           "preStop: fail ready, return when nothing is in flight (?timeout=60s)")
+    return waiter
+
+
+# ==================================================================================================
 # probed/render.py
 # ==================================================================================================
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
-
-The verbose form is the one Kubernetes operators read every day from kube-apiserver:
-`[+]name ok` / `[-]name failed: reason`, then `<path> check passed|failed`.
 """
 
 import json
@@ -2462,14 +5033,12 @@ GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 
 
 def render_plain(verdict: GroupVerdict) -> bytes:
-    """`ok` or `<path> failed: <reason>`, one line."""
     if verdict.ok:
         return b"ok\n"
     return ("%s failed: %s\n" % (GROUP_PATHS[verdict.group], verdict.reason)).encode("utf-8")
 
 
 def render_verbose(verdict: GroupVerdict, excluded: Sequence[str] = ()) -> bytes:
-    """kube-apiserver style: one `[+]`/`[-]` line per check, then the group's outcome."""
     lines: List[str] = []
     for st, ok, reason in verdict.checks:
         if ok:
@@ -2489,7 +5058,6 @@ def render_verbose(verdict: GroupVerdict, excluded: Sequence[str] = ()) -> bytes
 
 
 def check_json(st: CheckState, ok: bool, reason: str, now: float) -> Dict[str, Any]:
-    """One check as JSON: state, reason, value, latency, age, streak and since when."""
     obs = st.obs
     row: Dict[str, Any] = {
         "name": st.check.name,
@@ -2510,7 +5078,6 @@ def check_json(st: CheckState, ok: bool, reason: str, now: float) -> Dict[str, A
 
 def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any]] = None,
                 excluded: Sequence[str] = ()) -> bytes:
-    """The group and every check as one JSON object (`?format=json`)."""
     doc: Dict[str, Any] = {
         "group": verdict.group,
         "status": "pass" if verdict.ok else "fail",
@@ -2528,10 +5095,6 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 # probed/router.py
 # ==================================================================================================
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
-
-Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
-served from a dict; anything with a query (verbose, JSON, exclude, overrides) is rendered on
-demand from the engine's cached state, which still never touches a backend.
 """
 
 import time
@@ -2540,19 +5103,26 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 JSON_TYPE = "application/json"
 PROBE_METHODS = "GET, HEAD"
 
-# path -> (group, (body when passing, body when failing) or None for the standard bodies)
-GROUP_ROUTES: Dict[str, Tuple[str, Optional[Tuple[bytes, bytes]]]] = {
-    "/livez": ("live", None),
-    "/readyz": ("ready", None),
-    "/startupz": ("started", None),
-    "/healthz": ("live", None),  # Multi Node Prober compatible
-    "/health": ("ready", (b"Healthy", b"Unhealthy")),  # LLM Healthchecker compatible
-    "/ready": ("ready", (b"OK", b"Not Ready")),  # llm-d requester compatible
+Bodies = Optional[Tuple[bytes, bytes]]
+Route = Tuple[str, Bodies, int]
+
+GROUP_ROUTES: Dict[str, Route] = {
+    "/livez": ("live", None, 503),
+    "/readyz": ("ready", None, 503),
+    "/startupz": ("started", None, 503),
+    "/healthz": ("live", None, 503),
+    "/health": ("ready", (b"Healthy", b"Unhealthy"), 503),
+    "/ready": ("ready", (b"OK", b"Not Ready"), 503),
+}
+
+MULTINODE_PROBER_ROUTES: Dict[str, Route] = {
+    "/healthz": ("live", (b"Liveness check passed\n", b"Liveness check failed\n"), 500),
+    "/readyz": ("ready", (b"Readiness check passed\n", b"Readiness check failed\n"), 503),
+    "/startupz": ("started", (b"Startup check passed\n", b"Startup check failed\n"), 500),
 }
 
 
 class GroupQuery:
-    """What a query string asked of a group reply."""
 
     __slots__ = ("verbose", "json", "exclude", "overrides")
 
@@ -2564,11 +5134,12 @@ class GroupQuery:
 
 
 class Router:
-    """Answers the probe port: group verdicts, single checks, the index and /metrics."""
 
-    def __init__(self, engine: Engine, metrics: Optional[Callable[[], bytes]] = None) -> None:
+    def __init__(self, engine: Engine, metrics: Optional[Callable[[], bytes]] = None,
+                 routes: Optional[Dict[str, Route]] = None) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.routes = dict(GROUP_ROUTES, **(routes or {}))
         self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
         self._cache_version = -1
         self.check_routes: Dict[str, Tuple[str, str]] = {}
@@ -2577,7 +5148,6 @@ class Router:
                 self.check_routes["/%s/%s" % (path, st.check.name)] = (group, st.check.name)
 
     def respond(self, req: Request) -> PreparedResponse:
-        """The reply to one request; errors become 4xx replies that close the connection."""
         head = req.method == "HEAD"
         try:
             if req.method not in ("GET", "HEAD"):
@@ -2594,7 +5164,7 @@ class Router:
                     self._cache.clear()
                     self._cache_version = self.engine.version
                 reply = self._route(req, head, mode)
-                if reply.status in (200, 503) and req.path in GROUP_ROUTES:
+                if req.path in self.routes and reply.status in (200, 500, 503):
                     self._cache[key] = reply
                 return reply
             return self._route(req, head, mode)
@@ -2602,16 +5172,15 @@ class Router:
             return build_error_response(err, head)
 
     def _known_path_or_404(self, path: str) -> None:
-        if path in GROUP_ROUTES or path in self.check_routes or path in ("/", "/metrics"):
+        if path in self.routes or path in self.check_routes or path in ("/", "/metrics"):
             return
         raise HTTPError(404, "no such path %s (see / for the index)" % path)
 
     def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         path = req.path
-        route = GROUP_ROUTES.get(path)
+        route = self.routes.get(path)
         if route is not None:
-            group, alias = route
-            return self._group_reply(req, group, alias, head, mode)
+            return self._group_reply(req, route, head, mode)
         single = self.check_routes.get(path)
         if single is not None:
             return self._check_reply(req, single[0], single[1], head, mode)
@@ -2622,14 +5191,14 @@ class Router:
                                   head=head, mode=mode)
         raise HTTPError(404, "no such path %s (see / for the index)" % path)
 
-    def _group_reply(self, req: Request, group: str, alias: Optional[Tuple[bytes, bytes]],
-                     head: bool, mode: int) -> PreparedResponse:
+    def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
+        group, bodies, fail_status = route
         query = self.parse_query(req, group, None)
         if query.exclude or query.overrides:
             verdict = self.engine.evaluate(group, query.exclude, query.overrides)
         else:
             verdict = self.engine.verdicts[group]
-        return self._reply(verdict, query, alias, head, mode)
+        return self._reply(verdict, query, bodies, head, mode, fail_status)
 
     def _check_reply(self, req: Request, group: str, name: str, head: bool,
                      mode: int) -> PreparedResponse:
@@ -2639,11 +5208,15 @@ class Router:
         return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
                            head, mode)
 
-    def _reply(self, verdict: GroupVerdict, query: GroupQuery,
-               alias: Optional[Tuple[bytes, bytes]], head: bool, mode: int) -> PreparedResponse:
-        status = 200 if verdict.ok else 503
+    def _reply(self, verdict: GroupVerdict, query: GroupQuery, alias: Bodies, head: bool,
+               mode: int, fail_status: int = 503) -> PreparedResponse:
+        status = 200 if verdict.ok else fail_status
         if query.json:
-            extra = {"started": self.engine.started, "draining": self.engine.draining or None}
+            engine = self.engine
+            extra = {"started": engine.started, "draining": engine.draining or None,
+                     "phase": engine.phase, "phase_since": format_timestamp(
+                         engine.phase_since_wall), "incarnation": describe_incarnation(
+                         engine.incarnation) if engine.incarnation is not None else None}
             body = render_json(verdict, time.monotonic(), extra, query.exclude)
             return build_response(status, body, JSON_TYPE, head=head, mode=mode)
         if query.verbose:
@@ -2655,7 +5228,6 @@ class Router:
         return build_response(status, body, head=head, mode=mode)
 
     def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
-        """verbose, format=json, exclude=NAME, NAME.KEY=VALUE; anything else is a 400."""
         query = GroupQuery()
         query.json = JSON_TYPE in req.headers.get("accept", "")
         members = {st.check.name for st in self.engine.by_group[group]}
@@ -2690,9 +5262,8 @@ class Router:
         query.overrides.setdefault(name, {})[param] = parsed
 
     def index(self) -> str:
-        """The `/` page: endpoints, then every check with its groups and target."""
         lines = ["probed: probe endpoints for this pod", ""]
-        for path, (group, _) in GROUP_ROUTES.items():
+        for path, (group, _, _) in self.routes.items():
             verdict = self.engine.verdicts[group]
             lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
         lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",
@@ -2706,12 +5277,199 @@ class Router:
 
 
 # ==================================================================================================
+# probed/selfmetrics.py
+# ==================================================================================================
+"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
+"""
+
+import asyncio
+import sys
+import time
+from bisect import bisect_left
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                          5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_SAMPLE_INTERVAL = 0.5
+
+_SELFMETRICS_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_SELFMETRICS_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
+
+
+class Histogram:
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+def escape_label_value(value: str) -> str:
+    return value.translate(_SELFMETRICS_LABEL_ESCAPES)
+
+
+def format_sample_value(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
+                                  and abs(value) < 1e15):
+        return str(int(value))
+    return repr(float(value))
+
+
+class MetricsPage:
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def family(self, name: str, kind: str, text: str) -> None:
+        self.lines.append("# HELP %s %s" % (name, text.translate(_SELFMETRICS_HELP_ESCAPES)))
+        self.lines.append("# TYPE %s %s" % (name, kind))
+
+    def sample(self, name: str, labels: Sequence[Tuple[str, str]], value: float) -> None:
+        shown = ",".join('%s="%s"' % (k, escape_label_value(v)) for k, v in labels)
+        self.lines.append("%s%s %s" % (name, "{%s}" % shown if labels else "",
+                                       format_sample_value(value)))
+
+    def histogram(self, name: str, labels: Sequence[Tuple[str, str]], hist: Histogram) -> None:
+        running = 0
+        for bound, count in zip(hist.bounds + (float("inf"),), hist.counts):
+            running += count
+            le = "+Inf" if bound == float("inf") else "%g" % bound
+            self.sample(name + "_bucket", tuple(labels) + (("le", le),), running)
+        self.sample(name + "_sum", labels, hist.sum)
+        self.sample(name + "_count", labels, hist.count)
+
+    def body(self) -> bytes:
+        return ("\n".join(self.lines) + "\n").encode("utf-8")
+
+
+def render_check_families(page: MetricsPage, engine: Engine,
+                          durations: Dict[str, Histogram]) -> None:
+    states = list(engine.states.values())
+    page.family("probed_check_up", "gauge",
+                "1 when the check passes now (pending and stale count as 0).")
+    for st in states:
+        page.sample("probed_check_up", (("check", st.check.name), ("kind", st.check.kind)),
+                    1 if st.passing else 0)
+    page.family("probed_check_duration_seconds", "histogram", "Time one poll of the check took.")
+    for st in states:
+        if st.check.name in durations:
+            page.histogram("probed_check_duration_seconds", (("check", st.check.name),),
+                           durations[st.check.name])
+    for name, kind, text, values in (
+            ("probed_check_last_success_timestamp_seconds", "gauge",
+             "Unix time of the check's last passing poll (0: never).",
+             [(st, st.last_success_wall) for st in states]),
+            ("probed_check_transitions_total", "counter",
+             "Changes of the check's state between pending, pass and fail.",
+             [(st, st.transitions) for st in states]),
+            ("probed_check_value", "gauge",
+             "The number the check's last verdict used (queue depth, nodes alive...).",
+             [(st, float(st.obs.value)) for st in states
+              if st.obs is not None and st.obs.value is not None])):
+        page.family(name, kind, text)
+        for st, value in values:
+            page.sample(name, (("check", st.check.name),), value)
+    page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
+    for group in GROUPS:
+        verdict = engine.verdicts.get(group)
+        page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
+
+
+def render_server_families(page: MetricsPage, server: Optional[ProbeServer]) -> None:
+    if server is None:
+        return
+    page.family("probed_probe_requests_total", "counter", "Requests answered on the probe "
+                "port, by path (unknown paths as \"other\") and status code.")
+    for (path, code), count in sorted(server.stats.requests.items()):
+        page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
+    for name, kind, text, value in (
+            ("probed_open_connections", "gauge", "Client connections open on the probe port.",
+             len(server.conns)),
+            ("probed_connections_accepted_total", "counter",
+             "Client connections accepted on the probe port.", server.stats.accepted),
+            ("probed_connections_refused_total", "counter",
+             "Client connections closed at once because --max-connections were open.",
+             server.stats.refused_at_cap)):
+        page.family(name, kind, text)
+        page.sample(name, (), value)
+
+
+def render_metrics(engine: Engine, server: Optional[ProbeServer],
+                   durations: Dict[str, Histogram], lag: Histogram,
+                   build: Tuple[str, str]) -> bytes:
+    page = MetricsPage()
+    render_check_families(page, engine, durations)
+    render_server_families(page, server)
+    page.family("probed_event_loop_lag_seconds", "histogram",
+                "How late the event loop ran a timer; probe replies wait this long too.")
+    page.histogram("probed_event_loop_lag_seconds", (), lag)
+    page.family("probed_build_info", "gauge", "probed's version and the Python running it.")
+    page.sample("probed_build_info", (("version", build[0]), ("python", build[1])), 1)
+    return page.body()
+
+
+def counted_probe_paths(router: Router) -> FrozenSet[str]:
+    return frozenset(GROUP_ROUTES) | frozenset(router.check_routes) | {"/", "/metrics"}
+
+
+class SelfMetrics:
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.server: Optional[ProbeServer] = None
+        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in engine.states}
+        self.lag = Histogram(LAG_BUCKETS)
+        self.build = (__version__, "%d.%d.%d" % sys.version_info[:3])
+        self._sampler: Optional["asyncio.Task[None]"] = None
+        engine.poll_listeners.append(self.on_poll)
+
+    def watch(self, server: ProbeServer, router: Router) -> None:
+        self.server = server
+        server.counted_paths = counted_probe_paths(router)
+
+    def on_poll(self, st: Any) -> None:
+        hist = self.durations.get(st.check.name)
+        if hist is not None:
+            hist.observe(st.latency)
+
+    def render(self) -> bytes:
+        return render_metrics(self.engine, self.server, self.durations, self.lag, self.build)
+
+    def start(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+        self._sampler = asyncio.get_running_loop().create_task(
+            sample_event_loop_lag(self.lag, interval))
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+            self._sampler = None
+
+
+async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+    while True:
+        asked = time.monotonic() + interval
+        await asyncio.sleep(interval)
+        hist.observe(max(0.0, time.monotonic() - asked))
+
+
+# ==================================================================================================
 # probed/daemon.py
 # ==================================================================================================
 """The serving process: binds the ports, runs the engine, drains on SIGTERM, exits 0.
-
-Glue only: the pieces (engine, router, server) know nothing of each other; this module wires
-the engine's group changes to the gated TCP ports and the signals to the drain sequence.
 """
 
 import asyncio
@@ -2723,27 +5481,26 @@ GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-st
 
 
 class GatedPorts:
-    """Listens on a group's port only while that group passes, so tcpSocket carries a verdict."""
 
-    def __init__(self, server: ProbeServer, ports: Dict[str, int], log: EventLog) -> None:
+    def __init__(self, server: ProbeServer, ports: Dict[str, int], log: EventLog,
+                 host: str = "") -> None:
         self.server = server
         self.ports = ports
         self.log = log
+        self.host = host
         self.open: Dict[str, socket.socket] = {}
 
     def check_bindable(self) -> None:
-        """Fail at start (not at the first verdict change) when a gated port is taken."""
         for group, port in self.ports.items():
-            bind_listener("", port, GATE_FLAGS[group]).close()
+            bind_listener(self.host, port, GATE_FLAGS[group]).close()
 
     def set(self, group: str, passing: bool) -> None:
-        """Open or close `group`'s port to match its verdict."""
         port = self.ports.get(group)
         if port is None:
             return
         if passing and group not in self.open:
             try:
-                sock = bind_listener("", port, GATE_FLAGS[group])
+                sock = bind_listener(self.host, port, GATE_FLAGS[group])
             except ConfigError as exc:
                 self.log.warn("gated port not opened", group=group, error=str(exc))
                 return
@@ -2754,26 +5511,30 @@ class GatedPorts:
 
 
 class Daemon:
-    """One probed process: settings in, serve until a signal and the drain are done."""
 
     def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog) -> None:
         self.settings = settings
         self.log = log
         self.engine = Engine(checks, log, settings["startup_timeout"], settings["start_interval"])
-        self.router = Router(self.engine)
+        self.selfmetrics = SelfMetrics(self.engine)
+        routes = MULTINODE_PROBER_ROUTES if settings.get("vllm_endpoint") else None
+        self.router = Router(self.engine, metrics=self.selfmetrics.render, routes=routes)
         self.server = ProbeServer(self.router.respond, settings["read_timeout"],
                                   settings["write_timeout"], settings["idle_timeout"],
                                   settings["max_connections"])
+        self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
-        self.gates = GatedPorts(self.server, gates, log)
+        self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
+        self.admin = build_admin(settings, self.engine, checks, log)
+        self.drain = optional_waiter(self.engine, log, self.admin)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
 
     async def run(self) -> int:
-        """Serve until stopped; returns the exit code."""
         host, port = self.settings["addr"]
         listener = bind_listener(host, port, "--addr")
         self.gates.check_bindable()
+        admin_addr = self.admin.start() if self.admin is not None else None
         self.stopping = asyncio.Event()
         self.server.add_listener(listener)
         self.engine.listeners.append(self.gates.set)
@@ -2783,17 +5544,22 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.on_signal, signum)
         self.engine.start()
+        self.selfmetrics.start()
         self.log.info("probed serving", addr=_show_addr(listener.getsockname()),
                       checks=" ".join("%s(%s)" % (s.check.name, s.check.kind)
                                       for s in self.engine.states.values()) or "none")
+        if admin_addr is not None:
+            self.log.info("admin listening", addr=admin_addr)
         await self.stopping.wait()
         self.server.close()
+        if self.admin is not None:
+            self.admin.close()
         await self.engine.stop()
+        await self.selfmetrics.stop()
         self.log.info("probed stopped")
         return 0
 
     def on_signal(self, signum: int) -> None:
-        """First signal: fail ready, keep answering for --drain-seconds. Second: stop now."""
         assert self.stopping is not None
         self.signals += 1
         if self.signals > 1:
@@ -2804,7 +5570,14 @@ class Daemon:
         self.log.info("shutting down", signal=signal.Signals(signum).name,
                       drain=format_duration(drain))
         self.engine.set_draining("shutting down")
-        asyncio.get_running_loop().call_later(drain, self.stopping.set)
+        asyncio.get_running_loop().call_later(drain, self.stop_when_waits_return)
+
+    def stop_when_waits_return(self) -> None:
+        assert self.stopping is not None
+        if self.drain is not None and self.drain.active:
+            asyncio.get_running_loop().call_later(0.2, self.stop_when_waits_return)
+            return
+        self.stopping.set()
 
 
 def _show_addr(sockname: Tuple[Any, ...]) -> str:
@@ -2813,20 +5586,13 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 
 
 # ==================================================================================================
-# probed/cli.py
+# probed/settings.py
 # ==================================================================================================
-"""Command line: flags, `PROBED_<FLAG>` environment, `--config FILE.json`, and subcommands.
-
-Precedence for every daemon setting: command line, then environment, then config file, then
-the default. Checks add up from all three. Every mistake exits 2 with one line naming the
-flag, variable or key, the bad value and what was expected.
+"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved.
 """
 
 import argparse
-import asyncio
 import json
-import os
-import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 
@@ -2847,7 +5613,6 @@ def _optional_duration(text: str) -> Optional[float]:
     return None if text.strip().lower() in ("", "0", "off", "none") else parse_duration(text)
 
 
-# (flag, parser, default, help). dest is the flag without dashes, '-' -> '_'.
 SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--addr", parse_host_port, ("", 8080), "probe listener: :8080 (all, IPv4+IPv6), "
                                             "0.0.0.0:8080, [::1]:8080"),
@@ -2862,10 +5627,17 @@ SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--startup-timeout", _optional_duration, None, "live fails when not started within this "
                                                     "(default: never)"),
     ("--start-interval", parse_duration, 0.5, "poll interval of started checks until started"),
+    ("--interval", _optional_duration, None, "poll interval of every check that sets none, "
+                                             "presets included (default: per kind)"),
     ("--drain-seconds", parse_duration, 5.0, "after SIGTERM: ready fails, probes answered this "
                                              "long, then exit 0"),
     ("--log-format", _log_format, "text", "text (logfmt) or json"),
-]
+    ("--admin-addr", parse_admin_addr, None, "admin listener (drain, heartbeats, become-ready): "
+                                             ":9090 is 127.0.0.1:9090; a host listens there "
+                                             "(default: off)"),
+    ("--admin-token-file", str, None, "every admin call must send Authorization: Bearer "
+                                      "<this file's token> (re-read when it changes)"),
+] + PRESET_OPTIONS
 
 EPILOG = """check kinds and keys: see README.md ("Checks"). Example:
   probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
@@ -2874,7 +5646,6 @@ per line)."""
 
 
 def env_name(flag: str) -> str:
-    """`--read-timeout` -> `PROBED_READ_TIMEOUT`."""
     return "PROBED_" + flag.lstrip("-").replace("-", "_").upper()
 
 
@@ -2883,7 +5654,6 @@ def _dest(flag: str) -> str:
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
-    """The `probed [serve]` argument parser (defaults are applied after parsing)."""
     parser = argparse.ArgumentParser(
         prog="probed", description="Kubernetes probes for LLM inference servers, answered "
         "from cached verdicts.", epilog=EPILOG,
@@ -2927,7 +5697,6 @@ def _load_config_file(path: str) -> Dict[str, Any]:
 
 
 def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Dict[str, Any]:
-    """Apply command line > environment > config file > default to every daemon setting."""
     config_path = getattr(ns, "config", None) or env.get("PROBED_CONFIG")
     file_data = _load_config_file(config_path) if config_path else {}
     settings: Dict[str, Any] = {}
@@ -2947,8 +5716,25 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Dict[str
             settings[dest] = parse(text)
         except ValueError as exc:
             raise ConfigError("%s=%s: %s" % (where, text, exc)) from None
-    settings["checks"] = _collect_checks(ns, env, file_data, config_path)
+    if "APP_PORT" in env:
+        try:
+            app_port = _port(env["APP_PORT"])
+        except ValueError as exc:
+            raise ConfigError("APP_PORT=%s: %s" % (env["APP_PORT"], exc)) from None
+        if not _given(ns, env, file_data, "--addr"):
+            settings["addr"] = ("", app_port)
+    settings["checks"] = _collect_checks(ns, env, file_data, config_path) + preset_checks(
+        settings, env)
+    if settings["interval"] is not None:
+        for raw, _ in settings["checks"]:
+            raw.setdefault("interval", format_duration(settings["interval"]))
     return settings
+
+
+def _given(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+           flag: str) -> bool:
+    dest = _dest(flag)
+    return hasattr(ns, dest) or env_name(flag) in env or dest.replace("_", "-") in file_data
 
 
 def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
@@ -2970,39 +5756,65 @@ def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: D
     return raws
 
 
-def print_config(settings: Dict[str, Any], checks: Sequence[Any]) -> None:
-    """The effective configuration as the JSON `--config` accepts, secrets redacted."""
+def describe_settings(settings: Dict[str, Any], checks: Sequence[Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    for flag, _, _, _ in SERVE_OPTIONS:
+    presets = {flag for flag, _, _, _ in PRESET_OPTIONS}
+    for flag, parse, _, _ in SERVE_OPTIONS:
         value = settings[_dest(flag)]
-        shown = value if value is None or isinstance(value, int) else _show_default(value)
-        out[_dest(flag).replace("_", "-")] = shown
+        if value is None or flag in presets:
+            continue
+        if parse in (parse_duration, _optional_duration):
+            value = format_duration(value)
+        elif isinstance(value, tuple):
+            value = _show_default(value)
+        out[_dest(flag).replace("_", "-")] = value
     out["checks"] = [describe_spec(c.spec) for c in checks]
-    print(json.dumps(out, indent=2))
+    return out
+
+
+# ==================================================================================================
+# probed/cli.py
+# ==================================================================================================
+"""Command line entry point: `probed [serve]` and the subcommands.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 
 def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    """`probed [serve] ...`: validate everything, then run the daemon."""
     ns = build_serve_parser().parse_args(list(argv))
     settings = resolve_settings(ns, env)
     raws = settings.pop("checks")
     checks = build_checks([r for r, _ in raws], [o for _, o in raws])
     if getattr(ns, "print_config", False):
-        print_config(settings, checks)
+        print(json.dumps(describe_settings(settings, checks), indent=2))
         return 0
     log = EventLog(settings["log_format"])
     return asyncio.run(Daemon(settings, checks, log).run())
 
 
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
-    "serve": lambda args: 0,  # handled in main(): it needs the environment
+    "serve": lambda args: 0,
     "bench": bench_main,
+    "check": check_main,
+    "beat": beat_main,
+    "drain": drain_main,
 }
 
 
+PACKAGE_ONLY = ("demo", "sim")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of `probed`, `python -m probed` and `python3 probed.py`."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in PACKAGE_ONLY and args[0] not in SUBCOMMANDS:
+        print("probed: %s runs from the package, not the single file: python3 -m probed %s "
+              "(in a checkout of probed)" % (args[0], args[0]), file=sys.stderr)
+        return 2
     command = args[0] if args and args[0] in SUBCOMMANDS else "serve"
     if args and args[0] in SUBCOMMANDS:
         args = args[1:]

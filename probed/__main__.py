@@ -1,9 +1,19 @@
-"""`python3 -m probed`: run the command line from the package (the single file has its own).
+"""`python3 -m probed` and the `probed` console script: the command line from the package.
 
-Only an entry point: nothing here is bundled into probed.py, so it must define nothing else.
+Not bundled into probed.py. Besides the entry point it adds the package-only subcommands: the
+vLLM simulator and the demo built on it stay out of the single file to keep it small.
 """
 
-from .cli import main
+from .cli import SUBCOMMANDS, main
+from .demo import demo_main
+from .vllmsim_cli import sim_main
+
+
+def entry() -> int:
+    """Run the command line with the package-only subcommands available."""
+    SUBCOMMANDS.update(demo=demo_main, sim=sim_main)
+    return main()
+
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -4,8 +4,9 @@
 a diff when the committed file is stale. Developers edit probed/; users copy probed.py.
 
 The bundle is every module of the package except this one and __main__.py, each module's source
-verbatim under a banner comment, in dependency order, with the project's own import lines deleted
-(in one file all modules share one namespace). That is sound only under the rules enforced here:
+under a banner comment, in dependency order, with the project's own import lines deleted (in one
+file all modules share one namespace) and, for size, the docstrings of functions and classes,
+comments and all but the first paragraph of each module docstring left out. That is sound only under the rules enforced here:
 project imports are relative name imports at module top, top-level names are unique across the
 package and shadow no builtin, no `from __future__`, no import cycles, no `__main__` blocks.
 This module never imports or runs the code it bundles: it reads it with `ast`. The output has no
@@ -18,11 +19,16 @@ import builtins
 import difflib
 import os
 import sys
+import tokenize
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 SIZE_BUDGET_BYTES = 250_000  # a ConfigMap holds 1 MiB; keep probed.py well under it
-EXCLUDED_FILES = ("bundle.py", "__main__.py")  # relative to the package root; never bundled
+# Relative to the package root; never bundled. The vLLM simulator and the demo built on it are
+# tools for newcomers and tests: they run from the package (`python3 -m probed demo`), and
+# leaving them out keeps the single file within its size budget.
+EXCLUDED_FILES = ("bundle.py", "__main__.py", "demo.py", "vllmsim.py", "vllmsim_api.py",
+                  "vllmsim_net.py", "vllmsim_cli.py")
 ENTRY_MODULE = "cli"  # the bundle ends by calling ENTRY_MODULE.ENTRY_FUNCTION()
 ENTRY_FUNCTION = "main"
 CHECK_DIFF_LINES = 40  # how much of the diff `--check` shows when the file is stale
@@ -34,6 +40,10 @@ HEADER = """\
 #
 # One file, standard library only, CPython 3.8 to 3.13. Copy it anywhere and run:
 #     python3 -I -S {package}.py --help
+#
+# To keep this file small, each module keeps only the first paragraph of its docstring, and
+# the docstrings of functions and classes and the comments are left out: read them in the
+# source under {package}/.
 #
 # Modules, in dependency order (each below under a banner with its path):
 """
@@ -287,9 +297,49 @@ def order_modules(modules: Sequence[SourceModule]) -> List[SourceModule]:
     return ordered
 
 
+def commentary_lines(mod: SourceModule) -> Tuple[List[Tuple[int, int]], Dict[int, int]]:
+    """What the single file leaves out to stay within its size budget: line ranges (docstrings
+    of functions and classes, whole-line comments, all but the first paragraph of the module
+    docstring) and, per line, the column where a trailing comment starts.
+
+    Every word is still in the source under the package; the first paragraph of each module's
+    docstring stays as its section's introduction. tokenize finds the comments, so a `#` inside
+    a string is never touched.
+    """
+    ranges: List[Tuple[int, int]] = []
+    for node in ast.walk(mod.tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = node.body[0]
+            if len(node.body) > 1 and _is_docstring(first):
+                ranges.append((first.lineno, first.end_lineno or first.lineno))
+    lines = mod.text.split("\n")
+    if mod.tree.body and _is_docstring(mod.tree.body[0]):
+        doc = mod.tree.body[0]
+        for number in range(doc.lineno + 1, (doc.end_lineno or doc.lineno)):
+            if not lines[number - 1].strip():  # first paragraph ends: keep only the closing quotes
+                ranges.append((number, (doc.end_lineno or doc.lineno) - 1))
+                break
+    cuts: Dict[int, int] = {}
+    readline = iter(line + "\n" for line in lines).__next__
+    for token in tokenize.generate_tokens(readline):
+        if token.type == tokenize.COMMENT:
+            row, col = token.start
+            if lines[row - 1][:col].strip():
+                cuts[row] = col
+            else:
+                ranges.append((row, row))
+    return ranges, cuts
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str))
+
+
 def render_module(mod: SourceModule) -> str:
     """The module's source minus its project import lines, under a banner naming its file."""
-    dropped = {line for start, end in mod.drop for line in range(start, end + 1)}
+    commentary, cuts = commentary_lines(mod)
+    dropped = {line for start, end in mod.drop + commentary for line in range(start, end + 1)}
     out: List[str] = [BANNER_RULE, "# " + mod.rel, BANNER_RULE]
     after_drop, blanks_after = False, 0
     # split("\n"), not splitlines(): ast counts only newlines, not form feeds or U+2028.
@@ -304,7 +354,7 @@ def render_module(mod: SourceModule) -> str:
                 blanks_before = len(out) - len(_rstrip_blank(out))
                 out += [""] * max(0, min(blanks_after, 2) - blanks_before)
                 after_drop, blanks_after = False, 0
-            out.append(line)
+            out.append(line[:cuts[number]].rstrip() if number in cuts else line)
     return "\n".join(_rstrip_blank(out)) + "\n"
 
 

@@ -1,10 +1,9 @@
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 
-No pooling: every fetch() opens a new connection and sends `Connection: close`. One deadline
-bounds the whole call (DNS to last body byte), so a backend that accepts and never answers, or
-drips a byte a second, fails at the deadline; urllib's per-socket timeouts bound neither.
-Raw non-blocking sockets on the running loop, TLS through `ssl.MemoryBIO`: closing is always a
-synchronous socket.close(), on every path, so no transport is left for the GC to warn about.
+One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
+answers, or drips a byte a second, fails at it; urllib's per-socket timeouts bound neither.
+Raw non-blocking sockets, TLS through `ssl.MemoryBIO`: closing is a synchronous socket.close()
+on every path, so no transport is left for the GC to warn about.
 Must never: import ssl at module import, reuse a connection, put request headers or bodies
 (bearer tokens) into an error message or a repr.
 """
@@ -70,10 +69,7 @@ class Response:
 
 
 class TLSOptions:
-    """How https is verified: system CAs (default), `ca_file`, or not at all (`insecure`).
-
-    The ssl context is built on first use (only then is `ssl` imported) and cached.
-    """
+    """How https is verified: system CAs (default), `ca_file`, or not at all (`insecure`)."""
 
     __slots__ = ("ca_file", "insecure", "_context")
 
@@ -83,7 +79,7 @@ class TLSOptions:
         self._context = None  # type: Any
 
     def context(self) -> Any:
-        """The cached `ssl.SSLContext`; FetchError("tls") when ssl or the CA file is unusable."""
+        """The `ssl.SSLContext`, built (and ssl imported) on first use; FetchError("tls")."""
         if self._context is not None:
             return self._context
         try:
@@ -110,9 +106,8 @@ _CLIENT_DEFAULT_TLS = TLSOptions()
 def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
     """The bearer token: the stripped file content, else the first non-empty env var, else None.
 
-    The file is read on every call so a rotated Kubernetes Secret is picked up. An empty file
-    falls through to the env vars; an unreadable one raises OSError (path and reason, never
-    content), so a broken mount is reported instead of polling without credentials.
+    The file is read on every call so a rotated Kubernetes Secret is picked up. An unreadable
+    file raises OSError, so a broken mount is reported instead of polling without credentials.
     """
     if token_file:
         with open(token_file, "rb") as handle:
@@ -134,10 +129,9 @@ def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) 
 
 
 def split_url(url: str) -> Tuple[str, str, int, str]:
-    """Split an http(s) URL into (scheme, host, port, path_and_query); ValueError otherwise.
+    """Split an http(s) URL into (scheme, host, port, target); ValueError otherwise.
 
-    The host comes without IPv6 brackets; the target is percent-encoded where it must be and
-    is "/" when the URL has no path. Credentials in the URL are refused (use a header).
+    The host comes without IPv6 brackets; the target is percent-encoded and "/" at least.
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
@@ -219,11 +213,7 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
 
 
 class _ClientChannel:
-    """One connected non-blocking socket (optionally TLS over memory BIOs) plus a read buffer.
-
-    close() is synchronous, so every exit path, cancellation by the deadline included,
-    releases the descriptor at once.
-    """
+    """One connected non-blocking socket (optionally TLS over memory BIOs) plus a read buffer."""
 
     __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf")
 
@@ -321,14 +311,12 @@ class _ClientChannel:
 
 
 async def _client_read_fields(chan: _ClientChannel, what: str) -> Dict[str, str]:
-    """The header fields up to and including the blank line that ends them."""
     block = await chan.read_until(_CLIENT_FIELDS_END, CLIENT_MAX_HEAD_BYTES, what)
     return _client_parse_fields(block) if block else {}
 
 
 async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, str]]:
-    """The final response head. The status line is checked before the fields are read, so a
-    non-HTTP peer (an SSH banner, say) fails at once instead of at the deadline."""
+    """The final response head; a non-HTTP peer (an SSH banner) fails at its first line."""
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "status line")
         if not line:  # RFC 7230 3.5: empty lines before a status line are ignored
@@ -420,7 +408,6 @@ async def _client_connect(loop: asyncio.AbstractEventLoop, infos: List[Any]) -> 
 
 
 def _client_os_error(exc: OSError, phase: str) -> FetchError:
-    """Map a socket error to the FetchError kind a check reports."""
     if isinstance(exc, ConnectionRefusedError):
         return FetchError("refused", "connection refused")
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
@@ -465,11 +452,10 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
                 tls: Optional[TLSOptions] = None) -> Response:
     """Make one HTTP/1.1 request on a new connection and return the whole response.
 
-    `timeout` is one deadline for everything (DNS, connect, TLS, send, headers, body). Any
-    status is a Response; no response at all is a FetchError. Host, User-Agent (CLIENT_USER_AGENT)
-    and Accept are sent unless `headers` has them; Connection and Content-Length are always
-    fetch's own. A body over `max_body` bytes is FetchError("too-large"); chunked trailers
-    are dropped. ValueError for a bad URL, method, header or timeout.
+    `timeout` bounds everything (DNS to the last body byte). Any status is a Response; no
+    response at all (or a body over `max_body`) is a FetchError. `headers` may replace Host,
+    User-Agent and Accept, never Connection or Content-Length. ValueError for a bad URL,
+    method, header or timeout.
     """
     scheme, host, port, target = split_url(url)
     if not timeout > 0:

@@ -9,7 +9,7 @@ import shlex
 from typing import Any, Dict, List, Mapping, Sequence, Union
 
 from .checks.base import CHECK_KINDS, COMMON_PARAMS, Check, CheckSpec, Param
-from .values import ConfigError, format_duration
+from .values import ConfigError, format_duration, redact_userinfo
 
 RawValue = Union[str, List[str]]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
@@ -20,8 +20,8 @@ def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
     """`http url=... probes=live` -> {"kind": "http", "url": ..., "probes": ...} (raw strings)."""
     try:
         tokens = shlex.split(text)
-    except ValueError as exc:
-        raise ConfigError("%s %r: %s" % (origin, text, exc)) from None
+    except ValueError as exc:  # the text is not echoed: it may hold a header with a token
+        raise ConfigError("%s: %s (check the quoting)" % (origin, exc)) from None
     if not tokens:
         raise ConfigError("%s: empty check (expected \"KIND key=value ...\")" % origin)
     raw: Dict[str, RawValue] = {"kind": tokens[0]}
@@ -45,6 +45,8 @@ def json_check_to_raw(obj: Any, origin: str) -> Dict[str, RawValue]:
         raise ConfigError("%s: expected an object with a \"kind\" string" % origin)
     raw: Dict[str, RawValue] = {}
     for key, value in obj.items():
+        if key == "from":
+            continue  # where --print-config says a check came from: informational
         if isinstance(value, list):
             items = [_json_scalar(v, origin, key) for v in value]
             raw[key] = ",".join(items) if key == "probes" else items
@@ -72,7 +74,7 @@ def _parse_value(param: Param, key: str, value: RawValue, where: str) -> Any:
         try:
             parsed.append(param.parse(text))
         except ValueError as exc:
-            shown = REDACTED if param.secret else text
+            shown = REDACTED if param.secret else redact_userinfo(text)
             raise ConfigError("%s: %s=%s: %s" % (where, key, shown, exc)) from None
     return parsed if param.repeat else parsed[0]
 

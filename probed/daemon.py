@@ -9,10 +9,13 @@ import signal
 import socket
 from typing import Any, Dict, List, Optional, Tuple
 
+from .admin import build_admin
 from .checks.base import Check
+from .drain import optional_waiter
 from .engine import Engine
 from .eventlog import EventLog
-from .router import Router
+from .router import MULTINODE_PROBER_ROUTES, Router
+from .selfmetrics import SelfMetrics
 from .server import ProbeServer, bind_listener
 from .values import ConfigError, format_duration
 
@@ -22,16 +25,18 @@ GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-st
 class GatedPorts:
     """Listens on a group's port only while that group passes, so tcpSocket carries a verdict."""
 
-    def __init__(self, server: ProbeServer, ports: Dict[str, int], log: EventLog) -> None:
+    def __init__(self, server: ProbeServer, ports: Dict[str, int], log: EventLog,
+                 host: str = "") -> None:
         self.server = server
         self.ports = ports
         self.log = log
+        self.host = host  # the --addr host: gated ports listen where the probe port does
         self.open: Dict[str, socket.socket] = {}
 
     def check_bindable(self) -> None:
         """Fail at start (not at the first verdict change) when a gated port is taken."""
         for group, port in self.ports.items():
-            bind_listener("", port, GATE_FLAGS[group]).close()
+            bind_listener(self.host, port, GATE_FLAGS[group]).close()
 
     def set(self, group: str, passing: bool) -> None:
         """Open or close `group`'s port to match its verdict."""
@@ -40,7 +45,7 @@ class GatedPorts:
             return
         if passing and group not in self.open:
             try:
-                sock = bind_listener("", port, GATE_FLAGS[group])
+                sock = bind_listener(self.host, port, GATE_FLAGS[group])
             except ConfigError as exc:
                 self.log.warn("gated port not opened", group=group, error=str(exc))
                 return
@@ -57,12 +62,17 @@ class Daemon:
         self.settings = settings
         self.log = log
         self.engine = Engine(checks, log, settings["startup_timeout"], settings["start_interval"])
-        self.router = Router(self.engine)
+        self.selfmetrics = SelfMetrics(self.engine)
+        routes = MULTINODE_PROBER_ROUTES if settings.get("vllm_endpoint") else None
+        self.router = Router(self.engine, metrics=self.selfmetrics.render, routes=routes)
         self.server = ProbeServer(self.router.respond, settings["read_timeout"],
                                   settings["write_timeout"], settings["idle_timeout"],
                                   settings["max_connections"])
+        self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
-        self.gates = GatedPorts(self.server, gates, log)
+        self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
+        self.admin = build_admin(settings, self.engine, checks, log)  # None: --admin-addr off
+        self.drain = optional_waiter(self.engine, log, self.admin)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
 
@@ -71,6 +81,7 @@ class Daemon:
         host, port = self.settings["addr"]
         listener = bind_listener(host, port, "--addr")
         self.gates.check_bindable()
+        admin_addr = self.admin.start() if self.admin is not None else None
         self.stopping = asyncio.Event()
         self.server.add_listener(listener)
         self.engine.listeners.append(self.gates.set)
@@ -80,12 +91,18 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.on_signal, signum)
         self.engine.start()
+        self.selfmetrics.start()
         self.log.info("probed serving", addr=_show_addr(listener.getsockname()),
                       checks=" ".join("%s(%s)" % (s.check.name, s.check.kind)
                                       for s in self.engine.states.values()) or "none")
+        if admin_addr is not None:
+            self.log.info("admin listening", addr=admin_addr)
         await self.stopping.wait()
         self.server.close()
+        if self.admin is not None:
+            self.admin.close()
         await self.engine.stop()
+        await self.selfmetrics.stop()
         self.log.info("probed stopped")
         return 0
 
@@ -101,7 +118,15 @@ class Daemon:
         self.log.info("shutting down", signal=signal.Signals(signum).name,
                       drain=format_duration(drain))
         self.engine.set_draining("shutting down")
-        asyncio.get_running_loop().call_later(drain, self.stopping.set)
+        asyncio.get_running_loop().call_later(drain, self.stop_when_waits_return)
+
+    def stop_when_waits_return(self) -> None:
+        """Stop, unless a preStop /wait-for-drain is still open: it must get its answer."""
+        assert self.stopping is not None
+        if self.drain is not None and self.drain.active:
+            asyncio.get_running_loop().call_later(0.2, self.stop_when_waits_return)
+            return
+        self.stopping.set()
 
 
 def _show_addr(sockname: Tuple[Any, ...]) -> str:

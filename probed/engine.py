@@ -14,12 +14,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .checks.base import Check, Observation
 from .eventlog import EventLog
 from .values import GROUPS, format_duration
+from .lifecycle import describe_incarnation, restart_signal, startup_phase
 from .verdicts import CheckState, GroupVerdict, evaluate_checks, first_failure
 
 JITTER = 0.1  # +-10% of the interval, so many pods do not poll a shared backend in step
 # The engine's deadline trails the check's own timeout a little, so a check that bounds its I/O
 # with the same timeout (the HTTP client does) reports what stalled before the engine cuts in.
 DEADLINE_GRACE = 0.1
+STARTED_ONLY = frozenset(("started",))
+FAST_UNTIL_READY = frozenset(("started", "ready"))  # groups polled at --start-interval until
+# the pod has been ready once, so it turns ready soon after the model loads
+DORMANT_RECHECK = 1.0  # how soon a dormant check notices that started unlatched
 
 Listener = Callable[[str, bool], None]
 
@@ -40,10 +45,16 @@ class Engine:
         self.by_group: Dict[str, List[CheckState]] = {
             g: [s for s in self.states.values() if g in s.check.spec.probes] for g in GROUPS}
         self.started = False
+        self.ready_seen = False  # ready has passed since the (re)start: polling slows down
         self.started_at: Optional[float] = None
         self.starting_since = clock()
+        self.incarnation: Optional[float] = None  # the backend's process start time, if seen
+        self.start_time_seen = False
+        self.phase, self.phase_since, self.phase_since_wall = "starting", clock(), wall()
         self.draining = ""  # non-empty: the reason ready fails
+        self.drain_ends_on_restart = False
         self.listeners: List[Listener] = []
+        self.poll_listeners: List[Callable[[CheckState], None]] = []  # after every poll (metrics)
         self.version = 0  # bumped on every verdict change; reply caches key on it
         self._tasks: List["asyncio.Task[None]"] = []
         self._startup_timer: Optional[asyncio.TimerHandle] = None
@@ -55,12 +66,13 @@ class Engine:
     def evaluate(self, group: str, exclude: Sequence[str] = (),
                  overrides: Optional[Dict[str, Dict[str, Any]]] = None) -> GroupVerdict:
         """A group's verdict now, optionally excluding checks or re-judging with overrides."""
-        rows = evaluate_checks(self.by_group[group], exclude, overrides)
+        rows = evaluate_checks(self.by_group[group], exclude, overrides, group == "live")
         failure = first_failure(rows)
         if group == "started":
             if self.started:
                 return GroupVerdict(group, True, "started", rows)
-            return GroupVerdict(group, not failure, failure or "ok", rows)
+            rows = self._with_phase(rows)
+            return GroupVerdict(group, not failure, first_failure(rows) or "ok", rows)
         if not self.started:
             waiting = first_failure(evaluate_checks(self.by_group["started"], exclude, overrides))
             if group == "live":
@@ -69,6 +81,20 @@ class Engine:
         if group == "ready" and self.draining:
             return GroupVerdict(group, False, self.draining, rows)
         return GroupVerdict(group, not failure, failure or "ok", rows)
+
+    def _with_phase(self, rows: List[Any]) -> List[Any]:
+        # "loading for 312s (connection refused)": how long the backend has been in its phase.
+        since = int(self.clock() - self.phase_since)
+        return [(st, ok, reason if ok else "%s for %ds (%s)" % (self.phase, since, reason))
+                for st, ok, reason in rows]
+
+    def _forget_loading_results(self) -> None:
+        # What a live-only check saw while the model loaded (refusals, empty metrics) is no
+        # evidence against the started server: it starts over, and pending counts as alive.
+        now, wall = self.clock(), self.wall()
+        for st in self.by_group["live"]:
+            if "started" not in st.check.spec.probes and not st.passing:
+                st.reset(now, wall)
 
     def _live_before_start(self, rows: List[Any], waiting: str) -> GroupVerdict:
         # Loading must not be killed: live passes until --startup-timeout runs out.
@@ -80,14 +106,22 @@ class Engine:
 
     def _refresh(self, log_changes: bool = True) -> None:
         """Recompute group verdicts; latch `started`; tell listeners about changes."""
+        phase = startup_phase(self.by_group["started"], self.started)
         if not self.started and self.evaluate("started").ok:
             self.started, self.started_at = True, self.clock()
+            phase = "started"
+            self._forget_loading_results()
             if log_changes:
                 self.log.info("started", after=format_duration(
                     round(self.started_at - self.starting_since, 3)))
+        if phase != self.phase:
+            self.phase, self.phase_since, self.phase_since_wall = phase, self.clock(), self.wall()
         previous = self.verdicts
         self.verdicts = {g: self.evaluate(g) for g in GROUPS}
-        self.version += 1
+        self.ready_seen = self.ready_seen or self.verdicts["ready"].ok
+        if any(previous.get(g) is None or (previous[g].ok, previous[g].reason) != (v.ok, v.reason)
+               for g, v in self.verdicts.items()):
+            self.version += 1  # cached replies carry the reason, so they go stale too
         for group, verdict in self.verdicts.items():
             old = previous.get(group)
             if old is None or old.ok == verdict.ok:
@@ -103,11 +137,18 @@ class Engine:
     def record(self, name: str, obs: Observation, latency: float) -> None:
         """Fold one observation of check `name` in, log a transition, schedule staleness."""
         st = self.states[name]
+        self.start_time_seen = self.start_time_seen or obs.incarnation is not None
+        old = self.incarnation
+        why, self.incarnation = restart_signal(st, obs, self.started, old, self.start_time_seen)
+        if why:
+            self.restart(why, old)
         before, since = st.state_word(), st.since
         now = self.clock()
         if st.record(obs, latency, now, self.wall()):
             self._log_transition(st, before, now - since)
         self._schedule_expiry(st)
+        for listener in self.poll_listeners:
+            listener(st)
         self._refresh()
 
     def _log_transition(self, st: CheckState, before: str, lasted: float) -> None:
@@ -126,22 +167,41 @@ class Engine:
     def expire(self, name: str, generation: int) -> None:
         """Called stale-after past a result: if nothing newer came, the result goes stale."""
         st = self.states[name]
+        if self.dormant(st):
+            return  # its last result stands for the latched start; nobody reads it as fresh
         before, since = st.state_word(), st.since
         now = self.clock()
         if st.expire(generation, now, self.wall()):
             self._log_transition(st, before, now - since)
             self._refresh()
 
-    def set_draining(self, reason: str) -> None:
-        """Fail `ready` with `reason` (shutting down, draining) until cleared with ''."""
+    def set_draining(self, reason: str, until_restart: bool = False) -> None:
+        """Fail `ready` with `reason` (shutting down, draining) until cleared with ''.
+        `until_restart`: a new backend incarnation clears it too (a preStop drain ran because
+        the kubelet restarts the server container, whose new process must be able to be ready)."""
+        self.drain_ends_on_restart = until_restart and bool(reason)
         if reason != self.draining:
             self.draining = reason
             self._refresh()
 
+    def restart(self, reason: str, old_incarnation: Optional[float] = None) -> None:
+        """The backend restarted: forget the old incarnation's results and start over."""
+        self.log.info("backend restarted", reason=reason,
+                      old_start=describe_incarnation(old_incarnation),
+                      new_start=describe_incarnation(self.incarnation))
+        now, wall = self.clock(), self.wall()
+        for st in self.states.values():
+            st.reset(now, wall, "no result since the backend restarted")
+            st.check.forget()
+        self.unlatch(reason)
+        self._refresh()
+
     def unlatch(self, reason: str) -> None:
         """A new backend incarnation: `started` fails again and loading grace restarts."""
+        if self.drain_ends_on_restart:
+            self.draining, self.drain_ends_on_restart = "", False
         if self.started:
-            self.started, self.started_at = False, None
+            self.started, self.started_at, self.ready_seen = False, None, False
             self.starting_since = self.clock()
             self.log.info("started unlatched", reason=reason)
             self._arm_startup_timer()
@@ -175,16 +235,24 @@ class Engine:
         self._tasks = []
 
     def next_delay(self, st: CheckState) -> float:
-        """Seconds until the next poll: the fast start interval until started, else interval."""
+        """Seconds until the next poll: --start-interval for started and ready checks until
+        the pod has been ready once (since the last restart), else the interval with jitter."""
         spec = st.check.spec
-        if not self.started and "started" in spec.probes:
+        if not self.ready_seen and spec.probes & FAST_UNTIL_READY:
             fast = spec.start_interval if spec.start_interval is not None else self.start_interval
             return min(spec.interval, fast)
         return spec.interval * random.uniform(1 - JITTER, 1 + JITTER)
 
+    def dormant(self, st: CheckState) -> bool:
+        """A check only `started` reads has nothing to tell once started has latched."""
+        return self.started and st.check.spec.probes == STARTED_ONLY
+
     async def _poll_forever(self, name: str) -> None:
         st = self.states[name]
         while True:
+            if self.dormant(st):
+                await asyncio.sleep(min(st.check.spec.interval, DORMANT_RECHECK))
+                continue
             obs, latency = await poll_once(st.check)
             try:
                 self.record(name, obs, latency)

@@ -7,6 +7,7 @@ constant across the servers being compared; results are percentiles, never a ver
 """
 
 import argparse
+import collections
 import json
 import socket
 import threading
@@ -65,15 +66,12 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
             probe_once(addr, request, timeout)
         except OSError:
             pass
-    latencies: List[float] = []
-    statuses: Dict[int, int] = {}
-    errors = [0]
-    lock = threading.Lock()
     shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+    results: List[Tuple[List[float], "collections.Counter[int]", int]] = []
 
     def worker(count: int) -> None:
         mine: List[float] = []
-        seen: Dict[int, int] = {}
+        seen: "collections.Counter[int]" = collections.Counter()
         failed = 0
         for _ in range(count):
             try:
@@ -82,12 +80,8 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
                 failed += 1
                 continue
             mine.append(elapsed)
-            seen[status] = seen.get(status, 0) + 1
-        with lock:
-            latencies.extend(mine)
-            errors[0] += failed
-            for status, count_ in seen.items():
-                statuses[status] = statuses.get(status, 0) + count_
+            seen[status] += 1
+        results.append((mine, seen, failed))  # merged after the timed part: no lock in it
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(share,)) for share in shares]
@@ -96,7 +90,10 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - t0
-    return summarize(url, mode, concurrency, latencies, statuses, errors[0], wall)
+    latencies = [elapsed for mine, _, _ in results for elapsed in mine]
+    statuses = sum((seen for _, seen, _ in results), collections.Counter())
+    errors = sum(failed for _, _, failed in results)
+    return summarize(url, mode, concurrency, latencies, statuses, errors, wall)
 
 
 def summarize(url: str, mode: str, concurrency: int, latencies: List[float],

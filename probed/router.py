@@ -18,20 +18,31 @@ from .httpproto import (
     connection_mode,
 )
 from .render import GROUP_PATHS, render_json, render_plain, render_verbose
-from .values import ConfigError
+from .lifecycle import describe_incarnation
+from .values import ConfigError, format_timestamp
 from .verdicts import GroupVerdict, evaluate_checks, first_failure
 
 JSON_TYPE = "application/json"
 PROBE_METHODS = "GET, HEAD"
 
-# path -> (group, (body when passing, body when failing) or None for the standard bodies)
-GROUP_ROUTES: Dict[str, Tuple[str, Optional[Tuple[bytes, bytes]]]] = {
-    "/livez": ("live", None),
-    "/readyz": ("ready", None),
-    "/startupz": ("started", None),
-    "/healthz": ("live", None),  # Multi Node Prober compatible
-    "/health": ("ready", (b"Healthy", b"Unhealthy")),  # LLM Healthchecker compatible
-    "/ready": ("ready", (b"OK", b"Not Ready")),  # llm-d requester compatible
+Bodies = Optional[Tuple[bytes, bytes]]  # (when passing, when failing); None: the standard ones
+Route = Tuple[str, Bodies, int]  # (group, bodies, status when failing)
+
+GROUP_ROUTES: Dict[str, Route] = {
+    "/livez": ("live", None, 503),
+    "/readyz": ("ready", None, 503),
+    "/startupz": ("started", None, 503),
+    "/healthz": ("live", None, 503),  # Multi Node Prober path
+    "/health": ("ready", (b"Healthy", b"Unhealthy"), 503),  # LLM Healthchecker compatible
+    "/ready": ("ready", (b"OK", b"Not Ready"), 503),  # llm-d requester compatible
+}
+
+# With --vllm-endpoint, the Multi Node Prober's own bodies and codes (its liveness and startup
+# handlers fail with 500); the kubelet treats both alike, scripts that grep may not.
+MULTINODE_PROBER_ROUTES: Dict[str, Route] = {
+    "/healthz": ("live", (b"Liveness check passed\n", b"Liveness check failed\n"), 500),
+    "/readyz": ("ready", (b"Readiness check passed\n", b"Readiness check failed\n"), 503),
+    "/startupz": ("started", (b"Startup check passed\n", b"Startup check failed\n"), 500),
 }
 
 
@@ -50,9 +61,11 @@ class GroupQuery:
 class Router:
     """Answers the probe port: group verdicts, single checks, the index and /metrics."""
 
-    def __init__(self, engine: Engine, metrics: Optional[Callable[[], bytes]] = None) -> None:
+    def __init__(self, engine: Engine, metrics: Optional[Callable[[], bytes]] = None,
+                 routes: Optional[Dict[str, Route]] = None) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.routes = dict(GROUP_ROUTES, **(routes or {}))
         self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
         self._cache_version = -1
         self.check_routes: Dict[str, Tuple[str, str]] = {}
@@ -78,7 +91,7 @@ class Router:
                     self._cache.clear()
                     self._cache_version = self.engine.version
                 reply = self._route(req, head, mode)
-                if reply.status in (200, 503) and req.path in GROUP_ROUTES:
+                if req.path in self.routes and reply.status in (200, 500, 503):
                     self._cache[key] = reply
                 return reply
             return self._route(req, head, mode)
@@ -86,16 +99,15 @@ class Router:
             return build_error_response(err, head)
 
     def _known_path_or_404(self, path: str) -> None:
-        if path in GROUP_ROUTES or path in self.check_routes or path in ("/", "/metrics"):
+        if path in self.routes or path in self.check_routes or path in ("/", "/metrics"):
             return
         raise HTTPError(404, "no such path %s (see / for the index)" % path)
 
     def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         path = req.path
-        route = GROUP_ROUTES.get(path)
+        route = self.routes.get(path)
         if route is not None:
-            group, alias = route
-            return self._group_reply(req, group, alias, head, mode)
+            return self._group_reply(req, route, head, mode)
         single = self.check_routes.get(path)
         if single is not None:
             return self._check_reply(req, single[0], single[1], head, mode)
@@ -106,14 +118,14 @@ class Router:
                                   head=head, mode=mode)
         raise HTTPError(404, "no such path %s (see / for the index)" % path)
 
-    def _group_reply(self, req: Request, group: str, alias: Optional[Tuple[bytes, bytes]],
-                     head: bool, mode: int) -> PreparedResponse:
+    def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
+        group, bodies, fail_status = route
         query = self.parse_query(req, group, None)
         if query.exclude or query.overrides:
             verdict = self.engine.evaluate(group, query.exclude, query.overrides)
         else:
             verdict = self.engine.verdicts[group]
-        return self._reply(verdict, query, alias, head, mode)
+        return self._reply(verdict, query, bodies, head, mode, fail_status)
 
     def _check_reply(self, req: Request, group: str, name: str, head: bool,
                      mode: int) -> PreparedResponse:
@@ -123,11 +135,15 @@ class Router:
         return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
                            head, mode)
 
-    def _reply(self, verdict: GroupVerdict, query: GroupQuery,
-               alias: Optional[Tuple[bytes, bytes]], head: bool, mode: int) -> PreparedResponse:
-        status = 200 if verdict.ok else 503
+    def _reply(self, verdict: GroupVerdict, query: GroupQuery, alias: Bodies, head: bool,
+               mode: int, fail_status: int = 503) -> PreparedResponse:
+        status = 200 if verdict.ok else fail_status
         if query.json:
-            extra = {"started": self.engine.started, "draining": self.engine.draining or None}
+            engine = self.engine
+            extra = {"started": engine.started, "draining": engine.draining or None,
+                     "phase": engine.phase, "phase_since": format_timestamp(
+                         engine.phase_since_wall), "incarnation": describe_incarnation(
+                         engine.incarnation) if engine.incarnation is not None else None}
             body = render_json(verdict, time.monotonic(), extra, query.exclude)
             return build_response(status, body, JSON_TYPE, head=head, mode=mode)
         if query.verbose:
@@ -176,7 +192,7 @@ class Router:
     def index(self) -> str:
         """The `/` page: endpoints, then every check with its groups and target."""
         lines = ["probed: probe endpoints for this pod", ""]
-        for path, (group, _) in GROUP_ROUTES.items():
+        for path, (group, _, _) in self.routes.items():
             verdict = self.engine.verdicts[group]
             lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
         lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",

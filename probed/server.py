@@ -11,7 +11,7 @@ import asyncio
 import errno
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from .httpproto import HTTPError, PreparedResponse, build_error_response, http_date, parse_request
 from .values import ConfigError
@@ -21,8 +21,11 @@ RECV_SIZE = 65536
 SWEEP_INTERVAL = 0.25  # how often deadlines are checked; timeouts are this coarse
 LINGER_SECONDS = 2.0  # after an error reply, read and drop input this long before closing
 MAX_PENDING_OUTPUT = 1 << 20  # stop reading from a client that does not read its replies
+# Requests are counted by (path, status); paths outside `counted_paths` share this label so a
+# client cannot grow the counter dict (statuses are the few the router produces).
+OTHER_PATH_LABEL = "other"
 
-READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
+READING, IDLE, WRITING, LINGERING, WAITING = 0, 1, 2, 3, 4
 
 
 class Connection:
@@ -81,9 +84,13 @@ def bind_listener(host: str, port: int, flag: str) -> socket.socket:
 
 
 class ProbeServer:
-    """Serves `respond(request)` on any number of listening sockets."""
+    """Serves `respond(request)` on any number of listening sockets.
 
-    def __init__(self, respond: Callable[..., PreparedResponse], read_timeout: float = 10.0,
+    `respond` returns a PreparedResponse, or an asyncio.Future of one for a reply that must
+    wait (the admin listener's /wait-for-drain); the probe port only ever returns the former.
+    """
+
+    def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
                  max_connections: int = 1024, max_body: int = 0) -> None:
         self.respond = respond
@@ -95,6 +102,7 @@ class ProbeServer:
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
         self.stats = ServerStats()
+        self.counted_paths: FrozenSet[str] = frozenset()  # set by the daemon (selfmetrics)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._date_second = -1
@@ -150,7 +158,7 @@ class ProbeServer:
             conn = Connection(sock, time.monotonic() + self.read_timeout)
             self.conns[conn.fd] = conn
             self._read(conn, first=True)
-            if conn.fd in self.conns and conn.phase != WRITING:
+            if conn.fd in self.conns and conn.phase in (READING, IDLE):
                 self._loop.add_reader(conn.fd, self._read, conn)  # type: ignore[union-attr]
 
     def _pause_accepting(self, lsock: socket.socket, exc: OSError) -> None:
@@ -188,6 +196,7 @@ class ProbeServer:
                 request, used = parse_request(conn.buf, self.max_body) if self.max_body else \
                     parse_request(conn.buf)
             except HTTPError as err:
+                self._count(OTHER_PATH_LABEL, err.status)
                 out.append(self._wire(build_error_response(err)))
                 close, conn.buf = True, b""
                 conn.phase = LINGERING
@@ -196,12 +205,50 @@ class ProbeServer:
                 break
             conn.buf = conn.buf[used:]
             reply = self.respond(request)
+            if isinstance(reply, asyncio.Future):
+                self._defer(conn, reply, out, registered)
+                return
+            self._count(request.path, reply.status)
             out.append(self._wire(reply))
             if reply.close:
                 close = True
                 break
         if out:
             self._send(conn, b"".join(out) if len(out) > 1 else out[0], close, registered)
+
+    def _count(self, path: str, status: int) -> None:
+        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
+        requests = self.stats.requests
+        requests[key] = requests.get(key, 0) + 1
+
+    def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
+               earlier: List[bytes], registered: bool) -> None:
+        """A reply that comes later (a long poll such as /wait-for-drain): read nothing more
+        from this client until it is sent; replies to earlier pipelined requests go first."""
+        if earlier:
+            try:
+                conn.sock.sendall(b"".join(earlier))  # tiny, and the socket buffer is empty
+            except OSError:
+                self._close(conn, registered)
+                return
+        if registered:
+            self._loop.remove_reader(conn.fd)  # type: ignore[union-attr]
+        conn.phase, conn.deadline = WAITING, float("inf")  # the future bounds its own wait
+        future.add_done_callback(lambda done: self._deferred_ready(conn, done))
+
+    def _deferred_ready(self, conn: Connection, future: "asyncio.Future[PreparedResponse]") -> None:
+        if self.conns.get(conn.fd) is not conn:
+            return  # closed while waiting (server shutdown)
+        if future.cancelled() or future.exception() is not None:
+            self._close(conn, registered=False)
+            return
+        reply = future.result()
+        conn.phase = READING
+        self._send(conn, self._wire(reply), reply.close, registered=False)
+        if self.conns.get(conn.fd) is conn and conn.phase not in (WRITING, LINGERING):
+            self._loop.add_reader(conn.fd, self._read, conn)  # type: ignore[union-attr]
+            if conn.buf:
+                self._serve(conn, registered=True)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
         now = int(time.time())

@@ -120,12 +120,19 @@ def parse_status_ranges(text: str) -> Tuple[Tuple[int, int], ...]:
     return tuple(ranges)
 
 
+def redact_userinfo(text: str) -> str:
+    """`http://user:pass@host/` -> `http://<redacted>@host/`, for error messages."""
+    return re.sub(r"(?<=//)[^/?#@\s]*@", "<redacted>@", text)
+
+
 def parse_http_url(text: str) -> str:
     """Check that a URL is http:// or https:// with a host."""
     s = text.strip()
     m = re.match(r"^(https?)://([^/?#\s]+)", s)
     if not m:
         raise ValueError("expected an http:// or https:// URL with a host")
+    if "@" in m.group(2):
+        raise ValueError("credentials in a URL are not supported (use header= or token-file=)")
     return s
 
 

@@ -19,7 +19,7 @@ class CheckState:
 
     __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
                  "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls")
+                 "last_success_wall", "polls", "passed_once")
 
     def __init__(self, check: Check, now: float, wall: float) -> None:
         self.check = check
@@ -38,6 +38,7 @@ class CheckState:
         self.transitions = 0
         self.last_success_wall = 0.0
         self.polls = 0
+        self.passed_once = False  # passed since the last reset (this backend incarnation)
 
     @property
     def passing(self) -> bool:
@@ -60,9 +61,10 @@ class CheckState:
         self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
         self.polls += 1
         self.generation += 1
-        self.stale = False
+        was_stale, self.stale = self.stale, False
         if ok:
             self.last_success_wall = wall
+            self.passed_once = True
         if self.streak and ok == self.streak_ok:
             self.streak += 1
         else:
@@ -70,8 +72,9 @@ class CheckState:
         if ok:
             flip = self.ok is not True and self.streak >= spec.pass_after
         else:
+            # A stale check already counts as failed: a fresh failure confirms, not restarts it.
             flip = self.ok is not False and (
-                self.ok is None or obs.hard or self.streak >= spec.fail_after)
+                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
         if flip:
             self.ok = ok
         if self.ok == ok:
@@ -90,7 +93,7 @@ class CheckState:
         """Forget every result (a new backend incarnation): back to pending."""
         before = self.state_word()
         self.ok, self.reason, self.obs, self.stale = None, reason, None, False
-        self.streak = 0
+        self.streak, self.passed_once = 0, False
         self.generation += 1
         return self._note_change(before, now, wall)
 
@@ -130,15 +133,21 @@ class GroupVerdict:
 
 
 def evaluate_checks(states: Sequence[CheckState], exclude: Sequence[str] = (),
-                    overrides: Optional[Dict[str, Dict[str, Any]]] = None
-                    ) -> List[Tuple[CheckState, bool, str]]:
-    """The (state, passes, reason) of each state not excluded, overrides applied."""
+                    overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+                    pending_passes: bool = False) -> List[Tuple[CheckState, bool, str]]:
+    """The (state, passes, reason) of each state not excluded, overrides applied.
+
+    `pending_passes`: a check with no result yet counts as passing (for `live`, which fails
+    only on evidence).
+    """
     rows = []
     for st in states:
         if st.check.name in exclude:
             continue
         own = overrides.get(st.check.name) if overrides else None
         ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
+        if pending_passes and st.ok is None and not st.stale:
+            ok = True
         rows.append((st, ok, reason))
     return rows
 

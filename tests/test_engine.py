@@ -174,13 +174,21 @@ def test_transition_log_has_one_line_per_change():
     assert "from=fail to=pass reason=fine consecutive=1 after=12.5s" in lines[1]
 
 
-def test_fast_start_interval_until_started():
-    engine, _, _ = make_engine(FakeCheck("a", interval=10.0), FakeCheck("r", probes="ready"),
+def test_fast_start_interval_until_ready_once():
+    engine, _, _ = make_engine(FakeCheck("a", interval=10.0, probes="started"),
+                               FakeCheck("r", probes="ready"), FakeCheck("l", probes="live"),
                                start_interval=0.5)
     assert engine.next_delay(engine.states["a"]) == 0.5
-    assert 9.0 <= engine.next_delay(engine.states["r"]) <= 11.0
+    assert engine.next_delay(engine.states["r"]) == 0.5
+    assert 9.0 <= engine.next_delay(engine.states["l"]) <= 11.0, "live checks keep their pace"
     engine.record("a", OK, 0)
+    assert engine.started and engine.next_delay(engine.states["r"]) == 0.5
+    engine.record("r", OK, 0)
+    assert engine.verdicts["ready"].ok
     assert 9.0 <= engine.next_delay(engine.states["a"]) <= 11.0
+    assert 9.0 <= engine.next_delay(engine.states["r"]) <= 11.0
+    engine.record("r", BAD, 0)
+    assert 9.0 <= engine.next_delay(engine.states["r"]) <= 11.0, "only until ready once"
 
 
 class HangingCheck(FakeCheck):

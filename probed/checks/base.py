@@ -26,9 +26,15 @@ class Observation:
     hard    the backend said so itself (vLLM /health 503): skips `fail-after`.
     detail  JSON-able extras for ?format=json (per-node, per-worker data...).
     raw     anything else `judge` needs that is not shown (a response body...).
+    refused the backend refused the connection: while loading that is the `loading` phase;
+            after a pass it means the backend restarted (only for checks in `started`).
+    incarnation  the backend process's start time when the check can see it
+            (`process_start_time_seconds`); a new value is a restart.
+    restart a reason when the check saw a restart another way (a counter went backwards).
     """
 
-    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw")
+    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "incarnation",
+                 "restart")
 
     def __init__(
         self,
@@ -38,6 +44,9 @@ class Observation:
         hard: bool = False,
         detail: Optional[Dict[str, Any]] = None,
         raw: Any = None,
+        refused: bool = False,
+        incarnation: Optional[float] = None,
+        restart: str = "",
     ) -> None:
         self.ok = ok
         self.reason = reason
@@ -45,6 +54,9 @@ class Observation:
         self.hard = hard
         self.detail = detail
         self.raw = raw
+        self.refused = refused
+        self.incarnation = incarnation
+        self.restart = restart
 
     def __repr__(self) -> str:
         return "Observation(ok=%r, reason=%r, value=%r, hard=%r)" % (
@@ -137,6 +149,9 @@ class Check:
     def target(self) -> str:
         """What this check looks at, for the index page and logs (never contains secrets)."""
         return ""
+
+    def forget(self) -> None:
+        """The backend restarted: drop history kept between polls (counters, rates)."""
 
     def parse_override(self, key: str, text: str) -> Any:
         """Parse a per-request override `NAME.KEY=VALUE`; only keys marked overridable."""

@@ -14,6 +14,7 @@ from typing import Any, List
 from .base import Check, Observation, Param, register_check
 
 EXEC_OUTPUT_CAP = 64 * 1024  # bytes of output kept; the rest is read and dropped
+EXEC_REAP_SECONDS = 1.0  # how long to wait for output and exit after the group is killed
 
 
 def parse_command(text: str) -> List[str]:
@@ -27,14 +28,46 @@ def parse_command(text: str) -> List[str]:
     return argv
 
 
-async def _read_capped(stream: Any) -> bytes:
-    kept = b""
-    while True:
-        chunk = await stream.read(8192)
+class ExecOutput:
+    """Collects a child's output from our own pipe, capped; EOF sets `done`.
+
+    asyncio's own pipes are not used: since Python 3.12 `Process.wait()` also waits for them
+    to close, so a script that exits but leaves a child holding stdout would never finish.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.kept = b""
+        self.done = asyncio.Event()
+        loop.add_reader(self.read_fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self.read_fd, 8192)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
         if not chunk:
-            return kept
-        if len(kept) < EXEC_OUTPUT_CAP:
-            kept += chunk[:EXEC_OUTPUT_CAP - len(kept)]
+            self.done.set()
+            self.loop.remove_reader(self.read_fd)
+        elif len(self.kept) < EXEC_OUTPUT_CAP:
+            self.kept += chunk[:EXEC_OUTPUT_CAP - len(self.kept)]
+
+    def close(self) -> None:
+        """Stop reading and close both ends (idempotent)."""
+        self.loop.remove_reader(self.read_fd)
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+
+    def close_write_end(self) -> None:
+        """The child has its copy; ours must go so EOF can come."""
+        os.close(self.write_fd)
+        self.write_fd = -1
 
 
 def _kill_group(pid: int) -> None:
@@ -56,21 +89,39 @@ class ExecCheck(Check):
 
     async def observe(self) -> Observation:
         argv = self.config["cmd"]
+        output = ExecOutput(asyncio.get_running_loop())
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        except OSError as exc:
-            return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
-        try:
-            output = await _read_capped(proc.stdout)
-            code = await proc.wait()
-        except asyncio.CancelledError:
-            _kill_group(proc.pid)  # the deadline ended the poll: take the children too
-            raise
-        _kill_group(proc.pid)  # leftovers of a script that exited but left children behind
-        lines = output.decode("utf-8", "replace").strip().splitlines()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output.write_fd,
+                    stderr=output.write_fd, start_new_session=True)
+            except OSError as exc:
+                return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
+            output.close_write_end()
+            code = await self.wait(proc)
+            try:  # children killed, the pipe ends soon; do not wait on it forever
+                await asyncio.wait_for(output.done.wait(), EXEC_REAP_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            lines = output.kept.decode("utf-8", "replace").strip().splitlines()
+        finally:
+            output.close()
         last = lines[-1][:200] if lines else ""
         if code == 0:
             return Observation(True, last or "exit 0", 0.0)
         return Observation(False, "exit %d%s" % (code, (": " + last) if last else ""), float(code))
+
+    async def wait(self, proc: Any) -> int:
+        """The exit status; the process group is killed afterwards, or when the poll's
+        deadline cancels the wait (then the child is reaped before the cancel goes on)."""
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            _kill_group(proc.pid)
+            try:
+                await asyncio.wait_for(proc.wait(), EXEC_REAP_SECONDS)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+            raise
+        _kill_group(proc.pid)  # children left behind (`sleep 60 &`) go with their script
+        return code

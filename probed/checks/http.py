@@ -39,6 +39,7 @@ class HTTPRequestSettings:
         self.headers: Dict[str, str] = dict(config.get("header") or ())
         self.token_file: Optional[str] = config.get("token-file")
         self.token_env: Optional[str] = config.get("token-env")
+        self.token_envs: Tuple[str, ...] = (self.token_env,) if self.token_env else ()
         tls_needed = config.get("ca-file") or config.get("insecure")
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
                               insecure=bool(config.get("insecure"))) if tls_needed else None
@@ -46,8 +47,8 @@ class HTTPRequestSettings:
     def request_headers(self) -> Dict[str, str]:
         """Headers for one request; the token is read fresh so rotated secrets apply."""
         headers = dict(self.headers)
-        if self.token_file or self.token_env:
-            token = read_bearer_token(self.token_file, (self.token_env,) if self.token_env else ())
+        if self.token_file or self.token_envs:
+            token = read_bearer_token(self.token_file, self.token_envs)
             if token:
                 headers["Authorization"] = "Bearer " + token
         return headers
@@ -75,6 +76,8 @@ class HTTPCheck(Check):
         "expect": Param(parse_status_ranges, default=((200, 399),), overridable=True,
                         help="passing status codes, e.g. 200-399,404"),
         "contains": Param(str, overridable=True, help="text the body must contain"),
+        "hard": Param(parse_status_ranges, help="statuses that are the backend declaring itself "
+                                                "dead (vLLM: 503): fail at once, no fail-after"),
     })
 
     def __init__(self, spec: Any) -> None:
@@ -93,10 +96,12 @@ class HTTPCheck(Check):
                                timeout=self.spec.timeout, max_body=HTTP_CHECK_MAX_BODY,
                                tls=self.request.tls)
         except FetchError as exc:
-            return Observation(False, str(exc), detail={"error": exc.kind})
+            return Observation(False, str(exc), detail={"error": exc.kind},
+                               refused=exc.kind == "refused")
         detail = {"status": resp.status, "body": body_snippet(resp.body)}
-        return Observation(True, "HTTP %d" % resp.status, float(resp.status), detail=detail,
-                           raw=resp.body)
+        hard = bool(self.config.get("hard")) and status_in(resp.status, self.config["hard"])
+        return Observation(True, "HTTP %d" % resp.status, float(resp.status), hard=hard,
+                           detail=detail, raw=resp.body)
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if obs.value is None or obs.detail is None:

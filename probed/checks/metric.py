@@ -1,0 +1,238 @@
+"""Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
+
+Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
+one scrape per round. `observe` reduces the body to numbers; `judge` applies thresholds, so a
+probe can ask `/readyz?queue.max=5` of the cached numbers.
+"""
+
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..client import FetchError
+from ..expfmt import AGGREGATIONS, ExpositionError, Selector, aggregate, parse_selector, select_series
+from ..scrape import is_openmetrics, metrics_source, note_progress
+from ..values import ConfigError, format_duration, parse_duration, parse_http_url, parse_number
+from .base import Check, CheckSpec, Observation, Param, register_check
+from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings
+
+
+def parse_selector_param(text: str) -> Selector:
+    """A series selector, e.g. `vllm:num_requests_waiting{model_name="m"}`."""
+    return parse_selector(text)
+
+
+def parse_aggregation(text: str) -> str:
+    """One of sum, max, min, avg, count."""
+    if text not in AGGREGATIONS:
+        raise ValueError("expected one of %s" % ", ".join(AGGREGATIONS))
+    return text
+
+
+def parse_missing(text: str) -> str:
+    """What a missing series means: pass or fail."""
+    if text not in ("pass", "fail"):
+        raise ValueError("expected pass or fail")
+    return text
+
+
+def format_value(value: float) -> str:
+    """A metric value the way a person reads it: 4, 0.93, 1.2e+06, NaN, +Inf."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
+    return "%d" % value if value == int(value) and abs(value) < 1e15 else "%.4g" % value
+
+
+class ScrapeResult:
+    """What one scrape said about a list of selectors: values per selector, or an error."""
+
+    __slots__ = ("series", "error", "empty", "refused")
+
+    def __init__(self, series: List[List[Tuple[Dict[str, str], float]]], error: str = "",
+                 empty: bool = False, refused: bool = False) -> None:
+        self.series = series
+        self.error = error
+        self.empty = empty
+        self.refused = refused
+
+    def failure(self) -> Observation:
+        """The failed observation for a scrape that went wrong (refusals marked as such)."""
+        return Observation(False, self.error, refused=self.refused)
+
+
+async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector],
+                           settings: HTTPRequestSettings,
+                           max_age: Optional[float] = None) -> ScrapeResult:
+    """Scrape `url` (shared per URL; a body younger than `max_age`, by default half the
+    interval up to 1 s, is reused) and select every selector's series."""
+    source = metrics_source(url, settings.headers, settings.tls)
+    spec = check.spec
+    if max_age is None:
+        max_age = min(spec.interval / 2, 1.0)
+    try:
+        resp = await source.scrape(spec.timeout, max_age, settings.request_headers())
+    except FetchError as exc:
+        return ScrapeResult([], "%s: %s" % (url, exc), refused=exc.kind == "refused")
+    if not 200 <= resp.status < 300 or resp.status == 204:
+        location = resp.headers.get("location")
+        return ScrapeResult([], "%s: HTTP %d%s" % (url, resp.status, (
+            " (redirect to %s: give that URL)" % location[:200]) if location else ""))
+    if resp.body.strip() in (b"", b"null"):  # the LLM Healthchecker treats these as healthy
+        return ScrapeResult([[] for _ in selectors], empty=True)
+    try:
+        return ScrapeResult(select_series(resp.body, selectors, is_openmetrics(resp)))
+    except ExpositionError as exc:
+        return ScrapeResult([], "%s: malformed metrics: %s" % (url, exc))
+
+
+METRIC_PARAMS: Dict[str, Param] = dict(HTTP_COMMON_PARAMS, **{
+    "url": Param(parse_http_url, required=True, help="metrics URL, e.g. http://host:8000/metrics"),
+    "metric": Param(parse_selector_param, required=True, repeat=True,
+                    help="series selector; repeat for fallbacks (the first present wins)"),
+    "agg": Param(parse_aggregation, default="sum", overridable=True,
+                 help="sum, max, min, avg or count over matching series"),
+    "max": Param(parse_number, overridable=True, help="fail above this"),
+    "min": Param(parse_number, overridable=True, help="fail below this"),
+    "recover": Param(parse_number, overridable=True,
+                     help="after failing on max, pass again only at or below this"),
+    "missing": Param(parse_missing, default="pass", overridable=True,
+                     help="no matching series (or an empty body): pass or fail"),
+})
+
+
+def judge_bounds(value: float, label: str, config: Mapping[str, Any],
+                 was_ok: bool) -> Tuple[bool, str]:
+    """Apply max/min, with `recover` as the hysteresis band under max."""
+    shown = "%s = %s" % (label, format_value(value))
+    if value != value:  # NaN says "no number", so it follows the missing policy
+        return config["missing"] == "pass", "%s (not a number: missing=%s)" % (
+            shown, config["missing"])
+    high, low, recover = config.get("max"), config.get("min"), config.get("recover")
+    if high is not None:
+        limit = high if was_ok or recover is None else min(recover, high)
+        if value > limit:
+            if limit == high:
+                return False, "%s > max %s" % (shown, format_value(high))
+            return False, "%s, not yet back to recover %s" % (shown, format_value(limit))
+    if low is not None and value < low:
+        return False, "%s < min %s" % (shown, format_value(low))
+    return True, shown
+
+
+@register_check
+class MetricCheck(Check):
+    """An aggregated metric within bounds; the observed value is shown and exported."""
+
+    kind = "metric"
+    params = METRIC_PARAMS
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        recover, high = self.config.get("recover"), self.config.get("max")
+        if recover is not None and (high is None or recover > high):
+            raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
+                spec.origin, format_value(recover)))
+        self.request = HTTPRequestSettings(self.config)
+
+    def target(self) -> str:
+        return "%s %s(%s)" % (self.config["url"], self.config["agg"],
+                              " | ".join(str(s) for s in self.config["metric"]))
+
+    async def observe(self) -> Observation:
+        selectors = self.config["metric"]
+        result = await scrape_selectors(self, self.config["url"], selectors, self.request)
+        if result.error:
+            return result.failure()
+        for selector, series in zip(selectors, result.series):
+            if series:
+                values = [v for _, v in series]
+                return Observation(True, "", aggregate(values, self.config["agg"]), detail={
+                    "metric": str(selector), "series": len(series), "values": values})
+        return Observation(True, "", None, detail={"metric": " | ".join(map(str, selectors)),
+                                                   "series": 0, "empty_body": result.empty})
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        if not obs.ok or obs.detail is None:
+            return False, obs.reason
+        values = obs.detail.get("values")
+        label = "%s(%s)" % (config["agg"], obs.detail["metric"])
+        if not values:
+            what = "empty metrics body" if obs.detail.get("empty_body") else "no series %s" % (
+                obs.detail["metric"])
+            return config["missing"] == "pass", "%s (missing=%s)" % (what, config["missing"])
+        value = obs.value if config["agg"] == self.config["agg"] else aggregate(
+            values, config["agg"])
+        return judge_bounds(value, label, config, was_ok)  # type: ignore[arg-type]
+
+
+PROGRESS_RUNNING = "vllm:num_requests_running"
+PROGRESS_COUNTER = "vllm:generation_tokens_total"
+
+
+@register_check
+class ProgressCheck(Check):
+    """Fails when requests are running but the token counter has stopped rising."""
+
+    kind = "progress"
+    default_probes = frozenset(("live",))
+    default_interval = 5.0
+    params = dict(HTTP_COMMON_PARAMS, **{
+        "url": Param(parse_http_url, required=True, help="metrics URL"),
+        "running": Param(parse_selector_param, default=parse_selector(PROGRESS_RUNNING),
+                         help="in-flight requests (summed)"),
+        "counter": Param(parse_selector_param, default=parse_selector(PROGRESS_COUNTER),
+                         help="a counter that rises while work gets done (summed)"),
+        "stall-after": Param(parse_duration, default=120.0, overridable=True,
+                             help="running > 0 and the counter flat this long is a stall"),
+    })
+
+    def __init__(self, spec: CheckSpec) -> None:
+        super().__init__(spec)
+        self.request = HTTPRequestSettings(self.config)
+        self.last_counter: Optional[float] = None
+        self.flat_since = 0.0
+
+    def target(self) -> str:
+        return "%s %s vs %s" % (self.config["url"], self.config["running"], self.config["counter"])
+
+    async def observe(self) -> Observation:
+        running_sel, counter_sel = self.config["running"], self.config["counter"]
+        result = await scrape_selectors(self, self.config["url"], [running_sel, counter_sel],
+                                        self.request)
+        if result.error:
+            return result.failure()
+        running_series, counter_series = result.series
+        if not counter_series:
+            return Observation(True, "no series %s: progress unknown" % counter_sel)
+        running = sum(v for _, v in running_series)
+        counter = sum(v for _, v in counter_series)
+        return self.note(running, counter, time.monotonic())
+
+    def note(self, running: float, counter: float, now: float) -> Observation:
+        """Fold one (running, counter) reading in; a counter reset starts a new history."""
+        last = self.last_counter
+        if last is None or counter < last or counter > last or running <= 0:
+            self.flat_since = now  # first reading, a restart, progress, or idle: no stall
+        if last is not None and counter > last:
+            note_progress(self.config["url"], now)
+        self.last_counter = counter
+        flat_for = now - self.flat_since
+        reset = last is not None and counter < last
+        detail = {"running": running, "counter": counter, "flat_seconds": round(flat_for, 3)}
+        return Observation(True, "", flat_for, detail=detail, restart="%s went back from %s to %s" % (
+            self.config["counter"].name, format_value(last), format_value(counter)) if reset else "")
+
+    def forget(self) -> None:
+        self.last_counter = None
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        if not obs.ok or obs.detail is None or obs.value is None:
+            return obs.ok, obs.reason
+        running = obs.detail["running"]
+        if running > 0 and obs.value >= config["stall-after"]:
+            return False, "stalled: %s running, %s flat for %s" % (
+                format_value(running), self.config["counter"].name, format_duration(
+                    round(obs.value)))
+        if running > 0:
+            return True, "%s running, tokens at %s" % (format_value(running),
+                                                       format_value(obs.detail["counter"]))
+        return True, "idle"

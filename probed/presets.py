@@ -1,0 +1,237 @@
+"""Presets: one flag per backend that expands into named checks (shown by --print-config).
+
+Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
+here knows how checks run. The mapping to groups follows DESIGN §3: saturation and sleep touch
+`ready` only; death, stalls and failed inferences touch `live`; `started` needs the server
+healthy, the model listed and one successful inference.
+"""
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .values import (
+    ConfigError,
+    parse_count,
+    format_duration,
+    parse_duration,
+    parse_http_url,
+    parse_number,
+)
+
+RawCheck = Dict[str, Any]
+
+
+def parse_fraction(text: str) -> float:
+    """A KV-cache share between 0 and 1 (vLLM reports 0.0-1.0, not percent)."""
+    value = parse_number(text)
+    if not 0 < value <= 1:
+        raise ValueError("expected a fraction in (0, 1], e.g. 0.95")
+    return value
+
+
+def parse_base_url(text: str) -> str:
+    """A server base URL without a trailing slash."""
+    return parse_http_url(text).rstrip("/")
+
+
+# (flag, parser, default, help): read like every serve flag (flag, env, config file).
+PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
+    ("--vllm", parse_base_url, None, "vLLM server base URL: health, model, sleep, queue, "
+                                     "KV cache, progress and inference checks"),
+    ("--tgi", parse_base_url, None, "TGI server base URL"),
+    ("--sglang", parse_base_url, None, "SGLang server base URL"),
+    ("--llamacpp", parse_base_url, None, "llama.cpp server base URL"),
+    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: a vLLM /health URL"),
+    ("--model", str, None, "model id that must be served (default: any)"),
+    ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
+    ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
+    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY "
+                                  "or $OPENAI_API_KEY)"),
+    ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
+                                                "after start (live); default: only until started"),
+    ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
+                                                  "(default 30s; 100s with --vllm-endpoint)"),
+    ("--stall-after", parse_duration, 120.0, "live fails when requests run but no token is "
+                                             "generated for this long (0: off)"),
+    ("--ray", parse_base_url, None, "Ray dashboard URL (leader): GCS health, ALIVE nodes, GPUs"),
+    ("--ray-nodes", parse_count, None, "ALIVE Ray nodes needed (default: $LWS_GROUP_SIZE or 1)"),
+    ("--ray-gpus", parse_count, 0, "GPUs needed over ALIVE Ray nodes"),
+    ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
+                                          "this long (recreates the group; default: never)"),
+    ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
+]
+
+
+class BackendFlavour:
+    """What differs between servers: metric names and which signals exist."""
+
+    def __init__(self, name: str, queue: str, running: Optional[str], counter: Optional[str],
+                 kv_cache: Tuple[str, ...] = (), hard_status: str = "", models: bool = True,
+                 inference_api: str = "completions", sleep: bool = False,
+                 process: bool = True) -> None:
+        self.name = name
+        self.queue = queue
+        self.running = running
+        self.counter = counter
+        self.kv_cache = kv_cache
+        self.hard_status = hard_status
+        self.models = models
+        self.inference_api = inference_api
+        self.sleep = sleep
+        self.process = process  # exports process_start_time_seconds (Python/C++ servers)
+
+
+FLAVOURS = {
+    "vllm": BackendFlavour("vllm", "vllm:num_requests_waiting", "vllm:num_requests_running",
+                           "vllm:generation_tokens_total",
+                           ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+                           hard_status="503", sleep=True),
+    # TGI: the port opens only when warm; /health 503 means unhealthy; counters lack _total.
+    "tgi": BackendFlavour("tgi", "tgi_queue_size", "tgi_batch_current_size", None, models=False,
+                          inference_api="tgi", process=False),
+    # SGLang: /health is 503 while starting, so it is not hard evidence of death.
+    "sglang": BackendFlavour("sglang", "sglang:num_queue_reqs", "sglang:num_running_reqs",
+                             "sglang:generation_tokens_total", ("sglang:token_usage",)),
+    # llama.cpp: /health 503 "Loading model" means not started yet, never dead.
+    "llamacpp": BackendFlavour("llamacpp", "llamacpp:requests_deferred",
+                               "llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
+                               models=False),
+}
+
+
+def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    """The named checks one backend flag expands into."""
+    n = flavour.name
+    token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
+    checks: List[RawCheck] = [dict(
+        kind="http", name=n + "-health", url=base + "/health",
+        probes="live,ready,started", expect="200", **({"hard": flavour.hard_status}
+                                                       if flavour.hard_status else {}))]
+    if flavour.models:
+        checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
+                           **({"model": opts["model"]} if opts.get("model") else {}), **token))
+    if flavour.sleep:
+        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready"))
+    metrics = base + "/metrics"
+    if opts.get("max_waiting") is not None:
+        checks.append(dict(kind="metric", name=n + "-queue", url=metrics, metric=flavour.queue,
+                           agg="sum", max="%g" % opts["max_waiting"], probes="ready"))
+    if opts.get("max_kv_cache") is not None and flavour.kv_cache:
+        checks.append(dict(kind="metric", name=n + "-kv-cache", url=metrics,
+                           metric=list(flavour.kv_cache), agg="max",
+                           max="%g" % opts["max_kv_cache"], probes="ready"))
+    stall = opts.get("stall_after")
+    if flavour.counter and flavour.running and stall:
+        checks.append(dict(kind="progress", name=n + "-progress", url=metrics,
+                           running=flavour.running, counter=flavour.counter,
+                           **{"stall-after": format_duration(stall)}, probes="live"))
+    if flavour.running:
+        checks.append(dict(kind="inflight", name=n + "-inflight", url=metrics,
+                           metric=[flavour.running, flavour.queue], probes=""))
+    if flavour.process:
+        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes=""))
+    checks.append(inference_check(flavour, base, opts, token))
+    return checks
+
+
+def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],
+                    token: Dict[str, str]) -> RawCheck:
+    """One synthetic inference: part of `started`, and of `live` with --inference-every."""
+    every = opts.get("inference_every")
+    check: RawCheck = dict(kind="inference", name=flavour.name + "-inference",
+                           timeout=format_duration(opts.get("inference_timeout") or 30.0),
+                           probes="live,started" if every else "started", **token)
+    if flavour.inference_api == "tgi":
+        check.update(url=base + "/generate", api="json", **{"expect-field": "generated_text"},
+                     body='{"inputs": "Hi", "parameters": {"max_new_tokens": 1}}')
+    else:
+        check.update(url=base, api=flavour.inference_api)
+        if opts.get("model"):
+            check["model"] = opts["model"]
+    if every:
+        check["interval"] = format_duration(every)
+        if flavour.counter:
+            check.update({"idle-only": "true", "metrics-url": base + "/metrics"})
+    return check
+
+
+def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    """--vllm-endpoint: the Multi Node Prober's /healthz, /readyz (vLLM /health) and /startupz
+    (a chat completion), with its 100 s inference timeout unless --inference-timeout is given."""
+    trimmed = health_url.rstrip("/")
+    base = trimmed[:-len("/health")] if trimmed.endswith("/health") else trimmed
+    return [
+        dict(kind="http", name="vllm-health", url=health_url, probes="live,ready,started",
+             expect="200", hard="503"),
+        dict(kind="inference", name="vllm-inference", url=base.rstrip("/"), api="chat",
+             probes="started", timeout=format_duration(opts.get("inference_timeout") or 100.0)),
+    ]
+
+
+def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
+    """The LLM Healthchecker's environment: one metric against a threshold on /health."""
+    url = env.get("METRICS_ENDPOINT")
+    metric = env.get("METRIC_TO_CHECK")
+    if not url and not metric:
+        return []
+    if not url or not metric:
+        raise ConfigError("METRICS_ENDPOINT and METRIC_TO_CHECK go together (got only %s)" % (
+            "METRICS_ENDPOINT" if url else "METRIC_TO_CHECK"))
+    try:
+        parse_http_url(url)
+    except ValueError as exc:
+        raise ConfigError("METRICS_ENDPOINT=%s: %s" % (url, exc)) from None
+    var = "METRIC_THRESHOLD" if "METRIC_THRESHOLD" in env else "METRICS_THRESHOLD"
+    threshold = env.get(var)
+    if threshold is None:
+        raise ConfigError("METRIC_TO_CHECK=%s needs METRIC_THRESHOLD" % metric)
+    try:
+        parse_number(threshold)
+    except ValueError as exc:
+        raise ConfigError("%s=%s: %s" % (var, threshold, exc)) from None
+    return [dict(kind="metric", name="metric", url=url, metric=metric, agg="sum",
+                 max=threshold, missing="pass", probes="ready")]
+
+
+def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple[RawCheck, str]]:
+    """Every check the preset flags and compatibility variables ask for, with its origin."""
+    out: List[Tuple[RawCheck, str]] = []
+    for name, flavour in FLAVOURS.items():
+        base = opts.get(name)
+        if base:
+            out += [(c, "--" + name) for c in backend_checks(flavour, base, opts)]
+    if opts.get("vllm_endpoint"):
+        if opts.get("vllm"):
+            raise ConfigError("--vllm-endpoint and --vllm both describe the vLLM server; "
+                              "give one (--vllm is the richer preset)")
+        out += [(c, "--vllm-endpoint") for c in multinode_prober_checks(
+            opts["vllm_endpoint"], opts)]
+    out += [(c, "--ray") for c in ray_checks(opts, env)]
+    if opts.get("ray_agent"):
+        out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
+                    "--ray-agent"))
+    out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
+    return out
+
+
+def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck]:
+    """--ray: the cluster check in ready/started; with --ray-grace, the same check in live
+    with enough fail-after to cover the grace (a lost worker then recreates the group)."""
+    url = opts.get("ray")
+    if not url:
+        return []
+    nodes = opts.get("ray_nodes")
+    if nodes is None:
+        size = env.get("LWS_GROUP_SIZE", "1")
+        try:
+            nodes = parse_count(size)
+        except ValueError as exc:
+            raise ConfigError("LWS_GROUP_SIZE=%s: %s" % (size, exc)) from None
+    base = dict(kind="ray", url=url, nodes=str(nodes), gpus=str(opts.get("ray_gpus") or 0))
+    checks = [dict(base, name="ray", probes="ready,started")]
+    grace = opts.get("ray_grace")
+    if grace:
+        interval = max(1.0, min(5.0, grace / 3))
+        checks.append(dict(base, name="ray-live", probes="live",
+                           interval=format_duration(interval),
+                           **{"fail-after": str(int(grace // interval) + 1)}))
+    return checks

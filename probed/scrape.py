@@ -1,0 +1,83 @@
+"""One `/metrics` scrape shared by every check that reads the same URL.
+
+A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
+from one endpoint; scraping a 50 KB body once per poll round instead of once per check keeps
+probed's load on the server flat. Callers in the same round share one in-flight request; a
+body younger than `max_age` is served from memory.
+"""
+
+import asyncio
+import time
+from typing import Dict, Mapping, Optional, Tuple
+
+from .client import FetchError, Response, TLSOptions, fetch
+
+SCRAPE_MAX_BODY = 16 << 20  # a busy multi-engine vLLM body is a few hundred KB
+
+
+class MetricsSource:
+    """The latest scrape of one URL: body, when it was taken, or why it failed."""
+
+    def __init__(self, url: str, headers: Optional[Mapping[str, str]] = None,
+                 tls: Optional[TLSOptions] = None) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+        self.tls = tls
+        self.response: Optional[Response] = None
+        self.error: Optional[FetchError] = None
+        self.taken_at = float("-inf")
+        self._inflight: Optional["asyncio.Future[None]"] = None
+
+    async def scrape(self, timeout: float, max_age: float,
+                     headers: Optional[Mapping[str, str]] = None) -> Response:
+        """A response no older than `max_age`; raises FetchError when the scrape failed.
+        `headers` (with a freshly read token) go with the request this call starts."""
+        if time.monotonic() - self.taken_at > max_age:
+            if self._inflight is None or self._inflight.done():
+                self._inflight = asyncio.ensure_future(self._fetch(timeout, headers))
+            await asyncio.shield(self._inflight)
+        if self.error is not None:
+            raise self.error
+        assert self.response is not None
+        return self.response
+
+    async def _fetch(self, timeout: float, headers: Optional[Mapping[str, str]]) -> None:
+        try:
+            self.response = await fetch(self.url, headers=headers or self.headers,
+                                        timeout=timeout, max_body=SCRAPE_MAX_BODY, tls=self.tls)
+            self.error = None
+        except FetchError as exc:
+            self.response, self.error = None, exc
+        self.taken_at = time.monotonic()
+
+
+_SOURCES: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], MetricsSource] = {}
+
+
+def metrics_source(url: str, headers: Optional[Mapping[str, str]] = None,
+                   tls: Optional[TLSOptions] = None) -> MetricsSource:
+    """The shared source for `url` (and these headers): checks of one backend share it."""
+    key = (url, tuple(sorted((headers or {}).items())))
+    source = _SOURCES.get(key)
+    if source is None:
+        source = _SOURCES[key] = MetricsSource(url, headers, tls)
+    return source
+
+
+def is_openmetrics(response: Response) -> Optional[bool]:
+    """True for an OpenMetrics Content-Type; otherwise None, so the parser looks for `# EOF`
+    (servers label OpenMetrics bodies text/plain often enough that the header cannot decide)."""
+    return True if "openmetrics" in response.headers.get("content-type", "") else None
+
+
+_PROGRESS_AT: Dict[str, float] = {}
+
+
+def note_progress(url: str, when: float) -> None:
+    """The progress check of `url` saw its counter rise at `when` (monotonic seconds)."""
+    _PROGRESS_AT[url] = when
+
+
+def last_progress(url: str) -> float:
+    """When the counter behind `url` last rose, or -inf when never seen."""
+    return _PROGRESS_AT.get(url, float("-inf"))
