@@ -2147,6 +2147,10 @@ class HeartbeatCheck(Check):
     def __init__(self, spec: CheckSpec) -> None:
         super().__init__(spec)
         self.path: Optional[str] = self.config.get("path") or None
+        expect, min_fresh = self.config.get("expect"), self.config.get("min-fresh")
+        if expect is not None and min_fresh is not None and min_fresh > expect:
+            raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
+                              "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
         self.registry = HeartbeatRegistry()
         self._scan: Optional["asyncio.Future[WorkerAges]"] = None
 
@@ -5639,10 +5643,19 @@ SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
                                       "<this file's token> (re-read when it changes)"),
 ] + PRESET_OPTIONS
 
-EPILOG = """check kinds and keys: see README.md ("Checks"). Example:
+EPILOG = """check kinds and keys: see README.md ("Checks"). Examples:
+  probed --vllm http://127.0.0.1:8000 --max-waiting 32
   probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
 Every flag also reads PROBED_<FLAG> (e.g. PROBED_READ_TIMEOUT=5s; PROBED_CHECK holds one check
-per line)."""
+per line).
+
+subcommands (each has --help):
+  probed [serve]     the daemon (default)
+  probed check URL   one probe for exec probes: exit 0 pass, 1 fail, 2 usage, 3 unreachable
+  probed bench URL   kubelet-style probe latency: p50/p90/p99/max, probes/s
+  probed drain       preStop: fail ready, wait until nothing is in flight
+  probed beat NAME   a worker's heartbeat (file or admin listener)
+  probed demo, probed sim   the vLLM simulator and a guided demo (package only)"""
 
 
 def env_name(flag: str) -> str:

@@ -67,10 +67,19 @@ SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
                                       "<this file's token> (re-read when it changes)"),
 ] + PRESET_OPTIONS
 
-EPILOG = """check kinds and keys: see README.md ("Checks"). Example:
+EPILOG = """check kinds and keys: see README.md ("Checks"). Examples:
+  probed --vllm http://127.0.0.1:8000 --max-waiting 32
   probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
 Every flag also reads PROBED_<FLAG> (e.g. PROBED_READ_TIMEOUT=5s; PROBED_CHECK holds one check
-per line)."""
+per line).
+
+subcommands (each has --help):
+  probed [serve]     the daemon (default)
+  probed check URL   one probe for exec probes: exit 0 pass, 1 fail, 2 usage, 3 unreachable
+  probed bench URL   kubelet-style probe latency: p50/p90/p99/max, probes/s
+  probed drain       preStop: fail ready, wait until nothing is in flight
+  probed beat NAME   a worker's heartbeat (file or admin listener)
+  probed demo, probed sim   the vLLM simulator and a guided demo (package only)"""
 
 
 def env_name(flag: str) -> str:

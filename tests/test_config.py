@@ -152,3 +152,11 @@ def test_main_exits_2_with_one_line_and_print_config_exits_0(capsys):
     doc = json.loads(out)
     assert doc["checks"][0]["url"] == "http://127.0.0.1:1/" and "k3y" not in out
     assert doc["addr"] == ":8080" and doc["max-connections"] == 1024
+
+
+def test_checks_that_can_never_pass_are_config_errors():
+    for text, needle in (("heartbeat path=/tmp expect=2 min-fresh=3", "min-fresh=3 with expect=2"),
+                         ("metric url=http://x/m metric=q max=5 recover=6", "recover=6")):
+        with pytest.raises(ConfigError) as info:
+            build_checks([split_check_text(text, "--check #1")], ["--check #1"])
+        assert needle in str(info.value)

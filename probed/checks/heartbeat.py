@@ -17,7 +17,7 @@ import stat
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..values import format_duration, parse_count, parse_duration, parse_positive_count
+from ..values import ConfigError, format_duration, parse_count, parse_duration, parse_positive_count
 from .base import Check, CheckSpec, Observation, Param, register_check
 
 HEARTBEAT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -185,6 +185,10 @@ class HeartbeatCheck(Check):
     def __init__(self, spec: CheckSpec) -> None:
         super().__init__(spec)
         self.path: Optional[str] = self.config.get("path") or None
+        expect, min_fresh = self.config.get("expect"), self.config.get("min-fresh")
+        if expect is not None and min_fresh is not None and min_fresh > expect:
+            raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
+                              "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
         self.registry = HeartbeatRegistry()  # the daemon shares one with the admin listener
         self._scan: Optional["asyncio.Future[WorkerAges]"] = None
 
