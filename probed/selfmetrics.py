@@ -129,6 +129,10 @@ def render_check_families(page: MetricsPage, engine: Engine,
     for group in GROUPS:
         verdict = engine.verdicts.get(group)
         page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
+    page.family("probed_startup_seconds", "gauge", "Seconds from probed's start, or from the "
+                "backend's last restart, to started; absent until started.")
+    if engine.started_at is not None:
+        page.sample("probed_startup_seconds", (), round(engine.started_at - engine.starting_since, 3))
 
 
 def render_server_families(page: MetricsPage, server: Optional[ProbeServer]) -> None:

@@ -29,10 +29,12 @@ from probed.router import Router
 from probed.server import ProbeServer
 from probed.selfmetrics import (
     CHECK_DURATION_BUCKETS,
+    LAG_BUCKETS,
     Histogram,
     SelfMetrics,
     escape_label_value,
     format_sample_value,
+    render_metrics,
     sample_event_loop_lag,
 )
 
@@ -418,3 +420,20 @@ def test_real_prometheus_scrapes_probed(start_daemon, tmp_path):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+def test_startup_seconds_appear_once_started_and_measure_from_the_restart():
+    clock = Clock()
+    engine = Engine([FakeCheck("model", probes="live,ready,started")],
+                    EventLog("text", io.StringIO()), clock=clock, wall=clock)
+    render = lambda: render_metrics(engine, None, {}, Histogram(LAG_BUCKETS),  # noqa: E731
+                                    ("0", "3")).decode()
+    assert not re.search(r"^probed_startup_seconds ", render(), re.MULTILINE)
+    clock.now += 42.5
+    engine.record("model", Observation(True, "ok"), 0.0)
+    assert re.search(r"^probed_startup_seconds 42.5$", render(), re.MULTILINE), render()
+    clock.now += 100
+    engine.restart("test restart")
+    clock.now += 7
+    engine.record("model", Observation(True, "ok"), 0.0)
+    assert re.search(r"^probed_startup_seconds 7$", render(), re.MULTILINE), render()
