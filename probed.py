@@ -4053,7 +4053,8 @@ class ProbeServer:
                     parse_request(conn.buf)
             except HTTPError as err:
                 self._count(OTHER_PATH_LABEL, err.status)
-                out.append(self._wire(build_error_response(err)))
+                head = conn.buf.lstrip(b"\r\n").startswith(b"HEAD ")
+                out.append(self._wire(build_error_response(err, head)))
                 close, conn.buf = True, b""
                 conn.phase = LINGERING
                 break

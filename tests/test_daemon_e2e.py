@@ -889,3 +889,18 @@ def test_print_config_never_shows_a_token(tmp_path: Path) -> None:
     assert set(by_name) == {"jsonauth", "flagauth", "envauth"}
     assert by_name["flagauth"]["token-file"] == str(token_file)  # the path, not the content
     assert "<redacted>" in json.dumps(by_name["flagauth"]["header"])
+
+
+def test_head_with_an_oversized_request_line_gets_a_414_without_a_body(start_daemon: Any) -> None:
+    daemon = start_daemon([])
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
+        sock.sendall(b"HEAD /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414 ") and b"Content-Length: " in head
+    assert body == b""
