@@ -51,9 +51,9 @@
 #     probed/cli.py
 
 
-# ==================================================================================================
+# ============================================================
 # probed/__init__.py
-# ==================================================================================================
+# ============================================================
 """probed: a Kubernetes probe daemon for LLM inference servers.
 """
 
@@ -75,9 +75,9 @@ def import_ssl() -> ModuleType:
     return ssl
 
 
-# ==================================================================================================
+# ============================================================
 # probed/client.py
-# ==================================================================================================
+# ============================================================
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 """
 
@@ -511,9 +511,9 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
     return Response(status, reason, fields, data, time.monotonic() - started)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/httpproto.py
-# ==================================================================================================
+# ============================================================
 """HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
 """
 
@@ -526,6 +526,7 @@ MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADER_FIELDS = 100
 MAX_BODY = 64 * 1024
+MAX_LEADING_BLANK = 64
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -599,10 +600,11 @@ def _check_incomplete(buf: bytes, start: int) -> None:
 
 
 def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Request], int]:
-    start = 0
     n = len(buf)
-    while start < n and buf[start] in (13, 10):
-        start += 1
+    start = n - len(buf.lstrip(b"\r\n"))
+    if start > MAX_LEADING_BLANK:
+        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
+                        MAX_LEADING_BLANK)
     head_end, body_start = _find_head_end(buf, start)
     if head_end < 0:
         _check_incomplete(buf, start)
@@ -783,9 +785,9 @@ def http_date(epoch_seconds: float) -> bytes:
         t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
 
 
-# ==================================================================================================
+# ============================================================
 # probed/probebench.py
-# ==================================================================================================
+# ============================================================
 """`probed bench URL`: probe latency the way the kubelet sees it.
 """
 
@@ -911,9 +913,9 @@ def bench_main(argv: Sequence[str]) -> int:
     return 0 if result["probes"] else 3
 
 
-# ==================================================================================================
+# ============================================================
 # probed/promselector.py
-# ==================================================================================================
+# ============================================================
 """PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
 syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
 """
@@ -1045,9 +1047,9 @@ def aggregate(values: Sequence[float], how: str) -> Optional[float]:
     return float(max(numbers) if how == "max" else min(numbers))
 
 
-# ==================================================================================================
+# ============================================================
 # probed/expfmt.py
-# ==================================================================================================
+# ============================================================
 """Prometheus text (0.0.4) and OpenMetrics exposition parsing: series selection and aggregation.
 """
 
@@ -1408,9 +1410,9 @@ def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optio
     return [list(f.values()) for f in found]
 
 
-# ==================================================================================================
+# ============================================================
 # probed/scrape.py
-# ==================================================================================================
+# ============================================================
 """One `/metrics` scrape shared by every check that reads the same URL.
 """
 
@@ -1481,9 +1483,9 @@ def last_progress(url: str) -> float:
     return _PROGRESS_AT.get(url, float("-inf"))
 
 
-# ==================================================================================================
+# ============================================================
 # probed/values.py
-# ==================================================================================================
+# ============================================================
 """Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 """
 
@@ -1627,9 +1629,9 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
     return (host or default_host, number)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checkcmd.py
-# ==================================================================================================
+# ============================================================
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 """
 
@@ -1721,9 +1723,9 @@ def check_main(argv: Sequence[str]) -> int:
     return CHECK_EXIT_FAIL if response.status >= CHECK_FAIL_STATUS else CHECK_EXIT_PASS
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/base.py
-# ==================================================================================================
+# ============================================================
 """The one contract every check kind follows (kube-apiserver healthz style).
 """
 
@@ -1867,9 +1869,9 @@ def register_check(cls: Type[Check]) -> Type[Check]:
     return cls
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/exec.py
-# ==================================================================================================
+# ============================================================
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 """
 
@@ -1982,9 +1984,9 @@ class ExecCheck(Check):
         return code
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/heartbeat.py
-# ==================================================================================================
+# ============================================================
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 """
 
@@ -2224,9 +2226,9 @@ def share_heartbeat_registry(checks: Sequence[Check], registry: HeartbeatRegistr
     return len(pushed)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/beat.py
-# ==================================================================================================
+# ============================================================
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 """
 
@@ -2343,9 +2345,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
     return BEAT_EXIT_OK
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/http.py
-# ==================================================================================================
+# ============================================================
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -2454,9 +2456,9 @@ class HTTPCheck(Check):
         return True, "HTTP %d" % status
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/inference.py
-# ==================================================================================================
+# ============================================================
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 """
@@ -2649,9 +2651,9 @@ class InferenceCheck(Check):
                            detail={"status": status, "model": self.model})
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/manual.py
-# ==================================================================================================
+# ============================================================
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 """
 
@@ -2701,9 +2703,9 @@ class ManualCheck(Check):
         return self.current()
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/metric.py
-# ==================================================================================================
+# ============================================================
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 """
 
@@ -2883,7 +2885,7 @@ class ProgressCheck(Check):
         result = await scrape_selectors(self, self.config["url"], [running_sel, counter_sel],
                                         self.request)
         if result.error:
-            return result.failure()
+            return Observation(True, "progress unknown: " + result.error, refused=result.refused)
         running_series, counter_series = result.series
         if not counter_series:
             return Observation(True, "no series %s: progress unknown" % counter_sel)
@@ -2921,9 +2923,9 @@ class ProgressCheck(Check):
         return True, "idle"
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/awake.py
-# ==================================================================================================
+# ============================================================
 """Check kind `awake`: a vLLM engine that was put to sleep is not ready, though /health says 200.
 """
 
@@ -2985,9 +2987,9 @@ class AwakeCheck(Check):
         return obs.ok, obs.reason
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/inflight.py
-# ==================================================================================================
+# ============================================================
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 """
 
@@ -3022,9 +3024,9 @@ class InflightCheck(Check):
         return Observation(True, "%s in flight" % format_value(total), total)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/process.py
-# ==================================================================================================
+# ============================================================
 """Check kind `process`: which incarnation of the backend process is answering.
 """
 
@@ -3064,9 +3066,9 @@ class ProcessCheck(Check):
                            incarnation=started)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/relay.py
-# ==================================================================================================
+# ============================================================
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 """
@@ -3112,9 +3114,9 @@ class RelayCheck(Check):
                            detail={"status": resp.status, "body": line})
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/tcp.py
-# ==================================================================================================
+# ============================================================
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -3158,9 +3160,9 @@ class TCPCheck(Check):
         return Observation(True, "connected")
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/ray.py
-# ==================================================================================================
+# ============================================================
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 """
 
@@ -3445,15 +3447,15 @@ class RayGCSCheck(TCPCheck):
         return Observation(False, "GCS port %s: %s" % (self.target(), obs.reason))
 
 
-# ==================================================================================================
+# ============================================================
 # probed/checks/__init__.py
-# ==================================================================================================
+# ============================================================
 """Check kinds. Importing this package registers every kind in CHECK_KINDS."""
 
 
-# ==================================================================================================
+# ============================================================
 # probed/config.py
-# ==================================================================================================
+# ============================================================
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 """
 
@@ -3609,9 +3611,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
     return out
 
 
-# ==================================================================================================
+# ============================================================
 # probed/eventlog.py
-# ==================================================================================================
+# ============================================================
 """One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 """
 
@@ -3665,9 +3667,9 @@ class EventLog:
         self.emit("warn", msg, **fields)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/presets.py
-# ==================================================================================================
+# ============================================================
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 """
 
@@ -3752,8 +3754,8 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
     token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
     checks: List[RawCheck] = [dict(
         kind="http", name=n + "-health", url=base + "/health",
-        probes="live,ready,started", expect="200", **({"hard": flavour.hard_status}
-                                                       if flavour.hard_status else {}))]
+        probes="live,ready,started", expect="200", **{"fail-after": "3"},
+        **({"hard": flavour.hard_status} if flavour.hard_status else {}))]
     if flavour.models:
         checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
                            **({"model": opts["model"]} if opts.get("model") else {}), **token))
@@ -3878,9 +3880,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
     return checks
 
 
-# ==================================================================================================
+# ============================================================
 # probed/server.py
-# ==================================================================================================
+# ============================================================
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 """
 
@@ -3894,15 +3896,18 @@ ACCEPTS_PER_WAKEUP = 64
 RECV_SIZE = 65536
 SWEEP_INTERVAL = 0.25
 LINGER_SECONDS = 2.0
-MAX_PENDING_OUTPUT = 1 << 20
+PRESSURE_TIMEOUT = 1.0
+PIPELINE_BATCH = 16
+MAX_INPUT_BUFFER = 256 * 1024
 OTHER_PATH_LABEL = "other"
 
-READING, IDLE, WRITING, LINGERING, WAITING = 0, 1, 2, 3, 4
+READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
 
 
 class Connection:
 
-    __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after")
+    __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after", "reading",
+                 "writing", "waiting", "linger")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -3912,6 +3917,10 @@ class Connection:
         self.phase = READING
         self.deadline = deadline
         self.close_after = False
+        self.reading = False
+        self.writing = False
+        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
+        self.linger = False
 
 
 class ServerStats:
@@ -3971,6 +3980,7 @@ class ProbeServer:
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._date_second = -1
         self._date = b""
+        self._under_pressure = False
 
     def add_listener(self, sock: socket.socket) -> None:
         loop = self._loop_or_start()
@@ -4009,14 +4019,16 @@ class ProbeServer:
             if len(self.conns) >= self.max_connections:
                 self.stats.refused_at_cap += 1
                 sock.close()
+                self._under_pressure = True
                 continue
             self.stats.accepted += 1
             sock.setblocking(False)
             conn = Connection(sock, time.monotonic() + self.read_timeout)
             self.conns[conn.fd] = conn
-            self._read(conn, first=True)
-            if conn.fd in self.conns and conn.phase in (READING, IDLE):
-                self._loop.add_reader(conn.fd, self._read, conn)
+            self._on_readable(conn)
+            if (self.conns.get(conn.fd) is conn and not conn.buf and not conn.out
+                    and conn.waiting is None and conn.phase == READING):
+                self._watch(conn, read=True)
 
     def _pause_accepting(self, lsock: socket.socket, exc: OSError) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
@@ -4024,10 +4036,27 @@ class ProbeServer:
             loop = self._loop
             assert loop is not None
             loop.remove_reader(fd)
-            loop.call_later(0.1, lambda: fd in self.listeners and loop.add_reader(
+            loop.call_later(0.1, lambda: self.listeners.get(fd) is lsock and loop.add_reader(
                 fd, self._on_accept, lsock))
 
-    def _read(self, conn: Connection, first: bool = False) -> None:
+    def _watch(self, conn: Connection, read: Optional[bool] = None,
+               write: Optional[bool] = None) -> None:
+        loop = self._loop
+        assert loop is not None
+        if read is not None and read != conn.reading:
+            conn.reading = read
+            if read:
+                loop.add_reader(conn.fd, self._on_readable, conn)
+            else:
+                loop.remove_reader(conn.fd)
+        if write is not None and write != conn.writing:
+            conn.writing = write
+            if write:
+                loop.add_writer(conn.fd, self._on_writable, conn)
+            else:
+                loop.remove_writer(conn.fd)
+
+    def _on_readable(self, conn: Connection) -> None:
         try:
             data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -4035,19 +4064,27 @@ class ProbeServer:
         except OSError:
             data = b""
         if not data:
-            self._close(conn, registered=not first)
+            if conn.waiting is not None:
+                conn.waiting.cancel()
+            self._close(conn)
             return
         if conn.phase == LINGERING:
+            return
+        if len(conn.buf) + len(data) > MAX_INPUT_BUFFER:
+            self._close(conn)
             return
         if conn.phase == IDLE:
             conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
         conn.buf = conn.buf + data if conn.buf else data
-        self._serve(conn, registered=not first)
+        if conn.waiting is None and not conn.writing:
+            self._serve(conn)
 
-    def _serve(self, conn: Connection, registered: bool) -> None:
+    def _serve(self, conn: Connection) -> None:
         out: List[bytes] = []
-        close = False
-        while conn.buf:
+        close = more = False
+        for _ in range(PIPELINE_BATCH):
+            if not conn.buf:
+                break
             try:
                 request, used = parse_request(conn.buf, self.max_body) if self.max_body else \
                     parse_request(conn.buf)
@@ -4055,23 +4092,38 @@ class ProbeServer:
                 self._count(OTHER_PATH_LABEL, err.status)
                 head = conn.buf.lstrip(b"\r\n").startswith(b"HEAD ")
                 out.append(self._wire(build_error_response(err, head)))
-                close, conn.buf = True, b""
-                conn.phase = LINGERING
+                close, conn.buf, conn.linger = True, b"", True
                 break
             if request is None:
                 break
             conn.buf = conn.buf[used:]
             reply = self.respond(request)
             if isinstance(reply, asyncio.Future):
-                self._defer(conn, reply, out, registered)
+                self._defer(conn, reply, out)
                 return
             self._count(request.path, reply.status)
             out.append(self._wire(reply))
             if reply.close:
                 close = True
                 break
+        else:
+            more = bool(conn.buf)
         if out:
-            self._send(conn, b"".join(out) if len(out) > 1 else out[0], close, registered)
+            self._send(conn, b"".join(out) if len(out) > 1 else out[0], close)
+        self._after_serve(conn, more)
+
+    def _after_serve(self, conn: Connection, more: bool) -> None:
+        if self.conns.get(conn.fd) is not conn or conn.writing or conn.phase == LINGERING:
+            return
+        if more:
+            self._watch(conn, read=False)
+            self._loop.call_soon(self._resume, conn)
+        else:
+            self._watch(conn, read=True)
+
+    def _resume(self, conn: Connection) -> None:
+        if self.conns.get(conn.fd) is conn and not conn.writing and conn.waiting is None:
+            self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
         key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
@@ -4079,31 +4131,27 @@ class ProbeServer:
         requests[key] = requests.get(key, 0) + 1
 
     def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
-               earlier: List[bytes], registered: bool) -> None:
+               earlier: List[bytes]) -> None:
+        conn.waiting = future
+        conn.deadline = float("inf")
         if earlier:
-            try:
-                conn.sock.sendall(b"".join(earlier))
-            except OSError:
-                self._close(conn, registered)
-                return
-        if registered:
-            self._loop.remove_reader(conn.fd)
-        conn.phase, conn.deadline = WAITING, float("inf")
+            self._send(conn, b"".join(earlier), False)
+        if self.conns.get(conn.fd) is conn and not conn.writing:
+            self._watch(conn, read=True)
         future.add_done_callback(lambda done: self._deferred_ready(conn, done))
 
     def _deferred_ready(self, conn: Connection, future: "asyncio.Future[PreparedResponse]") -> None:
         if self.conns.get(conn.fd) is not conn:
             return
+        conn.waiting = None
         if future.cancelled() or future.exception() is not None:
-            self._close(conn, registered=False)
+            self._close(conn)
             return
         reply = future.result()
-        conn.phase = READING
-        self._send(conn, self._wire(reply), reply.close, registered=False)
-        if self.conns.get(conn.fd) is conn and conn.phase not in (WRITING, LINGERING):
-            self._loop.add_reader(conn.fd, self._read, conn)
-            if conn.buf:
-                self._serve(conn, registered=True)
+        conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
+        self._send(conn, self._wire(reply), reply.close)
+        if self.conns.get(conn.fd) is conn and not conn.writing and conn.phase != LINGERING:
+            self._serve(conn) if conn.buf else self._watch(conn, read=True)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
         now = int(time.time())
@@ -4111,7 +4159,7 @@ class ProbeServer:
             self._date_second, self._date = now, http_date(now)
         return reply.before + self._date + reply.after
 
-    def _send(self, conn: Connection, data: bytes, close: bool, registered: bool) -> None:
+    def _send(self, conn: Connection, data: bytes, close: bool) -> None:
         if conn.out:
             conn.out += data
         else:
@@ -4120,27 +4168,21 @@ class ProbeServer:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                self._close(conn, registered)
+                self._close(conn)
                 return
             conn.out = data[sent:]
         conn.close_after = conn.close_after or close
+        now = time.monotonic()
         if conn.out:
-            self._wait_writable(conn, registered)
+            conn.phase, conn.deadline = WRITING, now + self.write_timeout
+            self._watch(conn, read=False, write=True)
         elif conn.close_after:
-            self._finish(conn, registered)
-        elif not conn.buf:
-            conn.phase, conn.deadline = IDLE, time.monotonic() + self.idle_timeout
+            self._finish(conn)
+        elif conn.waiting is None:
+            conn.phase = READING if conn.buf else IDLE
+            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
 
-    def _wait_writable(self, conn: Connection, registered: bool) -> None:
-        loop = self._loop
-        assert loop is not None
-        if conn.phase != WRITING:
-            conn.phase, conn.deadline = WRITING, time.monotonic() + self.write_timeout
-            if registered:
-                loop.remove_reader(conn.fd)
-            loop.add_writer(conn.fd, self._flush, conn)
-
-    def _flush(self, conn: Connection) -> None:
+    def _on_writable(self, conn: Connection) -> None:
         try:
             sent = conn.sock.send(conn.out)
         except (BlockingIOError, InterruptedError):
@@ -4151,44 +4193,45 @@ class ProbeServer:
         conn.out = conn.out[sent:]
         if conn.out:
             return
-        loop = self._loop
-        assert loop is not None
-        loop.remove_writer(conn.fd)
+        self._watch(conn, write=False)
         if conn.close_after:
-            self._finish(conn, registered=False)
-            return
-        conn.phase, conn.deadline = IDLE, time.monotonic() + self.idle_timeout
-        loop.add_reader(conn.fd, self._read, conn)
-        if conn.buf:
-            conn.phase = READING
-            self._serve(conn, registered=True)
+            self._finish(conn)
+        elif conn.waiting is not None:
+            conn.deadline = float("inf")
+            self._watch(conn, read=True)
+        else:
+            now = time.monotonic()
+            conn.phase = READING if conn.buf else IDLE
+            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
+            self._serve(conn) if conn.buf else self._watch(conn, read=True)
 
-    def _finish(self, conn: Connection, registered: bool) -> None:
-        if conn.phase != LINGERING and not conn.buf:
-            self._close(conn, registered)
+    def _finish(self, conn: Connection) -> None:
+        if not conn.linger and not conn.buf:
+            self._close(conn)
             return
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self._close(conn, registered)
+            self._close(conn)
             return
         conn.phase, conn.buf = LINGERING, b""
         conn.deadline = time.monotonic() + LINGER_SECONDS
-        if not registered:
-            self._loop.add_reader(conn.fd, self._read, conn)
+        self._watch(conn, read=True)
 
-    def _close(self, conn: Connection, registered: bool = True) -> None:
+    def _close(self, conn: Connection) -> None:
         if self.conns.pop(conn.fd, None) is None:
             return
-        loop = self._loop
-        if loop is not None and registered:
-            loop.remove_reader(conn.fd)
-            if conn.out:
-                loop.remove_writer(conn.fd)
+        if self._loop is not None:
+            self._watch(conn, read=False, write=False)
         conn.sock.close()
 
     def _sweep(self) -> None:
         now = time.monotonic()
+        if self._under_pressure:
+            self._under_pressure = False
+            for conn in self.conns.values():
+                if conn.waiting is None and not conn.buf and not conn.out:
+                    conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
         expired = [c for c in self.conns.values() if c.deadline < now]
         for conn in expired:
             if conn.phase == READING and conn.buf:
@@ -4203,9 +4246,9 @@ class ProbeServer:
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/verdicts.py
-# ==================================================================================================
+# ============================================================
 """Check states and group verdicts: the pure bookkeeping under the engine (no I/O, no asyncio).
 """
 
@@ -4344,9 +4387,9 @@ def first_failure(rows: Sequence[Tuple[CheckState, bool, str]]) -> str:
     return ""
 
 
-# ==================================================================================================
+# ============================================================
 # probed/lifecycle.py
-# ==================================================================================================
+# ============================================================
 """Backend lifecycle facts derived from check states: restarts and start-up phases. Pure.
 """
 
@@ -4387,9 +4430,9 @@ def describe_incarnation(value: Any) -> str:
     return format_timestamp(value, millis=True) if isinstance(value, float) else "unknown"
 
 
-# ==================================================================================================
+# ============================================================
 # probed/engine.py
-# ==================================================================================================
+# ============================================================
 """The engine: runs every check on its schedule and keeps the group verdicts probes read.
 """
 
@@ -4435,6 +4478,7 @@ class Engine:
         self.version = 0
         self._tasks: List["asyncio.Task[None]"] = []
         self._startup_timer: Optional[asyncio.TimerHandle] = None
+        self._wake: Optional[asyncio.Event] = None
         self.verdicts: Dict[str, GroupVerdict] = {}
         self._refresh(log_changes=False)
 
@@ -4565,6 +4609,7 @@ class Engine:
             self.starting_since = self.clock()
             self.log.info("started unlatched", reason=reason)
             self._arm_startup_timer()
+            self.wake_pollers()
             self._refresh()
 
     def start(self) -> None:
@@ -4604,14 +4649,28 @@ class Engine:
         st = self.states[name]
         while True:
             if self.dormant(st):
-                await asyncio.sleep(min(st.check.spec.interval, DORMANT_RECHECK))
+                await self._sleep(min(st.check.spec.interval, DORMANT_RECHECK))
                 continue
             obs, latency = await poll_once(st.check)
             try:
                 self.record(name, obs, latency)
             except Exception as exc:
                 self.log.warn("check bookkeeping failed", check=name, error=repr(exc))
-            await asyncio.sleep(self.next_delay(st))
+            await self._sleep(self.next_delay(st))
+
+    async def _sleep(self, delay: float) -> None:
+        wake = self._wake
+        if wake is None:
+            self._wake = wake = asyncio.Event()
+        try:
+            await asyncio.wait_for(wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    def wake_pollers(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
 
 
 async def poll_once(check: Check) -> Tuple[Observation, float]:
@@ -4628,9 +4687,9 @@ async def poll_once(check: Check) -> Tuple[Observation, float]:
     return obs, time.monotonic() - t0
 
 
-# ==================================================================================================
+# ============================================================
 # probed/admin.py
-# ==================================================================================================
+# ============================================================
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 """
 
@@ -4898,9 +4957,9 @@ def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check
     return AdminListener(AdminRouter(engine, HeartbeatRegistry(), token, log), addr, settings)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/drain.py
-# ==================================================================================================
+# ============================================================
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 """
@@ -5025,9 +5084,9 @@ def optional_waiter(engine: Engine, log: EventLog, admin: Optional[Any]) -> Opti
     return waiter
 
 
-# ==================================================================================================
+# ============================================================
 # probed/render.py
-# ==================================================================================================
+# ============================================================
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 """
 
@@ -5096,9 +5155,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
     return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
 
-# ==================================================================================================
+# ============================================================
 # probed/router.py
-# ==================================================================================================
+# ============================================================
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 """
 
@@ -5106,6 +5165,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 JSON_TYPE = "application/json"
+METRICS_CACHE_SECONDS = 0.005
 PROBE_METHODS = "GET, HEAD"
 
 Bodies = Optional[Tuple[bytes, bytes]]
@@ -5145,6 +5205,7 @@ class Router:
         self.engine = engine
         self.metrics = metrics
         self.routes = dict(GROUP_ROUTES, **(routes or {}))
+        self._metrics_cache: Optional[Tuple[float, bytes]] = None
         self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
         self._cache_version = -1
         self.check_routes: Dict[str, Tuple[str, str]] = {}
@@ -5192,8 +5253,8 @@ class Router:
         if path == "/":
             return build_response(200, self.index().encode("utf-8"), head=head, mode=mode)
         if path == "/metrics" and self.metrics is not None:
-            return build_response(200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8",
-                                  head=head, mode=mode)
+            return build_response(200, self.metrics_body(), "text/plain; version=0.0.4; "
+                                  "charset=utf-8", head=head, mode=mode)
         raise HTTPError(404, "no such path %s (see / for the index)" % path)
 
     def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
@@ -5231,6 +5292,13 @@ class Router:
         else:
             body = render_plain(verdict)
         return build_response(status, body, head=head, mode=mode)
+
+    def metrics_body(self) -> bytes:
+        now = time.monotonic()
+        if self._metrics_cache is None or now - self._metrics_cache[0] >= METRICS_CACHE_SECONDS:
+            assert self.metrics is not None
+            self._metrics_cache = (now, self.metrics())
+        return self._metrics_cache[1]
 
     def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
         query = GroupQuery()
@@ -5281,9 +5349,9 @@ class Router:
         return "\n".join(lines) + "\n"
 
 
-# ==================================================================================================
+# ============================================================
 # probed/selfmetrics.py
-# ==================================================================================================
+# ============================================================
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 """
 
@@ -5475,9 +5543,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
         hist.observe(max(0.0, time.monotonic() - asked))
 
 
-# ==================================================================================================
+# ============================================================
 # probed/daemon.py
-# ==================================================================================================
+# ============================================================
 """The serving process: binds the ports, runs the engine, drains on SIGTERM, exits 0.
 """
 
@@ -5594,9 +5662,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
-# ==================================================================================================
+# ============================================================
 # probed/settings.py
-# ==================================================================================================
+# ============================================================
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved.
 """
 
@@ -5790,9 +5858,9 @@ def describe_settings(settings: Dict[str, Any], checks: Sequence[Any]) -> Dict[s
     return out
 
 
-# ==================================================================================================
+# ============================================================
 # probed/cli.py
-# ==================================================================================================
+# ============================================================
 """Command line entry point: `probed [serve]` and the subcommands.
 """
 
@@ -5847,8 +5915,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-# ==================================================================================================
+# ============================================================
 # entry point, added by probed.bundle (`python3 -m probed` calls the same function)
-# ==================================================================================================
+# ============================================================
 if __name__ == "__main__":
     raise SystemExit(main())

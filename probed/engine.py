@@ -58,6 +58,7 @@ class Engine:
         self.version = 0  # bumped on every verdict change; reply caches key on it
         self._tasks: List["asyncio.Task[None]"] = []
         self._startup_timer: Optional[asyncio.TimerHandle] = None
+        self._wake: Optional[asyncio.Event] = None
         self.verdicts: Dict[str, GroupVerdict] = {}
         self._refresh(log_changes=False)
 
@@ -205,6 +206,7 @@ class Engine:
             self.starting_since = self.clock()
             self.log.info("started unlatched", reason=reason)
             self._arm_startup_timer()
+            self.wake_pollers()
             self._refresh()
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -251,14 +253,30 @@ class Engine:
         st = self.states[name]
         while True:
             if self.dormant(st):
-                await asyncio.sleep(min(st.check.spec.interval, DORMANT_RECHECK))
+                await self._sleep(min(st.check.spec.interval, DORMANT_RECHECK))
                 continue
             obs, latency = await poll_once(st.check)
             try:
                 self.record(name, obs, latency)
             except Exception as exc:  # a bug in one check must not stop the others
                 self.log.warn("check bookkeeping failed", check=name, error=repr(exc))
-            await asyncio.sleep(self.next_delay(st))
+            await self._sleep(self.next_delay(st))
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep `delay`, or less when a restart wakes every poller (see wake_pollers)."""
+        wake = self._wake
+        if wake is None:
+            self._wake = wake = asyncio.Event()
+        try:
+            await asyncio.wait_for(wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    def wake_pollers(self) -> None:
+        """A new incarnation: poll now at the start pace, not after the old long sleeps."""
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None  # sleepers from now on wait on a fresh event
 
 
 async def poll_once(check: Check) -> Tuple[Observation, float]:

@@ -15,6 +15,7 @@ MAX_REQUEST_LINE = 8 * 1024  # longer -> 414
 MAX_HEADER_BYTES = 32 * 1024  # header block beyond the request line; longer -> 431
 MAX_HEADER_FIELDS = 100  # more -> 431
 MAX_BODY = 64 * 1024  # Content-Length beyond the route's cap -> 413
+MAX_LEADING_BLANK = 64  # CR/LF bytes tolerated before a request line; more -> 400
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -100,10 +101,11 @@ def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Reques
     Returns (request, bytes consumed), or (None, 0) when more bytes are needed. Raises
     HTTPError for anything malformed or over a limit. Pipelined requests: call again on the rest.
     """
-    start = 0
     n = len(buf)
-    while start < n and buf[start] in (13, 10):  # RFC 9112 §2.2: ignore leading empty lines
-        start += 1
+    start = n - len(buf.lstrip(b"\r\n"))  # RFC 9112 §2.2: ignore leading empty lines
+    if start > MAX_LEADING_BLANK:
+        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
+                        MAX_LEADING_BLANK)
     head_end, body_start = _find_head_end(buf, start)
     if head_end < 0:
         _check_incomplete(buf, start)

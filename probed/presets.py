@@ -104,8 +104,8 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
     token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
     checks: List[RawCheck] = [dict(
         kind="http", name=n + "-health", url=base + "/health",
-        probes="live,ready,started", expect="200", **({"hard": flavour.hard_status}
-                                                       if flavour.hard_status else {}))]
+        probes="live,ready,started", expect="200", **{"fail-after": "3"},
+        **({"hard": flavour.hard_status} if flavour.hard_status else {}))]
     if flavour.models:
         checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
                            **({"model": opts["model"]} if opts.get("model") else {}), **token))

@@ -23,6 +23,7 @@ from .values import ConfigError, format_timestamp
 from .verdicts import GroupVerdict, evaluate_checks, first_failure
 
 JSON_TYPE = "application/json"
+METRICS_CACHE_SECONDS = 0.005  # shared by a pipelined batch, fresh for every real scrape
 PROBE_METHODS = "GET, HEAD"
 
 Bodies = Optional[Tuple[bytes, bytes]]  # (when passing, when failing); None: the standard ones
@@ -66,6 +67,7 @@ class Router:
         self.engine = engine
         self.metrics = metrics
         self.routes = dict(GROUP_ROUTES, **(routes or {}))
+        self._metrics_cache: Optional[Tuple[float, bytes]] = None
         self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
         self._cache_version = -1
         self.check_routes: Dict[str, Tuple[str, str]] = {}
@@ -114,8 +116,8 @@ class Router:
         if path == "/":
             return build_response(200, self.index().encode("utf-8"), head=head, mode=mode)
         if path == "/metrics" and self.metrics is not None:
-            return build_response(200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8",
-                                  head=head, mode=mode)
+            return build_response(200, self.metrics_body(), "text/plain; version=0.0.4; "
+                                  "charset=utf-8", head=head, mode=mode)
         raise HTTPError(404, "no such path %s (see / for the index)" % path)
 
     def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
@@ -153,6 +155,15 @@ class Router:
         else:
             body = render_plain(verdict)
         return build_response(status, body, head=head, mode=mode)
+
+    def metrics_body(self) -> bytes:
+        """/metrics, rendered at most once per METRICS_CACHE_SECONDS: a client pipelining
+        scrapes must not turn the render into a way to stall the event loop."""
+        now = time.monotonic()
+        if self._metrics_cache is None or now - self._metrics_cache[0] >= METRICS_CACHE_SECONDS:
+            assert self.metrics is not None
+            self._metrics_cache = (now, self.metrics())
+        return self._metrics_cache[1]
 
     def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
         """verbose, format=json, exclude=NAME, NAME.KEY=VALUE; anything else is a 400."""

@@ -20,18 +20,25 @@ ACCEPTS_PER_WAKEUP = 64  # bounded so one busy listener cannot starve the poller
 RECV_SIZE = 65536
 SWEEP_INTERVAL = 0.25  # how often deadlines are checked; timeouts are this coarse
 LINGER_SECONDS = 2.0  # after an error reply, read and drop input this long before closing
-MAX_PENDING_OUTPUT = 1 << 20  # stop reading from a client that does not read its replies
+PRESSURE_TIMEOUT = 1.0  # at the cap, idle and silent connections get this long
+PIPELINE_BATCH = 16  # requests answered per wakeup; the rest wait their turn behind others
+MAX_INPUT_BUFFER = 256 * 1024  # unparsed input one client may leave with us
 # Requests are counted by (path, status); paths outside `counted_paths` share this label so a
 # client cannot grow the counter dict (statuses are the few the router produces).
 OTHER_PATH_LABEL = "other"
 
-READING, IDLE, WRITING, LINGERING, WAITING = 0, 1, 2, 3, 4
+READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
 
 
 class Connection:
-    """One client connection: its socket, unparsed input, unsent output, and a deadline."""
+    """One client connection: its socket, unparsed input, unsent output, and a deadline.
 
-    __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after")
+    `reading`/`writing` say whether the loop watches the socket, so every change of interest
+    goes through one place; `waiting` holds the future of a deferred reply (a long poll).
+    """
+
+    __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after", "reading",
+                 "writing", "waiting", "linger")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -41,6 +48,10 @@ class Connection:
         self.phase = READING
         self.deadline = deadline
         self.close_after = False
+        self.reading = False
+        self.writing = False
+        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
+        self.linger = False  # an error reply: shut down writing and drain before closing
 
 
 class ServerStats:
@@ -107,6 +118,7 @@ class ProbeServer:
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._date_second = -1
         self._date = b""
+        self._under_pressure = False  # a connection was refused at the cap since the last sweep
 
     # --- listeners -----------------------------------------------------------------------------
 
@@ -152,14 +164,16 @@ class ProbeServer:
             if len(self.conns) >= self.max_connections:
                 self.stats.refused_at_cap += 1
                 sock.close()
+                self._under_pressure = True
                 continue
             self.stats.accepted += 1
             sock.setblocking(False)
             conn = Connection(sock, time.monotonic() + self.read_timeout)
             self.conns[conn.fd] = conn
-            self._read(conn, first=True)
-            if conn.fd in self.conns and conn.phase in (READING, IDLE):
-                self._loop.add_reader(conn.fd, self._read, conn)  # type: ignore[union-attr]
+            self._on_readable(conn)  # a kubelet's request is usually here already
+            if (self.conns.get(conn.fd) is conn and not conn.buf and not conn.out
+                    and conn.waiting is None and conn.phase == READING):
+                self._watch(conn, read=True)  # nothing arrived yet (or a bare TCP probe)
 
     def _pause_accepting(self, lsock: socket.socket, exc: OSError) -> None:
         # Out of file descriptors: stop watching the listener briefly rather than spin.
@@ -168,30 +182,57 @@ class ProbeServer:
             loop = self._loop
             assert loop is not None
             loop.remove_reader(fd)
-            loop.call_later(0.1, lambda: fd in self.listeners and loop.add_reader(
+            loop.call_later(0.1, lambda: self.listeners.get(fd) is lsock and loop.add_reader(
                 fd, self._on_accept, lsock))
 
-    def _read(self, conn: Connection, first: bool = False) -> None:
+    def _watch(self, conn: Connection, read: Optional[bool] = None,
+               write: Optional[bool] = None) -> None:
+        """Start or stop watching `conn` for reading and writing (idempotent)."""
+        loop = self._loop
+        assert loop is not None
+        if read is not None and read != conn.reading:
+            conn.reading = read
+            if read:
+                loop.add_reader(conn.fd, self._on_readable, conn)
+            else:
+                loop.remove_reader(conn.fd)
+        if write is not None and write != conn.writing:
+            conn.writing = write
+            if write:
+                loop.add_writer(conn.fd, self._on_writable, conn)
+            else:
+                loop.remove_writer(conn.fd)
+
+    def _on_readable(self, conn: Connection) -> None:
         try:
             data = conn.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        if not data:
-            self._close(conn, registered=not first)  # tcpSocket probes end here: normal
+        if not data:  # tcpSocket probes end here: normal; a long poll's caller gave up
+            if conn.waiting is not None:
+                conn.waiting.cancel()
+            self._close(conn)
             return
         if conn.phase == LINGERING:
+            return
+        if len(conn.buf) + len(data) > MAX_INPUT_BUFFER:
+            self._close(conn)  # parser limits bound one request; this bounds a pipeline
             return
         if conn.phase == IDLE:
             conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
         conn.buf = conn.buf + data if conn.buf else data
-        self._serve(conn, registered=not first)
+        if conn.waiting is None and not conn.writing:
+            self._serve(conn)
 
-    def _serve(self, conn: Connection, registered: bool) -> None:
+    def _serve(self, conn: Connection) -> None:
+        """Answer up to PIPELINE_BATCH complete requests from the buffer."""
         out: List[bytes] = []
-        close = False
-        while conn.buf:
+        close = more = False
+        for _ in range(PIPELINE_BATCH):
+            if not conn.buf:
+                break
             try:
                 request, used = parse_request(conn.buf, self.max_body) if self.max_body else \
                     parse_request(conn.buf)
@@ -199,23 +240,38 @@ class ProbeServer:
                 self._count(OTHER_PATH_LABEL, err.status)
                 head = conn.buf.lstrip(b"\r\n").startswith(b"HEAD ")  # no body for HEAD, even here
                 out.append(self._wire(build_error_response(err, head)))
-                close, conn.buf = True, b""
-                conn.phase = LINGERING
+                close, conn.buf, conn.linger = True, b"", True
                 break
             if request is None:
                 break
             conn.buf = conn.buf[used:]
             reply = self.respond(request)
             if isinstance(reply, asyncio.Future):
-                self._defer(conn, reply, out, registered)
+                self._defer(conn, reply, out)
                 return
             self._count(request.path, reply.status)
             out.append(self._wire(reply))
             if reply.close:
                 close = True
                 break
+        else:
+            more = bool(conn.buf)
         if out:
-            self._send(conn, b"".join(out) if len(out) > 1 else out[0], close, registered)
+            self._send(conn, b"".join(out) if len(out) > 1 else out[0], close)
+        self._after_serve(conn, more)
+
+    def _after_serve(self, conn: Connection, more: bool) -> None:
+        if self.conns.get(conn.fd) is not conn or conn.writing or conn.phase == LINGERING:
+            return  # closed, or the writer resumes us when the output is gone
+        if more:  # fairness: finish this pipeline later, reading nothing more meanwhile
+            self._watch(conn, read=False)
+            self._loop.call_soon(self._resume, conn)  # type: ignore[union-attr]
+        else:
+            self._watch(conn, read=True)
+
+    def _resume(self, conn: Connection) -> None:
+        if self.conns.get(conn.fd) is conn and not conn.writing and conn.waiting is None:
+            self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
         key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
@@ -223,33 +279,30 @@ class ProbeServer:
         requests[key] = requests.get(key, 0) + 1
 
     def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
-               earlier: List[bytes], registered: bool) -> None:
-        """A reply that comes later (a long poll such as /wait-for-drain): read nothing more
-        from this client until it is sent; replies to earlier pipelined requests go first."""
+               earlier: List[bytes]) -> None:
+        """A reply that comes later (a long poll such as /wait-for-drain). Replies to earlier
+        pipelined requests go first; the socket stays watched so a caller that hangs up
+        cancels the wait instead of holding it (and probed's shutdown) open."""
+        conn.waiting = future
+        conn.deadline = float("inf")  # the future bounds its own wait
         if earlier:
-            try:
-                conn.sock.sendall(b"".join(earlier))  # tiny, and the socket buffer is empty
-            except OSError:
-                self._close(conn, registered)
-                return
-        if registered:
-            self._loop.remove_reader(conn.fd)  # type: ignore[union-attr]
-        conn.phase, conn.deadline = WAITING, float("inf")  # the future bounds its own wait
+            self._send(conn, b"".join(earlier), False)
+        if self.conns.get(conn.fd) is conn and not conn.writing:
+            self._watch(conn, read=True)
         future.add_done_callback(lambda done: self._deferred_ready(conn, done))
 
     def _deferred_ready(self, conn: Connection, future: "asyncio.Future[PreparedResponse]") -> None:
         if self.conns.get(conn.fd) is not conn:
-            return  # closed while waiting (server shutdown)
+            return  # closed while waiting
+        conn.waiting = None
         if future.cancelled() or future.exception() is not None:
-            self._close(conn, registered=False)
+            self._close(conn)
             return
         reply = future.result()
-        conn.phase = READING
-        self._send(conn, self._wire(reply), reply.close, registered=False)
-        if self.conns.get(conn.fd) is conn and conn.phase not in (WRITING, LINGERING):
-            self._loop.add_reader(conn.fd, self._read, conn)  # type: ignore[union-attr]
-            if conn.buf:
-                self._serve(conn, registered=True)
+        conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
+        self._send(conn, self._wire(reply), reply.close)
+        if self.conns.get(conn.fd) is conn and not conn.writing and conn.phase != LINGERING:
+            self._serve(conn) if conn.buf else self._watch(conn, read=True)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
         now = int(time.time())
@@ -259,7 +312,7 @@ class ProbeServer:
 
     # --- write and close -----------------------------------------------------------------------
 
-    def _send(self, conn: Connection, data: bytes, close: bool, registered: bool) -> None:
+    def _send(self, conn: Connection, data: bytes, close: bool) -> None:
         if conn.out:
             conn.out += data
         else:
@@ -268,27 +321,21 @@ class ProbeServer:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                self._close(conn, registered)
+                self._close(conn)
                 return
             conn.out = data[sent:]
         conn.close_after = conn.close_after or close
-        if conn.out:
-            self._wait_writable(conn, registered)
+        now = time.monotonic()
+        if conn.out:  # backpressure: read no more until this is sent
+            conn.phase, conn.deadline = WRITING, now + self.write_timeout
+            self._watch(conn, read=False, write=True)
         elif conn.close_after:
-            self._finish(conn, registered)
-        elif not conn.buf:
-            conn.phase, conn.deadline = IDLE, time.monotonic() + self.idle_timeout
+            self._finish(conn)
+        elif conn.waiting is None:
+            conn.phase = READING if conn.buf else IDLE
+            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
 
-    def _wait_writable(self, conn: Connection, registered: bool) -> None:
-        loop = self._loop
-        assert loop is not None
-        if conn.phase != WRITING:
-            conn.phase, conn.deadline = WRITING, time.monotonic() + self.write_timeout
-            if registered:
-                loop.remove_reader(conn.fd)  # backpressure: read no more until this is sent
-            loop.add_writer(conn.fd, self._flush, conn)
-
-    def _flush(self, conn: Connection) -> None:
+    def _on_writable(self, conn: Connection) -> None:
         try:
             sent = conn.sock.send(conn.out)
         except (BlockingIOError, InterruptedError):
@@ -299,45 +346,46 @@ class ProbeServer:
         conn.out = conn.out[sent:]
         if conn.out:
             return
-        loop = self._loop
-        assert loop is not None
-        loop.remove_writer(conn.fd)
+        self._watch(conn, write=False)
         if conn.close_after:
-            self._finish(conn, registered=False)
-            return
-        conn.phase, conn.deadline = IDLE, time.monotonic() + self.idle_timeout
-        loop.add_reader(conn.fd, self._read, conn)
-        if conn.buf:
-            conn.phase = READING
-            self._serve(conn, registered=True)
+            self._finish(conn)
+        elif conn.waiting is not None:
+            conn.deadline = float("inf")  # still waiting for the deferred reply
+            self._watch(conn, read=True)
+        else:
+            now = time.monotonic()
+            conn.phase = READING if conn.buf else IDLE
+            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
+            self._serve(conn) if conn.buf else self._watch(conn, read=True)
 
-    def _finish(self, conn: Connection, registered: bool) -> None:
+    def _finish(self, conn: Connection) -> None:
         """Close after the last reply; linger when unread input could turn into an RST."""
-        if conn.phase != LINGERING and not conn.buf:
-            self._close(conn, registered)
+        if not conn.linger and not conn.buf:
+            self._close(conn)
             return
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self._close(conn, registered)
+            self._close(conn)
             return
         conn.phase, conn.buf = LINGERING, b""
         conn.deadline = time.monotonic() + LINGER_SECONDS
-        if not registered:
-            self._loop.add_reader(conn.fd, self._read, conn)  # type: ignore[union-attr]
+        self._watch(conn, read=True)
 
-    def _close(self, conn: Connection, registered: bool = True) -> None:
+    def _close(self, conn: Connection) -> None:
         if self.conns.pop(conn.fd, None) is None:
             return
-        loop = self._loop
-        if loop is not None and registered:
-            loop.remove_reader(conn.fd)
-            if conn.out:
-                loop.remove_writer(conn.fd)
+        if self._loop is not None:
+            self._watch(conn, read=False, write=False)
         conn.sock.close()
 
     def _sweep(self) -> None:
         now = time.monotonic()
+        if self._under_pressure:  # at the cap: connections holding no request go soon, so
+            self._under_pressure = False  # held-open sockets cannot lock probes out for long
+            for conn in self.conns.values():
+                if conn.waiting is None and not conn.buf and not conn.out:
+                    conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
         expired = [c for c in self.conns.values() if c.deadline < now]
         for conn in expired:
             if conn.phase == READING and conn.buf:

@@ -241,3 +241,14 @@ def test_an_admin_drain_survives_a_restart(sim, start_daemon):
              not in (first, None) and http_get(d.port, "/startupz")[0] == 200, 20)
     status, body = http_get(d.port, "/readyz?verbose")
     assert status == 503 and "draining (admin)" in body
+
+
+def test_a_restart_wakes_pollers_that_sleep_a_long_interval(sim, start_daemon):
+    s = sim("ready")
+    d = start_daemon(["--vllm", s.url, "--interval", "0.3s", "--inference-every", "60s"])
+    wait_for(lambda: http_get(d.port, "/startupz")[0] == 200, 15)
+    time.sleep(1.0)  # the inference check is now asleep for about a minute
+    s.set("restart", seconds=1)
+    wait_for(lambda: http_get(d.port, "/startupz")[0] == 503, 10)
+    took = wait_for(lambda: http_get(d.port, "/startupz")[0] == 200, 40)
+    assert took < 15, "started came back %.1fs after the restart: pollers kept sleeping" % took

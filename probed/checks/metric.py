@@ -198,8 +198,8 @@ class ProgressCheck(Check):
         running_sel, counter_sel = self.config["running"], self.config["counter"]
         result = await scrape_selectors(self, self.config["url"], [running_sel, counter_sel],
                                         self.request)
-        if result.error:
-            return result.failure()
+        if result.error:  # a slow or failed scrape is no stall: live fails only on evidence
+            return Observation(True, "progress unknown: " + result.error, refused=result.refused)
         running_series, counter_series = result.series
         if not counter_series:
             return Observation(True, "no series %s: progress unknown" % counter_sel)
