@@ -11,6 +11,7 @@
 #
 # Modules, in dependency order (each below under a banner with its path):
 #     probed/__init__.py
+#     probed/clientproto.py
 #     probed/client.py
 #     probed/httpproto.py
 #     probed/probebench.py
@@ -76,35 +77,22 @@ def import_ssl() -> ModuleType:
 
 
 # ============================================================
-# probed/client.py
+# probed/clientproto.py
 # ============================================================
-"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
+"""The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
 """
 
-import asyncio
-import errno
-import json
-import os
 import re
-import socket
-import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 from urllib.parse import quote, urlsplit
 
 CLIENT_USER_AGENT = "probed"
 CLIENT_MAX_LINE_BYTES = 8 * 1024
-CLIENT_MAX_HEAD_BYTES = 64 * 1024
-CLIENT_RECV_BYTES = 64 * 1024
-CLIENT_MAX_TOKEN_BYTES = 64 * 1024
 CLIENT_FETCH_ERROR_KINDS = (
     "refused", "timeout", "reset", "dns", "tls", "protocol", "too-large", "closed")
-
 _CLIENT_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_CLIENT_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
 _CLIENT_LINE_END = re.compile(rb"\r?\n")
-_CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")
-_CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
-_CLIENT_CONTENT_LENGTH = re.compile(r"[0-9]+\Z")
+_CLIENT_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
 _CLIENT_SAFE_TARGET = "!#$%&'()*+,/:;=?@[]~"
 _CLIENT_OWNED_HEADERS = ("connection", "content-length", "transfer-encoding")
 
@@ -117,76 +105,6 @@ class FetchError(Exception):
 
     def __repr__(self) -> str:
         return "FetchError(%r, %r)" % (self.kind, str(self))
-
-
-class Response:
-
-    __slots__ = ("status", "reason", "headers", "body", "elapsed")
-
-    def __init__(self, status: int, reason: str, headers: Dict[str, str], body: bytes,
-                 elapsed: float) -> None:
-        self.status, self.reason, self.headers, self.body = status, reason, headers, body
-        self.elapsed = elapsed
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return "<Response %d %s, %d bytes, %.3fs>" % (
-            self.status, self.reason, len(self.body), self.elapsed)
-
-
-class TLSOptions:
-
-    __slots__ = ("ca_file", "insecure", "_context")
-
-    def __init__(self, ca_file: Optional[str] = None, insecure: bool = False) -> None:
-        self.ca_file = ca_file
-        self.insecure = insecure
-        self._context = None
-
-    def context(self) -> Any:
-        if self._context is not None:
-            return self._context
-        try:
-            ssl = import_ssl()
-        except ImportError:
-            raise FetchError("tls", "https needs the ssl module; this Python has none") from None
-        if self.insecure:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        else:
-            try:
-                context = ssl.create_default_context(cafile=self.ca_file)
-            except (OSError, ValueError) as exc:
-                raise FetchError("tls", "cannot load CA file %r: %s" % (
-                    self.ca_file, getattr(exc, "strerror", None) or exc)) from None
-        self._context = context
-        return context
-
-
-_CLIENT_DEFAULT_TLS = TLSOptions()
-
-
-def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
-    if token_file:
-        with open(token_file, "rb") as handle:
-            data = handle.read(CLIENT_MAX_TOKEN_BYTES + 1)
-        if len(data) > CLIENT_MAX_TOKEN_BYTES:
-            raise ValueError("token file %r is over %d bytes; expected one token"
-                             % (token_file, CLIENT_MAX_TOKEN_BYTES))
-        try:
-            token = data.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise ValueError("token file %r is not UTF-8 text" % token_file) from None
-        if token:
-            return token
-    for name in env_names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
 
 
 def split_url(url: str) -> Tuple[str, str, int, str]:
@@ -264,6 +182,100 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
     if status < 100:
         raise FetchError("protocol", "status code %d out of range" % status)
     return status, (match.group(2) or b"").decode("latin-1").strip()
+
+
+# ============================================================
+# probed/client.py
+# ============================================================
+"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
+"""
+
+import asyncio
+import errno
+import json
+import os
+import re
+import socket
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+CLIENT_MAX_HEAD_BYTES = 64 * 1024
+CLIENT_RECV_BYTES = 64 * 1024
+CLIENT_MAX_TOKEN_BYTES = 64 * 1024
+
+_CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")
+_CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
+_CLIENT_CONTENT_LENGTH = re.compile(r"[0-9]+\Z")
+
+
+class Response:
+
+    __slots__ = ("status", "reason", "headers", "body", "elapsed")
+
+    def __init__(self, status: int, reason: str, headers: Dict[str, str], body: bytes,
+                 elapsed: float) -> None:
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+        self.elapsed = elapsed
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return "<Response %d %s, %d bytes, %.3fs>" % (
+            self.status, self.reason, len(self.body), self.elapsed)
+
+
+class TLSOptions:
+
+    __slots__ = ("ca_file", "insecure", "_context")
+
+    def __init__(self, ca_file: Optional[str] = None, insecure: bool = False) -> None:
+        self.ca_file = ca_file
+        self.insecure = insecure
+        self._context = None
+
+    def context(self) -> Any:
+        if self._context is not None:
+            return self._context
+        try:
+            ssl = import_ssl()
+        except ImportError:
+            raise FetchError("tls", "https needs the ssl module; this Python has none") from None
+        if self.insecure:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            try:
+                context = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ValueError) as exc:
+                raise FetchError("tls", "cannot load CA file %r: %s" % (
+                    self.ca_file, getattr(exc, "strerror", None) or exc)) from None
+        self._context = context
+        return context
+
+
+_CLIENT_DEFAULT_TLS = TLSOptions()
+
+
+def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
+    if token_file:
+        with open(token_file, "rb") as handle:
+            data = handle.read(CLIENT_MAX_TOKEN_BYTES + 1)
+        if len(data) > CLIENT_MAX_TOKEN_BYTES:
+            raise ValueError("token file %r is over %d bytes; expected one token"
+                             % (token_file, CLIENT_MAX_TOKEN_BYTES))
+        try:
+            token = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError("token file %r is not UTF-8 text" % token_file) from None
+        if token:
+            return token
+    for name in env_names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
 
 
 class _ClientChannel:
