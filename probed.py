@@ -5272,7 +5272,7 @@ class Router:
     def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
         group, bodies, fail_status = route
         query = self.parse_query(req, group, None)
-        if query.exclude or query.overrides:
+        if query.exclude or query.overrides or query.verbose or query.json:
             verdict = self.engine.evaluate(group, query.exclude, query.overrides)
         else:
             verdict = self.engine.verdicts[group]

@@ -156,3 +156,15 @@ def test_connection_close_and_http10_keep_alive_are_honoured():
     keep10 = router.respond(parse_request(
         b"GET /livez HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")[0])
     assert not keep10.close and b"Connection: keep-alive" in keep10.after
+
+
+def test_verbose_counts_the_phase_seconds_up_to_the_request():
+    clock = Clock()
+    engine = Engine([FakeCheck("model", probes="live,ready,started")],
+                    EventLog("text", io.StringIO()), clock=clock, wall=clock)
+    engine.record("model", Observation(False, "connection refused"), 0.0)
+    router = Router(engine)
+    clock.now += 5
+    assert "starting for 5s (connection refused)" in get(router, "/startupz?verbose")[2].decode()
+    clock.now += 307
+    assert "for 312s" in get(router, "/startupz?verbose")[2].decode()
