@@ -36,15 +36,29 @@ def test_a_pipelining_client_cannot_stall_probes_or_grow_memory(start_daemon: An
     before = rss_kb(daemon.proc.pid)
     stop = threading.Event()
 
-    def flood(path: bytes) -> None:  # pipelines requests and never reads a reply
+    def flood(path: bytes) -> None:  # pipelines requests and reads the replies as they come
         request = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
             sock.settimeout(0.2)
+            drain = threading.Thread(target=read_all, args=(sock,))
+            drain.start()
             while not stop.is_set():
                 try:
-                    sock.sendall(request * 2000)
+                    sock.sendall(request * 3000)
                 except (socket.timeout, OSError):
                     time.sleep(0.05)
+            sock.shutdown(socket.SHUT_RDWR)
+            drain.join(timeout=10)
+
+    def read_all(sock: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                if not sock.recv(1 << 20):
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                return
 
     floods = [threading.Thread(target=flood, args=(p,)) for p in (b"/metrics", b"/livez") * 3]
     for thread in floods:
