@@ -2417,8 +2417,18 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
 }
 
 
+class HTTPPollingCheck(Check):
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.request = self.request_settings()
+
+    def request_settings(self) -> HTTPRequestSettings:
+        return HTTPRequestSettings(self.config)
+
+
 @register_check
-class HTTPCheck(Check):
+class HTTPCheck(HTTPPollingCheck):
 
     kind = "http"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -2431,10 +2441,6 @@ class HTTPCheck(Check):
         "hard": Param(parse_status_ranges, help="statuses that are the backend declaring itself "
                                                 "dead (vLLM: 503): fail at once, no fail-after"),
     })
-
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s" % (self.config["method"], self.config["url"])
@@ -2477,7 +2483,7 @@ completion through the OpenAI API, or any JSON POST endpoint with an expected fi
 
 import json
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 API_KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
 INFERENCE_APIS = ("completions", "chat", "json")
@@ -2534,7 +2540,7 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
 
 
 @register_check
-class ModelsCheck(Check):
+class ModelsCheck(HTTPPollingCheck):
 
     kind = "models"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -2542,9 +2548,8 @@ class ModelsCheck(Check):
         "model": Param(str, help="model id that must be listed (default: any)"),
     })
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = api_settings(self.config)
+    def request_settings(self) -> HTTPRequestSettings:
+        return api_settings(self.config)
 
     def target(self) -> str:
         return self.config["url"].rstrip("/") + "/v1/models"
@@ -2567,7 +2572,7 @@ class ModelsCheck(Check):
 
 
 @register_check
-class InferenceCheck(Check):
+class InferenceCheck(HTTPPollingCheck):
 
     kind = "inference"
     default_timeout = 30.0
@@ -2588,13 +2593,15 @@ class InferenceCheck(Check):
 
     def __init__(self, spec: CheckSpec) -> None:
         super().__init__(spec)
-        self.request = api_settings(self.config)
         self.model: Optional[str] = self.config.get("model")
         if self.config["idle-only"] and not self.config.get("metrics-url"):
             if self.config["api"] == "json":
                 raise ConfigError("%s (inference): idle-only=true needs metrics-url=URL with "
                                   "api=json" % spec.origin)
             self.config["metrics-url"] = self.config["url"].rstrip("/") + "/metrics"
+
+    def request_settings(self) -> HTTPRequestSettings:
+        return api_settings(self.config)
 
     def target(self) -> str:
         return self.endpoint()
@@ -2819,7 +2826,7 @@ def judge_bounds(value: float, label: str, config: Mapping[str, Any],
 
 
 @register_check
-class MetricCheck(Check):
+class MetricCheck(HTTPPollingCheck):
 
     kind = "metric"
     params = METRIC_PARAMS
@@ -2830,7 +2837,6 @@ class MetricCheck(Check):
         if recover is not None and (high is None or recover > high):
             raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
                 spec.origin, format_value(recover)))
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s(%s)" % (self.config["url"], self.config["agg"],
@@ -2868,7 +2874,7 @@ PROGRESS_COUNTER = "vllm:generation_tokens_total"
 
 
 @register_check
-class ProgressCheck(Check):
+class ProgressCheck(HTTPPollingCheck):
 
     kind = "progress"
     default_probes = frozenset(("live",))
@@ -2885,7 +2891,6 @@ class ProgressCheck(Check):
 
     def __init__(self, spec: CheckSpec) -> None:
         super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
 
@@ -2947,17 +2952,13 @@ AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 
 
 @register_check
-class AwakeCheck(Check):
+class AwakeCheck(HTTPPollingCheck):
 
     kind = "awake"
     default_probes = frozenset(("ready",))
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
     })
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping"
@@ -3009,7 +3010,7 @@ INFLIGHT_MAX_AGE = 0.0
 
 
 @register_check
-class InflightCheck(Check):
+class InflightCheck(HTTPPollingCheck):
 
     kind = "inflight"
     default_probes = frozenset()
@@ -3019,10 +3020,6 @@ class InflightCheck(Check):
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
     })
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], " + ".join(map(str, self.config["metric"])))
@@ -3046,7 +3043,7 @@ PROCESS_START = "process_start_time_seconds"
 
 
 @register_check
-class ProcessCheck(Check):
+class ProcessCheck(HTTPPollingCheck):
 
     kind = "process"
     default_probes = frozenset()
@@ -3056,10 +3053,6 @@ class ProcessCheck(Check):
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
     })
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], self.config["metric"])
@@ -3096,7 +3089,7 @@ def first_body_line(body: bytes) -> str:
 
 
 @register_check
-class RelayCheck(Check):
+class RelayCheck(HTTPPollingCheck):
 
     kind = "relay"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -3105,10 +3098,6 @@ class RelayCheck(Check):
     })
     default_probes = frozenset(("ready",))
     default_interval = 2.0
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "GET %s" % self.config["url"]
@@ -3286,14 +3275,13 @@ def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tupl
     return False, reason
 
 
-class _RayDashboardCheck(Check):
+class _RayDashboardCheck(HTTPPollingCheck):
 
     default_timeout = 2.0
     default_interval = 5.0
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
         self.base: str = self.config["url"].rstrip("/")
 
     def _fetch(self, path: str, timeout: float, max_body: int,
@@ -4160,10 +4148,9 @@ class ProbeServer:
             self._close(conn)
             return
         reply = future.result()
-        conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
         self._send(conn, self._wire(reply), reply.close)
         if self.conns.get(conn.fd) is conn and not conn.writing and conn.phase != LINGERING:
-            self._serve(conn) if conn.buf else self._watch(conn, read=True)
+            self._serve_or_listen(conn)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
         now = int(time.time())
@@ -4184,15 +4171,23 @@ class ProbeServer:
                 return
             conn.out = data[sent:]
         conn.close_after = conn.close_after or close
-        now = time.monotonic()
         if conn.out:
-            conn.phase, conn.deadline = WRITING, now + self.write_timeout
+            conn.phase, conn.deadline = WRITING, time.monotonic() + self.write_timeout
             self._watch(conn, read=False, write=True)
         elif conn.close_after:
             self._finish(conn)
         elif conn.waiting is None:
-            conn.phase = READING if conn.buf else IDLE
-            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
+            self._await_next(conn)
+
+    def _await_next(self, conn: Connection) -> None:
+        conn.phase = READING if conn.buf else IDLE
+        conn.deadline = time.monotonic() + (self.read_timeout if conn.buf else self.idle_timeout)
+
+    def _serve_or_listen(self, conn: Connection) -> None:
+        if conn.buf:
+            self._serve(conn)
+        else:
+            self._watch(conn, read=True)
 
     def _on_writable(self, conn: Connection) -> None:
         try:
@@ -4212,10 +4207,8 @@ class ProbeServer:
             conn.deadline = float("inf")
             self._watch(conn, read=True)
         else:
-            now = time.monotonic()
-            conn.phase = READING if conn.buf else IDLE
-            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
-            self._serve(conn) if conn.buf else self._watch(conn, read=True)
+            self._await_next(conn)
+            self._serve_or_listen(conn)
 
     def _finish(self, conn: Connection) -> None:
         if not conn.linger and not conn.buf:

@@ -299,10 +299,9 @@ class ProbeServer:
             self._close(conn)
             return
         reply = future.result()
-        conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
         self._send(conn, self._wire(reply), reply.close)
         if self.conns.get(conn.fd) is conn and not conn.writing and conn.phase != LINGERING:
-            self._serve(conn) if conn.buf else self._watch(conn, read=True)
+            self._serve_or_listen(conn)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
         now = int(time.time())
@@ -325,15 +324,24 @@ class ProbeServer:
                 return
             conn.out = data[sent:]
         conn.close_after = conn.close_after or close
-        now = time.monotonic()
         if conn.out:  # backpressure: read no more until this is sent
-            conn.phase, conn.deadline = WRITING, now + self.write_timeout
+            conn.phase, conn.deadline = WRITING, time.monotonic() + self.write_timeout
             self._watch(conn, read=False, write=True)
         elif conn.close_after:
             self._finish(conn)
         elif conn.waiting is None:
-            conn.phase = READING if conn.buf else IDLE
-            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
+            self._await_next(conn)
+
+    def _await_next(self, conn: Connection) -> None:
+        """A reply is out: the next request is partly here (read deadline) or not (idle)."""
+        conn.phase = READING if conn.buf else IDLE
+        conn.deadline = time.monotonic() + (self.read_timeout if conn.buf else self.idle_timeout)
+
+    def _serve_or_listen(self, conn: Connection) -> None:
+        if conn.buf:
+            self._serve(conn)
+        else:
+            self._watch(conn, read=True)
 
     def _on_writable(self, conn: Connection) -> None:
         try:
@@ -353,10 +361,8 @@ class ProbeServer:
             conn.deadline = float("inf")  # still waiting for the deferred reply
             self._watch(conn, read=True)
         else:
-            now = time.monotonic()
-            conn.phase = READING if conn.buf else IDLE
-            conn.deadline = now + (self.read_timeout if conn.buf else self.idle_timeout)
-            self._serve(conn) if conn.buf else self._watch(conn, read=True)
+            self._await_next(conn)
+            self._serve_or_listen(conn)
 
     def _finish(self, conn: Connection) -> None:
         """Close after the last reply; linger when unread input could turn into an RST."""

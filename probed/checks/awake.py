@@ -10,15 +10,15 @@ from typing import Any, Mapping, Tuple
 from ..client import FetchError, fetch
 from ..expfmt import parse_selector
 from ..values import parse_http_url
-from .base import Check, CheckSpec, Observation, Param, register_check
-from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings
+from .base import Check, Observation, Param, register_check
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import scrape_selectors
 
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 
 
 @register_check
-class AwakeCheck(Check):
+class AwakeCheck(HTTPPollingCheck):
     """Passes while every engine is awake (or when the server cannot tell)."""
 
     kind = "awake"
@@ -26,10 +26,6 @@ class AwakeCheck(Check):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
     })
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping"

@@ -64,8 +64,20 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
 }
 
 
+class HTTPPollingCheck(Check):
+    """A check that polls over HTTP: its headers, token source and TLS built once, here."""
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.request = self.request_settings()
+
+    def request_settings(self) -> HTTPRequestSettings:
+        """How this kind's requests authenticate; kinds that speak an API may differ."""
+        return HTTPRequestSettings(self.config)
+
+
 @register_check
-class HTTPCheck(Check):
+class HTTPCheck(HTTPPollingCheck):
     """Passes when the status is in `expect` and the body contains `contains`."""
 
     kind = "http"
@@ -79,10 +91,6 @@ class HTTPCheck(Check):
         "hard": Param(parse_status_ranges, help="statuses that are the backend declaring itself "
                                                 "dead (vLLM: 503): fail at once, no fail-after"),
     })
-
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s" % (self.config["method"], self.config["url"])

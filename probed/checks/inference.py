@@ -7,13 +7,13 @@ stays 200 while its engine core hangs or its Ray workers are gone.
 
 import json
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..client import FetchError, fetch
 from ..scrape import last_progress
 from ..values import ConfigError, parse_bool, parse_http_url, parse_positive_count
 from .base import Check, CheckSpec, Observation, Param, register_check
-from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings, body_snippet
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings, body_snippet
 
 API_KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
 INFERENCE_APIS = ("completions", "chat", "json")
@@ -76,7 +76,7 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
 
 
 @register_check
-class ModelsCheck(Check):
+class ModelsCheck(HTTPPollingCheck):
     """The server lists `model` (or any model) on /v1/models."""
 
     kind = "models"
@@ -85,9 +85,8 @@ class ModelsCheck(Check):
         "model": Param(str, help="model id that must be listed (default: any)"),
     })
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = api_settings(self.config)
+    def request_settings(self) -> HTTPRequestSettings:
+        return api_settings(self.config)
 
     def target(self) -> str:
         return self.config["url"].rstrip("/") + "/v1/models"
@@ -110,7 +109,7 @@ class ModelsCheck(Check):
 
 
 @register_check
-class InferenceCheck(Check):
+class InferenceCheck(HTTPPollingCheck):
     """A tiny completion returns in time: the engine really generates."""
 
     kind = "inference"
@@ -132,13 +131,15 @@ class InferenceCheck(Check):
 
     def __init__(self, spec: CheckSpec) -> None:
         super().__init__(spec)
-        self.request = api_settings(self.config)
         self.model: Optional[str] = self.config.get("model")
         if self.config["idle-only"] and not self.config.get("metrics-url"):
             if self.config["api"] == "json":
                 raise ConfigError("%s (inference): idle-only=true needs metrics-url=URL with "
                                   "api=json" % spec.origin)
             self.config["metrics-url"] = self.config["url"].rstrip("/") + "/metrics"
+
+    def request_settings(self) -> HTTPRequestSettings:
+        return api_settings(self.config)
 
     def target(self) -> str:
         return self.endpoint()

@@ -6,15 +6,15 @@ series are summed (running and waiting over every engine), unlike `metric`'s fal
 """
 
 from ..values import parse_http_url
-from .base import Check, CheckSpec, Observation, Param, register_check
-from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings
+from .base import Check, Observation, Param, register_check
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import format_value, parse_selector_param, scrape_selectors
 
 INFLIGHT_MAX_AGE = 0.0  # a drain decision needs a reading taken after it was asked for
 
 
 @register_check
-class InflightCheck(Check):
+class InflightCheck(HTTPPollingCheck):
     """The sum of every selected series: requests the server is still working on."""
 
     kind = "inflight"
@@ -25,10 +25,6 @@ class InflightCheck(Check):
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
     })
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], " + ".join(map(str, self.config["metric"])))

@@ -13,7 +13,7 @@ from ..expfmt import AGGREGATIONS, ExpositionError, Selector, aggregate, parse_s
 from ..scrape import is_openmetrics, metrics_source, note_progress
 from ..values import ConfigError, format_duration, parse_duration, parse_http_url, parse_number
 from .base import Check, CheckSpec, Observation, Param, register_check
-from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings
 
 
 def parse_selector_param(text: str) -> Selector:
@@ -119,7 +119,7 @@ def judge_bounds(value: float, label: str, config: Mapping[str, Any],
 
 
 @register_check
-class MetricCheck(Check):
+class MetricCheck(HTTPPollingCheck):
     """An aggregated metric within bounds; the observed value is shown and exported."""
 
     kind = "metric"
@@ -131,7 +131,6 @@ class MetricCheck(Check):
         if recover is not None and (high is None or recover > high):
             raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
                 spec.origin, format_value(recover)))
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s(%s)" % (self.config["url"], self.config["agg"],
@@ -169,7 +168,7 @@ PROGRESS_COUNTER = "vllm:generation_tokens_total"
 
 
 @register_check
-class ProgressCheck(Check):
+class ProgressCheck(HTTPPollingCheck):
     """Fails when requests are running but the token counter has stopped rising."""
 
     kind = "progress"
@@ -187,7 +186,6 @@ class ProgressCheck(Check):
 
     def __init__(self, spec: CheckSpec) -> None:
         super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
 

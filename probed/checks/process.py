@@ -8,15 +8,15 @@ to no group by default: its job is to tell the engine, which unlatches `started`
 
 from ..expfmt import parse_selector
 from ..values import format_timestamp, parse_http_url
-from .base import Check, CheckSpec, Observation, Param, register_check
-from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings
+from .base import Check, Observation, Param, register_check
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import parse_selector_param, scrape_selectors
 
 PROCESS_START = "process_start_time_seconds"
 
 
 @register_check
-class ProcessCheck(Check):
+class ProcessCheck(HTTPPollingCheck):
     """Reports the backend's process start time as its incarnation."""
 
     kind = "process"
@@ -27,10 +27,6 @@ class ProcessCheck(Check):
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
     })
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], self.config["metric"])

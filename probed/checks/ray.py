@@ -14,8 +14,8 @@ from typing import Any, Awaitable, Dict, List, Mapping, Optional, Tuple
 
 from ..client import FetchError, Response, fetch
 from ..values import parse_count, parse_http_url
-from .base import Check, Observation, Param, register_check
-from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings, body_snippet
+from .base import Observation, Param, register_check
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, body_snippet
 from .tcp import TCPCheck, parse_tcp_addr
 
 RAY_GCS_HEALTH_PATH = "/api/gcs_healthz"
@@ -137,7 +137,7 @@ def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tupl
     return False, reason
 
 
-class _RayDashboardCheck(Check):
+class _RayDashboardCheck(HTTPPollingCheck):
     """What `ray` and `ray-agent` share: an HTTP base URL and its request settings."""
 
     default_timeout = 2.0
@@ -145,7 +145,6 @@ class _RayDashboardCheck(Check):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
         self.base: str = self.config["url"].rstrip("/")
 
     def _fetch(self, path: str, timeout: float, max_body: int,

@@ -8,8 +8,8 @@ a redirect.
 
 from ..client import FetchError, fetch
 from ..values import parse_http_url
-from .base import Check, CheckSpec, Observation, Param, register_check
-from .http import HTTP_COMMON_PARAMS, HTTPRequestSettings
+from .base import Check, Observation, Param, register_check
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 
 RELAY_MAX_BODY = 64 * 1024  # a probe reply is a line or a small JSON document
 RELAY_LINE_CHARS = 200  # of the remote's first line, in reasons and logs
@@ -23,7 +23,7 @@ def first_body_line(body: bytes) -> str:
 
 
 @register_check
-class RelayCheck(Check):
+class RelayCheck(HTTPPollingCheck):
     """Passes while the remote endpoint answers 2xx."""
 
     kind = "relay"
@@ -33,10 +33,6 @@ class RelayCheck(Check):
     })
     default_probes = frozenset(("ready",))
     default_interval = 2.0
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.request = HTTPRequestSettings(self.config)
 
     def target(self) -> str:
         return "GET %s" % self.config["url"]
