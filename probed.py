@@ -933,7 +933,7 @@ syntax selectors share with the exposition formats (expfmt re-exports what it of
 """
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Pattern, Sequence, Tuple, cast
 
 AGGREGATIONS = ("sum", "max", "min", "avg", "count")
 PROM_NAME_PATTERN = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -997,7 +997,7 @@ class Selector:
             elif op == "!=":
                 ok = have != want
             else:
-                ok = (want.fullmatch(have) is None) == (op == "!~")
+                ok = (cast(Pattern[str], want).fullmatch(have) is None) == (op == "!~")
             if not ok:
                 return False
         return True
@@ -1016,6 +1016,7 @@ class Selector:
 
 def parse_selector(text: str) -> Selector:
     head = _PROMSEL_HEAD_RE.match(text)
+    assert head is not None
     name, pos = head.group(1), head.end()
     matchers = []
     if text.startswith("{", pos):
@@ -1038,7 +1039,9 @@ def parse_selector(text: str) -> Selector:
             else:
                 matchers.append((label, op, value))
             pos = item.end()
-        pos = _PROMSEL_CLOSE_RE.match(text, pos).end()
+        close = _PROMSEL_CLOSE_RE.match(text, pos)
+        assert close is not None
+        pos = close.end()
     if pos != len(text):
         raise ValueError("selector %r: unexpected %s at position %d"
                          % (text, prom_excerpt(text[pos:]), pos))
@@ -1306,7 +1309,9 @@ def _expfmt_explain(line: str, om: bool) -> str:
         return "malformed comment %s: expected %s" % (prom_excerpt(line), (
             "'# HELP name text', '# TYPE name type' or '# any comment'",
             "'# HELP name text', '# TYPE name type' or '# UNIT name unit', single spaces")[om])
-    name, labels, value, stamp = _EXPFMT_ROUGH_RE.match(line).groups()
+    rough = _EXPFMT_ROUGH_RE.match(line)
+    assert rough is not None
+    name, labels, value, stamp = rough.groups()
     if name and not PROM_NAME_RE.fullmatch(name):
         return "invalid metric name %s" % prom_excerpt(name)
     if labels is not None and not _EXPFMT_LABELSET_RE[om].fullmatch(labels):
@@ -2630,7 +2635,7 @@ class InferenceCheck(HTTPPollingCheck):
 
     def busy(self) -> bool:
         url = self.config.get("metrics-url")
-        return bool(url) and time.monotonic() - last_progress(url) < self.spec.interval
+        return url is not None and time.monotonic() - last_progress(url) < self.spec.interval
 
     async def request_body(self) -> bytes:
         api = self.config["api"]
@@ -2919,9 +2924,10 @@ class ProgressCheck(HTTPPollingCheck):
         self.last_counter = counter
         flat_for = now - self.flat_since
         reset = last is not None and counter < last
+        shown_last = format_value(last) if last is not None else ""
         detail = {"running": running, "counter": counter, "flat_seconds": round(flat_for, 3)}
         return Observation(True, "", flat_for, detail=detail, restart="%s went back from %s to %s" % (
-            self.config["counter"].name, format_value(last), format_value(counter)) if reset else "")
+            self.config["counter"].name, shown_last, format_value(counter)) if reset else "")
 
     def forget(self) -> None:
         self.last_counter = None
@@ -5695,7 +5701,8 @@ def _optional_duration(text: str) -> Optional[float]:
     return None if text.strip().lower() in ("", "0", "off", "none") else parse_duration(text)
 
 
-SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
+OptionRow = Tuple[str, Callable[[str], Any], Any, str]
+_DAEMON_OPTIONS: List[OptionRow] = [
     ("--addr", parse_host_port, ("", 8080), "probe listener: :8080 (all, IPv4+IPv6), "
                                             "0.0.0.0:8080, [::1]:8080"),
     ("--read-timeout", parse_duration, 10.0, "time to receive a whole request"),
@@ -5719,7 +5726,8 @@ SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
                                              "(default: off)"),
     ("--admin-token-file", str, None, "every admin call must send Authorization: Bearer "
                                       "<this file's token> (re-read when it changes)"),
-] + PRESET_OPTIONS
+]
+SERVE_OPTIONS: List[OptionRow] = _DAEMON_OPTIONS + PRESET_OPTIONS
 
 EPILOG = """check kinds and keys: see README.md ("Checks"). Examples:
   probed --vllm http://127.0.0.1:8000 --max-waiting 32

@@ -280,7 +280,9 @@ def _expfmt_explain(line: str, om: bool) -> str:
         return "malformed comment %s: expected %s" % (prom_excerpt(line), (
             "'# HELP name text', '# TYPE name type' or '# any comment'",
             "'# HELP name text', '# TYPE name type' or '# UNIT name unit', single spaces")[om])
-    name, labels, value, stamp = _EXPFMT_ROUGH_RE.match(line).groups()
+    rough = _EXPFMT_ROUGH_RE.match(line)
+    assert rough is not None  # every part of the rough pattern may be empty
+    name, labels, value, stamp = rough.groups()
     if name and not PROM_NAME_RE.fullmatch(name):
         return "invalid metric name %s" % prom_excerpt(name)
     if labels is not None and not _EXPFMT_LABELSET_RE[om].fullmatch(labels):

@@ -5,7 +5,7 @@ Pure functions; no I/O here. A bad selector or aggregation raises ValueError say
 """
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Pattern, Sequence, Tuple, cast
 
 AGGREGATIONS = ("sum", "max", "min", "avg", "count")
 PROM_NAME_PATTERN = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -73,7 +73,7 @@ class Selector:
             elif op == "!=":
                 ok = have != want
             else:
-                ok = (want.fullmatch(have) is None) == (op == "!~")
+                ok = (cast(Pattern[str], want).fullmatch(have) is None) == (op == "!~")
             if not ok:
                 return False
         return True
@@ -97,6 +97,7 @@ def parse_selector(text: str) -> Selector:
     `__name__="x"` also names the metric. Raises ValueError saying where the syntax broke.
     """
     head = _PROMSEL_HEAD_RE.match(text)
+    assert head is not None  # the head pattern matches the empty string
     name, pos = head.group(1), head.end()
     matchers = []  # type: List[Tuple[str, str, str]]
     if text.startswith("{", pos):
@@ -119,7 +120,9 @@ def parse_selector(text: str) -> Selector:
             else:
                 matchers.append((label, op, value))
             pos = item.end()
-        pos = _PROMSEL_CLOSE_RE.match(text, pos).end()
+        close = _PROMSEL_CLOSE_RE.match(text, pos)
+        assert close is not None  # the loop above ends only where it matches
+        pos = close.end()
     if pos != len(text):
         raise ValueError("selector %r: unexpected %s at position %d"
                          % (text, prom_excerpt(text[pos:]), pos))

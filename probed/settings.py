@@ -41,7 +41,8 @@ def _optional_duration(text: str) -> Optional[float]:
 
 
 # (flag, parser, default, help). dest is the flag without dashes, '-' -> '_'.
-SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
+OptionRow = Tuple[str, Callable[[str], Any], Any, str]
+_DAEMON_OPTIONS: List[OptionRow] = [
     ("--addr", parse_host_port, ("", 8080), "probe listener: :8080 (all, IPv4+IPv6), "
                                             "0.0.0.0:8080, [::1]:8080"),
     ("--read-timeout", parse_duration, 10.0, "time to receive a whole request"),
@@ -65,7 +66,8 @@ SERVE_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
                                              "(default: off)"),
     ("--admin-token-file", str, None, "every admin call must send Authorization: Bearer "
                                       "<this file's token> (re-read when it changes)"),
-] + PRESET_OPTIONS
+]
+SERVE_OPTIONS: List[OptionRow] = _DAEMON_OPTIONS + PRESET_OPTIONS
 
 EPILOG = """check kinds and keys: see README.md ("Checks"). Examples:
   probed --vllm http://127.0.0.1:8000 --max-waiting 32

@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"  # copies of real captures; see its README.md
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -6,7 +6,7 @@ that `ray start`. Stopping a node signals exactly the live processes of that ses
 process whose command line holds this cluster's private --temp-dir; nothing else. Never
 `ray stop`: it kills every Ray process on the machine. Every wait is bounded.
 
-Facts this relies on (Ray 2.60, see shared/fixtures/ray/README.md):
+Facts this relies on (Ray 2.60, see tests/fixtures/ray/README.md):
 - Node IPs are 127.0.0.2, .3 ...: Ray rewrites 127.0.0.1 to the host's routable address.
 - Two nodes on one host need their own dashboard agent port (the agent binds 127.0.0.1 too)
   and metrics port; the head's Ray client port (10001) and the autoscaler and dashboard metrics

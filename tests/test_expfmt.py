@@ -17,7 +17,7 @@ import pytest
 from probed.expfmt import (AGGREGATIONS, ExpositionError, Selector, aggregate, parse_samples,
                            parse_selector, select_series)
 
-METRICS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "metrics"
+METRICS = Path(__file__).resolve().parent / "fixtures" / "metrics"
 PC_DIR, OM_DIR = METRICS / "prometheus_common", METRICS / "openmetrics_testdata"
 VLLM = (METRICS / "real" / "vllm_inferstack-real.txt").read_bytes()
 LLAMACPP = (METRICS / "real" / "llamacpp_llamesh-testdata.txt").read_bytes()

@@ -4,7 +4,7 @@ Each check is built from the `KIND key=value` text users write (`build_spec` +
 `CHECK_KINDS[kind]`), its `observe()` scrapes a loopback server under `asyncio.run`, and
 `judge()` turns the observation into a verdict, with per-request overrides where the daemon
 would apply `?NAME.KEY=VALUE`. The bodies are the real captures in
-`shared/fixtures/metrics/real/` (vLLM 0.29.0 V1 and llama.cpp) and variants built from the
+`tests/fixtures/metrics/real/` (vLLM 0.29.0 V1 and llama.cpp) and variants built from the
 vLLM one: eight data-parallel engines, a sleeping engine, the pre-0.9 `gpu_cache` name.
 
 Every test scrapes a URL no other test used (a unique path prefix): the shared scrape cache
@@ -31,7 +31,7 @@ from probed.engine import poll_once
 from probed.values import ConfigError
 from probed.verdicts import CheckState
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REAL = FIXTURES / "metrics" / "real"
 VLLM_REAL = (REAL / "vllm_inferstack-real.txt").read_bytes()
 LLAMACPP_REAL = (REAL / "llamacpp_llamesh-testdata.txt").read_bytes()

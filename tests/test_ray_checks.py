@@ -1,4 +1,4 @@
-"""Ray check kinds against every captured Ray scenario (shared/fixtures/ray), fast and offline.
+"""Ray check kinds against every captured Ray scenario (tests/fixtures/ray), fast and offline.
 
 Pure parts (node summary, judging, agent replies) get the captured bodies directly; `observe()`
 gets them from a loopback server that replays each capture: its status and body, a hang where
@@ -26,7 +26,7 @@ from probed.checks.ray import (
 )
 from probed.values import ConfigError
 
-RAY_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ray"
+RAY_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ray"
 HEARTBEATS = "Unexpected termination: health check failed due to missing too many heartbeats"
 SIGTERM = "Expected termination: received SIGTERM"
 GCS_TIMED_OUT = "Timed out while waiting for GCS to become available."

@@ -3,7 +3,7 @@
 Each state is checked by what a probe sees on the wire: connection refused, /health codes and
 bodies, /metrics values (read with probed's own exposition parser), inference replies, and the
 control port. The /metrics layout is also checked against the real vLLM 0.29 capture in
-../shared/fixtures/metrics/real. Delays are short (tenths of a second); every wait is bounded.
+tests/fixtures/metrics/real. Delays are short (tenths of a second); every wait is bounded.
 """
 
 import asyncio
@@ -29,7 +29,7 @@ from probed.vllmsim_api import (SIM_STATES, SimEngineValues, SimMetricsSnapshot,
 from probed.vllmsim_cli import sim_main
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REAL_VLLM = FIXTURES / "metrics" / "real" / "vllm_inferstack-real.txt"
 WAIT = 5.0  # upper bound of every "until" loop (functional bound, not a timing assertion)
 DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."

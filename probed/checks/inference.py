@@ -170,7 +170,7 @@ class InferenceCheck(HTTPPollingCheck):
     def busy(self) -> bool:
         """Whether the progress check of `metrics-url` saw tokens rise within one interval."""
         url = self.config.get("metrics-url")
-        return bool(url) and time.monotonic() - last_progress(url) < self.spec.interval
+        return url is not None and time.monotonic() - last_progress(url) < self.spec.interval
 
     async def request_body(self) -> bytes:
         """The POST body; finds the model on /v1/models the first time it is needed."""

@@ -215,9 +215,10 @@ class ProgressCheck(HTTPPollingCheck):
         self.last_counter = counter
         flat_for = now - self.flat_since
         reset = last is not None and counter < last
+        shown_last = format_value(last) if last is not None else ""
         detail = {"running": running, "counter": counter, "flat_seconds": round(flat_for, 3)}
         return Observation(True, "", flat_for, detail=detail, restart="%s went back from %s to %s" % (
-            self.config["counter"].name, format_value(last), format_value(counter)) if reset else "")
+            self.config["counter"].name, shown_last, format_value(counter)) if reset else "")
 
     def forget(self) -> None:
         self.last_counter = None
