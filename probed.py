@@ -19,11 +19,12 @@
 #     probed/expfmt.py
 #     probed/scrape.py
 #     probed/values.py
+#     probed/beatregistry.py
+#     probed/beat.py
 #     probed/checkcmd.py
 #     probed/checks/base.py
 #     probed/checks/exec.py
 #     probed/checks/heartbeat.py
-#     probed/beat.py
 #     probed/checks/http.py
 #     probed/checks/inference.py
 #     probed/checks/manual.py
@@ -1435,7 +1436,7 @@ def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optio
 
 import asyncio
 import time
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 SCRAPE_MAX_BODY = 16 << 20
 
@@ -1473,31 +1474,37 @@ class MetricsSource:
         self.taken_at = time.monotonic()
 
 
-_SOURCES: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], MetricsSource] = {}
+SourceKey = Tuple[Any, ...]
 
 
-def metrics_source(url: str, headers: Optional[Mapping[str, str]] = None,
-                   tls: Optional[TLSOptions] = None) -> MetricsSource:
-    key = (url, tuple(sorted((headers or {}).items())))
-    source = _SOURCES.get(key)
-    if source is None:
-        source = _SOURCES[key] = MetricsSource(url, headers, tls)
-    return source
+class ScrapeHub:
+
+    def __init__(self) -> None:
+        self.sources: Dict[SourceKey, MetricsSource] = {}
+
+    def source(self, url: str, key: SourceKey, headers: Optional[Mapping[str, str]] = None,
+               tls: Optional[TLSOptions] = None) -> MetricsSource:
+        full = (url,) + tuple(key)
+        source = self.sources.get(full)
+        if source is None:
+            source = self.sources[full] = MetricsSource(url, headers, tls)
+        return source
 
 
 def is_openmetrics(response: Response) -> Optional[bool]:
     return True if "openmetrics" in response.headers.get("content-type", "") else None
 
 
-_PROGRESS_AT: Dict[str, float] = {}
+class ProgressBoard:
 
+    def __init__(self) -> None:
+        self.rose_at: Dict[str, float] = {}
 
-def note_progress(url: str, when: float) -> None:
-    _PROGRESS_AT[url] = when
+    def note(self, url: str, when: float) -> None:
+        self.rose_at[url] = when
 
-
-def last_progress(url: str) -> float:
-    return _PROGRESS_AT.get(url, float("-inf"))
+    def last(self, url: str) -> float:
+        return self.rose_at.get(url, float("-inf"))
 
 
 # ============================================================
@@ -1647,383 +1654,18 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
 
 
 # ============================================================
-# probed/checkcmd.py
+# probed/beatregistry.py
 # ============================================================
-"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
+"""Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 """
 
-import argparse
-import asyncio
-import os
-import sys
-from typing import Dict, Sequence
-
-CHECK_EXIT_PASS, CHECK_EXIT_FAIL, CHECK_EXIT_USAGE, CHECK_EXIT_UNREACHABLE = 0, 1, 2, 3
-CHECK_DEFAULT_TIMEOUT = 1.0
-CHECK_MAX_BODY = 16 << 20
-CHECK_FAIL_STATUS = 400
-
-
-def _check_timeout(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("%s (e.g. 1s, 500ms, 2.5)" % exc) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
-    return value
-
-
-def build_check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="probed check", description="GET a URL once; the exit code is the verdict: "
-        "0 pass (status < 400), 1 fail (status >= 400), 2 usage error, 3 unreachable or "
-        "timed out.")
-    parser.add_argument("url", help="http:// or https:// URL, e.g. "
-                                    "http://127.0.0.1:8080/readyz")
-    parser.add_argument("--timeout", type=_check_timeout, default=CHECK_DEFAULT_TIMEOUT,
-                        metavar="DURATION", help="deadline for the whole request (default 1s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print the body too")
-    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
-                        help="extra request header (repeatable)")
-    parser.add_argument("-k", "--insecure", action="store_true",
-                        help="https: do not verify the server certificate")
-    parser.add_argument("--ca-file", metavar="PEM", help="https: trust this CA bundle")
-    return parser
-
-
-def _check_headers(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
-    headers: Dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            parser.error("-H %r: expected 'Name: value'" % item)
-        headers[name.strip()] = value.strip()
-    return headers
-
-
-def print_check_result(response: Response, verbose: bool) -> None:
-    print(("%d %s" % (response.status, response.reason)).rstrip())
-    if verbose and response.body:
-        sys.stdout.flush()
-        out = getattr(sys.stdout, "buffer", None)
-        if out is not None:
-            out.write(response.body)
-            if not response.body.endswith(b"\n"):
-                out.write(b"\n")
-            out.flush()
-        else:
-            text = response.body.decode("utf-8", "replace")
-            print(text, end="" if text.endswith("\n") else "\n")
-
-
-def check_main(argv: Sequence[str]) -> int:
-    parser = build_check_parser()
-    args = parser.parse_args(list(argv))
-    headers = _check_headers(parser, args.header)
-    if args.ca_file and not os.path.isfile(args.ca_file):
-        parser.error("--ca-file %s: no such file" % args.ca_file)
-    tls = TLSOptions(args.ca_file, args.insecure) if args.ca_file or args.insecure else None
-    try:
-        response = asyncio.run(fetch(args.url, headers=headers, timeout=args.timeout,
-                                     max_body=CHECK_MAX_BODY, tls=tls))
-    except ValueError as exc:
-        print("probed check: error: %s: %s" % (args.url, exc), file=sys.stderr)
-        return CHECK_EXIT_USAGE
-    except FetchError as exc:
-        print("probed check: %s: %s" % (args.url, exc), file=sys.stderr)
-        return CHECK_EXIT_UNREACHABLE
-    except OSError as exc:
-        print("probed check: %s: %s" % (args.url, exc.strerror or exc), file=sys.stderr)
-        return CHECK_EXIT_UNREACHABLE
-    print_check_result(response, args.verbose)
-    return CHECK_EXIT_FAIL if response.status >= CHECK_FAIL_STATUS else CHECK_EXIT_PASS
-
-
-# ============================================================
-# probed/checks/base.py
-# ============================================================
-"""The one contract every check kind follows (kube-apiserver healthz style).
-"""
-
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Type
-
-
-class Observation:
-
-    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "incarnation",
-                 "restart")
-
-    def __init__(
-        self,
-        ok: bool,
-        reason: str = "",
-        value: Optional[float] = None,
-        hard: bool = False,
-        detail: Optional[Dict[str, Any]] = None,
-        raw: Any = None,
-        refused: bool = False,
-        incarnation: Optional[float] = None,
-        restart: str = "",
-    ) -> None:
-        self.ok = ok
-        self.reason = reason
-        self.value = value
-        self.hard = hard
-        self.detail = detail
-        self.raw = raw
-        self.refused = refused
-        self.incarnation = incarnation
-        self.restart = restart
-
-    def __repr__(self) -> str:
-        return "Observation(ok=%r, reason=%r, value=%r, hard=%r)" % (
-            self.ok, self.reason, self.value, self.hard)
-
-
-class Param:
-
-    __slots__ = ("parse", "default", "required", "secret", "help", "overridable", "repeat")
-
-    def __init__(
-        self,
-        parse: Callable[[str], Any],
-        default: Any = None,
-        required: bool = False,
-        secret: bool = False,
-        help: str = "",
-        overridable: bool = False,
-        repeat: bool = False,
-    ) -> None:
-        self.parse = parse
-        self.default = default
-        self.required = required
-        self.secret = secret
-        self.help = help
-        self.overridable = overridable
-        self.repeat = repeat
-
-
-COMMON_PARAMS: Dict[str, Param] = {
-    "name": Param(str, help="check name (default: the kind)"),
-    "probes": Param(parse_probes, help="groups this check counts in: live,ready,started"),
-    "interval": Param(parse_duration, help="time between polls"),
-    "timeout": Param(parse_duration, help="hard deadline of one poll"),
-    "fail-after": Param(parse_positive_count, help="consecutive failures before failing"),
-    "pass-after": Param(parse_positive_count, help="consecutive passes before passing"),
-    "stale-after": Param(parse_duration, help="a result older than this counts as failed"),
-    "start-interval": Param(parse_duration, help="poll interval until started latches"),
-}
-
-
-class CheckSpec:
-
-    __slots__ = ("kind", "name", "probes", "interval", "timeout", "fail_after", "pass_after",
-                 "stale_after", "params", "origin", "start_interval", "shown")
-
-    def __init__(self, kind: str, name: str, probes: FrozenSet[str], interval: float,
-                 timeout: float, fail_after: int, pass_after: int, stale_after: float,
-                 params: Dict[str, Any], origin: str = "",
-                 start_interval: Optional[float] = None) -> None:
-        self.kind = kind
-        self.name = name
-        self.probes = probes
-        self.interval = interval
-        self.timeout = timeout
-        self.fail_after = fail_after
-        self.pass_after = pass_after
-        self.stale_after = stale_after
-        self.params = params
-        self.origin = origin
-        self.start_interval = start_interval
-        self.shown: Dict[str, Any] = {}
-
-
-class Check:
-
-    kind: ClassVar[str] = ""
-    params: ClassVar[Dict[str, Param]] = {}
-    default_probes: ClassVar[FrozenSet[str]] = frozenset(("ready", "started"))
-    default_interval: ClassVar[float] = 10.0
-    default_timeout: ClassVar[float] = 1.0
-
-    def __init__(self, spec: CheckSpec) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.config: Dict[str, Any] = spec.params
-
-    async def observe(self) -> Observation:
-        raise NotImplementedError
-
-    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
-        return obs.ok, obs.reason
-
-    def target(self) -> str:
-        return ""
-
-    def forget(self) -> None:
-        """The backend restarted: drop history kept between polls (counters, rates)."""
-
-    def parse_override(self, key: str, text: str) -> Any:
-        param = self.params.get(key)
-        if param is None or not param.overridable:
-            allowed = sorted(k for k, p in self.params.items() if p.overridable)
-            raise ConfigError("check %r has no overridable key %r (expected one of: %s)" % (
-                self.name, key, ", ".join(allowed) or "none"))
-        try:
-            return param.parse(text)
-        except ValueError as exc:
-            raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
-
-
-CHECK_KINDS: Dict[str, Type[Check]] = {}
-
-
-def register_check(cls: Type[Check]) -> Type[Check]:
-    if cls.kind in CHECK_KINDS:
-        raise RuntimeError("check kind %r registered twice" % cls.kind)
-    CHECK_KINDS[cls.kind] = cls
-    return cls
-
-
-# ============================================================
-# probed/checks/exec.py
-# ============================================================
-"""Check kind `exec`: runs a command; exit 0 within the timeout passes.
-"""
-
-import asyncio
-import os
-import shlex
-import signal
-from typing import Any, List
-
-EXEC_OUTPUT_CAP = 64 * 1024
-EXEC_REAP_SECONDS = 1.0
-
-
-def parse_command(text: str) -> List[str]:
-    try:
-        argv = shlex.split(text)
-    except ValueError as exc:
-        raise ValueError("expected a command line: %s" % exc) from None
-    if not argv:
-        raise ValueError("expected a command")
-    return argv
-
-
-class ExecOutput:
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        self.kept = b""
-        self.done = asyncio.Event()
-        loop.add_reader(self.read_fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        try:
-            chunk = os.read(self.read_fd, 8192)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.done.set()
-            self.loop.remove_reader(self.read_fd)
-        elif len(self.kept) < EXEC_OUTPUT_CAP:
-            self.kept += chunk[:EXEC_OUTPUT_CAP - len(self.kept)]
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.read_fd)
-        for fd in (self.read_fd, self.write_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.read_fd = self.write_fd = -1
-
-    def close_write_end(self) -> None:
-        os.close(self.write_fd)
-        self.write_fd = -1
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-@register_check
-class ExecCheck(Check):
-
-    kind = "exec"
-    params = {"cmd": Param(parse_command, required=True, help="command line (no shell)")}
-
-    def target(self) -> str:
-        return " ".join(shlex.quote(a) for a in self.config["cmd"])
-
-    async def observe(self) -> Observation:
-        argv = self.config["cmd"]
-        output = ExecOutput(asyncio.get_running_loop())
-        try:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output.write_fd,
-                    stderr=output.write_fd, start_new_session=True)
-            except OSError as exc:
-                return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
-            output.close_write_end()
-            code = await self.wait(proc)
-            try:
-                await asyncio.wait_for(output.done.wait(), EXEC_REAP_SECONDS)
-            except asyncio.TimeoutError:
-                pass
-            lines = output.kept.decode("utf-8", "replace").strip().splitlines()
-        finally:
-            output.close()
-        last = lines[-1][:200] if lines else ""
-        if code == 0:
-            return Observation(True, last or "exit 0", 0.0)
-        return Observation(False, "exit %d%s" % (code, (": " + last) if last else ""), float(code))
-
-    async def wait(self, proc: Any) -> int:
-        try:
-            code = await proc.wait()
-        except asyncio.CancelledError:
-            _kill_group(proc.pid)
-            try:
-                await asyncio.wait_for(proc.wait(), EXEC_REAP_SECONDS)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
-            raise
-        _kill_group(proc.pid)
-        return code
-
-
-# ============================================================
-# probed/checks/heartbeat.py
-# ============================================================
-"""Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
-"""
-
-import asyncio
-import fnmatch
-import glob
-import itertools
-import os
 import re
-import stat
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Tuple
 
 HEARTBEAT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 HEARTBEAT_MAX_WORKERS = 1024
 HEARTBEAT_FORGET_AFTER = 3600.0
-HEARTBEAT_DEFAULT_WINDOW = 60.0
-HEARTBEAT_REASON_NAMES = 12
-HEARTBEAT_CLOCK_SLACK = 1.0
-_HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
 
 WorkerAges = Tuple[Tuple[str, float], ...]
 
@@ -2033,13 +1675,6 @@ def parse_beat_name(text: str) -> str:
         raise ValueError("expected 1-128 letters, digits, '.', '_' or '-', starting with a "
                          "letter or digit")
     return text
-
-
-def parse_window(text: str) -> float:
-    value = parse_duration(text)
-    if not value > 0:
-        raise ValueError("expected a duration above 0, e.g. 30s")
-    return value
 
 
 class HeartbeatRegistryFull(Exception):
@@ -2074,173 +1709,6 @@ class HeartbeatRegistry:
     def ages(self) -> WorkerAges:
         now = self.clock()
         return tuple((name, now - at) for name, at in sorted(self.beats.items()))
-
-
-def _heartbeat_fixed_prefix(pattern: str) -> str:
-    fixed = itertools.takewhile(lambda part: not _HEARTBEAT_GLOB_CHARS.search(part),
-                                pattern.split(os.sep)[:-1])
-    return os.sep.join(fixed) or ("." if not pattern.startswith(os.sep) else os.sep)
-
-
-def _heartbeat_candidates(path: str) -> List[Tuple[str, str]]:
-    limit = HEARTBEAT_MAX_WORKERS + 1
-    if _HEARTBEAT_GLOB_CHARS.search(path):
-        prefix = _heartbeat_fixed_prefix(path)
-        return [(os.path.relpath(m, prefix), m) for m in itertools.islice(glob.iglob(path), limit)]
-    if os.path.isdir(path):
-        with os.scandir(path) as entries:
-            visible = (e for e in entries if not e.name.startswith("."))
-            return [(e.name, e.path) for e in itertools.islice(visible, limit)]
-    if not os.path.exists(path):
-        raise FileNotFoundError("%s: no such file or directory" % path)
-    return [(os.path.basename(path), path)]
-
-
-def scan_beat_files(path: str) -> WorkerAges:
-    found = _heartbeat_candidates(path)
-    if len(found) > HEARTBEAT_MAX_WORKERS:
-        raise OSError("%s matches more than %d files; narrow the path" % (
-            path, HEARTBEAT_MAX_WORKERS))
-    mtimes: List[Tuple[str, float]] = []
-    for name, file_path in found:
-        try:
-            st = os.stat(file_path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            mtimes.append((name, st.st_mtime))
-    now = time.time()
-    return tuple(sorted((name, now - mtime) for name, mtime in mtimes))
-
-
-def heartbeat_fresh(age: float, window: float) -> bool:
-    return -HEARTBEAT_CLOCK_SLACK <= age <= window
-
-
-def _heartbeat_age_text(age: float) -> str:
-    if age < -HEARTBEAT_CLOCK_SLACK:
-        return "%s in the future" % format_duration(round(-age))
-    age = max(age, 0.0)
-    return format_duration(round(age) if age >= 10 else round(age, 1))
-
-
-def heartbeat_roster(silent: Sequence[Tuple[str, float]], fresh: Sequence[Tuple[str, float]],
-                     missing: int) -> str:
-    budget = HEARTBEAT_REASON_NAMES
-
-    def names(rows: Sequence[Tuple[str, float]]) -> str:
-        nonlocal budget
-        shown = ["%s %s" % (n, _heartbeat_age_text(a)) for n, a in rows[:budget]]
-        budget -= len(shown)
-        more = len(rows) - len(shown)
-        return ", ".join(shown + (["+%d more" % more] if more else []))
-
-    parts = ["silent: " + names(sorted(silent, key=lambda r: -r[1]))] if silent else []
-    if missing:
-        parts.append("missing: %d never beat" % missing)
-    if fresh:
-        parts.append("fresh: " + names(sorted(fresh, key=lambda r: r[1])))
-    return "; ".join(parts) or "no worker has beaten yet"
-
-
-@register_check
-class HeartbeatCheck(Check):
-
-    kind = "heartbeat"
-    params = {
-        "path": Param(str, help="beat files: a directory, a glob or one file (mtime = beat); "
-                                "without it workers POST /heartbeat/NAME to the admin listener"),
-        "match": Param(str, help="only worker names matching this glob, e.g. enc-*"),
-        "expect": Param(parse_positive_count, overridable=True,
-                        help="workers that should exist (Y); missing ones count as silent"),
-        "min-fresh": Param(parse_count, overridable=True,
-                           help="pass when at least X workers beat within the window"),
-        "max-silent": Param(parse_count, overridable=True,
-                            help="pass when at most this many workers are silent"),
-        "window": Param(parse_window, default=HEARTBEAT_DEFAULT_WINDOW, overridable=True,
-                        help="a beat older than this is silent (T)"),
-    }
-    default_probes = frozenset(("live", "ready", "started"))
-    default_interval = 2.0
-
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
-        self.path: Optional[str] = self.config.get("path") or None
-        expect, min_fresh = self.config.get("expect"), self.config.get("min-fresh")
-        if expect is not None and min_fresh is not None and min_fresh > expect:
-            raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
-                              "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
-        self.registry = HeartbeatRegistry()
-        self._scan: Optional["asyncio.Future[WorkerAges]"] = None
-
-    @property
-    def pushed(self) -> bool:
-        return self.path is None
-
-    def target(self) -> str:
-        where = self.path if self.path else "POST /heartbeat/NAME"
-        return where + (" match=%s" % self.config["match"] if self.config.get("match") else "")
-
-    async def observe(self) -> Observation:
-        if self.path is None:
-            workers = self.registry.ages()
-        else:
-            if self._scan is not None and not self._scan.done():
-                return Observation(False, "%s: the previous scan is still running (slow "
-                                          "volume?)" % self.path)
-            if self._scan is not None and not self._scan.cancelled():
-                self._scan.exception()
-            self._scan = asyncio.get_running_loop().run_in_executor(None, scan_beat_files,
-                                                                    self.path)
-            try:
-                workers = await asyncio.shield(self._scan)
-            except OSError as exc:
-                own = bool(exc.args) and isinstance(exc.args[0], str)
-                return Observation(False, str(exc) if own else "%s: %s" % (
-                    self.path, exc.strerror or exc))
-        pattern = self.config.get("match")
-        if pattern:
-            workers = tuple(w for w in workers if fnmatch.fnmatchcase(w[0], pattern))
-        window = self.config["window"]
-        detail = {"source": "push" if self.path is None else "files",
-                  "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
-        fresh = sum(1 for _, a in workers if heartbeat_fresh(a, window))
-        return Observation(True, "", float(fresh), detail=detail, raw=workers)
-
-    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
-        workers: Optional[WorkerAges] = obs.raw
-        if workers is None:
-            return False, obs.reason
-        window, expect = config["window"], config.get("expect")
-        fresh = [w for w in workers if heartbeat_fresh(w[1], window)]
-        silent = [w for w in workers if not heartbeat_fresh(w[1], window)]
-        missing = max(0, expect - len(workers)) if expect else 0
-        silent_count = max(0, expect - len(fresh)) if expect else len(silent)
-        min_fresh, max_silent = config.get("min-fresh"), config.get("max-silent")
-        if min_fresh is None and max_silent is None:
-            max_silent = 0
-        floor = min_fresh if min_fresh is not None else 1
-        summary = "%d of %d workers beat within %s" % (
-            len(fresh), expect or len(workers), format_duration(window))
-        if expect and len(fresh) > expect:
-            summary = "%d workers beat within %s (%d expected)" % (
-                len(fresh), format_duration(window), expect)
-        wants = []
-        if max_silent is not None and silent_count > max_silent:
-            wants.append("%d silent, at most %d allowed" % (silent_count, max_silent))
-        if len(fresh) < floor and (min_fresh is not None or not wants):
-            wants.append("need %d" % floor)
-        if not wants:
-            return True, summary
-        return False, "%s (%s): %s" % (summary, ", ".join(wants),
-                                       heartbeat_roster(silent, fresh, missing))
-
-
-def share_heartbeat_registry(checks: Sequence[Check], registry: HeartbeatRegistry) -> int:
-    pushed = [c for c in checks if isinstance(c, HeartbeatCheck) and c.pushed]
-    for check in pushed:
-        check.registry = registry
-    return len(pushed)
 
 
 # ============================================================
@@ -2363,6 +1831,550 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 
 
 # ============================================================
+# probed/checkcmd.py
+# ============================================================
+"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Dict, Sequence
+
+CHECK_EXIT_PASS, CHECK_EXIT_FAIL, CHECK_EXIT_USAGE, CHECK_EXIT_UNREACHABLE = 0, 1, 2, 3
+CHECK_DEFAULT_TIMEOUT = 1.0
+CHECK_MAX_BODY = 16 << 20
+CHECK_FAIL_STATUS = 400
+
+
+def _check_timeout(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("%s (e.g. 1s, 500ms, 2.5)" % exc) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
+    return value
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probed check", description="GET a URL once; the exit code is the verdict: "
+        "0 pass (status < 400), 1 fail (status >= 400), 2 usage error, 3 unreachable or "
+        "timed out.")
+    parser.add_argument("url", help="http:// or https:// URL, e.g. "
+                                    "http://127.0.0.1:8080/readyz")
+    parser.add_argument("--timeout", type=_check_timeout, default=CHECK_DEFAULT_TIMEOUT,
+                        metavar="DURATION", help="deadline for the whole request (default 1s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the body too")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="extra request header (repeatable)")
+    parser.add_argument("-k", "--insecure", action="store_true",
+                        help="https: do not verify the server certificate")
+    parser.add_argument("--ca-file", metavar="PEM", help="https: trust this CA bundle")
+    return parser
+
+
+def _check_headers(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
+    headers: Dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            parser.error("-H %r: expected 'Name: value'" % item)
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def print_check_result(response: Response, verbose: bool) -> None:
+    print(("%d %s" % (response.status, response.reason)).rstrip())
+    if verbose and response.body:
+        sys.stdout.flush()
+        out = getattr(sys.stdout, "buffer", None)
+        if out is not None:
+            out.write(response.body)
+            if not response.body.endswith(b"\n"):
+                out.write(b"\n")
+            out.flush()
+        else:
+            text = response.body.decode("utf-8", "replace")
+            print(text, end="" if text.endswith("\n") else "\n")
+
+
+def check_main(argv: Sequence[str]) -> int:
+    parser = build_check_parser()
+    args = parser.parse_args(list(argv))
+    headers = _check_headers(parser, args.header)
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        parser.error("--ca-file %s: no such file" % args.ca_file)
+    tls = TLSOptions(args.ca_file, args.insecure) if args.ca_file or args.insecure else None
+    try:
+        response = asyncio.run(fetch(args.url, headers=headers, timeout=args.timeout,
+                                     max_body=CHECK_MAX_BODY, tls=tls))
+    except ValueError as exc:
+        print("probed check: error: %s: %s" % (args.url, exc), file=sys.stderr)
+        return CHECK_EXIT_USAGE
+    except FetchError as exc:
+        print("probed check: %s: %s" % (args.url, exc), file=sys.stderr)
+        return CHECK_EXIT_UNREACHABLE
+    except OSError as exc:
+        print("probed check: %s: %s" % (args.url, exc.strerror or exc), file=sys.stderr)
+        return CHECK_EXIT_UNREACHABLE
+    print_check_result(response, args.verbose)
+    return CHECK_EXIT_FAIL if response.status >= CHECK_FAIL_STATUS else CHECK_EXIT_PASS
+
+
+# ============================================================
+# probed/checks/base.py
+# ============================================================
+"""The one contract every check kind follows (kube-apiserver healthz style).
+"""
+
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple
+
+
+class Observation:
+
+    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "incarnation",
+                 "restart")
+
+    def __init__(
+        self,
+        ok: bool,
+        reason: str = "",
+        value: Optional[float] = None,
+        hard: bool = False,
+        detail: Optional[Dict[str, Any]] = None,
+        raw: Any = None,
+        refused: bool = False,
+        incarnation: Optional[float] = None,
+        restart: str = "",
+    ) -> None:
+        self.ok = ok
+        self.reason = reason
+        self.value = value
+        self.hard = hard
+        self.detail = detail
+        self.raw = raw
+        self.refused = refused
+        self.incarnation = incarnation
+        self.restart = restart
+
+    def __repr__(self) -> str:
+        return "Observation(ok=%r, reason=%r, value=%r, hard=%r)" % (
+            self.ok, self.reason, self.value, self.hard)
+
+
+class Param:
+
+    __slots__ = ("parse", "default", "required", "secret", "help", "overridable", "repeat")
+
+    def __init__(
+        self,
+        parse: Callable[[str], Any],
+        default: Any = None,
+        required: bool = False,
+        secret: bool = False,
+        help: str = "",
+        overridable: bool = False,
+        repeat: bool = False,
+    ) -> None:
+        self.parse = parse
+        self.default = default
+        self.required = required
+        self.secret = secret
+        self.help = help
+        self.overridable = overridable
+        self.repeat = repeat
+
+
+COMMON_PARAMS: Dict[str, Param] = {
+    "name": Param(str, help="check name (default: the kind)"),
+    "probes": Param(parse_probes, help="groups this check counts in: live,ready,started"),
+    "interval": Param(parse_duration, help="time between polls"),
+    "timeout": Param(parse_duration, help="hard deadline of one poll"),
+    "fail-after": Param(parse_positive_count, help="consecutive failures before failing"),
+    "pass-after": Param(parse_positive_count, help="consecutive passes before passing"),
+    "stale-after": Param(parse_duration, help="a result older than this counts as failed"),
+    "start-interval": Param(parse_duration, help="poll interval until started latches"),
+}
+
+
+class CheckSpec:
+
+    __slots__ = ("kind", "name", "probes", "interval", "timeout", "fail_after", "pass_after",
+                 "stale_after", "params", "origin", "start_interval", "shown")
+
+    def __init__(self, kind: str, name: str, probes: FrozenSet[str], interval: float,
+                 timeout: float, fail_after: int, pass_after: int, stale_after: float,
+                 params: Dict[str, Any], origin: str = "",
+                 start_interval: Optional[float] = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.probes = probes
+        self.interval = interval
+        self.timeout = timeout
+        self.fail_after = fail_after
+        self.pass_after = pass_after
+        self.stale_after = stale_after
+        self.params = params
+        self.origin = origin
+        self.start_interval = start_interval
+        self.shown: Dict[str, Any] = {}
+
+
+class CheckResources:
+
+    __slots__ = ("scrapes", "progress", "beats")
+
+    def __init__(self, scrapes: Optional[ScrapeHub] = None,
+                 progress: Optional[ProgressBoard] = None,
+                 beats: Optional[HeartbeatRegistry] = None) -> None:
+        self.scrapes = scrapes if scrapes is not None else ScrapeHub()
+        self.progress = progress if progress is not None else ProgressBoard()
+        self.beats = beats if beats is not None else HeartbeatRegistry()
+
+
+class Check:
+
+    kind: ClassVar[str] = ""
+    params: ClassVar[Dict[str, Param]] = {}
+    default_probes: ClassVar[FrozenSet[str]] = frozenset(("ready", "started"))
+    default_interval: ClassVar[float] = 10.0
+    default_timeout: ClassVar[float] = 1.0
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.config: Dict[str, Any] = spec.params
+        self.resources = resources if resources is not None else CheckResources()
+
+    async def observe(self) -> Observation:
+        raise NotImplementedError
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        return obs.ok, obs.reason
+
+    def target(self) -> str:
+        return ""
+
+    def forget(self) -> None:
+        """The backend restarted: drop history kept between polls (counters, rates)."""
+
+    def parse_override(self, key: str, text: str) -> Any:
+        param = self.params.get(key)
+        if param is None or not param.overridable:
+            allowed = sorted(k for k, p in self.params.items() if p.overridable)
+            raise ConfigError("check %r has no overridable key %r (expected one of: %s)" % (
+                self.name, key, ", ".join(allowed) or "none"))
+        try:
+            return param.parse(text)
+        except ValueError as exc:
+            raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
+
+
+# ============================================================
+# probed/checks/exec.py
+# ============================================================
+"""Check kind `exec`: runs a command; exit 0 within the timeout passes.
+"""
+
+import asyncio
+import os
+import shlex
+import signal
+from typing import Any, List
+
+EXEC_OUTPUT_CAP = 64 * 1024
+EXEC_REAP_SECONDS = 1.0
+
+
+def parse_command(text: str) -> List[str]:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError("expected a command line: %s" % exc) from None
+    if not argv:
+        raise ValueError("expected a command")
+    return argv
+
+
+class ExecOutput:
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.kept = b""
+        self.done = asyncio.Event()
+        loop.add_reader(self.read_fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self.read_fd, 8192)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.done.set()
+            self.loop.remove_reader(self.read_fd)
+        elif len(self.kept) < EXEC_OUTPUT_CAP:
+            self.kept += chunk[:EXEC_OUTPUT_CAP - len(self.kept)]
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.read_fd)
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+
+    def close_write_end(self) -> None:
+        os.close(self.write_fd)
+        self.write_fd = -1
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class ExecCheck(Check):
+
+    kind = "exec"
+    params = {"cmd": Param(parse_command, required=True, help="command line (no shell)")}
+
+    def target(self) -> str:
+        return " ".join(shlex.quote(a) for a in self.config["cmd"])
+
+    async def observe(self) -> Observation:
+        argv = self.config["cmd"]
+        output = ExecOutput(asyncio.get_running_loop())
+        try:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output.write_fd,
+                    stderr=output.write_fd, start_new_session=True)
+            except OSError as exc:
+                return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
+            output.close_write_end()
+            code = await self.wait(proc)
+            try:
+                await asyncio.wait_for(output.done.wait(), EXEC_REAP_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+            lines = output.kept.decode("utf-8", "replace").strip().splitlines()
+        finally:
+            output.close()
+        last = lines[-1][:200] if lines else ""
+        if code == 0:
+            return Observation(True, last or "exit 0", 0.0)
+        return Observation(False, "exit %d%s" % (code, (": " + last) if last else ""), float(code))
+
+    async def wait(self, proc: Any) -> int:
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            _kill_group(proc.pid)
+            try:
+                await asyncio.wait_for(proc.wait(), EXEC_REAP_SECONDS)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+            raise
+        _kill_group(proc.pid)
+        return code
+
+
+# ============================================================
+# probed/checks/heartbeat.py
+# ============================================================
+"""Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
+"""
+
+import asyncio
+import fnmatch
+import glob
+import itertools
+import os
+import re
+import stat
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+HEARTBEAT_DEFAULT_WINDOW = 60.0
+HEARTBEAT_REASON_NAMES = 12
+HEARTBEAT_CLOCK_SLACK = 1.0
+_HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def parse_window(text: str) -> float:
+    value = parse_duration(text)
+    if not value > 0:
+        raise ValueError("expected a duration above 0, e.g. 30s")
+    return value
+
+
+def _heartbeat_fixed_prefix(pattern: str) -> str:
+    fixed = itertools.takewhile(lambda part: not _HEARTBEAT_GLOB_CHARS.search(part),
+                                pattern.split(os.sep)[:-1])
+    return os.sep.join(fixed) or ("." if not pattern.startswith(os.sep) else os.sep)
+
+
+def _heartbeat_candidates(path: str) -> List[Tuple[str, str]]:
+    limit = HEARTBEAT_MAX_WORKERS + 1
+    if _HEARTBEAT_GLOB_CHARS.search(path):
+        prefix = _heartbeat_fixed_prefix(path)
+        return [(os.path.relpath(m, prefix), m) for m in itertools.islice(glob.iglob(path), limit)]
+    if os.path.isdir(path):
+        with os.scandir(path) as entries:
+            visible = (e for e in entries if not e.name.startswith("."))
+            return [(e.name, e.path) for e in itertools.islice(visible, limit)]
+    if not os.path.exists(path):
+        raise FileNotFoundError("%s: no such file or directory" % path)
+    return [(os.path.basename(path), path)]
+
+
+def scan_beat_files(path: str) -> WorkerAges:
+    found = _heartbeat_candidates(path)
+    if len(found) > HEARTBEAT_MAX_WORKERS:
+        raise OSError("%s matches more than %d files; narrow the path" % (
+            path, HEARTBEAT_MAX_WORKERS))
+    mtimes: List[Tuple[str, float]] = []
+    for name, file_path in found:
+        try:
+            st = os.stat(file_path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            mtimes.append((name, st.st_mtime))
+    now = time.time()
+    return tuple(sorted((name, now - mtime) for name, mtime in mtimes))
+
+
+def heartbeat_fresh(age: float, window: float) -> bool:
+    return -HEARTBEAT_CLOCK_SLACK <= age <= window
+
+
+def _heartbeat_age_text(age: float) -> str:
+    if age < -HEARTBEAT_CLOCK_SLACK:
+        return "%s in the future" % format_duration(round(-age))
+    age = max(age, 0.0)
+    return format_duration(round(age) if age >= 10 else round(age, 1))
+
+
+def heartbeat_roster(silent: Sequence[Tuple[str, float]], fresh: Sequence[Tuple[str, float]],
+                     missing: int) -> str:
+    budget = HEARTBEAT_REASON_NAMES
+
+    def names(rows: Sequence[Tuple[str, float]]) -> str:
+        nonlocal budget
+        shown = ["%s %s" % (n, _heartbeat_age_text(a)) for n, a in rows[:budget]]
+        budget -= len(shown)
+        more = len(rows) - len(shown)
+        return ", ".join(shown + (["+%d more" % more] if more else []))
+
+    parts = ["silent: " + names(sorted(silent, key=lambda r: -r[1]))] if silent else []
+    if missing:
+        parts.append("missing: %d never beat" % missing)
+    if fresh:
+        parts.append("fresh: " + names(sorted(fresh, key=lambda r: r[1])))
+    return "; ".join(parts) or "no worker has beaten yet"
+
+
+class HeartbeatCheck(Check):
+
+    kind = "heartbeat"
+    params = {
+        "path": Param(str, help="beat files: a directory, a glob or one file (mtime = beat); "
+                                "without it workers POST /heartbeat/NAME to the admin listener"),
+        "match": Param(str, help="only worker names matching this glob, e.g. enc-*"),
+        "expect": Param(parse_positive_count, overridable=True,
+                        help="workers that should exist (Y); missing ones count as silent"),
+        "min-fresh": Param(parse_count, overridable=True,
+                           help="pass when at least X workers beat within the window"),
+        "max-silent": Param(parse_count, overridable=True,
+                            help="pass when at most this many workers are silent"),
+        "window": Param(parse_window, default=HEARTBEAT_DEFAULT_WINDOW, overridable=True,
+                        help="a beat older than this is silent (T)"),
+    }
+    default_probes = frozenset(("live", "ready", "started"))
+    default_interval = 2.0
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        self.path: Optional[str] = self.config.get("path") or None
+        expect, min_fresh = self.config.get("expect"), self.config.get("min-fresh")
+        if expect is not None and min_fresh is not None and min_fresh > expect:
+            raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
+                              "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
+        self._scan: Optional["asyncio.Future[WorkerAges]"] = None
+
+    @property
+    def pushed(self) -> bool:
+        return self.path is None
+
+    def target(self) -> str:
+        where = self.path if self.path else "POST /heartbeat/NAME"
+        return where + (" match=%s" % self.config["match"] if self.config.get("match") else "")
+
+    async def observe(self) -> Observation:
+        if self.path is None:
+            workers = self.resources.beats.ages()
+        else:
+            if self._scan is not None and not self._scan.done():
+                return Observation(False, "%s: the previous scan is still running (slow "
+                                          "volume?)" % self.path)
+            if self._scan is not None and not self._scan.cancelled():
+                self._scan.exception()
+            self._scan = asyncio.get_running_loop().run_in_executor(None, scan_beat_files,
+                                                                    self.path)
+            try:
+                workers = await asyncio.shield(self._scan)
+            except OSError as exc:
+                own = bool(exc.args) and isinstance(exc.args[0], str)
+                return Observation(False, str(exc) if own else "%s: %s" % (
+                    self.path, exc.strerror or exc))
+        pattern = self.config.get("match")
+        if pattern:
+            workers = tuple(w for w in workers if fnmatch.fnmatchcase(w[0], pattern))
+        window = self.config["window"]
+        detail = {"source": "push" if self.path is None else "files",
+                  "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        fresh = sum(1 for _, a in workers if heartbeat_fresh(a, window))
+        return Observation(True, "", float(fresh), detail=detail, raw=workers)
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        workers: Optional[WorkerAges] = obs.raw
+        if workers is None:
+            return False, obs.reason
+        window, expect = config["window"], config.get("expect")
+        fresh = [w for w in workers if heartbeat_fresh(w[1], window)]
+        silent = [w for w in workers if not heartbeat_fresh(w[1], window)]
+        missing = max(0, expect - len(workers)) if expect else 0
+        silent_count = max(0, expect - len(fresh)) if expect else len(silent)
+        min_fresh, max_silent = config.get("min-fresh"), config.get("max-silent")
+        if min_fresh is None and max_silent is None:
+            max_silent = 0
+        floor = min_fresh if min_fresh is not None else 1
+        summary = "%d of %d workers beat within %s" % (
+            len(fresh), expect or len(workers), format_duration(window))
+        if expect and len(fresh) > expect:
+            summary = "%d workers beat within %s (%d expected)" % (
+                len(fresh), format_duration(window), expect)
+        wants = []
+        if max_silent is not None and silent_count > max_silent:
+            wants.append("%d silent, at most %d allowed" % (silent_count, max_silent))
+        if len(fresh) < floor and (min_fresh is not None or not wants):
+            wants.append("need %d" % floor)
+        if not wants:
+            return True, summary
+        return False, "%s (%s): %s" % (summary, ", ".join(wants),
+                                       heartbeat_roster(silent, fresh, missing))
+
+
+# ============================================================
 # probed/checks/http.py
 # ============================================================
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
@@ -2403,6 +2415,10 @@ class HTTPRequestSettings:
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
                               insecure=bool(config.get("insecure"))) if tls_needed else None
 
+    def identity(self) -> Tuple[Any, ...]:
+        tls = (self.tls.ca_file, self.tls.insecure) if self.tls is not None else None
+        return (tuple(sorted(self.headers.items())), self.token_file, self.token_envs, tls)
+
     def request_headers(self) -> Dict[str, str]:
         headers = dict(self.headers)
         if self.token_file or self.token_envs:
@@ -2424,15 +2440,14 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
 
 class HTTPPollingCheck(Check):
 
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.request = self.request_settings()
 
     def request_settings(self) -> HTTPRequestSettings:
         return HTTPRequestSettings(self.config)
 
 
-@register_check
 class HTTPCheck(HTTPPollingCheck):
 
     kind = "http"
@@ -2544,7 +2559,6 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
     return [str(m["id"]) for m in data]
 
 
-@register_check
 class ModelsCheck(HTTPPollingCheck):
 
     kind = "models"
@@ -2576,7 +2590,6 @@ class ModelsCheck(HTTPPollingCheck):
                            detail={"models": models})
 
 
-@register_check
 class InferenceCheck(HTTPPollingCheck):
 
     kind = "inference"
@@ -2596,8 +2609,8 @@ class InferenceCheck(HTTPPollingCheck):
         "metrics-url": Param(parse_http_url, help="metrics URL for idle-only"),
     })
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.model: Optional[str] = self.config.get("model")
         if self.config["idle-only"] and not self.config.get("metrics-url"):
             if self.config["api"] == "json":
@@ -2635,7 +2648,7 @@ class InferenceCheck(HTTPPollingCheck):
 
     def busy(self) -> bool:
         url = self.config.get("metrics-url")
-        return url is not None and time.monotonic() - last_progress(url) < self.spec.interval
+        return url is not None and time.monotonic() - self.resources.progress.last(url) < self.spec.interval
 
     async def request_body(self) -> bytes:
         api = self.config["api"]
@@ -2691,7 +2704,6 @@ def parse_initial_state(text: str) -> bool:
     return value == "ready"
 
 
-@register_check
 class ManualCheck(Check):
 
     kind = "manual"
@@ -2702,8 +2714,8 @@ class ManualCheck(Check):
     default_probes = frozenset(("ready",))
     default_interval = 5.0
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.ready: bool = self.config["initial"]
         self.reason = "initial=%s, until POST /v1/become-%s" % (
             "ready" if self.ready else "unready", "unready" if self.ready else "ready")
@@ -2777,7 +2789,7 @@ class ScrapeResult:
 async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector],
                            settings: HTTPRequestSettings,
                            max_age: Optional[float] = None) -> ScrapeResult:
-    source = metrics_source(url, settings.headers, settings.tls)
+    source = check.resources.scrapes.source(url, settings.identity(), settings.headers, settings.tls)
     spec = check.spec
     if max_age is None:
         max_age = min(spec.interval / 2, 1.0)
@@ -2830,14 +2842,13 @@ def judge_bounds(value: float, label: str, config: Mapping[str, Any],
     return True, shown
 
 
-@register_check
 class MetricCheck(HTTPPollingCheck):
 
     kind = "metric"
     params = METRIC_PARAMS
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         recover, high = self.config.get("recover"), self.config.get("max")
         if recover is not None and (high is None or recover > high):
             raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
@@ -2878,7 +2889,6 @@ PROGRESS_RUNNING = "vllm:num_requests_running"
 PROGRESS_COUNTER = "vllm:generation_tokens_total"
 
 
-@register_check
 class ProgressCheck(HTTPPollingCheck):
 
     kind = "progress"
@@ -2894,8 +2904,8 @@ class ProgressCheck(HTTPPollingCheck):
                              help="running > 0 and the counter flat this long is a stall"),
     })
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
 
@@ -2920,7 +2930,7 @@ class ProgressCheck(HTTPPollingCheck):
         if last is None or counter < last or counter > last or running <= 0:
             self.flat_since = now
         if last is not None and counter > last:
-            note_progress(self.config["url"], now)
+            self.resources.progress.note(self.config["url"], now)
         self.last_counter = counter
         flat_for = now - self.flat_since
         reset = last is not None and counter < last
@@ -2957,7 +2967,6 @@ from typing import Any, Mapping, Tuple
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 
 
-@register_check
 class AwakeCheck(HTTPPollingCheck):
 
     kind = "awake"
@@ -3015,7 +3024,6 @@ class AwakeCheck(HTTPPollingCheck):
 INFLIGHT_MAX_AGE = 0.0
 
 
-@register_check
 class InflightCheck(HTTPPollingCheck):
 
     kind = "inflight"
@@ -3048,7 +3056,6 @@ class InflightCheck(HTTPPollingCheck):
 PROCESS_START = "process_start_time_seconds"
 
 
-@register_check
 class ProcessCheck(HTTPPollingCheck):
 
     kind = "process"
@@ -3094,7 +3101,6 @@ def first_body_line(body: bytes) -> str:
     return line[:RELAY_LINE_CHARS] + ("..." if len(line) > RELAY_LINE_CHARS else "")
 
 
-@register_check
 class RelayCheck(HTTPPollingCheck):
 
     kind = "relay"
@@ -3146,7 +3152,6 @@ async def tcp_connect(host: str, port: int) -> None:
         pass
 
 
-@register_check
 class TCPCheck(Check):
 
     kind = "tcp"
@@ -3286,8 +3291,8 @@ class _RayDashboardCheck(HTTPPollingCheck):
     default_timeout = 2.0
     default_interval = 5.0
 
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.base: str = self.config["url"].rstrip("/")
 
     def _fetch(self, path: str, timeout: float, max_body: int,
@@ -3298,7 +3303,6 @@ class _RayDashboardCheck(HTTPPollingCheck):
                      tls=self.request.tls)
 
 
-@register_check
 class RayClusterCheck(_RayDashboardCheck):
 
     kind = "ray"
@@ -3398,7 +3402,6 @@ def ray_agent_verdict(status: int, body: bytes, path: str) -> Tuple[bool, str, b
     return False, "agent HTTP %d: %s" % (status, said), raylet_failed and status == 503
 
 
-@register_check
 class RayAgentCheck(_RayDashboardCheck):
 
     kind = "ray-agent"
@@ -3408,8 +3411,8 @@ class RayAgentCheck(_RayDashboardCheck):
     })
     default_probes = frozenset(("live", "ready", "started"))
 
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.path = RAY_AGENT_HEALTH_PATH
 
     def target(self) -> str:
@@ -3438,7 +3441,6 @@ class RayAgentCheck(_RayDashboardCheck):
                                    "body": body_snippet(resp.body)})
 
 
-@register_check
 class RayGCSCheck(TCPCheck):
 
     kind = "ray-gcs"
@@ -3456,7 +3458,14 @@ class RayGCSCheck(TCPCheck):
 # ============================================================
 # probed/checks/__init__.py
 # ============================================================
-"""Check kinds. Importing this package registers every kind in CHECK_KINDS."""
+"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
+
+from typing import Dict, Type
+
+CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
+    AwakeCheck, ExecCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck, ManualCheck,
+    MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck, RayClusterCheck,
+    RayGCSCheck, RelayCheck, TCPCheck)}
 
 
 # ============================================================
@@ -3467,7 +3476,7 @@ class RayGCSCheck(TCPCheck):
 
 import re
 import shlex
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 RawValue = Union[str, List[str]]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
@@ -3589,7 +3598,9 @@ def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
                      params, origin, common.get("start-interval"))
 
 
-def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str]) -> List[Check]:
+def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str],
+                 resources: Optional[CheckResources] = None) -> List[Check]:
+    shared = resources if resources is not None else CheckResources()
     checks: List[Check] = []
     seen: Dict[str, str] = {}
     for raw, origin in zip(raws, origins):
@@ -3598,7 +3609,7 @@ def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str]) ->
             raise ConfigError("%s: a check named %r already comes from %s (give one name=...)" % (
                 origin, spec.name, seen[spec.name]))
         seen[spec.name] = origin
-        checks.append(CHECK_KINDS[spec.kind](spec))
+        checks.append(CHECK_KINDS[spec.kind](spec, shared))
     return checks
 
 
@@ -4791,7 +4802,7 @@ class AdminRouter:
         self.log = log or engine.log
         checks = [st.check for st in engine.states.values()]
         self.manual: List[ManualCheck] = [c for c in checks if isinstance(c, ManualCheck)]
-        self.reads_pushed_beats = share_heartbeat_registry(checks, registry) > 0
+        self.reads_pushed_beats = any(isinstance(c, HeartbeatCheck) and c.pushed for c in checks)
         self._refusing_names = False
         self.routes: Dict[str, AdminRoute] = {}
         self.add_route("/", ("GET", "HEAD"), self._index, "this list")
@@ -4942,7 +4953,7 @@ class AdminListener:
 
 
 def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check],
-                log: EventLog) -> Optional[AdminListener]:
+                log: EventLog, registry: HeartbeatRegistry) -> Optional[AdminListener]:
     addr = settings.get("admin_addr")
     token_file = settings.get("admin_token_file")
     if addr is None:
@@ -4965,7 +4976,7 @@ def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check
     elif not addr[0].startswith("127.") and addr[0] not in ("::1", "localhost"):
         log.warn("admin listener without --admin-token-file on a non-loopback address: "
                  "anyone who reaches it can drain this pod", addr="%s:%d" % addr)
-    return AdminListener(AdminRouter(engine, HeartbeatRegistry(), token, log), addr, settings)
+    return AdminListener(AdminRouter(engine, registry, token, log), addr, settings)
 
 
 # ============================================================
@@ -5600,7 +5611,8 @@ class GatedPorts:
 
 class Daemon:
 
-    def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog) -> None:
+    def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog,
+                 resources: CheckResources) -> None:
         self.settings = settings
         self.log = log
         self.engine = Engine(checks, log, settings["startup_timeout"], settings["start_interval"])
@@ -5613,7 +5625,7 @@ class Daemon:
         self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
-        self.admin = build_admin(settings, self.engine, checks, log)
+        self.admin = build_admin(settings, self.engine, checks, log, resources.beats)
         self.drain = optional_waiter(self.engine, log, self.admin)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
@@ -5888,12 +5900,13 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
     ns = build_serve_parser().parse_args(list(argv))
     settings = resolve_settings(ns, env)
     raws = settings.pop("checks")
-    checks = build_checks([r for r, _ in raws], [o for _, o in raws])
+    resources = CheckResources()
+    checks = build_checks([r for r, _ in raws], [o for _, o in raws], resources)
     if getattr(ns, "print_config", False):
         print(json.dumps(describe_settings(settings, checks), indent=2))
         return 0
     log = EventLog(settings["log_format"])
-    return asyncio.run(Daemon(settings, checks, log).run())
+    return asyncio.run(Daemon(settings, checks, log, resources).run())
 
 
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {

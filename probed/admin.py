@@ -11,8 +11,8 @@ import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .checks.base import Check
-from .checks.heartbeat import (HeartbeatCheck, HeartbeatRegistry, HeartbeatRegistryFull,
-                               parse_beat_name, share_heartbeat_registry)
+from .beatregistry import HeartbeatRegistry, HeartbeatRegistryFull, parse_beat_name
+from .checks.heartbeat import HeartbeatCheck
 from .checks.manual import ManualCheck
 from .client import read_bearer_token
 from .engine import Engine
@@ -113,7 +113,7 @@ class AdminRouter:
         self.log = log or engine.log
         checks = [st.check for st in engine.states.values()]
         self.manual: List[ManualCheck] = [c for c in checks if isinstance(c, ManualCheck)]
-        self.reads_pushed_beats = share_heartbeat_registry(checks, registry) > 0
+        self.reads_pushed_beats = any(isinstance(c, HeartbeatCheck) and c.pushed for c in checks)
         self._refusing_names = False  # the registry-full warning is logged once per episode
         self.routes: Dict[str, AdminRoute] = {}
         self.add_route("/", ("GET", "HEAD"), self._index, "this list")
@@ -273,7 +273,7 @@ class AdminListener:
 
 
 def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check],
-                log: EventLog) -> Optional[AdminListener]:
+                log: EventLog, registry: HeartbeatRegistry) -> Optional[AdminListener]:
     """The admin listener `settings` ask for, or None; ConfigError for a configuration that
     needs one but has none (push heartbeats, manual checks) or an unusable token file."""
     addr = settings.get("admin_addr")
@@ -298,4 +298,4 @@ def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check
     elif not addr[0].startswith("127.") and addr[0] not in ("::1", "localhost"):
         log.warn("admin listener without --admin-token-file on a non-loopback address: "
                  "anyone who reaches it can drain this pod", addr="%s:%d" % addr)
-    return AdminListener(AdminRouter(engine, HeartbeatRegistry(), token, log), addr, settings)
+    return AdminListener(AdminRouter(engine, registry, token, log), addr, settings)

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Dict, Optional, Sequence
 
-from .checks.heartbeat import parse_beat_name
+from .beatregistry import parse_beat_name
 from .client import FetchError, fetch, read_bearer_token
 from .values import parse_duration
 

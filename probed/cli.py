@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from .beat import beat_main
 from .checkcmd import check_main
-from .checks import TCPCheck  # noqa: F401 (importing the package registers every kind)
+from .checks.base import CheckResources
 from .config import build_checks
 from .daemon import Daemon
 from .drain import drain_main
@@ -27,12 +27,13 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
     ns = build_serve_parser().parse_args(list(argv))
     settings = resolve_settings(ns, env)
     raws = settings.pop("checks")
-    checks = build_checks([r for r, _ in raws], [o for _, o in raws])
+    resources = CheckResources()
+    checks = build_checks([r for r, _ in raws], [o for _, o in raws], resources)
     if getattr(ns, "print_config", False):
         print(json.dumps(describe_settings(settings, checks), indent=2))
         return 0
     log = EventLog(settings["log_format"])
-    return asyncio.run(Daemon(settings, checks, log).run())
+    return asyncio.run(Daemon(settings, checks, log, resources).run())
 
 
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {

@@ -6,9 +6,10 @@ value and what was expected, before the daemon starts. Secrets are masked in eve
 
 import re
 import shlex
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from .checks.base import CHECK_KINDS, COMMON_PARAMS, Check, CheckSpec, Param
+from .checks import CHECK_KINDS
+from .checks.base import COMMON_PARAMS, Check, CheckResources, CheckSpec, Param
 from .values import ConfigError, format_duration, redact_userinfo
 
 RawValue = Union[str, List[str]]
@@ -134,8 +135,11 @@ def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
                      params, origin, common.get("start-interval"))
 
 
-def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str]) -> List[Check]:
-    """Checks from raw specs; names must be unique."""
+def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str],
+                 resources: Optional[CheckResources] = None) -> List[Check]:
+    """Checks from raw specs, all sharing `resources` (one set is made when none is given);
+    names must be unique."""
+    shared = resources if resources is not None else CheckResources()
     checks: List[Check] = []
     seen: Dict[str, str] = {}
     for raw, origin in zip(raws, origins):
@@ -144,7 +148,7 @@ def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str]) ->
             raise ConfigError("%s: a check named %r already comes from %s (give one name=...)" % (
                 origin, spec.name, seen[spec.name]))
         seen[spec.name] = origin
-        checks.append(CHECK_KINDS[spec.kind](spec))
+        checks.append(CHECK_KINDS[spec.kind](spec, shared))
     return checks
 
 

@@ -10,7 +10,7 @@ import socket
 from typing import Any, Dict, List, Optional, Tuple
 
 from .admin import build_admin
-from .checks.base import Check
+from .checks.base import Check, CheckResources
 from .drain import optional_waiter
 from .engine import Engine
 from .eventlog import EventLog
@@ -58,7 +58,8 @@ class GatedPorts:
 class Daemon:
     """One probed process: settings in, serve until a signal and the drain are done."""
 
-    def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog) -> None:
+    def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog,
+                 resources: CheckResources) -> None:
         self.settings = settings
         self.log = log
         self.engine = Engine(checks, log, settings["startup_timeout"], settings["start_interval"])
@@ -71,7 +72,7 @@ class Daemon:
         self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
-        self.admin = build_admin(settings, self.engine, checks, log)  # None: --admin-addr off
+        self.admin = build_admin(settings, self.engine, checks, log, resources.beats)  # None: off
         self.drain = optional_waiter(self.engine, log, self.admin)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0

@@ -12,8 +12,8 @@ import socket
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .checks.base import CHECK_KINDS  # noqa: F401 (the kinds are registered by now)
 from .settings import build_serve_parser, resolve_settings
+from .checks.base import CheckResources
 from .config import build_checks
 from .daemon import Daemon
 from .eventlog import EventLog
@@ -54,8 +54,9 @@ def demo_daemon(sim_url: str, port: int, log: EventLog) -> Daemon:
     raws = settings.pop("checks")
     for raw, _ in raws:
         raw["interval"] = "1s"
-    checks = build_checks([r for r, _ in raws], [o for _, o in raws])
-    return Daemon(settings, checks, log)
+    resources = CheckResources()
+    checks = build_checks([r for r, _ in raws], [o for _, o in raws], resources)
+    return Daemon(settings, checks, log, resources)
 
 
 def verdict_codes(daemon: Daemon) -> Tuple[int, int, int]:

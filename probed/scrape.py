@@ -8,7 +8,7 @@ body younger than `max_age` is served from memory.
 
 import asyncio
 import time
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .client import FetchError, Response, TLSOptions, fetch
 
@@ -51,17 +51,24 @@ class MetricsSource:
         self.taken_at = time.monotonic()
 
 
-_SOURCES: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], MetricsSource] = {}
+SourceKey = Tuple[Any, ...]  # everything that changes the request: URL, headers, token, TLS
 
 
-def metrics_source(url: str, headers: Optional[Mapping[str, str]] = None,
-                   tls: Optional[TLSOptions] = None) -> MetricsSource:
-    """The shared source for `url` (and these headers): checks of one backend share it."""
-    key = (url, tuple(sorted((headers or {}).items())))
-    source = _SOURCES.get(key)
-    if source is None:
-        source = _SOURCES[key] = MetricsSource(url, headers, tls)
-    return source
+class ScrapeHub:
+    """The daemon's shared scrapes: one `MetricsSource` per distinct request, so checks of one
+    backend share a scrape while checks that authenticate or verify TLS differently never do."""
+
+    def __init__(self) -> None:
+        self.sources: Dict[SourceKey, MetricsSource] = {}
+
+    def source(self, url: str, key: SourceKey, headers: Optional[Mapping[str, str]] = None,
+               tls: Optional[TLSOptions] = None) -> MetricsSource:
+        """The source for `url` requested as `key` says (see HTTPRequestSettings.identity)."""
+        full = (url,) + tuple(key)
+        source = self.sources.get(full)
+        if source is None:
+            source = self.sources[full] = MetricsSource(url, headers, tls)
+        return source
 
 
 def is_openmetrics(response: Response) -> Optional[bool]:
@@ -70,14 +77,17 @@ def is_openmetrics(response: Response) -> Optional[bool]:
     return True if "openmetrics" in response.headers.get("content-type", "") else None
 
 
-_PROGRESS_AT: Dict[str, float] = {}
+class ProgressBoard:
+    """When the work counter behind each metrics URL last rose: progress checks write it, the
+    inference check reads it (`idle-only`: no synthetic request while real tokens flow)."""
 
+    def __init__(self) -> None:
+        self.rose_at: Dict[str, float] = {}
 
-def note_progress(url: str, when: float) -> None:
-    """The progress check of `url` saw its counter rise at `when` (monotonic seconds)."""
-    _PROGRESS_AT[url] = when
+    def note(self, url: str, when: float) -> None:
+        """The counter behind `url` rose at `when` (monotonic seconds)."""
+        self.rose_at[url] = when
 
-
-def last_progress(url: str) -> float:
-    """When the counter behind `url` last rose, or -inf when never seen."""
-    return _PROGRESS_AT.get(url, float("-inf"))
+    def last(self, url: str) -> float:
+        """When the counter behind `url` last rose, or -inf when never seen."""
+        return self.rose_at.get(url, float("-inf"))

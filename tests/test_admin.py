@@ -25,7 +25,8 @@ from probed.admin import (
     parse_admin_addr,
 )
 from probed.checks.base import Observation
-from probed.checks.heartbeat import HeartbeatRegistry
+from probed.beatregistry import HeartbeatRegistry
+from probed.checks.base import CheckResources
 from probed.cli import main as cli_main
 from probed.config import build_checks
 from probed.engine import Engine
@@ -47,14 +48,15 @@ def make_admin(token_file: Optional[str] = None, manual: Optional[str] = "",
                                                                if manual else {})))
     if push:
         raws.append({"kind": "heartbeat", "name": "workers", "expect": "2", "probes": "live"})
-    checks = [FakeCheck("model")] + build_checks(raws, ["test"] * len(raws))
+    resources = CheckResources()
+    checks = [FakeCheck("model")] + build_checks(raws, ["test"] * len(raws), resources)
     log = io.StringIO()
     engine = Engine(checks, EventLog("text", log))
     engine.record("model", Observation(True, "HTTP 200"), 0.001)
     if manual is not None:
         engine.record("spi", engine.states["spi"].check.current(), 0.0)  # its first poll
     token = AdminToken(token_file) if token_file else None
-    return AdminRouter(engine, HeartbeatRegistry(), token), engine, log
+    return AdminRouter(engine, resources.beats, token), engine, log
 
 
 def call(router: AdminRouter, method: str, target: str, headers: str = "") -> Reply:
@@ -137,9 +139,9 @@ def test_push_beats_reach_the_heartbeat_check() -> None:
     router, engine, _ = make_admin(manual=None)
     check = engine.states["workers"].check
     assert call(router, "POST", "/heartbeat/w1")[:3:2] == (200, b"OK\n")
-    assert [name for name, _ in check.registry.ages()] == ["w1"]
+    assert [name for name, _ in check.resources.beats.ages()] == ["w1"]
     assert call(router, "POST", "/heartbeat/w2")[0] == 200
-    assert router.registry is check.registry
+    assert router.registry is check.resources.beats
     status, _, body = call(router, "DELETE", "/heartbeat/w2")
     assert (status, body) == (200, b"removed w2\n")
     assert call(router, "DELETE", "/heartbeat/w2")[2] == b"w2 was not known\n"
@@ -284,19 +286,19 @@ def test_configurations_that_need_the_admin_listener_are_refused(tmp_path: Path)
     log = EventLog("text", io.StringIO())
     manual = build_checks([{"kind": "manual"}], ["t"])
     with pytest.raises(ConfigError, match="--admin-addr is off"):
-        build_admin(settings_with(), Engine(manual, log), manual, log)
+        build_admin(settings_with(), Engine(manual, log), manual, log, HeartbeatRegistry())
     push = build_checks([{"kind": "heartbeat"}], ["t"])
     with pytest.raises(ConfigError, match="without path= reads beats POSTed"):
-        build_admin(settings_with(), Engine(push, log), push, log)
+        build_admin(settings_with(), Engine(push, log), push, log, HeartbeatRegistry())
     files = build_checks([{"kind": "heartbeat", "path": str(tmp_path)}], ["t"])
-    assert build_admin(settings_with(), Engine(files, log), files, log) is None
+    assert build_admin(settings_with(), Engine(files, log), files, log, HeartbeatRegistry()) is None
     with pytest.raises(ConfigError, match="no effect without --admin-addr"):
-        build_admin(settings_with(admin_token_file="/x"), Engine(files, log), files, log)
+        build_admin(settings_with(admin_token_file="/x"), Engine(files, log), files, log, HeartbeatRegistry())
     empty = tmp_path / "empty"
     empty.write_text("")
     with pytest.raises(ConfigError, match="--admin-token-file %s is empty" % empty):
         build_admin(settings_with(admin_addr=("127.0.0.1", 1), admin_token_file=str(empty)),
-                    Engine(files, log), files, log)
+                    Engine(files, log), files, log, HeartbeatRegistry())
 
 
 def test_cli_exits_2_when_a_manual_check_has_no_admin_listener(capsys: pytest.CaptureFixture

@@ -22,14 +22,10 @@ import pytest
 from fakes import Clock
 
 from probed.checks.base import Check, Observation
-from probed.checks.heartbeat import (
-    HEARTBEAT_MAX_WORKERS,
-    HeartbeatCheck,
-    HeartbeatRegistry,
-    HeartbeatRegistryFull,
-    parse_beat_name,
-    scan_beat_files,
-)
+from probed.beatregistry import (HEARTBEAT_MAX_WORKERS, HeartbeatRegistry, HeartbeatRegistryFull,
+                                 parse_beat_name)
+from probed.checks.base import CheckResources
+from probed.checks.heartbeat import HeartbeatCheck, scan_beat_files
 from probed.config import build_checks
 from probed.engine import Engine, poll_once
 from probed.eventlog import EventLog
@@ -40,11 +36,11 @@ from probed.values import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_check(**keys: Any) -> HeartbeatCheck:
+def make_check(registry: Optional[HeartbeatRegistry] = None, **keys: Any) -> HeartbeatCheck:
     """A heartbeat check from raw key=value strings, as `--check` builds it."""
     raw: Dict[str, Any] = {"kind": "heartbeat", "name": "workers"}
     raw.update({k.replace("_", "-"): v for k, v in keys.items()})
-    check = build_checks([raw], ["test"])[0]
+    check = build_checks([raw], ["test"], CheckResources(beats=registry))[0]
     assert isinstance(check, HeartbeatCheck)
     return check
 
@@ -203,9 +199,8 @@ def test_window_edge_is_inclusive(tmp_path: Path) -> None:
 # --- push beats ----------------------------------------------------------------------------------
 
 def push_check(registry: HeartbeatRegistry, **keys: Any) -> HeartbeatCheck:
-    check = make_check(**keys)
+    check = make_check(registry, **keys)
     assert check.pushed
-    check.registry = registry
     return check
 
 

@@ -15,12 +15,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytest
 
 from llm_backend import LLMBackend
-from probed.checks.base import CHECK_KINDS, Check, Observation
+from probed.checks import CHECK_KINDS
+from probed.checks.base import Check, CheckResources, Observation
 from probed.config import build_spec, split_check_text
 from probed.engine import poll_once
 from probed.values import ConfigError
@@ -32,10 +33,11 @@ KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
 _CASES = itertools.count()
 
 
-def make(text: str) -> Check:
-    """A check from `KIND key=value ...` text, exactly as `--check` builds it."""
+def make(text: str, resources: Optional[CheckResources] = None) -> Check:
+    """A check from `KIND key=value ...` text, exactly as `--check` builds it; checks given one
+    `resources` share scrapes and progress as the checks of one daemon do."""
     spec = build_spec(split_check_text(text, "test"), "test")
-    return CHECK_KINDS[spec.kind](spec)
+    return CHECK_KINDS[spec.kind](spec, resources)
 
 
 def poll(check: Check) -> Observation:
@@ -344,10 +346,11 @@ def test_json_api_body_must_be_json() -> None:
 # --- idle-only: a server that generates tokens needs no synthetic inference ----------------------
 
 def test_idle_only_skips_while_the_progress_check_sees_tokens_rise(server: LLMBackend) -> None:
+    shared = CheckResources()
     metrics = unique_metrics_url()
-    progress = make("progress url=%s" % metrics)
+    progress = make("progress url=%s" % metrics, shared)
     inference = make("inference url=%s idle-only=true metrics-url=%s interval=1m" % (
-        server.url, metrics))
+        server.url, metrics), shared)
     now = time.monotonic()
     progress.note(2, 100.0, now - 1)
     progress.note(2, 160.0, now)  # tokens rose just now
@@ -357,10 +360,11 @@ def test_idle_only_skips_while_the_progress_check_sees_tokens_rise(server: LLMBa
 
 
 def test_idle_only_runs_when_tokens_are_flat_or_rose_long_ago(server: LLMBackend) -> None:
+    shared = CheckResources()
     metrics = unique_metrics_url()
-    progress = make("progress url=%s" % metrics)
+    progress = make("progress url=%s" % metrics, shared)
     inference = make("inference url=%s idle-only=true metrics-url=%s interval=10s" % (
-        server.url, metrics))
+        server.url, metrics), shared)
     assert poll(inference).ok  # never saw progress: run it
     assert len(server.seen("POST", "/v1/completions")) == 1
     now = time.monotonic()
@@ -372,11 +376,12 @@ def test_idle_only_runs_when_tokens_are_flat_or_rose_long_ago(server: LLMBackend
     assert len(server.seen("POST", "/v1/completions")) == 2
     # without idle-only the same flow of tokens never skips
     progress.note(1, 20.0, time.monotonic())
-    plain = make("inference url=%s metrics-url=%s interval=10s" % (server.url, metrics))
+    plain = make("inference url=%s metrics-url=%s interval=10s" % (server.url, metrics), shared)
     assert not poll(plain).reason.startswith("skipped")
 
 
 def test_idle_only_with_a_real_progress_scrape() -> None:
+    shared = CheckResources()
     def body(tokens: int) -> bytes:
         return ("# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 3\n"
                 "# TYPE vllm:generation_tokens_total counter\n"
@@ -384,9 +389,9 @@ def test_idle_only_with_a_real_progress_scrape() -> None:
 
     prefix = "/case%d-%s" % (next(_CASES), uuid.uuid4().hex[:8])
     with LLMBackend(models=["m"], metrics=body(10), prefix=prefix) as s:
-        progress = make("progress url=%s/metrics interval=100ms" % s.url)
+        progress = make("progress url=%s/metrics interval=100ms" % s.url, shared)
         inference = make("inference url=%s idle-only=true metrics-url=%s/metrics interval=1m" % (
-            s.url, s.url))
+            s.url, s.url), shared)
         assert poll(progress).ok
         assert poll(inference).reason.startswith("generated")  # no rise seen yet
         s.metrics = body(42)
@@ -398,12 +403,13 @@ def test_idle_only_with_a_real_progress_scrape() -> None:
 
 def test_idle_only_without_metrics_url_is_an_error_or_uses_the_servers_metrics(
         server: LLMBackend) -> None:
+    shared = CheckResources()
     try:
-        inference = make("inference url=%s idle-only=true interval=1m" % server.url)
+        inference = make("inference url=%s idle-only=true interval=1m" % server.url, shared)
     except ConfigError as exc:
         assert "metrics-url" in str(exc)
         return
-    progress = make("progress url=%s/metrics" % server.url)
+    progress = make("progress url=%s/metrics" % server.url, shared)
     now = time.monotonic()
     progress.note(2, 1.0, now - 1)
     progress.note(2, 2.0, now)

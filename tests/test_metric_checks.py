@@ -25,7 +25,8 @@ import pytest
 
 from backends import Backend
 from llm_backend import LLMBackend
-from probed.checks.base import CHECK_KINDS, Check, Observation
+from probed.checks import CHECK_KINDS
+from probed.checks.base import Check, CheckResources, Observation
 from probed.config import build_spec, split_check_text
 from probed.engine import poll_once
 from probed.values import ConfigError
@@ -46,10 +47,11 @@ def unique(base: str) -> str:
     return "%s/case%d-%s" % (base, next(_CASES), uuid.uuid4().hex[:8])
 
 
-def make(text: str) -> Check:
-    """A check from `KIND key=value ...` text, exactly as `--check` builds it."""
+def make(text: str, resources: Optional[CheckResources] = None) -> Check:
+    """A check from `KIND key=value ...` text, exactly as `--check` builds it; checks given one
+    `resources` share scrapes as the checks of one daemon do."""
     spec = build_spec(split_check_text(text, "test"), "test")
-    return CHECK_KINDS[spec.kind](spec)
+    return CHECK_KINDS[spec.kind](spec, resources)
 
 
 def observe(check: Check) -> Observation:
@@ -156,11 +158,12 @@ def test_real_vllm_body_gives_each_selected_value(backend: Backend) -> None:
 
 def test_real_vllm_body_awake_and_idle(backend: Backend) -> None:
     base = unique(backend.url)
-    awake = make("awake url=%s" % base)
+    shared = CheckResources()
+    awake = make("awake url=%s" % base, shared)
     obs = observe(awake)
     assert verdict(awake, obs) == (True, "awake (vllm:engine_sleep_state)")
     assert obs.value == 1.0
-    progress = make("progress url=%s/metrics" % base)
+    progress = make("progress url=%s/metrics" % base, shared)
     obs = observe(progress)
     assert obs.detail is not None
     assert (obs.detail["running"], obs.detail["counter"]) == (0.0, 584.0)
@@ -409,24 +412,31 @@ def test_malformed_body_fails_with_the_line_number(body: bytes, lineno: Optional
 
 def test_checks_on_one_url_in_one_round_share_one_request(backend: Backend) -> None:
     base = unique(backend.url)
-    queue = make("metric url=%s/metrics metric=vllm:num_requests_waiting max=5" % base)
-    kv = make("metric url=%s/metrics metric=vllm:kv_cache_usage_perc agg=max max=0.9" % base)
-    progress = make("progress url=%s/metrics" % base)
-    awake = make("awake url=%s" % base)
+    shared = CheckResources()
+    queue = make("metric url=%s/metrics metric=vllm:num_requests_waiting max=5" % base, shared)
+    kv = make("metric url=%s/metrics metric=vllm:kv_cache_usage_perc agg=max max=0.9" % base,
+              shared)
+    progress = make("progress url=%s/metrics" % base, shared)
+    awake = make("awake url=%s" % base, shared)
     results = observe_together(queue, kv, progress, awake)
     assert [o.ok for o in results] == [True, True, True, True]
     assert results[1].value == 0.0 and results[0].value == 0.0
     assert [r.target for r in backend.requests] == [urlsplit(base).path + "/metrics"]
     # another URL is another scrape
-    other = make("metric url=%s/metrics metric=vllm:num_requests_waiting" % unique(backend.url))
+    other = make("metric url=%s/metrics metric=vllm:num_requests_waiting" % unique(backend.url),
+                 shared)
     observe(other)
     assert len(backend.requests) == 2
+    # the same URL in another daemon (other resources) never rides on this one's scrape
+    observe(make("metric url=%s/metrics metric=vllm:num_requests_waiting" % base))
+    assert len(backend.requests) == 3
 
 
 def test_shared_scrape_is_refreshed_once_older_than_half_the_interval(backend: Backend) -> None:
     url = unique(backend.url) + "/metrics"
-    first = make("metric url=%s metric=vllm:num_requests_waiting interval=200ms" % url)
-    second = make("metric url=%s metric=vllm:num_requests_running interval=200ms" % url)
+    shared = CheckResources()
+    first = make("metric url=%s metric=vllm:num_requests_waiting interval=200ms" % url, shared)
+    second = make("metric url=%s metric=vllm:num_requests_running interval=200ms" % url, shared)
     observe(first)
     observe(second)  # within 100 ms of the first: served from the same scrape
     assert len(backend.requests) == 1
@@ -438,11 +448,29 @@ def test_shared_scrape_is_refreshed_once_older_than_half_the_interval(backend: B
 
 def test_different_headers_are_different_scrapes(backend: Backend) -> None:
     url = unique(backend.url) + "/metrics"
-    plain = make("metric url=%s metric=vllm:num_requests_waiting" % url)
-    tenant = make("metric url=%s metric=vllm:num_requests_waiting header='X-Tenant: a'" % url)
+    shared = CheckResources()
+    plain = make("metric url=%s metric=vllm:num_requests_waiting" % url, shared)
+    tenant = make("metric url=%s metric=vllm:num_requests_waiting header='X-Tenant: a'" % url,
+                  shared)
     observe_together(plain, tenant)
     assert sorted(r.headers.get("x-tenant", "") for r in backend.requests) == ["", "a"]
 
+
+
+def test_tls_options_and_token_sources_are_part_of_the_shared_scrape_key() -> None:
+    # Reviewer's find: one process-wide scrape per URL let the first check's ca-file/insecure
+    # (and token) serve every later check of that URL.
+    shared = CheckResources()
+    url = "https://127.0.0.1:1/metrics"
+    variants = ["", "insecure=true", "ca-file=/etc/ssl/a.pem", "token-file=/run/t",
+                "token-env=KEY", "header='X-A: 1'"]
+    checks = [make("metric url=%s metric=x %s" % (url, v), shared) for v in variants]
+    sources = [shared.scrapes.source(url, c.request.identity(), c.request.headers,
+                                     c.request.tls) for c in checks]
+    assert len({id(s) for s in sources}) == len(variants)
+    again = make("metric url=%s metric=y insecure=true" % url, shared)
+    assert shared.scrapes.source(url, again.request.identity()) is sources[1]
+    assert sources[1].tls is not None and sources[1].tls.insecure
 
 # --- progress: stall detection -------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ import pytest
 from backends import Backend, kubelet_probe, wait_for, wait_status
 from conftest import free_port, wait_listening
 from llm_backend import LLMBackend
-from probed.checks.base import CHECK_KINDS, Observation
+from probed.checks import CHECK_KINDS
+from probed.checks.base import Observation
 from probed.cli import main
 from probed.config import build_spec, split_check_text
 from probed.engine import poll_once

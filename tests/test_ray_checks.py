@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pytest
 
-from probed.checks.base import CHECK_KINDS, Check, CheckSpec, Observation
+from probed.checks import CHECK_KINDS
+from probed.checks.base import Check, CheckSpec, Observation
 from probed.checks.ray import (
     RAY_NO_DASHBOARD_NOTE,
     judge_ray_cluster,

@@ -25,7 +25,8 @@ if importlib.util.find_spec("ray") is None:
 
 from ray_cluster import RayCluster, wait_until  # noqa: E402 (tests/ is on sys.path)
 
-from probed.checks.base import CHECK_KINDS, Check, CheckSpec  # noqa: E402
+from probed.checks import CHECK_KINDS
+from probed.checks.base import Check, CheckSpec  # noqa: E402
 from probed.checks.ray import RAY_NO_DASHBOARD_NOTE  # noqa: E402 (registers the ray kinds)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(300)]

@@ -6,7 +6,7 @@ import sys
 
 from conftest import REPO
 
-from probed.checks.base import CHECK_KINDS
+from probed.checks import CHECK_KINDS
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 

@@ -10,14 +10,13 @@ from typing import Any, Mapping, Tuple
 from ..client import FetchError, fetch
 from ..expfmt import parse_selector
 from ..values import parse_http_url
-from .base import Check, Observation, Param, register_check
+from .base import Check, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import scrape_selectors
 
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 
 
-@register_check
 class AwakeCheck(HTTPPollingCheck):
     """Passes while every engine is awake (or when the server cannot tell)."""
 

@@ -1,14 +1,16 @@
 """The one contract every check kind follows (kube-apiserver healthz style).
 
-A check kind is a `Check` subclass registered under its kind name. It declares its keys as
+A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
 `Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
 an observation into a verdict in `judge()` (pure, so per-request overrides such as
 `/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple
 
+from ..beatregistry import HeartbeatRegistry
+from ..scrape import ProgressBoard, ScrapeHub
 from ..values import (
     ConfigError,
     parse_duration,
@@ -124,6 +126,21 @@ class CheckSpec:
         self.shown: Dict[str, Any] = {}  # kind keys as the user wrote them, secrets masked
 
 
+class CheckResources:
+    """What the checks of one daemon share. The daemon makes one and hands it to every check
+    (and the admin listener gets the same heartbeat registry); a check built without one gets
+    its own, unshared."""
+
+    __slots__ = ("scrapes", "progress", "beats")
+
+    def __init__(self, scrapes: Optional[ScrapeHub] = None,
+                 progress: Optional[ProgressBoard] = None,
+                 beats: Optional[HeartbeatRegistry] = None) -> None:
+        self.scrapes = scrapes if scrapes is not None else ScrapeHub()
+        self.progress = progress if progress is not None else ProgressBoard()
+        self.beats = beats if beats is not None else HeartbeatRegistry()
+
+
 class Check:
     """Base class of every check kind. Subclasses set `kind`, `params`, and `observe`."""
 
@@ -133,10 +150,11 @@ class Check:
     default_interval: ClassVar[float] = 10.0
     default_timeout: ClassVar[float] = 1.0
 
-    def __init__(self, spec: CheckSpec) -> None:
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.config: Dict[str, Any] = spec.params
+        self.resources = resources if resources is not None else CheckResources()
 
     async def observe(self) -> Observation:
         """Poll the backend once. The engine bounds it with the check's timeout."""
@@ -164,15 +182,3 @@ class Check:
             return param.parse(text)
         except ValueError as exc:
             raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
-
-
-CHECK_KINDS: Dict[str, Type[Check]] = {}
-
-
-def register_check(cls: Type[Check]) -> Type[Check]:
-    """Class decorator: make a check kind available to `--check KIND ...`."""
-    if cls.kind in CHECK_KINDS:
-        raise RuntimeError("check kind %r registered twice" % cls.kind)
-    CHECK_KINDS[cls.kind] = cls
-    return cls
-

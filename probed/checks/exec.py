@@ -11,7 +11,7 @@ import shlex
 import signal
 from typing import Any, List
 
-from .base import Check, Observation, Param, register_check
+from .base import Check, Observation, Param
 
 EXEC_OUTPUT_CAP = 64 * 1024  # bytes of output kept; the rest is read and dropped
 EXEC_REAP_SECONDS = 1.0  # how long to wait for output and exit after the group is killed
@@ -77,7 +77,6 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-@register_check
 class ExecCheck(Check):
     """Exit status 0 passes; the last line of output explains a failure."""
 

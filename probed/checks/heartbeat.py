@@ -17,26 +17,14 @@ import stat
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..beatregistry import HEARTBEAT_MAX_WORKERS, WorkerAges
 from ..values import ConfigError, format_duration, parse_count, parse_duration, parse_positive_count
-from .base import Check, CheckSpec, Observation, Param, register_check
+from .base import Check, CheckResources, CheckSpec, Observation, Param
 
-HEARTBEAT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-HEARTBEAT_MAX_WORKERS = 1024  # names the push registry holds; files one check may match
-HEARTBEAT_FORGET_AFTER = 3600.0  # a full registry drops a name silent this long for a new one
 HEARTBEAT_DEFAULT_WINDOW = 60.0
 HEARTBEAT_REASON_NAMES = 12  # workers named in a reason (a log line); JSON lists them all
 HEARTBEAT_CLOCK_SLACK = 1.0  # an mtime up to this far in the future still counts as "now"
 _HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
-
-WorkerAges = Tuple[Tuple[str, float], ...]  # (name, seconds since its last beat), by name
-
-
-def parse_beat_name(text: str) -> str:
-    """A worker name: 1-128 of letters, digits, '.', '_', '-', starting with a letter or digit."""
-    if not HEARTBEAT_NAME_PATTERN.match(text):
-        raise ValueError("expected 1-128 letters, digits, '.', '_' or '-', starting with a "
-                         "letter or digit")
-    return text
 
 
 def parse_window(text: str) -> float:
@@ -45,48 +33,6 @@ def parse_window(text: str) -> float:
     if not value > 0:
         raise ValueError("expected a duration above 0, e.g. 30s")
     return value
-
-
-class HeartbeatRegistryFull(Exception):
-    """A new name arrived while the registry holds HEARTBEAT_MAX_WORKERS recently seen names."""
-
-
-class HeartbeatRegistry:
-    """Beats pushed to the admin listener, by worker name, on a monotonic clock.
-
-    At most `max_names` names: when full, a new name replaces the one silent longest if that is
-    silent over `forget_after` (a worker renamed by a rollout), else it is refused.
-    """
-
-    def __init__(self, max_names: int = HEARTBEAT_MAX_WORKERS,
-                 forget_after: float = HEARTBEAT_FORGET_AFTER,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_names = max_names
-        self.forget_after = forget_after
-        self.clock = clock
-        self.beats: Dict[str, float] = {}
-
-    def beat(self, name: str) -> None:
-        """Record a beat of `name` now; ValueError for a bad name, HeartbeatRegistryFull."""
-        parse_beat_name(name)
-        now = self.clock()
-        if name not in self.beats and len(self.beats) >= self.max_names:
-            oldest = min(self.beats, key=self.beats.__getitem__)
-            if now - self.beats[oldest] <= self.forget_after:
-                raise HeartbeatRegistryFull(
-                    "heartbeat registry full: %d names beat within the last %s" % (
-                        len(self.beats), format_duration(self.forget_after)))
-            del self.beats[oldest]
-        self.beats[name] = now
-
-    def remove(self, name: str) -> bool:
-        """Forget `name` (a worker that left on purpose); False when it was not known."""
-        return self.beats.pop(name, None) is not None
-
-    def ages(self) -> WorkerAges:
-        """Every name with the seconds since its last beat, sorted by name."""
-        now = self.clock()
-        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
 
 
 def _heartbeat_fixed_prefix(pattern: str) -> str:
@@ -161,7 +107,6 @@ def heartbeat_roster(silent: Sequence[Tuple[str, float]], fresh: Sequence[Tuple[
     return "; ".join(parts) or "no worker has beaten yet"
 
 
-@register_check
 class HeartbeatCheck(Check):
     """Passes when at least `min-fresh` workers, or all but `max-silent`, beat within `window`."""
 
@@ -182,14 +127,13 @@ class HeartbeatCheck(Check):
     default_probes = frozenset(("live", "ready", "started"))
     default_interval = 2.0
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.path: Optional[str] = self.config.get("path") or None
         expect, min_fresh = self.config.get("expect"), self.config.get("min-fresh")
         if expect is not None and min_fresh is not None and min_fresh > expect:
             raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
                               "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
-        self.registry = HeartbeatRegistry()  # the daemon shares one with the admin listener
         self._scan: Optional["asyncio.Future[WorkerAges]"] = None
 
     @property
@@ -203,7 +147,7 @@ class HeartbeatCheck(Check):
 
     async def observe(self) -> Observation:
         if self.path is None:
-            workers = self.registry.ages()
+            workers = self.resources.beats.ages()
         else:
             if self._scan is not None and not self._scan.done():
                 return Observation(False, "%s: the previous scan is still running (slow "
@@ -255,11 +199,3 @@ class HeartbeatCheck(Check):
             return True, summary
         return False, "%s (%s): %s" % (summary, ", ".join(wants),
                                        heartbeat_roster(silent, fresh, missing))
-
-
-def share_heartbeat_registry(checks: Sequence[Check], registry: HeartbeatRegistry) -> int:
-    """Point every push heartbeat check at `registry`; returns how many there are."""
-    pushed = [c for c in checks if isinstance(c, HeartbeatCheck) and c.pushed]
-    for check in pushed:
-        check.registry = registry
-    return len(pushed)

@@ -4,7 +4,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..client import FetchError, TLSOptions, fetch, read_bearer_token
 from ..values import parse_bool, parse_http_url, parse_status_ranges
-from .base import Check, Observation, Param, register_check
+from .base import Check, CheckResources, Observation, Param
 
 BODY_SNIPPET = 120  # characters of a failing body shown in the reason
 HTTP_CHECK_MAX_BODY = 1 << 20
@@ -44,6 +44,12 @@ class HTTPRequestSettings:
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
                               insecure=bool(config.get("insecure"))) if tls_needed else None
 
+    def identity(self) -> Tuple[Any, ...]:
+        """Everything here that changes a request: requests with equal identities may share
+        one scrape, others never (a second check's token or CA must not ride on the first's)."""
+        tls = (self.tls.ca_file, self.tls.insecure) if self.tls is not None else None
+        return (tuple(sorted(self.headers.items())), self.token_file, self.token_envs, tls)
+
     def request_headers(self) -> Dict[str, str]:
         """Headers for one request; the token is read fresh so rotated secrets apply."""
         headers = dict(self.headers)
@@ -67,8 +73,8 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
 class HTTPPollingCheck(Check):
     """A check that polls over HTTP: its headers, token source and TLS built once, here."""
 
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.request = self.request_settings()
 
     def request_settings(self) -> HTTPRequestSettings:
@@ -76,7 +82,6 @@ class HTTPPollingCheck(Check):
         return HTTPRequestSettings(self.config)
 
 
-@register_check
 class HTTPCheck(HTTPPollingCheck):
     """Passes when the status is in `expect` and the body contains `contains`."""
 

@@ -10,9 +10,8 @@ import time
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..client import FetchError, fetch
-from ..scrape import last_progress
 from ..values import ConfigError, parse_bool, parse_http_url, parse_positive_count
-from .base import Check, CheckSpec, Observation, Param, register_check
+from .base import Check, CheckResources, CheckSpec, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings, body_snippet
 
 API_KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
@@ -75,7 +74,6 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
     return [str(m["id"]) for m in data]
 
 
-@register_check
 class ModelsCheck(HTTPPollingCheck):
     """The server lists `model` (or any model) on /v1/models."""
 
@@ -108,7 +106,6 @@ class ModelsCheck(HTTPPollingCheck):
                            detail={"models": models})
 
 
-@register_check
 class InferenceCheck(HTTPPollingCheck):
     """A tiny completion returns in time: the engine really generates."""
 
@@ -129,8 +126,8 @@ class InferenceCheck(HTTPPollingCheck):
         "metrics-url": Param(parse_http_url, help="metrics URL for idle-only"),
     })
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.model: Optional[str] = self.config.get("model")
         if self.config["idle-only"] and not self.config.get("metrics-url"):
             if self.config["api"] == "json":
@@ -170,7 +167,7 @@ class InferenceCheck(HTTPPollingCheck):
     def busy(self) -> bool:
         """Whether the progress check of `metrics-url` saw tokens rise within one interval."""
         url = self.config.get("metrics-url")
-        return url is not None and time.monotonic() - last_progress(url) < self.spec.interval
+        return url is not None and time.monotonic() - self.resources.progress.last(url) < self.spec.interval
 
     async def request_body(self) -> bytes:
         """The POST body; finds the model on /v1/models the first time it is needed."""

@@ -6,14 +6,13 @@ series are summed (running and waiting over every engine), unlike `metric`'s fal
 """
 
 from ..values import parse_http_url
-from .base import Check, Observation, Param, register_check
+from .base import Check, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import format_value, parse_selector_param, scrape_selectors
 
 INFLIGHT_MAX_AGE = 0.0  # a drain decision needs a reading taken after it was asked for
 
 
-@register_check
 class InflightCheck(HTTPPollingCheck):
     """The sum of every selected series: requests the server is still working on."""
 

@@ -8,7 +8,7 @@ requester starts: nothing is routed to a pod until its controller says so. Must 
 from typing import Any, Optional
 
 from ..values import format_timestamp
-from .base import Check, CheckSpec, Observation, Param, register_check
+from .base import Check, CheckResources, CheckSpec, Observation, Param
 
 
 def parse_initial_state(text: str) -> bool:
@@ -19,7 +19,6 @@ def parse_initial_state(text: str) -> bool:
     return value == "ready"
 
 
-@register_check
 class ManualCheck(Check):
     """Passes while the last admin call (or `initial`) said ready."""
 
@@ -31,8 +30,8 @@ class ManualCheck(Check):
     default_probes = frozenset(("ready",))
     default_interval = 5.0
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.ready: bool = self.config["initial"]
         self.reason = "initial=%s, until POST /v1/become-%s" % (
             "ready" if self.ready else "unready", "unready" if self.ready else "ready")

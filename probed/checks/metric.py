@@ -10,9 +10,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..client import FetchError
 from ..expfmt import AGGREGATIONS, ExpositionError, Selector, aggregate, parse_selector, select_series
-from ..scrape import is_openmetrics, metrics_source, note_progress
+from ..scrape import is_openmetrics
 from ..values import ConfigError, format_duration, parse_duration, parse_http_url, parse_number
-from .base import Check, CheckSpec, Observation, Param, register_check
+from .base import Check, CheckResources, CheckSpec, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings
 
 
@@ -64,7 +64,7 @@ async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector]
                            max_age: Optional[float] = None) -> ScrapeResult:
     """Scrape `url` (shared per URL; a body younger than `max_age`, by default half the
     interval up to 1 s, is reused) and select every selector's series."""
-    source = metrics_source(url, settings.headers, settings.tls)
+    source = check.resources.scrapes.source(url, settings.identity(), settings.headers, settings.tls)
     spec = check.spec
     if max_age is None:
         max_age = min(spec.interval / 2, 1.0)
@@ -118,15 +118,14 @@ def judge_bounds(value: float, label: str, config: Mapping[str, Any],
     return True, shown
 
 
-@register_check
 class MetricCheck(HTTPPollingCheck):
     """An aggregated metric within bounds; the observed value is shown and exported."""
 
     kind = "metric"
     params = METRIC_PARAMS
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         recover, high = self.config.get("recover"), self.config.get("max")
         if recover is not None and (high is None or recover > high):
             raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
@@ -167,7 +166,6 @@ PROGRESS_RUNNING = "vllm:num_requests_running"
 PROGRESS_COUNTER = "vllm:generation_tokens_total"
 
 
-@register_check
 class ProgressCheck(HTTPPollingCheck):
     """Fails when requests are running but the token counter has stopped rising."""
 
@@ -184,8 +182,8 @@ class ProgressCheck(HTTPPollingCheck):
                              help="running > 0 and the counter flat this long is a stall"),
     })
 
-    def __init__(self, spec: CheckSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
 
@@ -211,7 +209,7 @@ class ProgressCheck(HTTPPollingCheck):
         if last is None or counter < last or counter > last or running <= 0:
             self.flat_since = now  # first reading, a restart, progress, or idle: no stall
         if last is not None and counter > last:
-            note_progress(self.config["url"], now)
+            self.resources.progress.note(self.config["url"], now)
         self.last_counter = counter
         flat_for = now - self.flat_since
         reset = last is not None and counter < last

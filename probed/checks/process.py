@@ -8,14 +8,13 @@ to no group by default: its job is to tell the engine, which unlatches `started`
 
 from ..expfmt import parse_selector
 from ..values import format_timestamp, parse_http_url
-from .base import Check, Observation, Param, register_check
+from .base import Check, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import parse_selector_param, scrape_selectors
 
 PROCESS_START = "process_start_time_seconds"
 
 
-@register_check
 class ProcessCheck(HTTPPollingCheck):
     """Reports the backend's process start time as its incarnation."""
 

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Dict, List, Mapping, Optional, Tuple
 
 from ..client import FetchError, Response, fetch
 from ..values import parse_count, parse_http_url
-from .base import Observation, Param, register_check
+from .base import CheckResources, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, body_snippet
 from .tcp import TCPCheck, parse_tcp_addr
 
@@ -143,8 +143,8 @@ class _RayDashboardCheck(HTTPPollingCheck):
     default_timeout = 2.0
     default_interval = 5.0
 
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.base: str = self.config["url"].rstrip("/")
 
     def _fetch(self, path: str, timeout: float, max_body: int,
@@ -156,7 +156,6 @@ class _RayDashboardCheck(HTTPPollingCheck):
                      tls=self.request.tls)
 
 
-@register_check
 class RayClusterCheck(_RayDashboardCheck):
     """GCS healthy, at least `nodes` ALIVE nodes and `gpus` GPUs on them (run it on the leader)."""
 
@@ -267,7 +266,6 @@ def ray_agent_verdict(status: int, body: bytes, path: str) -> Tuple[bool, str, b
     return False, "agent HTTP %d: %s" % (status, said), raylet_failed and status == 503
 
 
-@register_check
 class RayAgentCheck(_RayDashboardCheck):
     """This node's raylet (and, on Ray >= 2.53, its GCS connection) per its dashboard agent.
 
@@ -282,8 +280,8 @@ class RayAgentCheck(_RayDashboardCheck):
     })
     default_probes = frozenset(("live", "ready", "started"))
 
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
         self.path = RAY_AGENT_HEALTH_PATH  # switches to the legacy path after a 404
 
     def target(self) -> str:
@@ -313,7 +311,6 @@ class RayAgentCheck(_RayDashboardCheck):
                                    "body": body_snippet(resp.body)})
 
 
-@register_check
 class RayGCSCheck(TCPCheck):
     """A TCP connect to the GCS port, for Ray without a dashboard: reachability, nothing more."""
 

@@ -8,7 +8,7 @@ a redirect.
 
 from ..client import FetchError, fetch
 from ..values import parse_http_url
-from .base import Check, Observation, Param, register_check
+from .base import Check, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 
 RELAY_MAX_BODY = 64 * 1024  # a probe reply is a line or a small JSON document
@@ -22,7 +22,6 @@ def first_body_line(body: bytes) -> str:
     return line[:RELAY_LINE_CHARS] + ("..." if len(line) > RELAY_LINE_CHARS else "")
 
 
-@register_check
 class RelayCheck(HTTPPollingCheck):
     """Passes while the remote endpoint answers 2xx."""
 

@@ -4,7 +4,7 @@ import asyncio
 from typing import Any
 
 from ..values import parse_host_port
-from .base import Check, Observation, Param, register_check
+from .base import Check, Observation, Param
 
 
 def parse_tcp_addr(text: str) -> Any:
@@ -25,7 +25,6 @@ async def tcp_connect(host: str, port: int) -> None:
         pass
 
 
-@register_check
 class TCPCheck(Check):
     """Connect succeeds: the port is open (all a tcpSocket probe would learn)."""
 
