@@ -11,7 +11,7 @@ import asyncio
 import errno
 import socket
 import time
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from .httpproto import HTTPError, PreparedResponse, build_error_response, http_date, parse_request
 from .values import ConfigError
@@ -55,14 +55,17 @@ class Connection:
 
 
 class ServerStats:
-    """Counters the /metrics page reads."""
+    """Counters the /metrics page reads. Requests are counted by the paths in `counted_paths`
+    (the router's own); any other path is OTHER_PATH_LABEL, so clients cannot add series."""
 
-    __slots__ = ("accepted", "refused_at_cap", "requests")
+    __slots__ = ("accepted", "refused_at_cap", "open", "requests", "counted_paths")
 
-    def __init__(self) -> None:
+    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
         self.accepted = 0
         self.refused_at_cap = 0
+        self.open = 0
         self.requests: Dict[Tuple[str, int], int] = {}
+        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
 
 
 def bind_listener(host: str, port: int, flag: str) -> socket.socket:
@@ -103,7 +106,8 @@ class ProbeServer:
 
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
-                 max_connections: int = 1024, max_body: int = 0) -> None:
+                 max_connections: int = 1024, max_body: int = 0,
+                 stats: Optional[ServerStats] = None) -> None:
         self.respond = respond
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
@@ -112,8 +116,7 @@ class ProbeServer:
         self.max_body = max_body
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
-        self.stats = ServerStats()
-        self.counted_paths: FrozenSet[str] = frozenset()  # set by the daemon (selfmetrics)
+        self.stats = stats if stats is not None else ServerStats()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._date_second = -1
@@ -170,6 +173,7 @@ class ProbeServer:
             sock.setblocking(False)
             conn = Connection(sock, time.monotonic() + self.read_timeout)
             self.conns[conn.fd] = conn
+            self.stats.open += 1
             self._on_readable(conn)  # a kubelet's request is usually here already
             if (self.conns.get(conn.fd) is conn and not conn.buf and not conn.out
                     and conn.waiting is None and conn.phase == READING):
@@ -274,7 +278,7 @@ class ProbeServer:
             self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
-        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
+        key = (path if path in self.stats.counted_paths else OTHER_PATH_LABEL, status)
         requests = self.stats.requests
         requests[key] = requests.get(key, 0) + 1
 
@@ -381,6 +385,7 @@ class ProbeServer:
     def _close(self, conn: Connection) -> None:
         if self.conns.pop(conn.fd, None) is None:
             return
+        self.stats.open -= 1
         if self._loop is not None:
             self._watch(conn, read=False, write=False)
         conn.sock.close()
@@ -395,6 +400,7 @@ class ProbeServer:
         expired = [c for c in self.conns.values() if c.deadline < now]
         for conn in expired:
             if conn.phase == READING and conn.buf:
+                self._count(OTHER_PATH_LABEL, 408)
                 try:  # a request that started but never finished gets told why
                     conn.sock.send(self._wire(build_error_response(
                         HTTPError(408, "request not complete within the read timeout"))))
