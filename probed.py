@@ -13,8 +13,11 @@
 #     probed/__init__.py
 #     probed/clientproto.py
 #     probed/client.py
+#     probed/gpufaults.py
 #     probed/groups.py
 #     probed/httpproto.py
+#     probed/nvml.py
+#     probed/gpureader.py
 #     probed/probebench.py
 #     probed/promselector.py
 #     probed/expfmt.py
@@ -25,6 +28,7 @@
 #     probed/checkcmd.py
 #     probed/checks/base.py
 #     probed/checks/exec.py
+#     probed/checks/gpu.py
 #     probed/checks/heartbeat.py
 #     probed/checks/http.py
 #     probed/checks/inference.py
@@ -528,6 +532,253 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 
 
 # ============================================================
+# probed/gpufaults.py
+# ============================================================
+"""GPU faults: what each one needs (a server restart, or the node's remediation), how long one
+is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
+no NVML, no I/O; time comes from the clock a caller passes in.
+"""
+
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+RESTART = "restart"
+RESET = "reset"
+NOTE = "note"
+FAULT_MODES = ("all", RESTART, RESET)
+
+XID_RESTART: FrozenSet[int] = frozenset((
+    8, 11, 13, 25, 31, 32, 39, 40, 41, 60, 68, 69, 70, 71, 72, 75, 76, 77, 80, 82, 83, 84, 85,
+    86, 88, 89, 94, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 126, 127, 128, 129, 130, 131,
+    132, 133, 134, 135, 139))
+XID_RESET: FrozenSet[int] = frozenset((
+    46, 48, 62, 64, 74, 79, 95, 109, 110, 119, 120, 136, 140, 143, 144, 145, 146, 147, 148, 149,
+    150, 151, 155, 156, 158))
+XID_NAMES: Dict[int, str] = {
+    8: "GPU stopped processing", 13: "Graphics Engine Exception", 31: "GPU memory page fault",
+    32: "Invalid or corrupted push buffer stream", 43: "GPU stopped processing",
+    45: "Preemptive cleanup, due to previous errors", 46: "GPU stopped processing",
+    48: "Double Bit ECC Error", 62: "Internal micro-controller halt",
+    63: "GPU memory remapping event", 64: "GPU memory remapping failure", 74: "NVLINK Error",
+    79: "GPU has fallen off the bus", 92: "High single-bit ECC error rate",
+    94: "Contained memory error", 95: "Uncontained memory error",
+    109: "Context Switch Timeout Error", 119: "GSP RPC Timeout", 120: "GSP Error",
+    140: "ECC Unrecovered Error", 154: "GPU Recovery Action Changed"}
+RECOVERY_ACTIONS: Dict[int, str] = {0: "NONE", 1: "GPU_RESET", 2: "NODE_REBOOT", 3: "DRAIN_P2P",
+                                    4: "DRAIN_AND_RESET", 5: "RECOVER_IMEX_DOMAIN"}
+RESTART_FIXES = "a server restart fixes this"
+RESET_NEEDED = "a restart cannot fix this; the node's remediation will"
+REASON_MAX_FAULTS = 3
+REASON_MAX_GPUS = 3
+UUID_SHOWN = 12
+GPU_MAX_NOTES = 32
+
+
+class Fault(NamedTuple):
+
+    cls: str
+    text: str
+    xid: Optional[int] = None
+    times: int = 1
+    seconds_ago: Optional[float] = None
+
+
+class DeviceFacts(NamedTuple):
+
+    gpu: int
+    uuid: str
+    faults: Tuple[Fault, ...]
+    readings: Tuple[Tuple[str, Any], ...] = ()
+    not_read: Tuple[str, ...] = ()
+
+
+def classify_xid(xid: int) -> str:
+    if xid in XID_RESTART:
+        return RESTART
+    return RESET if xid in XID_RESET else NOTE
+
+
+def xid_text(xid: int) -> str:
+    name = XID_NAMES.get(xid)
+    return "Xid %d (%s)" % (xid, name) if name else "Xid %d" % xid
+
+
+def parse_fault_mode(text: str) -> str:
+    if text not in FAULT_MODES:
+        raise ValueError("expected one of: %s" % ", ".join(FAULT_MODES))
+    return text
+
+
+def parse_xid_list(text: str) -> FrozenSet[int]:
+    out = set()
+    for part in text.split(","):
+        part = part.strip()
+        if part and (not part.isdigit() or int(part) > 0xFFFF):
+            raise ValueError("expected Xid numbers, comma-separated, e.g. 13,31")
+        if part:
+            out.add(int(part))
+    return frozenset(out)
+
+
+class FaultMemory:
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.by_device: Dict[int, Dict[Tuple[str, Optional[int]], List[Any]]] = {}
+
+    def add(self, index: int, cls: str, text: str, xid: Optional[int]) -> None:
+        entries = self.by_device.setdefault(index, {})
+        entry = entries.get((text, xid))
+        if entry is None:
+            notes = [k for k, e in entries.items() if e[0] == NOTE]
+            if cls == NOTE and len(notes) >= GPU_MAX_NOTES:
+                del entries[min(notes, key=lambda k: entries[k][2])]
+            entry = entries[(text, xid)] = [cls, 0, 0.0]
+        entry[1] += 1
+        entry[2] = self.clock()
+
+    def forget_restart(self) -> None:
+        for entries in self.by_device.values():
+            for key in [k for k, e in entries.items() if e[0] == RESTART]:
+                del entries[key]
+
+    def faults(self, index: int) -> List[Fault]:
+        now = self.clock()
+        return [Fault(cls, text, xid, count, round(now - last, 3))
+                for (text, xid), (cls, count, last) in self.by_device.get(index, {}).items()]
+
+
+DeviceSelector = Tuple[str, str]
+ALL: Tuple[DeviceSelector, ...] = (("all", ""),)
+
+
+def _selector(item: str) -> Optional[DeviceSelector]:
+    if item.isdigit():
+        return ("index", str(int(item)))
+    if item.startswith("GPU-") and len(item) > 4:
+        return ("uuid", item)
+    if item.startswith("MIG-GPU-"):
+        return ("uuid", item[4:].split("/")[0])
+    if item.startswith("MIG-"):
+        return ("all", "")
+    return None
+
+
+def parse_device_list(text: str) -> Tuple[DeviceSelector, ...]:
+    text = text.strip()
+    if text == "auto":
+        return ()
+    if text == "all":
+        return ALL
+    out = []
+    for item in text.split(","):
+        sel = _selector(item.strip())
+        if sel is None:
+            raise ValueError("expected auto, all, or GPU indices and UUIDs (0,1 or GPU-8f3e...), "
+                             "got %r" % item.strip())
+        out.append(sel)
+    return tuple(out)
+
+
+def environment_devices(env: Mapping[str, str], nvml_count: int
+                        ) -> Tuple[Tuple[DeviceSelector, ...], str]:
+    cuda = env.get("CUDA_VISIBLE_DEVICES")
+    if cuda is not None:
+        out = []
+        for item in cuda.split(","):
+            sel = _selector(item.strip())
+            if sel is None:
+                break
+            out.append(sel)
+        return tuple(out), "CUDA_VISIBLE_DEVICES=%s" % cuda
+    nvidia = env.get("NVIDIA_VISIBLE_DEVICES")
+    if nvidia is None or nvidia.strip() == "all":
+        return ALL, "NVIDIA_VISIBLE_DEVICES=all" if nvidia else "every GPU NVML sees"
+    shown = "NVIDIA_VISIBLE_DEVICES=%s" % nvidia
+    items = [i.strip() for i in nvidia.split(",") if i.strip()]
+    if not items or items[0] in ("none", "void"):
+        return (), shown
+    sels = [_selector(i) for i in items]
+    if all(s is not None and s[0] == "index" for s in sels) and len(items) == nvml_count:
+        return ALL, shown + " (renumbered from 0 in this container)"
+    return tuple(s for s in sels if s is not None), shown
+
+
+def select_devices(devices: Sequence[DeviceFacts], selectors: Sequence[DeviceSelector]
+                   ) -> Tuple[List[DeviceFacts], List[str]]:
+    chosen: Dict[int, DeviceFacts] = {}
+    missing = []
+    for kind, value in selectors:
+        if kind == "all":
+            hits = list(devices)
+        elif kind == "index":
+            hits = [d for d in devices if d.gpu == int(value)]
+        else:
+            hits = [d for d in devices if d.uuid.startswith(value)]
+            hits = hits if len(hits) == 1 else [d for d in hits if d.uuid == value]
+        if not hits and kind != "all":
+            missing.append(value)
+        for d in hits:
+            chosen[d.gpu] = d
+    return [chosen[i] for i in sorted(chosen)], missing
+
+
+def counted(fault: Fault, mode: str, ignore: FrozenSet[int]) -> bool:
+    if fault.cls == NOTE or (fault.xid is not None and fault.xid in ignore):
+        return False
+    return mode == "all" or fault.cls == mode
+
+
+def device_name(d: DeviceFacts) -> str:
+    return "GPU %d (%s)" % (d.gpu, d.uuid[:UUID_SHOWN] or "uuid unknown")
+
+
+def fault_words(f: Fault) -> str:
+    return f.text + (" x%d" % f.times if f.times > 1 else "")
+
+
+def judge_devices(devices: Sequence[DeviceFacts], mode: str, ignore: FrozenSet[int]
+                  ) -> Tuple[bool, str]:
+    for d in devices:
+        faults = [f for f in d.faults if counted(f, mode, ignore)]
+        if not faults:
+            continue
+        faults.sort(key=lambda f: f.cls != RESET)
+        words = [fault_words(f) for f in faults[:REASON_MAX_FAULTS]]
+        if len(faults) > REASON_MAX_FAULTS:
+            words.append("and %d more" % (len(faults) - REASON_MAX_FAULTS))
+        remedy = RESET_NEEDED if faults[0].cls == RESET else RESTART_FIXES
+        return False, "%s: %s: %s" % (device_name(d), ", ".join(words), remedy)
+    if len(devices) > REASON_MAX_GPUS:
+        shown = "GPUs " + ",".join(str(d.gpu) for d in devices)
+    else:
+        shown = ", ".join(device_name(d) for d in devices) or "none"
+    return True, "%d GPU%s, no faults: %s" % (len(devices), "" if len(devices) == 1 else "s",
+                                               shown)
+
+
+def device_json(d: DeviceFacts) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"index": d.gpu, "uuid": d.uuid}
+    out.update(d.readings)
+    out["faults"] = [dict(cls=f.cls, fault=f.text, times=f.times, **(
+        {"xid": f.xid} if f.xid is not None else {}), **(
+        {"seconds_ago": f.seconds_ago} if f.seconds_ago is not None else {})) for f in d.faults]
+    if d.not_read:
+        out["not_read"] = list(d.not_read)
+    return out
+
+
+# ============================================================
 # probed/groups.py
 # ============================================================
 """The three probe groups, the kubelet probe each answers, and the path it is served on."""
@@ -808,6 +1059,578 @@ def http_date(epoch_seconds: float) -> bytes:
     return ("%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
         t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
+
+
+# ============================================================
+# probed/nvml.py
+# ============================================================
+"""NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
+"""
+
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+NVML_LIBRARY = "libnvidia-ml.so.1"
+NVML_SUCCESS = 0
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
+MISSING_CODES = frozenset((NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND))
+GPU_GONE_CODES = frozenset((NVML_ERROR_GPU_IS_LOST, NVML_ERROR_RESET_REQUIRED))
+
+EVENT_DOUBLE_BIT_ECC = 0x2
+EVENT_XID = 0x8
+EVENT_DRAM_RETIREMENT_FAILURE = 0x800
+EVENT_GPU_UNAVAILABLE = 0x4000
+EVENT_RECOVERY_ACTION = 0x8000
+MEMORY_ERROR_TYPE_UNCORRECTED = 1
+VOLATILE_ECC = 0
+FI_DEV_GET_GPU_RECOVERY_ACTION = 230
+UUID_BUFFER_SIZE = 96
+DRIVER_BUFFER_SIZE = 80
+VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
+
+
+class NVMLMissing(Exception):
+    """The library cannot be loaded: no NVIDIA driver in this container."""
+
+
+class FunctionMissing(Exception):
+
+    def __init__(self, function: str, why: str) -> None:
+        super().__init__("%s: %s" % (function, why))
+        self.function = function
+        self.why = why
+
+
+class NVMLCallError(Exception):
+
+    def __init__(self, function: str, code: int, text: str) -> None:
+        super().__init__("%s: %s (NVML error %d)" % (function, text, code))
+        self.function = function
+        self.code = code
+
+
+class NVMLEvent(NamedTuple):
+
+    handle: Optional[int]
+    event_type: int
+    data: int
+
+
+def _struct_types(ct: Any) -> Tuple[Any, Any]:
+
+    class EventData(ct.Structure):
+        _fields_ = [("device", ct.c_void_p), ("eventType", ct.c_ulonglong),
+                    ("eventData", ct.c_ulonglong), ("gpuInstanceId", ct.c_uint),
+                    ("computeInstanceId", ct.c_uint)]
+
+    class Value(ct.Union):
+        _fields_ = [("dVal", ct.c_double), ("siVal", ct.c_int), ("uiVal", ct.c_uint),
+                    ("ulVal", ct.c_ulong), ("ullVal", ct.c_ulonglong),
+                    ("sllVal", ct.c_longlong), ("usVal", ct.c_ushort)]
+
+    class FieldValue(ct.Structure):
+        _fields_ = [("fieldId", ct.c_uint), ("scopeId", ct.c_uint),
+                    ("timestamp", ct.c_longlong), ("latencyUsec", ct.c_longlong),
+                    ("valueType", ct.c_uint), ("nvmlReturn", ct.c_uint), ("value", Value)]
+
+    return EventData, FieldValue
+
+
+class NVMLLibrary:
+
+    def __init__(self, path: str = NVML_LIBRARY) -> None:
+        import ctypes
+
+        try:
+            self._dll = ctypes.CDLL(path)
+        except OSError as exc:
+            missing = "No such file" in str(exc)
+            raise NVMLMissing("%s not found" % path if missing else str(exc)) from None
+        self._ct = ctypes
+        self._event_data, self._field_value = _struct_types(ctypes)
+        self._functions: Dict[str, Callable[..., int]] = {}
+
+    def has(self, name: str) -> bool:
+        try:
+            self._function(name)
+        except FunctionMissing:
+            return False
+        return True
+
+    def _function(self, name: str) -> Callable[..., int]:
+        fn = self._functions.get(name)
+        if fn is None:
+            try:
+                fn = getattr(self._dll, name)
+            except AttributeError:
+                raise FunctionMissing(name, "not in this driver") from None
+            self._functions[name] = fn
+        return fn
+
+    def _call(self, name: str, *args: Any) -> None:
+        code = self._function(name)(*args)
+        if code == NVML_SUCCESS:
+            return
+        if code in MISSING_CODES:
+            raise FunctionMissing(name, "not in this driver" if code == NVML_ERROR_FUNCTION_NOT_FOUND
+                                  else "not supported on this GPU")
+        raise NVMLCallError(name, code, self.error_text(code))
+
+    def error_text(self, code: int) -> str:
+        try:
+            fn = self._dll.nvmlErrorString
+        except AttributeError:
+            return "error %d" % code
+        fn.restype = self._ct.c_char_p
+        text = fn(self._ct.c_int(code))
+        return text.decode("utf-8", "replace") if text else "error %d" % code
+
+    def init(self) -> None:
+        self._call("nvmlInit_v2")
+
+    def shutdown(self) -> None:
+        self._call("nvmlShutdown")
+
+    def driver_version(self) -> str:
+        buf = self._ct.create_string_buffer(DRIVER_BUFFER_SIZE)
+        self._call("nvmlSystemGetDriverVersion", buf, self._ct.c_uint(DRIVER_BUFFER_SIZE))
+        return buf.value.decode("utf-8", "replace")
+
+    def device_count(self) -> int:
+        count = self._ct.c_uint(0)
+        self._call("nvmlDeviceGetCount_v2", self._ct.byref(count))
+        return count.value
+
+    def handle(self, index: int) -> int:
+        handle = self._ct.c_void_p()
+        self._call("nvmlDeviceGetHandleByIndex_v2", self._ct.c_uint(index),
+                   self._ct.byref(handle))
+        return handle.value or 0
+
+    def uuid(self, handle: int) -> str:
+        buf = self._ct.create_string_buffer(UUID_BUFFER_SIZE)
+        self._call("nvmlDeviceGetUUID", self._ct.c_void_p(handle), buf,
+                   self._ct.c_uint(UUID_BUFFER_SIZE))
+        return buf.value.decode("ascii", "replace")
+
+    def ecc_enabled(self, handle: int) -> bool:
+        current, pending = self._ct.c_int(0), self._ct.c_int(0)
+        self._call("nvmlDeviceGetEccMode", self._ct.c_void_p(handle), self._ct.byref(current),
+                   self._ct.byref(pending))
+        return current.value == 1
+
+    def volatile_uncorrected_ecc(self, handle: int) -> int:
+        count = self._ct.c_ulonglong(0)
+        self._call("nvmlDeviceGetTotalEccErrors", self._ct.c_void_p(handle),
+                   self._ct.c_int(MEMORY_ERROR_TYPE_UNCORRECTED), self._ct.c_int(VOLATILE_ECC),
+                   self._ct.byref(count))
+        return count.value
+
+    def remapped_rows(self, handle: int) -> Tuple[int, int, bool, bool]:
+        c = self._ct
+        corr, unc, pending, failure = c.c_uint(0), c.c_uint(0), c.c_uint(0), c.c_uint(0)
+        self._call("nvmlDeviceGetRemappedRows", c.c_void_p(handle), c.byref(corr),
+                   c.byref(unc), c.byref(pending), c.byref(failure))
+        return corr.value, unc.value, bool(pending.value), bool(failure.value)
+
+    def field_value(self, handle: int, field_id: int) -> float:
+        value = self._field_value()
+        value.fieldId = field_id
+        self._call("nvmlDeviceGetFieldValues", self._ct.c_void_p(handle), self._ct.c_int(1),
+                   self._ct.byref(value))
+        name = "nvmlDeviceGetFieldValues(%d)" % field_id
+        if value.nvmlReturn != NVML_SUCCESS:
+            code = int(value.nvmlReturn)
+            if code in MISSING_CODES or code == 2:
+                raise FunctionMissing(name, "not reported by this driver")
+            raise NVMLCallError(name, code, self.error_text(code))
+        member = VALUE_MEMBERS[value.valueType] if value.valueType < len(VALUE_MEMBERS) else "ullVal"
+        return float(getattr(value.value, member))
+
+    def event_set(self) -> int:
+        handle = self._ct.c_void_p()
+        self._call("nvmlEventSetCreate", self._ct.byref(handle))
+        return handle.value or 0
+
+    def supported_events(self, handle: int) -> int:
+        mask = self._ct.c_ulonglong(0)
+        self._call("nvmlDeviceGetSupportedEventTypes", self._ct.c_void_p(handle),
+                   self._ct.byref(mask))
+        return mask.value
+
+    def register_events(self, handle: int, mask: int, event_set: int) -> None:
+        self._call("nvmlDeviceRegisterEvents", self._ct.c_void_p(handle),
+                   self._ct.c_ulonglong(mask), self._ct.c_void_p(event_set))
+
+    def next_event(self, event_set: int) -> Optional[NVMLEvent]:
+        data = self._event_data()
+        name = "nvmlEventSetWait_v2" if self.has("nvmlEventSetWait_v2") else "nvmlEventSetWait"
+        code = self._function(name)(self._ct.c_void_p(event_set), self._ct.byref(data),
+                                    self._ct.c_uint(0))
+        if code == NVML_ERROR_TIMEOUT:
+            return None
+        if code != NVML_SUCCESS:
+            raise NVMLCallError(name, code, self.error_text(code))
+        return NVMLEvent(data.device, int(data.eventType), int(data.eventData))
+
+    def free_event_set(self, event_set: int) -> None:
+        self._call("nvmlEventSetFree", self._ct.c_void_p(event_set))
+
+
+# ============================================================
+# probed/gpureader.py
+# ============================================================
+"""The gpu reader: one NVML session per library, read in a thread of its own and shared by the
+gpu checks of one daemon (through `CheckResources.gpus`).
+"""
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+GPU_MAX_DEVICES = 64
+GPU_MAX_EVENTS_PER_READ = 1024
+GPU_MAX_QUEUED = 4
+WATCHED_EVENTS = (EVENT_XID | EVENT_DOUBLE_BIT_ECC | EVENT_DRAM_RETIREMENT_FAILURE
+                  | EVENT_GPU_UNAVAILABLE | EVENT_RECOVERY_ACTION)
+EVENT_FAULTS = {EVENT_DOUBLE_BIT_ECC: (RESET, "double-bit ECC error event"),
+                EVENT_DRAM_RETIREMENT_FAILURE: (RESET, "row remapping failure event"),
+                EVENT_GPU_UNAVAILABLE: (RESET, "GPU unavailable event"),
+                EVENT_RECOVERY_ACTION: (NOTE, "recovery action changed event")}
+
+
+class GPUSnapshot(NamedTuple):
+
+    available: bool
+    note: str
+    driver: str
+    devices: Tuple[DeviceFacts, ...]
+    events: str
+    generation: int
+    taken_at: float
+
+
+class GPUReadTimeout(Exception):
+    """NVML did not answer within the check's timeout (the read goes on in its thread)."""
+
+
+class Device:
+
+    def __init__(self, index: int, handle: Optional[int], uuid: str, gone: str = "") -> None:
+        self.index = index
+        self.handle = handle
+        self.uuid = uuid
+        self.gone = gone
+        self.ecc: Optional[bool] = None
+        self.missing: Dict[str, str] = {}
+
+
+class NVMLSession:
+
+    def __init__(self, path: str = NVML_LIBRARY, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.path = path
+        self.clock = clock
+        self.lib: Optional[NVMLLibrary] = None
+        self.absent = ""
+        self.driver = ""
+        self.devices: Optional[List[Device]] = None
+        self.by_handle: Dict[int, int] = {}
+        self.event_set = 0
+        self.unregistered = ""
+        self.draining = ""
+        self.memory = FaultMemory(clock)
+
+    def read(self, generation: int) -> GPUSnapshot:
+        why = self._open()
+        if why or self.devices is None:
+            return GPUSnapshot(False, why, "", (), "", generation, self.clock())
+        self._drain()
+        facts = tuple(self._facts(d) for d in self.devices)
+        events = "; ".join(n for n in (self.unregistered, self.draining) if n)
+        return GPUSnapshot(True, "", self.driver, facts, events, generation, self.clock())
+
+    def forget_restart(self) -> None:
+        if self.devices is not None:
+            self._drain()
+        self.memory.forget_restart()
+
+    def close(self) -> None:
+        if self.lib is not None and self.devices is not None:
+            try:
+                if self.event_set:
+                    self.lib.free_event_set(self.event_set)
+                self.lib.shutdown()
+            except (FunctionMissing, NVMLCallError):
+                pass
+        self.devices, self.event_set = None, 0
+
+    def _open(self) -> str:
+        if self.devices is not None or self.absent:
+            return self.absent
+        if self.lib is None:
+            try:
+                self.lib = NVMLLibrary(self.path)
+            except NVMLMissing as exc:
+                self.absent = "no NVIDIA driver (%s)" % exc
+                return self.absent
+        try:
+            self.lib.init()
+        except (NVMLCallError, FunctionMissing) as exc:
+            return "NVML did not start, GPU faults are not read: %s" % exc
+        try:
+            self.driver = self.lib.driver_version()
+        except (NVMLCallError, FunctionMissing):
+            self.driver = "unknown"
+        try:
+            count = min(self.lib.device_count(), GPU_MAX_DEVICES)
+        except (NVMLCallError, FunctionMissing) as exc:
+            return "NVML cannot count the GPUs: %s" % exc
+        self.devices = [self._enumerate(self.lib, i) for i in range(count)]
+        self.by_handle = {d.handle: d.index for d in self.devices if d.handle}
+        self._register(self.lib)
+        return ""
+
+    def _enumerate(self, lib: NVMLLibrary, index: int) -> Device:
+        try:
+            handle = lib.handle(index)
+            device = Device(index, handle, lib.uuid(handle))
+        except (NVMLCallError, FunctionMissing) as exc:
+            return Device(index, None, "", gone=str(exc))
+        try:
+            device.ecc = lib.ecc_enabled(handle)
+        except FunctionMissing as exc:
+            device.missing["ecc"] = str(exc)
+        except NVMLCallError as exc:
+            device.missing["ecc"] = str(exc)
+        return device
+
+    def _register(self, lib: NVMLLibrary) -> None:
+        if not (lib.has("nvmlEventSetWait_v2") or lib.has("nvmlEventSetWait")):
+            self.unregistered = "Xid events not read: nvmlEventSetWait not in this driver"
+            return
+        try:
+            self.event_set = lib.event_set()
+        except (NVMLCallError, FunctionMissing) as exc:
+            self.unregistered = "Xid events not read: %s" % exc
+            return
+        refused = []
+        for d in self.devices or ():
+            if d.handle and not self._register_device(lib, d):
+                refused.append("GPU %d" % d.index)
+        if refused:
+            self.unregistered = "Xid events not read on %s: not supported" % ", ".join(refused)
+
+    def _register_device(self, lib: NVMLLibrary, d: Device) -> bool:
+        assert d.handle
+        mask = WATCHED_EVENTS
+        try:
+            mask &= lib.supported_events(d.handle)
+        except (NVMLCallError, FunctionMissing):
+            pass
+        for attempt in (mask, EVENT_XID):
+            try:
+                lib.register_events(d.handle, attempt, self.event_set)
+                return bool(attempt & EVENT_XID)
+            except (NVMLCallError, FunctionMissing):
+                continue
+        return False
+
+    def _drain(self) -> None:
+        if not self.event_set or self.lib is None:
+            return
+        for _ in range(GPU_MAX_EVENTS_PER_READ):
+            try:
+                event = self.lib.next_event(self.event_set)
+            except (NVMLCallError, FunctionMissing) as exc:
+                self.draining = "Xid events: %s" % exc
+                return
+            if event is None:
+                self.draining = ""
+                return
+            self._remember(event)
+        self.draining = "over %d events in one poll: the rest are read next poll" % (
+            GPU_MAX_EVENTS_PER_READ)
+
+    def _remember(self, event: NVMLEvent) -> None:
+        index = self.by_handle.get(event.handle or 0)
+        if index is None:
+            return
+        if event.event_type & EVENT_XID:
+            self.memory.add(index, classify_xid(event.data), xid_text(event.data), event.data)
+        for bit, (cls, text) in EVENT_FAULTS.items():
+            if event.event_type & bit:
+                self.memory.add(index, cls, text, None)
+
+    def _facts(self, d: Device) -> DeviceFacts:
+        faults = self.memory.faults(d.index)
+        readings: List[Tuple[str, Any]] = []
+        gone = d.gone
+        if d.handle is not None and self.lib is not None:
+            for name, read in (("ecc", self._read_ecc), ("row_remap", self._read_remap),
+                               ("recovery_action", self._read_recovery)):
+                if name in d.missing:
+                    continue
+                try:
+                    read(self.lib, d, faults, readings)
+                except FunctionMissing as exc:
+                    d.missing[name] = str(exc)
+                except NVMLCallError as exc:
+                    if exc.code in GPU_GONE_CODES:
+                        gone = gone or str(exc)
+                    else:
+                        readings.append((name + "_error", str(exc)))
+        if gone:
+            faults.append(Fault(RESET, "NVML cannot reach the GPU (%s)" % gone))
+        return DeviceFacts(d.index, d.uuid, tuple(faults), tuple(readings),
+                           tuple(sorted(d.missing.values())))
+
+    @staticmethod
+    def _read_ecc(lib: NVMLLibrary, d: Device, faults: List[Fault],
+                  readings: List[Tuple[str, Any]]) -> None:
+        if not d.ecc:
+            readings.append(("ecc", "off"))
+            return
+        assert d.handle
+        count = lib.volatile_uncorrected_ecc(d.handle)
+        readings.append(("ecc_uncorrected_volatile", count))
+        if count:
+            faults.append(Fault(RESET, "%d uncorrectable ECC error%s since the driver loaded" % (
+                count, "" if count == 1 else "s")))
+
+    @staticmethod
+    def _read_remap(lib: NVMLLibrary, d: Device, faults: List[Fault],
+                    readings: List[Tuple[str, Any]]) -> None:
+        assert d.handle
+        corr, unc, pending, failure = lib.remapped_rows(d.handle)
+        readings.append(("row_remap", {"correctable": corr, "uncorrectable": unc,
+                                       "pending": pending, "failure": failure}))
+        if failure:
+            faults.append(Fault(RESET, "row remapping failed"))
+        if pending:
+            faults.append(Fault(RESET, "row remapping pending (a GPU reset applies it)"))
+
+    @staticmethod
+    def _read_recovery(lib: NVMLLibrary, d: Device, faults: List[Fault],
+                       readings: List[Tuple[str, Any]]) -> None:
+        assert d.handle
+        value = int(lib.field_value(d.handle, FI_DEV_GET_GPU_RECOVERY_ACTION))
+        name = RECOVERY_ACTIONS.get(value, "UNKNOWN_%d" % value)
+        readings.append(("recovery_action", name))
+        if value:
+            faults.append(Fault(RESET, "the driver asks for recovery action %s" % name))
+
+
+Job = Callable[[], Any]
+
+
+class GPUReader:
+
+    def __init__(self, path: str = NVML_LIBRARY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.clock = clock
+        self.session = NVMLSession(path, clock)
+        self.generation = 0
+        self.latest: Optional[GPUSnapshot] = None
+        self._inflight: Optional["concurrent.futures.Future[GPUSnapshot]"] = None
+        self._queued: List["concurrent.futures.Future[Any]"] = []
+        self._forget_queued = False
+        import queue
+
+        self._jobs: Any = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+
+    async def read(self, max_age: float, timeout: float) -> GPUSnapshot:
+        snap = None
+        for _ in range(2):
+            latest = self.latest
+            if (latest is not None and latest.generation == self.generation
+                    and self.clock() - latest.taken_at <= max_age):
+                return latest
+            inflight = self._inflight
+            if inflight is None or inflight.done():
+                generation = self.generation
+                inflight = self._inflight = self._submit(lambda: self.session.read(generation))
+            try:
+                snap = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(inflight)),
+                                              timeout)
+            except asyncio.TimeoutError:
+                raise GPUReadTimeout("NVML did not answer within %gs (the driver may be hung; "
+                                     "the read goes on in its thread)" % timeout) from None
+            if self.latest is None or snap.taken_at >= self.latest.taken_at:
+                self.latest = snap
+            if snap.generation == self.generation:
+                return snap
+        assert snap is not None
+        return snap
+
+    def forget_restart(self) -> None:
+        self.generation += 1
+        if not self._forget_queued:
+            self._forget_queued = True
+            self._submit(self._forget_job, capped=False)
+
+    def _forget_job(self) -> None:
+        self._forget_queued = False
+        self.session.forget_restart()
+
+    def _submit(self, job: Job, capped: bool = True) -> "concurrent.futures.Future[Any]":
+        self._queued = [f for f in self._queued if not f.done()]
+        if capped and len(self._queued) >= GPU_MAX_QUEUED:
+            raise GPUReadTimeout("%d NVML calls are waiting behind one that has not returned "
+                                 "(the driver may be hung)" % len(self._queued))
+        future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+        self._queued.append(future)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="probed-nvml", daemon=True)
+            self._thread.start()
+        self._jobs.put((job, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(job())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            done: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+            self._jobs.put((self.session.close, done))
+            self._jobs.put(None)
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        else:
+            self.session.close()
+
+
+class GPUReaders:
+
+    def __init__(self) -> None:
+        self.readers: Dict[str, GPUReader] = {}
+
+    def reader(self, path: str) -> GPUReader:
+        found = self.readers.get(path)
+        if found is None:
+            found = self.readers[path] = GPUReader(path)
+        return found
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
 
 
 # ============================================================
@@ -2067,14 +2890,16 @@ class CheckSpec:
 
 class CheckResources:
 
-    __slots__ = ("scrapes", "progress", "beats")
+    __slots__ = ("scrapes", "progress", "beats", "gpus")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
-                 beats: Optional[HeartbeatRegistry] = None) -> None:
+                 beats: Optional[HeartbeatRegistry] = None,
+                 gpus: Optional[GPUReaders] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
+        self.gpus = gpus if gpus is not None else GPUReaders()
 
 
 class Check:
@@ -2233,6 +3058,88 @@ class ExecCheck(Check):
             raise
         _kill_group(proc.pid)
         return code
+
+
+# ============================================================
+# probed/checks/gpu.py
+# ============================================================
+"""Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
+"""
+
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+GPU_VISIBILITY_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+GPU_MAX_AGE = 1.0
+
+
+class GPUCheck(Check):
+
+    kind = "gpu"
+    default_probes = frozenset(("ready",))
+    default_interval = 5.0
+    default_timeout = 5.0
+    params = {
+        "faults": Param(parse_fault_mode, default="all", overridable=True,
+                        help="which faults fail it: restart (those a server restart fixes; "
+                             "the only choice in live), reset (GPU reset or reboot), all"),
+        "devices": Param(parse_device_list, default=(),
+                         help="auto (CUDA_VISIBLE_DEVICES, else NVIDIA_VISIBLE_DEVICES, else "
+                              "all), all, or NVML indices and UUIDs: 0,1 or GPU-8f3e..."),
+        "lib": Param(str, default=NVML_LIBRARY, help="the NVML library to load"),
+        "ignore-xids": Param(parse_xid_list, default=frozenset(), overridable=True,
+                             help="Xids that fail nothing (e.g. 13,31 on a GPU shared with "
+                                  "other pods)"),
+    }
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        if "live" in spec.probes and self.config["faults"] != RESTART:
+            raise ConfigError("%s (gpu): faults=%s in probes=live would restart the server for "
+                              "faults a restart cannot fix (expected faults=restart in live)" % (
+                                  spec.origin, self.config["faults"]))
+        self.env = {k: os.environ[k] for k in GPU_VISIBILITY_VARIABLES if k in os.environ}
+        self.reader = self.resources.gpus.reader(self.config["lib"])
+
+    def target(self) -> str:
+        shown = self.spec.shown.get("devices", "auto")
+        return "NVML %s, GPUs %s" % (self.config["lib"], shown)
+
+    async def observe(self) -> Observation:
+        try:
+            snap = await self.reader.read(min(self.spec.interval / 2, GPU_MAX_AGE),
+                                          self.spec.timeout)
+        except GPUReadTimeout as exc:
+            return Observation(False, str(exc))
+        if not snap.available:
+            return Observation(True, snap.note, 0.0, detail={"nvml": snap.note})
+        selectors, source = self.config["devices"], "devices=%s" % self.spec.shown.get(
+            "devices", "")
+        if not selectors:
+            selectors, source = environment_devices(self.env, len(snap.devices))
+        chosen, missing = select_devices(snap.devices, selectors)
+        detail: Dict[str, Any] = {"driver": snap.driver, "selected_by": source,
+                                  "gpus": [device_json(d) for d in chosen]}
+        if missing:
+            detail["not_visible"] = missing
+        if snap.events:
+            detail["events"] = snap.events
+        return Observation(True, "", float(len(chosen)), detail=detail,
+                           raw=(tuple(chosen), tuple(missing), source))
+
+    def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        if obs.raw is None:
+            return obs.ok or config["faults"] == RESTART, obs.reason
+        chosen, missing, source = obs.raw
+        ok, reason = judge_devices(chosen, config["faults"], config["ignore-xids"])
+        if ok and not chosen:
+            reason = "no GPU to watch (%s)" % source
+        if ok and missing:
+            reason += "; not visible to NVML here: %s (%s)" % (", ".join(missing), source)
+        return ok, reason
+
+    def forget(self) -> None:
+        self.reader.forget_restart()
 
 
 # ============================================================
@@ -3526,9 +4433,9 @@ class RayGCSCheck(TCPCheck):
 from typing import Dict, Type
 
 CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
-    AwakeCheck, ExecCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck, ManualCheck,
-    MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck, RayClusterCheck,
-    RayGCSCheck, RelayCheck, TCPCheck)}
+    AwakeCheck, ExecCheck, GPUCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck,
+    ManualCheck, MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck,
+    RayClusterCheck, RayGCSCheck, RelayCheck, TCPCheck)}
 
 
 # ============================================================
@@ -3599,8 +4506,8 @@ from typing import Any, Iterable, List, Tuple
 
 REASON_MAX_CHARS = 300
 DETAIL_MAX_CHARS = 300
-DETAIL_MAX_ITEMS = 20
-DETAIL_MAX_DEPTH = 4
+DETAIL_MAX_ITEMS = 32
+DETAIL_MAX_DEPTH = 6
 SECRET_MIN_CHARS = 4
 REDACTED = "<redacted>"
 
@@ -4343,6 +5250,11 @@ def parse_base_url(text: str) -> str:
     return parse_http_url(text).rstrip("/")
 
 
+def parse_gpu_option(text: str) -> str:
+    parse_device_list(text)
+    return text.strip()
+
+
 PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--vllm", parse_base_url, None, "vLLM server base URL: health, model, sleep, queue, "
                                      "KV cache, progress and inference checks"),
@@ -4367,7 +5279,12 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
                                           "this long (recreates the group; default: never)"),
     ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
+    ("--gpu", parse_gpu_option, None,
+     "NVIDIA GPU faults through NVML on auto (the GPUs this container's server sees), all, or "
+     "listed GPUs (0,1 or GPU-8f3e...): faults a restart fixes fail live (with a --vllm, "
+     "--sglang, --tgi or --vllm-endpoint server), the others ready"),
 ]
+GPU_RESTART_VISIBLE = ("vllm", "sglang", "tgi", "vllm_endpoint")
 
 
 class BackendFlavour:
@@ -4509,7 +5426,19 @@ def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple
         out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
                     "--ray-agent"))
     out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
+    out += [(c, "--gpu") for c in gpu_checks(opts)]
     return out
+
+
+def gpu_checks(opts: Mapping[str, Any]) -> List[RawCheck]:
+    devices = opts.get("gpu")
+    if not devices:
+        return []
+    if not any(opts.get(name) for name in GPU_RESTART_VISIBLE):
+        return [dict(kind="gpu", name="gpu-ready", devices=devices, faults="reset",
+                     probes="ready")]
+    return [dict(kind="gpu", name="gpu-live", devices=devices, faults="restart", probes="live"),
+            dict(kind="gpu", name="gpu-ready", devices=devices, faults="all", probes="ready")]
 
 
 def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck]:

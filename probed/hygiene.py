@@ -14,8 +14,8 @@ from .values import printable, redact_userinfo
 
 REASON_MAX_CHARS = 300  # a reason: one probe reply line and one log field
 DETAIL_MAX_CHARS = 300  # one string inside a JSON detail
-DETAIL_MAX_ITEMS = 20  # items of one list (or keys of one object) inside a JSON detail
-DETAIL_MAX_DEPTH = 4  # nesting kept inside a JSON detail
+DETAIL_MAX_ITEMS = 32  # items of one list (or keys of one object) inside a JSON detail
+DETAIL_MAX_DEPTH = 6  # nesting kept inside a JSON detail (gpu: gpus[].faults[].fields)
 SECRET_MIN_CHARS = 4  # shorter "secrets" would redact ordinary words
 REDACTED = "<redacted>"
 

@@ -8,6 +8,7 @@ healthy, the model listed and one successful inference.
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .gpufaults import parse_device_list
 from .values import (
     ConfigError,
     parse_count,
@@ -31,6 +32,12 @@ def parse_fraction(text: str) -> float:
 def parse_base_url(text: str) -> str:
     """A server base URL without a trailing slash."""
     return parse_http_url(text).rstrip("/")
+
+
+def parse_gpu_option(text: str) -> str:
+    """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
+    parse_device_list(text)
+    return text.strip()
 
 
 # (flag, parser, default, help): read like every serve flag (flag, env, config file).
@@ -58,7 +65,15 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
                                           "this long (recreates the group; default: never)"),
     ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
+    ("--gpu", parse_gpu_option, None,
+     "NVIDIA GPU faults through NVML on auto (the GPUs this container's server sees), all, or "
+     "listed GPUs (0,1 or GPU-8f3e...): faults a restart fixes fail live (with a --vllm, "
+     "--sglang, --tgi or --vllm-endpoint server), the others ready"),
 ]
+# Servers whose restarts probed sees (a new process start time, or the port refused while the
+# model loads): only with one of them can live fail on a fault a restart fixes, since only then
+# does probed know when that restart happened and stop failing.
+GPU_RESTART_VISIBLE = ("vllm", "sglang", "tgi", "vllm_endpoint")
 
 
 class BackendFlavour:
@@ -210,7 +225,21 @@ def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple
         out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
                     "--ray-agent"))
     out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
+    out += [(c, "--gpu") for c in gpu_checks(opts)]
     return out
+
+
+def gpu_checks(opts: Mapping[str, Any]) -> List[RawCheck]:
+    """--gpu: gpu-live (faults a restart fixes) and gpu-ready (every fault) sharing one NVML
+    reader; without a server whose restarts probed sees, gpu-ready alone, on node-level faults."""
+    devices = opts.get("gpu")
+    if not devices:
+        return []
+    if not any(opts.get(name) for name in GPU_RESTART_VISIBLE):
+        return [dict(kind="gpu", name="gpu-ready", devices=devices, faults="reset",
+                     probes="ready")]
+    return [dict(kind="gpu", name="gpu-live", devices=devices, faults="restart", probes="live"),
+            dict(kind="gpu", name="gpu-ready", devices=devices, faults="all", probes="ready")]
 
 
 def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck]:

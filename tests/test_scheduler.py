@@ -82,7 +82,7 @@ def test_poll_once_scrubs_secrets_and_control_characters_from_what_a_backend_sai
     obs, _ = asyncio.run(poll_once(check))
     assert obs.reason == "HTTP 401: bad key <redacted>\\x0d\\x0a\\x1b[2J"
     assert obs.detail is not None and obs.detail["body"] == "<redacted>"
-    assert obs.detail["ids"][-1] == "... 80 more" and len(obs.detail["ids"]) == 21
+    assert obs.detail["ids"][-1] == "... 68 more" and len(obs.detail["ids"]) == 33
 
 
 def run_scheduler(checks: Sequence[FakeCheck], seconds: float,

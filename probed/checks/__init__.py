@@ -5,6 +5,7 @@ from typing import Dict, Type
 from .awake import AwakeCheck
 from .base import Check
 from .exec import ExecCheck
+from .gpu import GPUCheck
 from .heartbeat import HeartbeatCheck
 from .http import HTTPCheck
 from .inference import InferenceCheck, ModelsCheck
@@ -17,6 +18,6 @@ from .relay import RelayCheck
 from .tcp import TCPCheck
 
 CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
-    AwakeCheck, ExecCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck, ManualCheck,
-    MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck, RayClusterCheck,
-    RayGCSCheck, RelayCheck, TCPCheck)}
+    AwakeCheck, ExecCheck, GPUCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck,
+    ManualCheck, MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck,
+    RayClusterCheck, RayGCSCheck, RelayCheck, TCPCheck)}

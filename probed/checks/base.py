@@ -10,6 +10,7 @@ The engine owns timing, deadlines, hysteresis and staleness; a check never sleep
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 from ..beatregistry import HeartbeatRegistry
+from ..gpureader import GPUReaders
 from ..scrape import ProgressBoard, ScrapeHub
 from ..values import (
     ConfigError,
@@ -140,14 +141,16 @@ class CheckResources:
     (and the admin listener gets the same heartbeat registry); a check built without one gets
     its own, unshared."""
 
-    __slots__ = ("scrapes", "progress", "beats")
+    __slots__ = ("scrapes", "progress", "beats", "gpus")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
-                 beats: Optional[HeartbeatRegistry] = None) -> None:
+                 beats: Optional[HeartbeatRegistry] = None,
+                 gpus: Optional[GPUReaders] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
+        self.gpus = gpus if gpus is not None else GPUReaders()  # NVML readers, made on use
 
 
 class Check:
