@@ -14,10 +14,13 @@ from .checks.base import Check, CheckResources
 from .drain import optional_waiter
 from .engine import Engine
 from .eventlog import EventLog
+from .grpchealth import SERVICE_GROUPS, GrpcHealthService
+from .h2server import H2Server
 from .router import MULTINODE_PROBER_ROUTES, Router
 from .selfmetrics import SelfMetrics
 from .server import ProbeServer, bind_listener
 from .values import ConfigError, format_duration
+from .verdicts import evaluate_checks, first_failure
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
 
@@ -66,9 +69,10 @@ class Daemon:
         self.selfmetrics = SelfMetrics(self.engine)
         routes = MULTINODE_PROBER_ROUTES if settings.get("vllm_endpoint") else None
         self.router = Router(self.engine, metrics=self.selfmetrics.render, routes=routes)
-        self.server = ProbeServer(self.router.respond, settings["read_timeout"],
-                                  settings["write_timeout"], settings["idle_timeout"],
-                                  settings["max_connections"])
+        timeouts = (settings["read_timeout"], settings["write_timeout"], settings["idle_timeout"])
+        self.grpc = GrpcHealthService(self.grpc_verdict)
+        self.server = ProbeServer(self.router.respond, *timeouts, settings["max_connections"],
+                                  h2=H2Server(self.grpc, *timeouts))
         self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
@@ -86,6 +90,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.server.add_listener(listener)
         self.engine.listeners.append(self.gates.set)
+        self.engine.listeners.append(lambda group, ok: self.grpc.changed())
+        self.engine.poll_listeners.append(lambda state: self.grpc.changed())  # checks' own
         for group, verdict in self.engine.verdicts.items():
             self.gates.set(group, verdict.ok)
         loop = asyncio.get_running_loop()
@@ -106,6 +112,15 @@ class Daemon:
         await self.selfmetrics.stop()
         self.log.info("probed stopped")
         return 0
+
+    def grpc_verdict(self, service: str) -> Optional[bool]:
+        """What a gRPC health service name reports: a group's verdict, else one check's own
+        (as /readyz/NAME answers it); None for a name that is neither."""
+        group = SERVICE_GROUPS.get(service)
+        if group is not None:
+            return self.engine.verdicts[group].ok
+        state = self.engine.states.get(service)
+        return None if state is None else not first_failure(evaluate_checks([state]))
 
     def on_signal(self, signum: int) -> None:
         """First signal: fail ready, keep answering for --drain-seconds. Second: stop now."""
