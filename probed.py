@@ -1334,7 +1334,7 @@ class H2Connection:
     def _go_away(self, code: int, reason: str, events: List[H2Event]) -> None:
         self._announce_goaway(code, reason)
         self.going_away = self.ended = True
-        self.buf, self.block = b"", None
+        self.buf, self.block, self.more = b"", None, False
         events.append(ConnectionEnded(code, reason))
 
     def shutdown(self, code: int, reason: str) -> List[H2Event]:
@@ -1386,7 +1386,7 @@ class H2Connection:
 """The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 """
 
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 GRPC_MESSAGE_LIMIT = 4096
 WATCHERS_LIMIT = 100
@@ -1439,7 +1439,7 @@ def decode_health_request(message: bytes) -> str:
     while pos < end:
         key, pos = read_varint(message, pos)
         field, wire = key >> 3, key & 7
-        if wire == 2:
+        if wire == 2 and field:
             length, pos = read_varint(message, pos)
             if field == 1:
                 service = message[pos:pos + length]
@@ -1487,7 +1487,7 @@ class GrpcHealthService:
     def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT) -> None:
         self.lookup = lookup
         self.limit = limit
-        self.watchers: Set[HealthWatcher] = set()
+        self.watchers: Dict[HealthWatcher, None] = {}
 
     def status(self, service: str) -> int:
         ok = self.lookup(service)
@@ -1497,12 +1497,12 @@ class GrpcHealthService:
         if len(self.watchers) >= self.limit:
             return None
         watcher = HealthWatcher(service, notify, self.status(service))
-        self.watchers.add(watcher)
+        self.watchers[watcher] = None
         notify(watcher.sent)
         return watcher
 
     def unwatch(self, watcher: HealthWatcher) -> None:
-        self.watchers.discard(watcher)
+        self.watchers.pop(watcher, None)
 
     def changed(self) -> None:
         if not self.watchers:

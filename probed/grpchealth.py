@@ -7,7 +7,7 @@ and the daemon calls `changed()` when a verdict may have changed. Messages are h
 protobuf (one field each); framing, status codes and trailers follow gRPC's PROTOCOL-HTTP2.md.
 """
 
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .h2frames import ConnectionEnded, DataReceived, H2Event, RequestReceived
 from .h2proto import H2Connection
@@ -71,7 +71,7 @@ def decode_health_request(message: bytes) -> str:
     while pos < end:
         key, pos = read_varint(message, pos)
         field, wire = key >> 3, key & 7
-        if wire == 2:
+        if wire == 2 and field:
             length, pos = read_varint(message, pos)
             if field == 1:
                 service = message[pos:pos + length]
@@ -123,7 +123,7 @@ class GrpcHealthService:
     def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT) -> None:
         self.lookup = lookup
         self.limit = limit
-        self.watchers: Set[HealthWatcher] = set()
+        self.watchers: Dict[HealthWatcher, None] = {}  # in the order they came
 
     def status(self, service: str) -> int:
         """SERVING, NOT_SERVING, or SERVICE_UNKNOWN for a name lookup does not know."""
@@ -135,13 +135,13 @@ class GrpcHealthService:
         if len(self.watchers) >= self.limit:
             return None
         watcher = HealthWatcher(service, notify, self.status(service))
-        self.watchers.add(watcher)
+        self.watchers[watcher] = None
         notify(watcher.sent)
         return watcher
 
     def unwatch(self, watcher: HealthWatcher) -> None:
         """Stop following (the stream ended)."""
-        self.watchers.discard(watcher)
+        self.watchers.pop(watcher, None)
 
     def changed(self) -> None:
         """A verdict may have changed: tell each watcher whose status did."""

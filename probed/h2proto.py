@@ -423,7 +423,7 @@ class H2Connection:
     def _go_away(self, code: int, reason: str, events: List[H2Event]) -> None:
         self._announce_goaway(code, reason)
         self.going_away = self.ended = True
-        self.buf, self.block = b"", None
+        self.buf, self.block, self.more = b"", None, False
         events.append(ConnectionEnded(code, reason))
 
     def shutdown(self, code: int, reason: str) -> List[H2Event]:
