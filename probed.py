@@ -536,7 +536,7 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 """HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 HeaderList = List[Tuple[bytes, bytes]]
 
@@ -545,6 +545,8 @@ HEADER_LIST_LIMIT = 16 * 1024
 HEADER_FIELDS_LIMIT = 100
 HPACK_INTEGER_BYTES = 4
 ENTRY_OVERHEAD = 32
+HUFFMAN_CACHE_ENTRIES = 512
+HUFFMAN_CACHE_STRING = 64
 
 STATIC_TABLE: Tuple[Tuple[bytes, bytes], ...] = tuple(
     (name.encode("ascii"), value.encode("ascii")) for name, _, value in (
@@ -650,14 +652,15 @@ def decode_integer(block: bytes, pos: int, prefix_bits: int) -> Tuple[int, int]:
 
 class HPACKDecoder:
 
-    __slots__ = ("table", "size", "max_size", "list_limit")
+    __slots__ = ("table", "size", "max_size", "list_limit", "cache")
 
-    def __init__(self, max_size: int = DYNAMIC_TABLE_LIMIT,
-                 list_limit: int = HEADER_LIST_LIMIT) -> None:
+    def __init__(self, max_size: int = DYNAMIC_TABLE_LIMIT, list_limit: int = HEADER_LIST_LIMIT,
+                 cache: Optional[Dict[bytes, bytes]] = None) -> None:
         self.table: List[Tuple[bytes, bytes]] = []
         self.size = 0
         self.max_size = max_size
         self.list_limit = list_limit
+        self.cache: Dict[bytes, bytes] = {} if cache is None else cache
 
     def decode(self, block: bytes) -> HeaderList:
         fields: HeaderList = []
@@ -713,7 +716,16 @@ class HPACKDecoder:
         if end > len(block):
             raise HPACKError("header block ends inside a string")
         raw = block[pos:end]
-        return (huffman_decode(raw) if huffman else raw), end
+        if not huffman:
+            return raw, end
+        text = self.cache.get(raw)
+        if text is None:
+            text = huffman_decode(raw)
+            if len(raw) <= HUFFMAN_CACHE_STRING:
+                if len(self.cache) >= HUFFMAN_CACHE_ENTRIES:
+                    self.cache.clear()
+                self.cache[raw] = text
+        return text, end
 
     def _add(self, name: bytes, value: bytes) -> None:
         cost = len(name) + len(value) + ENTRY_OVERHEAD
@@ -990,10 +1002,11 @@ FRAMES_PER_TURN = 64
 
 class H2Connection:
 
-    def __init__(self, now: float, read_timeout: float, idle_timeout: float) -> None:
+    def __init__(self, now: float, read_timeout: float, idle_timeout: float,
+                 huffman_cache: Optional[Dict[bytes, bytes]] = None) -> None:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
-        self.decoder = HPACKDecoder()
+        self.decoder = HPACKDecoder(cache=huffman_cache)
         self.streams: Dict[int, H2Stream] = {}
         self.last_stream_id = 0
         self.opened_streams = 0
@@ -1689,6 +1702,7 @@ class H2Server:
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
         self.links: Dict[int, H2Link] = {}
+        self.huffman_cache: Dict[bytes, bytes] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
 
@@ -1702,7 +1716,8 @@ class H2Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        link = H2Link(sock, H2Connection(time.monotonic(), self.read_timeout, self.idle_timeout))
+        link = H2Link(sock, H2Connection(time.monotonic(), self.read_timeout, self.idle_timeout,
+                                         self.huffman_cache))
         link.calls = HealthCalls(self.service, link.h2, lambda: self._flush(link))
         self.links[link.fd] = link
         if self._sweeper is None:

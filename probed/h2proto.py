@@ -66,10 +66,11 @@ FRAMES_PER_TURN = 64  # frames handled per receive(); the rest wait, so others g
 class H2Connection:
     """The server side of one HTTP/2 connection, from the client preface to the last frame."""
 
-    def __init__(self, now: float, read_timeout: float, idle_timeout: float) -> None:
+    def __init__(self, now: float, read_timeout: float, idle_timeout: float,
+                 huffman_cache: Optional[Dict[bytes, bytes]] = None) -> None:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
-        self.decoder = HPACKDecoder()
+        self.decoder = HPACKDecoder(cache=huffman_cache)
         self.streams: Dict[int, H2Stream] = {}
         self.last_stream_id = 0
         self.opened_streams = 0

@@ -51,6 +51,7 @@ class H2Server:
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
         self.links: Dict[int, H2Link] = {}
+        self.huffman_cache: Dict[bytes, bytes] = {}  # shared by the connections' decoders
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
 
@@ -67,7 +68,8 @@ class H2Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames, at once
         except OSError:
             pass
-        link = H2Link(sock, H2Connection(time.monotonic(), self.read_timeout, self.idle_timeout))
+        link = H2Link(sock, H2Connection(time.monotonic(), self.read_timeout, self.idle_timeout,
+                                         self.huffman_cache))
         link.calls = HealthCalls(self.service, link.h2, lambda: self._flush(link))
         self.links[link.fd] = link
         if self._sweeper is None:

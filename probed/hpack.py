@@ -9,7 +9,7 @@ Encoding is only what our replies need: literals without indexing, names from th
 where one is there, no Huffman. Our replies therefore never touch the client's dynamic table.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 HeaderList = List[Tuple[bytes, bytes]]
 
@@ -18,6 +18,8 @@ HEADER_LIST_LIMIT = 16 * 1024  # decoded name + value + 32 per field (RFC 9113 ย
 HEADER_FIELDS_LIMIT = 100  # fields in one header block, as for HTTP/1.1
 HPACK_INTEGER_BYTES = 4  # continuation bytes of one integer: a value past 2^28 is refused
 ENTRY_OVERHEAD = 32  # RFC 7541 ยง4.1: what each table entry costs beyond its name and value
+HUFFMAN_CACHE_ENTRIES = 512  # decoded strings a server keeps (kubelets repeat theirs); then
+HUFFMAN_CACHE_STRING = 64  # it starts over; only strings up to this many bytes coded are kept
 
 # RFC 7541 Appendix A, index 1 to 61, "name" or "name=value", separated by "|".
 STATIC_TABLE: Tuple[Tuple[bytes, bytes], ...] = tuple(
@@ -129,16 +131,18 @@ def decode_integer(block: bytes, pos: int, prefix_bits: int) -> Tuple[int, int]:
 
 
 class HPACKDecoder:
-    """One connection's decoder: its dynamic table lives as long as the connection."""
+    """One connection's decoder: its dynamic table lives as long as the connection.
+    `cache` (Huffman-coded -> decoded strings) may be shared by a server's connections."""
 
-    __slots__ = ("table", "size", "max_size", "list_limit")
+    __slots__ = ("table", "size", "max_size", "list_limit", "cache")
 
-    def __init__(self, max_size: int = DYNAMIC_TABLE_LIMIT,
-                 list_limit: int = HEADER_LIST_LIMIT) -> None:
+    def __init__(self, max_size: int = DYNAMIC_TABLE_LIMIT, list_limit: int = HEADER_LIST_LIMIT,
+                 cache: Optional[Dict[bytes, bytes]] = None) -> None:
         self.table: List[Tuple[bytes, bytes]] = []  # newest first: index 62 is table[0]
         self.size = 0
         self.max_size = max_size  # the client's current choice, at most the setting
         self.list_limit = list_limit
+        self.cache: Dict[bytes, bytes] = {} if cache is None else cache
 
     def decode(self, block: bytes) -> HeaderList:
         """Decode one complete header block into (name, value) pairs, in order."""
@@ -195,7 +199,16 @@ class HPACKDecoder:
         if end > len(block):
             raise HPACKError("header block ends inside a string")
         raw = block[pos:end]
-        return (huffman_decode(raw) if huffman else raw), end
+        if not huffman:
+            return raw, end
+        text = self.cache.get(raw)
+        if text is None:  # a kubelet's path, authority and user agent are the same each time
+            text = huffman_decode(raw)
+            if len(raw) <= HUFFMAN_CACHE_STRING:
+                if len(self.cache) >= HUFFMAN_CACHE_ENTRIES:
+                    self.cache.clear()
+                self.cache[raw] = text
+        return text, end
 
     def _add(self, name: bytes, value: bytes) -> None:
         cost = len(name) + len(value) + ENTRY_OVERHEAD

@@ -247,3 +247,25 @@ def test_our_encoding_is_literal_without_indexing_and_decodes_back() -> None:
     assert decoder.decode(block) == fields
     assert decoder.table == []  # nothing indexed: the client's table is left alone
     assert encode_table_size_update(0) == b"\x20"
+
+
+def test_the_shared_huffman_cache_is_used_and_bounded() -> None:
+    from probed.hpack import HUFFMAN_CACHE_ENTRIES, HUFFMAN_CACHE_STRING
+
+    def huffman_literal(value: bytes) -> bytes:
+        coded = huffman_encode(value)
+        return b"\x04" + encode_integer(len(coded), 7, 0x80) + coded  # :path, not indexed
+
+    cache: Dict[bytes, bytes] = {}
+    block = huffman_literal(b"/grpc.health.v1.Health/Check")
+    assert HPACKDecoder(cache=cache).decode(block) == [(b":path", b"/grpc.health.v1.Health/Check")]
+    coded = huffman_encode(b"/grpc.health.v1.Health/Check")
+    assert cache == {coded: b"/grpc.health.v1.Health/Check"}
+    cache[coded] = b"/from-the-cache"  # a second connection's decoder reads it from there
+    assert HPACKDecoder(cache=cache).decode(block) == [(b":path", b"/from-the-cache")]
+    long_value = b"x" * (HUFFMAN_CACHE_STRING * 2)
+    HPACKDecoder(cache=cache).decode(huffman_literal(long_value))
+    assert all(v != long_value for v in cache.values())  # long strings are not kept
+    for n in range(HUFFMAN_CACHE_ENTRIES + 10):
+        HPACKDecoder(cache=cache).decode(huffman_literal(b"/%d" % n))
+        assert len(cache) <= HUFFMAN_CACHE_ENTRIES
