@@ -15,6 +15,12 @@
 #     probed/client.py
 #     probed/gpufaults.py
 #     probed/groups.py
+#     probed/hpack.py
+#     probed/h2frames.py
+#     probed/h2output.py
+#     probed/h2proto.py
+#     probed/grpchealth.py
+#     probed/h2server.py
 #     probed/httpproto.py
 #     probed/nvml.py
 #     probed/gpureader.py
@@ -785,6 +791,1338 @@ def device_json(d: DeviceFacts) -> Dict[str, Any]:
 
 GROUPS = ("live", "ready", "started")
 GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
+
+
+# ============================================================
+# probed/hpack.py
+# ============================================================
+"""HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+HeaderList = List[Tuple[bytes, bytes]]
+
+DYNAMIC_TABLE_LIMIT = 4096
+HEADER_LIST_LIMIT = 16 * 1024
+HEADER_FIELDS_LIMIT = 100
+HPACK_INTEGER_BYTES = 4
+ENTRY_OVERHEAD = 32
+HUFFMAN_CACHE_ENTRIES = 512
+HUFFMAN_CACHE_STRING = 64
+
+STATIC_TABLE: Tuple[Tuple[bytes, bytes], ...] = tuple(
+    (name.encode("ascii"), value.encode("ascii")) for name, _, value in (
+        entry.partition("=") for entry in (
+            ":authority|:method=GET|:method=POST|:path=/|:path=/index.html|:scheme=http|"
+            ":scheme=https|:status=200|:status=204|:status=206|:status=304|:status=400|"
+            ":status=404|:status=500|accept-charset|accept-encoding=gzip, deflate|"
+            "accept-language|accept-ranges|accept|access-control-allow-origin|age|allow|"
+            "authorization|cache-control|content-disposition|content-encoding|content-language|"
+            "content-length|content-location|content-range|content-type|cookie|date|etag|expect|"
+            "expires|from|host|if-match|if-modified-since|if-none-match|if-range|"
+            "if-unmodified-since|last-modified|link|location|max-forwards|proxy-authenticate|"
+            "proxy-authorization|range|referer|refresh|retry-after|server|set-cookie|"
+            "strict-transport-security|transfer-encoding|user-agent|vary|via|www-authenticate"
+        ).split("|")))
+STATIC_NAME_INDEX = {name: i + 1 for i, (name, _) in reversed(list(enumerate(STATIC_TABLE)))}
+
+HUFFMAN_CODE_LENGTHS = (
+    "=GLLLLLLLHNLLNLLLLLLLLNLLLLLLLLL6::<=68;::8;8666555666666678?6<:=67777777777777777777777878"
+    "=C=>6?56565666577666567655677777?;>=LDFDDFFFGFGGGGGHGHHFGHGGGGEFGFGGHFEDFFGGEGFFHEFGGEEFEG"
+    "FGGDFFFGFFGJJDCFGFIJJJKKJHICEJKKJKHEEJJLKKKDHDEFEEGFFIIHHJGJKJJKKKKKLKKKKKJN")
+HUFFMAN_EOS = 256
+
+
+class HPACKError(Exception):
+    """A header block that cannot be decoded, or decodes past a limit (COMPRESSION_ERROR)."""
+
+
+def _huffman_tables() -> Tuple[Tuple[int, ...], Tuple[Tuple[int, int, Tuple[int, ...]], ...]]:
+    lengths = [ord(c) - 48 for c in HUFFMAN_CODE_LENGTHS]
+    order = sorted(range(len(lengths)), key=lambda s: (lengths[s], s))
+    short = [-1] * 256
+    long_rows = []
+    code, prev = -1, lengths[order[0]]
+    first: Dict[int, int] = {}
+    by_length: Dict[int, List[int]] = {}
+    for sym in order:
+        bits = lengths[sym]
+        code = (code + 1) << (bits - prev)
+        prev = bits
+        first.setdefault(bits, code)
+        by_length.setdefault(bits, []).append(sym)
+        if bits <= 8:
+            base = code << (8 - bits)
+            for low in range(1 << (8 - bits)):
+                short[base + low] = sym << 4 | bits
+    for bits in sorted(b for b in by_length if b > 8):
+        long_rows.append((bits, first[bits], tuple(by_length[bits])))
+    return tuple(short), tuple(long_rows)
+
+
+HUFFMAN_SHORT, HUFFMAN_LONG = _huffman_tables()
+
+
+def huffman_decode(data: bytes) -> bytes:
+    value = int.from_bytes(data, "big")
+    left = len(data) * 8
+    out = bytearray()
+    short, long_rows = HUFFMAN_SHORT, HUFFMAN_LONG
+    while left:
+        if left < 8 and value & ((1 << left) - 1) == (1 << left) - 1:
+            break
+        if left >= 8:
+            entry = short[(value >> (left - 8)) & 0xFF]
+        else:
+            entry = short[((value << (8 - left)) | ((1 << (8 - left)) - 1)) & 0xFF]
+        if entry >= 0:
+            bits, sym = entry & 15, entry >> 4
+        else:
+            window = (value >> (left - 30) if left >= 30 else
+                      (value << (30 - left)) | ((1 << (30 - left)) - 1)) & 0x3FFFFFFF
+            sym = HUFFMAN_EOS
+            for bits, first, syms in long_rows:
+                index = (window >> (30 - bits)) - first
+                if 0 <= index < len(syms):
+                    sym = syms[index]
+                    break
+        if bits > left:
+            raise HPACKError("Huffman padding longer than 7 bits or not all ones")
+        if sym == HUFFMAN_EOS:
+            raise HPACKError("Huffman string contains EOS")
+        out.append(sym)
+        left -= bits
+    return bytes(out)
+
+
+def decode_integer(block: bytes, pos: int, prefix_bits: int) -> Tuple[int, int]:
+    limit = (1 << prefix_bits) - 1
+    value = block[pos] & limit
+    pos += 1
+    if value < limit:
+        return value, pos
+    for shift in range(0, 7 * HPACK_INTEGER_BYTES, 7):
+        if pos >= len(block):
+            raise HPACKError("header block ends inside an integer")
+        byte = block[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+    raise HPACKError("integer longer than %d bytes" % (HPACK_INTEGER_BYTES + 1))
+
+
+class HPACKDecoder:
+
+    __slots__ = ("table", "size", "max_size", "list_limit", "cache")
+
+    def __init__(self, max_size: int = DYNAMIC_TABLE_LIMIT, list_limit: int = HEADER_LIST_LIMIT,
+                 cache: Optional[Dict[bytes, bytes]] = None) -> None:
+        self.table: List[Tuple[bytes, bytes]] = []
+        self.size = 0
+        self.max_size = max_size
+        self.list_limit = list_limit
+        self.cache: Dict[bytes, bytes] = {} if cache is None else cache
+
+    def decode(self, block: bytes) -> HeaderList:
+        fields: HeaderList = []
+        total, pos, end = 0, 0, len(block)
+        while pos < end:
+            byte = block[pos]
+            if byte & 0x80:
+                index, pos = decode_integer(block, pos, 7)
+                name, value = self._entry(index)
+            elif byte & 0xE0 == 0x20:
+                if fields:
+                    raise HPACKError("table size update after the first field")
+                size, pos = decode_integer(block, pos, 5)
+                if size > DYNAMIC_TABLE_LIMIT:
+                    raise HPACKError("table size %d over the %d allowed" % (
+                        size, DYNAMIC_TABLE_LIMIT))
+                self.max_size = size
+                self._evict(size)
+                continue
+            else:
+                indexing = byte & 0x40
+                index, pos = decode_integer(block, pos, 6 if indexing else 4)
+                if index:
+                    name = self._entry(index)[0]
+                else:
+                    name, pos = self._string(block, pos)
+                value, pos = self._string(block, pos)
+                if indexing:
+                    self._add(name, value)
+            total += len(name) + len(value) + ENTRY_OVERHEAD
+            if total > self.list_limit:
+                raise HPACKError("header list over %d bytes" % self.list_limit)
+            if len(fields) == HEADER_FIELDS_LIMIT:
+                raise HPACKError("more than %d header fields" % HEADER_FIELDS_LIMIT)
+            fields.append((name, value))
+        return fields
+
+    def _entry(self, index: int) -> Tuple[bytes, bytes]:
+        if 0 < index <= 61:
+            return STATIC_TABLE[index - 1]
+        if 61 < index <= 61 + len(self.table):
+            return self.table[index - 62]
+        raise HPACKError("no table entry %d" % index)
+
+    def _string(self, block: bytes, pos: int) -> Tuple[bytes, int]:
+        if pos >= len(block):
+            raise HPACKError("header block ends before a string")
+        huffman = block[pos] & 0x80
+        length, pos = decode_integer(block, pos, 7)
+        if length > self.list_limit:
+            raise HPACKError("string of %d bytes" % length)
+        end = pos + length
+        if end > len(block):
+            raise HPACKError("header block ends inside a string")
+        raw = block[pos:end]
+        if not huffman:
+            return raw, end
+        text = self.cache.get(raw)
+        if text is None:
+            text = huffman_decode(raw)
+            if len(raw) <= HUFFMAN_CACHE_STRING:
+                if len(self.cache) >= HUFFMAN_CACHE_ENTRIES:
+                    self.cache.clear()
+                self.cache[raw] = text
+        return text, end
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        cost = len(name) + len(value) + ENTRY_OVERHEAD
+        if cost > self.max_size:
+            self.table.clear()
+            self.size = 0
+            return
+        self._evict(self.max_size - cost)
+        self.table.insert(0, (name, value))
+        self.size += cost
+
+    def _evict(self, room: int) -> None:
+        table = self.table
+        while self.size > room:
+            name, value = table.pop()
+            self.size -= len(name) + len(value) + ENTRY_OVERHEAD
+
+
+def encode_integer(value: int, prefix_bits: int, flags: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((flags | value,))
+    out = bytearray((flags | limit,))
+    value -= limit
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_headers(fields: Sequence[Tuple[bytes, bytes]]) -> bytes:
+    out = []
+    for name, value in fields:
+        index = STATIC_NAME_INDEX.get(name, 0)
+        out.append(encode_integer(index, 4, 0))
+        if not index:
+            out.append(encode_integer(len(name), 7, 0) + name)
+        out.append(encode_integer(len(value), 7, 0) + value)
+    return b"".join(out)
+
+
+def encode_table_size_update(size: int) -> bytes:
+    return encode_integer(size, 5, 0x20)
+
+
+# ============================================================
+# probed/h2frames.py
+# ============================================================
+"""HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
+header, the events the connection machine emits, and what makes a request's fields malformed.
+"""
+
+from typing import Union
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+DEFAULT_WINDOW = 65535
+MAX_WINDOW = (1 << 31) - 1
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, STREAM_CLOSED, \
+    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, CONNECT_ERROR, \
+    ENHANCE_YOUR_CALM = range(12)
+SETTING_HEADER_TABLE_SIZE, SETTING_ENABLE_PUSH, SETTING_MAX_CONCURRENT_STREAMS, \
+    SETTING_INITIAL_WINDOW_SIZE, SETTING_MAX_FRAME_SIZE, SETTING_MAX_HEADER_LIST_SIZE = range(1, 7)
+CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                                 b"transfer-encoding", b"upgrade"))
+REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
+REQUIRED_PSEUDO = frozenset((b":method", b":scheme", b":path"))
+
+
+class RequestReceived:
+
+    __slots__ = ("stream_id", "headers", "end_stream")
+
+    def __init__(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+        self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
+
+
+class DataReceived:
+
+    __slots__ = ("stream_id", "data", "end_stream")
+
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.stream_id, self.data, self.end_stream = stream_id, data, end_stream
+
+
+class StreamReset:
+
+    __slots__ = ("stream_id", "code", "remote")
+
+    def __init__(self, stream_id: int, code: int, remote: bool) -> None:
+        self.stream_id, self.code, self.remote = stream_id, code, remote
+
+
+class ConnectionEnded:
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+
+
+H2Event = Union[RequestReceived, DataReceived, StreamReset, ConnectionEnded]
+
+
+class H2ConnectionError(Exception):
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class H2StreamError(Exception):
+
+    def __init__(self, stream_id: int, code: int) -> None:
+        super().__init__(code)
+        self.stream_id, self.code = stream_id, code
+
+
+def build_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return (len(payload).to_bytes(3, "big") + bytes((kind, flags)) +
+            stream_id.to_bytes(4, "big") + payload)
+
+
+def request_fields_valid(fields: HeaderList) -> bool:
+    pseudo = set()
+    regular = False
+    for name, value in fields:
+        if name[:1] == b":":
+            if regular or name not in REQUEST_PSEUDO or name in pseudo:
+                return False
+            pseudo.add(name)
+        else:
+            regular = True
+            if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers") or \
+                    name != name.lower():
+                return False
+    return REQUIRED_PSEUDO <= pseudo
+
+
+# ============================================================
+# probed/h2output.py
+# ============================================================
+"""What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
+flow-control windows and frame size, and the settings of the client that shape them. No I/O.
+"""
+
+from typing import Dict, List, Tuple
+
+PENDING_SEND_LIMIT = 16 * 1024
+MIN_FRAME_SIZE = 16384
+
+
+class H2Stream:
+
+    __slots__ = ("id", "opened", "remote_done", "local_done", "send_window", "recv_window",
+                 "pending", "pending_bytes")
+
+    def __init__(self, stream_id: int, now: float, send_window: int) -> None:
+        self.id = stream_id
+        self.opened = now
+        self.remote_done = False
+        self.local_done = False
+        self.send_window = send_window
+        self.recv_window = DEFAULT_WINDOW
+        self.pending: List[Tuple[bool, bytes, bool]] = []
+        self.pending_bytes = 0
+
+
+class H2Output:
+
+    def __init__(self, first: bytes) -> None:
+        self.frames: List[bytes] = [first]
+        self.window = DEFAULT_WINDOW
+        self.initial_window = DEFAULT_WINDOW
+        self.max_frame = MIN_FRAME_SIZE
+        self.table_size = DYNAMIC_TABLE_LIMIT
+        self.table_update = -1
+
+    def frame(self, kind: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
+        self.frames.append(build_frame(kind, flags, stream_id, payload))
+
+    def take(self) -> bytes:
+        frames, self.frames = self.frames, []
+        return b"".join(frames)
+
+    def queue(self, stream: H2Stream, is_data: bool, payload: bytes, end: bool) -> bool:
+        if is_data:
+            if stream.pending_bytes + len(payload) > PENDING_SEND_LIMIT:
+                return False
+            stream.pending_bytes += len(payload)
+        stream.pending.append((is_data, payload, end))
+        stream.local_done = end
+        return True
+
+    def flush(self, stream: H2Stream) -> bool:
+        pending = stream.pending
+        while pending:
+            is_data, payload, end = pending[0]
+            if is_data:
+                room = min(self.window, stream.send_window, self.max_frame)
+                if payload and room <= 0:
+                    return False
+                if len(payload) > room:
+                    pending[0] = (True, payload[room:], end)
+                    self._data(stream, payload[:room], False)
+                    continue
+                self._data(stream, payload, end)
+            else:
+                self._headers(stream.id, payload, end)
+            pending.pop(0)
+        return stream.local_done
+
+    def _data(self, stream: H2Stream, data: bytes, end: bool) -> None:
+        size = len(data)
+        self.window -= size
+        stream.send_window -= size
+        stream.pending_bytes -= size
+        self.frame(DATA, END_STREAM if end else 0, stream.id, data)
+
+    def _headers(self, stream_id: int, block: bytes, end: bool) -> None:
+        if self.table_update >= 0:
+            block, self.table_update = encode_table_size_update(self.table_update) + block, -1
+        size = self.max_frame
+        first, rest = block[:size], block[size:]
+        self.frame(HEADERS, (END_STREAM if end else 0) | (0 if rest else END_HEADERS),
+                   stream_id, first)
+        while rest:
+            first, rest = rest[:size], rest[size:]
+            self.frame(CONTINUATION, 0 if rest else END_HEADERS, stream_id, first)
+
+    def open_window(self, increment: int) -> None:
+        self.window += increment
+        if self.window > MAX_WINDOW:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window over 2^31-1")
+
+    def setting(self, key: int, value: int, streams: Dict[int, H2Stream]) -> None:
+        if key == SETTING_HEADER_TABLE_SIZE and value < self.table_size:
+            self.table_size = self.table_update = value
+        elif key == SETTING_INITIAL_WINDOW_SIZE:
+            if value > MAX_WINDOW:
+                raise H2ConnectionError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE %d" % value)
+            delta, self.initial_window = value - self.initial_window, value
+            for stream in streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise H2ConnectionError(FLOW_CONTROL_ERROR, "stream window over 2^31-1")
+        elif key == SETTING_MAX_FRAME_SIZE:
+            if not MIN_FRAME_SIZE <= value < 1 << 24:
+                raise H2ConnectionError(PROTOCOL_ERROR, "MAX_FRAME_SIZE %d" % value)
+            self.max_frame = value
+
+
+# ============================================================
+# probed/h2proto.py
+# ============================================================
+"""HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
+"""
+
+from typing import Dict, List, Optional
+
+FRAME_SIZE_LIMIT = 16384
+HEADER_BLOCK_LIMIT = 16 * 1024
+STREAMS_AT_ONCE = 16
+STREAMS_PER_CONNECTION = 1000
+PING_STRIKES = 10
+PING_STRIKE_SECONDS = 1.0
+FRAMES_PER_TURN = 64
+
+
+class H2Connection:
+
+    def __init__(self, now: float, read_timeout: float, idle_timeout: float,
+                 huffman_cache: Optional[Dict[bytes, bytes]] = None) -> None:
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.decoder = HPACKDecoder(cache=huffman_cache)
+        self.streams: Dict[int, H2Stream] = {}
+        self.last_stream_id = 0
+        self.opened_streams = 0
+        self.recv_window = DEFAULT_WINDOW
+        self.consumed = 0
+        self.buf = b""
+        self.preface_done = False
+        self.settings_seen = False
+        self.partial_since: Optional[float] = None
+        self.block: Optional[bytearray] = None
+        self.block_cost = 0
+        self.block_since = 0.0
+        self.block_stream = 0
+        self.block_end_stream = False
+        self.now = now
+        self.idle_since = now
+        self.last_ping = -1e18
+        self.strikes = 0
+        self.going_away = False
+        self.ended = False
+        self.more = False
+        self.tx = H2Output(build_frame(SETTINGS, 0, 0, b"".join(
+            k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in (
+                (SETTING_MAX_CONCURRENT_STREAMS, STREAMS_AT_ONCE),
+                (SETTING_MAX_HEADER_LIST_SIZE, HEADER_LIST_LIMIT)))))
+
+    def receive(self, data: bytes, now: float) -> List[H2Event]:
+        events: List[H2Event] = []
+        self.now = now
+        if self.ended:
+            return events
+        buf = self.buf + data if self.buf else data
+        pos, frames, limit = 0, 0, len(buf)
+        try:
+            if not self.preface_done:
+                if not H2_PREFACE.startswith(buf[:len(H2_PREFACE)]):
+                    raise H2ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                if limit < len(H2_PREFACE):
+                    self.buf = buf
+                    self.partial_since = self.partial_since or now
+                    return events
+                self.preface_done, pos = True, len(H2_PREFACE)
+            while limit - pos >= 9 and frames < FRAMES_PER_TURN and not self.ended:
+                length = int.from_bytes(buf[pos:pos + 3], "big")
+                if length > FRAME_SIZE_LIMIT:
+                    raise H2ConnectionError(FRAME_SIZE_ERROR, "frame of %d bytes over the %d "
+                                            "allowed" % (length, FRAME_SIZE_LIMIT))
+                end = pos + 9 + length
+                if end > limit:
+                    break
+                kind, flags = buf[pos + 3], buf[pos + 4]
+                stream_id = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                payload = buf[pos + 9:end]
+                pos, frames = end, frames + 1
+                try:
+                    self._frame(kind, flags, stream_id, payload, now, events)
+                except H2StreamError as err:
+                    self._reset(err.stream_id, err.code, events)
+        except H2ConnectionError as err:
+            self._go_away(err.code, err.reason, events)
+            return events
+        self.buf = buf[pos:]
+        self.more = bool(self.buf) and frames >= FRAMES_PER_TURN
+        if frames or not self.buf:
+            self.partial_since = now if self.buf else None
+        elif self.partial_since is None:
+            self.partial_since = now
+        return events
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes, now: float,
+               events: List[H2Event]) -> None:
+        if self.block is not None and kind != CONTINUATION:
+            raise H2ConnectionError(PROTOCOL_ERROR, "frame type %d inside a header block" % kind)
+        if not self.settings_seen and kind != SETTINGS:
+            raise H2ConnectionError(PROTOCOL_ERROR, "the client preface must end with SETTINGS")
+        if kind == DATA:
+            self._on_data(flags, stream_id, payload, events)
+        elif kind == HEADERS:
+            self._on_headers(flags, stream_id, payload, now, events)
+        elif kind == CONTINUATION:
+            self._on_continuation(flags, stream_id, payload, now, events)
+        elif kind == WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == SETTINGS:
+            self._on_settings(flags, stream_id, payload, now)
+        elif kind == PING:
+            self._on_ping(flags, stream_id, payload, now)
+        elif kind == RST_STREAM:
+            self._on_rst_stream(stream_id, payload, events)
+        elif kind == GOAWAY:
+            if stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            self.going_away = True
+            self._stream_gone()
+        elif kind == PRIORITY:
+            if not stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                raise H2StreamError(stream_id, FRAME_SIZE_ERROR)
+        elif kind == PUSH_PROMISE:
+            raise H2ConnectionError(PROTOCOL_ERROR, "clients cannot push")
+
+    def _payload(self, flags: int, payload: bytes) -> bytes:
+        if not flags & PADDED:
+            return payload
+        if not payload or payload[0] >= len(payload):
+            raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
+        return payload[1:len(payload) - payload[0]]
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes,
+                 events: List[H2Event]) -> None:
+        if not stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+        self._count_received(len(payload))
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if stream_id > self.last_stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "DATA on idle stream %d" % stream_id)
+            return
+        if stream.remote_done:
+            raise H2StreamError(stream_id, STREAM_CLOSED)
+        stream.recv_window -= len(payload)
+        if stream.recv_window < 0:
+            raise H2StreamError(stream_id, FLOW_CONTROL_ERROR)
+        data = self._payload(flags, payload)
+        end = bool(flags & END_STREAM)
+        if end:
+            stream.remote_done = True
+        events.append(DataReceived(stream_id, data, end))
+        if end:
+            self._close_if_done(stream)
+
+    def _count_received(self, length: int) -> None:
+        self.recv_window -= length
+        if self.recv_window < 0:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self.consumed += length
+        if self.consumed >= DEFAULT_WINDOW // 2:
+            self.tx.frame(WINDOW_UPDATE, 0, 0, self.consumed.to_bytes(4, "big"))
+            self.recv_window += self.consumed
+            self.consumed = 0
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes, now: float,
+                    events: List[H2Event]) -> None:
+        if not stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        payload = self._payload(flags, payload)
+        if flags & PRIORITY_FLAG:
+            if len(payload) < 5:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+            payload = payload[5:]
+        self.block, self.block_stream, self.block_since = bytearray(payload), stream_id, now
+        self.block_end_stream = bool(flags & END_STREAM)
+        self._grow_block(0, flags, now, events)
+
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytes, now: float,
+                         events: List[H2Event]) -> None:
+        if self.block is None or stream_id != self.block_stream:
+            raise H2ConnectionError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+        self.block += payload
+        self._grow_block(len(payload) + 9, flags, now, events)
+
+    def _grow_block(self, cost: int, flags: int, now: float, events: List[H2Event]) -> None:
+        assert self.block is not None
+        self.block_cost = (self.block_cost + cost) if cost else len(self.block)
+        if self.block_cost > HEADER_BLOCK_LIMIT:
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "header block over %d bytes" %
+                                    HEADER_BLOCK_LIMIT)
+        if flags & END_HEADERS:
+            self._header_block_done(now, events)
+
+    def _header_block_done(self, now: float, events: List[H2Event]) -> None:
+        assert self.block is not None
+        block, self.block = bytes(self.block), None
+        try:
+            fields = self.decoder.decode(block)
+        except HPACKError as exc:
+            raise H2ConnectionError(COMPRESSION_ERROR, str(exc)) from None
+        stream_id, end = self.block_stream, self.block_end_stream
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            if stream.remote_done or not end:
+                raise H2StreamError(stream_id, STREAM_CLOSED if stream.remote_done else
+                                    PROTOCOL_ERROR)
+            stream.remote_done = True
+            events.append(DataReceived(stream_id, b"", True))
+            self._close_if_done(stream)
+            return
+        if stream_id <= self.last_stream_id and end:
+            return
+        if stream_id <= self.last_stream_id or not stream_id & 1:
+            raise H2ConnectionError(PROTOCOL_ERROR, "stream id %d after %d" % (
+                stream_id, self.last_stream_id))
+        self.last_stream_id = stream_id
+        if self.going_away:
+            return
+        self.opened_streams += 1
+        if self.opened_streams >= STREAMS_PER_CONNECTION:
+            self._announce_goaway(NO_ERROR, "%d streams on one connection: reconnect" %
+                                  STREAMS_PER_CONNECTION)
+        if len(self.streams) >= STREAMS_AT_ONCE:
+            raise H2StreamError(stream_id, REFUSED_STREAM)
+        if not request_fields_valid(fields):
+            raise H2StreamError(stream_id, PROTOCOL_ERROR)
+        stream = self.streams[stream_id] = H2Stream(stream_id, now, self.tx.initial_window)
+        stream.remote_done = end
+        events.append(RequestReceived(stream_id, fields, end))
+
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE of %d bytes" % len(payload))
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if not stream_id:
+            if not increment:
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.tx.open_window(increment)
+            for each in list(self.streams.values()):
+                self._flush(each)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if stream_id > self.last_stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on idle stream")
+            return
+        if not increment:
+            raise H2StreamError(stream_id, PROTOCOL_ERROR)
+        stream.send_window += increment
+        if stream.send_window > MAX_WINDOW:
+            raise H2StreamError(stream_id, FLOW_CONTROL_ERROR)
+        self._flush(stream)
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes, now: float) -> None:
+        if stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            if payload:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS of %d bytes" % len(payload))
+        if self.settings_seen:
+            self._strike(now)
+        self.settings_seen = True
+        for at in range(0, len(payload), 6):
+            self._setting(int.from_bytes(payload[at:at + 2], "big"),
+                          int.from_bytes(payload[at + 2:at + 6], "big"))
+        self.tx.frame(SETTINGS, ACK, 0)
+        for stream in list(self.streams.values()):
+            self._flush(stream)
+
+    def _setting(self, key: int, value: int) -> None:
+        if key == SETTING_ENABLE_PUSH and value > 1:
+            raise H2ConnectionError(PROTOCOL_ERROR, "ENABLE_PUSH %d" % value)
+        self.tx.setting(key, value, self.streams)
+
+    def _on_ping(self, flags: int, stream_id: int, payload: bytes, now: float) -> None:
+        if stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "PING of %d bytes" % len(payload))
+        if not flags & ACK:
+            self._strike(now)
+            self.tx.frame(PING, ACK, 0, payload)
+
+    def _strike(self, now: float) -> None:
+        if now - self.last_ping < PING_STRIKE_SECONDS:
+            self.strikes += 1
+            if self.strikes > PING_STRIKES:
+                raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_pings")
+        self.last_ping = now
+
+    def _on_rst_stream(self, stream_id: int, payload: bytes, events: List[H2Event]) -> None:
+        if not stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM of %d bytes" % len(payload))
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            if stream_id > self.last_stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on idle stream")
+            return
+        events.append(StreamReset(stream_id, int.from_bytes(payload, "big"), True))
+        self._stream_gone()
+
+    def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> bool:
+        return self._queue(stream_id, False, block, end_stream)
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
+        return self._queue(stream_id, True, data, end_stream)
+
+    def _queue(self, stream_id: int, is_data: bool, payload: bytes, end: bool) -> bool:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.local_done or self.ended:
+            return False
+        if not self.tx.queue(stream, is_data, payload, end):
+            self.reset(stream_id, ENHANCE_YOUR_CALM)
+            return False
+        self.strikes = 0
+        self._flush(stream)
+        return True
+
+    def _flush(self, stream: H2Stream) -> None:
+        if self.tx.flush(stream):
+            if not stream.remote_done:
+                self.tx.frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big"))
+            self.streams.pop(stream.id, None)
+            self._stream_gone()
+
+    def reset(self, stream_id: int, code: int) -> None:
+        if self.streams.pop(stream_id, None) is not None:
+            self.tx.frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+            self._stream_gone()
+
+    def _reset(self, stream_id: int, code: int, events: List[H2Event]) -> None:
+        self.tx.frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+        if self.streams.pop(stream_id, None) is not None:
+            events.append(StreamReset(stream_id, code, False))
+            self._stream_gone()
+
+    def _close_if_done(self, stream: H2Stream) -> None:
+        if stream.remote_done and stream.local_done and not stream.pending:
+            self.streams.pop(stream.id, None)
+            self._stream_gone()
+
+    def _stream_gone(self) -> None:
+        if not self.streams:
+            self.idle_since = self.now
+            if self.going_away:
+                self.ended = True
+
+    def _announce_goaway(self, code: int, reason: str) -> None:
+        if not self.going_away:
+            self.going_away = True
+            self.tx.frame(GOAWAY, 0, 0, self.last_stream_id.to_bytes(4, "big") +
+                          code.to_bytes(4, "big") + reason.encode("utf-8")[:256])
+
+    def _go_away(self, code: int, reason: str, events: List[H2Event]) -> None:
+        self._announce_goaway(code, reason)
+        self.going_away = self.ended = True
+        self.buf, self.block, self.more = b"", None, False
+        events.append(ConnectionEnded(code, reason))
+
+    def shutdown(self, code: int, reason: str) -> List[H2Event]:
+        events: List[H2Event] = []
+        if not self.ended:
+            self._go_away(code, reason, events)
+        return events
+
+    def data_to_send(self) -> bytes:
+        return self.tx.take()
+
+    @property
+    def idle(self) -> bool:
+        return not self.streams and self.block is None and not self.buf
+
+    def next_deadline(self) -> float:
+        started = self.partial_since
+        if self.block is not None:
+            started = self.block_since if started is None else min(started, self.block_since)
+        deadline = float("inf") if started is None else started + self.read_timeout
+        for stream in self.streams.values():
+            if not stream.remote_done:
+                deadline = min(deadline, stream.opened + self.read_timeout)
+        if not self.streams:
+            deadline = min(deadline, self.idle_since + self.idle_timeout)
+        return deadline
+
+    def expire(self, now: float) -> List[H2Event]:
+        events: List[H2Event] = []
+        self.now = now
+        if self.ended:
+            return events
+        started = min(self.partial_since if self.partial_since is not None else now,
+                      self.block_since if self.block is not None else now)
+        if started + self.read_timeout <= now:
+            self._go_away(ENHANCE_YOUR_CALM, "frame not complete within the read timeout", events)
+            return events
+        for stream in list(self.streams.values()):
+            if not stream.remote_done and stream.opened + self.read_timeout <= now:
+                self._reset(stream.id, CANCEL, events)
+        if not self.streams and self.idle_since + self.idle_timeout <= now:
+            self._go_away(NO_ERROR, "idle", events)
+        return events
+
+
+# ============================================================
+# probed/grpchealth.py
+# ============================================================
+"""The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
+"""
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+GRPC_MESSAGE_LIMIT = 4096
+WATCHERS_LIMIT = 100
+GRPC_SHOWN_PATH = 200
+
+GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED, \
+    GRPC_INTERNAL = 0, 3, 5, 8, 12, 13
+SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3
+HEALTH_PREFIX = b"/grpc.health.v1.Health/"
+HEALTH_METHODS = {HEALTH_PREFIX + b"Check": False, HEALTH_PREFIX + b"Watch": True}
+SERVICE_GROUPS = {"": "ready", "liveness": "live", "livez": "live", "readiness": "ready",
+                  "readyz": "ready", "startup": "started", "startupz": "started"}
+
+Lookup = Callable[[str], Optional[bool]]
+REPLY_HEADERS = encode_headers(((b":status", b"200"), (b"content-type", b"application/grpc")))
+OK_TRAILERS = encode_headers(((b"grpc-status", b"0"),))
+
+
+class GrpcError(Exception):
+
+    def __init__(self, code: int, message: str, http_status: bytes = b"200") -> None:
+        super().__init__(message)
+        self.code, self.message, self.http_status = code, message, http_status
+
+
+def grpc_message(payload: bytes) -> bytes:
+    return b"\0" + len(payload).to_bytes(4, "big") + payload
+
+
+def health_response(status: int) -> bytes:
+    return grpc_message(bytes((0x08, status)))
+
+
+def read_varint(data: bytes, pos: int) -> Tuple[int, int]:
+    value = shift = 0
+    while shift < 70:
+        if pos >= len(data):
+            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: varint over 10 bytes")
+
+
+def decode_health_request(message: bytes) -> str:
+    pos, end, service = 0, len(message), b""
+    while pos < end:
+        key, pos = read_varint(message, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2 and field:
+            length, pos = read_varint(message, pos)
+            if field == 1:
+                service = message[pos:pos + length]
+            pos += length
+        elif field == 1 or wire not in (0, 1, 5) or not field:
+            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: field %d has "
+                            "wire type %d" % (field, wire))
+        elif wire == 0:
+            pos = read_varint(message, pos)[1]
+        else:
+            pos += 8 if wire == 1 else 4
+        if pos > end:
+            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: truncated")
+    try:
+        return service.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: service name is "
+                        "not UTF-8") from None
+
+
+def percent_encode(text: bytes) -> bytes:
+    return b"".join(bytes((b,)) if 0x20 <= b < 0x7F and b != 0x25 else b"%%%02X" % b
+                    for b in text)
+
+
+def trailers_only(code: int, message: str, http_status: bytes = b"200") -> bytes:
+    fields: List[Tuple[bytes, bytes]] = [
+        (b":status", http_status), (b"content-type", b"application/grpc"),
+        (b"grpc-status", b"%d" % code), (b"grpc-message", percent_encode(message.encode()))]
+    if code == GRPC_UNIMPLEMENTED and "grpc-encoding" in message:
+        fields.append((b"grpc-accept-encoding", b"identity"))
+    return encode_headers(fields)
+
+
+class HealthWatcher:
+
+    __slots__ = ("service", "notify", "sent")
+
+    def __init__(self, service: str, notify: Callable[[int], None], sent: int) -> None:
+        self.service, self.notify, self.sent = service, notify, sent
+
+
+class GrpcHealthService:
+
+    def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT) -> None:
+        self.lookup = lookup
+        self.limit = limit
+        self.watchers: Dict[HealthWatcher, None] = {}
+
+    def status(self, service: str) -> int:
+        ok = self.lookup(service)
+        return SERVICE_UNKNOWN if ok is None else SERVING if ok else NOT_SERVING
+
+    def watch(self, service: str, notify: Callable[[int], None]) -> Optional[HealthWatcher]:
+        if len(self.watchers) >= self.limit:
+            return None
+        watcher = HealthWatcher(service, notify, self.status(service))
+        self.watchers[watcher] = None
+        notify(watcher.sent)
+        return watcher
+
+    def unwatch(self, watcher: HealthWatcher) -> None:
+        self.watchers.pop(watcher, None)
+
+    def changed(self) -> None:
+        if not self.watchers:
+            return
+        now: Dict[str, int] = {}
+        for watcher in list(self.watchers):
+            status = now.get(watcher.service)
+            if status is None:
+                status = now[watcher.service] = self.status(watcher.service)
+            if status != watcher.sent and watcher in self.watchers:
+                watcher.sent = status
+                watcher.notify(status)
+
+
+class GrpcCall:
+
+    __slots__ = ("watch", "encoding", "buf", "request", "watcher")
+
+    def __init__(self, watch: bool, encoding: bytes) -> None:
+        self.watch = watch
+        self.encoding = encoding
+        self.buf = bytearray()
+        self.request: Optional[str] = None
+        self.watcher: Optional[HealthWatcher] = None
+
+
+class HealthCalls:
+
+    def __init__(self, service: GrpcHealthService, conn: H2Connection,
+                 pushed: Callable[[], None]) -> None:
+        self.service = service
+        self.conn = conn
+        self.pushed = pushed
+        self.calls: Dict[int, GrpcCall] = {}
+
+    def handle(self, event: H2Event) -> None:
+        sid = getattr(event, "stream_id", 0)
+        try:
+            if isinstance(event, RequestReceived):
+                self._start(sid, event.headers, event.end_stream)
+            elif isinstance(event, DataReceived):
+                self._data(sid, event.data, event.end_stream)
+            elif isinstance(event, ConnectionEnded):
+                self.close()
+            else:
+                self._drop(sid)
+        except GrpcError as err:
+            self._drop(sid)
+            self.conn.send_headers(sid, trailers_only(err.code, err.message, err.http_status),
+                                   True)
+
+    def _start(self, sid: int, headers: List[Tuple[bytes, bytes]], end: bool) -> None:
+        fields = dict(headers)
+        ctype = fields.get(b"content-type", b"")
+        if ctype != b"application/grpc" and not ctype.startswith((b"application/grpc+proto",
+                                                                  b"application/grpc;")):
+            raise GrpcError(GRPC_INVALID_ARGUMENT, "invalid gRPC request content-type %r" %
+                            ctype.decode("latin-1"), b"415")
+        if fields[b":method"] != b"POST":
+            raise GrpcError(GRPC_INTERNAL, "gRPC requests are POST", b"405")
+        path = fields[b":path"]
+        watch = HEALTH_METHODS.get(path)
+        if watch is None:
+            shown = path[:GRPC_SHOWN_PATH].decode("latin-1")
+            raise GrpcError(GRPC_UNIMPLEMENTED, "unknown method %s" % shown
+                            if path.startswith(HEALTH_PREFIX) else "unknown service %s" % shown)
+        self.calls[sid] = GrpcCall(watch, fields.get(b"grpc-encoding", b"identity"))
+        if end:
+            self._finish(sid)
+
+    def _data(self, sid: int, data: bytes, end: bool) -> None:
+        call = self.calls.get(sid)
+        if call is None:
+            return
+        call.buf += data
+        while len(call.buf) >= 5:
+            length = int.from_bytes(call.buf[1:5], "big")
+            if length > GRPC_MESSAGE_LIMIT:
+                raise GrpcError(GRPC_RESOURCE_EXHAUSTED, "grpc: received message larger than "
+                                "max (%d vs. %d)" % (length, GRPC_MESSAGE_LIMIT))
+            if len(call.buf) < 5 + length:
+                break
+            self._message(call, call.buf[0], bytes(call.buf[5:5 + length]))
+            del call.buf[:5 + length]
+        if end:
+            self._finish(sid)
+
+    def _message(self, call: GrpcCall, flag: int, payload: bytes) -> None:
+        if flag == 1:
+            if call.encoding in (b"", b"identity"):
+                raise GrpcError(GRPC_INTERNAL, "grpc: compressed flag set with identity or "
+                                "empty encoding")
+            raise GrpcError(GRPC_UNIMPLEMENTED, "grpc: Decompressor is not installed for "
+                            "grpc-encoding %r" % call.encoding.decode("latin-1"))
+        if flag:
+            raise GrpcError(GRPC_INTERNAL, "grpc: received unexpected payload format %d" % flag)
+        if call.request is not None:
+            raise GrpcError(GRPC_INTERNAL, "cardinality violation: received multiple request "
+                            "messages for non-client-streaming RPC")
+        call.request = decode_health_request(payload)
+
+    def _finish(self, sid: int) -> None:
+        call = self.calls[sid]
+        if call.buf:
+            raise GrpcError(GRPC_INTERNAL, "unexpected EOF inside a message")
+        if call.request is None:
+            raise GrpcError(GRPC_INTERNAL, "cardinality violation: received no request message "
+                            "from non-client-streaming RPC")
+        if not call.watch:
+            status = self.service.status(call.request)
+            if status == SERVICE_UNKNOWN:
+                raise GrpcError(GRPC_NOT_FOUND, "unknown service")
+            del self.calls[sid]
+            conn = self.conn
+            conn.send_headers(sid, REPLY_HEADERS)
+            conn.send_data(sid, health_response(status))
+            conn.send_headers(sid, OK_TRAILERS, True)
+            return
+        if len(self.service.watchers) >= self.service.limit:
+            raise GrpcError(GRPC_RESOURCE_EXHAUSTED, "%d Watch streams already; try later" %
+                            self.service.limit)
+        self.conn.send_headers(sid, REPLY_HEADERS)
+        call.watcher = self.service.watch(call.request, lambda status: self._push(sid, status))
+        if self.calls.get(sid) is not call and call.watcher is not None:
+            self.service.unwatch(call.watcher)
+
+    def _push(self, sid: int, status: int) -> None:
+        if not self.conn.send_data(sid, health_response(status)):
+            self._drop(sid)
+        self.pushed()
+
+    def _drop(self, sid: int) -> None:
+        call = self.calls.pop(sid, None)
+        if call is not None and call.watcher is not None:
+            self.service.unwatch(call.watcher)
+
+    def close(self) -> None:
+        for sid in list(self.calls):
+            self._drop(sid)
+
+
+# ============================================================
+# probed/h2server.py
+# ============================================================
+"""HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
+"""
+
+import asyncio
+import socket
+import time
+from typing import Dict, List, Optional
+
+H2_SWEEP_INTERVAL = 0.25
+H2_RECV_SIZE = 65536
+H2_OUTPUT_LIMIT = 64 * 1024
+H2_LINGER_SECONDS = 2.0
+
+
+class H2Link:
+
+    __slots__ = ("sock", "fd", "h2", "calls", "out", "reading", "writing", "write_deadline",
+                 "linger_until", "shed_at", "resuming", "closed")
+
+    def __init__(self, sock: socket.socket, h2: H2Connection) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.h2 = h2
+        self.calls: Optional[HealthCalls] = None
+        self.out = b""
+        self.reading = self.writing = False
+        self.write_deadline: Optional[float] = None
+        self.linger_until: Optional[float] = None
+        self.shed_at: Optional[float] = None
+        self.resuming = False
+        self.closed = False
+
+
+class H2Server:
+
+    def __init__(self, service: GrpcHealthService, read_timeout: float = 10.0,
+                 write_timeout: float = 10.0, idle_timeout: float = 120.0) -> None:
+        self.service = service
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        self.links: Dict[int, H2Link] = {}
+        self.huffman_cache: Dict[bytes, bytes] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+
+    @property
+    def open(self) -> int:
+        return len(self.links)
+
+    def adopt(self, sock: socket.socket, data: bytes) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        link = H2Link(sock, H2Connection(time.monotonic(), self.read_timeout, self.idle_timeout,
+                                         self.huffman_cache))
+        link.calls = HealthCalls(self.service, link.h2, lambda: self._flush(link))
+        self.links[link.fd] = link
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(H2_SWEEP_INTERVAL, self._sweep)
+        self._feed(link, data)
+
+    def _feed(self, link: H2Link, data: bytes) -> None:
+        self._handle(link, link.h2.receive(data, time.monotonic()))
+
+    def _handle(self, link: H2Link, events: List[H2Event]) -> None:
+        calls = link.calls
+        assert calls is not None
+        for event in events:
+            calls.handle(event)
+        self._flush(link)
+
+    def _watch(self, link: H2Link, read: Optional[bool] = None,
+               write: Optional[bool] = None) -> None:
+        loop = self._loop
+        assert loop is not None
+        if read is not None and read != link.reading:
+            link.reading = read
+            if read:
+                loop.add_reader(link.fd, self._on_readable, link)
+            else:
+                loop.remove_reader(link.fd)
+        if write is not None and write != link.writing:
+            link.writing = write
+            if write:
+                loop.add_writer(link.fd, self._on_writable, link)
+            else:
+                loop.remove_writer(link.fd)
+
+    def _on_readable(self, link: H2Link) -> None:
+        try:
+            data = link.sock.recv(H2_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(link)
+        elif link.linger_until is None:
+            self._feed(link, data)
+
+    def _flush(self, link: H2Link) -> None:
+        if link.closed or link.linger_until is not None:
+            return
+        data = link.h2.data_to_send()
+        if data and not link.out:
+            try:
+                sent = link.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(link)
+                return
+            link.out = data[sent:]
+        elif data:
+            link.out += data
+        h2 = link.h2
+        if link.out:
+            if link.write_deadline is None:
+                link.write_deadline = time.monotonic() + self.write_timeout
+            self._watch(link, write=True)
+        else:
+            link.write_deadline = None
+            self._watch(link, write=False)
+            if h2.ended:
+                self._finish(link)
+                return
+        room = len(link.out) <= H2_OUTPUT_LIMIT
+        self._watch(link, read=room and not h2.more and not h2.ended)
+        if room and h2.more and not link.resuming:
+            link.resuming = True
+            self._loop.call_soon(self._resume, link)
+
+    def _resume(self, link: H2Link) -> None:
+        link.resuming = False
+        if not link.closed:
+            self._feed(link, b"")
+
+    def _on_writable(self, link: H2Link) -> None:
+        try:
+            sent = link.sock.send(link.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(link)
+            return
+        link.out = link.out[sent:]
+        if not link.out:
+            self._flush(link)
+
+    def _finish(self, link: H2Link) -> None:
+        try:
+            link.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(link)
+            return
+        link.linger_until = time.monotonic() + H2_LINGER_SECONDS
+        self._watch(link, read=True, write=False)
+        assert link.calls is not None
+        link.calls.close()
+
+    def _close(self, link: H2Link) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        self._watch(link, read=False, write=False)
+        link.sock.close()
+        self.links.pop(link.fd, None)
+        assert link.calls is not None
+        link.calls.close()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for link in list(self.links.values()):
+            if link.linger_until is not None:
+                if now >= link.linger_until:
+                    self._close(link)
+            elif link.write_deadline is not None and now >= link.write_deadline:
+                self._close(link)
+            elif link.shed_at is not None and now >= link.shed_at and link.h2.idle:
+                self._handle(link, link.h2.shutdown(NO_ERROR, "server at its connection limit"))
+            elif now >= link.h2.next_deadline():
+                self._handle(link, link.h2.expire(now))
+        loop = self._loop
+        assert loop is not None
+        self._sweeper = loop.call_later(H2_SWEEP_INTERVAL, self._sweep) if self.links else None
+
+    def shed_idle(self, deadline: float) -> None:
+        for link in self.links.values():
+            if link.h2.idle:
+                link.shed_at = deadline if link.shed_at is None else min(link.shed_at, deadline)
+
+    def close(self) -> None:
+        for link in list(self.links.values()):
+            self._close(link)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 # ============================================================
@@ -6116,8 +7454,9 @@ class ProbeServer:
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
                  max_connections: int = 1024, max_body: int = 0,
-                 stats: Optional[ServerStats] = None) -> None:
+                 stats: Optional[ServerStats] = None, h2: Optional[H2Server] = None) -> None:
         self.respond = respond
+        self.h2 = h2
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
@@ -6154,6 +7493,8 @@ class ProbeServer:
             self.remove_listener(sock)
         for conn in list(self.conns.values()):
             self._close(conn)
+        if self.h2 is not None:
+            self.h2.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
 
@@ -6166,7 +7507,7 @@ class ProbeServer:
             except OSError as exc:
                 self._pause_accepting(lsock, exc)
                 return
-            if len(self.conns) >= self.max_connections:
+            if len(self.conns) + (self.h2.open if self.h2 else 0) >= self.max_connections:
                 self.stats.refused_at_cap += 1
                 sock.close()
                 self._under_pressure = True
@@ -6221,6 +7562,9 @@ class ProbeServer:
             return
         if conn.phase == LINGERING:
             return
+        if (conn.buf or data)[:1] == b"P" and self.h2 is not None and conn.phase == READING \
+                and self._hand_over_h2(conn, data):
+            return
         if len(conn.buf) + len(data) > MAX_INPUT_BUFFER:
             self._close(conn)
             return
@@ -6229,6 +7573,19 @@ class ProbeServer:
         conn.buf = conn.buf + data if conn.buf else data
         if conn.waiting is None and not conn.writing:
             self._serve(conn)
+
+    def _hand_over_h2(self, conn: Connection, data: bytes) -> bool:
+        buf = conn.buf + data
+        if not H2_PREFACE.startswith(buf[:len(H2_PREFACE)]):
+            return False
+        if len(buf) < len(H2_PREFACE):
+            conn.buf = buf
+            self._watch(conn, read=True)
+            return True
+        self._watch(conn, read=False, write=False)
+        del self.conns[conn.fd]
+        self.h2.adopt(conn.sock, buf)
+        return True
 
     def _serve(self, conn: Connection) -> None:
         out: List[bytes] = []
@@ -6389,6 +7746,8 @@ class ProbeServer:
             for conn in self.conns.values():
                 if conn.waiting is None and not conn.buf and not conn.out:
                     conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
+            if self.h2 is not None:
+                self.h2.shed_idle(now + PRESSURE_TIMEOUT)
         expired = [c for c in self.conns.values() if c.deadline < now]
         for conn in expired:
             if conn.phase == READING and conn.buf:
@@ -6930,14 +8289,15 @@ class Daemon:
         stats = ServerStats(router_paths(self.pod, routes))
         self.selfmetrics = SelfMetrics(self.pod, stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
-        self.server = ProbeServer(self.router.respond, settings["read_timeout"],
-                                  settings["write_timeout"], settings["idle_timeout"],
-                                  settings["max_connections"], stats=stats)
+        timeouts = (settings["read_timeout"], settings["write_timeout"], settings["idle_timeout"])
+        self.grpc = GrpcHealthService(self.grpc_verdict)
+        self.server = ProbeServer(self.router.respond, *timeouts, settings["max_connections"],
+                                  stats=stats, h2=H2Server(self.grpc, *timeouts))
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
         self.scheduler = Scheduler(self.pod, checks, log, sinks=[
-            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes)],
-            on_poll=self.selfmetrics.on_poll)
+            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes),
+            self.tell_watchers], on_poll=self.selfmetrics.on_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)
         self.stopping: Optional[asyncio.Event] = None
@@ -6970,6 +8330,17 @@ class Daemon:
         await self.selfmetrics.stop()
         self.log.info("probed stopped")
         return 0
+
+    def grpc_verdict(self, service: str) -> Optional[bool]:
+        group = SERVICE_GROUPS.get(service)
+        if group is not None:
+            return self.pod.verdicts[group].ok
+        state = self.pod.states.get(service)
+        return None if state is None else state.passing
+
+    def tell_watchers(self, events: Sequence[Event]) -> None:
+        if any(isinstance(e, (GroupChanged, CheckChanged)) for e in events):
+            self.grpc.changed()
 
     def on_signal(self, signum: int) -> None:
         assert self.stopping is not None

@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .admin import build_admin
 from .checks.base import Check, CheckResources
 from .eventlog import EventLog
+from .grpchealth import SERVICE_GROUPS, GrpcHealthService
+from .h2server import H2Server
 from .pod import Pod
-from .podevents import Event, Restarted, group_changes
+from .podevents import CheckChanged, Event, GroupChanged, Restarted, group_changes
 from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
 from .scheduler import EventSink, Scheduler, log_events
 from .scrape import ScrapeHub
@@ -80,14 +82,15 @@ class Daemon:
         stats = ServerStats(router_paths(self.pod, routes))
         self.selfmetrics = SelfMetrics(self.pod, stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
-        self.server = ProbeServer(self.router.respond, settings["read_timeout"],
-                                  settings["write_timeout"], settings["idle_timeout"],
-                                  settings["max_connections"], stats=stats)
+        timeouts = (settings["read_timeout"], settings["write_timeout"], settings["idle_timeout"])
+        self.grpc = GrpcHealthService(self.grpc_verdict)
+        self.server = ProbeServer(self.router.respond, *timeouts, settings["max_connections"],
+                                  stats=stats, h2=H2Server(self.grpc, *timeouts))
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
         self.scheduler = Scheduler(self.pod, checks, log, sinks=[
-            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes)],
-            on_poll=self.selfmetrics.on_poll)
+            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes),
+            self.tell_watchers], on_poll=self.selfmetrics.on_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)  # None: --admin-addr off
         self.stopping: Optional[asyncio.Event] = None
@@ -121,6 +124,20 @@ class Daemon:
         await self.selfmetrics.stop()
         self.log.info("probed stopped")
         return 0
+
+    def grpc_verdict(self, service: str) -> Optional[bool]:
+        """What a gRPC health service name reports: a group's verdict, else one check's own
+        (as /readyz/NAME answers it); None for a name that is neither."""
+        group = SERVICE_GROUPS.get(service)
+        if group is not None:
+            return self.pod.verdicts[group].ok
+        state = self.pod.states.get(service)
+        return None if state is None else state.passing
+
+    def tell_watchers(self, events: Sequence[Event]) -> None:
+        """Scheduler sink: gRPC Watch streams hear each group flip and each check's own."""
+        if any(isinstance(e, (GroupChanged, CheckChanged)) for e in events):
+            self.grpc.changed()
 
     def on_signal(self, signum: int) -> None:
         """First signal: fail ready, keep answering for --drain-seconds. Second: stop now."""

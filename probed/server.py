@@ -13,6 +13,8 @@ import socket
 import time
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
+from .h2frames import H2_PREFACE
+from .h2server import H2Server
 from .httpproto import HTTPError, PreparedResponse, build_error_response, http_date, parse_request
 from .values import ConfigError
 
@@ -107,8 +109,9 @@ class ProbeServer:
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
                  max_connections: int = 1024, max_body: int = 0,
-                 stats: Optional[ServerStats] = None) -> None:
+                 stats: Optional[ServerStats] = None, h2: Optional[H2Server] = None) -> None:
         self.respond = respond
+        self.h2 = h2  # takes connections that start with the HTTP/2 preface (gRPC probes)
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
@@ -150,6 +153,8 @@ class ProbeServer:
             self.remove_listener(sock)
         for conn in list(self.conns.values()):
             self._close(conn)
+        if self.h2 is not None:
+            self.h2.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
 
@@ -164,7 +169,7 @@ class ProbeServer:
             except OSError as exc:
                 self._pause_accepting(lsock, exc)
                 return
-            if len(self.conns) >= self.max_connections:
+            if len(self.conns) + (self.h2.open if self.h2 else 0) >= self.max_connections:
                 self.stats.refused_at_cap += 1
                 sock.close()
                 self._under_pressure = True
@@ -221,6 +226,9 @@ class ProbeServer:
             return
         if conn.phase == LINGERING:
             return
+        if (conn.buf or data)[:1] == b"P" and self.h2 is not None and conn.phase == READING \
+                and self._hand_over_h2(conn, data):
+            return
         if len(conn.buf) + len(data) > MAX_INPUT_BUFFER:
             self._close(conn)  # parser limits bound one request; this bounds a pipeline
             return
@@ -229,6 +237,22 @@ class ProbeServer:
         conn.buf = conn.buf + data if conn.buf else data
         if conn.waiting is None and not conn.writing:
             self._serve(conn)
+
+    def _hand_over_h2(self, conn: Connection, data: bytes) -> bool:
+        """HTTP/2 with prior knowledge (the kubelet's grpc probe): once the whole client
+        preface is here the connection moves to the HTTP/2 server, still counted against the
+        cap; while only a part of it is, wait. False: not a preface, serve it as HTTP/1.1."""
+        buf = conn.buf + data
+        if not H2_PREFACE.startswith(buf[:len(H2_PREFACE)]):
+            return False
+        if len(buf) < len(H2_PREFACE):
+            conn.buf = buf
+            self._watch(conn, read=True)
+            return True
+        self._watch(conn, read=False, write=False)
+        del self.conns[conn.fd]
+        self.h2.adopt(conn.sock, buf)  # type: ignore[union-attr]
+        return True
 
     def _serve(self, conn: Connection) -> None:
         """Answer up to PIPELINE_BATCH complete requests from the buffer."""
@@ -397,6 +421,8 @@ class ProbeServer:
             for conn in self.conns.values():
                 if conn.waiting is None and not conn.buf and not conn.out:
                     conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
+            if self.h2 is not None:
+                self.h2.shed_idle(now + PRESSURE_TIMEOUT)
         expired = [c for c in self.conns.values() if c.deadline < now]
         for conn in expired:
             if conn.phase == READING and conn.buf:

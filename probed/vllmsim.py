@@ -187,7 +187,14 @@ class VLLMSimulator:
             self._timer.cancel()
             self._timer = None
         old, self.state, self._params = self.state, name, params
-        if name in SIM_CLOSED_STATES:
+        if name == "restart" and params.get("seconds") == 0 and self._main.listening:
+            # a restart faster than any poll: the new process answers on the same socket, as
+            # when a supervisor swaps processes behind a listener it keeps (no refusal at all)
+            self._pending_start = time.time()
+            self._new_incarnation()
+            self.state, params = "ready", sim_state_params("ready", {}, self._overrides)
+            self._params = params
+        elif name in SIM_CLOSED_STATES:
             if self._main.listening:
                 self._pending_start = time.time()  # the next process starts now
             self._main.close(self._loop)
