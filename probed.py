@@ -49,8 +49,8 @@
 #     probed/checks/__init__.py
 #     probed/eventlog.py
 #     probed/hygiene.py
+#     probed/checkspecs.py
 #     probed/checkstate.py
-#     probed/config.py
 #     probed/podevents.py
 #     probed/pod.py
 #     probed/presets.py
@@ -5893,125 +5893,7 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 
 
 # ============================================================
-# probed/checkstate.py
-# ============================================================
-"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
-"""
-
-from typing import Any, Mapping, Optional, Tuple
-
-PENDING_REASON = "no result yet"
-
-
-class CheckState:
-
-    __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
-                 "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls", "passed_at", "reset_at")
-
-    def __init__(self, check: Check, now: float, wall: float) -> None:
-        self.check = check
-        self.ok: Optional[bool] = None
-        self.reason = PENDING_REASON
-        self.obs: Optional[Observation] = None
-        self.obs_at = 0.0
-        self.obs_wall = 0.0
-        self.latency = 0.0
-        self.streak = 0
-        self.streak_ok = False
-        self.since = now
-        self.since_wall = wall
-        self.stale = False
-        self.generation = 0
-        self.transitions = 0
-        self.last_success_wall = 0.0
-        self.polls = 0
-        self.passed_at: Optional[float] = None
-        self.reset_at = now
-
-    @property
-    def passing(self) -> bool:
-        return bool(self.ok) and not self.stale
-
-    @property
-    def pending(self) -> bool:
-        return self.ok is None and not self.stale
-
-    @property
-    def shown_reason(self) -> str:
-        if self.stale:
-            return "stale: no result within %s (last: %s)" % (
-                format_duration(self.check.spec.stale_after), self.reason or "ok")
-        return self.reason
-
-    def record(self, obs: Observation, latency: float, now: float, wall: float) -> bool:
-        spec = self.check.spec
-        before = self.state_word()
-        ok, reason = self.check.judge(obs, self.check.config, bool(self.ok))
-        self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
-        self.polls += 1
-        self.generation += 1
-        was_stale, self.stale = self.stale, False
-        if ok:
-            self.last_success_wall = wall
-            if self.passed_at is None:
-                self.passed_at = now
-        if self.streak and ok == self.streak_ok:
-            self.streak += 1
-        else:
-            self.streak, self.streak_ok = 1, ok
-        if ok:
-            flip = self.ok is not True and self.streak >= spec.pass_after
-        else:
-            flip = self.ok is not False and (
-                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
-        if flip:
-            self.ok = ok
-        if self.ok == ok:
-            self.reason = printable(reason, REASON_MAX_CHARS)
-        return self._note_change(before, now, wall)
-
-    def expire(self, now: float, wall: float) -> bool:
-        if self.stale:
-            return False
-        before = self.state_word()
-        self.stale = True
-        return self._note_change(before, now, wall)
-
-    def stale_at(self) -> Optional[float]:
-        if self.obs is None or self.stale:
-            return None
-        return self.obs_at + self.check.spec.stale_after
-
-    def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
-        before = self.state_word()
-        self.ok, self.reason, self.obs, self.stale = None, reason, None, False
-        self.streak, self.passed_at, self.reset_at = 0, None, now
-        self.generation += 1
-        return self._note_change(before, now, wall)
-
-    def _note_change(self, word_before: str, now: float, wall: float) -> bool:
-        if self.state_word() == word_before:
-            return False
-        self.since, self.since_wall = now, wall
-        self.transitions += 1
-        return True
-
-    def state_word(self) -> str:
-        if self.pending:
-            return "pending"
-        return "pass" if self.passing else "fail"
-
-    def judged_with(self, overrides: Mapping[str, Any]) -> Tuple[bool, str]:
-        if self.obs is None or self.stale or not overrides:
-            return self.passing, self.shown_reason
-        config = dict(self.check.config)
-        config.update(overrides)
-        return self.check.judge(self.obs, config, bool(self.ok))
-
-
-# ============================================================
-# probed/config.py
+# probed/checkspecs.py
 # ============================================================
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 """
@@ -6167,6 +6049,124 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
     if spec.origin:
         out["from"] = spec.origin
     return out
+
+
+# ============================================================
+# probed/checkstate.py
+# ============================================================
+"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
+"""
+
+from typing import Any, Mapping, Optional, Tuple
+
+PENDING_REASON = "no result yet"
+
+
+class CheckState:
+
+    __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
+                 "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
+                 "last_success_wall", "polls", "passed_at", "reset_at")
+
+    def __init__(self, check: Check, now: float, wall: float) -> None:
+        self.check = check
+        self.ok: Optional[bool] = None
+        self.reason = PENDING_REASON
+        self.obs: Optional[Observation] = None
+        self.obs_at = 0.0
+        self.obs_wall = 0.0
+        self.latency = 0.0
+        self.streak = 0
+        self.streak_ok = False
+        self.since = now
+        self.since_wall = wall
+        self.stale = False
+        self.generation = 0
+        self.transitions = 0
+        self.last_success_wall = 0.0
+        self.polls = 0
+        self.passed_at: Optional[float] = None
+        self.reset_at = now
+
+    @property
+    def passing(self) -> bool:
+        return bool(self.ok) and not self.stale
+
+    @property
+    def pending(self) -> bool:
+        return self.ok is None and not self.stale
+
+    @property
+    def shown_reason(self) -> str:
+        if self.stale:
+            return "stale: no result within %s (last: %s)" % (
+                format_duration(self.check.spec.stale_after), self.reason or "ok")
+        return self.reason
+
+    def record(self, obs: Observation, latency: float, now: float, wall: float) -> bool:
+        spec = self.check.spec
+        before = self.state_word()
+        ok, reason = self.check.judge(obs, self.check.config, bool(self.ok))
+        self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
+        self.polls += 1
+        self.generation += 1
+        was_stale, self.stale = self.stale, False
+        if ok:
+            self.last_success_wall = wall
+            if self.passed_at is None:
+                self.passed_at = now
+        if self.streak and ok == self.streak_ok:
+            self.streak += 1
+        else:
+            self.streak, self.streak_ok = 1, ok
+        if ok:
+            flip = self.ok is not True and self.streak >= spec.pass_after
+        else:
+            flip = self.ok is not False and (
+                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
+        if flip:
+            self.ok = ok
+        if self.ok == ok:
+            self.reason = printable(reason, REASON_MAX_CHARS)
+        return self._note_change(before, now, wall)
+
+    def expire(self, now: float, wall: float) -> bool:
+        if self.stale:
+            return False
+        before = self.state_word()
+        self.stale = True
+        return self._note_change(before, now, wall)
+
+    def stale_at(self) -> Optional[float]:
+        if self.obs is None or self.stale:
+            return None
+        return self.obs_at + self.check.spec.stale_after
+
+    def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
+        before = self.state_word()
+        self.ok, self.reason, self.obs, self.stale = None, reason, None, False
+        self.streak, self.passed_at, self.reset_at = 0, None, now
+        self.generation += 1
+        return self._note_change(before, now, wall)
+
+    def _note_change(self, word_before: str, now: float, wall: float) -> bool:
+        if self.state_word() == word_before:
+            return False
+        self.since, self.since_wall = now, wall
+        self.transitions += 1
+        return True
+
+    def state_word(self) -> str:
+        if self.pending:
+            return "pending"
+        return "pass" if self.passing else "fail"
+
+    def judged_with(self, overrides: Mapping[str, Any]) -> Tuple[bool, str]:
+        if self.obs is None or self.stale or not overrides:
+            return self.passing, self.shown_reason
+        config = dict(self.check.config)
+        config.update(overrides)
+        return self.check.judge(self.obs, config, bool(self.ok))
 
 
 # ============================================================

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 from .beat import beat_main
 from .checkcmd import check_main
 from .checks.base import CheckResources
-from .config import build_checks
+from .checkspecs import build_checks
 from .daemon import Daemon
 from .drain import drain_main
 from .eventlog import EventLog

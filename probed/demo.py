@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .settings import build_serve_parser, resolve_settings
 from .checks.base import CheckResources
-from .config import build_checks
+from .checkspecs import build_checks
 from .daemon import Daemon
 from .eventlog import EventLog
 from .vllmsim import VLLMSimulator

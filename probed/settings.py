@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import __version__
 from .admin import parse_admin_addr
-from .config import describe_spec, json_check_to_raw, split_check_text
+from .checkspecs import describe_spec, json_check_to_raw, split_check_text
 from .eventlog import LOG_FORMATS
 from .presets import PRESET_OPTIONS, preset_checks
 from .values import (

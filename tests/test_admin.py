@@ -27,7 +27,7 @@ from probed.checks.base import Check, Observation
 from probed.beatregistry import HeartbeatRegistry
 from probed.checks.base import CheckResources
 from probed.cli import main as cli_main
-from probed.config import build_checks
+from probed.checkspecs import build_checks
 from probed.pod import DRAIN_RULES, Pod
 from probed.scheduler import Scheduler, log_events
 from probed.eventlog import EventLog

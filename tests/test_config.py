@@ -6,7 +6,7 @@ import pytest
 
 from probed.cli import main
 from probed.settings import build_serve_parser, resolve_settings
-from probed.config import build_checks, build_spec, describe_spec, split_check_text
+from probed.checkspecs import build_checks, build_spec, describe_spec, split_check_text
 from probed.values import ConfigError, parse_duration, parse_host_port, parse_status_ranges
 
 

@@ -27,7 +27,7 @@ from backends import (
     wait_status,
 )
 from probed.checks.base import Check, Observation
-from probed.config import build_checks
+from probed.checkspecs import build_checks
 from probed.scheduler import poll_once
 from probed.values import ConfigError
 

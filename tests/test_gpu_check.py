@@ -27,7 +27,7 @@ import pytest
 from backends import kubelet_probe, wait_for, wait_status
 from conftest import REPO, free_port
 from probed.checks.base import Check, CheckResources, Observation
-from probed.config import build_checks
+from probed.checkspecs import build_checks
 from probed.scheduler import poll_once
 from probed.gpufaults import environment_devices, parse_device_list, select_devices, DeviceFacts
 from probed.presets import gpu_checks
@@ -576,7 +576,7 @@ def test_gpu_preset_on_the_command_line() -> None:
 
 
 def test_ctypes_is_loaded_only_by_a_gpu_check() -> None:
-    code = ("import sys; from probed.config import build_checks; "
+    code = ("import sys; from probed.checkspecs import build_checks; "
             "build_checks([{'kind': 'http', 'url': 'http://127.0.0.1:1/'}], ['x']); "
             "a = 'ctypes' in sys.modules; "
             "c = build_checks([{'kind': 'gpu', 'lib': 'libnvidia-ml-nowhere.so.1'}], ['y'])[0]; "

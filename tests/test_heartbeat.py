@@ -26,7 +26,7 @@ from probed.beatregistry import (HEARTBEAT_MAX_WORKERS, HeartbeatRegistry, Heart
                                  parse_beat_name)
 from probed.checks.base import CheckResources
 from probed.checks.heartbeat import HeartbeatCheck, scan_beat_files
-from probed.config import build_checks
+from probed.checkspecs import build_checks
 from probed.scheduler import poll_once
 from probed.eventlog import EventLog
 from probed.httpproto import http_date, parse_request

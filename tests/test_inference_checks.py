@@ -22,7 +22,7 @@ import pytest
 from llm_backend import LLMBackend
 from probed.checks import CHECK_KINDS
 from probed.checks.base import Check, CheckResources, Observation
-from probed.config import build_spec, split_check_text
+from probed.checkspecs import build_spec, split_check_text
 from probed.scheduler import poll_once
 from probed.values import ConfigError
 

@@ -29,7 +29,7 @@ from llm_backend import LLMBackend
 from probed.checks import CHECK_KINDS
 from probed.checks.base import Observation
 from probed.cli import main
-from probed.config import build_spec, split_check_text
+from probed.checkspecs import build_spec, split_check_text
 from probed.scheduler import poll_once
 from probed.checkstate import CheckState
 

@@ -487,7 +487,7 @@ def test_kinds_defaults_and_keys() -> None:
 
 
 def test_check_text_builds_a_ray_check() -> None:
-    from probed.config import build_spec, split_check_text
+    from probed.checkspecs import build_spec, split_check_text
     spec = build_spec(split_check_text(
         "ray url=http://127.0.0.2:8265/ nodes=2 gpus=2 probes=ready", "--check #1"), "--check #1")
     assert (spec.kind, spec.timeout, spec.params["nodes"], spec.params["gpus"]) == (

@@ -15,7 +15,7 @@ from conftest import free_port
 
 from probed.checks.base import Check, Observation
 from probed.checks.relay import RELAY_LINE_CHARS, first_body_line
-from probed.config import build_checks
+from probed.checkspecs import build_checks
 from probed.scheduler import poll_once
 
 

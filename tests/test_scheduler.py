@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from fakes import FakeCheck
 
 from probed.checks.base import Observation
-from probed.config import build_checks
+from probed.checkspecs import build_checks
 from probed.eventlog import EventLog
 from probed.pod import Pod
 from probed.podevents import Event, GroupChanged, Restarted
