@@ -16,6 +16,7 @@
 #     probed/httpproto.py
 #     probed/probebench.py
 #     probed/promselector.py
+#     probed/exprules.py
 #     probed/expfmt.py
 #     probed/scrape.py
 #     probed/values.py
@@ -1064,25 +1065,25 @@ def aggregate(values: Sequence[float], how: str) -> Optional[float]:
 
 
 # ============================================================
-# probed/expfmt.py
+# probed/exprules.py
 # ============================================================
-"""Prometheus text (0.0.4) and OpenMetrics exposition parsing: series selection and aggregation.
+"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
+OpenMetrics, one line at a time.
 """
 
-import functools
 import re
-from typing import Dict, FrozenSet, Iterator, List, Match, Optional, Pattern, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, Match, Optional, Pattern, Set, Tuple
 
 _EXPFMT_MAX_EXEMPLAR_CHARS = 128
 _EXPFMT_MAX_TS_DIGITS = 19
-_EXPFMT_PLAN_CACHE = 64
+EXPFMT_MAX_TRACKED_SERIES = 5000
 
 ExpositionSample = Tuple[str, Dict[str, str], float, Optional[float]]
 _ExpfmtSeriesKey = Tuple[str, Tuple[Tuple[str, str], ...]]
 
-_EXPFMT_FLOAT = (r"(?:[-+]?(?:[0-9]+\.?[0-9]*(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?"
+_EXPFMT_FLOAT = (r"(?:[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
                  r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)|[nN][aA][nN])")
-_EXPFMT_REAL = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_EXPFMT_REAL = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 _EXPFMT_OM_TYPES = "counter|gauge|histogram|gaugehistogram|stateset|info|summary|unknown"
 _EXPFMT_TEXT_TYPES = _EXPFMT_OM_TYPES + "|untyped|gauge_histogram"
 
@@ -1120,11 +1121,11 @@ def _expfmt_om_grammar() -> Tuple[str, str, str]:
 def _expfmt_compile(om: bool) -> Tuple[Pattern[str], ...]:
     comment, sample, labelset = _expfmt_om_grammar() if om else _expfmt_text_grammar()
     line = r"(?:(?=[ \t]*\#)%s|%s%s)" % (comment, sample, "" if om else r"|[ \t]*")
-    body = re.sub(r"\(\?P<\w+>", "(?:", r"(?:%s\n)*" % line)
-    return re.compile(comment), re.compile(sample), re.compile(labelset), re.compile(body)
+    bad = re.sub(r"\(\?P<\w+>", "(?:", r"\n(?!%s\n|\Z)" % line)
+    return re.compile(comment), re.compile(sample), re.compile(labelset), re.compile(bad)
 
 
-_EXPFMT_COMMENT_RE, _EXPFMT_SAMPLE_RE, _EXPFMT_LABELSET_RE, _EXPFMT_BODY_RE = zip(
+_EXPFMT_COMMENT_RE, _EXPFMT_SAMPLE_RE, _EXPFMT_LABELSET_RE, _EXPFMT_BAD_LINE_RE = zip(
     _expfmt_compile(False), _expfmt_compile(True))
 _EXPFMT_FLOAT_RE = re.compile(_EXPFMT_FLOAT)
 _EXPFMT_REAL_RE = re.compile(_EXPFMT_REAL)
@@ -1152,6 +1153,10 @@ class ExpositionError(ValueError):
     def __init__(self, lineno: int, message: str) -> None:
         super().__init__("line %d: %s" % (lineno, message))
         self.lineno = lineno
+
+
+class ExpositionTooBig(ExpositionError):
+    """A body past a limit of what is read (a line, or the series kept): not malformed, refused."""
 
 
 def _expfmt_labels(body: Optional[str], lineno: int) -> Tuple[Optional[str], Dict[str, str]]:
@@ -1294,6 +1299,10 @@ class _ExpfmtFamilies:
                 self.strict is None or family in self.strict):
             raise ExpositionError(lineno, "samples of metric family %r are not in one block"
                                   % family)
+        if self.strict is not None and series not in self.series and (
+                len(self.series) >= EXPFMT_MAX_TRACKED_SERIES):
+            raise ExpositionTooBig(lineno, "the selected metric families hold more than %d series"
+                                   % EXPFMT_MAX_TRACKED_SERIES)
         before = self.series.get(series, stamp)
         if series in self.series and (before is None) != (stamp is None):
             raise ExpositionError(lineno, "series %s mixes samples with and without timestamp"
@@ -1354,6 +1363,24 @@ def _expfmt_line(state: _ExpfmtFamilies, line: str, lineno: int,
     return state.sample(lineno, m, names)
 
 
+# ============================================================
+# probed/expfmt.py
+# ============================================================
+"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
+"""
+
+import functools
+import re
+from typing import Dict, FrozenSet, Iterator, List, Optional, Pattern, Sequence, Set, Tuple
+
+EXPFMT_MAX_LINE_BYTES = 64 << 10
+EXPFMT_MAX_SERIES = 1000
+EXPFMT_MAX_KEPT_CHARS = 1 << 20
+_EXPFMT_PLAN_CACHE = 64
+
+SelectedSeries = List[Tuple[Dict[str, str], float]]
+
+
 def _expfmt_prepare(body: bytes, openmetrics: Optional[bool]) -> Tuple[str, bool]:
     try:
         text = body if isinstance(body, str) else bytes(body).decode("utf-8")
@@ -1367,16 +1394,24 @@ def _expfmt_prepare(body: bytes, openmetrics: Optional[bool]) -> Tuple[str, bool
     if not (has_eof if openmetrics is None else openmetrics):
         cut = text.rfind("\n") + 1
         if text[cut:].strip(" \t"):
-            raise ExpositionError(text.count("\n") + 1, "last line has no line feed (body cut "
-                                  "short?): %s" % prom_excerpt(text[cut:]))
+            raise _expfmt_no_final_lf(text.count("\n") + 1, text[cut:])
         return text[:cut], False
     if has_eof:
         return end[:-5], True
     early = ("\n" + text).find("\n# EOF\n")
     if early >= 0:
         raise ExpositionError(text.count("\n", 0, early) + 2, "text after '# EOF'")
-    raise ExpositionError(end.count("\n") + 1, "missing '# EOF' at the end of the OpenMetrics "
-                          "body (cut short?)")
+    raise _expfmt_no_eof(end.count("\n") + 1)
+
+
+def _expfmt_no_final_lf(lineno: int, tail: str) -> ExpositionError:
+    return ExpositionError(lineno, "last line has no line feed (body cut short?): %s"
+                           % prom_excerpt(tail))
+
+
+def _expfmt_no_eof(lineno: int) -> ExpositionError:
+    return ExpositionError(lineno, "missing '# EOF' at the end of the OpenMetrics body (cut "
+                           "short?)")
 
 
 @functools.lru_cache(maxsize=_EXPFMT_PLAN_CACHE)
@@ -1396,6 +1431,172 @@ def _expfmt_plan(names: FrozenSet[str]) -> Tuple[Pattern[str], FrozenSet[str], F
     return finder, frozenset(wanted), frozenset(meta), frozenset(families)
 
 
+class _ExpfmtReader:
+
+    __slots__ = ("om", "state", "error", "eof")
+
+    def __init__(self, om: bool, families: FrozenSet[str]) -> None:
+        self.om = om
+        self.state = _ExpfmtFamilies(om, families)
+        self.error: Optional[ExpositionError] = None
+        self.eof = 0
+
+    def fail(self, error: ExpositionError) -> None:
+        if self.error is None:
+            self.error = ExpositionError(self.eof + 1, "text after '# EOF'") if self.eof else error
+
+
+class SeriesSelector:
+
+    def __init__(self, selectors: Sequence[Selector], openmetrics: Optional[bool] = None) -> None:
+        self.selectors = [s if isinstance(s, Selector) else parse_selector(s) for s in selectors]
+        families: FrozenSet[str] = frozenset()
+        self._finder: Optional[Pattern[str]] = None
+        self._wanted = self._meta = families
+        if self.selectors:
+            self._finder, self._wanted, self._meta, families = _expfmt_plan(
+                frozenset(s.name for s in self.selectors))
+        formats = (False, True) if openmetrics is None else (openmetrics,)
+        self._readers = [_ExpfmtReader(om, families) for om in formats]
+        self._found: List[Dict[Tuple[Tuple[str, str], ...], Tuple[Dict[str, str], float]]] = [
+            {} for _ in self.selectors]
+        self._kept = 0
+        self._pending = bytearray()
+        self._lines = 0
+        self._offset = 0
+        self._last_eof = False
+
+    @property
+    def settled(self) -> bool:
+        return all(r.error is not None for r in self._readers)
+
+    def feed(self, data: bytes) -> bool:
+        view = memoryview(data)
+        for start in range(0, len(view), EXPFMT_MAX_LINE_BYTES):
+            if self.settled:
+                break
+            held = len(self._pending)
+            self._pending += view[start:start + EXPFMT_MAX_LINE_BYTES]
+            end = self._pending.find(b"\n", held)
+            if (end if end >= 0 else len(self._pending)) > EXPFMT_MAX_LINE_BYTES:
+                self._fail_all(ExpositionTooBig(self._lines + 1, "line longer than %d bytes"
+                                                % EXPFMT_MAX_LINE_BYTES))
+                break
+            cut = self._pending.rfind(b"\n") + 1
+            if cut:
+                block = bytes(self._pending[:cut])
+                del self._pending[:cut]
+                self._read_block(block)
+        return not self.settled
+
+    def close(self) -> List[SelectedSeries]:
+        tail = bytes(self._pending)
+        has_eof = tail == b"# EOF" or (not tail and self._last_eof)
+        reader = self._readers[-1 if has_eof else 0]
+        if reader.om and (tail and reader.eof or not has_eof):
+            reader.fail(_expfmt_no_eof(self._lines + (1 if tail else 0) or 1))
+        elif not reader.om and tail.strip(b" \t"):
+            try:
+                line = tail.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reader.fail(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
+                                            % (self._offset + exc.start)))
+            else:
+                reader.fail(_expfmt_no_final_lf(self._lines + 1, line))
+        return self._result(reader)
+
+    def _result(self, reader: _ExpfmtReader) -> List[SelectedSeries]:
+        if reader.error is not None:
+            raise reader.error
+        return [list(found.values()) for found in self._found]
+
+    def _fail_all(self, error: ExpositionError) -> None:
+        for reader in self._readers:
+            reader.fail(error)
+
+    def _read_block(self, block: bytes) -> None:
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            good = block.rfind(b"\n", 0, exc.start) + 1
+            self._read_block(block[:good])
+            self._fail_all(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
+                                           % (self._offset + exc.start - good)))
+            return
+        self._offset += len(block)
+        text = text.replace("\r\n", "\n") if "\r" in text else text
+        self._last_eof = text.endswith("\n# EOF\n") or text == "# EOF\n"
+        self.read_text(text)
+
+    def read_text(self, text: str) -> None:
+        first, padded = self._lines, "\n" + text
+        self._lines += text.count("\n")
+        stops = []
+        for reader in self._readers:
+            if reader.eof and text:
+                reader.fail(ExpositionError(reader.eof + 1, ""))
+            bad = None if reader.error else _EXPFMT_BAD_LINE_RE[reader.om].search(padded)
+            stops.append(-1 if reader.error else bad.start() if bad else len(padded))
+        if self._finder is not None and max(stops) > 0:
+            self._read_candidates(self._finder, padded, first, stops)
+        for reader, stop in zip(self._readers, stops):
+            if reader.error is None and stop < len(padded):
+                lineno = first + padded.count("\n", 0, stop + 1)
+                end = padded.find("\n", stop + 1)
+                self._reject(reader, padded[stop + 1:end], lineno, end + 1 < len(padded))
+
+    def _read_candidates(self, finder: Pattern[str], padded: str, first: int,
+                         stops: List[int]) -> None:
+        lineno, counted = first, 0
+        for m in finder.finditer(padded, 0, max(stops)):
+            lineno += padded.count("\n", counted, m.start() + 1)
+            counted = m.start() + 1
+            line, sample = m.group(1), None
+            for reader, stop in zip(self._readers, stops):
+                if reader.error is not None or m.start() >= stop:
+                    continue
+                try:
+                    sample = _expfmt_line(reader.state, line, lineno, self._wanted,
+                                          self._meta) or sample
+                except ExpositionError as exc:
+                    reader.fail(exc)
+            if sample is not None:
+                self._keep(sample, lineno, len(line))
+            if self.settled:
+                return
+
+    def _reject(self, reader: _ExpfmtReader, line: str, lineno: int, more: bool) -> None:
+        if reader.om and line == "# EOF":
+            reader.eof = lineno
+            if more:
+                reader.fail(ExpositionError(lineno + 1, "text after '# EOF'"))
+            return
+        try:
+            _expfmt_line(reader.state, line, lineno, frozenset(), frozenset())
+        except ExpositionError as exc:
+            reader.fail(exc)
+        else:
+            reader.fail(ExpositionError(lineno, "malformed line %s" % prom_excerpt(line)))
+
+    def _keep(self, sample: ExpositionSample, lineno: int, size: int) -> None:
+        name, labels, value, _ = sample
+        for i, sel in enumerate(self.selectors):
+            if sel.name != name or not sel.matches(labels):
+                continue
+            key, found = tuple(sorted(labels.items())), self._found[i]
+            if key not in found:
+                self._kept += size
+                if len(found) >= EXPFMT_MAX_SERIES:
+                    return self._fail_all(ExpositionTooBig(lineno, "%s matches more than %d "
+                                                           "series; narrow it with labels"
+                                                           % (sel, EXPFMT_MAX_SERIES)))
+                if self._kept > EXPFMT_MAX_KEPT_CHARS:
+                    return self._fail_all(ExpositionTooBig(
+                        lineno, "the selected series hold more than %d characters"
+                        % EXPFMT_MAX_KEPT_CHARS))
+            found[key] = (dict(labels), value)
+
+
 def parse_samples(body: bytes, openmetrics: Optional[bool] = None) -> Iterator[ExpositionSample]:
     text, om = _expfmt_prepare(body, openmetrics)
     state = _ExpfmtFamilies(om)
@@ -1404,28 +1605,11 @@ def parse_samples(body: bytes, openmetrics: Optional[bool] = None) -> Iterator[E
 
 
 def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optional[bool] = None
-                  ) -> List[List[Tuple[Dict[str, str], float]]]:
-    sels = [s if isinstance(s, Selector) else parse_selector(s) for s in selectors]
+                  ) -> List[SelectedSeries]:
     text, om = _expfmt_prepare(body, openmetrics)
-    if _EXPFMT_BODY_RE[om].fullmatch(text) is None:
-        list(parse_samples(body, openmetrics))
-        raise ExpositionError(1, "malformed exposition body")
-    if not sels:
-        return []
-    finder, wanted, meta, families = _expfmt_plan(frozenset(s.name for s in sels))
-    state = _ExpfmtFamilies(om, families)
-    found: List[Dict[tuple, Tuple[Dict[str, str], float]]] = [{} for _ in sels]
-    padded, lineno, counted = "\n" + text, 0, 0
-    for m in finder.finditer(padded):
-        lineno += padded.count("\n", counted, m.start() + 1)
-        counted = m.start() + 1
-        sample = _expfmt_line(state, m.group(1), lineno, wanted, meta)
-        if sample is None:
-            continue
-        for i, sel in enumerate(sels):
-            if sel.name == sample[0] and sel.matches(sample[1]):
-                found[i][tuple(sorted(sample[1].items()))] = (dict(sample[1]), sample[2])
-    return [list(f.values()) for f in found]
+    selector = SeriesSelector(selectors, om)
+    selector.read_text(text)
+    return selector._result(selector._readers[0])
 
 
 # ============================================================
