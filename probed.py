@@ -12,6 +12,7 @@
 # Modules, in dependency order (each below under a banner with its path):
 #     probed/__init__.py
 #     probed/clientproto.py
+#     probed/files.py
 #     probed/client.py
 #     probed/httpproto.py
 #     probed/probebench.py
@@ -187,6 +188,57 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
 
 
 # ============================================================
+# probed/files.py
+# ============================================================
+"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
+a device.
+"""
+
+import os
+import stat
+
+_FILES_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+class FileRefusedError(OSError):
+    """A path that is not a regular file, or a file over its size cap; the message names both
+    the path and why (an OSError, so callers that handle unreadable files handle these too)."""
+
+
+def read_small_file(path: str, max_bytes: int, what: str = "file") -> bytes:
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILES_KINDS if test(mode)), "not a regular file")
+            raise FileRefusedError("%s %r is %s; expected a regular file" % (what, path, kind))
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise FileRefusedError("%s %r is over %d bytes" % (what, path, max_bytes))
+    return b"".join(chunks)
+
+
+def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
+    data = read_small_file(path, max_bytes, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileRefusedError("%s %r is not UTF-8 text (byte %d)" % (what, path, exc.start)
+                               ) from None
+
+
+# ============================================================
 # probed/client.py
 # ============================================================
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
@@ -262,11 +314,7 @@ _CLIENT_DEFAULT_TLS = TLSOptions()
 
 def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
     if token_file:
-        with open(token_file, "rb") as handle:
-            data = handle.read(CLIENT_MAX_TOKEN_BYTES + 1)
-        if len(data) > CLIENT_MAX_TOKEN_BYTES:
-            raise ValueError("token file %r is over %d bytes; expected one token"
-                             % (token_file, CLIENT_MAX_TOKEN_BYTES))
+        data = read_small_file(token_file, CLIENT_MAX_TOKEN_BYTES, "token file")
         try:
             token = data.decode("utf-8").strip()
         except UnicodeDecodeError:

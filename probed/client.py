@@ -28,6 +28,7 @@ from .clientproto import (  # CLIENT_USER_AGENT is re-exported for callers
     _client_parse_status_line,
     split_url,
 )
+from .files import read_small_file
 
 CLIENT_MAX_HEAD_BYTES = 64 * 1024  # the header fields of one response (and chunked trailers)
 CLIENT_RECV_BYTES = 64 * 1024  # one read from the socket
@@ -96,14 +97,12 @@ def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) 
     """The bearer token: the stripped file content, else the first non-empty env var, else None.
 
     The file is read on every call so a rotated Kubernetes Secret is picked up. An unreadable
-    file raises OSError, so a broken mount is reported instead of polling without credentials.
+    file raises OSError (files.FileRefusedError for a FIFO, a device or a file over
+    CLIENT_MAX_TOKEN_BYTES), so a broken mount is reported instead of polling without
+    credentials.
     """
     if token_file:
-        with open(token_file, "rb") as handle:
-            data = handle.read(CLIENT_MAX_TOKEN_BYTES + 1)
-        if len(data) > CLIENT_MAX_TOKEN_BYTES:
-            raise ValueError("token file %r is over %d bytes; expected one token"
-                             % (token_file, CLIENT_MAX_TOKEN_BYTES))
+        data = read_small_file(token_file, CLIENT_MAX_TOKEN_BYTES, "token file")
         try:
             token = data.decode("utf-8").strip()
         except UnicodeDecodeError:
