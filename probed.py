@@ -12,6 +12,7 @@
 # Modules, in dependency order (each below under a banner with its path):
 #     probed/__init__.py
 #     probed/clientproto.py
+#     probed/blocking.py
 #     probed/files.py
 #     probed/client.py
 #     probed/httpproto.py
@@ -185,6 +186,84 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
     if status < 100:
         raise FetchError("protocol", "status code %d out of range" % status)
     return status, (match.group(2) or b"").decode("latin-1").strip()
+
+
+# ============================================================
+# probed/blocking.py
+# ============================================================
+"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
+file scans, each kind with its own small cap.
+"""
+
+import asyncio
+import socket
+import threading
+from typing import Any, Callable, List, Optional, TypeVar
+
+BLOCKING_DNS_LOOKUPS = 4
+BLOCKING_SCANS = 4
+
+_BlockingResult = TypeVar("_BlockingResult")
+
+
+class BlockingBusy(Exception):
+    """Every slot of a BlockingRunner is taken by a call still running."""
+
+
+class BlockingRunner:
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.running = 0
+
+    async def run(self, fn: Callable[..., _BlockingResult], *args: Any) -> _BlockingResult:
+        if self.running >= self.limit:
+            raise BlockingBusy("%d %s calls are still running (the limit)"
+                               % (self.limit, self.name))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result: Any, error: Optional[BaseException]) -> None:
+            self.running -= 1
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:
+                pass
+
+        self.running += 1
+        try:
+            threading.Thread(target=work, name="probed-" + self.name, daemon=True).start()
+        except BaseException:
+            self.running -= 1
+            raise
+        return await future
+
+
+class Resolver:
+
+    def __init__(self, limit: int = BLOCKING_DNS_LOOKUPS) -> None:
+        self.runner = BlockingRunner("dns", limit)
+
+    async def resolve(self, host: str, port: int) -> List[Any]:
+        try:
+            return await self.runner.run(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        except BlockingBusy:
+            raise FetchError("dns", "cannot resolve host %r: %d lookups are already waiting for "
+                             "the resolver (is DNS answering?)" % (host, self.runner.limit)
+                             ) from None
 
 
 # ============================================================
@@ -481,14 +560,18 @@ async def _client_read_body(chan: _ClientChannel, method: str, status: int,
     return await chan.read_exact(size)
 
 
-async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> List[Any]:
+async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                          resolver: Optional[Resolver]) -> List[Any]:
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                   flags=socket.AI_NUMERICHOST)
     except (socket.gaierror, UnicodeError):
         pass
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if resolver is not None:
+            infos = await resolver.resolve(host, port)
+        else:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchError("dns", "cannot resolve host %r: %s" % (
             host, getattr(exc, "strerror", None) or exc)) from None
@@ -527,11 +610,11 @@ def _client_os_error(exc: OSError, phase: str) -> FetchError:
 
 
 async def _client_exchange(host: str, port: int, request: bytes, method: str, context: Any,
-                           max_body: int,
-                           phase: List[str]) -> Tuple[int, str, Dict[str, str], bytes]:
+                           max_body: int, phase: List[str],
+                           resolver: Optional[Resolver]) -> Tuple[int, str, Dict[str, str], bytes]:
     loop = asyncio.get_running_loop()
     phase[0] = "resolving %s" % host
-    infos = await _client_resolve(loop, host, port)
+    infos = await _client_resolve(loop, host, port, resolver)
     chan = None
     try:
         phase[0] = "connecting"
@@ -555,7 +638,8 @@ async def _client_exchange(host: str, port: int, request: bytes, method: str, co
 
 async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
                 body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
-                tls: Optional[TLSOptions] = None) -> Response:
+                tls: Optional[TLSOptions] = None,
+                resolver: Optional[Resolver] = None) -> Response:
     scheme, host, port, target = split_url(url)
     if not timeout > 0:
         raise ValueError("timeout must be > 0 seconds, got %r" % timeout)
@@ -566,7 +650,7 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
     started = time.monotonic()
     try:
         status, reason, fields, data = await asyncio.wait_for(
-            _client_exchange(host, port, request, method, context, max_body, phase),
+            _client_exchange(host, port, request, method, context, max_body, phase, resolver),
             timeout)
     except asyncio.TimeoutError:
         raise FetchError("timeout", "timed out after %gs while %s" % (timeout, phase[0])) from None
@@ -2257,14 +2341,18 @@ class CheckSpec:
 
 class CheckResources:
 
-    __slots__ = ("scrapes", "progress", "beats")
+    __slots__ = ("scrapes", "progress", "beats", "resolver", "scans")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
-                 beats: Optional[HeartbeatRegistry] = None) -> None:
+                 beats: Optional[HeartbeatRegistry] = None,
+                 resolver: Optional[Resolver] = None,
+                 scans: Optional[BlockingRunner] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
+        self.resolver = resolver if resolver is not None else Resolver()
+        self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
 
 
 class Check:
@@ -2439,6 +2527,7 @@ HEARTBEAT_DEFAULT_WINDOW = 60.0
 HEARTBEAT_REASON_NAMES = 12
 HEARTBEAT_CLOCK_SLACK = 1.0
 _HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
+BeatScan = Tuple[WorkerAges, Tuple[Tuple[str, str], ...]]
 
 
 def parse_window(text: str) -> float:
@@ -2468,21 +2557,33 @@ def _heartbeat_candidates(path: str) -> List[Tuple[str, str]]:
     return [(os.path.basename(path), path)]
 
 
-def scan_beat_files(path: str) -> WorkerAges:
+def scan_beat_files(path: str) -> BeatScan:
     found = _heartbeat_candidates(path)
     if len(found) > HEARTBEAT_MAX_WORKERS:
         raise OSError("%s matches more than %d files; narrow the path" % (
             path, HEARTBEAT_MAX_WORKERS))
     mtimes: List[Tuple[str, float]] = []
+    unreadable: List[Tuple[str, str]] = []
     for name, file_path in found:
         try:
             st = os.stat(file_path)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            unreadable.append((name, exc.strerror or str(exc)))
+            continue
         if stat.S_ISREG(st.st_mode):
             mtimes.append((name, st.st_mtime))
     now = time.time()
-    return tuple(sorted((name, now - mtime) for name, mtime in mtimes))
+    return tuple(sorted((name, now - mtime) for name, mtime in mtimes)), tuple(sorted(unreadable))
+
+
+def heartbeat_unreadable_note(unreadable: Sequence[Mapping[str, str]]) -> str:
+    if not unreadable:
+        return ""
+    shown = ["%s (%s)" % (u["name"], u["error"]) for u in unreadable[:HEARTBEAT_REASON_NAMES]]
+    more = len(unreadable) - len(shown)
+    return "; unreadable, skipped: " + ", ".join(shown + (["+%d more" % more] if more else []))
 
 
 def heartbeat_fresh(age: float, window: float) -> bool:
@@ -2541,7 +2642,7 @@ class HeartbeatCheck(Check):
         if expect is not None and min_fresh is not None and min_fresh > expect:
             raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
                               "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
-        self._scan: Optional["asyncio.Future[WorkerAges]"] = None
+        self._scan: Optional["asyncio.Future[BeatScan]"] = None
 
     @property
     def pushed(self) -> bool:
@@ -2552,6 +2653,7 @@ class HeartbeatCheck(Check):
         return where + (" match=%s" % self.config["match"] if self.config.get("match") else "")
 
     async def observe(self) -> Observation:
+        unreadable: Tuple[Tuple[str, str], ...] = ()
         if self.path is None:
             workers = self.resources.beats.ages()
         else:
@@ -2560,10 +2662,12 @@ class HeartbeatCheck(Check):
                                           "volume?)" % self.path)
             if self._scan is not None and not self._scan.cancelled():
                 self._scan.exception()
-            self._scan = asyncio.get_running_loop().run_in_executor(None, scan_beat_files,
-                                                                    self.path)
+            self._scan = asyncio.ensure_future(self.resources.scans.run(scan_beat_files,
+                                                                        self.path))
             try:
-                workers = await asyncio.shield(self._scan)
+                workers, unreadable = await asyncio.shield(self._scan)
+            except BlockingBusy as exc:
+                return Observation(False, "%s: not scanned: %s" % (self.path, exc))
             except OSError as exc:
                 own = bool(exc.args) and isinstance(exc.args[0], str)
                 return Observation(False, str(exc) if own else "%s: %s" % (
@@ -2572,8 +2676,11 @@ class HeartbeatCheck(Check):
         if pattern:
             workers = tuple(w for w in workers if fnmatch.fnmatchcase(w[0], pattern))
         window = self.config["window"]
-        detail = {"source": "push" if self.path is None else "files",
-                  "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        detail: Dict[str, Any] = {
+            "source": "push" if self.path is None else "files",
+            "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        if unreadable:
+            detail["unreadable"] = [{"name": n, "error": e} for n, e in unreadable]
         fresh = sum(1 for _, a in workers if heartbeat_fresh(a, window))
         return Observation(True, "", float(fresh), detail=detail, raw=workers)
 
@@ -2600,10 +2707,11 @@ class HeartbeatCheck(Check):
             wants.append("%d silent, at most %d allowed" % (silent_count, max_silent))
         if len(fresh) < floor and (min_fresh is not None or not wants):
             wants.append("need %d" % floor)
+        note = heartbeat_unreadable_note((obs.detail or {}).get("unreadable", ()))
         if not wants:
-            return True, summary
-        return False, "%s (%s): %s" % (summary, ", ".join(wants),
-                                       heartbeat_roster(silent, fresh, missing))
+            return True, summary + note
+        return False, "%s (%s): %s%s" % (summary, ", ".join(wants),
+                                         heartbeat_roster(silent, fresh, missing), note)
 
 
 # ============================================================
@@ -2704,7 +2812,7 @@ class HTTPCheck(HTTPPollingCheck):
                                headers=self.request.request_headers(),
                                body=body.encode("utf-8") if body is not None else None,
                                timeout=self.spec.timeout, max_body=HTTP_CHECK_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind},
                                refused=exc.kind == "refused")
@@ -2773,9 +2881,10 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
     return settings
 
 
-async def served_models(base: str, settings: HTTPRequestSettings, timeout: float) -> List[str]:
+async def served_models(base: str, settings: HTTPRequestSettings, timeout: float,
+                        resolver: Optional[Resolver] = None) -> List[str]:
     resp = await fetch(base.rstrip("/") + "/v1/models", headers=settings.request_headers(),
-                       timeout=timeout, tls=settings.tls)
+                       timeout=timeout, tls=settings.tls, resolver=resolver)
     if resp.status != 200:
         raise ValueError("/v1/models: HTTP %d%s" % (resp.status, (
             ": " + body_snippet(resp.body)) if resp.body else ""))
@@ -2807,7 +2916,8 @@ class ModelsCheck(HTTPPollingCheck):
 
     async def observe(self) -> Observation:
         try:
-            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+            models = await served_models(self.config["url"], self.request, self.spec.timeout,
+                                         self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         except ValueError as exc:
@@ -2871,7 +2981,7 @@ class InferenceCheck(HTTPPollingCheck):
                                headers=dict(self.request.request_headers(),
                                             **{"Content-Type": "application/json"}),
                                timeout=self.spec.timeout, max_body=INFERENCE_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         except ValueError as exc:
@@ -2887,7 +2997,8 @@ class InferenceCheck(HTTPPollingCheck):
         if api == "json":
             return json.dumps(self.config.get("body") or {}).encode("utf-8")
         if not self.model:
-            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+            models = await served_models(self.config["url"], self.request, self.spec.timeout,
+                                         self.resources.resolver)
             if not models:
                 raise ValueError("no model served yet")
             self.model = models[0]
@@ -3227,7 +3338,8 @@ class AwakeCheck(HTTPPollingCheck):
     async def ask_is_sleeping(self, base: str) -> Observation:
         try:
             resp = await fetch(base + "/is_sleeping", headers=self.request.request_headers(),
-                               timeout=self.spec.timeout, tls=self.request.tls)
+                               timeout=self.spec.timeout, tls=self.request.tls,
+                               resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, "/is_sleeping: %s" % exc)
         if resp.status == 404:
@@ -3350,7 +3462,7 @@ class RelayCheck(HTTPPollingCheck):
         try:
             resp = await fetch(self.config["url"], headers=self.request.request_headers(),
                                timeout=self.spec.timeout, max_body=RELAY_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         line = first_body_line(resp.body)
@@ -3532,7 +3644,7 @@ class _RayDashboardCheck(HTTPPollingCheck):
         if headers is None:
             headers = self.request.request_headers()
         return fetch(self.base + path, headers=headers, timeout=timeout, max_body=max_body,
-                     tls=self.request.tls)
+                     tls=self.request.tls, resolver=self.resources.resolver)
 
 
 class RayClusterCheck(_RayDashboardCheck):

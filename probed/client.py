@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import import_ssl
+from .blocking import Resolver
 from .clientproto import (  # CLIENT_USER_AGENT is re-exported for callers
     _CLIENT_LINE_END,
     CLIENT_MAX_LINE_BYTES,
@@ -276,15 +277,19 @@ async def _client_read_body(chan: _ClientChannel, method: str, status: int,
     return await chan.read_exact(size)
 
 
-async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> List[Any]:
-    """getaddrinfo results; IP literals never touch the resolver thread pool."""
+async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                          resolver: Optional[Resolver]) -> List[Any]:
+    """getaddrinfo results; IP literals never touch a resolver thread."""
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                   flags=socket.AI_NUMERICHOST)
     except (socket.gaierror, UnicodeError):
         pass
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if resolver is not None:
+            infos = await resolver.resolve(host, port)
+        else:  # callers outside the daemon: asyncio's default executor
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchError("dns", "cannot resolve host %r: %s" % (
             host, getattr(exc, "strerror", None) or exc)) from None
@@ -324,12 +329,12 @@ def _client_os_error(exc: OSError, phase: str) -> FetchError:
 
 
 async def _client_exchange(host: str, port: int, request: bytes, method: str, context: Any,
-                           max_body: int,
-                           phase: List[str]) -> Tuple[int, str, Dict[str, str], bytes]:
+                           max_body: int, phase: List[str],
+                           resolver: Optional[Resolver]) -> Tuple[int, str, Dict[str, str], bytes]:
     """One request on one new connection; `phase[0]` says what it is doing, for timeouts."""
     loop = asyncio.get_running_loop()
     phase[0] = "resolving %s" % host
-    infos = await _client_resolve(loop, host, port)
+    infos = await _client_resolve(loop, host, port, resolver)
     chan = None
     try:
         phase[0] = "connecting"
@@ -353,13 +358,15 @@ async def _client_exchange(host: str, port: int, request: bytes, method: str, co
 
 async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
                 body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
-                tls: Optional[TLSOptions] = None) -> Response:
+                tls: Optional[TLSOptions] = None,
+                resolver: Optional[Resolver] = None) -> Response:
     """Make one HTTP/1.1 request on a new connection and return the whole response.
 
     `timeout` bounds everything (DNS to the last body byte). Any status is a Response; no
     response at all (or a body over `max_body`) is a FetchError. `headers` may replace Host,
-    User-Agent and Accept, never Connection or Content-Length. ValueError for a bad URL,
-    method, header or timeout.
+    User-Agent and Accept, never Connection or Content-Length. `resolver` looks up host names
+    on threads of its own (the daemon's); without one, asyncio's default executor does.
+    ValueError for a bad URL, method, header or timeout.
     """
     scheme, host, port, target = split_url(url)
     if not timeout > 0:
@@ -371,7 +378,7 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
     started = time.monotonic()
     try:
         status, reason, fields, data = await asyncio.wait_for(
-            _client_exchange(host, port, request, method, context, max_body, phase),
+            _client_exchange(host, port, request, method, context, max_body, phase, resolver),
             timeout)
     except asyncio.TimeoutError:
         raise FetchError("timeout", "timed out after %gs while %s" % (timeout, phase[0])) from None

@@ -47,7 +47,8 @@ class AwakeCheck(HTTPPollingCheck):
         """Fallback for servers without the gauge: /is_sleeping (dev mode only)."""
         try:
             resp = await fetch(base + "/is_sleeping", headers=self.request.request_headers(),
-                               timeout=self.spec.timeout, tls=self.request.tls)
+                               timeout=self.spec.timeout, tls=self.request.tls,
+                               resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, "/is_sleeping: %s" % exc)
         if resp.status == 404:
