@@ -13,6 +13,7 @@
 #     probed/__init__.py
 #     probed/clientproto.py
 #     probed/blocking.py
+#     probed/clientchan.py
 #     probed/files.py
 #     probed/client.py
 #     probed/httpproto.py
@@ -267,6 +268,158 @@ class Resolver:
 
 
 # ============================================================
+# probed/clientchan.py
+# ============================================================
+"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
+buffer, and reads paced so that a fast peer never holds the event loop.
+"""
+
+import asyncio
+import socket
+from typing import Any, Callable, Dict, Optional, Pattern
+
+CLIENT_RECV_BYTES = 64 * 1024
+CLIENT_READS_PER_YIELD = 32
+CLIENT_SINK_SLICE_BYTES = 16 * 1024
+
+
+class BodySink:
+
+    def start(self, status: int, headers: Dict[str, str]) -> bool:
+        return True
+
+    def feed(self, data: bytes) -> bool:
+        return True
+
+
+class ClientChannel:
+
+    __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf", "_reads")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._tls = self._tls_in = self._tls_out = None
+        self._tcp_eof = False
+        self.buf = bytearray()
+        self._reads = 0
+
+    def close(self) -> None:
+        self._sock.close()
+        self.buf = bytearray()
+
+    async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
+        import ssl
+        while True:
+            try:
+                result = op(*args)
+            except ssl.SSLWantReadError:
+                if self._tcp_eof:
+                    raise FetchError("closed", "connection closed in the TLS %s" % what) from None
+                await self._tls_flush()
+                data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
+                self._tcp_eof = not data
+                if data:
+                    self._tls_in.write(data)
+                else:
+                    self._tls_in.write_eof()
+                continue
+            except ssl.SSLError as exc:
+                if self._tcp_eof and what == "read":
+                    return b""
+                detail = getattr(exc, "verify_message", None) or exc.reason or exc
+                raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
+            await self._tls_flush()
+            return result
+
+    async def _tls_flush(self) -> None:
+        data = self._tls_out.read()
+        if data:
+            await self._loop.sock_sendall(self._sock, data)
+
+    async def start_tls(self, context: Any, server_hostname: str) -> None:
+        import ssl
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
+        await self._tls_call("handshake", self._tls.do_handshake)
+
+    async def send(self, data: bytes) -> None:
+        if self._tls is None:
+            await self._loop.sock_sendall(self._sock, data)
+            return
+        view = memoryview(data)
+        while view:
+            view = view[await self._tls_call("write", self._tls.write, view):]
+
+    async def _fill(self) -> bool:
+        if self._tls is None:
+            data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
+        else:
+            data = await self._tls_call("read", self._tls.read, CLIENT_RECV_BYTES)
+        self.buf += data
+        await asyncio.sleep(0)
+        return bool(data)
+
+    async def _pace(self) -> None:
+        self._reads += 1
+        if self._reads >= CLIENT_READS_PER_YIELD:
+            self._reads = 0
+            await asyncio.sleep(0)
+
+    async def read_until(self, end: "Pattern[bytes]", limit: int, what: str) -> bytes:
+        await self._pace()
+        scanned = 0
+        while True:
+            match = end.search(self.buf, max(0, scanned - 3))
+            if match and match.start() <= limit:
+                data = bytes(self.buf[:match.start()])
+                del self.buf[:match.end()]
+                return data
+            if len(self.buf) > limit:
+                raise FetchError("protocol", "%s over %d bytes" % (what, limit))
+            scanned = len(self.buf)
+            if not await self._fill():
+                where = "in the middle of" if self.buf else "before"
+                raise FetchError("closed", "connection closed %s the %s" % (where, what))
+
+    async def read_exact(self, size: int) -> bytes:
+        await self._pace()
+        while len(self.buf) < size:
+            if not await self._fill():
+                raise FetchError("closed", "connection closed after %d of %d body bytes"
+                                 % (len(self.buf), size))
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
+
+    async def read_to_eof(self, max_body: int) -> bytes:
+        while len(self.buf) <= max_body:
+            if not await self._fill():
+                return bytes(self.buf)
+        self.buf = bytearray()
+        raise FetchError("too-large", "body over %d bytes" % max_body)
+
+    async def pipe(self, sink: BodySink, size: Optional[int], max_body: int) -> bool:
+        left = max_body + 1 if size is None else size
+        while left:
+            if not self.buf and not await self._fill():
+                if size is None:
+                    return True
+                raise FetchError("closed", "connection closed with %d body bytes missing" % left)
+            n = min(len(self.buf), left, CLIENT_SINK_SLICE_BYTES)
+            if size is None and n == left:
+                self.buf = bytearray()
+                raise FetchError("too-large", "body over %d bytes" % max_body)
+            piece = bytes(self.buf[:n])
+            del self.buf[:n]
+            left -= n
+            if not sink.feed(piece):
+                return False
+            await asyncio.sleep(0)
+        return True
+
+
+# ============================================================
 # probed/files.py
 # ============================================================
 """Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
@@ -330,11 +483,12 @@ import os
 import re
 import socket
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 CLIENT_MAX_HEAD_BYTES = 64 * 1024
-CLIENT_RECV_BYTES = 64 * 1024
 CLIENT_MAX_TOKEN_BYTES = 64 * 1024
+CLIENT_MAX_INTERIM = 16
+CLIENT_MAX_BLANK_LINES = 16
 
 _CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")
 _CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
@@ -407,109 +561,20 @@ def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) 
     return None
 
 
-class _ClientChannel:
-
-    __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self._loop = loop
-        self._sock = sock
-        self._tls = self._tls_in = self._tls_out = None
-        self._tcp_eof = False
-        self.buf = bytearray()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
-        import ssl
-        while True:
-            try:
-                result = op(*args)
-            except ssl.SSLWantReadError:
-                if self._tcp_eof:
-                    raise FetchError("closed", "connection closed in the TLS %s" % what) from None
-                await self._tls_flush()
-                data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-                self._tcp_eof = not data
-                if data:
-                    self._tls_in.write(data)
-                else:
-                    self._tls_in.write_eof()
-                continue
-            except ssl.SSLError as exc:
-                if self._tcp_eof and what == "read":
-                    return b""
-                detail = getattr(exc, "verify_message", None) or exc.reason or exc
-                raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
-            await self._tls_flush()
-            return result
-
-    async def _tls_flush(self) -> None:
-        data = self._tls_out.read()
-        if data:
-            await self._loop.sock_sendall(self._sock, data)
-
-    async def start_tls(self, context: Any, server_hostname: str) -> None:
-        import ssl
-        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
-        await self._tls_call("handshake", self._tls.do_handshake)
-
-    async def send(self, data: bytes) -> None:
-        if self._tls is None:
-            await self._loop.sock_sendall(self._sock, data)
-            return
-        view = memoryview(data)
-        while view:
-            view = view[await self._tls_call("write", self._tls.write, view):]
-
-    async def _fill(self) -> bool:
-        if self._tls is None:
-            data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-        else:
-            data = await self._tls_call("read", self._tls.read, CLIENT_RECV_BYTES)
-        self.buf += data
-        return bool(data)
-
-    async def read_until(self, end: Any, limit: int, what: str) -> bytes:
-        while True:
-            match = end.search(self.buf)
-            if match and match.start() <= limit:
-                data = bytes(self.buf[:match.start()])
-                del self.buf[:match.end()]
-                return data
-            if len(self.buf) > limit:
-                raise FetchError("protocol", "%s over %d bytes" % (what, limit))
-            if not await self._fill():
-                where = "in the middle of" if self.buf else "before"
-                raise FetchError("closed", "connection closed %s the %s" % (where, what))
-
-    async def read_exact(self, size: int) -> bytes:
-        while len(self.buf) < size:
-            if not await self._fill():
-                raise FetchError("closed", "connection closed after %d of %d body bytes"
-                                 % (len(self.buf), size))
-        data = bytes(self.buf[:size])
-        del self.buf[:size]
-        return data
-
-    async def read_to_eof(self, max_body: int) -> bytes:
-        while len(self.buf) <= max_body:
-            if not await self._fill():
-                return bytes(self.buf)
-        raise FetchError("too-large", "body over %d bytes" % max_body)
-
-
-async def _client_read_fields(chan: _ClientChannel, what: str) -> Dict[str, str]:
+async def _client_read_fields(chan: ClientChannel, what: str) -> Dict[str, str]:
     block = await chan.read_until(_CLIENT_FIELDS_END, CLIENT_MAX_HEAD_BYTES, what)
     return _client_parse_fields(block) if block else {}
 
 
-async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, str]]:
+async def _client_read_head(chan: ClientChannel) -> Tuple[int, str, Dict[str, str]]:
+    blank = interim = 0
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "status line")
         if not line:
+            blank += 1
+            if blank > CLIENT_MAX_BLANK_LINES:
+                raise FetchError("protocol", "over %d empty lines before the status line"
+                                 % CLIENT_MAX_BLANK_LINES)
             continue
         status, reason = _client_parse_status_line(line)
         headers = await _client_read_fields(chan, "response header block")
@@ -517,10 +582,14 @@ async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, s
             raise FetchError("protocol", "unexpected 101 Switching Protocols")
         if status >= 200:
             return status, reason, headers
+        interim += 1
+        if interim > CLIENT_MAX_INTERIM:
+            raise FetchError("protocol", "over %d interim (1xx) responses" % CLIENT_MAX_INTERIM)
 
 
-async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
-    body = bytearray()
+async def _client_read_chunked(chan: ClientChannel, max_body: int,
+                               sink: Optional[BodySink]) -> bytes:
+    body, total = bytearray(), 0
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES,
                                      "chunk size line")
@@ -530,34 +599,44 @@ async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
         size = int(match.group(1), 16)
         if size == 0:
             break
-        if len(body) + size > max_body:
+        total += size
+        if total > max_body:
             raise FetchError("too-large", "body over %d bytes" % max_body)
-        body += await chan.read_exact(size)
+        if sink is None:
+            body += await chan.read_exact(size)
+        elif not await chan.pipe(sink, size, max_body):
+            return b""
         if await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "chunk"):
             raise FetchError("protocol", "chunk data longer than its size line says")
     await _client_read_fields(chan, "trailer block")
     return bytes(body)
 
 
-async def _client_read_body(chan: _ClientChannel, method: str, status: int,
-                            headers: Dict[str, str], max_body: int) -> bytes:
-    if method == "HEAD" or status in (204, 304):
+async def _client_read_body(chan: ClientChannel, method: str, status: int,
+                            headers: Dict[str, str], max_body: int,
+                            sink: Optional[BodySink]) -> bytes:
+    wanted = sink is None or sink.start(status, headers)
+    if method == "HEAD" or status in (204, 304) or not wanted:
         return b""
     coding = headers.get("transfer-encoding")
     if coding is not None:
         if [c.strip().lower() for c in coding.split(",") if c.strip()] != ["chunked"]:
             raise FetchError("protocol", "unsupported transfer-encoding %r" % coding[:40])
-        return await _client_read_chunked(chan, max_body)
+        return await _client_read_chunked(chan, max_body, sink)
     length = headers.get("content-length")
-    if length is None:
-        return await chan.read_to_eof(max_body)
-    values = {v.strip() for v in length.split(",")}
-    if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
-        raise FetchError("protocol", "bad content-length %r" % length[:40])
-    size = int(values.pop())
-    if size > max_body:
-        raise FetchError("too-large", "body over %d bytes (content-length %d)" % (max_body, size))
-    return await chan.read_exact(size)
+    size = None
+    if length is not None:
+        values = {v.strip() for v in length.split(",")}
+        if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
+            raise FetchError("protocol", "bad content-length %r" % length[:40])
+        size = int(values.pop())
+        if size > max_body:
+            raise FetchError("too-large", "body over %d bytes (content-length %d)"
+                             % (max_body, size))
+    if sink is not None:
+        await chan.pipe(sink, size, max_body)
+        return b""
+    return await (chan.read_to_eof(max_body) if size is None else chan.read_exact(size))
 
 
 async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
@@ -609,36 +688,58 @@ def _client_os_error(exc: OSError, phase: str) -> FetchError:
     return FetchError("reset", "%s while %s" % (exc.strerror or exc, phase))
 
 
-async def _client_exchange(host: str, port: int, request: bytes, method: str, context: Any,
-                           max_body: int, phase: List[str],
-                           resolver: Optional[Resolver]) -> Tuple[int, str, Dict[str, str], bytes]:
+class _ClientCall:
+
+    __slots__ = ("host", "port", "request", "method", "context", "max_body", "sink", "resolver",
+                 "phase")
+
+    def __init__(self, host: str, port: int, request: bytes, method: str, context: Any,
+                 max_body: int, sink: Optional[BodySink], resolver: Optional[Resolver]) -> None:
+        self.host, self.port, self.request, self.method = host, port, request, method
+        self.context, self.max_body, self.sink, self.resolver = context, max_body, sink, resolver
+        self.phase = "starting"
+
+
+async def _client_exchange(call: _ClientCall) -> Tuple[int, str, Dict[str, str], bytes]:
     loop = asyncio.get_running_loop()
-    phase[0] = "resolving %s" % host
-    infos = await _client_resolve(loop, host, port, resolver)
+    call.phase = "resolving %s" % call.host
+    infos = await _client_resolve(loop, call.host, call.port, call.resolver)
     chan = None
     try:
-        phase[0] = "connecting"
-        chan = _ClientChannel(loop, await _client_connect(loop, infos))
-        if context is not None:
-            phase[0] = "in the TLS handshake"
-            await chan.start_tls(context, host)
-        phase[0] = "sending the request"
-        await chan.send(request)
-        phase[0] = "waiting for the response headers"
+        call.phase = "connecting"
+        chan = ClientChannel(loop, await _client_connect(loop, infos))
+        if call.context is not None:
+            call.phase = "in the TLS handshake"
+            await chan.start_tls(call.context, call.host)
+        call.phase = "sending the request"
+        await chan.send(call.request)
+        call.phase = "waiting for the response headers"
         status, reason, headers = await _client_read_head(chan)
-        phase[0] = "reading the body"
-        body = await _client_read_body(chan, method, status, headers, max_body)
+        call.phase = "reading the body"
+        body = await _client_read_body(chan, call.method, status, headers, call.max_body,
+                                       call.sink)
         return status, reason, headers, body
     except OSError as exc:
-        raise _client_os_error(exc, phase[0]) from None
+        raise _client_os_error(exc, call.phase) from None
     finally:
         if chan is not None:
             chan.close()
 
 
+def _client_drop_frames(exc: BaseException) -> None:
+    tb = exc.__traceback__
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:
+            pass
+        tb = tb.tb_next
+    exc.__traceback__ = None
+
+
 async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
                 body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
-                tls: Optional[TLSOptions] = None,
+                tls: Optional[TLSOptions] = None, sink: Optional[BodySink] = None,
                 resolver: Optional[Resolver] = None) -> Response:
     scheme, host, port, target = split_url(url)
     if not timeout > 0:
@@ -646,14 +747,17 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
     method = method.upper()
     request = _client_build_request(method, scheme, host, port, target, headers, body)
     context = (tls or _CLIENT_DEFAULT_TLS).context() if scheme == "https" else None
-    phase = ["starting"]
+    call = _ClientCall(host, port, request, method, context, max_body, sink, resolver)
     started = time.monotonic()
     try:
-        status, reason, fields, data = await asyncio.wait_for(
-            _client_exchange(host, port, request, method, context, max_body, phase, resolver),
-            timeout)
-    except asyncio.TimeoutError:
-        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, phase[0])) from None
+        status, reason, fields, data = await asyncio.wait_for(_client_exchange(call), timeout)
+    except asyncio.TimeoutError as exc:
+        _client_drop_frames(exc)
+        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, call.phase)
+                         ) from None
+    except FetchError as exc:
+        _client_drop_frames(exc)
+        raise exc
     return Response(status, reason, fields, data, time.monotonic() - started)
 
 

@@ -7,20 +7,24 @@ Backends are loopback threads that send exactly the bytes of the attack, as fast
 """
 
 import asyncio
+import gc
 import socket
 import threading
 import time
+import tracemalloc
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Awaitable, Callable, List, Tuple
 
 import pytest
 
 from probed.checks.base import CheckResources
+from probed.client import FetchError, fetch
 from probed.config import build_checks
 from probed.engine import poll_once
 from probed.expfmt import ExpositionError, Selector, SeriesSelector, select_series
 
 SLACK = 2.5  # seconds a deadline may overrun on a loaded CI box (a functional bound only)
+TICK = 0.005  # the ticker's sleep: it counts how often the loop ran it
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,3 +102,171 @@ def test_hung_dns_fails_fast_past_its_cap_and_heartbeat_scans_go_on(tmp_path: Pa
     assert sum("lookups are already waiting" in r for r in reasons) == 12 - BLOCKING_DNS_LOOKUPS
     assert "lookups are already waiting for the resolver" in extra.reason and fast < 0.3 + SLACK
     assert beat.ok and beat.value == 1.0, beat  # the scan ran on its own threads
+
+
+# ---- loopback backends that attack as fast as they can -------------------------------------
+
+class Flood:
+    """A loopback server that answers each connection by running `script(conn)` in a thread
+    (reading the request first); the script sends the attack until the client goes away."""
+
+    def __init__(self, script: Callable[[socket.socket], None]) -> None:
+        self.script = script
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.script(conn)
+            except OSError:
+                pass  # the client hung up: the attack is over
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/metrics" % self.port
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture
+def flood():
+    servers: List[Flood] = []
+
+    def start(script: Callable[[socket.socket], None]) -> Flood:
+        servers.append(Flood(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def forever(head: bytes, unit: bytes) -> Callable[[socket.socket], None]:
+    """A script: send `head`, then `unit` over and over, as fast as the socket takes it."""
+    def script(conn: socket.socket) -> None:
+        conn.sendall(head)
+        block = unit * max(1, 16384 // len(unit))
+        while True:
+            conn.sendall(block)
+    return script
+
+
+async def with_ticker(work: Awaitable[Any]) -> Tuple[Any, float, int]:
+    """Run `work` next to a ticker task; (its result or exception, seconds it took, ticks)."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(TICK)
+            ticks += 1
+
+    task = asyncio.ensure_future(ticker())
+    started = time.monotonic()
+    try:
+        result: Any = await work
+    except Exception as exc:  # the attacks end in FetchError; anything else fails the test
+        result = exc
+    elapsed = time.monotonic() - started
+    task.cancel()
+    return result, elapsed, ticks
+
+
+# ---- 17.2: a fast backend cannot hold the loop or outlive the deadline -----------------------
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize("attack,kind", [
+    (forever(b"", CONTINUE), "protocol"),  # 100 Continue, over and over
+    (forever(b"", b"\r\n"), "protocol"),  # blank lines before a status line that never comes
+    (forever(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n"), "timeout"),
+    (forever(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\n\r\n", b"x"), "too-large"),
+    (forever(b"HTTP/1.1 200 OK\r\n\r\n", b"x"), "timeout"),  # a body to EOF that never ends
+])
+def test_a_fast_flood_fails_within_the_deadline_and_the_loop_keeps_running(
+        flood, attack: Callable[[socket.socket], None], kind: str) -> None:
+    server = flood(attack)
+    result, elapsed, ticks = asyncio.run(with_ticker(
+        fetch(server.url, timeout=1.0, max_body=1 << 30)))
+    assert isinstance(result, FetchError) and result.kind == kind, result
+    assert elapsed < 1.0 + SLACK
+    if kind == "timeout":  # it ran to its deadline: the ticker must have run all along
+        assert ticks >= 20, ticks
+
+
+def test_one_byte_chunks_into_a_sink_keep_the_loop_running(flood) -> None:
+    # Bodies streamed to a sink (the scrape path) read 1-byte chunks with the same pacing.
+    from probed.clientchan import BodySink
+
+    server = flood(forever(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                           b"1\r\nx\r\n"))
+    result, elapsed, ticks = asyncio.run(with_ticker(
+        fetch(server.url, timeout=1.0, max_body=1 << 30, sink=BodySink())))
+    assert isinstance(result, FetchError) and result.kind == "timeout", result
+    assert elapsed < 1.0 + SLACK and ticks >= 20, (elapsed, ticks)
+
+
+def test_a_few_interim_replies_and_blank_lines_are_still_fine(flood) -> None:
+    def script(conn: socket.socket) -> None:
+        conn.sendall(CONTINUE * 3 + b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                     + b"\r\n" * 5 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    resp = asyncio.run(fetch(flood(script).url, timeout=2.0))
+    assert (resp.status, resp.body) == (200, b"ok")
+
+
+# ---- 17.6: a failed over-cap fetch frees its buffer without a full GC ------------------------
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"])
+def test_failed_over_cap_fetches_leave_no_buffer_behind(flood, head: bytes) -> None:
+    unit = b"x" * 4096 if b"chunked" not in head else b"1000\r\n" + b"x" * 4096 + b"\r\n"
+    server = flood(forever(head, unit))
+    cap = 2 << 20
+
+    async def failed_fetches() -> List[str]:
+        kinds = []
+        for _ in range(5):
+            try:
+                await fetch(server.url, timeout=5.0, max_body=cap)
+            except FetchError as exc:
+                kinds.append(exc.kind)
+        return kinds
+
+    gc.collect()
+    gc.disable()  # only reference counting may free the buffers, as between full collections
+    tracemalloc.start()
+    try:
+        kinds = asyncio.run(failed_fetches())
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert kinds == ["too-large"] * 5
+    assert held < cap, "%d bytes still held after 5 failed fetches of %d" % (held, cap)
