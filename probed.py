@@ -1851,14 +1851,98 @@ def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optio
 # ============================================================
 # probed/scrape.py
 # ============================================================
-"""One `/metrics` scrape shared by every check that reads the same URL.
+"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 """
 
 import asyncio
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import (Any, Callable, Dict, FrozenSet, Hashable, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 SCRAPE_MAX_BODY = 16 << 20
+SCRAPE_REUSE_SHARE = 0.9
+SCRAPE_FAST_PACE = 0.8
+SCRAPE_HEAD_BYTES = 16
+
+
+def is_openmetrics(headers: Mapping[str, str]) -> Optional[bool]:
+    ctype = headers.get("content-type", "").lower()
+    if "openmetrics" in ctype:
+        return True
+    media, _, params = ctype.partition(";")
+    return False if media.strip() == "text/plain" and "version=" in params else None
+
+
+class MetricsReading:
+
+    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series")
+
+    def __init__(self, taken_at: float, keys: FrozenSet[str]) -> None:
+        self.taken_at = taken_at
+        self.keys = keys
+        self.error = ""
+        self.refused = False
+        self.status = 0
+        self.location = ""
+        self.empty = False
+        self.series: Dict[str, SelectedSeries] = {}
+
+
+class _MetricsSink(BodySink):
+
+    def __init__(self, selectors: Sequence[Selector]) -> None:
+        self.selectors = selectors
+        self.status = 0
+        self.location = ""
+        self.selector: Optional[SeriesSelector] = None
+        self.head = b""
+        self.blank_after_head = True
+
+    def start(self, status: int, headers: Dict[str, str]) -> bool:
+        self.status, self.location = status, headers.get("location", "")
+        if not 200 <= status < 300 or status == 204:
+            return False
+        self.selector = SeriesSelector(self.selectors, is_openmetrics(headers))
+        return True
+
+    def feed(self, data: bytes) -> bool:
+        room = SCRAPE_HEAD_BYTES - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+        self.blank_after_head = self.blank_after_head and not data[max(room, 0):].strip()
+        assert self.selector is not None
+        return self.selector.feed(data)
+
+    def finish(self, reading: MetricsReading, keys: Sequence[str]) -> None:
+        reading.status, reading.location = self.status, self.location
+        if self.selector is None:
+            return
+        if self.blank_after_head and self.head.strip() in (b"", b"null"):
+            reading.empty = True
+            reading.series = {k: [] for k in keys}
+            return
+        try:
+            reading.series = dict(zip(keys, self.selector.close()))
+        except ExpositionTooBig as exc:
+            reading.error = "metrics too big to read: %s" % exc
+        except ExpositionError as exc:
+            reading.error = "malformed metrics: %s" % exc
+
+
+class _MetricsReader:
+
+    __slots__ = ("keys", "interval", "pace", "asked")
+
+    def __init__(self, keys: FrozenSet[str], interval: float) -> None:
+        self.keys = keys
+        self.interval = interval
+        self.pace = interval
+        self.asked = float("-inf")
+
+    def note(self, now: float) -> None:
+        gap = now - self.asked
+        self.pace = gap if gap < SCRAPE_FAST_PACE * self.interval else self.interval
+        self.asked = now
 
 
 class MetricsSource:
@@ -1868,30 +1952,56 @@ class MetricsSource:
         self.url = url
         self.headers = dict(headers or {})
         self.tls = tls
-        self.response: Optional[Response] = None
-        self.error: Optional[FetchError] = None
-        self.taken_at = float("-inf")
+        self.selectors: Dict[str, Selector] = {}
+        self.readers: Dict[Hashable, _MetricsReader] = {}
+        self.reading: Optional[MetricsReading] = None
         self._inflight: Optional["asyncio.Future[None]"] = None
 
-    async def scrape(self, timeout: float, max_age: float,
-                     headers: Optional[Mapping[str, str]] = None) -> Response:
-        if time.monotonic() - self.taken_at > max_age:
-            if self._inflight is None or self._inflight.done():
-                self._inflight = asyncio.ensure_future(self._fetch(timeout, headers))
-            await asyncio.shield(self._inflight)
-        if self.error is not None:
-            raise self.error
-        assert self.response is not None
-        return self.response
+    def add_reader(self, reader: Hashable, selectors: Sequence[Selector], interval: float) -> None:
+        keys = frozenset(str(s) for s in selectors)
+        for key, sel in zip(map(str, selectors), selectors):
+            self.selectors.setdefault(key, sel)
+        known = self.readers.get(reader)
+        if known is None:
+            self.readers[reader] = _MetricsReader(keys, interval)
+        else:
+            known.keys |= keys
 
-    async def _fetch(self, timeout: float, headers: Optional[Mapping[str, str]]) -> None:
+    def reuse_window(self, now: float) -> float:
+        paces = [max(r.pace, now - r.asked) for r in self.readers.values()]
+        return SCRAPE_REUSE_SHARE * min(paces) if paces else 0.0
+
+    async def read(self, reader: Hashable, timeout: float,
+                   headers: Callable[[], Mapping[str, str]], max_age: Optional[float] = None,
+                   resolver: Optional[Resolver] = None) -> MetricsReading:
+        now = time.monotonic()
+        wanted = self.readers[reader].keys
+        if max_age is None:
+            self.readers[reader].note(now)
+            max_age = self.reuse_window(now)
+        oldest = now - max_age
+        while True:
+            reading = self.reading
+            if reading is not None and reading.taken_at >= oldest and wanted <= reading.keys:
+                return reading
+            if self._inflight is None or self._inflight.done():
+                self._inflight = asyncio.ensure_future(self._scrape(
+                    frozenset(self.selectors), timeout, headers() or self.headers, resolver))
+            await asyncio.shield(self._inflight)
+
+    async def _scrape(self, keys: FrozenSet[str], timeout: float, headers: Mapping[str, str],
+                      resolver: Optional[Resolver]) -> None:
+        ordered = sorted(keys)
+        sink = _MetricsSink([self.selectors[k] for k in ordered])
+        reading = MetricsReading(time.monotonic(), keys)
         try:
-            self.response = await fetch(self.url, headers=headers or self.headers,
-                                        timeout=timeout, max_body=SCRAPE_MAX_BODY, tls=self.tls)
-            self.error = None
+            await fetch(self.url, headers=headers, timeout=timeout, max_body=SCRAPE_MAX_BODY,
+                        tls=self.tls, sink=sink, resolver=resolver)
         except FetchError as exc:
-            self.response, self.error = None, exc
-        self.taken_at = time.monotonic()
+            reading.error, reading.refused = str(exc), exc.kind == "refused"
+        else:
+            sink.finish(reading, ordered)
+        self.reading = reading
 
 
 SourceKey = Tuple[Any, ...]
@@ -1911,10 +2021,6 @@ class ScrapeHub:
         return source
 
 
-def is_openmetrics(response: Response) -> Optional[bool]:
-    return True if "openmetrics" in response.headers.get("content-type", "") else None
-
-
 class ProgressBoard:
 
     def __init__(self) -> None:
@@ -1925,6 +2031,10 @@ class ProgressBoard:
 
     def last(self, url: str) -> float:
         return self.rose_at.get(url, float("-inf"))
+
+
+def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[SelectedSeries]:
+    return [reading.series[str(s)] for s in selectors]
 
 
 # ============================================================
@@ -3233,27 +3343,27 @@ class ScrapeResult:
         return Observation(False, self.error, refused=self.refused)
 
 
+def metrics_source(check: Check, url: str, selectors: Sequence[Selector],
+                   settings: HTTPRequestSettings) -> MetricsSource:
+    source = check.resources.scrapes.source(url, settings.identity(), settings.headers,
+                                            settings.tls)
+    source.add_reader(check, selectors, check.spec.interval)
+    return source
+
+
 async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector],
                            settings: HTTPRequestSettings,
                            max_age: Optional[float] = None) -> ScrapeResult:
-    source = check.resources.scrapes.source(url, settings.identity(), settings.headers, settings.tls)
-    spec = check.spec
-    if max_age is None:
-        max_age = min(spec.interval / 2, 1.0)
-    try:
-        resp = await source.scrape(spec.timeout, max_age, settings.request_headers())
-    except FetchError as exc:
-        return ScrapeResult([], "%s: %s" % (url, exc), refused=exc.kind == "refused")
-    if not 200 <= resp.status < 300 or resp.status == 204:
-        location = resp.headers.get("location")
-        return ScrapeResult([], "%s: HTTP %d%s" % (url, resp.status, (
+    source = metrics_source(check, url, selectors, settings)
+    reading = await source.read(check, check.spec.timeout, settings.request_headers,
+                                max_age, check.resources.resolver)
+    if reading.error:
+        return ScrapeResult([], "%s: %s" % (url, reading.error), refused=reading.refused)
+    if not 200 <= reading.status < 300 or reading.status == 204:
+        location = reading.location
+        return ScrapeResult([], "%s: HTTP %d%s" % (url, reading.status, (
             " (redirect to %s: give that URL)" % location[:200]) if location else ""))
-    if resp.body.strip() in (b"", b"null"):
-        return ScrapeResult([[] for _ in selectors], empty=True)
-    try:
-        return ScrapeResult(select_series(resp.body, selectors, is_openmetrics(resp)))
-    except ExpositionError as exc:
-        return ScrapeResult([], "%s: malformed metrics: %s" % (url, exc))
+    return ScrapeResult(selected(reading, selectors), empty=reading.empty)
 
 
 METRIC_PARAMS: Dict[str, Param] = dict(HTTP_COMMON_PARAMS, **{
@@ -3296,6 +3406,7 @@ class MetricCheck(HTTPPollingCheck):
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], self.config["metric"], self.request)
         recover, high = self.config.get("recover"), self.config.get("max")
         if recover is not None and (high is None or recover > high):
             raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
@@ -3353,6 +3464,8 @@ class ProgressCheck(HTTPPollingCheck):
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], [self.config["running"], self.config["counter"]],
+                       self.request)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
 
@@ -3409,7 +3522,7 @@ class ProgressCheck(HTTPPollingCheck):
 """Check kind `awake`: a vLLM engine that was put to sleep is not ready, though /health says 200.
 """
 
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 
@@ -3421,6 +3534,11 @@ class AwakeCheck(HTTPPollingCheck):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"].rstrip("/") + "/metrics", [AWAKE_SELECTOR],
+                       self.request)
 
     def target(self) -> str:
         return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping"
@@ -3469,6 +3587,8 @@ class AwakeCheck(HTTPPollingCheck):
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 """
 
+from typing import Optional
+
 INFLIGHT_MAX_AGE = 0.0
 
 
@@ -3482,6 +3602,10 @@ class InflightCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], self.config["metric"], self.request)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], " + ".join(map(str, self.config["metric"])))
@@ -3501,6 +3625,8 @@ class InflightCheck(HTTPPollingCheck):
 """Check kind `process`: which incarnation of the backend process is answering.
 """
 
+from typing import Optional
+
 PROCESS_START = "process_start_time_seconds"
 
 
@@ -3514,6 +3640,10 @@ class ProcessCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], [self.config["metric"]], self.request)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], self.config["metric"])
