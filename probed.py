@@ -12,6 +12,9 @@
 # Modules, in dependency order (each below under a banner with its path):
 #     probed/__init__.py
 #     probed/clientproto.py
+#     probed/blocking.py
+#     probed/clientchan.py
+#     probed/files.py
 #     probed/client.py
 #     probed/gpufaults.py
 #     probed/groups.py
@@ -26,6 +29,7 @@
 #     probed/gpureader.py
 #     probed/probebench.py
 #     probed/promselector.py
+#     probed/exprules.py
 #     probed/expfmt.py
 #     probed/scrape.py
 #     probed/values.py
@@ -199,6 +203,287 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
 
 
 # ============================================================
+# probed/blocking.py
+# ============================================================
+"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
+file scans, each kind with its own small cap.
+"""
+
+import asyncio
+import socket
+import threading
+from typing import Any, Callable, List, Optional, TypeVar
+
+BLOCKING_DNS_LOOKUPS = 4
+BLOCKING_SCANS = 4
+
+_BlockingResult = TypeVar("_BlockingResult")
+
+
+class BlockingBusy(Exception):
+    """Every slot of a BlockingRunner is taken by a call still running."""
+
+
+class BlockingRunner:
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.running = 0
+
+    async def run(self, fn: Callable[..., _BlockingResult], *args: Any) -> _BlockingResult:
+        if self.running >= self.limit:
+            raise BlockingBusy("%d %s calls are still running (the limit)"
+                               % (self.limit, self.name))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result: Any, error: Optional[BaseException]) -> None:
+            self.running -= 1
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:
+                pass
+
+        self.running += 1
+        try:
+            threading.Thread(target=work, name="probed-" + self.name, daemon=True).start()
+        except BaseException:
+            self.running -= 1
+            raise
+        return await future
+
+
+class Resolver:
+
+    def __init__(self, limit: int = BLOCKING_DNS_LOOKUPS) -> None:
+        self.runner = BlockingRunner("dns", limit)
+
+    async def resolve(self, host: str, port: int) -> List[Any]:
+        try:
+            return await self.runner.run(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        except BlockingBusy:
+            raise FetchError("dns", "cannot resolve host %r: %d lookups are already waiting for "
+                             "the resolver (is DNS answering?)" % (host, self.runner.limit)
+                             ) from None
+
+
+# ============================================================
+# probed/clientchan.py
+# ============================================================
+"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
+buffer, and reads paced so that a fast peer never holds the event loop.
+"""
+
+import asyncio
+import socket
+from typing import Any, Callable, Dict, Optional, Pattern
+
+CLIENT_RECV_BYTES = 64 * 1024
+CLIENT_READS_PER_YIELD = 32
+CLIENT_SINK_SLICE_BYTES = 16 * 1024
+
+
+class BodySink:
+
+    def start(self, status: int, headers: Dict[str, str]) -> bool:
+        return True
+
+    def feed(self, data: bytes) -> bool:
+        return True
+
+
+class ClientChannel:
+
+    __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf", "_reads")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._tls = self._tls_in = self._tls_out = None
+        self._tcp_eof = False
+        self.buf = bytearray()
+        self._reads = 0
+
+    def close(self) -> None:
+        self._sock.close()
+        self.buf = bytearray()
+
+    async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
+        import ssl
+        while True:
+            try:
+                result = op(*args)
+            except ssl.SSLWantReadError:
+                if self._tcp_eof:
+                    raise FetchError("closed", "connection closed in the TLS %s" % what) from None
+                await self._tls_flush()
+                data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
+                self._tcp_eof = not data
+                if data:
+                    self._tls_in.write(data)
+                else:
+                    self._tls_in.write_eof()
+                continue
+            except ssl.SSLError as exc:
+                if self._tcp_eof and what == "read":
+                    return b""
+                detail = getattr(exc, "verify_message", None) or exc.reason or exc
+                raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
+            await self._tls_flush()
+            return result
+
+    async def _tls_flush(self) -> None:
+        data = self._tls_out.read()
+        if data:
+            await self._loop.sock_sendall(self._sock, data)
+
+    async def start_tls(self, context: Any, server_hostname: str) -> None:
+        import ssl
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
+        await self._tls_call("handshake", self._tls.do_handshake)
+
+    async def send(self, data: bytes) -> None:
+        if self._tls is None:
+            await self._loop.sock_sendall(self._sock, data)
+            return
+        view = memoryview(data)
+        while view:
+            view = view[await self._tls_call("write", self._tls.write, view):]
+
+    async def _fill(self) -> bool:
+        if self._tls is None:
+            data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
+        else:
+            data = await self._tls_call("read", self._tls.read, CLIENT_RECV_BYTES)
+        self.buf += data
+        await asyncio.sleep(0)
+        return bool(data)
+
+    async def _pace(self) -> None:
+        self._reads += 1
+        if self._reads >= CLIENT_READS_PER_YIELD:
+            self._reads = 0
+            await asyncio.sleep(0)
+
+    async def read_until(self, end: "Pattern[bytes]", limit: int, what: str) -> bytes:
+        await self._pace()
+        scanned = 0
+        while True:
+            match = end.search(self.buf, max(0, scanned - 3))
+            if match and match.start() <= limit:
+                data = bytes(self.buf[:match.start()])
+                del self.buf[:match.end()]
+                return data
+            if len(self.buf) > limit:
+                raise FetchError("protocol", "%s over %d bytes" % (what, limit))
+            scanned = len(self.buf)
+            if not await self._fill():
+                where = "in the middle of" if self.buf else "before"
+                raise FetchError("closed", "connection closed %s the %s" % (where, what))
+
+    async def read_exact(self, size: int) -> bytes:
+        await self._pace()
+        while len(self.buf) < size:
+            if not await self._fill():
+                raise FetchError("closed", "connection closed after %d of %d body bytes"
+                                 % (len(self.buf), size))
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
+
+    async def read_to_eof(self, max_body: int) -> bytes:
+        while len(self.buf) <= max_body:
+            if not await self._fill():
+                return bytes(self.buf)
+        self.buf = bytearray()
+        raise FetchError("too-large", "body over %d bytes" % max_body)
+
+    async def pipe(self, sink: BodySink, size: Optional[int], max_body: int) -> bool:
+        left = max_body + 1 if size is None else size
+        while left:
+            if not self.buf and not await self._fill():
+                if size is None:
+                    return True
+                raise FetchError("closed", "connection closed with %d body bytes missing" % left)
+            n = min(len(self.buf), left, CLIENT_SINK_SLICE_BYTES)
+            if size is None and n == left:
+                self.buf = bytearray()
+                raise FetchError("too-large", "body over %d bytes" % max_body)
+            piece = bytes(self.buf[:n])
+            del self.buf[:n]
+            left -= n
+            if not sink.feed(piece):
+                return False
+            await asyncio.sleep(0)
+        return True
+
+
+# ============================================================
+# probed/files.py
+# ============================================================
+"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
+a device.
+"""
+
+import os
+import stat
+
+_FILES_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+class FileRefusedError(OSError):
+    """A path that is not a regular file, or a file over its size cap; the message names both
+    the path and why (an OSError, so callers that handle unreadable files handle these too)."""
+
+
+def read_small_file(path: str, max_bytes: int, what: str = "file") -> bytes:
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILES_KINDS if test(mode)), "not a regular file")
+            raise FileRefusedError("%s %r is %s; expected a regular file" % (what, path, kind))
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise FileRefusedError("%s %r is over %d bytes" % (what, path, max_bytes))
+    return b"".join(chunks)
+
+
+def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
+    data = read_small_file(path, max_bytes, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileRefusedError("%s %r is not UTF-8 text (byte %d)" % (what, path, exc.start)
+                               ) from None
+
+
+# ============================================================
 # probed/client.py
 # ============================================================
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
@@ -211,11 +496,12 @@ import os
 import re
 import socket
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 CLIENT_MAX_HEAD_BYTES = 64 * 1024
-CLIENT_RECV_BYTES = 64 * 1024
 CLIENT_MAX_TOKEN_BYTES = 64 * 1024
+CLIENT_MAX_INTERIM = 16
+CLIENT_MAX_BLANK_LINES = 16
 
 _CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")
 _CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
@@ -274,11 +560,7 @@ _CLIENT_DEFAULT_TLS = TLSOptions()
 
 def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
     if token_file:
-        with open(token_file, "rb") as handle:
-            data = handle.read(CLIENT_MAX_TOKEN_BYTES + 1)
-        if len(data) > CLIENT_MAX_TOKEN_BYTES:
-            raise ValueError("token file %r is over %d bytes; expected one token"
-                             % (token_file, CLIENT_MAX_TOKEN_BYTES))
+        data = read_small_file(token_file, CLIENT_MAX_TOKEN_BYTES, "token file")
         try:
             token = data.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -292,109 +574,20 @@ def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) 
     return None
 
 
-class _ClientChannel:
-
-    __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self._loop = loop
-        self._sock = sock
-        self._tls = self._tls_in = self._tls_out = None
-        self._tcp_eof = False
-        self.buf = bytearray()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
-        import ssl
-        while True:
-            try:
-                result = op(*args)
-            except ssl.SSLWantReadError:
-                if self._tcp_eof:
-                    raise FetchError("closed", "connection closed in the TLS %s" % what) from None
-                await self._tls_flush()
-                data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-                self._tcp_eof = not data
-                if data:
-                    self._tls_in.write(data)
-                else:
-                    self._tls_in.write_eof()
-                continue
-            except ssl.SSLError as exc:
-                if self._tcp_eof and what == "read":
-                    return b""
-                detail = getattr(exc, "verify_message", None) or exc.reason or exc
-                raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
-            await self._tls_flush()
-            return result
-
-    async def _tls_flush(self) -> None:
-        data = self._tls_out.read()
-        if data:
-            await self._loop.sock_sendall(self._sock, data)
-
-    async def start_tls(self, context: Any, server_hostname: str) -> None:
-        import ssl
-        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
-        await self._tls_call("handshake", self._tls.do_handshake)
-
-    async def send(self, data: bytes) -> None:
-        if self._tls is None:
-            await self._loop.sock_sendall(self._sock, data)
-            return
-        view = memoryview(data)
-        while view:
-            view = view[await self._tls_call("write", self._tls.write, view):]
-
-    async def _fill(self) -> bool:
-        if self._tls is None:
-            data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-        else:
-            data = await self._tls_call("read", self._tls.read, CLIENT_RECV_BYTES)
-        self.buf += data
-        return bool(data)
-
-    async def read_until(self, end: Any, limit: int, what: str) -> bytes:
-        while True:
-            match = end.search(self.buf)
-            if match and match.start() <= limit:
-                data = bytes(self.buf[:match.start()])
-                del self.buf[:match.end()]
-                return data
-            if len(self.buf) > limit:
-                raise FetchError("protocol", "%s over %d bytes" % (what, limit))
-            if not await self._fill():
-                where = "in the middle of" if self.buf else "before"
-                raise FetchError("closed", "connection closed %s the %s" % (where, what))
-
-    async def read_exact(self, size: int) -> bytes:
-        while len(self.buf) < size:
-            if not await self._fill():
-                raise FetchError("closed", "connection closed after %d of %d body bytes"
-                                 % (len(self.buf), size))
-        data = bytes(self.buf[:size])
-        del self.buf[:size]
-        return data
-
-    async def read_to_eof(self, max_body: int) -> bytes:
-        while len(self.buf) <= max_body:
-            if not await self._fill():
-                return bytes(self.buf)
-        raise FetchError("too-large", "body over %d bytes" % max_body)
-
-
-async def _client_read_fields(chan: _ClientChannel, what: str) -> Dict[str, str]:
+async def _client_read_fields(chan: ClientChannel, what: str) -> Dict[str, str]:
     block = await chan.read_until(_CLIENT_FIELDS_END, CLIENT_MAX_HEAD_BYTES, what)
     return _client_parse_fields(block) if block else {}
 
 
-async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, str]]:
+async def _client_read_head(chan: ClientChannel) -> Tuple[int, str, Dict[str, str]]:
+    blank = interim = 0
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "status line")
         if not line:
+            blank += 1
+            if blank > CLIENT_MAX_BLANK_LINES:
+                raise FetchError("protocol", "over %d empty lines before the status line"
+                                 % CLIENT_MAX_BLANK_LINES)
             continue
         status, reason = _client_parse_status_line(line)
         headers = await _client_read_fields(chan, "response header block")
@@ -402,10 +595,14 @@ async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, s
             raise FetchError("protocol", "unexpected 101 Switching Protocols")
         if status >= 200:
             return status, reason, headers
+        interim += 1
+        if interim > CLIENT_MAX_INTERIM:
+            raise FetchError("protocol", "over %d interim (1xx) responses" % CLIENT_MAX_INTERIM)
 
 
-async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
-    body = bytearray()
+async def _client_read_chunked(chan: ClientChannel, max_body: int,
+                               sink: Optional[BodySink]) -> bytes:
+    body, total = bytearray(), 0
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES,
                                      "chunk size line")
@@ -415,44 +612,58 @@ async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
         size = int(match.group(1), 16)
         if size == 0:
             break
-        if len(body) + size > max_body:
+        total += size
+        if total > max_body:
             raise FetchError("too-large", "body over %d bytes" % max_body)
-        body += await chan.read_exact(size)
+        if sink is None:
+            body += await chan.read_exact(size)
+        elif not await chan.pipe(sink, size, max_body):
+            return b""
         if await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "chunk"):
             raise FetchError("protocol", "chunk data longer than its size line says")
     await _client_read_fields(chan, "trailer block")
     return bytes(body)
 
 
-async def _client_read_body(chan: _ClientChannel, method: str, status: int,
-                            headers: Dict[str, str], max_body: int) -> bytes:
-    if method == "HEAD" or status in (204, 304):
+async def _client_read_body(chan: ClientChannel, method: str, status: int,
+                            headers: Dict[str, str], max_body: int,
+                            sink: Optional[BodySink]) -> bytes:
+    wanted = sink is None or sink.start(status, headers)
+    if method == "HEAD" or status in (204, 304) or not wanted:
         return b""
     coding = headers.get("transfer-encoding")
     if coding is not None:
         if [c.strip().lower() for c in coding.split(",") if c.strip()] != ["chunked"]:
             raise FetchError("protocol", "unsupported transfer-encoding %r" % coding[:40])
-        return await _client_read_chunked(chan, max_body)
+        return await _client_read_chunked(chan, max_body, sink)
     length = headers.get("content-length")
-    if length is None:
-        return await chan.read_to_eof(max_body)
-    values = {v.strip() for v in length.split(",")}
-    if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
-        raise FetchError("protocol", "bad content-length %r" % length[:40])
-    size = int(values.pop())
-    if size > max_body:
-        raise FetchError("too-large", "body over %d bytes (content-length %d)" % (max_body, size))
-    return await chan.read_exact(size)
+    size = None
+    if length is not None:
+        values = {v.strip() for v in length.split(",")}
+        if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
+            raise FetchError("protocol", "bad content-length %r" % length[:40])
+        size = int(values.pop())
+        if size > max_body:
+            raise FetchError("too-large", "body over %d bytes (content-length %d)"
+                             % (max_body, size))
+    if sink is not None:
+        await chan.pipe(sink, size, max_body)
+        return b""
+    return await (chan.read_to_eof(max_body) if size is None else chan.read_exact(size))
 
 
-async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> List[Any]:
+async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                          resolver: Optional[Resolver]) -> List[Any]:
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                   flags=socket.AI_NUMERICHOST)
     except (socket.gaierror, UnicodeError):
         pass
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if resolver is not None:
+            infos = await resolver.resolve(host, port)
+        else:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchError("dns", "cannot resolve host %r: %s" % (
             host, getattr(exc, "strerror", None) or exc)) from None
@@ -490,50 +701,76 @@ def _client_os_error(exc: OSError, phase: str) -> FetchError:
     return FetchError("reset", "%s while %s" % (exc.strerror or exc, phase))
 
 
-async def _client_exchange(host: str, port: int, request: bytes, method: str, context: Any,
-                           max_body: int,
-                           phase: List[str]) -> Tuple[int, str, Dict[str, str], bytes]:
+class _ClientCall:
+
+    __slots__ = ("host", "port", "request", "method", "context", "max_body", "sink", "resolver",
+                 "phase")
+
+    def __init__(self, host: str, port: int, request: bytes, method: str, context: Any,
+                 max_body: int, sink: Optional[BodySink], resolver: Optional[Resolver]) -> None:
+        self.host, self.port, self.request, self.method = host, port, request, method
+        self.context, self.max_body, self.sink, self.resolver = context, max_body, sink, resolver
+        self.phase = "starting"
+
+
+async def _client_exchange(call: _ClientCall) -> Tuple[int, str, Dict[str, str], bytes]:
     loop = asyncio.get_running_loop()
-    phase[0] = "resolving %s" % host
-    infos = await _client_resolve(loop, host, port)
+    call.phase = "resolving %s" % call.host
+    infos = await _client_resolve(loop, call.host, call.port, call.resolver)
     chan = None
     try:
-        phase[0] = "connecting"
-        chan = _ClientChannel(loop, await _client_connect(loop, infos))
-        if context is not None:
-            phase[0] = "in the TLS handshake"
-            await chan.start_tls(context, host)
-        phase[0] = "sending the request"
-        await chan.send(request)
-        phase[0] = "waiting for the response headers"
+        call.phase = "connecting"
+        chan = ClientChannel(loop, await _client_connect(loop, infos))
+        if call.context is not None:
+            call.phase = "in the TLS handshake"
+            await chan.start_tls(call.context, call.host)
+        call.phase = "sending the request"
+        await chan.send(call.request)
+        call.phase = "waiting for the response headers"
         status, reason, headers = await _client_read_head(chan)
-        phase[0] = "reading the body"
-        body = await _client_read_body(chan, method, status, headers, max_body)
+        call.phase = "reading the body"
+        body = await _client_read_body(chan, call.method, status, headers, call.max_body,
+                                       call.sink)
         return status, reason, headers, body
     except OSError as exc:
-        raise _client_os_error(exc, phase[0]) from None
+        raise _client_os_error(exc, call.phase) from None
     finally:
         if chan is not None:
             chan.close()
 
 
+def _client_drop_frames(exc: BaseException) -> None:
+    tb = exc.__traceback__
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:
+            pass
+        tb = tb.tb_next
+    exc.__traceback__ = None
+
+
 async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
                 body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
-                tls: Optional[TLSOptions] = None) -> Response:
+                tls: Optional[TLSOptions] = None, sink: Optional[BodySink] = None,
+                resolver: Optional[Resolver] = None) -> Response:
     scheme, host, port, target = split_url(url)
     if not timeout > 0:
         raise ValueError("timeout must be > 0 seconds, got %r" % timeout)
     method = method.upper()
     request = _client_build_request(method, scheme, host, port, target, headers, body)
     context = (tls or _CLIENT_DEFAULT_TLS).context() if scheme == "https" else None
-    phase = ["starting"]
+    call = _ClientCall(host, port, request, method, context, max_body, sink, resolver)
     started = time.monotonic()
     try:
-        status, reason, fields, data = await asyncio.wait_for(
-            _client_exchange(host, port, request, method, context, max_body, phase),
-            timeout)
-    except asyncio.TimeoutError:
-        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, phase[0])) from None
+        status, reason, fields, data = await asyncio.wait_for(_client_exchange(call), timeout)
+    except asyncio.TimeoutError as exc:
+        _client_drop_frames(exc)
+        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, call.phase)
+                         ) from None
+    except FetchError as exc:
+        _client_drop_frames(exc)
+        raise exc
     return Response(status, reason, fields, data, time.monotonic() - started)
 
 
@@ -3237,25 +3474,25 @@ def aggregate(values: Sequence[float], how: str) -> Optional[float]:
 
 
 # ============================================================
-# probed/expfmt.py
+# probed/exprules.py
 # ============================================================
-"""Prometheus text (0.0.4) and OpenMetrics exposition parsing: series selection and aggregation.
+"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
+OpenMetrics, one line at a time.
 """
 
-import functools
 import re
-from typing import Dict, FrozenSet, Iterator, List, Match, Optional, Pattern, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, Match, Optional, Pattern, Set, Tuple
 
 _EXPFMT_MAX_EXEMPLAR_CHARS = 128
 _EXPFMT_MAX_TS_DIGITS = 19
-_EXPFMT_PLAN_CACHE = 64
+EXPFMT_MAX_TRACKED_SERIES = 5000
 
 ExpositionSample = Tuple[str, Dict[str, str], float, Optional[float]]
 _ExpfmtSeriesKey = Tuple[str, Tuple[Tuple[str, str], ...]]
 
-_EXPFMT_FLOAT = (r"(?:[-+]?(?:[0-9]+\.?[0-9]*(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?"
+_EXPFMT_FLOAT = (r"(?:[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
                  r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)|[nN][aA][nN])")
-_EXPFMT_REAL = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_EXPFMT_REAL = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 _EXPFMT_OM_TYPES = "counter|gauge|histogram|gaugehistogram|stateset|info|summary|unknown"
 _EXPFMT_TEXT_TYPES = _EXPFMT_OM_TYPES + "|untyped|gauge_histogram"
 
@@ -3293,11 +3530,11 @@ def _expfmt_om_grammar() -> Tuple[str, str, str]:
 def _expfmt_compile(om: bool) -> Tuple[Pattern[str], ...]:
     comment, sample, labelset = _expfmt_om_grammar() if om else _expfmt_text_grammar()
     line = r"(?:(?=[ \t]*\#)%s|%s%s)" % (comment, sample, "" if om else r"|[ \t]*")
-    body = re.sub(r"\(\?P<\w+>", "(?:", r"(?:%s\n)*" % line)
-    return re.compile(comment), re.compile(sample), re.compile(labelset), re.compile(body)
+    bad = re.sub(r"\(\?P<\w+>", "(?:", r"\n(?!%s\n|\Z)" % line)
+    return re.compile(comment), re.compile(sample), re.compile(labelset), re.compile(bad)
 
 
-_EXPFMT_COMMENT_RE, _EXPFMT_SAMPLE_RE, _EXPFMT_LABELSET_RE, _EXPFMT_BODY_RE = zip(
+_EXPFMT_COMMENT_RE, _EXPFMT_SAMPLE_RE, _EXPFMT_LABELSET_RE, _EXPFMT_BAD_LINE_RE = zip(
     _expfmt_compile(False), _expfmt_compile(True))
 _EXPFMT_FLOAT_RE = re.compile(_EXPFMT_FLOAT)
 _EXPFMT_REAL_RE = re.compile(_EXPFMT_REAL)
@@ -3325,6 +3562,10 @@ class ExpositionError(ValueError):
     def __init__(self, lineno: int, message: str) -> None:
         super().__init__("line %d: %s" % (lineno, message))
         self.lineno = lineno
+
+
+class ExpositionTooBig(ExpositionError):
+    """A body past a limit of what is read (a line, or the series kept): not malformed, refused."""
 
 
 def _expfmt_labels(body: Optional[str], lineno: int) -> Tuple[Optional[str], Dict[str, str]]:
@@ -3467,6 +3708,10 @@ class _ExpfmtFamilies:
                 self.strict is None or family in self.strict):
             raise ExpositionError(lineno, "samples of metric family %r are not in one block"
                                   % family)
+        if self.strict is not None and series not in self.series and (
+                len(self.series) >= EXPFMT_MAX_TRACKED_SERIES):
+            raise ExpositionTooBig(lineno, "the selected metric families hold more than %d series"
+                                   % EXPFMT_MAX_TRACKED_SERIES)
         before = self.series.get(series, stamp)
         if series in self.series and (before is None) != (stamp is None):
             raise ExpositionError(lineno, "series %s mixes samples with and without timestamp"
@@ -3527,6 +3772,24 @@ def _expfmt_line(state: _ExpfmtFamilies, line: str, lineno: int,
     return state.sample(lineno, m, names)
 
 
+# ============================================================
+# probed/expfmt.py
+# ============================================================
+"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
+"""
+
+import functools
+import re
+from typing import Dict, FrozenSet, Iterator, List, Optional, Pattern, Sequence, Set, Tuple
+
+EXPFMT_MAX_LINE_BYTES = 64 << 10
+EXPFMT_MAX_SERIES = 1000
+EXPFMT_MAX_KEPT_CHARS = 1 << 20
+_EXPFMT_PLAN_CACHE = 64
+
+SelectedSeries = List[Tuple[Dict[str, str], float]]
+
+
 def _expfmt_prepare(body: bytes, openmetrics: Optional[bool]) -> Tuple[str, bool]:
     try:
         text = body if isinstance(body, str) else bytes(body).decode("utf-8")
@@ -3540,16 +3803,24 @@ def _expfmt_prepare(body: bytes, openmetrics: Optional[bool]) -> Tuple[str, bool
     if not (has_eof if openmetrics is None else openmetrics):
         cut = text.rfind("\n") + 1
         if text[cut:].strip(" \t"):
-            raise ExpositionError(text.count("\n") + 1, "last line has no line feed (body cut "
-                                  "short?): %s" % prom_excerpt(text[cut:]))
+            raise _expfmt_no_final_lf(text.count("\n") + 1, text[cut:])
         return text[:cut], False
     if has_eof:
         return end[:-5], True
     early = ("\n" + text).find("\n# EOF\n")
     if early >= 0:
         raise ExpositionError(text.count("\n", 0, early) + 2, "text after '# EOF'")
-    raise ExpositionError(end.count("\n") + 1, "missing '# EOF' at the end of the OpenMetrics "
-                          "body (cut short?)")
+    raise _expfmt_no_eof(end.count("\n") + 1)
+
+
+def _expfmt_no_final_lf(lineno: int, tail: str) -> ExpositionError:
+    return ExpositionError(lineno, "last line has no line feed (body cut short?): %s"
+                           % prom_excerpt(tail))
+
+
+def _expfmt_no_eof(lineno: int) -> ExpositionError:
+    return ExpositionError(lineno, "missing '# EOF' at the end of the OpenMetrics body (cut "
+                           "short?)")
 
 
 @functools.lru_cache(maxsize=_EXPFMT_PLAN_CACHE)
@@ -3569,6 +3840,172 @@ def _expfmt_plan(names: FrozenSet[str]) -> Tuple[Pattern[str], FrozenSet[str], F
     return finder, frozenset(wanted), frozenset(meta), frozenset(families)
 
 
+class _ExpfmtReader:
+
+    __slots__ = ("om", "state", "error", "eof")
+
+    def __init__(self, om: bool, families: FrozenSet[str]) -> None:
+        self.om = om
+        self.state = _ExpfmtFamilies(om, families)
+        self.error: Optional[ExpositionError] = None
+        self.eof = 0
+
+    def fail(self, error: ExpositionError) -> None:
+        if self.error is None:
+            self.error = ExpositionError(self.eof + 1, "text after '# EOF'") if self.eof else error
+
+
+class SeriesSelector:
+
+    def __init__(self, selectors: Sequence[Selector], openmetrics: Optional[bool] = None) -> None:
+        self.selectors = [s if isinstance(s, Selector) else parse_selector(s) for s in selectors]
+        families: FrozenSet[str] = frozenset()
+        self._finder: Optional[Pattern[str]] = None
+        self._wanted = self._meta = families
+        if self.selectors:
+            self._finder, self._wanted, self._meta, families = _expfmt_plan(
+                frozenset(s.name for s in self.selectors))
+        formats = (False, True) if openmetrics is None else (openmetrics,)
+        self._readers = [_ExpfmtReader(om, families) for om in formats]
+        self._found: List[Dict[Tuple[Tuple[str, str], ...], Tuple[Dict[str, str], float]]] = [
+            {} for _ in self.selectors]
+        self._kept = 0
+        self._pending = bytearray()
+        self._lines = 0
+        self._offset = 0
+        self._last_eof = False
+
+    @property
+    def settled(self) -> bool:
+        return all(r.error is not None for r in self._readers)
+
+    def feed(self, data: bytes) -> bool:
+        view = memoryview(data)
+        for start in range(0, len(view), EXPFMT_MAX_LINE_BYTES):
+            if self.settled:
+                break
+            held = len(self._pending)
+            self._pending += view[start:start + EXPFMT_MAX_LINE_BYTES]
+            end = self._pending.find(b"\n", held)
+            if (end if end >= 0 else len(self._pending)) > EXPFMT_MAX_LINE_BYTES:
+                self._fail_all(ExpositionTooBig(self._lines + 1, "line longer than %d bytes"
+                                                % EXPFMT_MAX_LINE_BYTES))
+                break
+            cut = self._pending.rfind(b"\n") + 1
+            if cut:
+                block = bytes(self._pending[:cut])
+                del self._pending[:cut]
+                self._read_block(block)
+        return not self.settled
+
+    def close(self) -> List[SelectedSeries]:
+        tail = bytes(self._pending)
+        has_eof = tail == b"# EOF" or (not tail and self._last_eof)
+        reader = self._readers[-1 if has_eof else 0]
+        if reader.om and (tail and reader.eof or not has_eof):
+            reader.fail(_expfmt_no_eof(self._lines + (1 if tail else 0) or 1))
+        elif not reader.om and tail.strip(b" \t"):
+            try:
+                line = tail.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reader.fail(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
+                                            % (self._offset + exc.start)))
+            else:
+                reader.fail(_expfmt_no_final_lf(self._lines + 1, line))
+        return self._result(reader)
+
+    def _result(self, reader: _ExpfmtReader) -> List[SelectedSeries]:
+        if reader.error is not None:
+            raise reader.error
+        return [list(found.values()) for found in self._found]
+
+    def _fail_all(self, error: ExpositionError) -> None:
+        for reader in self._readers:
+            reader.fail(error)
+
+    def _read_block(self, block: bytes) -> None:
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            good = block.rfind(b"\n", 0, exc.start) + 1
+            self._read_block(block[:good])
+            self._fail_all(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
+                                           % (self._offset + exc.start - good)))
+            return
+        self._offset += len(block)
+        text = text.replace("\r\n", "\n") if "\r" in text else text
+        self._last_eof = text.endswith("\n# EOF\n") or text == "# EOF\n"
+        self.read_text(text)
+
+    def read_text(self, text: str) -> None:
+        first, padded = self._lines, "\n" + text
+        self._lines += text.count("\n")
+        stops = []
+        for reader in self._readers:
+            if reader.eof and text:
+                reader.fail(ExpositionError(reader.eof + 1, ""))
+            bad = None if reader.error else _EXPFMT_BAD_LINE_RE[reader.om].search(padded)
+            stops.append(-1 if reader.error else bad.start() if bad else len(padded))
+        if self._finder is not None and max(stops) > 0:
+            self._read_candidates(self._finder, padded, first, stops)
+        for reader, stop in zip(self._readers, stops):
+            if reader.error is None and stop < len(padded):
+                lineno = first + padded.count("\n", 0, stop + 1)
+                end = padded.find("\n", stop + 1)
+                self._reject(reader, padded[stop + 1:end], lineno, end + 1 < len(padded))
+
+    def _read_candidates(self, finder: Pattern[str], padded: str, first: int,
+                         stops: List[int]) -> None:
+        lineno, counted = first, 0
+        for m in finder.finditer(padded, 0, max(stops)):
+            lineno += padded.count("\n", counted, m.start() + 1)
+            counted = m.start() + 1
+            line, sample = m.group(1), None
+            for reader, stop in zip(self._readers, stops):
+                if reader.error is not None or m.start() >= stop:
+                    continue
+                try:
+                    sample = _expfmt_line(reader.state, line, lineno, self._wanted,
+                                          self._meta) or sample
+                except ExpositionError as exc:
+                    reader.fail(exc)
+            if sample is not None:
+                self._keep(sample, lineno, len(line))
+            if self.settled:
+                return
+
+    def _reject(self, reader: _ExpfmtReader, line: str, lineno: int, more: bool) -> None:
+        if reader.om and line == "# EOF":
+            reader.eof = lineno
+            if more:
+                reader.fail(ExpositionError(lineno + 1, "text after '# EOF'"))
+            return
+        try:
+            _expfmt_line(reader.state, line, lineno, frozenset(), frozenset())
+        except ExpositionError as exc:
+            reader.fail(exc)
+        else:
+            reader.fail(ExpositionError(lineno, "malformed line %s" % prom_excerpt(line)))
+
+    def _keep(self, sample: ExpositionSample, lineno: int, size: int) -> None:
+        name, labels, value, _ = sample
+        for i, sel in enumerate(self.selectors):
+            if sel.name != name or not sel.matches(labels):
+                continue
+            key, found = tuple(sorted(labels.items())), self._found[i]
+            if key not in found:
+                self._kept += size
+                if len(found) >= EXPFMT_MAX_SERIES:
+                    return self._fail_all(ExpositionTooBig(lineno, "%s matches more than %d "
+                                                           "series; narrow it with labels"
+                                                           % (sel, EXPFMT_MAX_SERIES)))
+                if self._kept > EXPFMT_MAX_KEPT_CHARS:
+                    return self._fail_all(ExpositionTooBig(
+                        lineno, "the selected series hold more than %d characters"
+                        % EXPFMT_MAX_KEPT_CHARS))
+            found[key] = (dict(labels), value)
+
+
 def parse_samples(body: bytes, openmetrics: Optional[bool] = None) -> Iterator[ExpositionSample]:
     text, om = _expfmt_prepare(body, openmetrics)
     state = _ExpfmtFamilies(om)
@@ -3577,41 +4014,108 @@ def parse_samples(body: bytes, openmetrics: Optional[bool] = None) -> Iterator[E
 
 
 def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optional[bool] = None
-                  ) -> List[List[Tuple[Dict[str, str], float]]]:
-    sels = [s if isinstance(s, Selector) else parse_selector(s) for s in selectors]
+                  ) -> List[SelectedSeries]:
     text, om = _expfmt_prepare(body, openmetrics)
-    if _EXPFMT_BODY_RE[om].fullmatch(text) is None:
-        list(parse_samples(body, openmetrics))
-        raise ExpositionError(1, "malformed exposition body")
-    if not sels:
-        return []
-    finder, wanted, meta, families = _expfmt_plan(frozenset(s.name for s in sels))
-    state = _ExpfmtFamilies(om, families)
-    found: List[Dict[tuple, Tuple[Dict[str, str], float]]] = [{} for _ in sels]
-    padded, lineno, counted = "\n" + text, 0, 0
-    for m in finder.finditer(padded):
-        lineno += padded.count("\n", counted, m.start() + 1)
-        counted = m.start() + 1
-        sample = _expfmt_line(state, m.group(1), lineno, wanted, meta)
-        if sample is None:
-            continue
-        for i, sel in enumerate(sels):
-            if sel.name == sample[0] and sel.matches(sample[1]):
-                found[i][tuple(sorted(sample[1].items()))] = (dict(sample[1]), sample[2])
-    return [list(f.values()) for f in found]
+    selector = SeriesSelector(selectors, om)
+    selector.read_text(text)
+    return selector._result(selector._readers[0])
 
 
 # ============================================================
 # probed/scrape.py
 # ============================================================
-"""One `/metrics` scrape shared by every check that reads the same URL.
+"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 """
 
 import asyncio
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import (Any, Callable, Dict, FrozenSet, Hashable, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 SCRAPE_MAX_BODY = 16 << 20
+SCRAPE_REUSE_SHARE = 0.9
+SCRAPE_FAST_PACE = 0.8
+SCRAPE_HEAD_BYTES = 16
+
+
+def is_openmetrics(headers: Mapping[str, str]) -> Optional[bool]:
+    ctype = headers.get("content-type", "").lower()
+    if "openmetrics" in ctype:
+        return True
+    media, _, params = ctype.partition(";")
+    return False if media.strip() == "text/plain" and "version=" in params else None
+
+
+class MetricsReading:
+
+    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series")
+
+    def __init__(self, taken_at: float, keys: FrozenSet[str]) -> None:
+        self.taken_at = taken_at
+        self.keys = keys
+        self.error = ""
+        self.refused = False
+        self.status = 0
+        self.location = ""
+        self.empty = False
+        self.series: Dict[str, SelectedSeries] = {}
+
+
+class _MetricsSink(BodySink):
+
+    def __init__(self, selectors: Sequence[Selector]) -> None:
+        self.selectors = selectors
+        self.status = 0
+        self.location = ""
+        self.selector: Optional[SeriesSelector] = None
+        self.head = b""
+        self.blank_after_head = True
+
+    def start(self, status: int, headers: Dict[str, str]) -> bool:
+        self.status, self.location = status, headers.get("location", "")
+        if not 200 <= status < 300 or status == 204:
+            return False
+        self.selector = SeriesSelector(self.selectors, is_openmetrics(headers))
+        return True
+
+    def feed(self, data: bytes) -> bool:
+        room = SCRAPE_HEAD_BYTES - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+        self.blank_after_head = self.blank_after_head and not data[max(room, 0):].strip()
+        assert self.selector is not None
+        return self.selector.feed(data)
+
+    def finish(self, reading: MetricsReading, keys: Sequence[str]) -> None:
+        reading.status, reading.location = self.status, self.location
+        if self.selector is None:
+            return
+        if self.blank_after_head and self.head.strip() in (b"", b"null"):
+            reading.empty = True
+            reading.series = {k: [] for k in keys}
+            return
+        try:
+            reading.series = dict(zip(keys, self.selector.close()))
+        except ExpositionTooBig as exc:
+            reading.error = "metrics too big to read: %s" % exc
+        except ExpositionError as exc:
+            reading.error = "malformed metrics: %s" % exc
+
+
+class _MetricsReader:
+
+    __slots__ = ("keys", "interval", "pace", "asked")
+
+    def __init__(self, keys: FrozenSet[str], interval: float) -> None:
+        self.keys = keys
+        self.interval = interval
+        self.pace = interval
+        self.asked = float("-inf")
+
+    def note(self, now: float) -> None:
+        gap = now - self.asked
+        self.pace = gap if gap < SCRAPE_FAST_PACE * self.interval else self.interval
+        self.asked = now
 
 
 class MetricsSource:
@@ -3621,34 +4125,60 @@ class MetricsSource:
         self.url = url
         self.headers = dict(headers or {})
         self.tls = tls
-        self.response: Optional[Response] = None
-        self.error: Optional[FetchError] = None
-        self.taken_at = float("-inf")
+        self.selectors: Dict[str, Selector] = {}
+        self.readers: Dict[Hashable, _MetricsReader] = {}
+        self.reading: Optional[MetricsReading] = None
+        self.forgotten_at = float("-inf")
         self._inflight: Optional["asyncio.Future[None]"] = None
 
-    async def scrape(self, timeout: float, max_age: float,
-                     headers: Optional[Mapping[str, str]] = None) -> Response:
-        if time.monotonic() - self.taken_at > max_age:
-            if self._inflight is None or self._inflight.done():
-                self._inflight = asyncio.ensure_future(self._fetch(timeout, headers))
-            await asyncio.shield(self._inflight)
-        if self.error is not None:
-            raise self.error
-        assert self.response is not None
-        return self.response
+    def add_reader(self, reader: Hashable, selectors: Sequence[Selector], interval: float) -> None:
+        keys = frozenset(str(s) for s in selectors)
+        for key, sel in zip(map(str, selectors), selectors):
+            self.selectors.setdefault(key, sel)
+        known = self.readers.get(reader)
+        if known is None:
+            self.readers[reader] = _MetricsReader(keys, interval)
+        else:
+            known.keys |= keys
 
     def forget(self) -> None:
-        self.response, self.error, self.taken_at = None, None, float("-inf")
+        self.reading, self.forgotten_at = None, time.monotonic()
 
-    async def _fetch(self, timeout: float, headers: Optional[Mapping[str, str]]) -> None:
-        started = time.monotonic()
+    def reuse_window(self, now: float) -> float:
+        paces = [max(r.pace, now - r.asked) for r in self.readers.values()]
+        return SCRAPE_REUSE_SHARE * min(paces) if paces else 0.0
+
+    async def read(self, reader: Hashable, timeout: float,
+                   headers: Callable[[], Mapping[str, str]], max_age: Optional[float] = None,
+                   resolver: Optional[Resolver] = None) -> MetricsReading:
+        now = time.monotonic()
+        wanted = self.readers[reader].keys
+        if max_age is None:
+            self.readers[reader].note(now)
+            max_age = self.reuse_window(now)
+        oldest = max(now - max_age, self.forgotten_at)
+        while True:
+            reading = self.reading
+            if reading is not None and reading.taken_at >= oldest and wanted <= reading.keys:
+                return reading
+            if self._inflight is None or self._inflight.done():
+                self._inflight = asyncio.ensure_future(self._scrape(
+                    frozenset(self.selectors), timeout, headers() or self.headers, resolver))
+            await asyncio.shield(self._inflight)
+
+    async def _scrape(self, keys: FrozenSet[str], timeout: float, headers: Mapping[str, str],
+                      resolver: Optional[Resolver]) -> None:
+        ordered = sorted(keys)
+        sink = _MetricsSink([self.selectors[k] for k in ordered])
+        reading = MetricsReading(time.monotonic(), keys)
         try:
-            self.response = await fetch(self.url, headers=headers or self.headers,
-                                        timeout=timeout, max_body=SCRAPE_MAX_BODY, tls=self.tls)
-            self.error = None
+            await fetch(self.url, headers=headers, timeout=timeout, max_body=SCRAPE_MAX_BODY,
+                        tls=self.tls, sink=sink, resolver=resolver)
         except FetchError as exc:
-            self.response, self.error = None, exc
-        self.taken_at = started
+            reading.error, reading.refused = str(exc), exc.kind == "refused"
+        else:
+            sink.finish(reading, ordered)
+        self.reading = reading
 
 
 SourceKey = Tuple[Any, ...]
@@ -3672,10 +4202,6 @@ class ScrapeHub:
             source.forget()
 
 
-def is_openmetrics(response: Response) -> Optional[bool]:
-    return True if "openmetrics" in response.headers.get("content-type", "") else None
-
-
 class ProgressBoard:
 
     def __init__(self) -> None:
@@ -3686,6 +4212,10 @@ class ProgressBoard:
 
     def last(self, url: str) -> float:
         return self.rose_at.get(url, float("-inf"))
+
+
+def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[SelectedSeries]:
+    return [reading.series[str(s)] for s in selectors]
 
 
 # ============================================================
@@ -4228,16 +4758,20 @@ class CheckSpec:
 
 class CheckResources:
 
-    __slots__ = ("scrapes", "progress", "beats", "gpus")
+    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
                  beats: Optional[HeartbeatRegistry] = None,
-                 gpus: Optional[GPUReaders] = None) -> None:
+                 gpus: Optional[GPUReaders] = None,
+                 resolver: Optional[Resolver] = None,
+                 scans: Optional[BlockingRunner] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
         self.gpus = gpus if gpus is not None else GPUReaders()
+        self.resolver = resolver if resolver is not None else Resolver()
+        self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
 
 
 class Check:
@@ -4500,6 +5034,7 @@ HEARTBEAT_DEFAULT_WINDOW = 60.0
 HEARTBEAT_REASON_NAMES = 12
 HEARTBEAT_CLOCK_SLACK = 1.0
 _HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
+BeatScan = Tuple[WorkerAges, Tuple[Tuple[str, str], ...]]
 
 
 def parse_window(text: str) -> float:
@@ -4529,21 +5064,33 @@ def _heartbeat_candidates(path: str) -> List[Tuple[str, str]]:
     return [(os.path.basename(path), path)]
 
 
-def scan_beat_files(path: str) -> WorkerAges:
+def scan_beat_files(path: str) -> BeatScan:
     found = _heartbeat_candidates(path)
     if len(found) > HEARTBEAT_MAX_WORKERS:
         raise OSError("%s matches more than %d files; narrow the path" % (
             path, HEARTBEAT_MAX_WORKERS))
     mtimes: List[Tuple[str, float]] = []
+    unreadable: List[Tuple[str, str]] = []
     for name, file_path in found:
         try:
             st = os.stat(file_path)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            unreadable.append((name, exc.strerror or str(exc)))
+            continue
         if stat.S_ISREG(st.st_mode):
             mtimes.append((name, st.st_mtime))
     now = time.time()
-    return tuple(sorted((name, now - mtime) for name, mtime in mtimes))
+    return tuple(sorted((name, now - mtime) for name, mtime in mtimes)), tuple(sorted(unreadable))
+
+
+def heartbeat_unreadable_note(unreadable: Sequence[Mapping[str, str]]) -> str:
+    if not unreadable:
+        return ""
+    shown = ["%s (%s)" % (u["name"], u["error"]) for u in unreadable[:HEARTBEAT_REASON_NAMES]]
+    more = len(unreadable) - len(shown)
+    return "; unreadable, skipped: " + ", ".join(shown + (["+%d more" % more] if more else []))
 
 
 def heartbeat_fresh(age: float, window: float) -> bool:
@@ -4602,7 +5149,7 @@ class HeartbeatCheck(Check):
         if expect is not None and min_fresh is not None and min_fresh > expect:
             raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
                               "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
-        self._scan: Optional["asyncio.Future[WorkerAges]"] = None
+        self._scan: Optional["asyncio.Future[BeatScan]"] = None
 
     @property
     def pushed(self) -> bool:
@@ -4613,6 +5160,7 @@ class HeartbeatCheck(Check):
         return where + (" match=%s" % self.config["match"] if self.config.get("match") else "")
 
     async def observe(self) -> Observation:
+        unreadable: Tuple[Tuple[str, str], ...] = ()
         if self.path is None:
             workers = self.resources.beats.ages()
         else:
@@ -4621,10 +5169,12 @@ class HeartbeatCheck(Check):
                                           "volume?)" % self.path)
             if self._scan is not None and not self._scan.cancelled():
                 self._scan.exception()
-            self._scan = asyncio.get_running_loop().run_in_executor(None, scan_beat_files,
-                                                                    self.path)
+            self._scan = asyncio.ensure_future(self.resources.scans.run(scan_beat_files,
+                                                                        self.path))
             try:
-                workers = await asyncio.shield(self._scan)
+                workers, unreadable = await asyncio.shield(self._scan)
+            except BlockingBusy as exc:
+                return Observation(False, "%s: not scanned: %s" % (self.path, exc))
             except OSError as exc:
                 own = bool(exc.args) and isinstance(exc.args[0], str)
                 return Observation(False, str(exc) if own else "%s: %s" % (
@@ -4633,8 +5183,11 @@ class HeartbeatCheck(Check):
         if pattern:
             workers = tuple(w for w in workers if fnmatch.fnmatchcase(w[0], pattern))
         window = self.config["window"]
-        detail = {"source": "push" if self.path is None else "files",
-                  "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        detail: Dict[str, Any] = {
+            "source": "push" if self.path is None else "files",
+            "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        if unreadable:
+            detail["unreadable"] = [{"name": n, "error": e} for n, e in unreadable]
         fresh = sum(1 for _, a in workers if heartbeat_fresh(a, window))
         return Observation(True, "", float(fresh), detail=detail, raw=workers)
 
@@ -4661,10 +5214,11 @@ class HeartbeatCheck(Check):
             wants.append("%d silent, at most %d allowed" % (silent_count, max_silent))
         if len(fresh) < floor and (min_fresh is not None or not wants):
             wants.append("need %d" % floor)
+        note = heartbeat_unreadable_note((obs.detail or {}).get("unreadable", ()))
         if not wants:
-            return True, summary
-        return False, "%s (%s): %s" % (summary, ", ".join(wants),
-                                       heartbeat_roster(silent, fresh, missing))
+            return True, summary + note
+        return False, "%s (%s): %s%s" % (summary, ", ".join(wants),
+                                         heartbeat_roster(silent, fresh, missing), note)
 
 
 # ============================================================
@@ -4775,7 +5329,7 @@ class HTTPCheck(HTTPPollingCheck):
                                headers=self.request.request_headers(),
                                body=body.encode("utf-8") if body is not None else None,
                                timeout=self.spec.timeout, max_body=HTTP_CHECK_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind},
                                refused=exc.kind == "refused")
@@ -4844,9 +5398,10 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
     return settings
 
 
-async def served_models(base: str, settings: HTTPRequestSettings, timeout: float) -> List[str]:
+async def served_models(base: str, settings: HTTPRequestSettings, timeout: float,
+                        resolver: Optional[Resolver] = None) -> List[str]:
     resp = await fetch(base.rstrip("/") + "/v1/models", headers=settings.request_headers(),
-                       timeout=timeout, tls=settings.tls)
+                       timeout=timeout, tls=settings.tls, resolver=resolver)
     if resp.status != 200:
         raise ValueError("/v1/models: HTTP %d%s" % (resp.status, (
             ": " + body_snippet(resp.body)) if resp.body else ""))
@@ -4878,7 +5433,8 @@ class ModelsCheck(HTTPPollingCheck):
 
     async def observe(self) -> Observation:
         try:
-            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+            models = await served_models(self.config["url"], self.request, self.spec.timeout,
+                                         self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         except ValueError as exc:
@@ -4943,7 +5499,7 @@ class InferenceCheck(HTTPPollingCheck):
                                headers=dict(self.request.request_headers(),
                                             **{"Content-Type": "application/json"}),
                                timeout=self.spec.timeout, max_body=INFERENCE_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         except ValueError as exc:
@@ -4959,7 +5515,8 @@ class InferenceCheck(HTTPPollingCheck):
         if api == "json":
             return json.dumps(self.config.get("body") or {}).encode("utf-8")
         if not self.model:
-            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+            models = await served_models(self.config["url"], self.request, self.spec.timeout,
+                                         self.resources.resolver)
             if not models:
                 raise ValueError("no model served yet")
             self.model = models[0]
@@ -5090,27 +5647,27 @@ class ScrapeResult:
         return Observation(False, self.error, refused=self.refused)
 
 
+def metrics_source(check: Check, url: str, selectors: Sequence[Selector],
+                   settings: HTTPRequestSettings) -> MetricsSource:
+    source = check.resources.scrapes.source(url, settings.identity(), settings.headers,
+                                            settings.tls)
+    source.add_reader(check, selectors, check.spec.interval)
+    return source
+
+
 async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector],
                            settings: HTTPRequestSettings,
                            max_age: Optional[float] = None) -> ScrapeResult:
-    source = check.resources.scrapes.source(url, settings.identity(), settings.headers, settings.tls)
-    spec = check.spec
-    if max_age is None:
-        max_age = min(spec.interval / 2, 1.0)
-    try:
-        resp = await source.scrape(spec.timeout, max_age, settings.request_headers())
-    except FetchError as exc:
-        return ScrapeResult([], "%s: %s" % (url, exc), refused=exc.kind == "refused")
-    if not 200 <= resp.status < 300 or resp.status == 204:
-        location = resp.headers.get("location")
-        return ScrapeResult([], "%s: HTTP %d%s" % (url, resp.status, (
+    source = metrics_source(check, url, selectors, settings)
+    reading = await source.read(check, check.spec.timeout, settings.request_headers,
+                                max_age, check.resources.resolver)
+    if reading.error:
+        return ScrapeResult([], "%s: %s" % (url, reading.error), refused=reading.refused)
+    if not 200 <= reading.status < 300 or reading.status == 204:
+        location = reading.location
+        return ScrapeResult([], "%s: HTTP %d%s" % (url, reading.status, (
             " (redirect to %s: give that URL)" % location[:200]) if location else ""))
-    if resp.body.strip() in (b"", b"null"):
-        return ScrapeResult([[] for _ in selectors], empty=True)
-    try:
-        return ScrapeResult(select_series(resp.body, selectors, is_openmetrics(resp)))
-    except ExpositionError as exc:
-        return ScrapeResult([], "%s: malformed metrics: %s" % (url, exc))
+    return ScrapeResult(selected(reading, selectors), empty=reading.empty)
 
 
 METRIC_PARAMS: Dict[str, Param] = dict(HTTP_COMMON_PARAMS, **{
@@ -5153,6 +5710,7 @@ class MetricCheck(HTTPPollingCheck):
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], self.config["metric"], self.request)
         recover, high = self.config.get("recover"), self.config.get("max")
         if recover is not None and (high is None or recover > high):
             raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
@@ -5210,6 +5768,8 @@ class ProgressCheck(HTTPPollingCheck):
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], [self.config["running"], self.config["counter"]],
+                       self.request)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
 
@@ -5270,7 +5830,7 @@ class ProgressCheck(HTTPPollingCheck):
 """Check kind `awake`: a vLLM engine that was put to sleep is not ready, though /health says 200.
 """
 
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 
@@ -5282,6 +5842,11 @@ class AwakeCheck(HTTPPollingCheck):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"].rstrip("/") + "/metrics", [AWAKE_SELECTOR],
+                       self.request)
 
     def target(self) -> str:
         return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping"
@@ -5303,7 +5868,8 @@ class AwakeCheck(HTTPPollingCheck):
     async def ask_is_sleeping(self, base: str) -> Observation:
         try:
             resp = await fetch(base + "/is_sleeping", headers=self.request.request_headers(),
-                               timeout=self.spec.timeout, tls=self.request.tls)
+                               timeout=self.spec.timeout, tls=self.request.tls,
+                               resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, "/is_sleeping: %s" % exc)
         if resp.status == 404:
@@ -5329,6 +5895,8 @@ class AwakeCheck(HTTPPollingCheck):
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 """
 
+from typing import Optional
+
 INFLIGHT_MAX_AGE = 0.0
 
 
@@ -5342,6 +5910,10 @@ class InflightCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], self.config["metric"], self.request)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], " + ".join(map(str, self.config["metric"])))
@@ -5361,6 +5933,8 @@ class InflightCheck(HTTPPollingCheck):
 """Check kind `process`: which incarnation of the backend process is answering.
 """
 
+from typing import Optional
+
 PROCESS_START = "process_start_time_seconds"
 
 
@@ -5374,6 +5948,10 @@ class ProcessCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], [self.config["metric"]], self.request)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], self.config["metric"])
@@ -5426,7 +6004,7 @@ class RelayCheck(HTTPPollingCheck):
         try:
             resp = await fetch(self.config["url"], headers=self.request.request_headers(),
                                timeout=self.spec.timeout, max_body=RELAY_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         line = first_body_line(resp.body)
@@ -5608,7 +6186,7 @@ class _RayDashboardCheck(HTTPPollingCheck):
         if headers is None:
             headers = self.request.request_headers()
         return fetch(self.base + path, headers=headers, timeout=timeout, max_body=max_body,
-                     tls=self.request.tls)
+                     tls=self.request.tls, resolver=self.resources.resolver)
 
 
 class RayClusterCheck(_RayDashboardCheck):

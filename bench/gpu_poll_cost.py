@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from probed.checks.base import CheckResources  # noqa: E402
 from probed.checkspecs import build_checks  # noqa: E402
-from probed.engine import poll_once  # noqa: E402
+from probed.scheduler import poll_once  # noqa: E402
 from probed.gpureader import NVMLSession  # noqa: E402
 from probed.nvml import NVML_LIBRARY  # noqa: E402
 

@@ -1,11 +1,16 @@
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 
 One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
-answers, or drips a byte a second, fails at it; urllib's per-socket timeouts bound neither.
+answers, or drips a byte a second, fails at it; urllib's per-socket timeouts bound neither. The
+deadline is real against a fast backend too: the client yields to the loop after every socket
+read and every CLIENT_READS_PER_YIELD buffered reads (a read that finds its data buffered never
+suspends), and caps interim replies and blank lines, so endless `100 Continue`s or 1-byte chunks
+cannot hold the loop. A body can go to a `BodySink` piece by piece instead of into memory.
 Raw non-blocking sockets, TLS through `ssl.MemoryBIO`: closing is a synchronous socket.close()
 on every path, so no transport is left for the GC to warn about.
 Must never: import ssl at module import, reuse a connection, put request headers or bodies
-(bearer tokens) into an error message or a repr.
+(bearer tokens) into an error message or a repr, or leave a failed call's buffers reachable from
+its exception.
 """
 
 import asyncio
@@ -15,9 +20,10 @@ import os
 import re
 import socket
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import import_ssl
+from .blocking import Resolver
 from .clientproto import (  # CLIENT_USER_AGENT is re-exported for callers
     _CLIENT_LINE_END,
     CLIENT_MAX_LINE_BYTES,
@@ -28,10 +34,13 @@ from .clientproto import (  # CLIENT_USER_AGENT is re-exported for callers
     _client_parse_status_line,
     split_url,
 )
+from .clientchan import BodySink, ClientChannel
+from .files import read_small_file
 
 CLIENT_MAX_HEAD_BYTES = 64 * 1024  # the header fields of one response (and chunked trailers)
-CLIENT_RECV_BYTES = 64 * 1024  # one read from the socket
 CLIENT_MAX_TOKEN_BYTES = 64 * 1024  # a bearer-token file bigger than this is a wrong path
+CLIENT_MAX_INTERIM = 16  # 1xx replies (100 Continue, 103 Early Hints) before the final one
+CLIENT_MAX_BLANK_LINES = 16  # empty lines before a status line (RFC 9112 2.2 tolerates some)
 
 _CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")  # no fields, or the blank line
 _CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
@@ -96,14 +105,12 @@ def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) 
     """The bearer token: the stripped file content, else the first non-empty env var, else None.
 
     The file is read on every call so a rotated Kubernetes Secret is picked up. An unreadable
-    file raises OSError, so a broken mount is reported instead of polling without credentials.
+    file raises OSError (files.FileRefusedError for a FIFO, a device or a file over
+    CLIENT_MAX_TOKEN_BYTES), so a broken mount is reported instead of polling without
+    credentials.
     """
     if token_file:
-        with open(token_file, "rb") as handle:
-            data = handle.read(CLIENT_MAX_TOKEN_BYTES + 1)
-        if len(data) > CLIENT_MAX_TOKEN_BYTES:
-            raise ValueError("token file %r is over %d bytes; expected one token"
-                             % (token_file, CLIENT_MAX_TOKEN_BYTES))
+        data = read_small_file(token_file, CLIENT_MAX_TOKEN_BYTES, "token file")
         try:
             token = data.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -117,114 +124,21 @@ def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) 
     return None
 
 
-class _ClientChannel:
-    """One connected non-blocking socket (optionally TLS over memory BIOs) plus a read buffer."""
-
-    __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self._loop = loop
-        self._sock = sock
-        self._tls = self._tls_in = self._tls_out = None  # type: Any
-        self._tcp_eof = False
-        self.buf = bytearray()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
-        """Run one SSLObject call, moving TLS records between the memory BIOs and the socket."""
-        import ssl
-        while True:
-            try:
-                result = op(*args)
-            except ssl.SSLWantReadError:
-                if self._tcp_eof:
-                    raise FetchError("closed", "connection closed in the TLS %s" % what) from None
-                await self._tls_flush()
-                data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-                self._tcp_eof = not data
-                if data:
-                    self._tls_in.write(data)
-                else:
-                    self._tls_in.write_eof()
-                continue
-            except ssl.SSLError as exc:
-                if self._tcp_eof and what == "read":  # EOF without close_notify: just the end
-                    return b""
-                detail = getattr(exc, "verify_message", None) or exc.reason or exc
-                raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
-            await self._tls_flush()
-            return result
-
-    async def _tls_flush(self) -> None:
-        data = self._tls_out.read()
-        if data:
-            await self._loop.sock_sendall(self._sock, data)
-
-    async def start_tls(self, context: Any, server_hostname: str) -> None:
-        import ssl
-        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
-        await self._tls_call("handshake", self._tls.do_handshake)
-
-    async def send(self, data: bytes) -> None:
-        if self._tls is None:
-            await self._loop.sock_sendall(self._sock, data)
-            return
-        view = memoryview(data)
-        while view:
-            view = view[await self._tls_call("write", self._tls.write, view):]
-
-    async def _fill(self) -> bool:
-        """Append one read to the buffer; False at end of stream."""
-        if self._tls is None:
-            data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-        else:
-            data = await self._tls_call("read", self._tls.read, CLIENT_RECV_BYTES)
-        self.buf += data
-        return bool(data)
-
-    async def read_until(self, end: Any, limit: int, what: str) -> bytes:
-        """Bytes before the next match of `end` (consumed too); FetchError past `limit` or EOF."""
-        while True:
-            match = end.search(self.buf)
-            if match and match.start() <= limit:
-                data = bytes(self.buf[:match.start()])
-                del self.buf[:match.end()]
-                return data
-            if len(self.buf) > limit:
-                raise FetchError("protocol", "%s over %d bytes" % (what, limit))
-            if not await self._fill():
-                where = "in the middle of" if self.buf else "before"
-                raise FetchError("closed", "connection closed %s the %s" % (where, what))
-
-    async def read_exact(self, size: int) -> bytes:
-        while len(self.buf) < size:
-            if not await self._fill():
-                raise FetchError("closed", "connection closed after %d of %d body bytes"
-                                 % (len(self.buf), size))
-        data = bytes(self.buf[:size])
-        del self.buf[:size]
-        return data
-
-    async def read_to_eof(self, max_body: int) -> bytes:
-        while len(self.buf) <= max_body:
-            if not await self._fill():
-                return bytes(self.buf)
-        raise FetchError("too-large", "body over %d bytes" % max_body)
-
-
-async def _client_read_fields(chan: _ClientChannel, what: str) -> Dict[str, str]:
+async def _client_read_fields(chan: ClientChannel, what: str) -> Dict[str, str]:
     block = await chan.read_until(_CLIENT_FIELDS_END, CLIENT_MAX_HEAD_BYTES, what)
     return _client_parse_fields(block) if block else {}
 
 
-async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, str]]:
+async def _client_read_head(chan: ClientChannel) -> Tuple[int, str, Dict[str, str]]:
     """The final response head; a non-HTTP peer (an SSH banner) fails at its first line."""
+    blank = interim = 0
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "status line")
-        if not line:  # RFC 7230 3.5: empty lines before a status line are ignored
+        if not line:  # RFC 9112 2.2: empty lines before a status line are ignored, a few
+            blank += 1
+            if blank > CLIENT_MAX_BLANK_LINES:
+                raise FetchError("protocol", "over %d empty lines before the status line"
+                                 % CLIENT_MAX_BLANK_LINES)
             continue
         status, reason = _client_parse_status_line(line)
         headers = await _client_read_fields(chan, "response header block")
@@ -232,11 +146,16 @@ async def _client_read_head(chan: _ClientChannel) -> Tuple[int, str, Dict[str, s
             raise FetchError("protocol", "unexpected 101 Switching Protocols")
         if status >= 200:  # 100 Continue, 103 Early Hints: interim, a final one follows
             return status, reason, headers
+        interim += 1
+        if interim > CLIENT_MAX_INTERIM:
+            raise FetchError("protocol", "over %d interim (1xx) responses" % CLIENT_MAX_INTERIM)
 
 
-async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
-    """A chunked body; trailers are checked for syntax and size, then dropped."""
-    body = bytearray()
+async def _client_read_chunked(chan: ClientChannel, max_body: int,
+                               sink: Optional[BodySink]) -> bytes:
+    """A chunked body (into `sink` when given); trailers are checked for syntax and size, then
+    dropped."""
+    body, total = bytearray(), 0
     while True:
         line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES,
                                      "chunk size line")
@@ -246,46 +165,60 @@ async def _client_read_chunked(chan: _ClientChannel, max_body: int) -> bytes:
         size = int(match.group(1), 16)
         if size == 0:
             break
-        if len(body) + size > max_body:
+        total += size
+        if total > max_body:
             raise FetchError("too-large", "body over %d bytes" % max_body)
-        body += await chan.read_exact(size)
+        if sink is None:
+            body += await chan.read_exact(size)
+        elif not await chan.pipe(sink, size, max_body):
+            return b""
         if await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "chunk"):
             raise FetchError("protocol", "chunk data longer than its size line says")
     await _client_read_fields(chan, "trailer block")
     return bytes(body)
 
 
-async def _client_read_body(chan: _ClientChannel, method: str, status: int,
-                            headers: Dict[str, str], max_body: int) -> bytes:
-    """The response body, framed as RFC 7230 section 3.3.3 says."""
-    if method == "HEAD" or status in (204, 304):
+async def _client_read_body(chan: ClientChannel, method: str, status: int,
+                            headers: Dict[str, str], max_body: int,
+                            sink: Optional[BodySink]) -> bytes:
+    """The response body, framed as RFC 9112 section 6.3 says (b"" when it went to `sink`)."""
+    wanted = sink is None or sink.start(status, headers)  # a sink hears of every response
+    if method == "HEAD" or status in (204, 304) or not wanted:
         return b""
     coding = headers.get("transfer-encoding")
     if coding is not None:
         if [c.strip().lower() for c in coding.split(",") if c.strip()] != ["chunked"]:
             raise FetchError("protocol", "unsupported transfer-encoding %r" % coding[:40])
-        return await _client_read_chunked(chan, max_body)
+        return await _client_read_chunked(chan, max_body, sink)
     length = headers.get("content-length")
-    if length is None:
-        return await chan.read_to_eof(max_body)
-    values = {v.strip() for v in length.split(",")}
-    if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
-        raise FetchError("protocol", "bad content-length %r" % length[:40])
-    size = int(values.pop())
-    if size > max_body:
-        raise FetchError("too-large", "body over %d bytes (content-length %d)" % (max_body, size))
-    return await chan.read_exact(size)
+    size = None  # type: Optional[int]
+    if length is not None:
+        values = {v.strip() for v in length.split(",")}
+        if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
+            raise FetchError("protocol", "bad content-length %r" % length[:40])
+        size = int(values.pop())
+        if size > max_body:
+            raise FetchError("too-large", "body over %d bytes (content-length %d)"
+                             % (max_body, size))
+    if sink is not None:
+        await chan.pipe(sink, size, max_body)
+        return b""
+    return await (chan.read_to_eof(max_body) if size is None else chan.read_exact(size))
 
 
-async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> List[Any]:
-    """getaddrinfo results; IP literals never touch the resolver thread pool."""
+async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                          resolver: Optional[Resolver]) -> List[Any]:
+    """getaddrinfo results; IP literals never touch a resolver thread."""
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                   flags=socket.AI_NUMERICHOST)
     except (socket.gaierror, UnicodeError):
         pass
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if resolver is not None:
+            infos = await resolver.resolve(host, port)
+        else:  # callers outside the daemon: asyncio's default executor
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchError("dns", "cannot resolve host %r: %s" % (
             host, getattr(exc, "strerror", None) or exc)) from None
@@ -324,43 +257,72 @@ def _client_os_error(exc: OSError, phase: str) -> FetchError:
     return FetchError("reset", "%s while %s" % (exc.strerror or exc, phase))
 
 
-async def _client_exchange(host: str, port: int, request: bytes, method: str, context: Any,
-                           max_body: int,
-                           phase: List[str]) -> Tuple[int, str, Dict[str, str], bytes]:
-    """One request on one new connection; `phase[0]` says what it is doing, for timeouts."""
+class _ClientCall:
+    """One request's settings between fetch() and the exchange, and what it is doing now."""
+
+    __slots__ = ("host", "port", "request", "method", "context", "max_body", "sink", "resolver",
+                 "phase")
+
+    def __init__(self, host: str, port: int, request: bytes, method: str, context: Any,
+                 max_body: int, sink: Optional[BodySink], resolver: Optional[Resolver]) -> None:
+        self.host, self.port, self.request, self.method = host, port, request, method
+        self.context, self.max_body, self.sink, self.resolver = context, max_body, sink, resolver
+        self.phase = "starting"  # for the timeout message
+
+
+async def _client_exchange(call: _ClientCall) -> Tuple[int, str, Dict[str, str], bytes]:
+    """One request on one new connection."""
     loop = asyncio.get_running_loop()
-    phase[0] = "resolving %s" % host
-    infos = await _client_resolve(loop, host, port)
+    call.phase = "resolving %s" % call.host
+    infos = await _client_resolve(loop, call.host, call.port, call.resolver)
     chan = None
     try:
-        phase[0] = "connecting"
-        chan = _ClientChannel(loop, await _client_connect(loop, infos))
-        if context is not None:
-            phase[0] = "in the TLS handshake"
-            await chan.start_tls(context, host)
-        phase[0] = "sending the request"
-        await chan.send(request)
-        phase[0] = "waiting for the response headers"
+        call.phase = "connecting"
+        chan = ClientChannel(loop, await _client_connect(loop, infos))
+        if call.context is not None:
+            call.phase = "in the TLS handshake"
+            await chan.start_tls(call.context, call.host)
+        call.phase = "sending the request"
+        await chan.send(call.request)
+        call.phase = "waiting for the response headers"
         status, reason, headers = await _client_read_head(chan)
-        phase[0] = "reading the body"
-        body = await _client_read_body(chan, method, status, headers, max_body)
+        call.phase = "reading the body"
+        body = await _client_read_body(chan, call.method, status, headers, call.max_body,
+                                       call.sink)
         return status, reason, headers, body
     except OSError as exc:
-        raise _client_os_error(exc, phase[0]) from None
+        raise _client_os_error(exc, call.phase) from None
     finally:
         if chan is not None:
             chan.close()
 
 
+def _client_drop_frames(exc: BaseException) -> None:
+    """Clear the finished frames an exception's traceback holds. Through them it reaches the
+    exchange's buffers, and through asyncio's wait_for frame (its inner task holds the exception)
+    it forms a cycle that only a full GC frees: 16 MiB per failed over-cap scrape."""
+    tb = exc.__traceback__
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:  # a frame still running (fetch's own) cannot be cleared
+            pass
+        tb = tb.tb_next
+    exc.__traceback__ = None
+
+
 async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
                 body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
-                tls: Optional[TLSOptions] = None) -> Response:
+                tls: Optional[TLSOptions] = None, sink: Optional[BodySink] = None,
+                resolver: Optional[Resolver] = None) -> Response:
     """Make one HTTP/1.1 request on a new connection and return the whole response.
 
     `timeout` bounds everything (DNS to the last body byte). Any status is a Response; no
     response at all (or a body over `max_body`) is a FetchError. `headers` may replace Host,
-    User-Agent and Accept, never Connection or Content-Length. ValueError for a bad URL,
-    method, header or timeout.
+    User-Agent and Accept, never Connection or Content-Length. With `sink` the body goes to it
+    piece by piece and the Response's body is empty. `resolver` looks up host names on threads
+    of its own (the daemon's); without one, asyncio's default executor does. ValueError for a
+    bad URL, method, header or timeout.
     """
     scheme, host, port, target = split_url(url)
     if not timeout > 0:
@@ -368,12 +330,15 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
     method = method.upper()
     request = _client_build_request(method, scheme, host, port, target, headers, body)
     context = (tls or _CLIENT_DEFAULT_TLS).context() if scheme == "https" else None
-    phase = ["starting"]
+    call = _ClientCall(host, port, request, method, context, max_body, sink, resolver)
     started = time.monotonic()
     try:
-        status, reason, fields, data = await asyncio.wait_for(
-            _client_exchange(host, port, request, method, context, max_body, phase),
-            timeout)
-    except asyncio.TimeoutError:
-        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, phase[0])) from None
+        status, reason, fields, data = await asyncio.wait_for(_client_exchange(call), timeout)
+    except asyncio.TimeoutError as exc:
+        _client_drop_frames(exc)
+        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, call.phase)
+                         ) from None
+    except FetchError as exc:
+        _client_drop_frames(exc)
+        raise exc  # (not a bare raise: 3.8 would restore the old traceback)
     return Response(status, reason, fields, data, time.monotonic() - started)

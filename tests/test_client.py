@@ -800,5 +800,5 @@ def test_token_file_problems_are_reported(tmp_path):
     assert "not UTF-8" in str(info.value) and SECRET not in str(info.value)
     big = tmp_path / "big"
     big.write_bytes(b"t" * (1 << 20))
-    with pytest.raises(ValueError, match="over 65536 bytes"):
+    with pytest.raises(OSError, match="over 65536 bytes"):  # a wrong path, not a token
         read_bearer_token(str(big))

@@ -14,8 +14,10 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from probed.expfmt import (AGGREGATIONS, ExpositionError, Selector, aggregate, parse_samples,
-                           parse_selector, select_series)
+from probed.expfmt import (AGGREGATIONS, EXPFMT_MAX_KEPT_CHARS, EXPFMT_MAX_LINE_BYTES,
+                           EXPFMT_MAX_SERIES, ExpositionError, ExpositionTooBig, Selector,
+                           SeriesSelector, aggregate, parse_samples, parse_selector, select_series)
+from probed.exprules import EXPFMT_MAX_TRACKED_SERIES
 
 METRICS = Path(__file__).resolve().parent / "fixtures" / "metrics"
 PC_DIR, OM_DIR = METRICS / "prometheus_common", METRICS / "openmetrics_testdata"
@@ -701,6 +703,138 @@ def test_pathological_lines_are_rejected_in_bounded_time(line: bytes) -> None:
     for om in (False, True):
         with pytest.raises(ExpositionError):
             select_series(line + b"\n" + (b"# EOF\n" if om else b""), [Selector("a")], om)
+
+
+# ---- streamed selection (SeriesSelector) -----------------------------------------------------
+
+def streamed(body: bytes, selectors: List[Selector], om: Optional[bool], sizes: List[int]
+             ) -> object:
+    """SeriesSelector fed `body` in pieces of the given sizes (cycled): its series, or the
+    ExpositionError it raised."""
+    selector, pos, i = SeriesSelector(selectors, om), 0, 0
+    while pos < len(body):
+        size = sizes[i % len(sizes)]
+        selector.feed(body[pos:pos + size])
+        pos, i = pos + size, i + 1
+    try:
+        return selector.close()
+    except ExpositionError as exc:
+        return exc
+
+
+def whole(body: bytes, selectors: List[Selector], om: Optional[bool]) -> object:
+    try:
+        return select_series(body, selectors, om)
+    except ExpositionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("path,om", ALL_FIXTURES, ids=[p.name for p, _ in ALL_FIXTURES])
+def test_streamed_in_any_pieces_agrees_with_the_whole_body(path: Path, om: Optional[bool]) -> None:
+    body, selectors = path.read_bytes(), every_name(path.read_bytes())
+    expected = whole(body, selectors, om)
+    for sizes in ([len(body) + 1], [1], [7, 1, 300], [4096]):
+        got = streamed(body, selectors, om, sizes)
+        if isinstance(expected, ExpositionError):
+            assert isinstance(got, ExpositionError), (sizes, got)
+        else:
+            assert same(got, expected), sizes
+        if om is None:  # told the format, a stream agrees too
+            told = streamed(body, selectors, path.suffix == ".txt" and body.rstrip().endswith(
+                b"# EOF"), sizes)
+            assert isinstance(told, ExpositionError) == isinstance(expected, ExpositionError)
+
+
+@pytest.mark.timeout(120)
+def test_streamed_fuzzed_bodies_agree_with_the_whole_body() -> None:
+    rng = random.Random(20261206)
+    for i in range(600):
+        original, om = FUZZ_BODIES[i % len(FUZZ_BODIES)]
+        body = _mutate(rng, original)
+        for choice in (om, None):
+            expected = whole(body, FUZZ_SELECTORS, choice)
+            got = streamed(body, FUZZ_SELECTORS, choice, [rng.randint(1, 200)])
+            if isinstance(expected, ExpositionError):
+                assert isinstance(got, ExpositionError), body
+            else:
+                assert same(got, expected), body
+
+
+def test_a_streamed_bad_line_is_named_as_in_the_whole_body() -> None:
+    body = VLLM + b'vllm:num_requests_waiting{engine=1} 5\n' + VLLM
+    got = streamed(body, VLLM_SELECTORS, None, [1000])
+    assert isinstance(got, ExpositionError) and got.lineno == 593, got
+    assert str(got) == str(whole(body, VLLM_SELECTORS, None))
+
+
+def test_invalid_utf8_in_a_later_piece_names_its_line_and_byte() -> None:
+    body = VLLM + b'vllm:num_requests_waiting{engine="\xff"} 5\n'
+    got = streamed(body, VLLM_SELECTORS, None, [999])
+    assert isinstance(got, ExpositionError)
+    assert str(got) == str(whole(body, VLLM_SELECTORS, None)) == (
+        "line 593: invalid UTF-8 at byte %d" % (len(VLLM) + 34))
+
+
+def test_an_openmetrics_only_body_is_told_by_its_last_line_when_streamed() -> None:
+    exemplars = (OM_DIR / "histogram_exemplars.txt").read_bytes()
+    assert exemplars.endswith(b"# EOF\n")
+    undecided = streamed(exemplars, [Selector("a_bucket")], None, [5])
+    assert same(undecided, whole(exemplars, [Selector("a_bucket")], True))
+    assert not isinstance(undecided, ExpositionError) and undecided[0]
+    cut = streamed(exemplars[:-len(b"# EOF\n")], [Selector("a_bucket")], None, [5])
+    assert isinstance(cut, ExpositionError)  # exemplars are not text format
+    after = streamed(exemplars + b"a 1\n", [Selector("a_bucket")], True, [5])
+    assert isinstance(after, ExpositionError) and "text after '# EOF'" in str(after)
+
+
+def test_a_refused_stream_is_settled_and_asks_for_no_more() -> None:
+    selector = SeriesSelector(VLLM_SELECTORS, False)
+    head = VLLM[:VLLM.index(b"\n", 1000) + 1]
+    assert selector.feed(head)
+    assert not selector.feed(b"<html>\n")
+    assert selector.settled and not selector.feed(VLLM)
+    with pytest.raises(ExpositionError, match="line %d: " % (head.count(b"\n") + 1)):
+        selector.close()
+
+
+def test_a_streamed_line_past_the_line_cap_is_refused() -> None:
+    selector = SeriesSelector([Selector("a")], None)
+    selector.feed(b"a 1\n")
+    long = b'b{x="' + b"y" * EXPFMT_MAX_LINE_BYTES + b'"} 1\n'
+    for start in range(0, len(long), 8192):
+        selector.feed(long[start:start + 8192])
+    with pytest.raises(ExpositionTooBig, match="line 2: line longer than %d bytes"
+                       % EXPFMT_MAX_LINE_BYTES):
+        selector.close()
+    fits = b'b{x="' + b"y" * (EXPFMT_MAX_LINE_BYTES - 20) + b'"} 1\n'
+    assert streamed(b"a 1\n" + fits, [Selector("a")], None, [8192]) == [[({}, 1.0)]]
+
+
+def test_the_series_kept_per_selector_are_capped() -> None:
+    series = b"".join(b'a{n="%d"} 1\n' % i for i in range(EXPFMT_MAX_SERIES))
+    assert len(streamed(series, [Selector("a")], None, [65536])[0]) == EXPFMT_MAX_SERIES
+    got = streamed(series + b'a{n="more"} 1\n', [Selector("a")], None, [65536])
+    assert isinstance(got, ExpositionTooBig) and "a matches more than %d series" % (
+        EXPFMT_MAX_SERIES) in str(got)
+    repeated = series + series  # the same series again: no more kept
+    assert len(streamed(repeated, [Selector("a")], None, [65536])[0]) == EXPFMT_MAX_SERIES
+    narrowed = streamed(series + b'a{n="more"} 1\n', [parse_selector('a{n="7"}')], None, [999])
+    assert narrowed == [[({"n": "7"}, 1.0)]]
+
+
+def test_the_characters_kept_are_capped() -> None:
+    value = "v" * 2000
+    lines = b"".join(b'a{n="%d",x="%s"} 1\n' % (i, value.encode()) for i in range(600))
+    got = streamed(lines, [Selector("a")], None, [65536])
+    assert isinstance(got, ExpositionTooBig) and "more than %d characters" % (
+        EXPFMT_MAX_KEPT_CHARS) in str(got)
+
+
+def test_openmetrics_order_tracking_of_selected_families_is_capped() -> None:
+    lines = b"".join(b'a{n="%d"} 1\n' % i for i in range(EXPFMT_MAX_TRACKED_SERIES + 1))
+    got = streamed(lines + b"# EOF\n", [parse_selector('a{n="0"}')], True, [65536])
+    assert isinstance(got, ExpositionTooBig) and "more than %d series" % (
+        EXPFMT_MAX_TRACKED_SERIES) in str(got)
 
 
 # ---- selectors and aggregation ---------------------------------------------------------------

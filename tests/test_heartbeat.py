@@ -9,6 +9,7 @@ example is run as written, against an empty queue, to prove an idle worker stays
 
 import asyncio
 import contextlib
+import errno
 import io
 import json
 import os
@@ -25,7 +26,7 @@ from probed.checks.base import Check, Observation
 from probed.beatregistry import (HEARTBEAT_MAX_WORKERS, HeartbeatRegistry, HeartbeatRegistryFull,
                                  parse_beat_name)
 from probed.checks.base import CheckResources
-from probed.checks.heartbeat import HeartbeatCheck, scan_beat_files
+from probed.checks.heartbeat import HEARTBEAT_REASON_NAMES, HeartbeatCheck, scan_beat_files
 from probed.checkspecs import build_checks
 from probed.scheduler import poll_once
 from probed.eventlog import EventLog
@@ -142,6 +143,35 @@ def test_too_many_files_is_an_error_not_a_memory_hog(tmp_path: Path) -> None:
         (tmp_path / ("w%05d" % i)).touch()
     with pytest.raises(OSError, match="more than %d files" % HEARTBEAT_MAX_WORKERS):
         scan_beat_files(str(tmp_path))
+
+
+def test_an_unreadable_entry_is_skipped_and_named_not_fatal_to_the_pool(tmp_path: Path) -> None:
+    beat_files(tmp_path, {"w0": 1, "w1": 2})
+    os.symlink("w2", str(tmp_path / "w2"))  # a symlink loop: stat() fails with ELOOP
+    os.symlink("w3b", str(tmp_path / "w3a"))
+    os.symlink("w3a", str(tmp_path / "w3b"))
+    check = make_check(path=str(tmp_path))
+    obs = observe(check)
+    assert [w[0] for w in obs.raw] == ["w0", "w1"]  # the verdict comes from the readable ones
+    loop = os.strerror(errno.ELOOP)  # "Too many levels of symbolic links"
+    assert obs.detail["unreadable"] == [{"name": n, "error": loop} for n in ("w2", "w3a", "w3b")]
+    assert verdict(check, obs) == (True, "2 of 2 workers beat within 1m; unreadable, skipped: "
+                                         "w2 (%s), w3a (%s), w3b (%s)" % (loop, loop, loop))
+    # With `expect`, a worker that cannot be read counts as missing.
+    ok, reason = verdict(check, obs, expect="3")
+    assert not ok and reason.startswith("2 of 3 workers beat within 1m (1 silent, at most 0 ")
+    assert reason.endswith("; unreadable, skipped: w2 (%s), w3a (%s), w3b (%s)"
+                           % (loop, loop, loop)), reason
+
+
+def test_unreadable_entries_are_listed_up_to_the_reason_cap(tmp_path: Path) -> None:
+    beat_files(tmp_path, {"w0": 1})
+    for i in range(HEARTBEAT_REASON_NAMES + 3):
+        os.symlink("x%02d" % i, str(tmp_path / ("x%02d" % i)))
+    check = make_check(path=str(tmp_path))
+    _, reason = verdict(check, observe(check))
+    assert reason.endswith(", +3 more") and reason.count("(Too many levels") == (
+        HEARTBEAT_REASON_NAMES), reason
 
 
 def test_an_mtime_far_in_the_future_is_not_fresh_forever(tmp_path: Path) -> None:

@@ -160,10 +160,10 @@ def test_real_vllm_body_awake_and_idle(backend: Backend) -> None:
     base = unique(backend.url)
     shared = CheckResources()
     awake = make("awake url=%s" % base, shared)
+    progress = make("progress url=%s/metrics" % base, shared)  # built before the first scrape
     obs = observe(awake)
     assert verdict(awake, obs) == (True, "awake (vllm:engine_sleep_state)")
     assert obs.value == 1.0
-    progress = make("progress url=%s/metrics" % base, shared)
     obs = observe(progress)
     assert obs.detail is not None
     assert (obs.detail["running"], obs.detail["counter"]) == (0.0, 584.0)

@@ -5,14 +5,14 @@ is enough to be unready) is the source; servers without it are asked `/is_sleepi
 only exists in vLLM's dev mode. A 404 there means "cannot tell", not "asleep".
 """
 
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from ..client import FetchError, fetch
 from ..expfmt import parse_selector
 from ..values import parse_http_url
-from .base import Check, Observation, Param
+from .base import Check, CheckResources, CheckSpec, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
-from .metric import scrape_selectors
+from .metric import metrics_source, scrape_selectors
 
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 
@@ -25,6 +25,11 @@ class AwakeCheck(HTTPPollingCheck):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"].rstrip("/") + "/metrics", [AWAKE_SELECTOR],
+                       self.request)
 
     def target(self) -> str:
         return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping"
@@ -47,7 +52,8 @@ class AwakeCheck(HTTPPollingCheck):
         """Fallback for servers without the gauge: /is_sleeping (dev mode only)."""
         try:
             resp = await fetch(base + "/is_sleeping", headers=self.request.request_headers(),
-                               timeout=self.spec.timeout, tls=self.request.tls)
+                               timeout=self.spec.timeout, tls=self.request.tls,
+                               resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, "/is_sleeping: %s" % exc)
         if resp.status == 404:

@@ -10,6 +10,7 @@ The engine owns timing, deadlines, hysteresis and staleness; a check never sleep
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 from ..beatregistry import HeartbeatRegistry
+from ..blocking import BLOCKING_SCANS, BlockingRunner, Resolver
 from ..gpureader import GPUReaders
 from ..scrape import ProgressBoard, ScrapeHub
 from ..values import (
@@ -139,18 +140,23 @@ class CheckSpec:
 class CheckResources:
     """What the checks of one daemon share. The daemon makes one and hands it to every check
     (and the admin listener gets the same heartbeat registry); a check built without one gets
-    its own, unshared."""
+    its own, unshared. `resolver` (DNS) and `scans` (heartbeat file scans) run blocking calls
+    on threads of their own, each kind capped, so a hung resolver cannot delay a scan."""
 
-    __slots__ = ("scrapes", "progress", "beats", "gpus")
+    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
                  beats: Optional[HeartbeatRegistry] = None,
-                 gpus: Optional[GPUReaders] = None) -> None:
+                 gpus: Optional[GPUReaders] = None,
+                 resolver: Optional[Resolver] = None,
+                 scans: Optional[BlockingRunner] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
         self.gpus = gpus if gpus is not None else GPUReaders()  # NVML readers, made on use
+        self.resolver = resolver if resolver is not None else Resolver()
+        self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
 
 
 class Check:

@@ -1,8 +1,9 @@
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
-admin listener (a `HeartbeatRegistry`). `observe` collects ages (files are stat'ed in a thread,
-one scan at a time, so a slow volume never blocks the loop); `judge` applies window and
+admin listener (a `HeartbeatRegistry`). `observe` collects ages (files are stat'ed on the
+daemon's scan threads, one scan at a time, so a slow volume never blocks the loop, and an entry
+that cannot be read is skipped and named, not fatal to the pool); `judge` applies window and
 thresholds, so `/livez?workers.min-fresh=3` re-judges cached ages. Must never: let a client grow
 the registry without bound, accept a beat name that could leave its directory, or read a file.
 """
@@ -18,6 +19,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..beatregistry import HEARTBEAT_MAX_WORKERS, WorkerAges
+from ..blocking import BlockingBusy
 from ..values import ConfigError, format_duration, parse_count, parse_duration, parse_positive_count
 from .base import Check, CheckResources, CheckSpec, Observation, Param
 
@@ -25,6 +27,7 @@ HEARTBEAT_DEFAULT_WINDOW = 60.0
 HEARTBEAT_REASON_NAMES = 12  # workers named in a reason (a log line); JSON lists them all
 HEARTBEAT_CLOCK_SLACK = 1.0  # an mtime up to this far in the future still counts as "now"
 _HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
+BeatScan = Tuple[WorkerAges, Tuple[Tuple[str, str], ...]]  # ages, and (name, why) unreadable
 
 
 def parse_window(text: str) -> float:
@@ -57,22 +60,38 @@ def _heartbeat_candidates(path: str) -> List[Tuple[str, str]]:
     return [(os.path.basename(path), path)]  # a pool of one
 
 
-def scan_beat_files(path: str) -> WorkerAges:
-    """Each regular file `path` matches with its age (now - mtime). Blocking: run in a thread."""
+def scan_beat_files(path: str) -> BeatScan:
+    """Each regular file `path` matches with its age (now - mtime), and the entries that cannot
+    be stat'ed (a symlink loop, no permission) with why: skipped, so one bad entry never fails
+    the pool. OSError when `path` itself cannot be listed. Blocking: run it on a thread."""
     found = _heartbeat_candidates(path)
     if len(found) > HEARTBEAT_MAX_WORKERS:
         raise OSError("%s matches more than %d files; narrow the path" % (
             path, HEARTBEAT_MAX_WORKERS))
     mtimes: List[Tuple[str, float]] = []
+    unreadable: List[Tuple[str, str]] = []
     for name, file_path in found:
         try:
             st = os.stat(file_path)
         except FileNotFoundError:
             continue  # removed between listing and stat: a worker that left
+        except OSError as exc:
+            unreadable.append((name, exc.strerror or str(exc)))
+            continue
         if stat.S_ISREG(st.st_mode):  # regular files only (symlinks followed)
             mtimes.append((name, st.st_mtime))
     now = time.time()  # after the stats, so a beat during the scan is never in the future
-    return tuple(sorted((name, now - mtime) for name, mtime in mtimes))
+    return tuple(sorted((name, now - mtime) for name, mtime in mtimes)), tuple(sorted(unreadable))
+
+
+def heartbeat_unreadable_note(unreadable: Sequence[Mapping[str, str]]) -> str:
+    """`; unreadable, skipped: w3 (Too many levels of symbolic links)`, naming at most
+    HEARTBEAT_REASON_NAMES entries; empty when all could be read."""
+    if not unreadable:
+        return ""
+    shown = ["%s (%s)" % (u["name"], u["error"]) for u in unreadable[:HEARTBEAT_REASON_NAMES]]
+    more = len(unreadable) - len(shown)
+    return "; unreadable, skipped: " + ", ".join(shown + (["+%d more" % more] if more else []))
 
 
 def heartbeat_fresh(age: float, window: float) -> bool:
@@ -134,7 +153,7 @@ class HeartbeatCheck(Check):
         if expect is not None and min_fresh is not None and min_fresh > expect:
             raise ConfigError("%s (heartbeat): min-fresh=%d with expect=%d can never pass "
                               "(expected min-fresh <= expect)" % (spec.origin, min_fresh, expect))
-        self._scan: Optional["asyncio.Future[WorkerAges]"] = None
+        self._scan: Optional["asyncio.Future[BeatScan]"] = None
 
     @property
     def pushed(self) -> bool:
@@ -146,6 +165,7 @@ class HeartbeatCheck(Check):
         return where + (" match=%s" % self.config["match"] if self.config.get("match") else "")
 
     async def observe(self) -> Observation:
+        unreadable: Tuple[Tuple[str, str], ...] = ()
         if self.path is None:
             workers = self.resources.beats.ages()
         else:
@@ -154,10 +174,12 @@ class HeartbeatCheck(Check):
                                           "volume?)" % self.path)
             if self._scan is not None and not self._scan.cancelled():
                 self._scan.exception()  # a scan a deadline abandoned: its error is old news
-            self._scan = asyncio.get_running_loop().run_in_executor(None, scan_beat_files,
-                                                                    self.path)
+            self._scan = asyncio.ensure_future(self.resources.scans.run(scan_beat_files,
+                                                                        self.path))
             try:  # shielded: a deadline must not forget a scan its thread is still running
-                workers = await asyncio.shield(self._scan)
+                workers, unreadable = await asyncio.shield(self._scan)
+            except BlockingBusy as exc:
+                return Observation(False, "%s: not scanned: %s" % (self.path, exc))
             except OSError as exc:
                 own = bool(exc.args) and isinstance(exc.args[0], str)  # our message, with path
                 return Observation(False, str(exc) if own else "%s: %s" % (
@@ -166,8 +188,11 @@ class HeartbeatCheck(Check):
         if pattern:
             workers = tuple(w for w in workers if fnmatch.fnmatchcase(w[0], pattern))
         window = self.config["window"]
-        detail = {"source": "push" if self.path is None else "files",
-                  "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        detail: Dict[str, Any] = {
+            "source": "push" if self.path is None else "files",
+            "workers": [{"name": n, "age_seconds": round(a, 3)} for n, a in workers]}
+        if unreadable:
+            detail["unreadable"] = [{"name": n, "error": e} for n, e in unreadable]
         fresh = sum(1 for _, a in workers if heartbeat_fresh(a, window))
         return Observation(True, "", float(fresh), detail=detail, raw=workers)
 
@@ -195,7 +220,8 @@ class HeartbeatCheck(Check):
             wants.append("%d silent, at most %d allowed" % (silent_count, max_silent))
         if len(fresh) < floor and (min_fresh is not None or not wants):
             wants.append("need %d" % floor)
+        note = heartbeat_unreadable_note((obs.detail or {}).get("unreadable", ()))
         if not wants:
-            return True, summary
-        return False, "%s (%s): %s" % (summary, ", ".join(wants),
-                                       heartbeat_roster(silent, fresh, missing))
+            return True, summary + note
+        return False, "%s (%s): %s%s" % (summary, ", ".join(wants),
+                                         heartbeat_roster(silent, fresh, missing), note)

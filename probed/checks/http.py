@@ -118,7 +118,7 @@ class HTTPCheck(HTTPPollingCheck):
                                headers=self.request.request_headers(),
                                body=body.encode("utf-8") if body is not None else None,
                                timeout=self.spec.timeout, max_body=HTTP_CHECK_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind},
                                refused=exc.kind == "refused")

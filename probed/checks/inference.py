@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..blocking import Resolver
 from ..client import FetchError, fetch
 from ..values import ConfigError, parse_bool, parse_http_url, parse_positive_count
 from .base import Check, CheckResources, CheckSpec, Observation, Param
@@ -55,10 +56,11 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
     return settings
 
 
-async def served_models(base: str, settings: HTTPRequestSettings, timeout: float) -> List[str]:
+async def served_models(base: str, settings: HTTPRequestSettings, timeout: float,
+                        resolver: Optional[Resolver] = None) -> List[str]:
     """Model ids from `<base>/v1/models`; raises FetchError or ValueError."""
     resp = await fetch(base.rstrip("/") + "/v1/models", headers=settings.request_headers(),
-                       timeout=timeout, tls=settings.tls)
+                       timeout=timeout, tls=settings.tls, resolver=resolver)
     if resp.status != 200:
         raise ValueError("/v1/models: HTTP %d%s" % (resp.status, (
             ": " + body_snippet(resp.body)) if resp.body else ""))
@@ -91,7 +93,8 @@ class ModelsCheck(HTTPPollingCheck):
 
     async def observe(self) -> Observation:
         try:
-            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+            models = await served_models(self.config["url"], self.request, self.spec.timeout,
+                                         self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         except ValueError as exc:
@@ -159,7 +162,7 @@ class InferenceCheck(HTTPPollingCheck):
                                headers=dict(self.request.request_headers(),
                                             **{"Content-Type": "application/json"}),
                                timeout=self.spec.timeout, max_body=INFERENCE_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         except ValueError as exc:
@@ -177,7 +180,8 @@ class InferenceCheck(HTTPPollingCheck):
         if api == "json":
             return json.dumps(self.config.get("body") or {}).encode("utf-8")
         if not self.model:
-            models = await served_models(self.config["url"], self.request, self.spec.timeout)
+            models = await served_models(self.config["url"], self.request, self.spec.timeout,
+                                         self.resources.resolver)
             if not models:
                 raise ValueError("no model served yet")
             self.model = models[0]

@@ -5,10 +5,12 @@ it, polling fast, to return once the server has nothing left in flight. Every se
 series are summed (running and waiting over every engine), unlike `metric`'s fallbacks.
 """
 
+from typing import Optional
+
 from ..values import parse_http_url
-from .base import Check, Observation, Param
+from .base import Check, CheckResources, CheckSpec, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
-from .metric import format_value, parse_selector_param, scrape_selectors
+from .metric import format_value, metrics_source, parse_selector_param, scrape_selectors
 
 INFLIGHT_MAX_AGE = 0.0  # a drain decision needs a reading taken after it was asked for
 
@@ -24,6 +26,10 @@ class InflightCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], self.config["metric"], self.request)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], " + ".join(map(str, self.config["metric"])))

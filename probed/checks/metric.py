@@ -1,16 +1,15 @@
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
-one scrape per round. `observe` reduces the body to numbers; `judge` applies thresholds, so a
+one scrape per interval. `observe` reduces the body to numbers; `judge` applies thresholds, so a
 probe can ask `/readyz?queue.max=5` of the cached numbers.
 """
 
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..client import FetchError
-from ..expfmt import AGGREGATIONS, ExpositionError, Selector, aggregate, parse_selector, select_series
-from ..scrape import is_openmetrics
+from ..expfmt import AGGREGATIONS, Selector, aggregate, parse_selector
+from ..scrape import MetricsSource, selected
 from ..values import ConfigError, format_duration, parse_duration, parse_http_url, parse_number
 from .base import Check, CheckResources, CheckSpec, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings
@@ -59,29 +58,31 @@ class ScrapeResult:
         return Observation(False, self.error, refused=self.refused)
 
 
+def metrics_source(check: Check, url: str, selectors: Sequence[Selector],
+                   settings: HTTPRequestSettings) -> MetricsSource:
+    """The shared source of `url`, with `check` registered as a reader of `selectors` (call it
+    when the check is built, so the first scrape already selects for every reader)."""
+    source = check.resources.scrapes.source(url, settings.identity(), settings.headers,
+                                            settings.tls)
+    source.add_reader(check, selectors, check.spec.interval)
+    return source
+
+
 async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector],
                            settings: HTTPRequestSettings,
                            max_age: Optional[float] = None) -> ScrapeResult:
-    """Scrape `url` (shared per URL; a body younger than `max_age`, by default half the
-    interval up to 1 s, is reused) and select every selector's series."""
-    source = check.resources.scrapes.source(url, settings.identity(), settings.headers, settings.tls)
-    spec = check.spec
-    if max_age is None:
-        max_age = min(spec.interval / 2, 1.0)
-    try:
-        resp = await source.scrape(spec.timeout, max_age, settings.request_headers())
-    except FetchError as exc:
-        return ScrapeResult([], "%s: %s" % (url, exc), refused=exc.kind == "refused")
-    if not 200 <= resp.status < 300 or resp.status == 204:
-        location = resp.headers.get("location")
-        return ScrapeResult([], "%s: HTTP %d%s" % (url, resp.status, (
+    """Every selector's series from the shared scrape of `url`: one no older than `max_age`,
+    by default the source's reuse window (about the fastest reader's interval)."""
+    source = metrics_source(check, url, selectors, settings)
+    reading = await source.read(check, check.spec.timeout, settings.request_headers,
+                                max_age, check.resources.resolver)
+    if reading.error:
+        return ScrapeResult([], "%s: %s" % (url, reading.error), refused=reading.refused)
+    if not 200 <= reading.status < 300 or reading.status == 204:
+        location = reading.location
+        return ScrapeResult([], "%s: HTTP %d%s" % (url, reading.status, (
             " (redirect to %s: give that URL)" % location[:200]) if location else ""))
-    if resp.body.strip() in (b"", b"null"):  # the LLM Healthchecker treats these as healthy
-        return ScrapeResult([[] for _ in selectors], empty=True)
-    try:
-        return ScrapeResult(select_series(resp.body, selectors, is_openmetrics(resp)))
-    except ExpositionError as exc:
-        return ScrapeResult([], "%s: malformed metrics: %s" % (url, exc))
+    return ScrapeResult(selected(reading, selectors), empty=reading.empty)
 
 
 METRIC_PARAMS: Dict[str, Param] = dict(HTTP_COMMON_PARAMS, **{
@@ -126,6 +127,7 @@ class MetricCheck(HTTPPollingCheck):
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], self.config["metric"], self.request)
         recover, high = self.config.get("recover"), self.config.get("max")
         if recover is not None and (high is None or recover > high):
             raise ConfigError("%s (metric): recover=%s: expected a value <= max" % (
@@ -184,6 +186,8 @@ class ProgressCheck(HTTPPollingCheck):
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], [self.config["running"], self.config["counter"]],
+                       self.request)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
 

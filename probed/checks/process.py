@@ -6,11 +6,13 @@ even when the restart was faster than one poll and no connection was ever refuse
 to no group by default: its job is to tell the engine, which unlatches `started`.
 """
 
+from typing import Optional
+
 from ..expfmt import parse_selector
 from ..values import format_timestamp, parse_http_url
-from .base import Check, Observation, Param
+from .base import Check, CheckResources, CheckSpec, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
-from .metric import parse_selector_param, scrape_selectors
+from .metric import metrics_source, parse_selector_param, scrape_selectors
 
 PROCESS_START = "process_start_time_seconds"
 
@@ -26,6 +28,10 @@ class ProcessCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
     })
+
+    def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        metrics_source(self, self.config["url"], [self.config["metric"]], self.request)
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], self.config["metric"])

@@ -153,7 +153,7 @@ class _RayDashboardCheck(HTTPPollingCheck):
         if headers is None:
             headers = self.request.request_headers()
         return fetch(self.base + path, headers=headers, timeout=timeout, max_body=max_body,
-                     tls=self.request.tls)
+                     tls=self.request.tls, resolver=self.resources.resolver)
 
 
 class RayClusterCheck(_RayDashboardCheck):

@@ -40,7 +40,7 @@ class RelayCheck(HTTPPollingCheck):
         try:
             resp = await fetch(self.config["url"], headers=self.request.request_headers(),
                                timeout=self.spec.timeout, max_body=RELAY_MAX_BODY,
-                               tls=self.request.tls)
+                               tls=self.request.tls, resolver=self.resources.resolver)
         except FetchError as exc:
             return Observation(False, str(exc), detail={"error": exc.kind})
         line = first_body_line(resp.body)
