@@ -58,15 +58,16 @@
 #     probed/podevents.py
 #     probed/pod.py
 #     probed/presets.py
+#     probed/flags.py
 #     probed/render.py
 #     probed/router.py
 #     probed/scheduler.py
 #     probed/drain.py
 #     probed/server.py
-#     probed/admin.py
 #     probed/selfmetrics.py
-#     probed/daemon.py
 #     probed/settings.py
+#     probed/admin.py
+#     probed/daemon.py
 #     probed/cli.py
 
 
@@ -4258,6 +4259,10 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
+    if 0 < seconds < 1e-6:
+        return "%gns" % round(seconds * 1e9, 3)
+    if 0 < seconds < 1e-3:
+        return "%gus" % round(seconds * 1e6, 3)
     if seconds < 1 and seconds != 0:
         return "%gms" % round(seconds * 1000, 3)
     if seconds < 60 or seconds != int(seconds):
@@ -4283,11 +4288,15 @@ def printable(text: str, limit: int) -> str:
     return text
 
 
+_ASCII_INT = re.compile(r"[+-]?[0-9]+\Z")
+_ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z"
+                           r"|[+-]?(?i:inf|infinity|nan)\Z")
+
+
 def parse_count(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("expected a whole number") from None
+    if not _ASCII_INT.match(text.strip()):
+        raise ValueError("expected a whole number")
+    value = int(text.strip())
     if value < 0:
         raise ValueError("expected a whole number >= 0")
     return value
@@ -4301,10 +4310,9 @@ def parse_positive_count(text: str) -> int:
 
 
 def parse_number(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a number") from None
+    if not _ASCII_NUMBER.match(text.strip()):
+        raise ValueError("expected a number")
+    value = float(text.strip())
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError("expected a finite number")
     return value
@@ -4781,6 +4789,7 @@ class Check:
     default_probes: ClassVar[FrozenSet[str]] = frozenset(("ready", "started"))
     default_interval: ClassVar[float] = 10.0
     default_timeout: ClassVar[float] = 1.0
+    scheduled: ClassVar[bool] = True
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         self.spec = spec
@@ -5344,10 +5353,11 @@ class HTTPCheck(HTTPPollingCheck):
         status = int(obs.value)
         snippet = obs.detail.get("body", "")
         if not status_in(status, config["expect"]):
-            return False, "HTTP %d%s" % (status, (": " + snippet) if snippet else "")
+            return False, "HTTP %d from %s%s" % (status, self.target(),
+                                                 (": " + snippet) if snippet else "")
         contains = config.get("contains")
         if contains and contains.encode("utf-8") not in (obs.raw or b""):
-            return False, "HTTP %d, body lacks %r" % (status, contains)
+            return False, "HTTP %d from %s, body lacks %r" % (status, self.target(), contains)
         return True, "HTTP %d" % status
 
 
@@ -5400,20 +5410,22 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
 
 async def served_models(base: str, settings: HTTPRequestSettings, timeout: float,
                         resolver: Optional[Resolver] = None) -> List[str]:
-    resp = await fetch(base.rstrip("/") + "/v1/models", headers=settings.request_headers(),
-                       timeout=timeout, tls=settings.tls, resolver=resolver)
+    url = base.rstrip("/") + "/v1/models"
+    resp = await fetch(url, headers=settings.request_headers(), timeout=timeout,
+                       tls=settings.tls, resolver=resolver)
     if resp.status != 200:
-        raise ValueError("/v1/models: HTTP %d%s" % (resp.status, (
+        raise ValueError("GET %s: HTTP %d%s" % (url, resp.status, (
             ": " + body_snippet(resp.body)) if resp.body else ""))
     try:
         doc = resp.json()
     except ValueError:
-        raise ValueError("/v1/models: the reply is not JSON: " + body_snippet(resp.body)) from None
+        raise ValueError("GET %s: the reply is not JSON: %s" % (url, body_snippet(resp.body))) \
+            from None
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
-        raise ValueError("/v1/models: no \"data\" list in the reply")
+        raise ValueError("GET %s: no \"data\" list in the reply" % url)
     if not all(isinstance(m, dict) and m.get("id") is not None for m in data):
-        raise ValueError("/v1/models: a model entry without an \"id\"")
+        raise ValueError("GET %s: a model entry without an \"id\"" % url)
     return [str(m["id"]) for m in data]
 
 
@@ -5905,6 +5917,7 @@ class InflightCheck(HTTPPollingCheck):
     kind = "inflight"
     default_probes = frozenset()
     default_interval = 10.0
+    scheduled = False
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "metric": Param(parse_selector_param, repeat=True, required=True,
@@ -6477,25 +6490,74 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 """
 
 import re
-import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 RawValue = Union[str, List[str]]
+SECRET_KEYS = ("header",)
+CHECK_QUOTING = ('quote the whole check for the shell; a selector keeps its own quotes: '
+                 '--check \'metric url=http://h:8000/metrics '
+                 'metric=vllm:num_requests_waiting{model_name="m"} max=8\'')
+MIN_INTERVAL = 0.1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
+
+
+def split_check_words(text: str) -> List[str]:
+    words: List[str] = []
+    word: List[str] = []
+    quote, depth, escaped, started = "", 0, False, False
+    for char in text:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif depth:
+            word.append(char)
+            depth += {"{": 1, "}": -1}.get(char, 0)
+        elif quote:
+            if char == quote:
+                quote = ""
+            elif char == "\\" and quote == '"':
+                escaped = True
+            else:
+                word.append(char)
+        elif char in "'\"":
+            quote, started = char, True
+        elif char == "\\":
+            escaped = started = True
+        elif char.isspace():
+            if word or started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(char)
+            started = True
+            depth += 1 if char == "{" else 0
+    if quote or escaped:
+        raise ValueError("no closing quotation")
+    if depth:
+        raise ValueError("no closing brace")
+    if word or started:
+        words.append("".join(word))
+    return words
 
 
 def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
     try:
-        tokens = shlex.split(text)
+        tokens = split_check_words(text)
     except ValueError as exc:
-        raise ConfigError("%s: %s (check the quoting)" % (origin, exc)) from None
+        raise ConfigError("%s: %s (check the quoting: %s)" % (origin, exc, CHECK_QUOTING)) \
+            from None
     if not tokens:
         raise ConfigError("%s: empty check (expected \"KIND key=value ...\")" % origin)
     raw: Dict[str, RawValue] = {"kind": tokens[0]}
+    last_key = ""
     for token in tokens[1:]:
         key, eq, value = token.partition("=")
         if not eq or not key:
-            raise ConfigError("%s: %r is not key=value" % (origin, token))
+            if last_key in SECRET_KEYS:
+                raise ConfigError("%s: a word after %s= is not key=value: quote the whole "
+                                  "value, e.g. 'header=X-Api-Key: VALUE'" % (origin, last_key))
+            raise ConfigError("%s: %r is not key=value (%s)" % (origin, token, CHECK_QUOTING))
+        last_key = key
         previous = raw.get(key)
         if previous is None:
             raw[key] = value
@@ -6584,9 +6646,14 @@ def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
             origin, name))
     interval = common.get("interval", cls.default_interval)
     timeout = common.get("timeout", cls.default_timeout)
-    if interval <= 0:
-        raise ConfigError("%s: interval=%s: expected a duration > 0" % (
-            origin, format_duration(interval)))
+    if interval < MIN_INTERVAL:
+        raise ConfigError("%s: interval=%s: expected at least %s (a shorter interval hammers "
+                          "the backend)" % (origin, format_duration(interval),
+                                            format_duration(MIN_INTERVAL)))
+    start_interval = common.get("start-interval")
+    if start_interval is not None and start_interval < MIN_INTERVAL:
+        raise ConfigError("%s: start-interval=%s: expected at least %s" % (
+            origin, format_duration(start_interval), format_duration(MIN_INTERVAL)))
     if timeout <= 0:
         raise ConfigError("%s: timeout=%s: expected a duration > 0" % (
             origin, format_duration(timeout)))
@@ -7011,7 +7078,7 @@ class Pod:
 
     def self_check(self, now: float) -> Tuple[bool, str]:
         for st in self.states.values():
-            if self.dormant(st.check.name):
+            if self.dormant(st.check.name) or not st.check.scheduled:
                 continue
             last = st.obs_at if st.obs is not None else st.reset_at
             limit = STUCK_FACTOR * st.check.spec.stale_after
@@ -7162,8 +7229,32 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+KNOWN_API_SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1", "/health",
+                      "/metrics", "/generate")
+BASE_URL_FLAGS = ("vllm", "tgi", "sglang", "llamacpp", "ray", "ray_agent")
+
+
 def parse_base_url(text: str) -> str:
-    return parse_http_url(text).rstrip("/")
+    url = parse_http_url(text).rstrip("/")
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    path = slash + path
+    for suffix in KNOWN_API_SUFFIXES:
+        if path.endswith(suffix):
+            path = path[:-len(suffix)].rstrip("/")
+            break
+    return "%s://%s%s" % (scheme, host, path)
+
+
+def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]:
+    notes = []
+    for name in BASE_URL_FLAGS:
+        text = given.get(name)
+        if text is not None and opts.get(name) and text.strip().rstrip("/") != opts[name]:
+            notes.append("--%s %s: using the base URL %s (the preset adds /health, /v1/models "
+                         "and /metrics itself)" % (name.replace("_", "-"),
+                                                   redact_userinfo(text.strip()), opts[name]))
+    return notes
 
 
 def parse_gpu_option(text: str) -> str:
@@ -7177,7 +7268,8 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--tgi", parse_base_url, None, "TGI server base URL"),
     ("--sglang", parse_base_url, None, "SGLang server base URL"),
     ("--llamacpp", parse_base_url, None, "llama.cpp server base URL"),
-    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: a vLLM /health URL"),
+    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: the vLLM base URL "
+                                              "(or its /health URL)"),
     ("--model", str, None, "model id that must be served (default: any)"),
     ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
@@ -7294,7 +7386,7 @@ def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[Ra
     trimmed = health_url.rstrip("/")
     base = trimmed[:-len("/health")] if trimmed.endswith("/health") else trimmed
     return [
-        dict(kind="http", name="vllm-health", url=health_url, probes="live,ready,started",
+        dict(kind="http", name="vllm-health", url=base + "/health", probes="live,ready,started",
              expect="200", hard="503"),
         dict(kind="inference", name="vllm-inference", url=base.rstrip("/"), api="chat",
              probes="started", timeout=format_duration(opts.get("inference_timeout") or 100.0)),
@@ -7377,6 +7469,239 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
                            interval=format_duration(interval),
                            **{"fail-after": str(int(grace // interval) + 1)}))
     return checks
+
+
+# ============================================================
+# probed/flags.py
+# ============================================================
+"""The daemon's command line: the flag table, the parser built from it, Go-style spellings,
+one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
+"""
+
+import argparse
+import difflib
+import textwrap
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+ADMIN_DEFAULT_HOST = "127.0.0.1"
+MIN_TIMER = 0.1
+
+
+class Option(NamedTuple):
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    metavar: str
+    help: str
+
+
+def parse_port(text: str) -> int:
+    value = parse_positive_count(text)
+    if value > 65535:
+        raise ValueError("expected a port between 1 and 65535")
+    return value
+
+
+def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    host, port = parse_host_port(text, ADMIN_DEFAULT_HOST)
+    if port == 0:
+        raise ValueError("expected a port between 1 and 65535")
+    return host, port
+
+
+def parse_log_format(text: str) -> str:
+    if text not in LOG_FORMATS:
+        raise ValueError("expected text or json")
+    return text
+
+
+def parse_interval(text: str) -> float:
+    value = parse_duration(text)
+    if value < MIN_INTERVAL:
+        raise ValueError("expected at least %s (a shorter interval hammers the backend)"
+                         % format_duration(MIN_INTERVAL))
+    return value
+
+
+def parse_timer(text: str) -> float:
+    value = parse_duration(text)
+    if value < MIN_TIMER:
+        raise ValueError("expected at least %s" % format_duration(MIN_TIMER))
+    return value
+
+
+def parse_optional_duration(text: str) -> Optional[float]:
+    return None if text.strip().lower() in ("", "0", "off", "none") else parse_duration(text)
+
+
+def parse_optional_interval(text: str) -> Optional[float]:
+    return None if text.strip().lower() in ("", "0", "off", "none") else parse_interval(text)
+
+
+def parse_exit_rule(text: str) -> Dict[str, int]:
+    rules: Dict[str, int] = {}
+    for part in text.split(","):
+        name, eq, code = part.strip().partition("=")
+        if not eq or not name or not code.strip().isdigit() or not 1 <= int(code) <= 255:
+            raise ValueError("expected GROUP_OR_CHECK=CODE with a code from 1 to 255, e.g. "
+                             "live=75")
+        rules[name.strip()] = int(code)
+    return rules
+
+
+DAEMON_OPTIONS: List[Option] = [
+    Option("--addr", parse_host_port, ("", 8080), "ADDR",
+           "probe listener: :8080 (all, IPv4+IPv6), 0.0.0.0:8080, [::1]:8080"),
+    Option("--read-timeout", parse_timer, 10.0, "DURATION", "time to receive a whole request"),
+    Option("--write-timeout", parse_timer, 10.0, "DURATION", "time to send a reply"),
+    Option("--idle-timeout", parse_timer, 120.0, "DURATION", "keep-alive connection idle time"),
+    Option("--max-connections", parse_positive_count, 1024, "N",
+           "open connections beyond this: the oldest idle or incomplete one gives way"),
+    Option("--tcp-live", parse_port, None, "PORT", "TCP port that listens only while live passes"),
+    Option("--tcp-ready", parse_port, None, "PORT",
+           "TCP port that listens only while ready passes"),
+    Option("--tcp-started", parse_port, None, "PORT",
+           "TCP port that listens only while started passes"),
+    Option("--startup-timeout", parse_optional_duration, None, "DURATION",
+           "live fails when not started within this (default: never)"),
+    Option("--start-interval", parse_interval, 0.5, "DURATION",
+           "poll interval of started and ready checks until the pod has been ready once"),
+    Option("--interval", parse_optional_interval, None, "DURATION",
+           "poll interval of every check that sets none, presets included (default: per kind)"),
+    Option("--drain-seconds", parse_duration, 5.0, "DURATION",
+           "after SIGTERM, SIGINT or SIGHUP: ready fails, probes answered this long, then exit 0"),
+    Option("--log-format", parse_log_format, "text", "FORMAT", "text (logfmt) or json"),
+    Option("--admin-addr", parse_admin_addr, None, "ADDR",
+           "admin listener (drain, heartbeats, become-ready): :9090 is 127.0.0.1:9090; a host "
+           "listens there (default: off)"),
+    Option("--admin-token-file", str, None, "FILE",
+           "every admin call must send Authorization: Bearer <this file's token> (re-read when "
+           "it changes)"),
+    Option("--restart-pod-on", parse_exit_rule, None, "RULE",
+           "exit with CODE when GROUP (live) or a CHECK fails for --restart-pod-after, e.g. "
+           "live=75: with restartPolicyRules (Kubernetes 1.35+) the pod restarts in place"),
+    Option("--restart-pod-after", parse_duration, 30.0, "DURATION",
+           "how long a --restart-pod-on failure must last before probed exits"),
+]
+
+PRESET_METAVARS = {
+    "--vllm": "URL", "--tgi": "URL", "--sglang": "URL", "--llamacpp": "URL",
+    "--vllm-endpoint": "URL", "--model": "NAME", "--max-waiting": "N",
+    "--max-kv-cache": "FRACTION", "--api-key-file": "FILE", "--inference-every": "DURATION",
+    "--inference-timeout": "DURATION", "--stall-after": "DURATION", "--ray": "URL",
+    "--ray-nodes": "N", "--ray-gpus": "N", "--ray-grace": "DURATION", "--ray-agent": "URL",
+    "--gpu": "GPUS",
+}
+
+SERVE_OPTIONS: List[Option] = DAEMON_OPTIONS + [
+    Option(flag, parse, default, PRESET_METAVARS.get(flag, "VALUE"), text)
+    for flag, parse, default, text in PRESET_OPTIONS]
+PRESET_FLAGS = frozenset(flag for flag, _, _, _ in PRESET_OPTIONS)
+SWITCHES = ("--print-config", "--allow-no-checks", "--version", "--help")
+VALUE_FLAGS = frozenset([o.flag for o in SERVE_OPTIONS] + ["--check", "--config"])
+
+
+def dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def env_name(flag: str) -> str:
+    return "PROBED_" + dest(flag).upper()
+
+
+def show_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "%s:%d" % value
+    if isinstance(value, float):
+        return format_duration(value)
+    return str(value)
+
+
+def normalize_argv(argv: Sequence[str]) -> List[str]:
+    known = VALUE_FLAGS | set(SWITCHES)
+    out: List[str] = []
+    expect_value = False
+    for arg in argv:
+        if expect_value:
+            out.append(arg)
+            expect_value = False
+            continue
+        if arg in ("-h", "--") or not arg.startswith("-") or arg == "-":
+            out.append(arg)
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        flag = "--" + name
+        if flag not in known:
+            raise ConfigError(unknown_flag(arg.partition("=")[0], known))
+        out.append(flag + eq + value)
+        expect_value = flag in VALUE_FLAGS and not eq
+    return out
+
+
+def unknown_flag(given: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches("--" + given.lstrip("-"), sorted(known), n=1, cutoff=0.6)
+    hint = " (did you mean %s?)" % close[0] if close else ""
+    return "unknown flag %s%s; probed --help lists them" % (given, hint)
+
+
+class FlagParser(argparse.ArgumentParser):
+
+    def error(self, message: str) -> Any:
+        raise ConfigError(message)
+
+
+def epilog() -> str:
+    lines = []
+    for kind in sorted(CHECK_KINDS):
+        own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
+        more = "" if len(own) == len(CHECK_KINDS[kind].params) else " (+ http keys)"
+        lines += textwrap.wrap("%-10s %s%s" % (kind, " ".join(own), more), width=96,
+                               initial_indent="  ", subsequent_indent=" " * 13,
+                               break_on_hyphens=False)
+    return EPILOG % (" ".join(HTTP_COMMON_PARAMS), "\n".join(lines), CHECK_QUOTING)
+
+
+EPILOG = """check kinds and their keys (README.md "Checks" says what each does). Every kind also
+takes name probes interval timeout fail-after pass-after stale-after start-interval; the http
+keys are %s.
+%s
+examples:
+  probed --vllm http://127.0.0.1:8000 --max-waiting 32
+  probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
+  %s
+Every flag also reads PROBED_<FLAG> (e.g. PROBED_READ_TIMEOUT=5s; PROBED_CHECK holds one check
+per line). Go-style -flag=value and -flag value work too (Multi Node Prober args).
+The probe port also serves grpc.health.v1 (kubelet grpc probes): service liveness, readiness,
+startup, or a check's name.
+
+subcommands (each has --help):
+  probed [serve]     the daemon (default)
+  probed check URL   one probe for exec probes: exit 0 pass, 1 fail, 2 usage, 3 unreachable
+  probed bench URL   kubelet-style probe latency: p50/p90/p99/max, probes/s
+  probed drain       preStop: fail ready, wait until nothing is in flight
+  probed beat NAME   a worker's heartbeat (file or admin listener)
+  probed demo, probed sim   the vLLM simulator and a guided demo (package only)"""
+
+
+def build_serve_parser() -> FlagParser:
+    parser = FlagParser(
+        prog="probed", description="Kubernetes probes for LLM inference servers, answered "
+        "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version="probed " + __version__)
+    parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
+                        help="a check (repeatable); kinds below")
+    parser.add_argument("--config", metavar="FILE.json", help="checks and settings as JSON")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration (secrets redacted) and exit")
+    parser.add_argument("--allow-no-checks", action="store_true",
+                        help="start with no check at all (every probe passes): only when meant")
+    for option in SERVE_OPTIONS:
+        shown = "" if option.default is None else " (default: %s)" % show_default(option.default)
+        parser.add_argument(option.flag, metavar=option.metavar, help=option.help + shown)
+    return parser
 
 
 # ============================================================
@@ -7657,7 +7982,7 @@ class Router:
         for st in self.pod.states.values():
             spec = st.check.spec
             lines.append("  %-20s %-8s %-7s probes=%s %s" % (
-                st.check.name, st.check.kind, st.state_word(),
+                st.check.name, st.check.kind, st.state_word() if st.check.scheduled else "on-demand",
                 ",".join(sorted(spec.probes)) or "-", st.check.target()))
         return "\n".join(lines) + "\n"
 
@@ -7728,7 +8053,7 @@ class Scheduler:
                  jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0)) -> None:
         self.pod = pod
         self.log = log
-        self.checks: Dict[str, Check] = {c.name: c for c in checks}
+        self.checks: Dict[str, Check] = {c.name: c for c in checks if c.scheduled}
         self.sinks = list(sinks)
         self.on_poll = on_poll
         self.clock, self.wall, self.jitter = clock, wall, jitter
@@ -8342,6 +8667,365 @@ class ProbeServer:
 
 
 # ============================================================
+# probed/selfmetrics.py
+# ============================================================
+"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
+"""
+
+import asyncio
+import sys
+import time
+from bisect import bisect_left
+from typing import Dict, List, Optional, Sequence, Tuple
+
+CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                          5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_SAMPLE_INTERVAL = 0.5
+
+_SELFMETRICS_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_SELFMETRICS_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
+
+
+class Histogram:
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+def escape_label_value(value: str) -> str:
+    return value.translate(_SELFMETRICS_LABEL_ESCAPES)
+
+
+def format_sample_value(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
+                                  and abs(value) < 1e15):
+        return str(int(value))
+    return repr(float(value))
+
+
+class MetricsPage:
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def family(self, name: str, kind: str, text: str) -> None:
+        self.lines.append("# HELP %s %s" % (name, text.translate(_SELFMETRICS_HELP_ESCAPES)))
+        self.lines.append("# TYPE %s %s" % (name, kind))
+
+    def sample(self, name: str, labels: Sequence[Tuple[str, str]], value: float) -> None:
+        shown = ",".join('%s="%s"' % (k, escape_label_value(v)) for k, v in labels)
+        self.lines.append("%s%s %s" % (name, "{%s}" % shown if labels else "",
+                                       format_sample_value(value)))
+
+    def histogram(self, name: str, labels: Sequence[Tuple[str, str]], hist: Histogram) -> None:
+        running = 0
+        for bound, count in zip(hist.bounds + (float("inf"),), hist.counts):
+            running += count
+            le = "+Inf" if bound == float("inf") else "%g" % bound
+            self.sample(name + "_bucket", tuple(labels) + (("le", le),), running)
+        self.sample(name + "_sum", labels, hist.sum)
+        self.sample(name + "_count", labels, hist.count)
+
+    def body(self) -> bytes:
+        return ("\n".join(self.lines) + "\n").encode("utf-8")
+
+
+def render_check_families(page: MetricsPage, pod: Pod,
+                          durations: Dict[str, Histogram]) -> None:
+    states = list(pod.states.values())
+    page.family("probed_check_up", "gauge",
+                "1 when the check passes now (pending and stale count as 0).")
+    for st in states:
+        page.sample("probed_check_up", (("check", st.check.name), ("kind", st.check.kind)),
+                    1 if st.passing else 0)
+    page.family("probed_check_duration_seconds", "histogram", "Time one poll of the check took.")
+    for st in states:
+        if st.check.name in durations:
+            page.histogram("probed_check_duration_seconds", (("check", st.check.name),),
+                           durations[st.check.name])
+    for name, kind, text, values in (
+            ("probed_check_last_success_timestamp_seconds", "gauge",
+             "Unix time of the check's last passing poll (0: never).",
+             [(st, st.last_success_wall) for st in states]),
+            ("probed_check_transitions_total", "counter",
+             "Changes of the check's state between pending, pass and fail.",
+             [(st, st.transitions) for st in states]),
+            ("probed_check_value", "gauge",
+             "The number the check's last verdict used (queue depth, nodes alive...).",
+             [(st, float(st.obs.value)) for st in states
+              if st.obs is not None and st.obs.value is not None])):
+        page.family(name, kind, text)
+        for st, value in values:
+            page.sample(name, (("check", st.check.name),), value)
+    page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
+    for group in GROUPS:
+        verdict = pod.verdicts.get(group)
+        page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
+    page.family("probed_startup_seconds", "gauge", "Seconds from probed's start, or from the "
+                "backend's last restart, to started; absent until started.")
+    if pod.started_at is not None:
+        page.sample("probed_startup_seconds", (), round(pod.started_at - pod.starting_since, 3))
+
+
+def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
+    page.family("probed_probe_requests_total", "counter", "Requests answered on the probe "
+                "port, by path (unknown paths as \"other\") and status code.")
+    for (path, code), count in sorted(stats.requests.items()):
+        page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
+    for name, kind, text, value in (
+            ("probed_open_connections", "gauge", "Client connections open on the probe port.",
+             stats.open),
+            ("probed_connections_accepted_total", "counter",
+             "Client connections accepted on the probe port.", stats.accepted),
+            ("probed_connections_refused_total", "counter",
+             "Client connections closed at once because --max-connections were open.",
+             stats.refused_at_cap)):
+        page.family(name, kind, text)
+        page.sample(name, (), value)
+
+
+def render_metrics(pod: Pod, stats: ServerStats, durations: Dict[str, Histogram],
+                   lag: Histogram, build: Tuple[str, str]) -> bytes:
+    page = MetricsPage()
+    render_check_families(page, pod, durations)
+    render_server_families(page, stats)
+    page.family("probed_event_loop_lag_seconds", "histogram",
+                "How late the event loop ran a timer; probe replies wait this long too.")
+    page.histogram("probed_event_loop_lag_seconds", (), lag)
+    page.family("probed_build_info", "gauge", "probed's version and the Python running it.")
+    page.sample("probed_build_info", (("version", build[0]), ("python", build[1])), 1)
+    return page.body()
+
+
+class SelfMetrics:
+
+    def __init__(self, pod: Pod, stats: ServerStats) -> None:
+        self.pod = pod
+        self.stats = stats
+        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in pod.states}
+        self.lag = Histogram(LAG_BUCKETS)
+        self.build = (__version__, "%d.%d.%d" % sys.version_info[:3])
+        self._sampler: Optional["asyncio.Task[None]"] = None
+
+    def on_poll(self, name: str, latency: float) -> None:
+        hist = self.durations.get(name)
+        if hist is not None:
+            hist.observe(latency)
+
+    def render(self) -> bytes:
+        return render_metrics(self.pod, self.stats, self.durations, self.lag, self.build)
+
+    def start(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+        self._sampler = asyncio.get_running_loop().create_task(
+            sample_event_loop_lag(self.lag, interval))
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+            self._sampler = None
+
+
+async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+    while True:
+        asked = time.monotonic() + interval
+        await asyncio.sleep(interval)
+        hist.observe(max(0.0, time.monotonic() - asked))
+
+
+# ============================================================
+# probed/settings.py
+# ============================================================
+"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
+one typed `Settings` plus the raw checks they ask for.
+"""
+
+import argparse
+import json
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+CONFIG_MAX_BYTES = 1 << 20
+MULTINODE_PROBER_PORT = 8081
+
+
+
+class Settings(NamedTuple):
+    addr: Tuple[str, int]
+    read_timeout: float
+    write_timeout: float
+    idle_timeout: float
+    max_connections: int
+    tcp_live: Optional[int]
+    tcp_ready: Optional[int]
+    tcp_started: Optional[int]
+    startup_timeout: Optional[float]
+    start_interval: float
+    interval: Optional[float]
+    drain_seconds: float
+    log_format: str
+    admin_addr: Optional[Tuple[str, int]]
+    admin_token_file: Optional[str]
+    restart_pod_on: Optional[Dict[str, int]]
+    restart_pod_after: float
+    multinode_prober: bool = False
+    notes: Tuple[str, ...] = ()
+
+
+def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
+                     ) -> Tuple[Settings, List[Tuple[RawCheck, str]]]:
+    config_path = getattr(ns, "config", None) or env.get("PROBED_CONFIG")
+    file_data = load_config_file(config_path) if config_path else {}
+    values: Dict[str, Any] = {}
+    for option in SERVE_OPTIONS:
+        found = _given_text(ns, env, file_data, config_path, option.flag)
+        if found is None:
+            values[dest(option.flag)] = option.default
+            continue
+        where, text = found
+        try:
+            values[dest(option.flag)] = option.parse(text)
+        except ValueError as exc:
+            raise ConfigError("%s=%s: %s" % (where, redact_userinfo(text), exc)) from None
+    addr_given = _given_text(ns, env, file_data, config_path, "--addr") is not None
+    if "APP_PORT" in env and not addr_given:
+        values["addr"] = ("", _env_port(env, "APP_PORT"))
+    elif values["vllm_endpoint"] and not addr_given:
+        values["addr"] = ("", MULTINODE_PROBER_PORT)
+    presets = {dest(f): values[dest(f)] for f in PRESET_FLAGS}
+    raws = _collect_checks(ns, env, file_data, config_path) + preset_checks(presets, env)
+    if not raws and not getattr(ns, "allow_no_checks", False):
+        raise ConfigError("no checks configured, so every probe would pass: give a preset "
+                          "(--vllm URL, --llamacpp URL, --sglang URL, --tgi URL), --check "
+                          "\"KIND key=value ...\" or --config FILE (or --allow-no-checks if an "
+                          "empty set is meant)")
+    if values["interval"] is not None:
+        for raw, _ in raws:
+            raw.setdefault("interval", format_duration(values["interval"]))
+    daemon = {dest(o.flag): values[dest(o.flag)] for o in DAEMON_OPTIONS}
+    settings = Settings(multinode_prober=bool(values["vllm_endpoint"]),
+                        notes=tuple(preset_notes(presets, _given_presets(ns, env, file_data,
+                                                                        config_path))),
+                        **daemon)
+    return settings, raws
+
+
+def _env_port(env: Mapping[str, str], name: str) -> int:
+    try:
+        return parse_port(env[name])
+    except ValueError as exc:
+        raise ConfigError("%s=%s: %s" % (name, env[name], exc)) from None
+
+
+def _given_text(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+                config_path: Optional[str], flag: str) -> Optional[Tuple[str, str]]:
+    name = dest(flag)
+    if hasattr(ns, name):
+        return flag, getattr(ns, name)
+    if env_name(flag) in env:
+        return env_name(flag), env[env_name(flag)]
+    key = name.replace("_", "-")
+    if key in file_data:
+        where = "--config %s: key %r" % (config_path, key)
+        value = file_data[key]
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError("%s: expected a string, number or boolean, got %s" % (
+                where, "null" if value is None else type(value).__name__))
+        return where, (("true" if value else "false") if isinstance(value, bool) else str(value))
+    return None
+
+
+def _given_presets(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+                   config_path: Optional[str]) -> Dict[str, str]:
+    given = {}
+    for flag in PRESET_FLAGS:
+        found = _given_text(ns, env, file_data, config_path, flag)
+        if found is not None:
+            given[dest(flag)] = found[1]
+    return given
+
+
+def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    seen: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError("key %r appears twice in one object" % key)
+        seen[key] = value
+    return seen
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    try:
+        text = read_small_text(path, CONFIG_MAX_BYTES, "--config")
+    except OSError as exc:
+        raise ConfigError("--config %s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as exc:
+        raise ConfigError("--config %s: not valid JSON: %s" % (path, exc)) from None
+    except RecursionError:
+        raise ConfigError("--config %s: nested too deeply to be a probed config" % path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("--config %s: expected a JSON object with \"checks\"" % path)
+    known = {dest(o.flag).replace("_", "-") for o in SERVE_OPTIONS} | {"checks"}
+    for key in data:
+        if key not in known:
+            raise ConfigError("--config %s: unknown key %r (expected one of: %s)" % (
+                path, key, ", ".join(sorted(known))))
+    return data
+
+
+def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+                    config_path: Optional[str]) -> List[Tuple[RawCheck, str]]:
+    raws: List[Tuple[RawCheck, str]] = []
+    checks = file_data.get("checks", [])
+    if not isinstance(checks, list):
+        raise ConfigError("--config %s: \"checks\" must be a list" % config_path)
+    for i, obj in enumerate(checks, 1):
+        origin = "--config %s: check #%d" % (config_path, i)
+        raws.append((json_check_to_raw(obj, origin), origin))
+    env_lines = [line for line in env.get("PROBED_CHECK", "").splitlines() if line.strip()]
+    for i, text in enumerate(env_lines, 1):
+        origin = "PROBED_CHECK line %d" % i
+        raws.append((split_check_text(text, origin), origin))
+    for i, text in enumerate(getattr(ns, "check", None) or [], 1):
+        origin = "--check #%d" % i
+        raws.append((split_check_text(text, origin), origin))
+    return raws
+
+
+def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for option in DAEMON_OPTIONS:
+        value = getattr(settings, dest(option.flag))
+        if value is None:
+            continue
+        if isinstance(value, float) and option.parse is not float:
+            value = format_duration(value)
+        elif isinstance(value, tuple):
+            value = show_default(value)
+        elif isinstance(value, dict):
+            value = ",".join("%s=%d" % kv for kv in value.items())
+        out[dest(option.flag).replace("_", "-")] = value
+    out["checks"] = [describe_spec(c.spec) for c in checks]
+    return out
+
+
+# ============================================================
 # probed/admin.py
 # ============================================================
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
@@ -8351,7 +9035,6 @@ import asyncio
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-ADMIN_DEFAULT_HOST = "127.0.0.1"
 ADMIN_MAX_BODY = 4096
 ADMIN_MAX_CONNECTIONS = 64
 ADMIN_HEARTBEAT_PREFIX = "/heartbeat/"
@@ -8362,15 +9045,6 @@ ADMIN_UNAUTHORIZED = (b"401 Unauthorized: admin calls need Authorization: Bearer
 
 AdminReply = Union[PreparedResponse, "asyncio.Future[PreparedResponse]"]
 AdminHandler = Callable[[Request, bool, int], AdminReply]
-
-
-def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
-    if text.strip().lower() in ("", "off", "none"):
-        return None
-    host, port = parse_host_port(text, ADMIN_DEFAULT_HOST)
-    if port == 0:
-        raise ValueError("expected a port between 1 and 65535")
-    return host, port
 
 
 class AdminToken:
@@ -8574,12 +9248,11 @@ def admin_reject_query(req: Request) -> None:
 class AdminListener:
 
     def __init__(self, router: AdminRouter, addr: Tuple[str, int],
-                 settings: Dict[str, Any]) -> None:
+                 settings: Settings) -> None:
         self.router = router
         self.addr = addr
-        self.server = ProbeServer(router.respond, settings.get("read_timeout", 10.0),
-                                  settings.get("write_timeout", 10.0),
-                                  settings.get("idle_timeout", 120.0), ADMIN_MAX_CONNECTIONS,
+        self.server = ProbeServer(router.respond, settings.read_timeout, settings.write_timeout,
+                                  settings.idle_timeout, ADMIN_MAX_CONNECTIONS,
                                   ADMIN_MAX_BODY)
 
     def start(self) -> str:
@@ -8595,10 +9268,10 @@ class AdminListener:
         return self.router.waiter.active if self.router.waiter is not None else 0
 
 
-def build_admin(settings: Dict[str, Any], pod: Pod, control: Scheduler, checks: Sequence[Check],
+def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequence[Check],
                 log: EventLog, registry: HeartbeatRegistry) -> Optional[AdminListener]:
-    addr = settings.get("admin_addr")
-    token_file = settings.get("admin_token_file")
+    addr = settings.admin_addr
+    token_file = settings.admin_token_file
     if addr is None:
         for check in checks:
             if isinstance(check, ManualCheck):
@@ -8624,188 +9297,6 @@ def build_admin(settings: Dict[str, Any], pod: Pod, control: Scheduler, checks: 
 
 
 # ============================================================
-# probed/selfmetrics.py
-# ============================================================
-"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
-"""
-
-import asyncio
-import sys
-import time
-from bisect import bisect_left
-from typing import Dict, List, Optional, Sequence, Tuple
-
-CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                          5.0, 10.0, 30.0)
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-LAG_SAMPLE_INTERVAL = 0.5
-
-_SELFMETRICS_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
-_SELFMETRICS_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
-
-
-class Histogram:
-
-    __slots__ = ("bounds", "counts", "sum", "count")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-
-def escape_label_value(value: str) -> str:
-    return value.translate(_SELFMETRICS_LABEL_ESCAPES)
-
-
-def format_sample_value(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
-                                  and abs(value) < 1e15):
-        return str(int(value))
-    return repr(float(value))
-
-
-class MetricsPage:
-
-    def __init__(self) -> None:
-        self.lines: List[str] = []
-
-    def family(self, name: str, kind: str, text: str) -> None:
-        self.lines.append("# HELP %s %s" % (name, text.translate(_SELFMETRICS_HELP_ESCAPES)))
-        self.lines.append("# TYPE %s %s" % (name, kind))
-
-    def sample(self, name: str, labels: Sequence[Tuple[str, str]], value: float) -> None:
-        shown = ",".join('%s="%s"' % (k, escape_label_value(v)) for k, v in labels)
-        self.lines.append("%s%s %s" % (name, "{%s}" % shown if labels else "",
-                                       format_sample_value(value)))
-
-    def histogram(self, name: str, labels: Sequence[Tuple[str, str]], hist: Histogram) -> None:
-        running = 0
-        for bound, count in zip(hist.bounds + (float("inf"),), hist.counts):
-            running += count
-            le = "+Inf" if bound == float("inf") else "%g" % bound
-            self.sample(name + "_bucket", tuple(labels) + (("le", le),), running)
-        self.sample(name + "_sum", labels, hist.sum)
-        self.sample(name + "_count", labels, hist.count)
-
-    def body(self) -> bytes:
-        return ("\n".join(self.lines) + "\n").encode("utf-8")
-
-
-def render_check_families(page: MetricsPage, pod: Pod,
-                          durations: Dict[str, Histogram]) -> None:
-    states = list(pod.states.values())
-    page.family("probed_check_up", "gauge",
-                "1 when the check passes now (pending and stale count as 0).")
-    for st in states:
-        page.sample("probed_check_up", (("check", st.check.name), ("kind", st.check.kind)),
-                    1 if st.passing else 0)
-    page.family("probed_check_duration_seconds", "histogram", "Time one poll of the check took.")
-    for st in states:
-        if st.check.name in durations:
-            page.histogram("probed_check_duration_seconds", (("check", st.check.name),),
-                           durations[st.check.name])
-    for name, kind, text, values in (
-            ("probed_check_last_success_timestamp_seconds", "gauge",
-             "Unix time of the check's last passing poll (0: never).",
-             [(st, st.last_success_wall) for st in states]),
-            ("probed_check_transitions_total", "counter",
-             "Changes of the check's state between pending, pass and fail.",
-             [(st, st.transitions) for st in states]),
-            ("probed_check_value", "gauge",
-             "The number the check's last verdict used (queue depth, nodes alive...).",
-             [(st, float(st.obs.value)) for st in states
-              if st.obs is not None and st.obs.value is not None])):
-        page.family(name, kind, text)
-        for st, value in values:
-            page.sample(name, (("check", st.check.name),), value)
-    page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
-    for group in GROUPS:
-        verdict = pod.verdicts.get(group)
-        page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
-    page.family("probed_startup_seconds", "gauge", "Seconds from probed's start, or from the "
-                "backend's last restart, to started; absent until started.")
-    if pod.started_at is not None:
-        page.sample("probed_startup_seconds", (), round(pod.started_at - pod.starting_since, 3))
-
-
-def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
-    page.family("probed_probe_requests_total", "counter", "Requests answered on the probe "
-                "port, by path (unknown paths as \"other\") and status code.")
-    for (path, code), count in sorted(stats.requests.items()):
-        page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
-    for name, kind, text, value in (
-            ("probed_open_connections", "gauge", "Client connections open on the probe port.",
-             stats.open),
-            ("probed_connections_accepted_total", "counter",
-             "Client connections accepted on the probe port.", stats.accepted),
-            ("probed_connections_refused_total", "counter",
-             "Client connections closed at once because --max-connections were open.",
-             stats.refused_at_cap)):
-        page.family(name, kind, text)
-        page.sample(name, (), value)
-
-
-def render_metrics(pod: Pod, stats: ServerStats, durations: Dict[str, Histogram],
-                   lag: Histogram, build: Tuple[str, str]) -> bytes:
-    page = MetricsPage()
-    render_check_families(page, pod, durations)
-    render_server_families(page, stats)
-    page.family("probed_event_loop_lag_seconds", "histogram",
-                "How late the event loop ran a timer; probe replies wait this long too.")
-    page.histogram("probed_event_loop_lag_seconds", (), lag)
-    page.family("probed_build_info", "gauge", "probed's version and the Python running it.")
-    page.sample("probed_build_info", (("version", build[0]), ("python", build[1])), 1)
-    return page.body()
-
-
-class SelfMetrics:
-
-    def __init__(self, pod: Pod, stats: ServerStats) -> None:
-        self.pod = pod
-        self.stats = stats
-        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in pod.states}
-        self.lag = Histogram(LAG_BUCKETS)
-        self.build = (__version__, "%d.%d.%d" % sys.version_info[:3])
-        self._sampler: Optional["asyncio.Task[None]"] = None
-
-    def on_poll(self, name: str, latency: float) -> None:
-        hist = self.durations.get(name)
-        if hist is not None:
-            hist.observe(latency)
-
-    def render(self) -> bytes:
-        return render_metrics(self.pod, self.stats, self.durations, self.lag, self.build)
-
-    def start(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
-        self._sampler = asyncio.get_running_loop().create_task(
-            sample_event_loop_lag(self.lag, interval))
-
-    async def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            await asyncio.gather(self._sampler, return_exceptions=True)
-            self._sampler = None
-
-
-async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_INTERVAL) -> None:
-    while True:
-        asked = time.monotonic() + interval
-        await asyncio.sleep(interval)
-        hist.observe(max(0.0, time.monotonic() - asked))
-
-
-# ============================================================
 # probed/daemon.py
 # ============================================================
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
@@ -8815,7 +9306,7 @@ import asyncio
 import signal
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -8855,34 +9346,78 @@ class GatedPorts:
             self.server.remove_listener(self.open.pop(group))
 
 
+class PodRestarter:
+
+    def __init__(self, rules: Dict[str, int], after: float, pod: Pod, log: EventLog,
+                 stop: Callable[[int], None]) -> None:
+        for name in rules:
+            if name not in pod.verdicts and name not in pod.states:
+                raise ConfigError("--restart-pod-on %s=%d: %r is neither a group (live, ready, "
+                                  "started) nor a check (have: %s)" % (
+                                      name, rules[name], name, ", ".join(pod.states) or "none"))
+        self.rules, self.after, self.pod, self.log, self.stop = rules, after, pod, log, stop
+        self.timers: Dict[str, asyncio.TimerHandle] = {}
+
+    def failing(self, name: str) -> bool:
+        verdict = self.pod.verdicts.get(name)
+        if verdict is not None:
+            return not verdict.ok
+        state = self.pod.states[name]
+        return not state.pending and not state.passing
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        for name in self.rules:
+            failing = self.failing(name)
+            if failing and name not in self.timers:
+                self.timers[name] = asyncio.get_running_loop().call_later(
+                    self.after, self.fire, name)
+            elif not failing and name in self.timers:
+                self.timers.pop(name).cancel()
+
+    def fire(self, name: str) -> None:
+        self.timers.pop(name, None)
+        if not self.failing(name):
+            return
+        verdict = self.pod.verdicts.get(name)
+        reason = verdict.reason if verdict is not None else self.pod.states[name].shown_reason
+        self.log.warn("restarting the pod", rule="%s=%d" % (name, self.rules[name]),
+                      failing_for=format_duration(self.after), reason=reason)
+        self.stop(self.rules[name])
+
+
 class Daemon:
 
-    def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog,
+    def __init__(self, settings: Settings, checks: List[Check], log: EventLog,
                  resources: CheckResources) -> None:
         self.settings = settings
         self.log = log
-        self.pod = Pod(checks, time.monotonic(), time.time(), settings["startup_timeout"],
-                       settings["start_interval"])
-        routes = MULTINODE_PROBER_ROUTES if settings.get("vllm_endpoint") else None
+        self.pod = Pod(checks, time.monotonic(), time.time(), settings.startup_timeout,
+                       settings.start_interval)
+        routes = MULTINODE_PROBER_ROUTES if settings.multinode_prober else None
         stats = ServerStats(router_paths(self.pod, routes))
         self.selfmetrics = SelfMetrics(self.pod, stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
-        timeouts = (settings["read_timeout"], settings["write_timeout"], settings["idle_timeout"])
+        timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
         self.grpc = GrpcHealthService(self.grpc_verdict)
-        self.server = ProbeServer(self.router.respond, *timeouts, settings["max_connections"],
+        self.server = ProbeServer(self.router.respond, *timeouts, settings.max_connections,
                                   stats=stats, h2=H2Server(self.grpc, *timeouts))
-        gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
-        self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
-        self.scheduler = Scheduler(self.pod, checks, log, sinks=[
-            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes),
-            self.tell_watchers], on_poll=self.selfmetrics.on_poll)
+        gates = {g: port for g, port in (("live", settings.tcp_live), ("ready", settings.tcp_ready),
+                                          ("started", settings.tcp_started)) if port}
+        self.gates = GatedPorts(self.server, gates, log, settings.addr[0])
+        sinks: List[EventSink] = [log_events(log), self.gates.on_events,
+                                  forget_scrapes_on_restart(resources.scrapes), self.tell_watchers]
+        if settings.restart_pod_on:
+            sinks.append(PodRestarter(settings.restart_pod_on, settings.restart_pod_after,
+                                      self.pod, log, self.exit_now).on_events)
+        self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.selfmetrics.on_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
+        self.exit_code = 0
 
     async def run(self) -> int:
-        host, port = self.settings["addr"]
+        host, port = self.settings.addr
         listener = bind_listener(host, port, "--addr")
         self.gates.check_bindable()
         admin_addr = self.admin.start() if self.admin is not None else None
@@ -8900,14 +9435,21 @@ class Daemon:
                                       for s in self.pod.states.values()) or "none")
         if admin_addr is not None:
             self.log.info("admin listening", addr=admin_addr)
+        for note in self.settings.notes:
+            self.log.warn("configuration changed", note=note)
         await self.stopping.wait()
         self.server.close()
         if self.admin is not None:
             self.admin.close()
         await self.scheduler.stop()
         await self.selfmetrics.stop()
-        self.log.info("probed stopped")
-        return 0
+        self.log.info("probed stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def exit_now(self, code: int) -> None:
+        assert self.stopping is not None
+        self.exit_code = code
+        self.stopping.set()
 
     def grpc_verdict(self, service: str) -> Optional[bool]:
         group = SERVICE_GROUPS.get(service)
@@ -8928,7 +9470,7 @@ class Daemon:
             self.log.info("second signal, stopping now", signal=name)
             self.stopping.set()
             return
-        drain = self.settings["drain_seconds"]
+        drain = self.settings.drain_seconds
         self.log.info("shutting down", signal=name, drain=format_duration(drain))
         self.scheduler.drain("shutdown")
         asyncio.get_running_loop().call_later(drain, self.stop_when_waits_return)
@@ -8954,204 +9496,6 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 
 
 # ============================================================
-# probed/settings.py
-# ============================================================
-"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved.
-"""
-
-import argparse
-import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
-
-
-def _port(text: str) -> int:
-    value = parse_positive_count(text)
-    if value > 65535:
-        raise ValueError("expected a port between 1 and 65535")
-    return value
-
-
-def _log_format(text: str) -> str:
-    if text not in LOG_FORMATS:
-        raise ValueError("expected text or json")
-    return text
-
-
-def _optional_duration(text: str) -> Optional[float]:
-    return None if text.strip().lower() in ("", "0", "off", "none") else parse_duration(text)
-
-
-OptionRow = Tuple[str, Callable[[str], Any], Any, str]
-_DAEMON_OPTIONS: List[OptionRow] = [
-    ("--addr", parse_host_port, ("", 8080), "probe listener: :8080 (all, IPv4+IPv6), "
-                                            "0.0.0.0:8080, [::1]:8080"),
-    ("--read-timeout", parse_duration, 10.0, "time to receive a whole request"),
-    ("--write-timeout", parse_duration, 10.0, "time to send a reply"),
-    ("--idle-timeout", parse_duration, 120.0, "keep-alive connection idle time"),
-    ("--max-connections", parse_positive_count, 1024, "open connections beyond this are "
-                                                      "closed at once"),
-    ("--tcp-live", _port, None, "TCP port that listens only while live passes"),
-    ("--tcp-ready", _port, None, "TCP port that listens only while ready passes"),
-    ("--tcp-started", _port, None, "TCP port that listens only while started passes"),
-    ("--startup-timeout", _optional_duration, None, "live fails when not started within this "
-                                                    "(default: never)"),
-    ("--start-interval", parse_duration, 0.5, "poll interval of started checks until started"),
-    ("--interval", _optional_duration, None, "poll interval of every check that sets none, "
-                                             "presets included (default: per kind)"),
-    ("--drain-seconds", parse_duration, 5.0, "after SIGTERM: ready fails, probes answered this "
-                                             "long, then exit 0"),
-    ("--log-format", _log_format, "text", "text (logfmt) or json"),
-    ("--admin-addr", parse_admin_addr, None, "admin listener (drain, heartbeats, become-ready): "
-                                             ":9090 is 127.0.0.1:9090; a host listens there "
-                                             "(default: off)"),
-    ("--admin-token-file", str, None, "every admin call must send Authorization: Bearer "
-                                      "<this file's token> (re-read when it changes)"),
-]
-SERVE_OPTIONS: List[OptionRow] = _DAEMON_OPTIONS + PRESET_OPTIONS
-
-EPILOG = """check kinds and keys: see README.md ("Checks"). Examples:
-  probed --vllm http://127.0.0.1:8000 --max-waiting 32
-  probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
-Every flag also reads PROBED_<FLAG> (e.g. PROBED_READ_TIMEOUT=5s; PROBED_CHECK holds one check
-per line).
-
-subcommands (each has --help):
-  probed [serve]     the daemon (default)
-  probed check URL   one probe for exec probes: exit 0 pass, 1 fail, 2 usage, 3 unreachable
-  probed bench URL   kubelet-style probe latency: p50/p90/p99/max, probes/s
-  probed drain       preStop: fail ready, wait until nothing is in flight
-  probed beat NAME   a worker's heartbeat (file or admin listener)
-  probed demo, probed sim   the vLLM simulator and a guided demo (package only)"""
-
-
-def env_name(flag: str) -> str:
-    return "PROBED_" + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
-def build_serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="probed", description="Kubernetes probes for LLM inference servers, answered "
-        "from cached verdicts.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--version", action="version", version="probed " + __version__)
-    parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
-                        help="a check (repeatable): http, tcp, exec, ...")
-    parser.add_argument("--config", metavar="FILE.json", help="checks and settings as JSON")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration (secrets redacted) and exit")
-    for flag, _parse, default, text in SERVE_OPTIONS:
-        shown = "" if default is None else " (default: %s)" % _show_default(default)
-        parser.add_argument(flag, metavar="VALUE", help=text + shown)
-    return parser
-
-
-def _show_default(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "%s:%d" % value
-    if isinstance(value, float):
-        return format_duration(value)
-    return str(value)
-
-
-def _load_config_file(path: str) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise ConfigError("--config %s: cannot read: %s" % (path, exc.strerror or exc)) from None
-    except ValueError as exc:
-        raise ConfigError("--config %s: not valid JSON: %s" % (path, exc)) from None
-    if not isinstance(data, dict):
-        raise ConfigError("--config %s: expected a JSON object with \"checks\"" % path)
-    known = {_dest(flag).replace("_", "-") for flag, _, _, _ in SERVE_OPTIONS} | {"checks"}
-    for key in data:
-        if key not in known:
-            raise ConfigError("--config %s: unknown key %r (expected one of: %s)" % (
-                path, key, ", ".join(sorted(known))))
-    return data
-
-
-def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Dict[str, Any]:
-    config_path = getattr(ns, "config", None) or env.get("PROBED_CONFIG")
-    file_data = _load_config_file(config_path) if config_path else {}
-    settings: Dict[str, Any] = {}
-    for flag, parse, default, _ in SERVE_OPTIONS:
-        dest = _dest(flag)
-        if hasattr(ns, dest):
-            where, text = flag, getattr(ns, dest)
-        elif env_name(flag) in env:
-            where, text = env_name(flag), env[env_name(flag)]
-        elif dest.replace("_", "-") in file_data:
-            where = "--config %s: key %r" % (config_path, dest.replace("_", "-"))
-            text = str(file_data[dest.replace("_", "-")])
-        else:
-            settings[dest] = default
-            continue
-        try:
-            settings[dest] = parse(text)
-        except ValueError as exc:
-            raise ConfigError("%s=%s: %s" % (where, redact_userinfo(text), exc)) from None
-    if "APP_PORT" in env:
-        try:
-            app_port = _port(env["APP_PORT"])
-        except ValueError as exc:
-            raise ConfigError("APP_PORT=%s: %s" % (env["APP_PORT"], exc)) from None
-        if not _given(ns, env, file_data, "--addr"):
-            settings["addr"] = ("", app_port)
-    settings["checks"] = _collect_checks(ns, env, file_data, config_path) + preset_checks(
-        settings, env)
-    if settings["interval"] is not None:
-        for raw, _ in settings["checks"]:
-            raw.setdefault("interval", format_duration(settings["interval"]))
-    return settings
-
-
-def _given(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
-           flag: str) -> bool:
-    dest = _dest(flag)
-    return hasattr(ns, dest) or env_name(flag) in env or dest.replace("_", "-") in file_data
-
-
-def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
-                    config_path: Optional[str]) -> List[Tuple[Dict[str, Any], str]]:
-    raws: List[Tuple[Dict[str, Any], str]] = []
-    checks = file_data.get("checks", [])
-    if not isinstance(checks, list):
-        raise ConfigError("--config %s: \"checks\" must be a list" % config_path)
-    for i, obj in enumerate(checks, 1):
-        origin = "--config %s: check #%d" % (config_path, i)
-        raws.append((json_check_to_raw(obj, origin), origin))
-    env_lines = [l for l in env.get("PROBED_CHECK", "").splitlines() if l.strip()]
-    for i, text in enumerate(env_lines, 1):
-        origin = "PROBED_CHECK line %d" % i
-        raws.append((split_check_text(text, origin), origin))
-    for i, text in enumerate(getattr(ns, "check", None) or [], 1):
-        origin = "--check #%d" % i
-        raws.append((split_check_text(text, origin), origin))
-    return raws
-
-
-def describe_settings(settings: Dict[str, Any], checks: Sequence[Any]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    presets = {flag for flag, _, _, _ in PRESET_OPTIONS}
-    for flag, parse, _, _ in SERVE_OPTIONS:
-        value = settings[_dest(flag)]
-        if value is None or flag in presets:
-            continue
-        if parse in (parse_duration, _optional_duration):
-            value = format_duration(value)
-        elif isinstance(value, tuple):
-            value = _show_default(value)
-        out[_dest(flag).replace("_", "-")] = value
-    out["checks"] = [describe_spec(c.spec) for c in checks]
-    return out
-
-
-# ============================================================
 # probed/cli.py
 # ============================================================
 """Command line entry point: `probed [serve]` and the subcommands.
@@ -9165,15 +9509,14 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 
 def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    ns = build_serve_parser().parse_args(list(argv))
-    settings = resolve_settings(ns, env)
-    raws = settings.pop("checks")
+    ns = build_serve_parser().parse_args(normalize_argv(argv))
+    settings, raws = resolve_settings(ns, env)
     resources = CheckResources()
     checks = build_checks([r for r, _ in raws], [o for _, o in raws], resources)
     if getattr(ns, "print_config", False):
         print(json.dumps(describe_settings(settings, checks), indent=2))
         return 0
-    log = EventLog(settings["log_format"])
+    log = EventLog(settings.log_format)
     return asyncio.run(Daemon(settings, checks, log, resources).run())
 
 

@@ -22,9 +22,9 @@ from .httpproto import (CONN_CLOSE, HTTPError, PreparedResponse, Request, build_
 from .pod import DRAIN_RULES, Pod
 from .scheduler import Scheduler
 from .server import ProbeServer, bind_listener
-from .values import ConfigError, parse_host_port
+from .settings import Settings
+from .values import ConfigError
 
-ADMIN_DEFAULT_HOST = "127.0.0.1"  # `--admin-addr :9090` listens on loopback only
 ADMIN_MAX_BODY = 4096  # admin calls carry no body worth reading; bigger is a 413
 ADMIN_MAX_CONNECTIONS = 64
 ADMIN_HEARTBEAT_PREFIX = "/heartbeat/"
@@ -35,16 +35,6 @@ ADMIN_UNAUTHORIZED = (b"401 Unauthorized: admin calls need Authorization: Bearer
 
 AdminReply = Union[PreparedResponse, "asyncio.Future[PreparedResponse]"]
 AdminHandler = Callable[[Request, bool, int], AdminReply]  # (request, head, connection mode)
-
-
-def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
-    """`:9090` -> ("127.0.0.1", 9090); `0.0.0.0:9090` as given; `off` or empty -> None."""
-    if text.strip().lower() in ("", "off", "none"):
-        return None
-    host, port = parse_host_port(text, ADMIN_DEFAULT_HOST)
-    if port == 0:
-        raise ValueError("expected a port between 1 and 65535")
-    return host, port
 
 
 class AdminToken:
@@ -264,12 +254,11 @@ class AdminListener:
     """The admin router served by its own ProbeServer on `--admin-addr`."""
 
     def __init__(self, router: AdminRouter, addr: Tuple[str, int],
-                 settings: Dict[str, Any]) -> None:
+                 settings: Settings) -> None:
         self.router = router
         self.addr = addr
-        self.server = ProbeServer(router.respond, settings.get("read_timeout", 10.0),
-                                  settings.get("write_timeout", 10.0),
-                                  settings.get("idle_timeout", 120.0), ADMIN_MAX_CONNECTIONS,
+        self.server = ProbeServer(router.respond, settings.read_timeout, settings.write_timeout,
+                                  settings.idle_timeout, ADMIN_MAX_CONNECTIONS,
                                   ADMIN_MAX_BODY)
 
     def start(self) -> str:
@@ -288,12 +277,12 @@ class AdminListener:
         return self.router.waiter.active if self.router.waiter is not None else 0
 
 
-def build_admin(settings: Dict[str, Any], pod: Pod, control: Scheduler, checks: Sequence[Check],
+def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequence[Check],
                 log: EventLog, registry: HeartbeatRegistry) -> Optional[AdminListener]:
     """The admin listener `settings` ask for, or None; ConfigError for a configuration that
     needs one but has none (push heartbeats, manual checks) or an unusable token file."""
-    addr = settings.get("admin_addr")
-    token_file = settings.get("admin_token_file")
+    addr = settings.admin_addr
+    token_file = settings.admin_token_file
     if addr is None:
         for check in checks:
             if isinstance(check, ManualCheck):

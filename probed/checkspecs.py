@@ -5,7 +5,6 @@ value and what was expected, before the daemon starts. Secrets are masked in eve
 """
 
 import re
-import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .checks import CHECK_KINDS
@@ -14,22 +13,76 @@ from .hygiene import REDACTED
 from .values import ConfigError, format_duration, redact_userinfo
 
 RawValue = Union[str, List[str]]
+SECRET_KEYS = ("header",)  # values that may hold credentials (also masked in errors below)
+CHECK_QUOTING = ('quote the whole check for the shell; a selector keeps its own quotes: '
+                 '--check \'metric url=http://h:8000/metrics '
+                 'metric=vllm:num_requests_waiting{model_name="m"} max=8\'')
+MIN_INTERVAL = 0.1  # seconds: the floor of every poll interval (a backend is not to be hammered)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
+
+
+def split_check_words(text: str) -> List[str]:
+    """Split a check's text the way a POSIX shell splits words (quotes group and go, a backslash
+    escapes), except inside a selector's braces outside quotes, where everything is kept as
+    typed: `metric=vllm:x{model_name="m"}` keeps its quotes, as users type it. Quoted text
+    follows the shell's rules. ValueError for an open quote or brace."""
+    words: List[str] = []
+    word: List[str] = []
+    quote, depth, escaped, started = "", 0, False, False
+    for char in text:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif depth:  # inside {...}: literal, quotes included
+            word.append(char)
+            depth += {"{": 1, "}": -1}.get(char, 0)
+        elif quote:
+            if char == quote:
+                quote = ""
+            elif char == "\\" and quote == '"':
+                escaped = True
+            else:
+                word.append(char)
+        elif char in "'\"":
+            quote, started = char, True
+        elif char == "\\":
+            escaped = started = True
+        elif char.isspace():
+            if word or started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(char)
+            started = True
+            depth += 1 if char == "{" else 0
+    if quote or escaped:
+        raise ValueError("no closing quotation")
+    if depth:
+        raise ValueError("no closing brace")
+    if word or started:
+        words.append("".join(word))
+    return words
 
 
 def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
     """`http url=... probes=live` -> {"kind": "http", "url": ..., "probes": ...} (raw strings)."""
     try:
-        tokens = shlex.split(text)
+        tokens = split_check_words(text)
     except ValueError as exc:  # the text is not echoed: it may hold a header with a token
-        raise ConfigError("%s: %s (check the quoting)" % (origin, exc)) from None
+        raise ConfigError("%s: %s (check the quoting: %s)" % (origin, exc, CHECK_QUOTING)) \
+            from None
     if not tokens:
         raise ConfigError("%s: empty check (expected \"KIND key=value ...\")" % origin)
     raw: Dict[str, RawValue] = {"kind": tokens[0]}
+    last_key = ""
     for token in tokens[1:]:
         key, eq, value = token.partition("=")
         if not eq or not key:
-            raise ConfigError("%s: %r is not key=value" % (origin, token))
+            if last_key in SECRET_KEYS:  # `header=X-Api-Key: SECRET` unquoted: never echo it
+                raise ConfigError("%s: a word after %s= is not key=value: quote the whole "
+                                  "value, e.g. 'header=X-Api-Key: VALUE'" % (origin, last_key))
+            raise ConfigError("%s: %r is not key=value (%s)" % (origin, token, CHECK_QUOTING))
+        last_key = key
         previous = raw.get(key)
         if previous is None:
             raw[key] = value
@@ -120,9 +173,14 @@ def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
             origin, name))
     interval = common.get("interval", cls.default_interval)
     timeout = common.get("timeout", cls.default_timeout)
-    if interval <= 0:
-        raise ConfigError("%s: interval=%s: expected a duration > 0" % (
-            origin, format_duration(interval)))
+    if interval < MIN_INTERVAL:
+        raise ConfigError("%s: interval=%s: expected at least %s (a shorter interval hammers "
+                          "the backend)" % (origin, format_duration(interval),
+                                            format_duration(MIN_INTERVAL)))
+    start_interval = common.get("start-interval")
+    if start_interval is not None and start_interval < MIN_INTERVAL:
+        raise ConfigError("%s: start-interval=%s: expected at least %s" % (
+            origin, format_duration(start_interval), format_duration(MIN_INTERVAL)))
     if timeout <= 0:
         raise ConfigError("%s: timeout=%s: expected a duration > 0" % (
             origin, format_duration(timeout)))

@@ -18,21 +18,21 @@ from .daemon import Daemon
 from .drain import drain_main
 from .eventlog import EventLog
 from .probebench import bench_main
-from .settings import build_serve_parser, describe_settings, resolve_settings
+from .flags import build_serve_parser, normalize_argv
+from .settings import describe_settings, resolve_settings
 from .values import ConfigError
 
 
 def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """`probed [serve] ...`: validate everything, then run the daemon."""
-    ns = build_serve_parser().parse_args(list(argv))
-    settings = resolve_settings(ns, env)
-    raws = settings.pop("checks")
+    ns = build_serve_parser().parse_args(normalize_argv(argv))
+    settings, raws = resolve_settings(ns, env)
     resources = CheckResources()
     checks = build_checks([r for r, _ in raws], [o for _, o in raws], resources)
     if getattr(ns, "print_config", False):
         print(json.dumps(describe_settings(settings, checks), indent=2))
         return 0
-    log = EventLog(settings["log_format"])
+    log = EventLog(settings.log_format)
     return asyncio.run(Daemon(settings, checks, log, resources).run())
 
 

@@ -9,7 +9,7 @@ import asyncio
 import signal
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .admin import build_admin
 from .checks.base import Check, CheckResources
@@ -23,6 +23,7 @@ from .scheduler import EventSink, Scheduler, log_events
 from .scrape import ScrapeHub
 from .selfmetrics import SelfMetrics
 from .server import ProbeServer, ServerStats, bind_listener
+from .settings import Settings
 from .values import ConfigError, format_duration
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
@@ -69,36 +70,86 @@ class GatedPorts:
             self.server.remove_listener(self.open.pop(group))
 
 
+class PodRestarter:
+    """--restart-pod-on: when a group (or one check) has failed for --restart-pod-after, probed
+    exits with the rule's code, so the pod's restartPolicyRules (Kubernetes 1.35+,
+    RestartAllContainers) restart every container in place, keeping the pod, its IP, its GPUs."""
+
+    def __init__(self, rules: Dict[str, int], after: float, pod: Pod, log: EventLog,
+                 stop: Callable[[int], None]) -> None:
+        for name in rules:
+            if name not in pod.verdicts and name not in pod.states:
+                raise ConfigError("--restart-pod-on %s=%d: %r is neither a group (live, ready, "
+                                  "started) nor a check (have: %s)" % (
+                                      name, rules[name], name, ", ".join(pod.states) or "none"))
+        self.rules, self.after, self.pod, self.log, self.stop = rules, after, pod, log, stop
+        self.timers: Dict[str, asyncio.TimerHandle] = {}
+
+    def failing(self, name: str) -> bool:
+        """Whether the rule's group or check fails now (a pending check does not)."""
+        verdict = self.pod.verdicts.get(name)
+        if verdict is not None:
+            return not verdict.ok
+        state = self.pod.states[name]
+        return not state.pending and not state.passing
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        """Scheduler sink: arm a rule's timer when it starts failing, disarm when it passes."""
+        for name in self.rules:
+            failing = self.failing(name)
+            if failing and name not in self.timers:
+                self.timers[name] = asyncio.get_running_loop().call_later(
+                    self.after, self.fire, name)
+            elif not failing and name in self.timers:
+                self.timers.pop(name).cancel()
+
+    def fire(self, name: str) -> None:
+        """The failure lasted: say why in one line, then exit with the rule's code."""
+        self.timers.pop(name, None)
+        if not self.failing(name):
+            return
+        verdict = self.pod.verdicts.get(name)
+        reason = verdict.reason if verdict is not None else self.pod.states[name].shown_reason
+        self.log.warn("restarting the pod", rule="%s=%d" % (name, self.rules[name]),
+                      failing_for=format_duration(self.after), reason=reason)
+        self.stop(self.rules[name])
+
+
 class Daemon:
     """One probed process: settings in, serve until a signal and the drain are done."""
 
-    def __init__(self, settings: Dict[str, Any], checks: List[Check], log: EventLog,
+    def __init__(self, settings: Settings, checks: List[Check], log: EventLog,
                  resources: CheckResources) -> None:
         self.settings = settings
         self.log = log
-        self.pod = Pod(checks, time.monotonic(), time.time(), settings["startup_timeout"],
-                       settings["start_interval"])
-        routes = MULTINODE_PROBER_ROUTES if settings.get("vllm_endpoint") else None
+        self.pod = Pod(checks, time.monotonic(), time.time(), settings.startup_timeout,
+                       settings.start_interval)
+        routes = MULTINODE_PROBER_ROUTES if settings.multinode_prober else None
         stats = ServerStats(router_paths(self.pod, routes))
         self.selfmetrics = SelfMetrics(self.pod, stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
-        timeouts = (settings["read_timeout"], settings["write_timeout"], settings["idle_timeout"])
+        timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
         self.grpc = GrpcHealthService(self.grpc_verdict)
-        self.server = ProbeServer(self.router.respond, *timeouts, settings["max_connections"],
+        self.server = ProbeServer(self.router.respond, *timeouts, settings.max_connections,
                                   stats=stats, h2=H2Server(self.grpc, *timeouts))
-        gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
-        self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
-        self.scheduler = Scheduler(self.pod, checks, log, sinks=[
-            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes),
-            self.tell_watchers], on_poll=self.selfmetrics.on_poll)
+        gates = {g: port for g, port in (("live", settings.tcp_live), ("ready", settings.tcp_ready),
+                                          ("started", settings.tcp_started)) if port}
+        self.gates = GatedPorts(self.server, gates, log, settings.addr[0])
+        sinks: List[EventSink] = [log_events(log), self.gates.on_events,
+                                  forget_scrapes_on_restart(resources.scrapes), self.tell_watchers]
+        if settings.restart_pod_on:
+            sinks.append(PodRestarter(settings.restart_pod_on, settings.restart_pod_after,
+                                      self.pod, log, self.exit_now).on_events)
+        self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.selfmetrics.on_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)  # None: --admin-addr off
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
+        self.exit_code = 0
 
     async def run(self) -> int:
         """Serve until stopped; returns the exit code."""
-        host, port = self.settings["addr"]
+        host, port = self.settings.addr
         listener = bind_listener(host, port, "--addr")
         self.gates.check_bindable()
         admin_addr = self.admin.start() if self.admin is not None else None
@@ -116,14 +167,22 @@ class Daemon:
                                       for s in self.pod.states.values()) or "none")
         if admin_addr is not None:
             self.log.info("admin listening", addr=admin_addr)
+        for note in self.settings.notes:
+            self.log.warn("configuration changed", note=note)
         await self.stopping.wait()
         self.server.close()
         if self.admin is not None:
             self.admin.close()
         await self.scheduler.stop()
         await self.selfmetrics.stop()
-        self.log.info("probed stopped")
-        return 0
+        self.log.info("probed stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def exit_now(self, code: int) -> None:
+        """Stop at once with `code` (a --restart-pod-on rule fired)."""
+        assert self.stopping is not None
+        self.exit_code = code
+        self.stopping.set()
 
     def grpc_verdict(self, service: str) -> Optional[bool]:
         """What a gRPC health service name reports: a group's verdict, else one check's own
@@ -148,7 +207,7 @@ class Daemon:
             self.log.info("second signal, stopping now", signal=name)
             self.stopping.set()
             return
-        drain = self.settings["drain_seconds"]
+        drain = self.settings.drain_seconds
         self.log.info("shutting down", signal=name, drain=format_duration(drain))
         self.scheduler.drain("shutdown")
         asyncio.get_running_loop().call_later(drain, self.stop_when_waits_return)

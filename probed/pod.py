@@ -219,7 +219,7 @@ class Pod:
     def self_check(self, now: float) -> Tuple[bool, str]:
         """probed's own liveness: every poller delivers (else restart probed, not the server)."""
         for st in self.states.values():
-            if self.dormant(st.check.name):
+            if self.dormant(st.check.name) or not st.check.scheduled:
                 continue
             last = st.obs_at if st.obs is not None else st.reset_at
             limit = STUCK_FACTOR * st.check.spec.stale_after

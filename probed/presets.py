@@ -16,6 +16,7 @@ from .values import (
     parse_duration,
     parse_http_url,
     parse_number,
+    redact_userinfo,
 )
 
 RawCheck = Dict[str, Any]
@@ -29,9 +30,37 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+# API paths people copy along with a base URL (the OpenAI base URL ends in /v1): a preset adds
+# these itself, so `--vllm http://h:8000/v1` would poll /v1/health and /v1/v1/models.
+KNOWN_API_SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1", "/health",
+                      "/metrics", "/generate")
+BASE_URL_FLAGS = ("vllm", "tgi", "sglang", "llamacpp", "ray", "ray_agent")
+
+
 def parse_base_url(text: str) -> str:
-    """A server base URL without a trailing slash."""
-    return parse_http_url(text).rstrip("/")
+    """A server base URL (scheme, host, port, and a path prefix when the server sits behind
+    one), without a trailing slash or a known API path (see preset_notes)."""
+    url = parse_http_url(text).rstrip("/")
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    path = slash + path
+    for suffix in KNOWN_API_SUFFIXES:
+        if path.endswith(suffix):
+            path = path[:-len(suffix)].rstrip("/")
+            break
+    return "%s://%s%s" % (scheme, host, path)
+
+
+def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]:
+    """One line per base URL the presets changed from what the user gave (logged at start)."""
+    notes = []
+    for name in BASE_URL_FLAGS:
+        text = given.get(name)
+        if text is not None and opts.get(name) and text.strip().rstrip("/") != opts[name]:
+            notes.append("--%s %s: using the base URL %s (the preset adds /health, /v1/models "
+                         "and /metrics itself)" % (name.replace("_", "-"),
+                                                   redact_userinfo(text.strip()), opts[name]))
+    return notes
 
 
 def parse_gpu_option(text: str) -> str:
@@ -47,7 +76,8 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--tgi", parse_base_url, None, "TGI server base URL"),
     ("--sglang", parse_base_url, None, "SGLang server base URL"),
     ("--llamacpp", parse_base_url, None, "llama.cpp server base URL"),
-    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: a vLLM /health URL"),
+    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: the vLLM base URL "
+                                              "(or its /health URL)"),
     ("--model", str, None, "model id that must be served (default: any)"),
     ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
@@ -172,10 +202,12 @@ def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],
 def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[RawCheck]:
     """--vllm-endpoint: the Multi Node Prober's /healthz, /readyz (vLLM /health) and /startupz
     (a chat completion), with its 100 s inference timeout unless --inference-timeout is given."""
+    # Go's prober GETs endpoint + "/health": a base URL works there, and its README's /health
+    # URL (which never worked in Go) is taken as given.
     trimmed = health_url.rstrip("/")
     base = trimmed[:-len("/health")] if trimmed.endswith("/health") else trimmed
     return [
-        dict(kind="http", name="vllm-health", url=health_url, probes="live,ready,started",
+        dict(kind="http", name="vllm-health", url=base + "/health", probes="live,ready,started",
              expect="200", hard="503"),
         dict(kind="inference", name="vllm-inference", url=base.rstrip("/"), api="chat",
              probes="started", timeout=format_duration(opts.get("inference_timeout") or 100.0)),

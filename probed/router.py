@@ -235,7 +235,7 @@ class Router:
         for st in self.pod.states.values():
             spec = st.check.spec
             lines.append("  %-20s %-8s %-7s probes=%s %s" % (
-                st.check.name, st.check.kind, st.state_word(),
+                st.check.name, st.check.kind, st.state_word() if st.check.scheduled else "on-demand",
                 ",".join(sorted(spec.probes)) or "-", st.check.target()))
         return "\n".join(lines) + "\n"
 

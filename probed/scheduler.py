@@ -65,7 +65,7 @@ class Scheduler:
                  jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0)) -> None:
         self.pod = pod
         self.log = log  # for the scheduler's own troubles; events go to the sinks
-        self.checks: Dict[str, Check] = {c.name: c for c in checks}
+        self.checks: Dict[str, Check] = {c.name: c for c in checks if c.scheduled}
         self.sinks = list(sinks)
         self.on_poll = on_poll
         self.clock, self.wall, self.jitter = clock, wall, jitter

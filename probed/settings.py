@@ -1,136 +1,153 @@
-"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved.
+"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
+one typed `Settings` plus the raw checks they ask for.
 
 Precedence for every setting: command line, then environment, then config file, then the
 default. Checks add up from all three (and from the preset flags). Every mistake raises a
-ConfigError naming the flag, variable or key, the bad value and what was expected.
+ConfigError naming the flag, variable or key, the bad value and what was expected; a
+configuration that would leave a pod broken without a word (no checks at all) is refused.
 """
 
 import argparse
 import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from . import __version__
-from .admin import parse_admin_addr
 from .checkspecs import describe_spec, json_check_to_raw, split_check_text
-from .eventlog import LOG_FORMATS
-from .presets import PRESET_OPTIONS, preset_checks
-from .values import (
-    ConfigError,
-    format_duration,
-    parse_duration,
-    parse_host_port,
-    parse_positive_count,
-    redact_userinfo,
-)
+from .files import read_small_text
+from .flags import (DAEMON_OPTIONS, PRESET_FLAGS, SERVE_OPTIONS, dest, env_name, parse_port,
+                    show_default)
+from .presets import RawCheck, preset_checks, preset_notes
+from .values import ConfigError, format_duration, redact_userinfo
+
+CONFIG_MAX_BYTES = 1 << 20  # a --config file; a bigger one is a wrong path (or /dev/zero)
+MULTINODE_PROBER_PORT = 8081  # the Multi Node Prober's default --addr
 
 
-def _port(text: str) -> int:
-    value = parse_positive_count(text)
-    if value > 65535:
-        raise ValueError("expected a port between 1 and 65535")
-    return value
+
+class Settings(NamedTuple):
+    """Everything the daemon reads, typed. Preset flags are not here: they became checks."""
+    addr: Tuple[str, int]
+    read_timeout: float
+    write_timeout: float
+    idle_timeout: float
+    max_connections: int
+    tcp_live: Optional[int]
+    tcp_ready: Optional[int]
+    tcp_started: Optional[int]
+    startup_timeout: Optional[float]
+    start_interval: float
+    interval: Optional[float]
+    drain_seconds: float
+    log_format: str
+    admin_addr: Optional[Tuple[str, int]]
+    admin_token_file: Optional[str]
+    restart_pod_on: Optional[Dict[str, int]]
+    restart_pod_after: float
+    multinode_prober: bool = False  # --vllm-endpoint: the Go prober's reply bodies and codes
+    notes: Tuple[str, ...] = ()  # what resolution changed on the user's behalf: logged at start
 
 
-def _log_format(text: str) -> str:
-    if text not in LOG_FORMATS:
-        raise ValueError("expected text or json")
-    return text
+def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
+                     ) -> Tuple[Settings, List[Tuple[RawCheck, str]]]:
+    """Apply command line > environment > config file > default to every setting; returns the
+    settings and every raw check with its origin."""
+    config_path = getattr(ns, "config", None) or env.get("PROBED_CONFIG")
+    file_data = load_config_file(config_path) if config_path else {}
+    values: Dict[str, Any] = {}
+    for option in SERVE_OPTIONS:
+        found = _given_text(ns, env, file_data, config_path, option.flag)
+        if found is None:
+            values[dest(option.flag)] = option.default
+            continue
+        where, text = found
+        try:
+            values[dest(option.flag)] = option.parse(text)
+        except ValueError as exc:
+            raise ConfigError("%s=%s: %s" % (where, redact_userinfo(text), exc)) from None
+    addr_given = _given_text(ns, env, file_data, config_path, "--addr") is not None
+    if "APP_PORT" in env and not addr_given:  # the LLM Healthchecker's port; --addr wins
+        values["addr"] = ("", _env_port(env, "APP_PORT"))
+    elif values["vllm_endpoint"] and not addr_given:  # drop-in for the Go prober's manifests
+        values["addr"] = ("", MULTINODE_PROBER_PORT)
+    presets = {dest(f): values[dest(f)] for f in PRESET_FLAGS}
+    raws = _collect_checks(ns, env, file_data, config_path) + preset_checks(presets, env)
+    if not raws and not getattr(ns, "allow_no_checks", False):
+        raise ConfigError("no checks configured, so every probe would pass: give a preset "
+                          "(--vllm URL, --llamacpp URL, --sglang URL, --tgi URL), --check "
+                          "\"KIND key=value ...\" or --config FILE (or --allow-no-checks if an "
+                          "empty set is meant)")
+    if values["interval"] is not None:
+        for raw, _ in raws:
+            raw.setdefault("interval", format_duration(values["interval"]))
+    daemon = {dest(o.flag): values[dest(o.flag)] for o in DAEMON_OPTIONS}
+    settings = Settings(multinode_prober=bool(values["vllm_endpoint"]),
+                        notes=tuple(preset_notes(presets, _given_presets(ns, env, file_data,
+                                                                        config_path))),
+                        **daemon)
+    return settings, raws
 
 
-def _optional_duration(text: str) -> Optional[float]:
-    return None if text.strip().lower() in ("", "0", "off", "none") else parse_duration(text)
-
-
-# (flag, parser, default, help). dest is the flag without dashes, '-' -> '_'.
-OptionRow = Tuple[str, Callable[[str], Any], Any, str]
-_DAEMON_OPTIONS: List[OptionRow] = [
-    ("--addr", parse_host_port, ("", 8080), "probe listener: :8080 (all, IPv4+IPv6), "
-                                            "0.0.0.0:8080, [::1]:8080"),
-    ("--read-timeout", parse_duration, 10.0, "time to receive a whole request"),
-    ("--write-timeout", parse_duration, 10.0, "time to send a reply"),
-    ("--idle-timeout", parse_duration, 120.0, "keep-alive connection idle time"),
-    ("--max-connections", parse_positive_count, 1024, "open connections beyond this are "
-                                                      "closed at once"),
-    ("--tcp-live", _port, None, "TCP port that listens only while live passes"),
-    ("--tcp-ready", _port, None, "TCP port that listens only while ready passes"),
-    ("--tcp-started", _port, None, "TCP port that listens only while started passes"),
-    ("--startup-timeout", _optional_duration, None, "live fails when not started within this "
-                                                    "(default: never)"),
-    ("--start-interval", parse_duration, 0.5, "poll interval of started checks until started"),
-    ("--interval", _optional_duration, None, "poll interval of every check that sets none, "
-                                             "presets included (default: per kind)"),
-    ("--drain-seconds", parse_duration, 5.0, "after SIGTERM: ready fails, probes answered this "
-                                             "long, then exit 0"),
-    ("--log-format", _log_format, "text", "text (logfmt) or json"),
-    ("--admin-addr", parse_admin_addr, None, "admin listener (drain, heartbeats, become-ready): "
-                                             ":9090 is 127.0.0.1:9090; a host listens there "
-                                             "(default: off)"),
-    ("--admin-token-file", str, None, "every admin call must send Authorization: Bearer "
-                                      "<this file's token> (re-read when it changes)"),
-]
-SERVE_OPTIONS: List[OptionRow] = _DAEMON_OPTIONS + PRESET_OPTIONS
-
-EPILOG = """check kinds and keys: see README.md ("Checks"). Examples:
-  probed --vllm http://127.0.0.1:8000 --max-waiting 32
-  probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
-Every flag also reads PROBED_<FLAG> (e.g. PROBED_READ_TIMEOUT=5s; PROBED_CHECK holds one check
-per line).
-
-subcommands (each has --help):
-  probed [serve]     the daemon (default)
-  probed check URL   one probe for exec probes: exit 0 pass, 1 fail, 2 usage, 3 unreachable
-  probed bench URL   kubelet-style probe latency: p50/p90/p99/max, probes/s
-  probed drain       preStop: fail ready, wait until nothing is in flight
-  probed beat NAME   a worker's heartbeat (file or admin listener)
-  probed demo, probed sim   the vLLM simulator and a guided demo (package only)"""
-
-
-def env_name(flag: str) -> str:
-    """`--read-timeout` -> `PROBED_READ_TIMEOUT`."""
-    return "PROBED_" + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
-def build_serve_parser() -> argparse.ArgumentParser:
-    """The `probed [serve]` argument parser (defaults are applied after parsing)."""
-    parser = argparse.ArgumentParser(
-        prog="probed", description="Kubernetes probes for LLM inference servers, answered "
-        "from cached verdicts.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--version", action="version", version="probed " + __version__)
-    parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
-                        help="a check (repeatable): http, tcp, exec, ...")
-    parser.add_argument("--config", metavar="FILE.json", help="checks and settings as JSON")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration (secrets redacted) and exit")
-    for flag, _parse, default, text in SERVE_OPTIONS:
-        shown = "" if default is None else " (default: %s)" % _show_default(default)
-        parser.add_argument(flag, metavar="VALUE", help=text + shown)
-    return parser
-
-
-def _show_default(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "%s:%d" % value
-    if isinstance(value, float):
-        return format_duration(value)
-    return str(value)
-
-
-def _load_config_file(path: str) -> Dict[str, Any]:
+def _env_port(env: Mapping[str, str], name: str) -> int:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        return parse_port(env[name])
+    except ValueError as exc:
+        raise ConfigError("%s=%s: %s" % (name, env[name], exc)) from None
+
+
+def _given_text(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+                config_path: Optional[str], flag: str) -> Optional[Tuple[str, str]]:
+    """(where, text) of the value a flag was given, by precedence; None when not given."""
+    name = dest(flag)
+    if hasattr(ns, name):
+        return flag, getattr(ns, name)
+    if env_name(flag) in env:
+        return env_name(flag), env[env_name(flag)]
+    key = name.replace("_", "-")
+    if key in file_data:
+        where = "--config %s: key %r" % (config_path, key)
+        value = file_data[key]
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError("%s: expected a string, number or boolean, got %s" % (
+                where, "null" if value is None else type(value).__name__))
+        return where, (("true" if value else "false") if isinstance(value, bool) else str(value))
+    return None
+
+
+def _given_presets(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+                   config_path: Optional[str]) -> Dict[str, str]:
+    """The preset flags as the user typed them (for notes on what was changed)."""
+    given = {}
+    for flag in PRESET_FLAGS:
+        found = _given_text(ns, env, file_data, config_path, flag)
+        if found is not None:
+            given[dest(flag)] = found[1]
+    return given
+
+
+def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    seen: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError("key %r appears twice in one object" % key)
+        seen[key] = value
+    return seen
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    """The `--config` JSON object; ConfigError for anything else (refused file types, size,
+    syntax, nesting, duplicate keys, unknown keys)."""
+    try:
+        text = read_small_text(path, CONFIG_MAX_BYTES, "--config")
     except OSError as exc:
         raise ConfigError("--config %s: cannot read: %s" % (path, exc.strerror or exc)) from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:
         raise ConfigError("--config %s: not valid JSON: %s" % (path, exc)) from None
+    except RecursionError:
+        raise ConfigError("--config %s: nested too deeply to be a probed config" % path) from None
     if not isinstance(data, dict):
         raise ConfigError("--config %s: expected a JSON object with \"checks\"" % path)
-    known = {_dest(flag).replace("_", "-") for flag, _, _, _ in SERVE_OPTIONS} | {"checks"}
+    known = {dest(o.flag).replace("_", "-") for o in SERVE_OPTIONS} | {"checks"}
     for key in data:
         if key not in known:
             raise ConfigError("--config %s: unknown key %r (expected one of: %s)" % (
@@ -138,58 +155,16 @@ def _load_config_file(path: str) -> Dict[str, Any]:
     return data
 
 
-def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Dict[str, Any]:
-    """Apply command line > environment > config file > default to every daemon setting."""
-    config_path = getattr(ns, "config", None) or env.get("PROBED_CONFIG")
-    file_data = _load_config_file(config_path) if config_path else {}
-    settings: Dict[str, Any] = {}
-    for flag, parse, default, _ in SERVE_OPTIONS:
-        dest = _dest(flag)
-        if hasattr(ns, dest):
-            where, text = flag, getattr(ns, dest)
-        elif env_name(flag) in env:
-            where, text = env_name(flag), env[env_name(flag)]
-        elif dest.replace("_", "-") in file_data:
-            where = "--config %s: key %r" % (config_path, dest.replace("_", "-"))
-            text = str(file_data[dest.replace("_", "-")])
-        else:
-            settings[dest] = default
-            continue
-        try:
-            settings[dest] = parse(text)
-        except ValueError as exc:
-            raise ConfigError("%s=%s: %s" % (where, redact_userinfo(text), exc)) from None
-    if "APP_PORT" in env:  # the LLM Healthchecker's port; --addr wins, a bad value never
-        try:
-            app_port = _port(env["APP_PORT"])
-        except ValueError as exc:
-            raise ConfigError("APP_PORT=%s: %s" % (env["APP_PORT"], exc)) from None
-        if not _given(ns, env, file_data, "--addr"):
-            settings["addr"] = ("", app_port)
-    settings["checks"] = _collect_checks(ns, env, file_data, config_path) + preset_checks(
-        settings, env)
-    if settings["interval"] is not None:
-        for raw, _ in settings["checks"]:
-            raw.setdefault("interval", format_duration(settings["interval"]))
-    return settings
-
-
-def _given(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
-           flag: str) -> bool:
-    dest = _dest(flag)
-    return hasattr(ns, dest) or env_name(flag) in env or dest.replace("_", "-") in file_data
-
-
 def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
-                    config_path: Optional[str]) -> List[Tuple[Dict[str, Any], str]]:
-    raws: List[Tuple[Dict[str, Any], str]] = []
+                    config_path: Optional[str]) -> List[Tuple[RawCheck, str]]:
+    raws: List[Tuple[RawCheck, str]] = []
     checks = file_data.get("checks", [])
     if not isinstance(checks, list):
         raise ConfigError("--config %s: \"checks\" must be a list" % config_path)
     for i, obj in enumerate(checks, 1):
         origin = "--config %s: check #%d" % (config_path, i)
         raws.append((json_check_to_raw(obj, origin), origin))
-    env_lines = [l for l in env.get("PROBED_CHECK", "").splitlines() if l.strip()]
+    env_lines = [line for line in env.get("PROBED_CHECK", "").splitlines() if line.strip()]
     for i, text in enumerate(env_lines, 1):
         origin = "PROBED_CHECK line %d" % i
         raws.append((split_check_text(text, origin), origin))
@@ -199,20 +174,22 @@ def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: D
     return raws
 
 
-def describe_settings(settings: Dict[str, Any], checks: Sequence[Any]) -> Dict[str, Any]:
-    """The effective configuration as the JSON `--config` accepts, secrets redacted."""
-    # Preset flags are left out: the checks they expanded into are listed, so feeding this
-    # back as --config gives the same daemon.
+def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, Any]:
+    """The effective configuration as the JSON `--config` accepts, secrets redacted. Preset
+    flags are left out: the checks they expanded into are listed, so feeding this back as
+    --config gives the same daemon."""
     out: Dict[str, Any] = {}
-    presets = {flag for flag, _, _, _ in PRESET_OPTIONS}
-    for flag, parse, _, _ in SERVE_OPTIONS:
-        value = settings[_dest(flag)]
-        if value is None or flag in presets:
+    for option in DAEMON_OPTIONS:
+        value = getattr(settings, dest(option.flag))
+        if value is None:
             continue
-        if parse in (parse_duration, _optional_duration):
+        if isinstance(value, float) and option.parse is not float:
             value = format_duration(value)
         elif isinstance(value, tuple):
-            value = _show_default(value)
-        out[_dest(flag).replace("_", "-")] = value
+            value = show_default(value)
+        elif isinstance(value, dict):
+            value = ",".join("%s=%d" % kv for kv in value.items())
+        out[dest(option.flag).replace("_", "-")] = value
     out["checks"] = [describe_spec(c.spec) for c in checks]
     return out
+

@@ -43,6 +43,10 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """Render seconds the way a user would type them: 500ms, 10s, 2m30s."""
+    if 0 < seconds < 1e-6:
+        return "%gns" % round(seconds * 1e9, 3)
+    if 0 < seconds < 1e-3:
+        return "%gus" % round(seconds * 1e6, 3)
     if seconds < 1 and seconds != 0:
         return "%gms" % round(seconds * 1000, 3)
     if seconds < 60 or seconds != int(seconds):
@@ -71,12 +75,18 @@ def printable(text: str, limit: int) -> str:
     return text
 
 
+_ASCII_INT = re.compile(r"[+-]?[0-9]+\Z")
+# float() also takes `1_0` and non-ASCII digits; a config value or a query override takes what
+# a person types on any keyboard: ASCII digits, a sign, a point, an exponent, inf/nan.
+_ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z"
+                           r"|[+-]?(?i:inf|infinity|nan)\Z")
+
+
 def parse_count(text: str) -> int:
     """Parse a whole number >= 0."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError("expected a whole number") from None
+    if not _ASCII_INT.match(text.strip()):
+        raise ValueError("expected a whole number")
+    value = int(text.strip())
     if value < 0:
         raise ValueError("expected a whole number >= 0")
     return value
@@ -91,11 +101,10 @@ def parse_positive_count(text: str) -> int:
 
 
 def parse_number(text: str) -> float:
-    """Parse a finite float."""
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a number") from None
+    """Parse a finite float (ASCII digits only)."""
+    if not _ASCII_NUMBER.match(text.strip()):
+        raise ValueError("expected a number")
+    value = float(text.strip())
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError("expected a finite number")
     return value

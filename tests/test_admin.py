@@ -21,9 +21,10 @@ from probed.admin import (
     AdminRouter,
     AdminToken,
     build_admin,
-    parse_admin_addr,
 )
 from probed.checks.base import Check, Observation
+from probed.flags import build_serve_parser, parse_admin_addr
+from probed.settings import Settings, resolve_settings
 from probed.beatregistry import HeartbeatRegistry
 from probed.checks.base import CheckResources
 from probed.cli import main as cli_main
@@ -304,8 +305,10 @@ def pieces(checks: List[Check], log: EventLog) -> Tuple[Pod, Scheduler, List[Che
     return pod, Scheduler(pod, checks, log, []), checks
 
 
-def settings_with(**values: object) -> Dict[str, object]:
-    return dict({"admin_addr": None, "admin_token_file": None}, **values)
+def settings_with(**values: object) -> Settings:
+    """Settings as the command line resolves them (no flags), with `values` replaced."""
+    settings, _ = resolve_settings(build_serve_parser().parse_args(["--allow-no-checks"]), {})
+    return settings._replace(**values)
 
 
 def test_configurations_that_need_the_admin_listener_are_refused(tmp_path: Path) -> None:
@@ -336,7 +339,7 @@ def test_cli_exits_2_when_a_manual_check_has_no_admin_listener(capsys: pytest.Ca
 def test_cli_takes_the_admin_flags() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "probed", "--admin-addr", ":9090", "--admin-token-file", "/t",
-         "--print-config"], cwd=str(Path(__file__).resolve().parents[1]),
+         "--print-config", "--allow-no-checks"], cwd=str(Path(__file__).resolve().parents[1]),
         stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
     assert '"admin-addr": "127.0.0.1:9090"' in result.stdout
     assert '"admin-token-file": "/t"' in result.stdout

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from probed.cli import main
-from probed.settings import build_serve_parser, resolve_settings
+from probed.flags import build_serve_parser
+from probed.settings import resolve_settings
 from probed.checkspecs import build_checks, build_spec, describe_spec, split_check_text
 from probed.values import ConfigError, parse_duration, parse_host_port, parse_status_ranges
 
@@ -103,9 +104,10 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path):
                                             "probes": ["live"]}]}))
     s = settings(["--config", str(conf), "--read-timeout", "1s"],
                  {"PROBED_READ_TIMEOUT": "2s", "PROBED_WRITE_TIMEOUT": "4s"})
-    assert (s["read_timeout"], s["write_timeout"], s["idle_timeout"]) == (1.0, 4.0, 7.0)
-    assert s["drain_seconds"] == 5.0
-    assert s["checks"][0][0] == {"kind": "tcp", "addr": "127.0.0.1:1", "probes": "live"}
+    s, raws = s
+    assert (s.read_timeout, s.write_timeout, s.idle_timeout) == (1.0, 4.0, 7.0)
+    assert s.drain_seconds == 5.0
+    assert raws[0][0] == {"kind": "tcp", "addr": "127.0.0.1:1", "probes": "live"}
 
 
 def test_checks_add_up_from_file_environment_and_flags(tmp_path):
@@ -114,8 +116,9 @@ def test_checks_add_up_from_file_environment_and_flags(tmp_path):
     s = settings(["--check", "tcp name=c addr=h:3"],
                  {"PROBED_CONFIG": str(conf), "PROBED_CHECK": "tcp name=e1 addr=h:2\n"
                                                              "tcp name=e2 addr=h:2"})
-    assert [r["name"] for r, _ in s["checks"]] == ["f", "e1", "e2", "c"]
-    assert [o for _, o in s["checks"]][1] == "PROBED_CHECK line 1"
+    raws = s[1]
+    assert [r["name"] for r, _ in raws] == ["f", "e1", "e2", "c"]
+    assert [o for _, o in raws][1] == "PROBED_CHECK line 1"
 
 
 @pytest.mark.parametrize("argv,env,needle", [

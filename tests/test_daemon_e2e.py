@@ -145,9 +145,9 @@ def test_kubelet_probes_from_curl(ready_daemon: Any, backend: Backend) -> None:
 def test_failing_probes_bodies(ready_daemon: Any, backend: Backend) -> None:
     port = ready_daemon.port
     backend.serve(503, b"engine dead")
-    assert wait_status(port, "/readyz", 503).body == \
-        b"readyz failed: backend: HTTP 503: engine dead\n"
-    assert kubelet_probe(port, "/livez").body == b"livez failed: backend: HTTP 503: engine dead\n"
+    said = ("backend: HTTP 503 from GET %s/health: engine dead\n" % backend.url).encode()
+    assert wait_status(port, "/readyz", 503).body == b"readyz failed: " + said
+    assert kubelet_probe(port, "/livez").body == b"livez failed: " + said
     assert kubelet_probe(port, "/healthz").status == 503
     assert (kubelet_probe(port, "/health").status, kubelet_probe(port, "/health").body) == (
         503, b"Unhealthy")
@@ -202,7 +202,7 @@ def test_two_hundred_probes_log_nothing_and_each_transition_logs_once(
     changes = [line for line in new if 'msg="check changed"' in line]
     assert len(changes) == 2, new
     assert "check=backend" in changes[0] and "from=pass to=fail" in changes[0]
-    assert 'reason="HTTP 503: engine dead"' in changes[0]
+    assert 'reason="HTTP 503 from GET %s/health: engine dead"' % backend.url in changes[0]
     assert "from=fail to=pass" in changes[1]
     for group in ("ready", "live"):
         lines = [line for line in new
@@ -734,7 +734,8 @@ def test_write_timeout_closes_a_client_that_never_reads(start_daemon: Any) -> No
 def test_ipv6_loopback_listener() -> None:
     port = free_port("::1")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "probed", "--addr", "[::1]:%d" % port],
+    proc = subprocess.Popen([sys.executable, "-m", "probed", "--addr", "[::1]:%d" % port,
+                             "--allow-no-checks"],
                             cwd=str(REPO), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -760,10 +761,10 @@ def test_port_in_use_is_a_one_line_error_naming_the_flag() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        line = _one_error_line(run_probed(["--addr", "127.0.0.1:%d" % port]))
+        line = _one_error_line(run_probed(["--addr", "127.0.0.1:%d" % port, "--allow-no-checks"]))
         assert "--addr" in line and str(port) in line and "in use" in line
         line = _one_error_line(run_probed(["--addr", "127.0.0.1:%d" % free_port(),
-                                           "--tcp-ready", str(port)]))
+                                           "--tcp-ready", str(port), "--allow-no-checks"]))
         assert "--tcp-ready" in line and str(port) in line
 
 

@@ -98,7 +98,8 @@ def test_http_503_fails_with_status_and_body(backend: Backend) -> None:
     obs, _ = observe(check)
     ok, reason = verdict(check, obs)
     assert not ok
-    assert reason == "HTTP 503: engine is dead"
+    # the URL requested, in full (issue 14: a wrong base URL must show at once)
+    assert reason == "HTTP 503 from GET %s/health: engine is dead" % backend.url
 
 
 def test_http_expect_and_contains_and_their_overrides(backend: Backend) -> None:
@@ -420,7 +421,8 @@ def test_daemon_http_check_follows_every_backend_failure_mode(start_daemon: Any)
             wait_status(daemon.port, "/readyz", 200)
         backend.serve(503, b"engine dead")
         reply = wait_status(daemon.port, "/readyz", 503)
-        assert reply.body == b"readyz failed: model: HTTP 503: engine dead\n"
+        assert reply.body == ("readyz failed: model: HTTP 503 from GET %s/health: engine dead\n"
+                              % backend.url).encode()
 
 
 def test_daemon_tcp_check(start_daemon: Any) -> None:

@@ -95,7 +95,7 @@ class FakeGPU:
     def check(self, name: str = "gpu", **keys: str) -> Check:
         """A gpu check on this library, built as `--check "gpu ..."` would build it."""
         raw: Dict[str, Any] = {"kind": "gpu", "name": name, "lib": str(self.lib),
-                               "interval": "1us", "timeout": "2s"}  # reads never shared
+                               "interval": "100ms", "timeout": "2s"}
         raw.update({k.replace("_", "-"): v for k, v in keys.items()})
         return build_checks([raw], ["test"], self.resources)[0]
 
@@ -126,7 +126,9 @@ def old_gpu(fake_builds: Dict[str, Path], gpu: FakeGPU) -> FakeGPU:
 
 
 def poll(check: Check) -> Observation:
-    """One poll as the engine runs it (observe under the deadline), on a fresh loop."""
+    """One poll as the engine runs it (observe under the deadline), on a fresh loop; after the
+    read-sharing window (half the interval), so every poll reads NVML afresh."""
+    time.sleep(check.spec.interval / 2 + 0.01)
     return asyncio.run(poll_once(check))[0]
 
 
@@ -409,6 +411,7 @@ def test_a_hung_driver_fails_ready_never_live_and_blocks_nothing(gpu: FakeGPU) -
         return (ready.judge(obs_ready, ready.config, True),
                 live.judge(obs_live, live.config, True), ticks)
 
+    time.sleep(ready.spec.interval / 2 + 0.01)  # past the read-sharing window
     ready_verdict, live_verdict, ticks = asyncio.run(polls())
     assert ready_verdict[0] is False and "NVML did not answer within 0.1s" in ready_verdict[1]
     assert live_verdict[0] is True and "NVML did not answer" in live_verdict[1]

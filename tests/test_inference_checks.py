@@ -99,7 +99,8 @@ def test_models_empty_list_is_not_started() -> None:
 def test_models_http_errors_and_refused(server: LLMBackend) -> None:
     server.route("GET", "/v1/models", (503, b'{"detail": "loading"}'))
     check = make("models url=%s" % server.url)
-    assert verdict(check, poll(check)) == (False, '/v1/models: HTTP 503: {"detail": "loading"}')
+    assert verdict(check, poll(check)) == (
+        False, 'GET %s/v1/models: HTTP 503: {"detail": "loading"}' % server.url)
     url = server.url
     server.close()
     obs = poll(make("models url=%s timeout=2s" % url))

@@ -315,7 +315,7 @@ def test_recover_band_through_check_state_and_a_real_backend() -> None:
         seen = []
         for i, waiting in enumerate([3, 12, 8, 6, 5, 8, 11, 9]):
             b.serve(200, body(waiting))
-            time.sleep(0.06)  # past the check's scrape cache (max_age = interval / 2)
+            time.sleep(0.12)  # past the shared scrape window (0.9 x the fastest reader pace)
             state.record(observe(check), 0.0, float(i), float(i))
             seen.append((waiting, state.passing))
     assert seen == [(3, True), (12, False), (8, False), (6, False), (5, True), (8, True),

@@ -142,3 +142,15 @@ def test_the_pod_timer_marks_stale_results() -> None:
     pod, events, _ = run_scheduler([once], 0.5)
     assert pod.states["a"].stale and not pod.verdicts["ready"].ok
     assert ("ready", False) in [(e.group, e.ok) for e in events if isinstance(e, GroupChanged)]
+
+
+def test_checks_read_on_demand_are_never_polled_on_a_schedule() -> None:
+    # the preStop drain reads `inflight` itself; polling it too cost one scrape per interval
+    inflight = build_checks([{"kind": "inflight", "url": "http://127.0.0.1:1/metrics",
+                              "metric": "vllm:num_requests_running", "interval": "100ms"}],
+                            ["test"])[0]
+    check = ScriptedCheck("a", [OK], interval=0.05, stale_after=1.0)
+    pod = Pod([check, inflight], time.monotonic(), time.time())
+    scheduler = Scheduler(pod, [check, inflight], EventLog("text", io.StringIO()), [])
+    assert list(scheduler.checks) == ["a"]
+    assert pod.self_check(time.monotonic() + 3600)[1].startswith("poller of a stuck")

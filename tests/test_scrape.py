@@ -103,23 +103,23 @@ def test_a_dormant_reader_stops_setting_the_pace() -> None:
     with Backend(body=VLLM_REAL) as backend:
         resources = CheckResources()
         url = backend.url + "/metrics"
-        fast = make("metric name=fast url=%s metric=vllm:num_requests_waiting interval=50ms"
+        fast = make("metric name=fast url=%s metric=vllm:num_requests_waiting interval=100ms"
                     % url, resources)
-        slow = [make("metric name=slow%d url=%s metric=vllm:num_requests_running interval=400ms"
+        slow = [make("metric name=slow%d url=%s metric=vllm:num_requests_running interval=800ms"
                      % (i, url), resources) for i in range(2)]
 
         async def run() -> int:
             for _ in range(3):
                 await fast.observe()
-                await asyncio.sleep(0.05)
-            before = len(backend.requests)
-            for _ in range(4):  # fast has gone quiet; the slow two ask 0.1 s apart
-                await slow[0].observe()
                 await asyncio.sleep(0.1)
+            before = len(backend.requests)
+            for _ in range(4):  # fast has gone quiet; the slow two ask 0.2 s apart
+                await slow[0].observe()
+                await asyncio.sleep(0.2)
                 await slow[1].observe()
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.6)
             return len(backend.requests) - before
-        # one scrape a round; 8 if the quiet check's 50 ms pace still set the window
+        # one scrape a round; 8 if the quiet check's 100 ms pace still set the window
         assert asyncio.run(run()) <= 5
 
 

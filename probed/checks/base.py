@@ -167,6 +167,9 @@ class Check:
     default_probes: ClassVar[FrozenSet[str]] = frozenset(("ready", "started"))
     default_interval: ClassVar[float] = 10.0
     default_timeout: ClassVar[float] = 1.0
+    # False: only read on demand (the preStop drain polls `inflight` itself), never on a
+    # schedule, so it costs the server nothing while nobody asks.
+    scheduled: ClassVar[bool] = True
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         self.spec = spec

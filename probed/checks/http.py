@@ -132,9 +132,11 @@ class HTTPCheck(HTTPPollingCheck):
             return False, obs.reason
         status = int(obs.value)
         snippet = obs.detail.get("body", "")
+        # A failure names the URL requested, in full: a wrong base URL (`/v1/health`) shows at once.
         if not status_in(status, config["expect"]):
-            return False, "HTTP %d%s" % (status, (": " + snippet) if snippet else "")
+            return False, "HTTP %d from %s%s" % (status, self.target(),
+                                                 (": " + snippet) if snippet else "")
         contains = config.get("contains")
         if contains and contains.encode("utf-8") not in (obs.raw or b""):
-            return False, "HTTP %d, body lacks %r" % (status, contains)
+            return False, "HTTP %d from %s, body lacks %r" % (status, self.target(), contains)
         return True, "HTTP %d" % status

@@ -59,20 +59,22 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
 async def served_models(base: str, settings: HTTPRequestSettings, timeout: float,
                         resolver: Optional[Resolver] = None) -> List[str]:
     """Model ids from `<base>/v1/models`; raises FetchError or ValueError."""
-    resp = await fetch(base.rstrip("/") + "/v1/models", headers=settings.request_headers(),
-                       timeout=timeout, tls=settings.tls, resolver=resolver)
-    if resp.status != 200:
-        raise ValueError("/v1/models: HTTP %d%s" % (resp.status, (
+    url = base.rstrip("/") + "/v1/models"
+    resp = await fetch(url, headers=settings.request_headers(), timeout=timeout,
+                       tls=settings.tls, resolver=resolver)
+    if resp.status != 200:  # the URL requested, in full: a wrong base URL shows at once
+        raise ValueError("GET %s: HTTP %d%s" % (url, resp.status, (
             ": " + body_snippet(resp.body)) if resp.body else ""))
     try:
         doc = resp.json()
     except ValueError:
-        raise ValueError("/v1/models: the reply is not JSON: " + body_snippet(resp.body)) from None
+        raise ValueError("GET %s: the reply is not JSON: %s" % (url, body_snippet(resp.body))) \
+            from None
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
-        raise ValueError("/v1/models: no \"data\" list in the reply")
+        raise ValueError("GET %s: no \"data\" list in the reply" % url)
     if not all(isinstance(m, dict) and m.get("id") is not None for m in data):
-        raise ValueError("/v1/models: a model entry without an \"id\"")
+        raise ValueError("GET %s: a model entry without an \"id\"" % url)
     return [str(m["id"]) for m in data]
 
 

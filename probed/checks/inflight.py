@@ -21,6 +21,7 @@ class InflightCheck(HTTPPollingCheck):
     kind = "inflight"
     default_probes = frozenset()
     default_interval = 10.0
+    scheduled = False
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "metric": Param(parse_selector_param, repeat=True, required=True,

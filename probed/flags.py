@@ -1,0 +1,265 @@
+"""The daemon's command line: the flag table, the parser built from it, Go-style spellings,
+one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
+
+Every flag is a row of one table (flag, parser, default, metavar, help), so --help, the
+environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` never disagree.
+"""
+
+import argparse
+import difflib
+import textwrap
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+from . import __version__
+from .checks import CHECK_KINDS
+from .checks.http import HTTP_COMMON_PARAMS
+from .checkspecs import CHECK_QUOTING, MIN_INTERVAL
+from .eventlog import LOG_FORMATS
+from .presets import PRESET_OPTIONS
+from .values import (
+    ConfigError,
+    format_duration,
+    parse_duration,
+    parse_host_port,
+    parse_positive_count,
+)
+
+ADMIN_DEFAULT_HOST = "127.0.0.1"  # `--admin-addr :9090` listens on loopback only
+MIN_TIMER = 0.1  # seconds: the floor of the read, write and idle timeouts
+
+
+class Option(NamedTuple):
+    """One daemon flag: how its value is parsed, its default, what it is, what it does."""
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    metavar: str
+    help: str
+
+
+def parse_port(text: str) -> int:
+    """A TCP port, 1-65535."""
+    value = parse_positive_count(text)
+    if value > 65535:
+        raise ValueError("expected a port between 1 and 65535")
+    return value
+
+
+def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
+    """`:9090` -> ("127.0.0.1", 9090); `0.0.0.0:9090` as given; `off` or empty -> None."""
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    host, port = parse_host_port(text, ADMIN_DEFAULT_HOST)
+    if port == 0:
+        raise ValueError("expected a port between 1 and 65535")
+    return host, port
+
+
+def parse_log_format(text: str) -> str:
+    """text or json."""
+    if text not in LOG_FORMATS:
+        raise ValueError("expected text or json")
+    return text
+
+
+def parse_interval(text: str) -> float:
+    """A poll interval: a duration of at least MIN_INTERVAL."""
+    value = parse_duration(text)
+    if value < MIN_INTERVAL:
+        raise ValueError("expected at least %s (a shorter interval hammers the backend)"
+                         % format_duration(MIN_INTERVAL))
+    return value
+
+
+def parse_timer(text: str) -> float:
+    """A connection timeout: a duration of at least MIN_TIMER."""
+    value = parse_duration(text)
+    if value < MIN_TIMER:
+        raise ValueError("expected at least %s" % format_duration(MIN_TIMER))
+    return value
+
+
+def parse_optional_duration(text: str) -> Optional[float]:
+    """A duration, or off (0, off, none): no limit."""
+    return None if text.strip().lower() in ("", "0", "off", "none") else parse_duration(text)
+
+
+def parse_optional_interval(text: str) -> Optional[float]:
+    """An interval, or off: each check keeps its own."""
+    return None if text.strip().lower() in ("", "0", "off", "none") else parse_interval(text)
+
+
+def parse_exit_rule(text: str) -> Dict[str, int]:
+    """`live=75` or `live=75,gpu-live=76`: which failures end probed with which exit code."""
+    rules: Dict[str, int] = {}
+    for part in text.split(","):
+        name, eq, code = part.strip().partition("=")
+        if not eq or not name or not code.strip().isdigit() or not 1 <= int(code) <= 255:
+            raise ValueError("expected GROUP_OR_CHECK=CODE with a code from 1 to 255, e.g. "
+                             "live=75")
+        rules[name.strip()] = int(code)
+    return rules
+
+
+DAEMON_OPTIONS: List[Option] = [
+    Option("--addr", parse_host_port, ("", 8080), "ADDR",
+           "probe listener: :8080 (all, IPv4+IPv6), 0.0.0.0:8080, [::1]:8080"),
+    Option("--read-timeout", parse_timer, 10.0, "DURATION", "time to receive a whole request"),
+    Option("--write-timeout", parse_timer, 10.0, "DURATION", "time to send a reply"),
+    Option("--idle-timeout", parse_timer, 120.0, "DURATION", "keep-alive connection idle time"),
+    Option("--max-connections", parse_positive_count, 1024, "N",
+           "open connections beyond this: the oldest idle or incomplete one gives way"),
+    Option("--tcp-live", parse_port, None, "PORT", "TCP port that listens only while live passes"),
+    Option("--tcp-ready", parse_port, None, "PORT",
+           "TCP port that listens only while ready passes"),
+    Option("--tcp-started", parse_port, None, "PORT",
+           "TCP port that listens only while started passes"),
+    Option("--startup-timeout", parse_optional_duration, None, "DURATION",
+           "live fails when not started within this (default: never)"),
+    Option("--start-interval", parse_interval, 0.5, "DURATION",
+           "poll interval of started and ready checks until the pod has been ready once"),
+    Option("--interval", parse_optional_interval, None, "DURATION",
+           "poll interval of every check that sets none, presets included (default: per kind)"),
+    Option("--drain-seconds", parse_duration, 5.0, "DURATION",
+           "after SIGTERM, SIGINT or SIGHUP: ready fails, probes answered this long, then exit 0"),
+    Option("--log-format", parse_log_format, "text", "FORMAT", "text (logfmt) or json"),
+    Option("--admin-addr", parse_admin_addr, None, "ADDR",
+           "admin listener (drain, heartbeats, become-ready): :9090 is 127.0.0.1:9090; a host "
+           "listens there (default: off)"),
+    Option("--admin-token-file", str, None, "FILE",
+           "every admin call must send Authorization: Bearer <this file's token> (re-read when "
+           "it changes)"),
+    Option("--restart-pod-on", parse_exit_rule, None, "RULE",
+           "exit with CODE when GROUP (live) or a CHECK fails for --restart-pod-after, e.g. "
+           "live=75: with restartPolicyRules (Kubernetes 1.35+) the pod restarts in place"),
+    Option("--restart-pod-after", parse_duration, 30.0, "DURATION",
+           "how long a --restart-pod-on failure must last before probed exits"),
+]
+
+PRESET_METAVARS = {
+    "--vllm": "URL", "--tgi": "URL", "--sglang": "URL", "--llamacpp": "URL",
+    "--vllm-endpoint": "URL", "--model": "NAME", "--max-waiting": "N",
+    "--max-kv-cache": "FRACTION", "--api-key-file": "FILE", "--inference-every": "DURATION",
+    "--inference-timeout": "DURATION", "--stall-after": "DURATION", "--ray": "URL",
+    "--ray-nodes": "N", "--ray-gpus": "N", "--ray-grace": "DURATION", "--ray-agent": "URL",
+    "--gpu": "GPUS",
+}
+
+SERVE_OPTIONS: List[Option] = DAEMON_OPTIONS + [
+    Option(flag, parse, default, PRESET_METAVARS.get(flag, "VALUE"), text)
+    for flag, parse, default, text in PRESET_OPTIONS]
+PRESET_FLAGS = frozenset(flag for flag, _, _, _ in PRESET_OPTIONS)
+SWITCHES = ("--print-config", "--allow-no-checks", "--version", "--help")  # take no value
+VALUE_FLAGS = frozenset([o.flag for o in SERVE_OPTIONS] + ["--check", "--config"])
+
+
+def dest(flag: str) -> str:
+    """`--read-timeout` -> `read_timeout` (the Settings field and argparse dest)."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def env_name(flag: str) -> str:
+    """`--read-timeout` -> `PROBED_READ_TIMEOUT`."""
+    return "PROBED_" + dest(flag).upper()
+
+
+def show_default(value: Any) -> str:
+    """A default as --help and --print-config show it."""
+    if isinstance(value, tuple):
+        return "%s:%d" % value
+    if isinstance(value, float):
+        return format_duration(value)
+    return str(value)
+
+
+def normalize_argv(argv: Sequence[str]) -> List[str]:
+    """Go's flag package spellings too (`-addr=:8080`, `-addr :8080`, `--addr=:8080`), so the
+    container args of a working Multi Node Prober deployment work unchanged; an unknown flag is
+    one line with a did-you-mean."""
+    known = VALUE_FLAGS | set(SWITCHES)
+    out: List[str] = []
+    expect_value = False
+    for arg in argv:
+        if expect_value:
+            out.append(arg)
+            expect_value = False
+            continue
+        if arg in ("-h", "--") or not arg.startswith("-") or arg == "-":
+            out.append(arg)
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        flag = "--" + name
+        if flag not in known:
+            raise ConfigError(unknown_flag(arg.partition("=")[0], known))
+        out.append(flag + eq + value)
+        expect_value = flag in VALUE_FLAGS and not eq
+    return out
+
+
+def unknown_flag(given: str, known: Iterable[str]) -> str:
+    """`unknown flag --vlm (did you mean --vllm?)`, one line."""
+    close = difflib.get_close_matches("--" + given.lstrip("-"), sorted(known), n=1, cutoff=0.6)
+    hint = " (did you mean %s?)" % close[0] if close else ""
+    return "unknown flag %s%s; probed --help lists them" % (given, hint)
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one ConfigError line (exit 2), not 14 lines of usage."""
+
+    def error(self, message: str) -> Any:
+        raise ConfigError(message)
+
+
+def epilog() -> str:
+    """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
+    subcommands (a one-file user has no README)."""
+    lines = []
+    for kind in sorted(CHECK_KINDS):
+        own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
+        more = "" if len(own) == len(CHECK_KINDS[kind].params) else " (+ http keys)"
+        lines += textwrap.wrap("%-10s %s%s" % (kind, " ".join(own), more), width=96,
+                               initial_indent="  ", subsequent_indent=" " * 13,
+                               break_on_hyphens=False)
+    return EPILOG % (" ".join(HTTP_COMMON_PARAMS), "\n".join(lines), CHECK_QUOTING)
+
+
+EPILOG = """check kinds and their keys (README.md "Checks" says what each does). Every kind also
+takes name probes interval timeout fail-after pass-after stale-after start-interval; the http
+keys are %s.
+%s
+examples:
+  probed --vllm http://127.0.0.1:8000 --max-waiting 32
+  probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
+  %s
+Every flag also reads PROBED_<FLAG> (e.g. PROBED_READ_TIMEOUT=5s; PROBED_CHECK holds one check
+per line). Go-style -flag=value and -flag value work too (Multi Node Prober args).
+The probe port also serves grpc.health.v1 (kubelet grpc probes): service liveness, readiness,
+startup, or a check's name.
+
+subcommands (each has --help):
+  probed [serve]     the daemon (default)
+  probed check URL   one probe for exec probes: exit 0 pass, 1 fail, 2 usage, 3 unreachable
+  probed bench URL   kubelet-style probe latency: p50/p90/p99/max, probes/s
+  probed drain       preStop: fail ready, wait until nothing is in flight
+  probed beat NAME   a worker's heartbeat (file or admin listener)
+  probed demo, probed sim   the vLLM simulator and a guided demo (package only)"""
+
+
+def build_serve_parser() -> FlagParser:
+    """The `probed [serve]` argument parser (defaults are applied after parsing)."""
+    parser = FlagParser(
+        prog="probed", description="Kubernetes probes for LLM inference servers, answered "
+        "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version="probed " + __version__)
+    parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
+                        help="a check (repeatable); kinds below")
+    parser.add_argument("--config", metavar="FILE.json", help="checks and settings as JSON")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration (secrets redacted) and exit")
+    parser.add_argument("--allow-no-checks", action="store_true",
+                        help="start with no check at all (every probe passes): only when meant")
+    for option in SERVE_OPTIONS:
+        shown = "" if option.default is None else " (default: %s)" % show_default(option.default)
+        parser.add_argument(option.flag, metavar=option.metavar, help=option.help + shown)
+    return parser
