@@ -540,6 +540,9 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADER_FIELDS = 100
 MAX_BODY = 64 * 1024
 MAX_LEADING_BLANK = 64
+MAX_HEAD_BYTES = MAX_LEADING_BLANK + MAX_REQUEST_LINE + MAX_HEADER_BYTES + 8
+CACHED_REQUESTS = 32
+CACHED_HEAD_BYTES = 1024
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -558,6 +561,8 @@ _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST"))
 _HEADER_BLOCK = re.compile(
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20\x09\x21-\x7e\x80-\xff]*\r?\n)*\Z")
 _DIGITS = re.compile(r"[0-9]{1,18}\Z")
+_LEADING_BLANK = re.compile(rb"[\r\n]{0,%d}" % (MAX_LEADING_BLANK + 1))
+_CR_LF = (13, 10)
 
 
 class HTTPError(Exception):
@@ -571,10 +576,12 @@ class HTTPError(Exception):
 
 class Request:
 
-    __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body")
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body",
+                 "body_pending")
 
     def __init__(self, method: str, target: str, path: str, query: str, version: str,
-                 headers: Dict[str, str], keep_alive: bool, body: bytes) -> None:
+                 headers: Dict[str, str], keep_alive: bool, body: bytes,
+                 body_pending: int = 0) -> None:
         self.method = method
         self.target = target
         self.path = path
@@ -583,6 +590,7 @@ class Request:
         self.headers = headers
         self.keep_alive = keep_alive
         self.body = body
+        self.body_pending = body_pending
 
     def query_pairs(self) -> List[Tuple[str, str]]:
         if not self.query:
@@ -594,13 +602,22 @@ class Request:
 
 
 def _find_head_end(buf: bytes, start: int) -> Tuple[int, int]:
-    crlf = buf.find(b"\n\r\n", start)
-    lf = buf.find(b"\n\n", start)
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf, crlf + 3
+    limit = start + MAX_HEAD_BYTES
+    crlf = buf.find(b"\n\r\n", start, limit)
+    lf = buf.find(b"\n\n", start, crlf + 1 if crlf >= 0 else limit)
     if lf >= 0:
         return lf, lf + 2
+    if crlf >= 0:
+        return crlf, crlf + 3
     return -1, -1
+
+
+def _skip_blank_lines(buf: bytes, start: int) -> int:
+    end = _LEADING_BLANK.match(buf, start).end()
+    if end - start > MAX_LEADING_BLANK:
+        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
+                        MAX_LEADING_BLANK)
+    return end
 
 
 def _check_incomplete(buf: bytes, start: int) -> None:
@@ -612,16 +629,15 @@ def _check_incomplete(buf: bytes, start: int) -> None:
         raise HTTPError(431, "header block larger than %d bytes" % MAX_HEADER_BYTES)
 
 
-def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Request], int]:
-    n = len(buf)
-    start = n - len(buf.lstrip(b"\r\n"))
-    if start > MAX_LEADING_BLANK:
-        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
-                        MAX_LEADING_BLANK)
+def parse_request(buf: bytes, max_body: int = MAX_BODY,
+                  start: int = 0) -> Tuple[Optional[Request], int]:
+    n, begin = len(buf), start
+    if start < n and buf[start] in _CR_LF:
+        start = _skip_blank_lines(buf, start)
     head_end, body_start = _find_head_end(buf, start)
     if head_end < 0:
         _check_incomplete(buf, start)
-        return None, 0
+        return None, begin
     lines = buf[start:head_end].split(b"\n")
     request_line = lines[0].rstrip(b"\r")
     if len(request_line) > MAX_REQUEST_LINE:
@@ -634,12 +650,47 @@ def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Reques
     headers = _parse_headers(lines)
     keep_alive = _keep_alive(version, headers.get("connection", ""))
     length = _body_length(headers, max_body)
-    if n < body_start + length:
-        return None, 0
-    body = bytes(buf[body_start:body_start + length])
     path, query = _split_target(target)
+    if n < body_start + length:
+        if not _expects_continue(version, headers):
+            return None, begin
+        return (Request(method, target.decode("ascii"), path, query, version, headers, False,
+                        b"", length - (n - body_start)), n)
+    body = bytes(buf[body_start:body_start + length])
     return (Request(method, target.decode("ascii"), path, query, version, headers, keep_alive,
                     body), body_start + length)
+
+
+def _expects_continue(version: str, headers: Dict[str, str]) -> bool:
+    return version == "1.1" and headers.get("expect", "").lower() == "100-continue"
+
+
+class RequestParser:
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        self.max_body = max_body
+        self._heads: Dict[bytes, Request] = {}
+
+    def parse(self, buf: bytes, start: int = 0) -> Tuple[Optional[Request], int]:
+        end = buf.find(b"\r\n\r\n", start, start + CACHED_HEAD_BYTES) + 4
+        key = b""
+        if end >= 4:
+            key = buf if start == 0 and end == len(buf) else buf[start:end]
+            known = self._heads.get(key)
+            if known is not None:
+                return known, end
+        request, used = parse_request(buf, self.max_body, start)
+        if (key and request is not None and used == end and "expect" not in request.headers
+                and "content-length" not in request.headers):
+            if len(self._heads) >= CACHED_REQUESTS:
+                self._heads.clear()
+            self._heads[key] = request
+        return request, used
+
+
+def is_head_request(buf: bytes, start: int = 0) -> bool:
+    end = _LEADING_BLANK.match(buf, start).end()
+    return buf.startswith(b"HEAD ", end)
 
 
 def _parse_request_line(line: bytes) -> Tuple[str, bytes, str]:
@@ -757,13 +808,20 @@ def connection_mode(request: Request) -> int:
 
 class PreparedResponse:
 
-    __slots__ = ("status", "before", "after", "close")
+    __slots__ = ("status", "before", "after", "close", "_date", "_wire")
 
     def __init__(self, status: int, before: bytes, after: bytes, close: bool) -> None:
         self.status = status
         self.before = before
         self.after = after
         self.close = close
+        self._date: Optional[bytes] = None
+        self._wire = b""
+
+    def wire(self, date: bytes) -> bytes:
+        if date is not self._date:
+            self._date, self._wire = date, self.before + date + self.after
+        return self._wire
 
 
 def build_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
@@ -789,6 +847,21 @@ def build_error_response(error: HTTPError, head: bool = False) -> PreparedRespon
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class DateCache:
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def at(self, epoch_seconds: float) -> bytes:
+        second = int(epoch_seconds)
+        if second != self._second:
+            self._second, self._value = second, http_date(second)
+        return self._value
 
 
 def http_date(epoch_seconds: float) -> bytes:
