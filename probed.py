@@ -13,7 +13,9 @@
 #     probed/__init__.py
 #     probed/clientproto.py
 #     probed/client.py
+#     probed/fdlimit.py
 #     probed/httpproto.py
+#     probed/connection.py
 #     probed/probebench.py
 #     probed/promselector.py
 #     probed/expfmt.py
@@ -38,6 +40,7 @@
 #     probed/checks/__init__.py
 #     probed/config.py
 #     probed/eventlog.py
+#     probed/listeners.py
 #     probed/presets.py
 #     probed/server.py
 #     probed/verdicts.py
@@ -525,6 +528,48 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 
 
 # ============================================================
+# probed/fdlimit.py
+# ============================================================
+"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
+"""
+
+import resource
+from typing import NamedTuple
+
+FD_RESERVE = 128
+
+
+class ConnectionCap(NamedTuple):
+
+    requested: int
+    cap: int
+    soft_limit: int
+    hard_limit: int
+    reserve: int
+
+    @property
+    def lowered(self) -> bool:
+        return self.cap < self.requested
+
+
+def fit_connection_cap(requested: int) -> ConnectionCap:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = requested + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (OSError, ValueError):
+                pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return ConnectionCap(requested, requested, soft, hard, FD_RESERVE)
+    reserve = min(FD_RESERVE, soft // 2)
+    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
+
+
+# ============================================================
 # probed/httpproto.py
 # ============================================================
 """HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
@@ -869,6 +914,96 @@ def http_date(epoch_seconds: float) -> bytes:
     return ("%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
         t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
+
+
+# ============================================================
+# probed/connection.py
+# ============================================================
+"""One client connection's state, the server's counters, and the rules over open connections
+that need no socket: which one gives way at the cap, and which ones are past their deadline.
+"""
+
+import asyncio
+import socket
+from typing import AbstractSet, Dict, Iterable, List, Optional, Tuple
+
+PRESSURE_TIMEOUT = 1.0
+MAX_INPUT_BUFFER = 256 * 1024
+OTHER_PATH_LABEL = "other"
+
+READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
+
+
+class Connection:
+
+    __slots__ = ("sock", "fd", "buf", "pos", "out", "phase", "deadline", "close_after",
+                 "reading", "writing", "waiting", "linger", "fresh")
+
+    def __init__(self, sock: socket.SocketType, deadline: float, fresh: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = b""
+        self.pos = 0
+        self.out = b""
+        self.phase = READING
+        self.deadline = deadline
+        self.close_after = False
+        self.reading = False
+        self.writing = False
+        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
+        self.linger = False
+        self.fresh = fresh
+
+    def holds_nothing(self) -> bool:
+        return self.waiting is None and not self.buf and not self.out
+
+    def append(self, data: bytes) -> bool:
+        unparsed = len(self.buf) - self.pos
+        if unparsed + len(data) > MAX_INPUT_BUFFER:
+            return False
+        self.buf = self.buf[self.pos:] + data if unparsed else data
+        self.pos = 0
+        return True
+
+    def consumed(self, pos: int) -> None:
+        if pos >= len(self.buf):
+            self.buf, self.pos = b"", 0
+        else:
+            self.pos = pos
+
+    def await_next(self, now: float, read_timeout: float, idle_timeout: float) -> None:
+        self.phase = READING if self.buf else IDLE
+        self.deadline = now + (read_timeout if self.buf else idle_timeout)
+
+
+class ServerStats:
+
+    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "requests")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused_at_cap = 0
+        self.evicted_at_cap = 0
+        self.requests: Dict[Tuple[str, int], int] = {}
+
+    def count(self, path: str, status: int, counted_paths: AbstractSet[str]) -> None:
+        key = (path if path in counted_paths else OTHER_PATH_LABEL, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+
+def pick_eviction(oldest_first: Iterable[Connection]) -> Optional[Connection]:
+    for conn in oldest_first:
+        if conn.waiting is None:
+            return conn
+    return None
+
+
+def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Connection]:
+    if pressure:
+        for conn in conns:
+            if conn.holds_nothing():
+                conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
+    return [c for c in conns if c.deadline < now]
 
 
 # ============================================================
@@ -3758,6 +3893,63 @@ class EventLog:
 
 
 # ============================================================
+# probed/listeners.py
+# ============================================================
+"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
+"""
+
+import asyncio
+import errno
+import socket
+from typing import Any, Callable, Dict, Optional
+
+ACCEPT_PAUSE = 0.1
+
+
+def bind_listener(host: str, port: int, flag: str) -> socket.socket:
+    where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
+    families = [socket.AF_INET6, socket.AF_INET] if not host else [
+        socket.AF_INET6 if ":" in host else socket.AF_INET]
+    last: Optional[OSError] = None
+    for family in families:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and not host:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                break
+    assert last is not None
+    if last.errno == errno.EADDRINUSE:
+        raise ConfigError("%s: port %d is already in use" % (where, port))
+    if last.errno == errno.EACCES:
+        raise ConfigError("%s: permission denied (ports below 1024 need privileges)" % where)
+    raise ConfigError("%s: cannot listen: %s" % (where, last.strerror or last))
+
+
+def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: OSError,
+                    listeners: Dict[int, socket.socket],
+                    on_accept: Callable[[socket.socket], Any]) -> None:
+    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        return
+    fd = lsock.fileno()
+    loop.remove_reader(fd)
+
+    def resume() -> None:
+        if listeners.get(fd) is lsock:
+            loop.add_reader(fd, on_accept, lsock)
+
+    loop.call_later(ACCEPT_PAUSE, resume)
+
+
+# ============================================================
 # probed/presets.py
 # ============================================================
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
@@ -3977,79 +4169,20 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 """
 
 import asyncio
-import errno
+import os
 import socket
 import time
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+
 
 ACCEPTS_PER_WAKEUP = 64
 RECV_SIZE = 65536
 SWEEP_INTERVAL = 0.25
 LINGER_SECONDS = 2.0
-PRESSURE_TIMEOUT = 1.0
 PIPELINE_BATCH = 16
-MAX_INPUT_BUFFER = 256 * 1024
-OTHER_PATH_LABEL = "other"
-
-READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
-
-
-class Connection:
-
-    __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after", "reading",
-                 "writing", "waiting", "linger")
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.buf = b""
-        self.out = b""
-        self.phase = READING
-        self.deadline = deadline
-        self.close_after = False
-        self.reading = False
-        self.writing = False
-        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
-        self.linger = False
-
-
-class ServerStats:
-
-    __slots__ = ("accepted", "refused_at_cap", "requests")
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.refused_at_cap = 0
-        self.requests: Dict[Tuple[str, int], int] = {}
-
-
-def bind_listener(host: str, port: int, flag: str) -> socket.socket:
-    where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
-    families = [socket.AF_INET6, socket.AF_INET] if not host else [
-        socket.AF_INET6 if ":" in host else socket.AF_INET]
-    last: Optional[OSError] = None
-    for family in families:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and not host:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                break
-    assert last is not None
-    if last.errno == errno.EADDRINUSE:
-        raise ConfigError("%s: port %d is already in use" % (where, port))
-    if last.errno == errno.EACCES:
-        raise ConfigError("%s: permission denied (ports below 1024 need privileges)" % where)
-    raise ConfigError("%s: cannot listen: %s" % (where, last.strerror or last))
-
+TLS_HANDSHAKE = b"\x16\x03"
+NOWAIT = socket.MSG_DONTWAIT
+LAST_REPLY = socket.MSG_DONTWAIT | socket.MSG_MORE
 
 class ProbeServer:
 
@@ -4060,17 +4193,22 @@ class ProbeServer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_body = max_body
+        self.cap = fit_connection_cap(max_connections)
+        self.max_connections = self.cap.cap
+        self.parser = RequestParser(max_body) if max_body else RequestParser()
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
         self.stats = ServerStats()
         self.counted_paths: FrozenSet[str] = frozenset()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
-        self._date_second = -1
-        self._date = b""
+        self._dates = DateCache()
         self._under_pressure = False
+        self._in_hand = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.conns) + self._in_hand
 
     def add_listener(self, sock: socket.socket) -> None:
         loop = self._loop_or_start()
@@ -4098,36 +4236,94 @@ class ProbeServer:
             self._sweeper.cancel()
 
     def _on_accept(self, lsock: socket.socket) -> None:
+        accept = lsock._accept
+        family, conns, stats = lsock.family, self.conns, self.stats
         for _ in range(ACCEPTS_PER_WAKEUP):
             try:
-                sock, _addr = lsock.accept()
+                fd, _addr = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._pause_accepting(lsock, exc)
+                assert self._loop is not None
+                pause_accepting(self._loop, lsock, exc, self.listeners, self._on_accept)
                 return
-            if len(self.conns) >= self.max_connections:
-                self.stats.refused_at_cap += 1
-                sock.close()
-                self._under_pressure = True
+            try:
+                sock = socket.SocketType(family, socket.SOCK_STREAM, 0, fd)
+            except OSError:
+                os.close(fd)
                 continue
-            self.stats.accepted += 1
-            sock.setblocking(False)
-            conn = Connection(sock, time.monotonic() + self.read_timeout)
-            self.conns[conn.fd] = conn
-            self._on_readable(conn)
-            if (self.conns.get(conn.fd) is conn and not conn.buf and not conn.out
-                    and conn.waiting is None and conn.phase == READING):
-                self._watch(conn, read=True)
+            if len(conns) >= self.max_connections and not self._make_room():
+                stats.refused_at_cap += 1
+                sock.close()
+                continue
+            stats.accepted += 1
+            self._open(sock)
 
-    def _pause_accepting(self, lsock: socket.socket, exc: OSError) -> None:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            fd = lsock.fileno()
-            loop = self._loop
-            assert loop is not None
-            loop.remove_reader(fd)
-            loop.call_later(0.1, lambda: self.listeners.get(fd) is lsock and loop.add_reader(
-                fd, self._on_accept, lsock))
+    def _open(self, sock: socket.SocketType) -> None:
+        try:
+            data = sock.recv(RECV_SIZE, NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            self._watch(self._adopt(sock, True), read=True)
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._first_bytes(sock, data)
+        else:
+            sock.close()
+
+    def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
+        if data.startswith(TLS_HANDSHAKE):
+            conn = self._adopt(sock, False)
+            conn.linger = True
+            self._count(OTHER_PATH_LABEL, 400)
+            self._send(conn, self._wire(build_error_response(HTTPError(
+                400, "this port speaks plain HTTP, and a TLS handshake arrived"))), True)
+        elif not self._answer_at_once(sock, data):
+            self._take(self._adopt(sock, False), data)
+
+    def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
+        try:
+            request, used = self.parser.parse(data)
+        except HTTPError:
+            return False
+        if request is None or used != len(data) or request.keep_alive or request.body_pending:
+            return False
+        self._in_hand = 1
+        reply = self.respond(request)
+        self._in_hand = 0
+        if not isinstance(reply, PreparedResponse):
+            self._defer(self._adopt(sock, False), reply, [])
+            return True
+        self._count(request.path, reply.status)
+        wire = self._wire(reply)
+        try:
+            sent = sock.send(wire, LAST_REPLY if reply.close else NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(wire)
+        if sent == len(wire) and reply.close:
+            sock.close()
+            return True
+        conn = self._adopt(sock, False)
+        self._send(conn, wire[sent:], reply.close)
+        self._after_serve(conn, False)
+        return True
+
+    def _adopt(self, sock: socket.SocketType, fresh: bool) -> Connection:
+        conn = Connection(sock, time.monotonic() + self.read_timeout, fresh)
+        self.conns[conn.fd] = conn
+        return conn
+
+    def _make_room(self) -> bool:
+        self._under_pressure = True
+        victim = pick_eviction(self.conns.values())
+        if victim is None:
+            return False
+        self.stats.evicted_at_cap += 1
+        self._close(victim)
+        return True
 
     def _watch(self, conn: Connection, read: Optional[bool] = None,
                write: Optional[bool] = None) -> None:
@@ -4148,7 +4344,7 @@ class ProbeServer:
 
     def _on_readable(self, conn: Connection) -> None:
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            data = conn.sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -4157,38 +4353,44 @@ class ProbeServer:
             if conn.waiting is not None:
                 conn.waiting.cancel()
             self._close(conn)
+        elif conn.phase == LINGERING:
             return
-        if conn.phase == LINGERING:
-            return
-        if len(conn.buf) + len(data) > MAX_INPUT_BUFFER:
+        elif conn.fresh:
+            self._release(conn)
+            self._first_bytes(conn.sock, data)
+        else:
+            self._take(conn, data)
+
+    def _take(self, conn: Connection, data: bytes) -> None:
+        if not conn.append(data):
             self._close(conn)
             return
         if conn.phase == IDLE:
             conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
-        conn.buf = conn.buf + data if conn.buf else data
         if conn.waiting is None and not conn.writing:
             self._serve(conn)
 
     def _serve(self, conn: Connection) -> None:
         out: List[bytes] = []
         close = more = False
+        buf, pos = conn.buf, conn.pos
         for _ in range(PIPELINE_BATCH):
-            if not conn.buf:
+            if pos >= len(buf):
                 break
             try:
-                request, used = parse_request(conn.buf, self.max_body) if self.max_body else \
-                    parse_request(conn.buf)
+                request, end = self.parser.parse(buf, pos)
             except HTTPError as err:
                 self._count(OTHER_PATH_LABEL, err.status)
-                head = conn.buf.lstrip(b"\r\n").startswith(b"HEAD ")
-                out.append(self._wire(build_error_response(err, head)))
-                close, conn.buf, conn.linger = True, b"", True
+                out.append(self._wire(build_error_response(err, is_head_request(buf, pos))))
+                close, conn.linger, pos = True, True, len(buf)
                 break
             if request is None:
                 break
-            conn.buf = conn.buf[used:]
+            pos = end
+            conn.linger = conn.linger or request.body_pending > 0
             reply = self.respond(request)
-            if isinstance(reply, asyncio.Future):
+            if not isinstance(reply, PreparedResponse):
+                conn.consumed(pos)
                 self._defer(conn, reply, out)
                 return
             self._count(request.path, reply.status)
@@ -4197,8 +4399,12 @@ class ProbeServer:
                 close = True
                 break
         else:
-            more = bool(conn.buf)
+            more = pos < len(buf)
+        conn.consumed(pos)
         if out:
+            if not close:
+                del self.conns[conn.fd]
+                self.conns[conn.fd] = conn
             self._send(conn, b"".join(out) if len(out) > 1 else out[0], close)
         self._after_serve(conn, more)
 
@@ -4216,9 +4422,7 @@ class ProbeServer:
             self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
-        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
-        requests = self.stats.requests
-        requests[key] = requests.get(key, 0) + 1
+        self.stats.count(path, status, self.counted_paths)
 
     def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
                earlier: List[bytes]) -> None:
@@ -4243,17 +4447,14 @@ class ProbeServer:
             self._serve_or_listen(conn)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
-        now = int(time.time())
-        if now != self._date_second:
-            self._date_second, self._date = now, http_date(now)
-        return reply.before + self._date + reply.after
+        return reply.wire(self._dates.at(time.time()))
 
     def _send(self, conn: Connection, data: bytes, close: bool) -> None:
         if conn.out:
             conn.out += data
         else:
             try:
-                sent = conn.sock.send(data)
+                sent = conn.sock.send(data, NOWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -4267,11 +4468,7 @@ class ProbeServer:
         elif conn.close_after:
             self._finish(conn)
         elif conn.waiting is None:
-            self._await_next(conn)
-
-    def _await_next(self, conn: Connection) -> None:
-        conn.phase = READING if conn.buf else IDLE
-        conn.deadline = time.monotonic() + (self.read_timeout if conn.buf else self.idle_timeout)
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
 
     def _serve_or_listen(self, conn: Connection) -> None:
         if conn.buf:
@@ -4281,7 +4478,7 @@ class ProbeServer:
 
     def _on_writable(self, conn: Connection) -> None:
         try:
-            sent = conn.sock.send(conn.out)
+            sent = conn.sock.send(conn.out, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -4297,7 +4494,7 @@ class ProbeServer:
             conn.deadline = float("inf")
             self._watch(conn, read=True)
         else:
-            self._await_next(conn)
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
             self._serve_or_listen(conn)
 
     def _finish(self, conn: Connection) -> None:
@@ -4309,30 +4506,28 @@ class ProbeServer:
         except OSError:
             self._close(conn)
             return
-        conn.phase, conn.buf = LINGERING, b""
+        conn.phase, conn.buf, conn.pos = LINGERING, b"", 0
         conn.deadline = time.monotonic() + LINGER_SECONDS
         self._watch(conn, read=True)
 
-    def _close(self, conn: Connection) -> None:
+    def _release(self, conn: Connection) -> bool:
         if self.conns.pop(conn.fd, None) is None:
-            return
-        if self._loop is not None:
+            return False
+        if conn.reading or conn.writing:
             self._watch(conn, read=False, write=False)
-        conn.sock.close()
+        return True
+
+    def _close(self, conn: Connection) -> None:
+        if self._release(conn):
+            conn.sock.close()
 
     def _sweep(self) -> None:
-        now = time.monotonic()
-        if self._under_pressure:
-            self._under_pressure = False
-            for conn in self.conns.values():
-                if conn.waiting is None and not conn.buf and not conn.out:
-                    conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
-        expired = [c for c in self.conns.values() if c.deadline < now]
-        for conn in expired:
+        pressure, self._under_pressure = self._under_pressure, False
+        for conn in expired(list(self.conns.values()), time.monotonic(), pressure):
             if conn.phase == READING and conn.buf:
                 try:
                     conn.sock.send(self._wire(build_error_response(
-                        HTTPError(408, "request not complete within the read timeout"))))
+                        HTTPError(408, "request not complete within the read timeout"))), NOWAIT)
                 except OSError:
                     pass
             self._close(conn)
@@ -5569,12 +5764,15 @@ def render_server_families(page: MetricsPage, server: Optional[ProbeServer]) -> 
         page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
     for name, kind, text, value in (
             ("probed_open_connections", "gauge", "Client connections open on the probe port.",
-             len(server.conns)),
+             server.open_connections),
             ("probed_connections_accepted_total", "counter",
              "Client connections accepted on the probe port.", server.stats.accepted),
             ("probed_connections_refused_total", "counter",
              "Client connections closed at once because --max-connections were open.",
-             server.stats.refused_at_cap)):
+             server.stats.refused_at_cap),
+            ("probed_connections_evicted_total", "counter",
+             "Open connections closed at --max-connections to let a new one in (the one "
+             "longest without a request answered).", server.stats.evicted_at_cap)):
         page.family(name, kind, text)
         page.sample(name, (), value)
 
@@ -5695,6 +5893,10 @@ class Daemon:
         self.server = ProbeServer(self.router.respond, settings["read_timeout"],
                                   settings["write_timeout"], settings["idle_timeout"],
                                   settings["max_connections"])
+        cap = self.server.cap
+        if cap.lowered:
+            log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
+                     asked=cap.requested, open_files=cap.soft_limit, kept_for_checks=cap.reserve)
         self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])

@@ -69,6 +69,10 @@ class Daemon:
         self.server = ProbeServer(self.router.respond, settings["read_timeout"],
                                   settings["write_timeout"], settings["idle_timeout"],
                                   settings["max_connections"])
+        cap = self.server.cap
+        if cap.lowered:
+            log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
+                     asked=cap.requested, open_files=cap.soft_limit, kept_for_checks=cap.reserve)
         self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])

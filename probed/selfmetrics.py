@@ -145,12 +145,15 @@ def render_server_families(page: MetricsPage, server: Optional[ProbeServer]) -> 
         page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
     for name, kind, text, value in (
             ("probed_open_connections", "gauge", "Client connections open on the probe port.",
-             len(server.conns)),
+             server.open_connections),
             ("probed_connections_accepted_total", "counter",
              "Client connections accepted on the probe port.", server.stats.accepted),
             ("probed_connections_refused_total", "counter",
              "Client connections closed at once because --max-connections were open.",
-             server.stats.refused_at_cap)):
+             server.stats.refused_at_cap),
+            ("probed_connections_evicted_total", "counter",
+             "Open connections closed at --max-connections to let a new one in (the one "
+             "longest without a request answered).", server.stats.evicted_at_cap)):
         page.family(name, kind, text)
         page.sample(name, (), value)
 
