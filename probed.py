@@ -14,6 +14,7 @@
 #     probed/clientproto.py
 #     probed/client.py
 #     probed/fdlimit.py
+#     probed/groups.py
 #     probed/httpproto.py
 #     probed/connection.py
 #     probed/probebench.py
@@ -38,18 +39,20 @@
 #     probed/checks/tcp.py
 #     probed/checks/ray.py
 #     probed/checks/__init__.py
-#     probed/config.py
 #     probed/eventlog.py
+#     probed/hygiene.py
+#     probed/checkstate.py
+#     probed/config.py
 #     probed/listeners.py
+#     probed/podevents.py
+#     probed/pod.py
 #     probed/presets.py
-#     probed/server.py
-#     probed/verdicts.py
-#     probed/lifecycle.py
-#     probed/engine.py
-#     probed/admin.py
-#     probed/drain.py
 #     probed/render.py
 #     probed/router.py
+#     probed/scheduler.py
+#     probed/drain.py
+#     probed/server.py
+#     probed/admin.py
 #     probed/selfmetrics.py
 #     probed/daemon.py
 #     probed/settings.py
@@ -570,6 +573,15 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 
 
 # ============================================================
+# probed/groups.py
+# ============================================================
+"""The three probe groups, the kubelet probe each answers, and the path it is served on."""
+
+GROUPS = ("live", "ready", "started")
+GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
+
+
+# ============================================================
 # probed/httpproto.py
 # ============================================================
 """HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
@@ -925,7 +937,7 @@ that need no socket: which one gives way at the cap, and which ones are past the
 
 import asyncio
 import socket
-from typing import AbstractSet, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 PRESSURE_TIMEOUT = 1.0
 MAX_INPUT_BUFFER = 256 * 1024
@@ -978,16 +990,19 @@ class Connection:
 
 class ServerStats:
 
-    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "requests")
+    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "open", "requests",
+                 "counted_paths")
 
-    def __init__(self) -> None:
+    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
         self.accepted = 0
         self.refused_at_cap = 0
         self.evicted_at_cap = 0
+        self.open = 0
         self.requests: Dict[Tuple[str, int], int] = {}
+        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
 
-    def count(self, path: str, status: int, counted_paths: AbstractSet[str]) -> None:
-        key = (path if path in counted_paths else OTHER_PATH_LABEL, status)
+    def count(self, path: str, status: int) -> None:
+        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
         self.requests[key] = self.requests.get(key, 0) + 1
 
 
@@ -1672,14 +1687,18 @@ class MetricsSource:
         assert self.response is not None
         return self.response
 
+    def forget(self) -> None:
+        self.response, self.error, self.taken_at = None, None, float("-inf")
+
     async def _fetch(self, timeout: float, headers: Optional[Mapping[str, str]]) -> None:
+        started = time.monotonic()
         try:
             self.response = await fetch(self.url, headers=headers or self.headers,
                                         timeout=timeout, max_body=SCRAPE_MAX_BODY, tls=self.tls)
             self.error = None
         except FetchError as exc:
             self.response, self.error = None, exc
-        self.taken_at = time.monotonic()
+        self.taken_at = started
 
 
 SourceKey = Tuple[Any, ...]
@@ -1697,6 +1716,10 @@ class ScrapeHub:
         if source is None:
             source = self.sources[full] = MetricsSource(url, headers, tls)
         return source
+
+    def forget(self) -> None:
+        for source in self.sources.values():
+            source.forget()
 
 
 def is_openmetrics(response: Response) -> Optional[bool]:
@@ -1725,7 +1748,6 @@ import re
 import time
 from typing import FrozenSet, List, Tuple
 
-GROUPS = ("live", "ready", "started")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -1767,6 +1789,18 @@ def format_duration(seconds: float) -> str:
 def format_timestamp(wall: float, millis: bool = False) -> str:
     text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
     return text + (".%03dZ" % (int(wall * 1000) % 1000) if millis else "Z")
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int) -> str:
+    if _CONTROL_CHARS.search(text):
+        text = _CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
+                                  else "\\u%04x" % ord(m.group()), text)
+    if len(text) > limit:
+        return "%s... (%d more characters)" % (text[:limit], len(text) - limit)
+    return text
 
 
 def parse_count(text: str) -> int:
@@ -1834,11 +1868,17 @@ def redact_userinfo(text: str) -> str:
 
 def parse_http_url(text: str) -> str:
     s = text.strip()
-    m = re.match(r"^(https?)://([^/?#\s]+)", s)
-    if not m:
+    if not re.match(r"^(https?)://[^/?#\s]+", s):
         raise ValueError("expected an http:// or https:// URL with a host")
-    if "@" in m.group(2):
-        raise ValueError("credentials in a URL are not supported (use header= or token-file=)")
+    try:
+        split_url(s)
+    except ValueError as exc:
+        if str(exc).startswith("Port"):
+            raise ValueError("expected a port between 0 and 65535 after the host") from None
+        if "credentials" in str(exc):
+            raise ValueError("credentials in a URL are not supported (use header= or "
+                             "token-file=)") from None
+        raise
     return s
 
 
@@ -2138,13 +2178,16 @@ def check_main(argv: Sequence[str]) -> int:
 """The one contract every check kind follows (kube-apiserver healthz style).
 """
 
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Union
+
+
+Incarnation = Optional[Union[float, str]]
 
 
 class Observation:
 
-    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "incarnation",
-                 "restart")
+    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "loading",
+                 "incarnation", "restart")
 
     def __init__(
         self,
@@ -2155,8 +2198,9 @@ class Observation:
         detail: Optional[Dict[str, Any]] = None,
         raw: Any = None,
         refused: bool = False,
-        incarnation: Optional[float] = None,
+        incarnation: Incarnation = None,
         restart: str = "",
+        loading: bool = False,
     ) -> None:
         self.ok = ok
         self.reason = reason
@@ -2165,6 +2209,7 @@ class Observation:
         self.detail = detail
         self.raw = raw
         self.refused = refused
+        self.loading = loading
         self.incarnation = incarnation
         self.restart = restart
 
@@ -2265,6 +2310,12 @@ class Check:
 
     def target(self) -> str:
         return ""
+
+    def secrets(self) -> Tuple[str, ...]:
+        return ()
+
+    def on_deadline(self, timeout: float) -> Observation:
+        return Observation(False, "timed out after %s" % format_duration(timeout))
 
     def forget(self) -> None:
         """The backend restarted: drop history kept between polls (counters, rates)."""
@@ -2587,9 +2638,10 @@ class HeartbeatCheck(Check):
 # ============================================================
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 BODY_SNIPPET = 120
+TOKENS_REMEMBERED = 4
 HTTP_CHECK_MAX_BODY = 1 << 20
 
 
@@ -2619,6 +2671,7 @@ class HTTPRequestSettings:
         self.token_file: Optional[str] = config.get("token-file")
         self.token_env: Optional[str] = config.get("token-env")
         self.token_envs: Tuple[str, ...] = (self.token_env,) if self.token_env else ()
+        self.tokens_sent: List[str] = []
         tls_needed = config.get("ca-file") or config.get("insecure")
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
                               insecure=bool(config.get("insecure"))) if tls_needed else None
@@ -2633,7 +2686,12 @@ class HTTPRequestSettings:
             token = read_bearer_token(self.token_file, self.token_envs)
             if token:
                 headers["Authorization"] = "Bearer " + token
+                if token not in self.tokens_sent:
+                    self.tokens_sent = self.tokens_sent[-(TOKENS_REMEMBERED - 1):] + [token]
         return headers
+
+    def secrets(self) -> Tuple[str, ...]:
+        return tuple(self.headers.values()) + tuple(self.tokens_sent)
 
 
 HTTP_COMMON_PARAMS: Dict[str, Param] = {
@@ -2654,6 +2712,9 @@ class HTTPPollingCheck(Check):
 
     def request_settings(self) -> HTTPRequestSettings:
         return HTTPRequestSettings(self.config)
+
+    def secrets(self) -> Tuple[str, ...]:
+        return self.request.secrets()
 
 
 class HTTPCheck(HTTPPollingCheck):
@@ -2820,11 +2881,12 @@ class InferenceCheck(HTTPPollingCheck):
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
         self.model: Optional[str] = self.config.get("model")
-        if self.config["idle-only"] and not self.config.get("metrics-url"):
+        self.metrics_url: Optional[str] = self.config.get("metrics-url")
+        if self.config["idle-only"] and not self.metrics_url:
             if self.config["api"] == "json":
                 raise ConfigError("%s (inference): idle-only=true needs metrics-url=URL with "
                                   "api=json" % spec.origin)
-            self.config["metrics-url"] = self.config["url"].rstrip("/") + "/metrics"
+            self.metrics_url = self.config["url"].rstrip("/") + "/metrics"
 
     def request_settings(self) -> HTTPRequestSettings:
         return api_settings(self.config)
@@ -2855,7 +2917,7 @@ class InferenceCheck(HTTPPollingCheck):
         return self.read_reply(resp.status, resp.body, resp.elapsed)
 
     def busy(self) -> bool:
-        url = self.config.get("metrics-url")
+        url = self.metrics_url
         return url is not None and time.monotonic() - self.resources.progress.last(url) < self.spec.interval
 
     async def request_body(self) -> bytes:
@@ -3150,6 +3212,10 @@ class ProgressCheck(HTTPPollingCheck):
     def forget(self) -> None:
         self.last_counter = None
 
+    def on_deadline(self, timeout: float) -> Observation:
+        return Observation(True, "progress unknown: no reading within %s" % format_duration(
+            timeout))
+
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if not obs.ok or obs.detail is None or obs.value is None:
             return obs.ok, obs.reason
@@ -3374,7 +3440,7 @@ class TCPCheck(Check):
         try:
             await tcp_connect(host, port)
         except ConnectionRefusedError:
-            return Observation(False, "connection refused")
+            return Observation(False, "connection refused", refused=True)
         except OSError as exc:
             return Observation(False, "connect failed: %s" % (exc.strerror or exc))
         return Observation(True, "connected")
@@ -3677,6 +3743,240 @@ CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
 
 
 # ============================================================
+# probed/eventlog.py
+# ============================================================
+"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
+"""
+
+import json
+import sys
+import time
+from typing import Any, Optional, TextIO
+
+LOG_FORMATS = ("text", "json")
+
+
+def _logfmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = "%.3f" % value
+    else:
+        text = str(value)
+    if text and not any(c in text for c in ' ="\\\n\t') :
+        return text
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class EventLog:
+
+    def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None) -> None:
+        self.fmt = fmt
+        self.stream = stream
+
+    def emit(self, level: str, msg: str, **fields: Any) -> None:
+        stream = self.stream or sys.stderr
+        wall = time.time()
+        if self.fmt == "json":
+            record = {"time": format_timestamp(wall, millis=True), "level": level, "msg": msg}
+            record.update(fields)
+            line = json.dumps(record, default=str)
+        else:
+            parts = ["time=" + format_timestamp(wall, millis=True), "level=" + level, "msg=" + _logfmt_value(msg)]
+            parts.extend("%s=%s" % (k, _logfmt_value(v)) for k, v in fields.items())
+            line = " ".join(parts)
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def info(self, msg: str, **fields: Any) -> None:
+        self.emit("info", msg, **fields)
+
+    def warn(self, msg: str, **fields: Any) -> None:
+        self.emit("warn", msg, **fields)
+
+
+# ============================================================
+# probed/hygiene.py
+# ============================================================
+"""What an observation may carry into a reply or a log line: no secrets, no control characters,
+bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
+the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
+"""
+
+from typing import Any, Iterable, List, Tuple
+
+REASON_MAX_CHARS = 300
+DETAIL_MAX_CHARS = 300
+DETAIL_MAX_ITEMS = 20
+DETAIL_MAX_DEPTH = 4
+SECRET_MIN_CHARS = 4
+REDACTED = "<redacted>"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if len(secret) >= SECRET_MIN_CHARS and secret in text:
+            text = text.replace(secret, REDACTED)
+    return redact_userinfo(text) if "@" in text else text
+
+
+def clean_text(text: str, secrets: Tuple[str, ...], limit: int) -> str:
+    return printable(redact(text, secrets), limit)
+
+
+def clean_detail(value: Any, secrets: Tuple[str, ...], depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return clean_text(value, secrets, DETAIL_MAX_CHARS)
+    if depth >= DETAIL_MAX_DEPTH and isinstance(value, (list, tuple, dict)):
+        return "(%d items)" % len(value)
+    if isinstance(value, (list, tuple)):
+        items: List[Any] = [clean_detail(v, secrets, depth + 1) for v in value[:DETAIL_MAX_ITEMS]]
+        if len(value) > DETAIL_MAX_ITEMS:
+            items.append("... %d more" % (len(value) - DETAIL_MAX_ITEMS))
+        return items
+    if isinstance(value, dict):
+        out = {}
+        for i, (key, item) in enumerate(value.items()):
+            if i == DETAIL_MAX_ITEMS:
+                out["..."] = "%d more" % (len(value) - DETAIL_MAX_ITEMS)
+                break
+            out[clean_text(str(key), secrets, DETAIL_MAX_CHARS)] = clean_detail(
+                item, secrets, depth + 1)
+        return out
+    return value
+
+
+def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation:
+    obs.reason = clean_text(obs.reason, secrets, REASON_MAX_CHARS)
+    if obs.detail is not None:
+        obs.detail = clean_detail(obs.detail, secrets)
+    if isinstance(obs.incarnation, str):
+        obs.incarnation = clean_text(obs.incarnation, secrets, DETAIL_MAX_CHARS)
+    return obs
+
+
+# ============================================================
+# probed/checkstate.py
+# ============================================================
+"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
+"""
+
+from typing import Any, Mapping, Optional, Tuple
+
+PENDING_REASON = "no result yet"
+
+
+class CheckState:
+
+    __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
+                 "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
+                 "last_success_wall", "polls", "passed_at", "reset_at")
+
+    def __init__(self, check: Check, now: float, wall: float) -> None:
+        self.check = check
+        self.ok: Optional[bool] = None
+        self.reason = PENDING_REASON
+        self.obs: Optional[Observation] = None
+        self.obs_at = 0.0
+        self.obs_wall = 0.0
+        self.latency = 0.0
+        self.streak = 0
+        self.streak_ok = False
+        self.since = now
+        self.since_wall = wall
+        self.stale = False
+        self.generation = 0
+        self.transitions = 0
+        self.last_success_wall = 0.0
+        self.polls = 0
+        self.passed_at: Optional[float] = None
+        self.reset_at = now
+
+    @property
+    def passing(self) -> bool:
+        return bool(self.ok) and not self.stale
+
+    @property
+    def pending(self) -> bool:
+        return self.ok is None and not self.stale
+
+    @property
+    def shown_reason(self) -> str:
+        if self.stale:
+            return "stale: no result within %s (last: %s)" % (
+                format_duration(self.check.spec.stale_after), self.reason or "ok")
+        return self.reason
+
+    def record(self, obs: Observation, latency: float, now: float, wall: float) -> bool:
+        spec = self.check.spec
+        before = self.state_word()
+        ok, reason = self.check.judge(obs, self.check.config, bool(self.ok))
+        self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
+        self.polls += 1
+        self.generation += 1
+        was_stale, self.stale = self.stale, False
+        if ok:
+            self.last_success_wall = wall
+            if self.passed_at is None:
+                self.passed_at = now
+        if self.streak and ok == self.streak_ok:
+            self.streak += 1
+        else:
+            self.streak, self.streak_ok = 1, ok
+        if ok:
+            flip = self.ok is not True and self.streak >= spec.pass_after
+        else:
+            flip = self.ok is not False and (
+                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
+        if flip:
+            self.ok = ok
+        if self.ok == ok:
+            self.reason = printable(reason, REASON_MAX_CHARS)
+        return self._note_change(before, now, wall)
+
+    def expire(self, now: float, wall: float) -> bool:
+        if self.stale:
+            return False
+        before = self.state_word()
+        self.stale = True
+        return self._note_change(before, now, wall)
+
+    def stale_at(self) -> Optional[float]:
+        if self.obs is None or self.stale:
+            return None
+        return self.obs_at + self.check.spec.stale_after
+
+    def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
+        before = self.state_word()
+        self.ok, self.reason, self.obs, self.stale = None, reason, None, False
+        self.streak, self.passed_at, self.reset_at = 0, None, now
+        self.generation += 1
+        return self._note_change(before, now, wall)
+
+    def _note_change(self, word_before: str, now: float, wall: float) -> bool:
+        if self.state_word() == word_before:
+            return False
+        self.since, self.since_wall = now, wall
+        self.transitions += 1
+        return True
+
+    def state_word(self) -> str:
+        if self.pending:
+            return "pending"
+        return "pass" if self.passing else "fail"
+
+    def judged_with(self, overrides: Mapping[str, Any]) -> Tuple[bool, str]:
+        if self.obs is None or self.stale or not overrides:
+            return self.passing, self.shown_reason
+        config = dict(self.check.config)
+        config.update(overrides)
+        return self.check.judge(self.obs, config, bool(self.ok))
+
+
+# ============================================================
 # probed/config.py
 # ============================================================
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
@@ -3688,7 +3988,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 RawValue = Union[str, List[str]]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
-REDACTED = "<redacted>"
 
 
 def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
@@ -3837,62 +4136,6 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 
 
 # ============================================================
-# probed/eventlog.py
-# ============================================================
-"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
-"""
-
-import json
-import sys
-import time
-from typing import Any, Optional, TextIO
-
-LOG_FORMATS = ("text", "json")
-
-
-def _logfmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        text = "%.3f" % value
-    else:
-        text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\t') :
-        return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class EventLog:
-
-    def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None) -> None:
-        self.fmt = fmt
-        self.stream = stream
-
-    def emit(self, level: str, msg: str, **fields: Any) -> None:
-        stream = self.stream or sys.stderr
-        wall = time.time()
-        if self.fmt == "json":
-            record = {"time": format_timestamp(wall, millis=True), "level": level, "msg": msg}
-            record.update(fields)
-            line = json.dumps(record, default=str)
-        else:
-            parts = ["time=" + format_timestamp(wall, millis=True), "level=" + level, "msg=" + _logfmt_value(msg)]
-            parts.extend("%s=%s" % (k, _logfmt_value(v)) for k, v in fields.items())
-            line = " ".join(parts)
-        try:
-            stream.write(line + "\n")
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def info(self, msg: str, **fields: Any) -> None:
-        self.emit("info", msg, **fields)
-
-    def warn(self, msg: str, **fields: Any) -> None:
-        self.emit("warn", msg, **fields)
-
-
-# ============================================================
 # probed/listeners.py
 # ============================================================
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
@@ -3947,6 +4190,403 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
             loop.add_reader(fd, on_accept, lsock)
 
     loop.call_later(ACCEPT_PAUSE, resume)
+
+
+# ============================================================
+# probed/podevents.py
+# ============================================================
+"""What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
+"""
+
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+
+
+class CheckChanged(NamedTuple):
+    check: str
+    kind: str
+    before: str
+    after: str
+    reason: str
+    streak: int
+    lasted: float
+
+
+class GroupChanged(NamedTuple):
+    group: str
+    ok: bool
+    reason: str
+
+
+class Started(NamedTuple):
+    after: float
+
+
+class Restarted(NamedTuple):
+    why: str
+    old: Incarnation
+    new: Incarnation
+
+
+class IncarnationSeen(NamedTuple):
+    value: Incarnation
+
+
+class Unlatched(NamedTuple):
+    why: str
+
+
+class DrainChanged(NamedTuple):
+    source: str
+    on: bool
+    active: Tuple[str, ...]
+
+
+Event = Union[CheckChanged, GroupChanged, Started, Restarted, IncarnationSeen, Unlatched,
+              DrainChanged]
+
+
+def describe_incarnation(value: Incarnation) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, str):
+        return value
+    return format_timestamp(value, millis=True)
+
+
+def log_line(event: Event) -> Optional[Tuple[str, str, Dict[str, Any]]]:
+    if isinstance(event, CheckChanged):
+        return "info", "check changed", {
+            "check": event.check, "kind": event.kind, "from": event.before, "to": event.after,
+            "reason": event.reason, "consecutive": event.streak,
+            "after": format_duration(round(event.lasted, 3))}
+    if isinstance(event, GroupChanged):
+        fields: Dict[str, Any] = {"group": event.group, "to": "pass" if event.ok else "fail",
+                                  "reason": event.reason}
+        return ("info" if event.ok else "warn"), "group changed", fields
+    if isinstance(event, Started):
+        return "info", "started", {"after": format_duration(round(event.after, 3))}
+    if isinstance(event, Restarted):
+        return "warn", "backend restarted", {
+            "reason": event.why, "old_start": describe_incarnation(event.old),
+            "new_start": describe_incarnation(event.new)}
+    if isinstance(event, IncarnationSeen):
+        return "info", "backend process seen", {"start": describe_incarnation(event.value)}
+    if isinstance(event, Unlatched):
+        return "info", "started unlatched", {"reason": event.why}
+    return "info", "drain %s" % ("set" if event.on else "cleared"), {
+        "source": event.source, "active": ",".join(event.active) or "none"}
+
+
+def group_changes(events: List[Event]) -> List[GroupChanged]:
+    return [e for e in events if isinstance(e, GroupChanged)]
+
+
+# ============================================================
+# probed/pod.py
+# ============================================================
+"""The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
+"""
+
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+class GroupRule(NamedTuple):
+    pending_passes: bool
+    stale_keeps_last: bool
+    before_start: str
+    latches: bool
+    drains: bool
+    includes: Tuple[str, ...]
+
+
+GROUP_RULES: Dict[str, GroupRule] = {
+    "started": GroupRule(pending_passes=False, stale_keeps_last=False, before_start="phase",
+                         latches=True, drains=False, includes=()),
+    "live": GroupRule(pending_passes=True, stale_keeps_last=True, before_start="grace",
+                      latches=False, drains=False, includes=()),
+    "ready": GroupRule(pending_passes=False, stale_keeps_last=False, before_start="wait",
+                       latches=False, drains=True, includes=("live",)),
+}
+
+
+class DrainRule(NamedTuple):
+    reason: str
+    undoable: bool
+    ends_on_restart: bool
+
+
+DRAIN_RULES: Dict[str, DrainRule] = {
+    "shutdown": DrainRule("shutting down", undoable=False, ends_on_restart=False),
+    "prestop": DrainRule("draining", undoable=True, ends_on_restart=True),
+    "admin": DrainRule("draining (admin)", undoable=True, ends_on_restart=False),
+}
+
+PHASES = ("loading", "starting", "warming", "started")
+BACKEND_GROUPS = frozenset(("started", "live"))
+FAST_UNTIL_READY = frozenset(("started", "ready"))
+STARTED_ONLY = frozenset(("started",))
+JITTER = 0.1
+STUCK_FACTOR = 2.0
+RESTART_REASON = "no result since the backend restarted"
+
+Row = Tuple[CheckState, bool, str]
+Overrides = Mapping[str, Mapping[str, object]]
+
+
+class GroupVerdict:
+
+    __slots__ = ("group", "ok", "reason", "checks")
+
+    def __init__(self, group: str, ok: bool, reason: str, checks: List[Row]) -> None:
+        self.group = group
+        self.ok = ok
+        self.reason = reason
+        self.checks = checks
+
+
+def first_failure(rows: Sequence[Row]) -> str:
+    for st, ok, reason in rows:
+        if not ok:
+            return "%s: %s" % (st.check.name, reason)
+    return ""
+
+
+def startup_phase(states: Sequence[CheckState], started: bool) -> str:
+    if started:
+        return "started"
+    if any(st.obs is not None and st.obs.refused and not st.passing for st in states):
+        return "loading"
+    waiting = [st for st in states if not st.passing]
+    if waiting and all(st.check.kind == "inference" for st in waiting):
+        return "warming"
+    return "starting"
+
+
+class Pod:
+
+    def __init__(self, checks: Sequence[Check], now: float, wall: float,
+                 startup_timeout: Optional[float] = None, start_interval: float = 0.5) -> None:
+        self.states: Dict[str, CheckState] = {c.name: CheckState(c, now, wall) for c in checks}
+        self.members: Dict[str, List[CheckState]] = {
+            g: [s for s in self.states.values() if g in s.check.spec.probes] for g in GROUPS}
+        self.startup_timeout = startup_timeout
+        self.start_interval = start_interval
+        self.started = False
+        self.started_at: Optional[float] = None
+        self.starting_since = now
+        self.ready_seen = False
+        self.incarnation: Incarnation = None
+        self.start_time_seen = False
+        self.awaiting_incarnation = False
+        self.phase, self.phase_since, self.phase_since_wall = "starting", now, wall
+        self.drains: Dict[str, float] = {}
+        self.version = 0
+        self.verdicts: Dict[str, GroupVerdict] = {}
+        self._refresh(now, wall, [])
+
+    def observe(self, name: str, obs: Observation, latency: float, polled_at: float,
+                now: float, wall: float) -> List[Event]:
+        st = self.states[name]
+        if polled_at < st.reset_at:
+            return []
+        events: List[Event] = []
+        self._note_incarnation(st, obs, polled_at, now, wall, events)
+        before, since = st.state_word(), st.since
+        if st.record(obs, latency, now, wall):
+            events.append(self._changed(st, before, now - since))
+        self._refresh(now, wall, events)
+        return events
+
+    def tick(self, now: float, wall: float) -> List[Event]:
+        events: List[Event] = []
+        for st in self.states.values():
+            due = st.stale_at()
+            if due is not None and due <= now and not self.dormant(st.check.name):
+                before, since = st.state_word(), st.since
+                if st.expire(now, wall):
+                    events.append(self._changed(st, before, now - since))
+        self._refresh(now, wall, events)
+        return events
+
+    def drain(self, source: str, now: float, wall: float) -> List[Event]:
+        if source in self.drains:
+            return []
+        self.drains[source] = now
+        events: List[Event] = [DrainChanged(source, True, self.active_drains())]
+        self._refresh(now, wall, events)
+        return events
+
+    def undrain(self, source: str, now: float, wall: float) -> List[Event]:
+        if self.drains.pop(source, None) is None:
+            return []
+        events: List[Event] = [DrainChanged(source, False, self.active_drains())]
+        self._refresh(now, wall, events)
+        return events
+
+    def active_drains(self) -> Tuple[str, ...]:
+        return tuple(s for s in DRAIN_RULES if s in self.drains)
+
+    def drain_reason(self) -> str:
+        return " + ".join(DRAIN_RULES[s].reason for s in self.active_drains())
+
+    def member_names(self, group: str) -> List[str]:
+        names = [st.check.name for st in self.members[group]]
+        for other in GROUP_RULES[group].includes:
+            names += [st.check.name for st in self.members[other] if st.check.name not in names]
+        return names
+
+    def dormant(self, name: str) -> bool:
+        return self.started and self.states[name].check.spec.probes == STARTED_ONLY
+
+    def poll_delay(self, name: str, jitter: float) -> Optional[float]:
+        if self.dormant(name):
+            return None
+        spec = self.states[name].check.spec
+        base = spec.interval
+        if not self.ready_seen and spec.probes & FAST_UNTIL_READY:
+            base = min(base, spec.start_interval if spec.start_interval is not None
+                       else self.start_interval)
+        return base * (1.0 + JITTER * jitter)
+
+    def next_deadline(self) -> Optional[float]:
+        times = [st.stale_at() for st in self.states.values() if not self.dormant(st.check.name)]
+        if not self.started and self.startup_timeout is not None:
+            times.append(self.starting_since + self.startup_timeout)
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    def self_check(self, now: float) -> Tuple[bool, str]:
+        for st in self.states.values():
+            if self.dormant(st.check.name):
+                continue
+            last = st.obs_at if st.obs is not None else st.reset_at
+            limit = STUCK_FACTOR * st.check.spec.stale_after
+            if now - last > limit:
+                return False, "poller of %s stuck: no result for %s (limit %s)" % (
+                    st.check.name, format_duration(round(now - last)), format_duration(limit))
+        return True, "ok"
+
+    def verdict(self, group: str, now: float, exclude: Sequence[str] = (),
+                overrides: Optional[Overrides] = None) -> GroupVerdict:
+        rule = GROUP_RULES[group]
+        rows = self._rows(group, exclude, overrides)
+        if not self.started:
+            if rule.before_start == "phase":
+                rows = self._with_phase(rows, now)
+                failure = first_failure(rows)
+                return GroupVerdict(group, not failure, failure or "ok", rows)
+            waiting = first_failure(self._rows("started", exclude, overrides)) or "starting"
+            if rule.before_start == "grace":
+                return self._grace(rows, waiting, now)
+            return GroupVerdict(group, False, "not started: " + waiting, rows)
+        if rule.latches:
+            return GroupVerdict(group, True, "started", rows)
+        seen = {st.check.name for st, _, _ in rows}
+        for other in rule.includes:
+            rows += [r for r in self._rows(other, exclude, overrides)
+                     if r[0].check.name not in seen]
+        if rule.drains and self.drains:
+            return GroupVerdict(group, False, self.drain_reason(), rows)
+        failure = first_failure(rows)
+        return GroupVerdict(group, not failure, failure or "ok", rows)
+
+    def _rows(self, group: str, exclude: Sequence[str],
+              overrides: Optional[Overrides]) -> List[Row]:
+        rule = GROUP_RULES[group]
+        rows: List[Row] = []
+        for st in self.members[group]:
+            if st.check.name in exclude:
+                continue
+            own = overrides.get(st.check.name) if overrides else None
+            ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
+            if st.pending and rule.pending_passes:
+                ok = True
+            elif st.stale and rule.stale_keeps_last:
+                ok = bool(st.ok)
+            rows.append((st, ok, reason))
+        return rows
+
+    def _with_phase(self, rows: List[Row], now: float) -> List[Row]:
+        since = int(now - self.phase_since)
+        return [(st, ok, reason if ok else "%s for %ds (%s)" % (self.phase, since, reason))
+                for st, ok, reason in rows]
+
+    def _grace(self, rows: List[Row], waiting: str, now: float) -> GroupVerdict:
+        elapsed = now - self.starting_since
+        if self.startup_timeout is not None and elapsed >= self.startup_timeout:
+            return GroupVerdict("live", False, "not started within %s: %s" % (
+                format_duration(self.startup_timeout), waiting), rows)
+        return GroupVerdict("live", True, "starting for %ds" % elapsed, rows)
+
+    def _changed(self, st: CheckState, before: str, lasted: float) -> CheckChanged:
+        return CheckChanged(st.check.name, st.check.kind, before, st.state_word(),
+                            st.shown_reason, st.streak, lasted)
+
+    def _note_incarnation(self, st: CheckState, obs: Observation, polled_at: float,
+                          now: float, wall: float, events: List[Event]) -> None:
+        if obs.incarnation is not None:
+            self.start_time_seen = True
+            old = self.incarnation
+            if old is None:
+                self.incarnation = obs.incarnation
+                if self.awaiting_incarnation:
+                    self.awaiting_incarnation = False
+                    events.append(IncarnationSeen(obs.incarnation))
+            elif obs.incarnation != old:
+                self._restart("process start time changed from %s to %s" % (
+                    describe_incarnation(old), describe_incarnation(obs.incarnation)),
+                    obs.incarnation, now, wall, events)
+            return
+        why = ""
+        if obs.restart and not self.start_time_seen:
+            why = obs.restart
+        elif self.started and st.check.spec.probes & BACKEND_GROUPS:
+            if obs.refused and st.passed_at is not None and polled_at >= st.passed_at:
+                why = "%s refused connections after passing" % st.check.name
+            elif obs.loading:
+                why = "%s says the server is loading after it had served" % st.check.name
+        if why:
+            self._restart(why, None, now, wall, events)
+
+    def _restart(self, why: str, new: Incarnation, now: float, wall: float,
+                 events: List[Event]) -> None:
+        events.append(Restarted(why, self.incarnation, new))
+        self.incarnation, self.awaiting_incarnation = new, new is None
+        for st in self.states.values():
+            st.reset(now, wall, RESTART_REASON)
+        self.ready_seen = False
+        self.starting_since = now
+        for source in self.active_drains():
+            if DRAIN_RULES[source].ends_on_restart:
+                del self.drains[source]
+                events.append(DrainChanged(source, False, self.active_drains()))
+        if self.started:
+            self.started, self.started_at = False, None
+            events.append(Unlatched(why))
+
+    def _refresh(self, now: float, wall: float, events: List[Event]) -> None:
+        phase = startup_phase(self.members["started"], self.started)
+        if not self.started and self.verdict("started", now).ok:
+            self.started, self.started_at = True, now
+            events.append(Started(now - self.starting_since))
+            phase = "started"
+            self._forget_loading_results(now, wall)
+        if phase != self.phase:
+            self.phase, self.phase_since, self.phase_since_wall = phase, now, wall
+        previous = self.verdicts
+        self.verdicts = {g: self.verdict(g, now) for g in GROUPS}
+        self.ready_seen = self.ready_seen or self.verdicts["ready"].ok
+        if any(g not in previous or (previous[g].ok, previous[g].reason) != (v.ok, v.reason)
+               for g, v in self.verdicts.items()):
+            self.version += 1
+        for group, verdict in self.verdicts.items():
+            old = previous.get(group)
+            if old is not None and old.ok != verdict.ok:
+                events.append(GroupChanged(group, verdict.ok, verdict.reason))
+
+    def _forget_loading_results(self, now: float, wall: float) -> None:
+        for st in self.members["live"]:
+            if "started" not in st.check.spec.probes and not st.passing:
+                st.reset(now, wall)
 
 
 # ============================================================
@@ -4163,6 +4803,571 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 
 
 # ============================================================
+# probed/render.py
+# ============================================================
+"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
+"""
+
+import json
+from typing import Any, Dict, List, Optional, Sequence
+
+
+def render_plain(verdict: GroupVerdict) -> bytes:
+    if verdict.ok:
+        return b"ok\n"
+    return ("%s failed: %s\n" % (GROUP_PATHS[verdict.group], verdict.reason)).encode("utf-8")
+
+
+def render_verbose(verdict: GroupVerdict, excluded: Sequence[str] = ()) -> bytes:
+    lines: List[str] = []
+    for st, ok, reason in verdict.checks:
+        if ok:
+            lines.append("[+]%s ok%s" % (st.check.name, ": " + reason if reason else ""))
+        else:
+            lines.append("[-]%s failed: %s" % (st.check.name, reason))
+    for name in excluded:
+        lines.append("[+]%s excluded: ok" % name)
+    path = GROUP_PATHS[verdict.group]
+    if verdict.ok:
+        note = "" if not verdict.checks or verdict.reason in ("ok", "started") else (
+            " (%s)" % verdict.reason)
+        lines.append("%s check passed%s" % (path, note))
+    else:
+        lines.append("%s check failed: %s" % (path, verdict.reason))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def check_json(st: CheckState, ok: bool, reason: str, now: float) -> Dict[str, Any]:
+    obs = st.obs
+    row: Dict[str, Any] = {
+        "name": st.check.name,
+        "kind": st.check.kind,
+        "status": st.state_word() if ok == st.passing else ("pass" if ok else "fail"),
+        "reason": reason,
+        "value": obs.value if obs is not None else None,
+        "latency_seconds": round(st.latency, 6) if obs is not None else None,
+        "age_seconds": round(now - st.obs_at, 3) if obs is not None else None,
+        "consecutive": st.streak,
+        "since": format_timestamp(st.since_wall) if st.since_wall else None,
+        "polls": st.polls,
+    }
+    if obs is not None and obs.detail:
+        row["detail"] = obs.detail
+    return row
+
+
+def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any]] = None,
+                excluded: Sequence[str] = ()) -> bytes:
+    doc: Dict[str, Any] = {
+        "group": verdict.group,
+        "status": "pass" if verdict.ok else "fail",
+        "reason": verdict.reason,
+    }
+    if extra:
+        doc.update(extra)
+    doc["checks"] = [check_json(st, ok, reason, now) for st, ok, reason in verdict.checks]
+    if excluded:
+        doc["excluded"] = list(excluded)
+    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
+
+
+# ============================================================
+# probed/router.py
+# ============================================================
+"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
+"""
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+JSON_TYPE = "application/json"
+METRICS_CACHE_SECONDS = 0.005
+PROBE_METHODS = "GET, HEAD"
+SELF_PATH = "/probed/livez"
+SHOWN_PATH_CHARS = 100
+
+Bodies = Optional[Tuple[bytes, bytes]]
+Route = Tuple[str, Bodies, int]
+
+GROUP_ROUTES: Dict[str, Route] = {
+    "/livez": ("live", None, 503),
+    "/readyz": ("ready", None, 503),
+    "/startupz": ("started", None, 503),
+    "/healthz": ("live", None, 503),
+    "/health": ("ready", (b"Healthy", b"Unhealthy"), 503),
+    "/ready": ("ready", (b"OK", b"Not Ready"), 503),
+}
+
+MULTINODE_PROBER_ROUTES: Dict[str, Route] = {
+    "/healthz": ("live", (b"Liveness check passed\n", b"Liveness check failed\n"), 500),
+    "/readyz": ("ready", (b"Readiness check passed\n", b"Readiness check failed\n"), 503),
+    "/startupz": ("started", (b"Startup check passed\n", b"Startup check failed\n"), 500),
+}
+
+
+class GroupQuery:
+
+    __slots__ = ("verbose", "json", "exclude", "overrides")
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.json = False
+        self.exclude: List[str] = []
+        self.overrides: Dict[str, Dict[str, Any]] = {}
+
+
+class Router:
+
+    def __init__(self, pod: Pod, metrics: Optional[Callable[[], bytes]] = None,
+                 routes: Optional[Dict[str, Route]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pod = pod
+        self.clock = clock
+        self.metrics = metrics
+        self.routes = dict(GROUP_ROUTES, **(routes or {}))
+        self._metrics_cache: Optional[Tuple[float, bytes]] = None
+        self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
+        self._cache_version = -1
+        self.check_routes = check_routes(pod)
+
+
+
+    def respond(self, req: Request) -> PreparedResponse:
+        head = req.method == "HEAD"
+        try:
+            if req.method not in ("GET", "HEAD"):
+                self._known_path_or_404(req.path)
+                raise HTTPError(405, "method %s not allowed" % req.method, allow=PROBE_METHODS)
+            mode = connection_mode(req)
+            if not req.query and JSON_TYPE not in req.headers.get("accept", ""):
+                key = (req.path, head, mode)
+                if self._cache_version == self.pod.version:
+                    cached = self._cache.get(key)
+                    if cached is not None:
+                        return cached
+                else:
+                    self._cache.clear()
+                    self._cache_version = self.pod.version
+                reply = self._route(req, head, mode)
+                if req.path in self.routes and reply.status in (200, 500, 503):
+                    self._cache[key] = reply
+                return reply
+            return self._route(req, head, mode)
+        except HTTPError as err:
+            return build_error_response(err, head)
+
+    def _known_path_or_404(self, path: str) -> None:
+        if path in self.routes or path in self.check_routes or path in ("/", "/metrics",
+                                                                         SELF_PATH):
+            return
+        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
+
+    def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        path = req.path
+        route = self.routes.get(path)
+        if route is not None:
+            return self._group_reply(req, route, head, mode)
+        single = self.check_routes.get(path)
+        if single is not None:
+            return self._check_reply(req, single[0], single[1], head, mode)
+        if path == "/":
+            return build_response(200, self.index().encode("utf-8"), head=head, mode=mode)
+        if path == "/metrics" and self.metrics is not None:
+            return build_response(200, self.metrics_body(), "text/plain; version=0.0.4; "
+                                  "charset=utf-8", head=head, mode=mode)
+        if path == SELF_PATH:
+            return self._self_reply(req, head, mode)
+        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
+
+    def _self_reply(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        if req.query:
+            raise HTTPError(400, "%s takes no query parameters" % SELF_PATH)
+        ok, reason = self.pod.self_check(self.clock())
+        body = b"ok\n" if ok else ("probed failed: %s\n" % reason).encode("utf-8")
+        return build_response(200 if ok else 503, body, head=head, mode=mode)
+
+    def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
+        group, bodies, fail_status = route
+        query = self.parse_query(req, group, None)
+        if query.exclude or query.overrides or query.verbose or query.json:
+            verdict = self.pod.verdict(group, self.clock(), query.exclude, query.overrides)
+        else:
+            verdict = self.pod.verdicts[group]
+        return self._reply(verdict, query, bodies, head, mode, fail_status)
+
+    def _check_reply(self, req: Request, group: str, name: str, head: bool,
+                     mode: int) -> PreparedResponse:
+        query = self.parse_query(req, group, name)
+        st = self.pod.states[name]
+        own = query.overrides.get(name)
+        ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
+        rows = [(st, ok, reason)]
+        failure = first_failure(rows)
+        return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
+                           head, mode)
+
+    def _reply(self, verdict: GroupVerdict, query: GroupQuery, alias: Bodies, head: bool,
+               mode: int, fail_status: int = 503) -> PreparedResponse:
+        status = 200 if verdict.ok else fail_status
+        if query.json:
+            pod = self.pod
+            extra = {"started": pod.started, "draining": pod.drain_reason() or None,
+                     "drains": list(pod.active_drains()),
+                     "phase": pod.phase, "phase_since": format_timestamp(pod.phase_since_wall),
+                     "incarnation": describe_incarnation(pod.incarnation)
+                     if pod.incarnation is not None else None}
+            body = render_json(verdict, self.clock(), extra, query.exclude)
+            return build_response(status, body, JSON_TYPE, head=head, mode=mode)
+        if query.verbose:
+            body = render_verbose(verdict, query.exclude)
+        elif alias is not None:
+            body = alias[0] if verdict.ok else alias[1]
+        else:
+            body = render_plain(verdict)
+        return build_response(status, body, head=head, mode=mode)
+
+    def metrics_body(self) -> bytes:
+        now = time.monotonic()
+        if self._metrics_cache is None or now - self._metrics_cache[0] >= METRICS_CACHE_SECONDS:
+            assert self.metrics is not None
+            self._metrics_cache = (now, self.metrics())
+        return self._metrics_cache[1]
+
+    def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
+        query = GroupQuery()
+        query.json = JSON_TYPE in req.headers.get("accept", "")
+        members = set(self.pod.member_names(group))
+        for key, value in req.query_pairs():
+            if key == "verbose":
+                query.verbose = value.lower() not in ("0", "false", "no")
+            elif key == "format":
+                if value not in ("json", "text"):
+                    raise HTTPError(400, "format=%s: expected json or text" % value)
+                query.json = value == "json"
+            elif key == "exclude":
+                if value not in members:
+                    raise HTTPError(400, "exclude=%s: no such check in %s (have: %s)" % (
+                        value, group, ", ".join(sorted(members)) or "none"))
+                query.exclude.append(value)
+            elif "." in key:
+                self._add_override(query, key, value, members if only is None else {only})
+            else:
+                raise HTTPError(400, "unknown query parameter %r (expected verbose, format, "
+                                     "exclude or NAME.KEY=VALUE)" % key)
+        return query
+
+    def _add_override(self, query: GroupQuery, key: str, value: str, members: Any) -> None:
+        name, _, param = key.partition(".")
+        if name not in members:
+            raise HTTPError(400, "%s: no such check here (have: %s)" % (
+                key, ", ".join(sorted(members)) or "none"))
+        try:
+            parsed = self.pod.states[name].check.parse_override(param, value)
+        except ConfigError as exc:
+            raise HTTPError(400, str(exc)) from None
+        query.overrides.setdefault(name, {})[param] = parsed
+
+    def index(self) -> str:
+        lines = ["probed: probe endpoints for this pod", ""]
+        for path, (group, _, _) in self.routes.items():
+            verdict = self.pod.verdicts[group]
+            lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
+        ok, _ = self.pod.self_check(self.clock())
+        lines.append("%-10s %-7s %s" % (SELF_PATH, "pass" if ok else "fail",
+                                        "probed itself (its own container's liveness probe)"))
+        lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",
+                  "checks:"]
+        for st in self.pod.states.values():
+            spec = st.check.spec
+            lines.append("  %-20s %-8s %-7s probes=%s %s" % (
+                st.check.name, st.check.kind, st.state_word(),
+                ",".join(sorted(spec.probes)) or "-", st.check.target()))
+        return "\n".join(lines) + "\n"
+
+
+def shown_path(path: str) -> str:
+    return printable(path, SHOWN_PATH_CHARS)
+
+
+def check_routes(pod: Pod) -> Dict[str, Tuple[str, str]]:
+    return {"/%s/%s" % (path, name): (group, name)
+            for group, path in GROUP_PATHS.items() for name in pod.member_names(group)}
+
+
+def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[str]:
+    return (list(GROUP_ROUTES) + list(routes or {}) + list(check_routes(pod))
+            + ["/", "/metrics", SELF_PATH])
+
+
+# ============================================================
+# probed/scheduler.py
+# ============================================================
+"""The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
+"""
+
+import asyncio
+import random
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+DEADLINE_GRACE = 0.5
+DEADLINE_GRACE_SHARE = 0.25
+FIRST_POLL_SPREAD = 0.5
+
+EventSink = Callable[[Sequence[Event]], None]
+PollSink = Callable[[str, float], None]
+
+
+def log_events(log: EventLog) -> EventSink:
+    def sink(events: Sequence[Event]) -> None:
+        for event in events:
+            line = log_line(event)
+            if line is not None:
+                log.emit(line[0], line[1], **line[2])
+    return sink
+
+
+async def poll_once(check: Check) -> Tuple[Observation, float]:
+    t0 = time.monotonic()
+    timeout = check.spec.timeout
+    try:
+        obs = await asyncio.wait_for(check.observe(), timeout + max(
+            DEADLINE_GRACE, DEADLINE_GRACE_SHARE * timeout))
+    except asyncio.TimeoutError:
+        obs = check.on_deadline(timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        obs = Observation(False, "%s: %s" % (type(exc).__name__, exc))
+    return clean_observation(obs, check.secrets()), time.monotonic() - t0
+
+
+class Scheduler:
+
+    def __init__(self, pod: Pod, checks: Sequence[Check], log: EventLog,
+                 sinks: Sequence[EventSink], on_poll: Optional[PollSink] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0)) -> None:
+        self.pod = pod
+        self.log = log
+        self.checks: Dict[str, Check] = {c.name: c for c in checks}
+        self.sinks = list(sinks)
+        self.on_poll = on_poll
+        self.clock, self.wall, self.jitter = clock, wall, jitter
+        self._tasks: List["asyncio.Task[None]"] = []
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._wake: Optional[asyncio.Event] = None
+
+    def record(self, name: str, obs: Observation, latency: float = 0.0) -> None:
+        now = self.clock()
+        self._route(self.pod.observe(name, obs, latency, now, now, self.wall()))
+
+    def drain(self, source: str) -> None:
+        self._route(self.pod.drain(source, self.clock(), self.wall()))
+
+    def undrain(self, source: str) -> None:
+        self._route(self.pod.undrain(source, self.clock(), self.wall()))
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        count = len(self.checks)
+        for i, name in enumerate(self.checks):
+            first = FIRST_POLL_SPREAD * i / count
+            self._tasks.append(loop.create_task(self._poll_forever(name, first)))
+        self._arm()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def _poll_forever(self, name: str, first: float) -> None:
+        check = self.checks[name]
+        await self._sleep(first)
+        while True:
+            delay = self.pod.poll_delay(name, self.jitter())
+            if delay is None:
+                await self._sleep(None)
+                continue
+            polled_at = self.clock()
+            obs, latency = await poll_once(check)
+            try:
+                now = self.clock()
+                self._route(self.pod.observe(name, obs, latency, polled_at, now, self.wall()))
+                if self.on_poll is not None:
+                    self.on_poll(name, latency)
+            except Exception as exc:
+                self.log.warn("check bookkeeping failed", check=name, error=repr(exc))
+            delay = self.pod.poll_delay(name, self.jitter())
+            if delay is not None:
+                await self._sleep(delay)
+
+    def _route(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if isinstance(event, Restarted):
+                for check in self.checks.values():
+                    check.forget()
+            if isinstance(event, (Restarted, Unlatched)):
+                self._wake_pollers()
+        if events:
+            for sink in self.sinks:
+                sink(events)
+        self._arm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._route(self.pod.tick(self.clock(), self.wall()))
+
+    def _arm(self) -> None:
+        due = self.pod.next_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if due is None or not self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, due - self.clock()) + 0.001, self._on_timer)
+
+    async def _sleep(self, delay: Optional[float]) -> None:
+        wake = self._wake
+        if wake is None:
+            self._wake = wake = asyncio.Event()
+        try:
+            await asyncio.wait_for(wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    def _wake_pollers(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+
+# ============================================================
+# probed/drain.py
+# ============================================================
+"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
+`probed drain --wait DURATION` for an exec preStop hook.
+"""
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any, List, Sequence, Tuple
+from urllib.parse import quote
+
+DRAIN_POLL = 0.5
+DRAIN_DEFAULT_TIMEOUT = 60.0
+DRAIN_MAX_TIMEOUT = 3600.0
+
+
+class DrainWaiter:
+
+    def __init__(self, pod: Pod, control: Scheduler, checks: Sequence[Check],
+                 log: EventLog) -> None:
+        self.pod = pod
+        self.control = control
+        self.log = log
+        self.checks: List[InflightCheck] = [c for c in checks if isinstance(c, InflightCheck)]
+        self.active = 0
+
+    def handle(self, req: Request, head: bool, mode: int) -> "asyncio.Future[PreparedResponse]":
+        timeout = DRAIN_DEFAULT_TIMEOUT
+        for key, value in req.query_pairs():
+            if key != "timeout":
+                raise HTTPError(400, "unknown query parameter %r (expected timeout)" % key)
+            try:
+                timeout = parse_duration(value)
+            except ValueError as exc:
+                raise HTTPError(400, "timeout=%s: %s" % (value, exc)) from None
+            if timeout > DRAIN_MAX_TIMEOUT:
+                raise HTTPError(400, "timeout=%s: at most %s" % (
+                    value, format_duration(DRAIN_MAX_TIMEOUT)))
+        self.active += 1
+        self.control.drain("prestop")
+        self.log.info("draining", timeout=format_duration(timeout), inflight_checks=len(
+            self.checks))
+        return asyncio.ensure_future(self._reply(timeout, head, mode))
+
+    async def _reply(self, timeout: float, head: bool, mode: int) -> PreparedResponse:
+        try:
+            text = await self.wait(timeout)
+        finally:
+            self.active -= 1
+        self.log.info("drain wait returned", result=text)
+        return build_response(200, (text + "\n").encode("utf-8"), head=head, mode=mode)
+
+    async def wait(self, timeout: float) -> str:
+        t0 = time.monotonic()
+        if not self.checks:
+            return ("drained at once: no inflight check configured (use --vllm, --sglang, "
+                    "--tgi or --llamacpp, or add an inflight check), so nothing to wait for")
+        left, note = await self.inflight()
+        while left and time.monotonic() - t0 < timeout and "prestop" in self.pod.drains:
+            await asyncio.sleep(min(DRAIN_POLL, max(0.0, timeout - (time.monotonic() - t0))))
+            left, note = await self.inflight()
+        took = format_duration(round(time.monotonic() - t0, 1))
+        if left and "prestop" not in self.pod.drains:
+            return "ended after %s without draining: the drain was undone (POST /undrain) or " \
+                   "the backend restarted; %s" % (took, note)
+        if not left:
+            return "drained after %s: nothing in flight (%s)" % (took, note)
+        return "timed out after %s: %s" % (took, note)
+
+    async def inflight(self) -> Tuple[float, str]:
+        total, unknown, notes = 0.0, False, []
+        for check in self.checks:
+            obs, _ = await poll_once(check)
+            if obs.ok and obs.value is not None:
+                total += obs.value
+                notes.append("%s: %s" % (check.name, obs.reason))
+            elif obs.refused:
+                notes.append("%s: backend gone (%s)" % (check.name, obs.reason))
+            else:
+                unknown = True
+                notes.append("%s: unknown (%s)" % (check.name, obs.reason))
+        return (max(total, 1.0) if unknown else total), "; ".join(notes)
+
+
+def drain_main(argv: Sequence[str], out: Any = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="probed drain", description="preStop drain: fail ready, then wait until the "
+        "server has no request in flight (GET /wait-for-drain on the admin listener).")
+    parser.add_argument("--wait", default="60s", help="longest wait (default 60s)")
+    parser.add_argument("--admin", default="http://127.0.0.1:9090",
+                        help="admin listener URL (default http://127.0.0.1:9090)")
+    parser.add_argument("--token-file", help="file with the admin token")
+    args = parser.parse_args(list(argv))
+    out = out or sys.stdout
+    try:
+        wait = parse_duration(args.wait)
+    except ValueError as exc:
+        parser.error("--wait %s: %s" % (args.wait, exc))
+    headers = {}
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                headers["Authorization"] = "Bearer " + fh.read().strip()
+        except OSError as exc:
+            parser.error("--token-file %s: %s" % (args.token_file, exc.strerror or exc))
+    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), quote(args.wait))
+    try:
+        resp = asyncio.run(fetch(url, headers=headers, timeout=wait + 10.0))
+    except FetchError as exc:
+        print("probed drain: %s: %s" % (args.admin, exc), file=sys.stderr)
+        return 3
+    except ValueError as exc:
+        parser.error("--admin %s: %s" % (args.admin, exc))
+    print(resp.body.decode("utf-8", "replace").rstrip(), file=out)
+    return 0 if resp.status == 200 else 1
+
+
+# ============================================================
 # probed/server.py
 # ============================================================
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
@@ -4172,7 +5377,7 @@ import asyncio
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 
 ACCEPTS_PER_WAKEUP = 64
@@ -4188,7 +5393,8 @@ class ProbeServer:
 
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
-                 max_connections: int = 1024, max_body: int = 0) -> None:
+                 max_connections: int = 1024, max_body: int = 0,
+                 stats: Optional[ServerStats] = None) -> None:
         self.respond = respond
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
@@ -4198,17 +5404,11 @@ class ProbeServer:
         self.parser = RequestParser(max_body) if max_body else RequestParser()
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
-        self.stats = ServerStats()
-        self.counted_paths: FrozenSet[str] = frozenset()
+        self.stats = stats if stats is not None else ServerStats()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._dates = DateCache()
         self._under_pressure = False
-        self._in_hand = 0
-
-    @property
-    def open_connections(self) -> int:
-        return len(self.conns) + self._in_hand
 
     def add_listener(self, sock: socket.socket) -> None:
         loop = self._loop_or_start()
@@ -4257,6 +5457,7 @@ class ProbeServer:
                 sock.close()
                 continue
             stats.accepted += 1
+            stats.open += 1
             self._open(sock)
 
     def _open(self, sock: socket.SocketType) -> None:
@@ -4270,6 +5471,7 @@ class ProbeServer:
         if data:
             self._first_bytes(sock, data)
         else:
+            self.stats.open -= 1
             sock.close()
 
     def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
@@ -4289,9 +5491,7 @@ class ProbeServer:
             return False
         if request is None or used != len(data) or request.keep_alive or request.body_pending:
             return False
-        self._in_hand = 1
         reply = self.respond(request)
-        self._in_hand = 0
         if not isinstance(reply, PreparedResponse):
             self._defer(self._adopt(sock, False), reply, [])
             return True
@@ -4304,6 +5504,7 @@ class ProbeServer:
         except OSError:
             sent = len(wire)
         if sent == len(wire) and reply.close:
+            self.stats.open -= 1
             sock.close()
             return True
         conn = self._adopt(sock, False)
@@ -4422,7 +5623,7 @@ class ProbeServer:
             self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
-        self.stats.count(path, status, self.counted_paths)
+        self.stats.count(path, status)
 
     def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
                earlier: List[bytes]) -> None:
@@ -4519,12 +5720,14 @@ class ProbeServer:
 
     def _close(self, conn: Connection) -> None:
         if self._release(conn):
+            self.stats.open -= 1
             conn.sock.close()
 
     def _sweep(self) -> None:
         pressure, self._under_pressure = self._under_pressure, False
         for conn in expired(list(self.conns.values()), time.monotonic(), pressure):
             if conn.phase == READING and conn.buf:
+                self._count(OTHER_PATH_LABEL, 408)
                 try:
                     conn.sock.send(self._wire(build_error_response(
                         HTTPError(408, "request not complete within the read timeout"))), NOWAIT)
@@ -4534,447 +5737,6 @@ class ProbeServer:
         loop = self._loop
         assert loop is not None
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
-
-
-# ============================================================
-# probed/verdicts.py
-# ============================================================
-"""Check states and group verdicts: the pure bookkeeping under the engine (no I/O, no asyncio).
-"""
-
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-PENDING_REASON = "no result yet"
-
-
-class CheckState:
-
-    __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
-                 "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls", "passed_once")
-
-    def __init__(self, check: Check, now: float, wall: float) -> None:
-        self.check = check
-        self.ok: Optional[bool] = None
-        self.reason = PENDING_REASON
-        self.obs: Optional[Observation] = None
-        self.obs_at = 0.0
-        self.obs_wall = 0.0
-        self.latency = 0.0
-        self.streak = 0
-        self.streak_ok = False
-        self.since = now
-        self.since_wall = wall
-        self.stale = False
-        self.generation = 0
-        self.transitions = 0
-        self.last_success_wall = 0.0
-        self.polls = 0
-        self.passed_once = False
-
-    @property
-    def passing(self) -> bool:
-        return bool(self.ok) and not self.stale
-
-    @property
-    def shown_reason(self) -> str:
-        if self.stale:
-            return "stale: no result within %s (last: %s)" % (
-                format_duration(self.check.spec.stale_after), self.reason or "ok")
-        return self.reason
-
-    def record(self, obs: Observation, latency: float, now: float, wall: float) -> bool:
-        spec = self.check.spec
-        before = self.state_word()
-        ok, reason = self.check.judge(obs, self.check.config, bool(self.ok))
-        self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
-        self.polls += 1
-        self.generation += 1
-        was_stale, self.stale = self.stale, False
-        if ok:
-            self.last_success_wall = wall
-            self.passed_once = True
-        if self.streak and ok == self.streak_ok:
-            self.streak += 1
-        else:
-            self.streak, self.streak_ok = 1, ok
-        if ok:
-            flip = self.ok is not True and self.streak >= spec.pass_after
-        else:
-            flip = self.ok is not False and (
-                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
-        if flip:
-            self.ok = ok
-        if self.ok == ok:
-            self.reason = reason
-        return self._note_change(before, now, wall)
-
-    def expire(self, generation: int, now: float, wall: float) -> bool:
-        if generation != self.generation or self.stale:
-            return False
-        before = self.state_word()
-        self.stale = True
-        return self._note_change(before, now, wall)
-
-    def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
-        before = self.state_word()
-        self.ok, self.reason, self.obs, self.stale = None, reason, None, False
-        self.streak, self.passed_once = 0, False
-        self.generation += 1
-        return self._note_change(before, now, wall)
-
-    def _note_change(self, word_before: str, now: float, wall: float) -> bool:
-        if self.state_word() == word_before:
-            return False
-        self.since, self.since_wall = now, wall
-        self.transitions += 1
-        return True
-
-    def state_word(self) -> str:
-        if self.ok is None and not self.stale:
-            return "pending"
-        return "pass" if self.passing else "fail"
-
-    def judged_with(self, overrides: Mapping[str, Any]) -> Tuple[bool, str]:
-        if self.obs is None or self.stale or not overrides:
-            return self.passing, self.shown_reason
-        config = dict(self.check.config)
-        config.update(overrides)
-        return self.check.judge(self.obs, config, bool(self.ok))
-
-
-class GroupVerdict:
-
-    __slots__ = ("group", "ok", "reason", "checks")
-
-    def __init__(self, group: str, ok: bool, reason: str,
-                 checks: List[Tuple[CheckState, bool, str]]) -> None:
-        self.group = group
-        self.ok = ok
-        self.reason = reason
-        self.checks = checks
-
-
-def evaluate_checks(states: Sequence[CheckState], exclude: Sequence[str] = (),
-                    overrides: Optional[Dict[str, Dict[str, Any]]] = None,
-                    pending_passes: bool = False) -> List[Tuple[CheckState, bool, str]]:
-    rows = []
-    for st in states:
-        if st.check.name in exclude:
-            continue
-        own = overrides.get(st.check.name) if overrides else None
-        ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
-        if pending_passes and st.ok is None and not st.stale:
-            ok = True
-        rows.append((st, ok, reason))
-    return rows
-
-
-def first_failure(rows: Sequence[Tuple[CheckState, bool, str]]) -> str:
-    for st, ok, reason in rows:
-        if not ok:
-            return "%s: %s" % (st.check.name, reason)
-    return ""
-
-
-# ============================================================
-# probed/lifecycle.py
-# ============================================================
-"""Backend lifecycle facts derived from check states: restarts and start-up phases. Pure.
-"""
-
-from typing import Any, Optional, Sequence, Tuple
-
-PHASES = ("loading", "starting", "warming", "started")
-BACKEND_GROUPS = frozenset(("started", "live"))
-
-
-def restart_signal(st: CheckState, obs: Observation, started: bool,
-                   incarnation: Optional[float], trusts_start_time: bool
-                   ) -> Tuple[str, Optional[float]]:
-    if obs.incarnation is not None:
-        if incarnation is not None and obs.incarnation != incarnation:
-            return ("process start time changed from %s to %s" % (
-                format_timestamp(incarnation), format_timestamp(obs.incarnation)),
-                obs.incarnation)
-        return "", obs.incarnation
-    if obs.restart and not trusts_start_time:
-        return obs.restart, None
-    if obs.refused and started and st.passed_once and st.check.spec.probes & BACKEND_GROUPS:
-        return "%s refused connections after passing" % st.check.name, None
-    return "", incarnation
-
-
-def startup_phase(states: Sequence[CheckState], started: bool) -> str:
-    if started:
-        return "started"
-    if any(st.obs is not None and st.obs.refused and not st.passing for st in states):
-        return "loading"
-    waiting = [st for st in states if not st.passing]
-    if waiting and all(st.check.kind == "inference" for st in waiting):
-        return "warming"
-    return "starting"
-
-
-def describe_incarnation(value: Any) -> str:
-    return format_timestamp(value, millis=True) if isinstance(value, float) else "unknown"
-
-
-# ============================================================
-# probed/engine.py
-# ============================================================
-"""The engine: runs every check on its schedule and keeps the group verdicts probes read.
-"""
-
-import asyncio
-import random
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-JITTER = 0.1
-DEADLINE_GRACE = 0.1
-STARTED_ONLY = frozenset(("started",))
-FAST_UNTIL_READY = frozenset(("started", "ready"))
-DORMANT_RECHECK = 1.0
-
-Listener = Callable[[str, bool], None]
-
-
-class Engine:
-
-    def __init__(self, checks: Sequence[Check], log: Optional[EventLog] = None,
-                 startup_timeout: Optional[float] = None, start_interval: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
-        self.clock, self.wall = clock, wall
-        self.log = log or EventLog()
-        self.startup_timeout = startup_timeout
-        self.start_interval = start_interval
-        self.states: Dict[str, CheckState] = {
-            c.name: CheckState(c, clock(), wall()) for c in checks}
-        self.by_group: Dict[str, List[CheckState]] = {
-            g: [s for s in self.states.values() if g in s.check.spec.probes] for g in GROUPS}
-        self.started = False
-        self.ready_seen = False
-        self.started_at: Optional[float] = None
-        self.starting_since = clock()
-        self.incarnation: Optional[float] = None
-        self.start_time_seen = False
-        self.phase, self.phase_since, self.phase_since_wall = "starting", clock(), wall()
-        self.draining = ""
-        self.drain_ends_on_restart = False
-        self.listeners: List[Listener] = []
-        self.poll_listeners: List[Callable[[CheckState], None]] = []
-        self.version = 0
-        self._tasks: List["asyncio.Task[None]"] = []
-        self._startup_timer: Optional[asyncio.TimerHandle] = None
-        self._wake: Optional[asyncio.Event] = None
-        self.verdicts: Dict[str, GroupVerdict] = {}
-        self._refresh(log_changes=False)
-
-    def evaluate(self, group: str, exclude: Sequence[str] = (),
-                 overrides: Optional[Dict[str, Dict[str, Any]]] = None) -> GroupVerdict:
-        rows = evaluate_checks(self.by_group[group], exclude, overrides, group == "live")
-        failure = first_failure(rows)
-        if group == "started":
-            if self.started:
-                return GroupVerdict(group, True, "started", rows)
-            rows = self._with_phase(rows)
-            return GroupVerdict(group, not failure, first_failure(rows) or "ok", rows)
-        if not self.started:
-            waiting = first_failure(evaluate_checks(self.by_group["started"], exclude, overrides))
-            if group == "live":
-                return self._live_before_start(rows, waiting)
-            return GroupVerdict(group, False, "not started: " + (waiting or "starting"), rows)
-        if group == "ready" and self.draining:
-            return GroupVerdict(group, False, self.draining, rows)
-        return GroupVerdict(group, not failure, failure or "ok", rows)
-
-    def _with_phase(self, rows: List[Any]) -> List[Any]:
-        since = int(self.clock() - self.phase_since)
-        return [(st, ok, reason if ok else "%s for %ds (%s)" % (self.phase, since, reason))
-                for st, ok, reason in rows]
-
-    def _forget_loading_results(self) -> None:
-        now, wall = self.clock(), self.wall()
-        for st in self.by_group["live"]:
-            if "started" not in st.check.spec.probes and not st.passing:
-                st.reset(now, wall)
-
-    def _live_before_start(self, rows: List[Any], waiting: str) -> GroupVerdict:
-        elapsed = self.clock() - self.starting_since
-        if self.startup_timeout is not None and elapsed >= self.startup_timeout:
-            return GroupVerdict("live", False, "not started within %s: %s" % (
-                format_duration(self.startup_timeout), waiting or "starting"), rows)
-        return GroupVerdict("live", True, "starting for %ds" % elapsed, rows)
-
-    def _refresh(self, log_changes: bool = True) -> None:
-        phase = startup_phase(self.by_group["started"], self.started)
-        if not self.started and self.evaluate("started").ok:
-            self.started, self.started_at = True, self.clock()
-            phase = "started"
-            self._forget_loading_results()
-            if log_changes:
-                self.log.info("started", after=format_duration(
-                    round(self.started_at - self.starting_since, 3)))
-        if phase != self.phase:
-            self.phase, self.phase_since, self.phase_since_wall = phase, self.clock(), self.wall()
-        previous = self.verdicts
-        self.verdicts = {g: self.evaluate(g) for g in GROUPS}
-        self.ready_seen = self.ready_seen or self.verdicts["ready"].ok
-        if any(previous.get(g) is None or (previous[g].ok, previous[g].reason) != (v.ok, v.reason)
-               for g, v in self.verdicts.items()):
-            self.version += 1
-        for group, verdict in self.verdicts.items():
-            old = previous.get(group)
-            if old is None or old.ok == verdict.ok:
-                continue
-            if log_changes:
-                self.log.info("group changed", group=group, to="pass" if verdict.ok else "fail",
-                              reason=verdict.reason)
-            for listener in self.listeners:
-                listener(group, verdict.ok)
-
-    def record(self, name: str, obs: Observation, latency: float) -> None:
-        st = self.states[name]
-        self.start_time_seen = self.start_time_seen or obs.incarnation is not None
-        old = self.incarnation
-        why, self.incarnation = restart_signal(st, obs, self.started, old, self.start_time_seen)
-        if why:
-            self.restart(why, old)
-        before, since = st.state_word(), st.since
-        now = self.clock()
-        if st.record(obs, latency, now, self.wall()):
-            self._log_transition(st, before, now - since)
-        self._schedule_expiry(st)
-        for listener in self.poll_listeners:
-            listener(st)
-        self._refresh()
-
-    def _log_transition(self, st: CheckState, before: str, lasted: float) -> None:
-        fields = {"check": st.check.name, "kind": st.check.kind, "from": before,
-                  "to": st.state_word(), "reason": st.shown_reason, "consecutive": st.streak,
-                  "after": format_duration(round(lasted, 3))}
-        self.log.info("check changed", **fields)
-
-    def _schedule_expiry(self, st: CheckState) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        loop.call_later(st.check.spec.stale_after, self.expire, st.check.name, st.generation)
-
-    def expire(self, name: str, generation: int) -> None:
-        st = self.states[name]
-        if self.dormant(st):
-            return
-        before, since = st.state_word(), st.since
-        now = self.clock()
-        if st.expire(generation, now, self.wall()):
-            self._log_transition(st, before, now - since)
-            self._refresh()
-
-    def set_draining(self, reason: str, until_restart: bool = False) -> None:
-        self.drain_ends_on_restart = until_restart and bool(reason)
-        if reason != self.draining:
-            self.draining = reason
-            self._refresh()
-
-    def restart(self, reason: str, old_incarnation: Optional[float] = None) -> None:
-        self.log.info("backend restarted", reason=reason,
-                      old_start=describe_incarnation(old_incarnation),
-                      new_start=describe_incarnation(self.incarnation))
-        now, wall = self.clock(), self.wall()
-        for st in self.states.values():
-            st.reset(now, wall, "no result since the backend restarted")
-            st.check.forget()
-        self.unlatch(reason)
-        self._refresh()
-
-    def unlatch(self, reason: str) -> None:
-        if self.drain_ends_on_restart:
-            self.draining, self.drain_ends_on_restart = "", False
-        if self.started:
-            self.started, self.started_at, self.ready_seen = False, None, False
-            self.starting_since = self.clock()
-            self.log.info("started unlatched", reason=reason)
-            self._arm_startup_timer()
-            self.wake_pollers()
-            self._refresh()
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for name in self.states:
-            self._tasks.append(loop.create_task(self._poll_forever(name)))
-        self._arm_startup_timer()
-
-    def _arm_startup_timer(self) -> None:
-        if self.startup_timeout is None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        if self._startup_timer is not None:
-            self._startup_timer.cancel()
-        self._startup_timer = loop.call_later(self.startup_timeout + 0.001, self._refresh)
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-
-    def next_delay(self, st: CheckState) -> float:
-        spec = st.check.spec
-        if not self.ready_seen and spec.probes & FAST_UNTIL_READY:
-            fast = spec.start_interval if spec.start_interval is not None else self.start_interval
-            return min(spec.interval, fast)
-        return spec.interval * random.uniform(1 - JITTER, 1 + JITTER)
-
-    def dormant(self, st: CheckState) -> bool:
-        return self.started and st.check.spec.probes == STARTED_ONLY
-
-    async def _poll_forever(self, name: str) -> None:
-        st = self.states[name]
-        while True:
-            if self.dormant(st):
-                await self._sleep(min(st.check.spec.interval, DORMANT_RECHECK))
-                continue
-            obs, latency = await poll_once(st.check)
-            try:
-                self.record(name, obs, latency)
-            except Exception as exc:
-                self.log.warn("check bookkeeping failed", check=name, error=repr(exc))
-            await self._sleep(self.next_delay(st))
-
-    async def _sleep(self, delay: float) -> None:
-        wake = self._wake
-        if wake is None:
-            self._wake = wake = asyncio.Event()
-        try:
-            await asyncio.wait_for(wake.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
-
-    def wake_pollers(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
-
-
-async def poll_once(check: Check) -> Tuple[Observation, float]:
-    t0 = time.monotonic()
-    timeout = check.spec.timeout
-    try:
-        obs = await asyncio.wait_for(check.observe(), timeout + DEADLINE_GRACE)
-    except asyncio.TimeoutError:
-        obs = Observation(False, "timed out after %s" % format_duration(timeout))
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        obs = Observation(False, "%s: %s" % (type(exc).__name__, exc))
-    return obs, time.monotonic() - t0
 
 
 # ============================================================
@@ -4990,7 +5752,6 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 ADMIN_DEFAULT_HOST = "127.0.0.1"
 ADMIN_MAX_BODY = 4096
 ADMIN_MAX_CONNECTIONS = 64
-ADMIN_DRAIN_REASON = "draining (admin)"
 ADMIN_HEARTBEAT_PREFIX = "/heartbeat/"
 ADMIN_SHOWN_NAME_CHARS = 64
 ADMIN_REALM = 'Bearer realm="probed admin"'
@@ -5062,27 +5823,34 @@ class AdminRoute(NamedTuple):
 
 class AdminRouter:
 
-    def __init__(self, engine: Engine, registry: HeartbeatRegistry,
-                 token: Optional[AdminToken] = None, log: Optional[EventLog] = None) -> None:
-        self.engine = engine
+    def __init__(self, pod: Pod, control: Scheduler, registry: HeartbeatRegistry,
+                 log: EventLog, token: Optional[AdminToken] = None,
+                 waiter: Optional[DrainWaiter] = None) -> None:
+        self.pod = pod
+        self.control = control
         self.registry = registry
         self.token = token
-        self.log = log or engine.log
-        checks = [st.check for st in engine.states.values()]
+        self.log = log
+        self.waiter = waiter
+        checks = [st.check for st in pod.states.values()]
         self.manual: List[ManualCheck] = [c for c in checks if isinstance(c, ManualCheck)]
         self.reads_pushed_beats = any(isinstance(c, HeartbeatCheck) and c.pushed for c in checks)
         self._refusing_names = False
         self.routes: Dict[str, AdminRoute] = {}
         self.add_route("/", ("GET", "HEAD"), self._index, "this list")
-        self.add_route("/drain", ("POST",), self._drain,
-                       "ready fails with reason \"%s\" until POST /undrain" % ADMIN_DRAIN_REASON)
-        self.add_route("/undrain", ("POST",), self._undrain, "ready follows its checks again")
+        self.add_route("/drain", ("POST",), self._drain, "ready fails with reason \"%s\" until "
+                       "POST /undrain" % DRAIN_RULES["admin"].reason)
+        self.add_route("/undrain", ("POST",), self._undrain,
+                       "ends the admin drain and a preStop wait's drain")
         self.add_route(ADMIN_HEARTBEAT_PREFIX + "NAME", ("POST", "DELETE"), self._heartbeat,
                        "a worker beats (DELETE: the worker left on purpose)")
         self.add_route("/v1/become-ready", ("POST",), self._become(True),
                        "manual checks pass (llm-d requester SPI)")
         self.add_route("/v1/become-unready", ("POST",), self._become(False),
                        "manual checks fail (llm-d requester SPI)")
+        if waiter is not None:
+            self.add_route("/wait-for-drain", ("GET",), waiter.handle, "preStop: fail ready, "
+                           "return when nothing is in flight (?timeout=60s)")
 
     def add_route(self, path: str, methods: Sequence[str], handler: AdminHandler,
                   help: str) -> None:
@@ -5114,7 +5882,7 @@ class AdminRouter:
             lines.append("%-11s %-20s %s" % ("/".join(route.methods), path, route.help))
         manual = ", ".join("%s=%s" % (c.name, "ready" if c.ready else "unready")
                            for c in self.manual)
-        lines += ["", "draining: %s" % (self.engine.draining or "no"),
+        lines += ["", "draining: %s" % (", ".join(self.pod.active_drains()) or "no"),
                   "pushed heartbeats: %d of at most %d names%s" % (
                       len(self.registry.beats), self.registry.max_names,
                       "" if self.reads_pushed_beats else " (no heartbeat check reads them)"),
@@ -5124,24 +5892,26 @@ class AdminRouter:
 
     def _drain(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
-        current = self.engine.draining
-        if current and current != ADMIN_DRAIN_REASON:
-            return admin_text("ready already fails: %s" % current, head, mode)
-        if not current:
-            self.engine.set_draining(ADMIN_DRAIN_REASON)
-            self.log.info("admin drain", reason=ADMIN_DRAIN_REASON)
-        return admin_text("draining: ready fails until POST /undrain", head, mode)
+        self.control.drain("admin")
+        others = [s for s in self.pod.active_drains() if s != "admin"]
+        return admin_text("draining: ready fails until POST /undrain%s" % (
+            " (also active: %s)" % ", ".join(others) if others else ""), head, mode)
 
     def _undrain(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
-        current = self.engine.draining
-        if current == ADMIN_DRAIN_REASON:
-            self.engine.set_draining("")
-            self.log.info("admin undrain")
-            return admin_text("undrained: ready follows its checks again", head, mode)
-        if current:
-            raise HTTPError(503, "cannot undrain: %s" % current)
-        return admin_text("not draining", head, mode)
+        undone = [s for s in self.pod.active_drains() if DRAIN_RULES[s].undoable]
+        for source in undone:
+            self.control.undrain(source)
+        left = self.pod.active_drains()
+        if left:
+            raise HTTPError(409, "cannot undrain: probed is shutting down (it got SIGTERM, "
+                                 "SIGINT or SIGHUP) and exits after --drain-seconds; a probed "
+                                 "that starts again starts undrained%s" % (
+                                     " (ended: %s)" % ", ".join(undone) if undone else ""))
+        if not undone:
+            return admin_text("not draining", head, mode)
+        return admin_text("undrained (%s): ready follows its checks again" % ", ".join(undone),
+                          head, mode)
 
     def _heartbeat(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
@@ -5176,11 +5946,11 @@ class AdminRouter:
             if not self.manual:
                 raise HTTPError(404, "no manual check to set: add --check \"manual\" to use "
                                      "%s" % path)
-            wall = self.engine.wall()
+            wall = self.control.wall()
             for check in self.manual:
                 changed = check.ready != ready
                 check.set_ready(ready, "POST " + path, wall)
-                self.engine.record(check.name, check.current(), 0.0)
+                self.control.record(check.name, check.current(), 0.0)
                 if changed:
                     self.log.info("admin set manual check", check=check.name,
                                   to="ready" if ready else "unready")
@@ -5219,8 +5989,11 @@ class AdminListener:
     def close(self) -> None:
         self.server.close()
 
+    def waits_open(self) -> int:
+        return self.router.waiter.active if self.router.waiter is not None else 0
 
-def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check],
+
+def build_admin(settings: Dict[str, Any], pod: Pod, control: Scheduler, checks: Sequence[Check],
                 log: EventLog, registry: HeartbeatRegistry) -> Optional[AdminListener]:
     addr = settings.get("admin_addr")
     token_file = settings.get("admin_token_file")
@@ -5244,399 +6017,8 @@ def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check
     elif not addr[0].startswith("127.") and addr[0] not in ("::1", "localhost"):
         log.warn("admin listener without --admin-token-file on a non-loopback address: "
                  "anyone who reaches it can drain this pod", addr="%s:%d" % addr)
-    return AdminListener(AdminRouter(engine, registry, token, log), addr, settings)
-
-
-# ============================================================
-# probed/drain.py
-# ============================================================
-"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
-`probed drain --wait DURATION` for an exec preStop hook.
-"""
-
-import argparse
-import asyncio
-import sys
-import time
-from typing import Any, List, Optional, Sequence, Tuple
-from urllib.parse import quote
-
-DRAIN_REASON = "draining"
-DRAIN_POLL = 0.5
-DRAIN_DEFAULT_TIMEOUT = 60.0
-DRAIN_MAX_TIMEOUT = 3600.0
-
-
-class DrainWaiter:
-
-    def __init__(self, engine: Engine, log: EventLog) -> None:
-        self.engine = engine
-        self.log = log
-        self.checks: List[InflightCheck] = [
-            st.check for st in engine.states.values() if isinstance(st.check, InflightCheck)]
-        self.active = 0
-
-    def handle(self, req: Request, head: bool, mode: int) -> "asyncio.Future[PreparedResponse]":
-        timeout = DRAIN_DEFAULT_TIMEOUT
-        for key, value in req.query_pairs():
-            if key != "timeout":
-                raise HTTPError(400, "unknown query parameter %r (expected timeout)" % key)
-            try:
-                timeout = parse_duration(value)
-            except ValueError as exc:
-                raise HTTPError(400, "timeout=%s: %s" % (value, exc)) from None
-            if timeout > DRAIN_MAX_TIMEOUT:
-                raise HTTPError(400, "timeout=%s: at most %s" % (
-                    value, format_duration(DRAIN_MAX_TIMEOUT)))
-        self.active += 1
-        if not self.engine.draining:
-            self.engine.set_draining(DRAIN_REASON, until_restart=True)
-        self.log.info("draining", timeout=format_duration(timeout), inflight_checks=len(
-            self.checks))
-        return asyncio.ensure_future(self._reply(timeout, head, mode))
-
-    async def _reply(self, timeout: float, head: bool, mode: int) -> PreparedResponse:
-        try:
-            text = await self.wait(timeout)
-        finally:
-            self.active -= 1
-        self.log.info("drain wait returned", result=text)
-        return build_response(200, (text + "\n").encode("utf-8"), head=head, mode=mode)
-
-    async def wait(self, timeout: float) -> str:
-        t0 = time.monotonic()
-        if not self.checks:
-            return ("drained at once: no inflight check configured (use --vllm, --sglang, "
-                    "--tgi or --llamacpp, or add an inflight check), so nothing to wait for")
-        left, note = await self.inflight()
-        while left and time.monotonic() - t0 < timeout:
-            await asyncio.sleep(min(DRAIN_POLL, max(0.0, timeout - (time.monotonic() - t0))))
-            left, note = await self.inflight()
-        took = format_duration(round(time.monotonic() - t0, 1))
-        if not left:
-            return "drained after %s: nothing in flight (%s)" % (took, note)
-        return "timed out after %s: %s" % (took, note)
-
-    async def inflight(self) -> Tuple[float, str]:
-        total, unknown, notes = 0.0, False, []
-        for check in self.checks:
-            obs, _ = await poll_once(check)
-            if obs.ok and obs.value is not None:
-                total += obs.value
-                notes.append("%s: %s" % (check.name, obs.reason))
-            elif obs.refused:
-                notes.append("%s: backend gone (%s)" % (check.name, obs.reason))
-            else:
-                unknown = True
-                notes.append("%s: unknown (%s)" % (check.name, obs.reason))
-        return (max(total, 1.0) if unknown else total), "; ".join(notes)
-
-
-def drain_main(argv: Sequence[str], out: Any = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="probed drain", description="preStop drain: fail ready, then wait until the "
-        "server has no request in flight (GET /wait-for-drain on the admin listener).")
-    parser.add_argument("--wait", default="60s", help="longest wait (default 60s)")
-    parser.add_argument("--admin", default="http://127.0.0.1:9090",
-                        help="admin listener URL (default http://127.0.0.1:9090)")
-    parser.add_argument("--token-file", help="file with the admin token")
-    args = parser.parse_args(list(argv))
-    out = out or sys.stdout
-    try:
-        wait = parse_duration(args.wait)
-    except ValueError as exc:
-        parser.error("--wait %s: %s" % (args.wait, exc))
-    headers = {}
-    if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as fh:
-                headers["Authorization"] = "Bearer " + fh.read().strip()
-        except OSError as exc:
-            parser.error("--token-file %s: %s" % (args.token_file, exc.strerror or exc))
-    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), quote(args.wait))
-    try:
-        resp = asyncio.run(fetch(url, headers=headers, timeout=wait + 10.0))
-    except FetchError as exc:
-        print("probed drain: %s: %s" % (args.admin, exc), file=sys.stderr)
-        return 3
-    except ValueError as exc:
-        parser.error("--admin %s: %s" % (args.admin, exc))
-    print(resp.body.decode("utf-8", "replace").rstrip(), file=out)
-    return 0 if resp.status == 200 else 1
-
-
-def optional_waiter(engine: Engine, log: EventLog, admin: Optional[Any]) -> Optional[DrainWaiter]:
-    if admin is None:
-        return None
-    waiter = DrainWaiter(engine, log)
-    admin.router.add_route("/wait-for-drain", ("GET",), waiter.handle,
-                           "preStop: fail ready, return when nothing is in flight (?timeout=60s)")
-    return waiter
-
-
-# ============================================================
-# probed/render.py
-# ============================================================
-"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
-"""
-
-import json
-from typing import Any, Dict, List, Optional, Sequence
-
-GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
-
-
-def render_plain(verdict: GroupVerdict) -> bytes:
-    if verdict.ok:
-        return b"ok\n"
-    return ("%s failed: %s\n" % (GROUP_PATHS[verdict.group], verdict.reason)).encode("utf-8")
-
-
-def render_verbose(verdict: GroupVerdict, excluded: Sequence[str] = ()) -> bytes:
-    lines: List[str] = []
-    for st, ok, reason in verdict.checks:
-        if ok:
-            lines.append("[+]%s ok" % st.check.name)
-        else:
-            lines.append("[-]%s failed: %s" % (st.check.name, reason))
-    for name in excluded:
-        lines.append("[+]%s excluded: ok" % name)
-    path = GROUP_PATHS[verdict.group]
-    if verdict.ok:
-        note = "" if not verdict.checks or verdict.reason in ("ok", "started") else (
-            " (%s)" % verdict.reason)
-        lines.append("%s check passed%s" % (path, note))
-    else:
-        lines.append("%s check failed: %s" % (path, verdict.reason))
-    return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def check_json(st: CheckState, ok: bool, reason: str, now: float) -> Dict[str, Any]:
-    obs = st.obs
-    row: Dict[str, Any] = {
-        "name": st.check.name,
-        "kind": st.check.kind,
-        "status": st.state_word() if ok == st.passing else ("pass" if ok else "fail"),
-        "reason": reason,
-        "value": obs.value if obs is not None else None,
-        "latency_seconds": round(st.latency, 6) if obs is not None else None,
-        "age_seconds": round(now - st.obs_at, 3) if obs is not None else None,
-        "consecutive": st.streak,
-        "since": format_timestamp(st.since_wall) if st.since_wall else None,
-        "polls": st.polls,
-    }
-    if obs is not None and obs.detail:
-        row["detail"] = obs.detail
-    return row
-
-
-def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any]] = None,
-                excluded: Sequence[str] = ()) -> bytes:
-    doc: Dict[str, Any] = {
-        "group": verdict.group,
-        "status": "pass" if verdict.ok else "fail",
-        "reason": verdict.reason,
-    }
-    if extra:
-        doc.update(extra)
-    doc["checks"] = [check_json(st, ok, reason, now) for st, ok, reason in verdict.checks]
-    if excluded:
-        doc["excluded"] = list(excluded)
-    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
-
-
-# ============================================================
-# probed/router.py
-# ============================================================
-"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
-"""
-
-import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
-
-JSON_TYPE = "application/json"
-METRICS_CACHE_SECONDS = 0.005
-PROBE_METHODS = "GET, HEAD"
-
-Bodies = Optional[Tuple[bytes, bytes]]
-Route = Tuple[str, Bodies, int]
-
-GROUP_ROUTES: Dict[str, Route] = {
-    "/livez": ("live", None, 503),
-    "/readyz": ("ready", None, 503),
-    "/startupz": ("started", None, 503),
-    "/healthz": ("live", None, 503),
-    "/health": ("ready", (b"Healthy", b"Unhealthy"), 503),
-    "/ready": ("ready", (b"OK", b"Not Ready"), 503),
-}
-
-MULTINODE_PROBER_ROUTES: Dict[str, Route] = {
-    "/healthz": ("live", (b"Liveness check passed\n", b"Liveness check failed\n"), 500),
-    "/readyz": ("ready", (b"Readiness check passed\n", b"Readiness check failed\n"), 503),
-    "/startupz": ("started", (b"Startup check passed\n", b"Startup check failed\n"), 500),
-}
-
-
-class GroupQuery:
-
-    __slots__ = ("verbose", "json", "exclude", "overrides")
-
-    def __init__(self) -> None:
-        self.verbose = False
-        self.json = False
-        self.exclude: List[str] = []
-        self.overrides: Dict[str, Dict[str, Any]] = {}
-
-
-class Router:
-
-    def __init__(self, engine: Engine, metrics: Optional[Callable[[], bytes]] = None,
-                 routes: Optional[Dict[str, Route]] = None) -> None:
-        self.engine = engine
-        self.metrics = metrics
-        self.routes = dict(GROUP_ROUTES, **(routes or {}))
-        self._metrics_cache: Optional[Tuple[float, bytes]] = None
-        self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
-        self._cache_version = -1
-        self.check_routes: Dict[str, Tuple[str, str]] = {}
-        for group, path in GROUP_PATHS.items():
-            for st in engine.by_group[group]:
-                self.check_routes["/%s/%s" % (path, st.check.name)] = (group, st.check.name)
-
-    def respond(self, req: Request) -> PreparedResponse:
-        head = req.method == "HEAD"
-        try:
-            if req.method not in ("GET", "HEAD"):
-                self._known_path_or_404(req.path)
-                raise HTTPError(405, "method %s not allowed" % req.method, allow=PROBE_METHODS)
-            mode = connection_mode(req)
-            if not req.query and JSON_TYPE not in req.headers.get("accept", ""):
-                key = (req.path, head, mode)
-                if self._cache_version == self.engine.version:
-                    cached = self._cache.get(key)
-                    if cached is not None:
-                        return cached
-                else:
-                    self._cache.clear()
-                    self._cache_version = self.engine.version
-                reply = self._route(req, head, mode)
-                if req.path in self.routes and reply.status in (200, 500, 503):
-                    self._cache[key] = reply
-                return reply
-            return self._route(req, head, mode)
-        except HTTPError as err:
-            return build_error_response(err, head)
-
-    def _known_path_or_404(self, path: str) -> None:
-        if path in self.routes or path in self.check_routes or path in ("/", "/metrics"):
-            return
-        raise HTTPError(404, "no such path %s (see / for the index)" % path)
-
-    def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
-        path = req.path
-        route = self.routes.get(path)
-        if route is not None:
-            return self._group_reply(req, route, head, mode)
-        single = self.check_routes.get(path)
-        if single is not None:
-            return self._check_reply(req, single[0], single[1], head, mode)
-        if path == "/":
-            return build_response(200, self.index().encode("utf-8"), head=head, mode=mode)
-        if path == "/metrics" and self.metrics is not None:
-            return build_response(200, self.metrics_body(), "text/plain; version=0.0.4; "
-                                  "charset=utf-8", head=head, mode=mode)
-        raise HTTPError(404, "no such path %s (see / for the index)" % path)
-
-    def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
-        group, bodies, fail_status = route
-        query = self.parse_query(req, group, None)
-        if query.exclude or query.overrides or query.verbose or query.json:
-            verdict = self.engine.evaluate(group, query.exclude, query.overrides)
-        else:
-            verdict = self.engine.verdicts[group]
-        return self._reply(verdict, query, bodies, head, mode, fail_status)
-
-    def _check_reply(self, req: Request, group: str, name: str, head: bool,
-                     mode: int) -> PreparedResponse:
-        query = self.parse_query(req, group, name)
-        rows = evaluate_checks([self.engine.states[name]], (), query.overrides)
-        failure = first_failure(rows)
-        return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
-                           head, mode)
-
-    def _reply(self, verdict: GroupVerdict, query: GroupQuery, alias: Bodies, head: bool,
-               mode: int, fail_status: int = 503) -> PreparedResponse:
-        status = 200 if verdict.ok else fail_status
-        if query.json:
-            engine = self.engine
-            extra = {"started": engine.started, "draining": engine.draining or None,
-                     "phase": engine.phase, "phase_since": format_timestamp(
-                         engine.phase_since_wall), "incarnation": describe_incarnation(
-                         engine.incarnation) if engine.incarnation is not None else None}
-            body = render_json(verdict, time.monotonic(), extra, query.exclude)
-            return build_response(status, body, JSON_TYPE, head=head, mode=mode)
-        if query.verbose:
-            body = render_verbose(verdict, query.exclude)
-        elif alias is not None:
-            body = alias[0] if verdict.ok else alias[1]
-        else:
-            body = render_plain(verdict)
-        return build_response(status, body, head=head, mode=mode)
-
-    def metrics_body(self) -> bytes:
-        now = time.monotonic()
-        if self._metrics_cache is None or now - self._metrics_cache[0] >= METRICS_CACHE_SECONDS:
-            assert self.metrics is not None
-            self._metrics_cache = (now, self.metrics())
-        return self._metrics_cache[1]
-
-    def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
-        query = GroupQuery()
-        query.json = JSON_TYPE in req.headers.get("accept", "")
-        members = {st.check.name for st in self.engine.by_group[group]}
-        for key, value in req.query_pairs():
-            if key == "verbose":
-                query.verbose = value.lower() not in ("0", "false", "no")
-            elif key == "format":
-                if value not in ("json", "text"):
-                    raise HTTPError(400, "format=%s: expected json or text" % value)
-                query.json = value == "json"
-            elif key == "exclude":
-                if value not in members:
-                    raise HTTPError(400, "exclude=%s: no such check in %s (have: %s)" % (
-                        value, group, ", ".join(sorted(members)) or "none"))
-                query.exclude.append(value)
-            elif "." in key:
-                self._add_override(query, key, value, members if only is None else {only})
-            else:
-                raise HTTPError(400, "unknown query parameter %r (expected verbose, format, "
-                                     "exclude or NAME.KEY=VALUE)" % key)
-        return query
-
-    def _add_override(self, query: GroupQuery, key: str, value: str, members: Any) -> None:
-        name, _, param = key.partition(".")
-        if name not in members:
-            raise HTTPError(400, "%s: no such check here (have: %s)" % (
-                key, ", ".join(sorted(members)) or "none"))
-        try:
-            parsed = self.engine.states[name].check.parse_override(param, value)
-        except ConfigError as exc:
-            raise HTTPError(400, str(exc)) from None
-        query.overrides.setdefault(name, {})[param] = parsed
-
-    def index(self) -> str:
-        lines = ["probed: probe endpoints for this pod", ""]
-        for path, (group, _, _) in self.routes.items():
-            verdict = self.engine.verdicts[group]
-            lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
-        lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",
-                  "checks:"]
-        for st in self.engine.states.values():
-            spec = st.check.spec
-            lines.append("  %-20s %-8s %-7s probes=%s %s" % (
-                st.check.name, st.check.kind, st.state_word(),
-                ",".join(sorted(spec.probes)) or "-", st.check.target()))
-        return "\n".join(lines) + "\n"
+    waiter = DrainWaiter(pod, control, checks, log)
+    return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)
 
 
 # ============================================================
@@ -5649,7 +6031,7 @@ import asyncio
 import sys
 import time
 from bisect import bisect_left
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                           5.0, 10.0, 30.0)
@@ -5718,9 +6100,9 @@ class MetricsPage:
         return ("\n".join(self.lines) + "\n").encode("utf-8")
 
 
-def render_check_families(page: MetricsPage, engine: Engine,
+def render_check_families(page: MetricsPage, pod: Pod,
                           durations: Dict[str, Histogram]) -> None:
-    states = list(engine.states.values())
+    states = list(pod.states.values())
     page.family("probed_check_up", "gauge",
                 "1 when the check passes now (pending and stale count as 0).")
     for st in states:
@@ -5747,42 +6129,39 @@ def render_check_families(page: MetricsPage, engine: Engine,
             page.sample(name, (("check", st.check.name),), value)
     page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
     for group in GROUPS:
-        verdict = engine.verdicts.get(group)
+        verdict = pod.verdicts.get(group)
         page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
     page.family("probed_startup_seconds", "gauge", "Seconds from probed's start, or from the "
                 "backend's last restart, to started; absent until started.")
-    if engine.started_at is not None:
-        page.sample("probed_startup_seconds", (), round(engine.started_at - engine.starting_since, 3))
+    if pod.started_at is not None:
+        page.sample("probed_startup_seconds", (), round(pod.started_at - pod.starting_since, 3))
 
 
-def render_server_families(page: MetricsPage, server: Optional[ProbeServer]) -> None:
-    if server is None:
-        return
+def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
     page.family("probed_probe_requests_total", "counter", "Requests answered on the probe "
                 "port, by path (unknown paths as \"other\") and status code.")
-    for (path, code), count in sorted(server.stats.requests.items()):
+    for (path, code), count in sorted(stats.requests.items()):
         page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
     for name, kind, text, value in (
             ("probed_open_connections", "gauge", "Client connections open on the probe port.",
-             server.open_connections),
+             stats.open),
             ("probed_connections_accepted_total", "counter",
-             "Client connections accepted on the probe port.", server.stats.accepted),
+             "Client connections accepted on the probe port.", stats.accepted),
             ("probed_connections_refused_total", "counter",
              "Client connections closed at once because --max-connections were open.",
-             server.stats.refused_at_cap),
+             stats.refused_at_cap),
             ("probed_connections_evicted_total", "counter",
              "Open connections closed at --max-connections to let a new one in (the one "
-             "longest without a request answered).", server.stats.evicted_at_cap)):
+             "longest without a request answered).", stats.evicted_at_cap)):
         page.family(name, kind, text)
         page.sample(name, (), value)
 
 
-def render_metrics(engine: Engine, server: Optional[ProbeServer],
-                   durations: Dict[str, Histogram], lag: Histogram,
-                   build: Tuple[str, str]) -> bytes:
+def render_metrics(pod: Pod, stats: ServerStats, durations: Dict[str, Histogram],
+                   lag: Histogram, build: Tuple[str, str]) -> bytes:
     page = MetricsPage()
-    render_check_families(page, engine, durations)
-    render_server_families(page, server)
+    render_check_families(page, pod, durations)
+    render_server_families(page, stats)
     page.family("probed_event_loop_lag_seconds", "histogram",
                 "How late the event loop ran a timer; probe replies wait this long too.")
     page.histogram("probed_event_loop_lag_seconds", (), lag)
@@ -5791,32 +6170,23 @@ def render_metrics(engine: Engine, server: Optional[ProbeServer],
     return page.body()
 
 
-def counted_probe_paths(router: Router) -> FrozenSet[str]:
-    return frozenset(GROUP_ROUTES) | frozenset(router.check_routes) | {"/", "/metrics"}
-
-
 class SelfMetrics:
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.server: Optional[ProbeServer] = None
-        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in engine.states}
+    def __init__(self, pod: Pod, stats: ServerStats) -> None:
+        self.pod = pod
+        self.stats = stats
+        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in pod.states}
         self.lag = Histogram(LAG_BUCKETS)
         self.build = (__version__, "%d.%d.%d" % sys.version_info[:3])
         self._sampler: Optional["asyncio.Task[None]"] = None
-        engine.poll_listeners.append(self.on_poll)
 
-    def watch(self, server: ProbeServer, router: Router) -> None:
-        self.server = server
-        server.counted_paths = counted_probe_paths(router)
-
-    def on_poll(self, st: Any) -> None:
-        hist = self.durations.get(st.check.name)
+    def on_poll(self, name: str, latency: float) -> None:
+        hist = self.durations.get(name)
         if hist is not None:
-            hist.observe(st.latency)
+            hist.observe(latency)
 
     def render(self) -> bytes:
-        return render_metrics(self.engine, self.server, self.durations, self.lag, self.build)
+        return render_metrics(self.pod, self.stats, self.durations, self.lag, self.build)
 
     def start(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
         self._sampler = asyncio.get_running_loop().create_task(
@@ -5839,15 +6209,17 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 # ============================================================
 # probed/daemon.py
 # ============================================================
-"""The serving process: binds the ports, runs the engine, drains on SIGTERM, exits 0.
+"""The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 """
 
 import asyncio
 import signal
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class GatedPorts:
@@ -5863,6 +6235,10 @@ class GatedPorts:
     def check_bindable(self) -> None:
         for group, port in self.ports.items():
             bind_listener(self.host, port, GATE_FLAGS[group]).close()
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        for change in group_changes(list(events)):
+            self.set(change.group, change.ok)
 
     def set(self, group: str, passing: bool) -> None:
         port = self.ports.get(group)
@@ -5886,22 +6262,26 @@ class Daemon:
                  resources: CheckResources) -> None:
         self.settings = settings
         self.log = log
-        self.engine = Engine(checks, log, settings["startup_timeout"], settings["start_interval"])
-        self.selfmetrics = SelfMetrics(self.engine)
+        self.pod = Pod(checks, time.monotonic(), time.time(), settings["startup_timeout"],
+                       settings["start_interval"])
         routes = MULTINODE_PROBER_ROUTES if settings.get("vllm_endpoint") else None
-        self.router = Router(self.engine, metrics=self.selfmetrics.render, routes=routes)
+        stats = ServerStats(router_paths(self.pod, routes))
+        self.selfmetrics = SelfMetrics(self.pod, stats)
+        self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
         self.server = ProbeServer(self.router.respond, settings["read_timeout"],
                                   settings["write_timeout"], settings["idle_timeout"],
-                                  settings["max_connections"])
+                                  settings["max_connections"], stats=stats)
         cap = self.server.cap
         if cap.lowered:
             log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
                      asked=cap.requested, open_files=cap.soft_limit, kept_for_checks=cap.reserve)
-        self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
-        self.admin = build_admin(settings, self.engine, checks, log, resources.beats)
-        self.drain = optional_waiter(self.engine, log, self.admin)
+        self.scheduler = Scheduler(self.pod, checks, log, sinks=[
+            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes)],
+            on_poll=self.selfmetrics.on_poll)
+        self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
+                                 resources.beats)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
 
@@ -5912,24 +6292,23 @@ class Daemon:
         admin_addr = self.admin.start() if self.admin is not None else None
         self.stopping = asyncio.Event()
         self.server.add_listener(listener)
-        self.engine.listeners.append(self.gates.set)
-        for group, verdict in self.engine.verdicts.items():
+        for group, verdict in self.pod.verdicts.items():
             self.gates.set(group, verdict.ok)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.on_signal, signum)
-        self.engine.start()
+        self.scheduler.start()
         self.selfmetrics.start()
         self.log.info("probed serving", addr=_show_addr(listener.getsockname()),
                       checks=" ".join("%s(%s)" % (s.check.name, s.check.kind)
-                                      for s in self.engine.states.values()) or "none")
+                                      for s in self.pod.states.values()) or "none")
         if admin_addr is not None:
             self.log.info("admin listening", addr=admin_addr)
         await self.stopping.wait()
         self.server.close()
         if self.admin is not None:
             self.admin.close()
-        await self.engine.stop()
+        await self.scheduler.stop()
         await self.selfmetrics.stop()
         self.log.info("probed stopped")
         return 0
@@ -5937,22 +6316,29 @@ class Daemon:
     def on_signal(self, signum: int) -> None:
         assert self.stopping is not None
         self.signals += 1
+        name = signal.Signals(signum).name
         if self.signals > 1:
-            self.log.info("second signal, stopping now", signal=signal.Signals(signum).name)
+            self.log.info("second signal, stopping now", signal=name)
             self.stopping.set()
             return
         drain = self.settings["drain_seconds"]
-        self.log.info("shutting down", signal=signal.Signals(signum).name,
-                      drain=format_duration(drain))
-        self.engine.set_draining("shutting down")
+        self.log.info("shutting down", signal=name, drain=format_duration(drain))
+        self.scheduler.drain("shutdown")
         asyncio.get_running_loop().call_later(drain, self.stop_when_waits_return)
 
     def stop_when_waits_return(self) -> None:
         assert self.stopping is not None
-        if self.drain is not None and self.drain.active:
+        if self.admin is not None and self.admin.waits_open():
             asyncio.get_running_loop().call_later(0.2, self.stop_when_waits_return)
             return
         self.stopping.set()
+
+
+def forget_scrapes_on_restart(hub: ScrapeHub) -> EventSink:
+    def sink(events: Sequence[Event]) -> None:
+        if any(isinstance(e, Restarted) for e in events):
+            hub.forget()
+    return sink
 
 
 def _show_addr(sockname: Tuple[Any, ...]) -> str:
@@ -6101,7 +6487,7 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Dict[str
         try:
             settings[dest] = parse(text)
         except ValueError as exc:
-            raise ConfigError("%s=%s: %s" % (where, text, exc)) from None
+            raise ConfigError("%s=%s: %s" % (where, redact_userinfo(text), exc)) from None
     if "APP_PORT" in env:
         try:
             app_port = _port(env["APP_PORT"])
@@ -6196,19 +6582,21 @@ SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
 PACKAGE_ONLY = ("demo", "sim")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None,
+         subcommands: Optional[Mapping[str, Callable[[List[str]], int]]] = None) -> int:
+    table = SUBCOMMANDS if subcommands is None else subcommands
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in PACKAGE_ONLY and args[0] not in SUBCOMMANDS:
+    if args and args[0] in PACKAGE_ONLY and args[0] not in table:
         print("probed: %s runs from the package, not the single file: python3 -m probed %s "
               "(in a checkout of probed)" % (args[0], args[0]), file=sys.stderr)
         return 2
-    command = args[0] if args and args[0] in SUBCOMMANDS else "serve"
-    if args and args[0] in SUBCOMMANDS:
+    command = args[0] if args and args[0] in table else "serve"
+    if args and args[0] in table:
         args = args[1:]
     try:
         if command == "serve":
             return serve(args, os.environ)
-        return SUBCOMMANDS[command](args)
+        return table[command](args)
     except ConfigError as exc:
         print("probed: error: %s" % exc, file=sys.stderr)
         return 2

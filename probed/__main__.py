@@ -11,8 +11,7 @@ from .vllmsim_cli import sim_main
 
 def entry() -> int:
     """Run the command line with the package-only subcommands available."""
-    SUBCOMMANDS.update(demo=demo_main, sim=sim_main)
-    return main()
+    return main(subcommands=dict(SUBCOMMANDS, demo=demo_main, sim=sim_main))
 
 
 if __name__ == "__main__":

@@ -15,17 +15,18 @@ from .beatregistry import HeartbeatRegistry, HeartbeatRegistryFull, parse_beat_n
 from .checks.heartbeat import HeartbeatCheck
 from .checks.manual import ManualCheck
 from .client import read_bearer_token
-from .engine import Engine
+from .drain import DrainWaiter
 from .eventlog import EventLog
 from .httpproto import (CONN_CLOSE, HTTPError, PreparedResponse, Request, build_error_response,
                         build_response, connection_mode)
+from .pod import DRAIN_RULES, Pod
+from .scheduler import Scheduler
 from .server import ProbeServer, bind_listener
 from .values import ConfigError, parse_host_port
 
 ADMIN_DEFAULT_HOST = "127.0.0.1"  # `--admin-addr :9090` listens on loopback only
 ADMIN_MAX_BODY = 4096  # admin calls carry no body worth reading; bigger is a 413
 ADMIN_MAX_CONNECTIONS = 64
-ADMIN_DRAIN_REASON = "draining (admin)"
 ADMIN_HEARTBEAT_PREFIX = "/heartbeat/"
 ADMIN_SHOWN_NAME_CHARS = 64  # of a rejected heartbeat name echoed in the error
 ADMIN_REALM = 'Bearer realm="probed admin"'
@@ -103,29 +104,38 @@ class AdminRoute(NamedTuple):
 
 
 class AdminRouter:
-    """Answers the admin listener: `/drain`, `/undrain`, `/heartbeat/NAME`, `/v1/become-*`."""
+    """Answers the admin listener: `/drain`, `/undrain`, `/heartbeat/NAME`, `/v1/become-*` and,
+    with a drain waiter, `/wait-for-drain`. It reads the pod; every change goes through the
+    scheduler, which routes the pod's events like any other."""
 
-    def __init__(self, engine: Engine, registry: HeartbeatRegistry,
-                 token: Optional[AdminToken] = None, log: Optional[EventLog] = None) -> None:
-        self.engine = engine
+    def __init__(self, pod: Pod, control: Scheduler, registry: HeartbeatRegistry,
+                 log: EventLog, token: Optional[AdminToken] = None,
+                 waiter: Optional[DrainWaiter] = None) -> None:
+        self.pod = pod
+        self.control = control
         self.registry = registry
         self.token = token
-        self.log = log or engine.log
-        checks = [st.check for st in engine.states.values()]
+        self.log = log
+        self.waiter = waiter
+        checks = [st.check for st in pod.states.values()]
         self.manual: List[ManualCheck] = [c for c in checks if isinstance(c, ManualCheck)]
         self.reads_pushed_beats = any(isinstance(c, HeartbeatCheck) and c.pushed for c in checks)
         self._refusing_names = False  # the registry-full warning is logged once per episode
         self.routes: Dict[str, AdminRoute] = {}
         self.add_route("/", ("GET", "HEAD"), self._index, "this list")
-        self.add_route("/drain", ("POST",), self._drain,
-                       "ready fails with reason \"%s\" until POST /undrain" % ADMIN_DRAIN_REASON)
-        self.add_route("/undrain", ("POST",), self._undrain, "ready follows its checks again")
+        self.add_route("/drain", ("POST",), self._drain, "ready fails with reason \"%s\" until "
+                       "POST /undrain" % DRAIN_RULES["admin"].reason)
+        self.add_route("/undrain", ("POST",), self._undrain,
+                       "ends the admin drain and a preStop wait's drain")
         self.add_route(ADMIN_HEARTBEAT_PREFIX + "NAME", ("POST", "DELETE"), self._heartbeat,
                        "a worker beats (DELETE: the worker left on purpose)")
         self.add_route("/v1/become-ready", ("POST",), self._become(True),
                        "manual checks pass (llm-d requester SPI)")
         self.add_route("/v1/become-unready", ("POST",), self._become(False),
                        "manual checks fail (llm-d requester SPI)")
+        if waiter is not None:
+            self.add_route("/wait-for-drain", ("GET",), waiter.handle, "preStop: fail ready, "
+                           "return when nothing is in flight (?timeout=60s)")
 
     def add_route(self, path: str, methods: Sequence[str], handler: AdminHandler,
                   help: str) -> None:
@@ -161,7 +171,7 @@ class AdminRouter:
             lines.append("%-11s %-20s %s" % ("/".join(route.methods), path, route.help))
         manual = ", ".join("%s=%s" % (c.name, "ready" if c.ready else "unready")
                            for c in self.manual)
-        lines += ["", "draining: %s" % (self.engine.draining or "no"),
+        lines += ["", "draining: %s" % (", ".join(self.pod.active_drains()) or "no"),
                   "pushed heartbeats: %d of at most %d names%s" % (
                       len(self.registry.beats), self.registry.max_names,
                       "" if self.reads_pushed_beats else " (no heartbeat check reads them)"),
@@ -171,24 +181,26 @@ class AdminRouter:
 
     def _drain(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
-        current = self.engine.draining
-        if current and current != ADMIN_DRAIN_REASON:
-            return admin_text("ready already fails: %s" % current, head, mode)
-        if not current:
-            self.engine.set_draining(ADMIN_DRAIN_REASON)
-            self.log.info("admin drain", reason=ADMIN_DRAIN_REASON)
-        return admin_text("draining: ready fails until POST /undrain", head, mode)
+        self.control.drain("admin")  # recorded on its own, whatever else drains the pod
+        others = [s for s in self.pod.active_drains() if s != "admin"]
+        return admin_text("draining: ready fails until POST /undrain%s" % (
+            " (also active: %s)" % ", ".join(others) if others else ""), head, mode)
 
     def _undrain(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
-        current = self.engine.draining
-        if current == ADMIN_DRAIN_REASON:
-            self.engine.set_draining("")
-            self.log.info("admin undrain")
-            return admin_text("undrained: ready follows its checks again", head, mode)
-        if current:  # shutting down (SIGTERM) is not the admin's to undo
-            raise HTTPError(503, "cannot undrain: %s" % current)
-        return admin_text("not draining", head, mode)
+        undone = [s for s in self.pod.active_drains() if DRAIN_RULES[s].undoable]
+        for source in undone:
+            self.control.undrain(source)
+        left = self.pod.active_drains()
+        if left:  # only SIGTERM's: probed itself is on its way out
+            raise HTTPError(409, "cannot undrain: probed is shutting down (it got SIGTERM, "
+                                 "SIGINT or SIGHUP) and exits after --drain-seconds; a probed "
+                                 "that starts again starts undrained%s" % (
+                                     " (ended: %s)" % ", ".join(undone) if undone else ""))
+        if not undone:
+            return admin_text("not draining", head, mode)
+        return admin_text("undrained (%s): ready follows its checks again" % ", ".join(undone),
+                          head, mode)
 
     def _heartbeat(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
@@ -223,11 +235,11 @@ class AdminRouter:
             if not self.manual:
                 raise HTTPError(404, "no manual check to set: add --check \"manual\" to use "
                                      "%s" % path)
-            wall = self.engine.wall()
+            wall = self.control.wall()
             for check in self.manual:
                 changed = check.ready != ready
                 check.set_ready(ready, "POST " + path, wall)
-                self.engine.record(check.name, check.current(), 0.0)
+                self.control.record(check.name, check.current(), 0.0)
                 if changed:
                     self.log.info("admin set manual check", check=check.name,
                                   to="ready" if ready else "unready")
@@ -271,8 +283,12 @@ class AdminListener:
         """Stop listening and close every admin connection."""
         self.server.close()
 
+    def waits_open(self) -> int:
+        """preStop waits still open (probed must not exit before they are answered)."""
+        return self.router.waiter.active if self.router.waiter is not None else 0
 
-def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check],
+
+def build_admin(settings: Dict[str, Any], pod: Pod, control: Scheduler, checks: Sequence[Check],
                 log: EventLog, registry: HeartbeatRegistry) -> Optional[AdminListener]:
     """The admin listener `settings` ask for, or None; ConfigError for a configuration that
     needs one but has none (push heartbeats, manual checks) or an unusable token file."""
@@ -298,4 +314,5 @@ def build_admin(settings: Dict[str, Any], engine: Engine, checks: Sequence[Check
     elif not addr[0].startswith("127.") and addr[0] not in ("::1", "localhost"):
         log.warn("admin listener without --admin-token-file on a non-loopback address: "
                  "anyone who reaches it can drain this pod", addr="%s:%d" % addr)
-    return AdminListener(AdminRouter(engine, registry, token, log), addr, settings)
+    waiter = DrainWaiter(pod, control, checks, log)
+    return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)

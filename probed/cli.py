@@ -48,20 +48,23 @@ SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
 PACKAGE_ONLY = ("demo", "sim")  # registered by __main__.py: not in the single file
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of `probed`, `python -m probed` and `python3 probed.py`."""
+def main(argv: Optional[Sequence[str]] = None,
+         subcommands: Optional[Mapping[str, Callable[[List[str]], int]]] = None) -> int:
+    """Entry point of `probed`, `python -m probed` and `python3 probed.py`; `subcommands`
+    replaces the table (the package adds its own: demo, sim)."""
+    table = SUBCOMMANDS if subcommands is None else subcommands
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in PACKAGE_ONLY and args[0] not in SUBCOMMANDS:
+    if args and args[0] in PACKAGE_ONLY and args[0] not in table:
         print("probed: %s runs from the package, not the single file: python3 -m probed %s "
               "(in a checkout of probed)" % (args[0], args[0]), file=sys.stderr)
         return 2
-    command = args[0] if args and args[0] in SUBCOMMANDS else "serve"
-    if args and args[0] in SUBCOMMANDS:
+    command = args[0] if args and args[0] in table else "serve"
+    if args and args[0] in table:
         args = args[1:]
     try:
         if command == "serve":
             return serve(args, os.environ)
-        return SUBCOMMANDS[command](args)
+        return table[command](args)
     except ConfigError as exc:
         print("probed: error: %s" % exc, file=sys.stderr)
         return 2

@@ -10,11 +10,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .checks import CHECK_KINDS
 from .checks.base import COMMON_PARAMS, Check, CheckResources, CheckSpec, Param
+from .hygiene import REDACTED
 from .values import ConfigError, format_duration, redact_userinfo
 
 RawValue = Union[str, List[str]]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
-REDACTED = "<redacted>"
 
 
 def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:

@@ -6,7 +6,7 @@ Pure logic over plain objects (no I/O, no clock reads): the server passes the ti
 
 import asyncio
 import socket
-from typing import AbstractSet, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from .httpproto import PreparedResponse
 
@@ -73,19 +73,23 @@ class Connection:
 
 
 class ServerStats:
-    """Counters the /metrics page reads."""
+    """Counters the /metrics page reads. Requests are counted by the paths in `counted_paths`
+    (the router's own); any other path is OTHER_PATH_LABEL, so clients cannot add series."""
 
-    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "requests")
+    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "open", "requests",
+                 "counted_paths")
 
-    def __init__(self) -> None:
+    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
         self.accepted = 0
         self.refused_at_cap = 0  # at the cap with nothing to evict (every slot a long poll)
         self.evicted_at_cap = 0  # closed at the cap to make room for a new connection
+        self.open = 0  # accepted and not closed yet, answered on the fast path or not
         self.requests: Dict[Tuple[str, int], int] = {}
+        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
 
-    def count(self, path: str, status: int, counted_paths: AbstractSet[str]) -> None:
+    def count(self, path: str, status: int) -> None:
         """One request answered with `status`."""
-        key = (path if path in counted_paths else OTHER_PATH_LABEL, status)
+        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
         self.requests[key] = self.requests.get(key, 0) + 1
 
 

@@ -1,25 +1,32 @@
-"""The serving process: binds the ports, runs the engine, drains on SIGTERM, exits 0.
+"""The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
-Glue only: the pieces (engine, router, server) know nothing of each other; this module wires
-the engine's group changes to the gated TCP ports and the signals to the drain sequence.
+Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
+the router and servers that answer from it, and the sinks its events go to (the log, the gated
+ports). No piece knows another except through what this module hands it at construction.
 """
 
 import asyncio
 import signal
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .admin import build_admin
 from .checks.base import Check, CheckResources
-from .drain import optional_waiter
-from .engine import Engine
 from .eventlog import EventLog
-from .router import MULTINODE_PROBER_ROUTES, Router
+from .pod import Pod
+from .podevents import Event, Restarted, group_changes
+from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
+from .scheduler import EventSink, Scheduler, log_events
+from .scrape import ScrapeHub
 from .selfmetrics import SelfMetrics
-from .server import ProbeServer, bind_listener
+from .server import ProbeServer, ServerStats, bind_listener
 from .values import ConfigError, format_duration
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
+# SIGHUP drains like SIGTERM: it means the terminal or supervisor went away, and a probe daemon
+# has no configuration worth reloading in place (a changed manifest restarts the container).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class GatedPorts:
@@ -37,6 +44,11 @@ class GatedPorts:
         """Fail at start (not at the first verdict change) when a gated port is taken."""
         for group, port in self.ports.items():
             bind_listener(self.host, port, GATE_FLAGS[group]).close()
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        """Scheduler sink: follow every group flip."""
+        for change in group_changes(list(events)):
+            self.set(change.group, change.ok)
 
     def set(self, group: str, passing: bool) -> None:
         """Open or close `group`'s port to match its verdict."""
@@ -62,22 +74,26 @@ class Daemon:
                  resources: CheckResources) -> None:
         self.settings = settings
         self.log = log
-        self.engine = Engine(checks, log, settings["startup_timeout"], settings["start_interval"])
-        self.selfmetrics = SelfMetrics(self.engine)
+        self.pod = Pod(checks, time.monotonic(), time.time(), settings["startup_timeout"],
+                       settings["start_interval"])
         routes = MULTINODE_PROBER_ROUTES if settings.get("vllm_endpoint") else None
-        self.router = Router(self.engine, metrics=self.selfmetrics.render, routes=routes)
+        stats = ServerStats(router_paths(self.pod, routes))
+        self.selfmetrics = SelfMetrics(self.pod, stats)
+        self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
         self.server = ProbeServer(self.router.respond, settings["read_timeout"],
                                   settings["write_timeout"], settings["idle_timeout"],
-                                  settings["max_connections"])
+                                  settings["max_connections"], stats=stats)
         cap = self.server.cap
         if cap.lowered:
             log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
                      asked=cap.requested, open_files=cap.soft_limit, kept_for_checks=cap.reserve)
-        self.selfmetrics.watch(self.server, self.router)
         gates = {g: settings["tcp_" + g] for g in GATE_FLAGS if settings.get("tcp_" + g)}
         self.gates = GatedPorts(self.server, gates, log, settings["addr"][0])
-        self.admin = build_admin(settings, self.engine, checks, log, resources.beats)  # None: off
-        self.drain = optional_waiter(self.engine, log, self.admin)
+        self.scheduler = Scheduler(self.pod, checks, log, sinks=[
+            log_events(log), self.gates.on_events, forget_scrapes_on_restart(resources.scrapes)],
+            on_poll=self.selfmetrics.on_poll)
+        self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
+                                 resources.beats)  # None: --admin-addr off
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
 
@@ -89,24 +105,23 @@ class Daemon:
         admin_addr = self.admin.start() if self.admin is not None else None
         self.stopping = asyncio.Event()
         self.server.add_listener(listener)
-        self.engine.listeners.append(self.gates.set)
-        for group, verdict in self.engine.verdicts.items():
+        for group, verdict in self.pod.verdicts.items():
             self.gates.set(group, verdict.ok)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.on_signal, signum)
-        self.engine.start()
+        self.scheduler.start()
         self.selfmetrics.start()
         self.log.info("probed serving", addr=_show_addr(listener.getsockname()),
                       checks=" ".join("%s(%s)" % (s.check.name, s.check.kind)
-                                      for s in self.engine.states.values()) or "none")
+                                      for s in self.pod.states.values()) or "none")
         if admin_addr is not None:
             self.log.info("admin listening", addr=admin_addr)
         await self.stopping.wait()
         self.server.close()
         if self.admin is not None:
             self.admin.close()
-        await self.engine.stop()
+        await self.scheduler.stop()
         await self.selfmetrics.stop()
         self.log.info("probed stopped")
         return 0
@@ -115,23 +130,31 @@ class Daemon:
         """First signal: fail ready, keep answering for --drain-seconds. Second: stop now."""
         assert self.stopping is not None
         self.signals += 1
+        name = signal.Signals(signum).name
         if self.signals > 1:
-            self.log.info("second signal, stopping now", signal=signal.Signals(signum).name)
+            self.log.info("second signal, stopping now", signal=name)
             self.stopping.set()
             return
         drain = self.settings["drain_seconds"]
-        self.log.info("shutting down", signal=signal.Signals(signum).name,
-                      drain=format_duration(drain))
-        self.engine.set_draining("shutting down")
+        self.log.info("shutting down", signal=name, drain=format_duration(drain))
+        self.scheduler.drain("shutdown")
         asyncio.get_running_loop().call_later(drain, self.stop_when_waits_return)
 
     def stop_when_waits_return(self) -> None:
         """Stop, unless a preStop /wait-for-drain is still open: it must get its answer."""
         assert self.stopping is not None
-        if self.drain is not None and self.drain.active:
+        if self.admin is not None and self.admin.waits_open():
             asyncio.get_running_loop().call_later(0.2, self.stop_when_waits_return)
             return
         self.stopping.set()
+
+
+def forget_scrapes_on_restart(hub: ScrapeHub) -> EventSink:
+    """A sink that drops every cached /metrics body when the backend restarts."""
+    def sink(events: Sequence[Event]) -> None:
+        if any(isinstance(e, Restarted) for e in events):
+            hub.forget()
+    return sink
 
 
 def _show_addr(sockname: Tuple[Any, ...]) -> str:

@@ -29,8 +29,8 @@ DEMO_STAGES: List[Tuple[str, Dict[str, Any], float, Tuple[int, int, int], str]] 
     ("sleeping", {}, 5.0, (200, 503, 200),
      "engine asleep, /health still 200: readyz 503 (sleeping)"),
     ("ready", {}, 4.0, (200, 200, 200), "awake again: readyz 200"),
-    ("stalled", {}, 8.0, (503, 200, 200),
-     "requests running, tokens flat: livez 503 after --stall-after"),
+    ("stalled", {}, 8.0, (503, 503, 200),
+     "requests running, tokens flat: livez and readyz 503 after --stall-after"),
     ("dead", {"exit_after": 30.0}, 3.0, (503, 503, 200),
      "EngineDeadError: /health 503 -> livez 503 at once"),
     ("exited", {}, 4.0, (200, 503, 503), "the process exits, the port refuses: a restart, so "
@@ -61,7 +61,7 @@ def demo_daemon(sim_url: str, port: int, log: EventLog) -> Daemon:
 
 def verdict_codes(daemon: Daemon) -> Tuple[int, int, int]:
     """(livez, readyz, startupz) status codes from the daemon's cache."""
-    verdicts = daemon.engine.verdicts
+    verdicts = daemon.pod.verdicts
     return tuple(200 if verdicts[g].ok else 503 for g in ("live", "ready", "started"))  # type: ignore
 
 
@@ -69,7 +69,7 @@ def verdict_line(daemon: Daemon) -> str:
     """`livez 200  readyz 503 (reason)  startupz 200` from the daemon's cache."""
     parts = []
     for group, path in (("live", "livez"), ("ready", "readyz"), ("started", "startupz")):
-        verdict = daemon.engine.verdicts[group]
+        verdict = daemon.pod.verdicts[group]
         parts.append("%s %d%s" % (path, 200 if verdict.ok else 503,
                                   "" if verdict.ok else " (%s)" % verdict.reason))
     return "  ".join(parts)

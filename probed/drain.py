@@ -12,30 +12,34 @@ import argparse
 import asyncio
 import sys
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 from urllib.parse import quote
 
+from .checks.base import Check
 from .checks.inflight import InflightCheck
 from .client import FetchError, fetch
-from .engine import Engine, poll_once
 from .eventlog import EventLog
 from .httpproto import HTTPError, PreparedResponse, Request, build_response
+from .pod import Pod
+from .scheduler import Scheduler, poll_once
 from .values import format_duration, parse_duration
 
-DRAIN_REASON = "draining"
 DRAIN_POLL = 0.5  # seconds between in-flight readings while draining
 DRAIN_DEFAULT_TIMEOUT = 60.0
 DRAIN_MAX_TIMEOUT = 3600.0
 
 
 class DrainWaiter:
-    """Answers /wait-for-drain; `active` counts the waits still open."""
+    """Answers /wait-for-drain; `active` counts the waits still open. Its drain is the pod's
+    `prestop` source: POST /undrain ends it (and every open wait, at its next reading), and so
+    does a new backend incarnation."""
 
-    def __init__(self, engine: Engine, log: EventLog) -> None:
-        self.engine = engine
+    def __init__(self, pod: Pod, control: Scheduler, checks: Sequence[Check],
+                 log: EventLog) -> None:
+        self.pod = pod
+        self.control = control
         self.log = log
-        self.checks: List[InflightCheck] = [
-            st.check for st in engine.states.values() if isinstance(st.check, InflightCheck)]
+        self.checks: List[InflightCheck] = [c for c in checks if isinstance(c, InflightCheck)]
         self.active = 0
 
     def handle(self, req: Request, head: bool, mode: int) -> "asyncio.Future[PreparedResponse]":
@@ -52,8 +56,7 @@ class DrainWaiter:
                 raise HTTPError(400, "timeout=%s: at most %s" % (
                     value, format_duration(DRAIN_MAX_TIMEOUT)))
         self.active += 1
-        if not self.engine.draining:  # never downgrade "shutting down" or an admin drain
-            self.engine.set_draining(DRAIN_REASON, until_restart=True)
+        self.control.drain("prestop")
         self.log.info("draining", timeout=format_duration(timeout), inflight_checks=len(
             self.checks))
         return asyncio.ensure_future(self._reply(timeout, head, mode))
@@ -73,10 +76,13 @@ class DrainWaiter:
             return ("drained at once: no inflight check configured (use --vllm, --sglang, "
                     "--tgi or --llamacpp, or add an inflight check), so nothing to wait for")
         left, note = await self.inflight()
-        while left and time.monotonic() - t0 < timeout:
+        while left and time.monotonic() - t0 < timeout and "prestop" in self.pod.drains:
             await asyncio.sleep(min(DRAIN_POLL, max(0.0, timeout - (time.monotonic() - t0))))
             left, note = await self.inflight()
         took = format_duration(round(time.monotonic() - t0, 1))
+        if left and "prestop" not in self.pod.drains:
+            return "ended after %s without draining: the drain was undone (POST /undrain) or " \
+                   "the backend restarted; %s" % (took, note)
         if not left:
             return "drained after %s: nothing in flight (%s)" % (took, note)
         return "timed out after %s: %s" % (took, note)
@@ -131,13 +137,3 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
         parser.error("--admin %s: %s" % (args.admin, exc))
     print(resp.body.decode("utf-8", "replace").rstrip(), file=out)
     return 0 if resp.status == 200 else 1
-
-
-def optional_waiter(engine: Engine, log: EventLog, admin: Optional[Any]) -> Optional[DrainWaiter]:
-    """The drain waiter, registered on the admin router when there is an admin listener."""
-    if admin is None:
-        return None
-    waiter = DrainWaiter(engine, log)
-    admin.router.add_route("/wait-for-drain", ("GET",), waiter.handle,
-                           "preStop: fail ready, return when nothing is in flight (?timeout=60s)")
-    return waiter

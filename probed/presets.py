@@ -1,7 +1,7 @@
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
-here knows how checks run. The mapping to groups follows DESIGN §3: saturation and sleep touch
+here knows how checks run. The mapping to groups: saturation and sleep touch
 `ready` only; death, stalls and failed inferences touch `live`; `started` needs the server
 healthy, the model listed and one successful inference.
 """

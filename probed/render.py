@@ -7,10 +7,11 @@ The verbose form is the one Kubernetes operators read every day from kube-apiser
 import json
 from typing import Any, Dict, List, Optional, Sequence
 
+from .checkstate import CheckState
+from .groups import GROUP_PATHS
+from .pod import GroupVerdict
 from .values import format_timestamp
-from .verdicts import CheckState, GroupVerdict
 
-GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 
 
 def render_plain(verdict: GroupVerdict) -> bytes:
@@ -21,11 +22,13 @@ def render_plain(verdict: GroupVerdict) -> bytes:
 
 
 def render_verbose(verdict: GroupVerdict, excluded: Sequence[str] = ()) -> bytes:
-    """kube-apiserver style: one `[+]`/`[-]` line per check, then the group's outcome."""
+    """kube-apiserver style: one `[+]`/`[-]` line per check, then the group's outcome. A passing
+    line also says what was seen (`[+]vllm-queue ok: sum(...) = 3 <= max 32`), so a healthy pod
+    reads at a glance."""
     lines: List[str] = []
     for st, ok, reason in verdict.checks:
         if ok:
-            lines.append("[+]%s ok" % st.check.name)
+            lines.append("[+]%s ok%s" % (st.check.name, ": " + reason if reason else ""))
         else:
             lines.append("[-]%s failed: %s" % (st.check.name, reason))
     for name in excluded:

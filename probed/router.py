@@ -2,13 +2,12 @@
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
 served from a dict; anything with a query (verbose, JSON, exclude, overrides) is rendered on
-demand from the engine's cached state, which still never touches a backend.
+demand from the pod's cached state, which still never touches a backend.
 """
 
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .engine import Engine
 from .httpproto import (
     HTTPError,
     PreparedResponse,
@@ -17,14 +16,17 @@ from .httpproto import (
     build_response,
     connection_mode,
 )
-from .render import GROUP_PATHS, render_json, render_plain, render_verbose
-from .lifecycle import describe_incarnation
-from .values import ConfigError, format_timestamp
-from .verdicts import GroupVerdict, evaluate_checks, first_failure
+from .pod import GroupVerdict, Pod, first_failure
+from .podevents import describe_incarnation
+from .groups import GROUP_PATHS
+from .render import render_json, render_plain, render_verbose
+from .values import ConfigError, format_timestamp, printable
 
 JSON_TYPE = "application/json"
 METRICS_CACHE_SECONDS = 0.005  # shared by a pipelined batch, fresh for every real scrape
 PROBE_METHODS = "GET, HEAD"
+SELF_PATH = "/probed/livez"  # probed's own liveness, for probed's own container
+SHOWN_PATH_CHARS = 100  # of an unknown path echoed in a 404
 
 Bodies = Optional[Tuple[bytes, bytes]]  # (when passing, when failing); None: the standard ones
 Route = Tuple[str, Bodies, int]  # (group, bodies, status when failing)
@@ -60,20 +62,22 @@ class GroupQuery:
 
 
 class Router:
-    """Answers the probe port: group verdicts, single checks, the index and /metrics."""
+    """Answers the probe port: group verdicts, single checks, probed's own liveness, the index
+    and /metrics, from the pod's cached state (the clock only counts phase seconds)."""
 
-    def __init__(self, engine: Engine, metrics: Optional[Callable[[], bytes]] = None,
-                 routes: Optional[Dict[str, Route]] = None) -> None:
-        self.engine = engine
+    def __init__(self, pod: Pod, metrics: Optional[Callable[[], bytes]] = None,
+                 routes: Optional[Dict[str, Route]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pod = pod
+        self.clock = clock
         self.metrics = metrics
         self.routes = dict(GROUP_ROUTES, **(routes or {}))
         self._metrics_cache: Optional[Tuple[float, bytes]] = None
         self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
         self._cache_version = -1
-        self.check_routes: Dict[str, Tuple[str, str]] = {}
-        for group, path in GROUP_PATHS.items():
-            for st in engine.by_group[group]:
-                self.check_routes["/%s/%s" % (path, st.check.name)] = (group, st.check.name)
+        self.check_routes = check_routes(pod)
+
+
 
     def respond(self, req: Request) -> PreparedResponse:
         """The reply to one request; errors become 4xx replies that close the connection."""
@@ -85,13 +89,13 @@ class Router:
             mode = connection_mode(req)
             if not req.query and JSON_TYPE not in req.headers.get("accept", ""):
                 key = (req.path, head, mode)
-                if self._cache_version == self.engine.version:
+                if self._cache_version == self.pod.version:
                     cached = self._cache.get(key)
                     if cached is not None:
                         return cached
                 else:
                     self._cache.clear()
-                    self._cache_version = self.engine.version
+                    self._cache_version = self.pod.version
                 reply = self._route(req, head, mode)
                 if req.path in self.routes and reply.status in (200, 500, 503):
                     self._cache[key] = reply
@@ -101,9 +105,10 @@ class Router:
             return build_error_response(err, head)
 
     def _known_path_or_404(self, path: str) -> None:
-        if path in self.routes or path in self.check_routes or path in ("/", "/metrics"):
+        if path in self.routes or path in self.check_routes or path in ("/", "/metrics",
+                                                                         SELF_PATH):
             return
-        raise HTTPError(404, "no such path %s (see / for the index)" % path)
+        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
 
     def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         path = req.path
@@ -118,22 +123,36 @@ class Router:
         if path == "/metrics" and self.metrics is not None:
             return build_response(200, self.metrics_body(), "text/plain; version=0.0.4; "
                                   "charset=utf-8", head=head, mode=mode)
-        raise HTTPError(404, "no such path %s (see / for the index)" % path)
+        if path == SELF_PATH:
+            return self._self_reply(req, head, mode)
+        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
+
+    def _self_reply(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        # Whether probed itself works (its pollers deliver): what probed's own container's
+        # liveness probe reads. It says nothing of the backend, so it never restarts the server.
+        if req.query:
+            raise HTTPError(400, "%s takes no query parameters" % SELF_PATH)
+        ok, reason = self.pod.self_check(self.clock())
+        body = b"ok\n" if ok else ("probed failed: %s\n" % reason).encode("utf-8")
+        return build_response(200 if ok else 503, body, head=head, mode=mode)
 
     def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
         group, bodies, fail_status = route
         query = self.parse_query(req, group, None)
         if query.exclude or query.overrides or query.verbose or query.json:
             # evaluated now, so "loading for 312s" counts the seconds up to this request
-            verdict = self.engine.evaluate(group, query.exclude, query.overrides)
+            verdict = self.pod.verdict(group, self.clock(), query.exclude, query.overrides)
         else:
-            verdict = self.engine.verdicts[group]
+            verdict = self.pod.verdicts[group]
         return self._reply(verdict, query, bodies, head, mode, fail_status)
 
     def _check_reply(self, req: Request, group: str, name: str, head: bool,
                      mode: int) -> PreparedResponse:
         query = self.parse_query(req, group, name)
-        rows = evaluate_checks([self.engine.states[name]], (), query.overrides)
+        st = self.pod.states[name]
+        own = query.overrides.get(name)
+        ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
+        rows = [(st, ok, reason)]
         failure = first_failure(rows)
         return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
                            head, mode)
@@ -142,12 +161,13 @@ class Router:
                mode: int, fail_status: int = 503) -> PreparedResponse:
         status = 200 if verdict.ok else fail_status
         if query.json:
-            engine = self.engine
-            extra = {"started": engine.started, "draining": engine.draining or None,
-                     "phase": engine.phase, "phase_since": format_timestamp(
-                         engine.phase_since_wall), "incarnation": describe_incarnation(
-                         engine.incarnation) if engine.incarnation is not None else None}
-            body = render_json(verdict, time.monotonic(), extra, query.exclude)
+            pod = self.pod
+            extra = {"started": pod.started, "draining": pod.drain_reason() or None,
+                     "drains": list(pod.active_drains()),
+                     "phase": pod.phase, "phase_since": format_timestamp(pod.phase_since_wall),
+                     "incarnation": describe_incarnation(pod.incarnation)
+                     if pod.incarnation is not None else None}
+            body = render_json(verdict, self.clock(), extra, query.exclude)
             return build_response(status, body, JSON_TYPE, head=head, mode=mode)
         if query.verbose:
             body = render_verbose(verdict, query.exclude)
@@ -170,7 +190,7 @@ class Router:
         """verbose, format=json, exclude=NAME, NAME.KEY=VALUE; anything else is a 400."""
         query = GroupQuery()
         query.json = JSON_TYPE in req.headers.get("accept", "")
-        members = {st.check.name for st in self.engine.by_group[group]}
+        members = set(self.pod.member_names(group))
         for key, value in req.query_pairs():
             if key == "verbose":
                 query.verbose = value.lower() not in ("0", "false", "no")
@@ -196,7 +216,7 @@ class Router:
             raise HTTPError(400, "%s: no such check here (have: %s)" % (
                 key, ", ".join(sorted(members)) or "none"))
         try:
-            parsed = self.engine.states[name].check.parse_override(param, value)
+            parsed = self.pod.states[name].check.parse_override(param, value)
         except ConfigError as exc:
             raise HTTPError(400, str(exc)) from None
         query.overrides.setdefault(name, {})[param] = parsed
@@ -205,13 +225,33 @@ class Router:
         """The `/` page: endpoints, then every check with its groups and target."""
         lines = ["probed: probe endpoints for this pod", ""]
         for path, (group, _, _) in self.routes.items():
-            verdict = self.engine.verdicts[group]
+            verdict = self.pod.verdicts[group]
             lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
+        ok, _ = self.pod.self_check(self.clock())
+        lines.append("%-10s %-7s %s" % (SELF_PATH, "pass" if ok else "fail",
+                                        "probed itself (its own container's liveness probe)"))
         lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",
                   "checks:"]
-        for st in self.engine.states.values():
+        for st in self.pod.states.values():
             spec = st.check.spec
             lines.append("  %-20s %-8s %-7s probes=%s %s" % (
                 st.check.name, st.check.kind, st.state_word(),
                 ",".join(sorted(spec.probes)) or "-", st.check.target()))
         return "\n".join(lines) + "\n"
+
+
+def shown_path(path: str) -> str:
+    """A client's path as an error may echo it: short and with control characters escaped."""
+    return printable(path, SHOWN_PATH_CHARS)
+
+
+def check_routes(pod: Pod) -> Dict[str, Tuple[str, str]]:
+    """`/readyz/NAME` and the like for every check: path -> (group, check name)."""
+    return {"/%s/%s" % (path, name): (group, name)
+            for group, path in GROUP_PATHS.items() for name in pod.member_names(group)}
+
+
+def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[str]:
+    """Every path a Router over `pod` answers: the only `path` labels /metrics may show."""
+    return (list(GROUP_ROUTES) + list(routes or {}) + list(check_routes(pod))
+            + ["/", "/metrics", SELF_PATH])

@@ -41,14 +41,19 @@ class MetricsSource:
         assert self.response is not None
         return self.response
 
+    def forget(self) -> None:
+        """The backend restarted: a body taken before now speaks of the old process."""
+        self.response, self.error, self.taken_at = None, None, float("-inf")
+
     async def _fetch(self, timeout: float, headers: Optional[Mapping[str, str]]) -> None:
+        started = time.monotonic()
         try:
             self.response = await fetch(self.url, headers=headers or self.headers,
                                         timeout=timeout, max_body=SCRAPE_MAX_BODY, tls=self.tls)
             self.error = None
         except FetchError as exc:
             self.response, self.error = None, exc
-        self.taken_at = time.monotonic()
+        self.taken_at = started  # a body is as old as the request that asked for it
 
 
 SourceKey = Tuple[Any, ...]  # everything that changes the request: URL, headers, token, TLS
@@ -69,6 +74,11 @@ class ScrapeHub:
         if source is None:
             source = self.sources[full] = MetricsSource(url, headers, tls)
         return source
+
+    def forget(self) -> None:
+        """The backend restarted: no check may read a body of the old process."""
+        for source in self.sources.values():
+            source.forget()
 
 
 def is_openmetrics(response: Response) -> Optional[bool]:

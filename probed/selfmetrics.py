@@ -9,13 +9,12 @@ import asyncio
 import sys
 import time
 from bisect import bisect_left
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .engine import Engine
-from .router import GROUP_ROUTES, Router
-from .server import ProbeServer
-from .values import GROUPS
+from .groups import GROUPS
+from .pod import Pod
+from .server import ServerStats
 
 # Probe polls take from under a millisecond (a local TCP connect) to a check's whole timeout
 # (an inference call, 30 s at most in practice): 1 ms .. 30 s, about 2.5x apart.
@@ -97,10 +96,10 @@ class MetricsPage:
         return ("\n".join(self.lines) + "\n").encode("utf-8")
 
 
-def render_check_families(page: MetricsPage, engine: Engine,
+def render_check_families(page: MetricsPage, pod: Pod,
                           durations: Dict[str, Histogram]) -> None:
-    """Per-check and per-group families, from the engine's cached state only."""
-    states = list(engine.states.values())
+    """Per-check and per-group families, from the pod's cached state only."""
+    states = list(pod.states.values())
     page.family("probed_check_up", "gauge",
                 "1 when the check passes now (pending and stale count as 0).")
     for st in states:
@@ -127,44 +126,41 @@ def render_check_families(page: MetricsPage, engine: Engine,
             page.sample(name, (("check", st.check.name),), value)
     page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
     for group in GROUPS:
-        verdict = engine.verdicts.get(group)
+        verdict = pod.verdicts.get(group)
         page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
     page.family("probed_startup_seconds", "gauge", "Seconds from probed's start, or from the "
                 "backend's last restart, to started; absent until started.")
-    if engine.started_at is not None:
-        page.sample("probed_startup_seconds", (), round(engine.started_at - engine.starting_since, 3))
+    if pod.started_at is not None:
+        page.sample("probed_startup_seconds", (), round(pod.started_at - pod.starting_since, 3))
 
 
-def render_server_families(page: MetricsPage, server: Optional[ProbeServer]) -> None:
+def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
     """Probe-port counters: requests by path and code, connections open and refused."""
-    if server is None:
-        return
     page.family("probed_probe_requests_total", "counter", "Requests answered on the probe "
                 "port, by path (unknown paths as \"other\") and status code.")
-    for (path, code), count in sorted(server.stats.requests.items()):
+    for (path, code), count in sorted(stats.requests.items()):
         page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
     for name, kind, text, value in (
             ("probed_open_connections", "gauge", "Client connections open on the probe port.",
-             server.open_connections),
+             stats.open),
             ("probed_connections_accepted_total", "counter",
-             "Client connections accepted on the probe port.", server.stats.accepted),
+             "Client connections accepted on the probe port.", stats.accepted),
             ("probed_connections_refused_total", "counter",
              "Client connections closed at once because --max-connections were open.",
-             server.stats.refused_at_cap),
+             stats.refused_at_cap),
             ("probed_connections_evicted_total", "counter",
              "Open connections closed at --max-connections to let a new one in (the one "
-             "longest without a request answered).", server.stats.evicted_at_cap)):
+             "longest without a request answered).", stats.evicted_at_cap)):
         page.family(name, kind, text)
         page.sample(name, (), value)
 
 
-def render_metrics(engine: Engine, server: Optional[ProbeServer],
-                   durations: Dict[str, Histogram], lag: Histogram,
-                   build: Tuple[str, str]) -> bytes:
+def render_metrics(pod: Pod, stats: ServerStats, durations: Dict[str, Histogram],
+                   lag: Histogram, build: Tuple[str, str]) -> bytes:
     """The whole /metrics page; pure over the objects given."""
     page = MetricsPage()
-    render_check_families(page, engine, durations)
-    render_server_families(page, server)
+    render_check_families(page, pod, durations)
+    render_server_families(page, stats)
     page.family("probed_event_loop_lag_seconds", "histogram",
                 "How late the event loop ran a timer; probe replies wait this long too.")
     page.histogram("probed_event_loop_lag_seconds", (), lag)
@@ -173,37 +169,26 @@ def render_metrics(engine: Engine, server: Optional[ProbeServer],
     return page.body()
 
 
-def counted_probe_paths(router: Router) -> FrozenSet[str]:
-    """Every path the router answers: the only `path` label values /metrics may show."""
-    return frozenset(GROUP_ROUTES) | frozenset(router.check_routes) | {"/", "/metrics"}
-
-
 class SelfMetrics:
-    """Feeds the histograms (engine polls, loop lag) and renders the page on demand."""
+    """Feeds the histograms (polls, loop lag) and renders the page on demand."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.server: Optional[ProbeServer] = None
-        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in engine.states}
+    def __init__(self, pod: Pod, stats: ServerStats) -> None:
+        self.pod = pod
+        self.stats = stats
+        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in pod.states}
         self.lag = Histogram(LAG_BUCKETS)
         self.build = (__version__, "%d.%d.%d" % sys.version_info[:3])
         self._sampler: Optional["asyncio.Task[None]"] = None
-        engine.poll_listeners.append(self.on_poll)
 
-    def watch(self, server: ProbeServer, router: Router) -> None:
-        """Report `server`'s counters; it counts requests by the paths `router` answers."""
-        self.server = server
-        server.counted_paths = counted_probe_paths(router)
-
-    def on_poll(self, st: Any) -> None:
-        """Engine hook after every poll: O(1)."""
-        hist = self.durations.get(st.check.name)
+    def on_poll(self, name: str, latency: float) -> None:
+        """The scheduler calls this after every poll: O(1)."""
+        hist = self.durations.get(name)
         if hist is not None:
-            hist.observe(st.latency)
+            hist.observe(latency)
 
     def render(self) -> bytes:
         """The /metrics body now."""
-        return render_metrics(self.engine, self.server, self.durations, self.lag, self.build)
+        return render_metrics(self.pod, self.stats, self.durations, self.lag, self.build)
 
     def start(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
         """Start the lag sampler (inside the running loop)."""

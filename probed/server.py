@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from .connection import (IDLE, LINGERING, OTHER_PATH_LABEL, READING, WRITING, Connection,
                          ServerStats, expired, pick_eviction)
@@ -47,7 +47,8 @@ class ProbeServer:
 
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
-                 max_connections: int = 1024, max_body: int = 0) -> None:
+                 max_connections: int = 1024, max_body: int = 0,
+                 stats: Optional[ServerStats] = None) -> None:
         self.respond = respond
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
@@ -58,18 +59,11 @@ class ProbeServer:
         # Oldest first: accepted, or moved to the end when a request is answered (eviction order)
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
-        self.stats = ServerStats()
-        self.counted_paths: FrozenSet[str] = frozenset()  # set by the daemon (selfmetrics)
+        self.stats = stats if stats is not None else ServerStats()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
         self._dates = DateCache()
         self._under_pressure = False  # the cap was reached since the last sweep
-        self._in_hand = 0  # 1 while the fast path answers a connection that has no Connection
-
-    @property
-    def open_connections(self) -> int:
-        """Client connections open now, the one being answered on the fast path included."""
-        return len(self.conns) + self._in_hand
 
     # --- listeners -----------------------------------------------------------------------------
 
@@ -126,6 +120,7 @@ class ProbeServer:
                 sock.close()
                 continue
             stats.accepted += 1
+            stats.open += 1
             self._open(sock)
 
     def _open(self, sock: socket.SocketType) -> None:
@@ -140,6 +135,7 @@ class ProbeServer:
         if data:
             self._first_bytes(sock, data)
         else:
+            self.stats.open -= 1
             sock.close()  # a tcpSocket probe: connect and close, the normal case
 
     def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
@@ -167,9 +163,7 @@ class ProbeServer:
             return False
         if request is None or used != len(data) or request.keep_alive or request.body_pending:
             return False
-        self._in_hand = 1
         reply = self.respond(request)
-        self._in_hand = 0
         if not isinstance(reply, PreparedResponse):  # a reply that waits: a Connection holds it
             self._defer(self._adopt(sock, False), reply, [])
             return True
@@ -182,6 +176,7 @@ class ProbeServer:
         except OSError:
             sent = len(wire)  # the client is gone: nothing more to do than close
         if sent == len(wire) and reply.close:
+            self.stats.open -= 1
             sock.close()
             return True
         conn = self._adopt(sock, False)
@@ -307,7 +302,7 @@ class ProbeServer:
             self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
-        self.stats.count(path, status, self.counted_paths)
+        self.stats.count(path, status)
 
     def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
                earlier: List[bytes]) -> None:
@@ -411,12 +406,14 @@ class ProbeServer:
 
     def _close(self, conn: Connection) -> None:
         if self._release(conn):
+            self.stats.open -= 1
             conn.sock.close()
 
     def _sweep(self) -> None:
         pressure, self._under_pressure = self._under_pressure, False
         for conn in expired(list(self.conns.values()), time.monotonic(), pressure):
             if conn.phase == READING and conn.buf:
+                self._count(OTHER_PATH_LABEL, 408)
                 try:  # a request that started but never finished gets told why
                     conn.sock.send(self._wire(build_error_response(
                         HTTPError(408, "request not complete within the read timeout"))), NOWAIT)

@@ -20,6 +20,7 @@ from .values import (
     parse_duration,
     parse_host_port,
     parse_positive_count,
+    redact_userinfo,
 )
 
 
@@ -157,7 +158,7 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]) -> Dict[str
         try:
             settings[dest] = parse(text)
         except ValueError as exc:
-            raise ConfigError("%s=%s: %s" % (where, text, exc)) from None
+            raise ConfigError("%s=%s: %s" % (where, redact_userinfo(text), exc)) from None
     if "APP_PORT" in env:  # the LLM Healthchecker's port; --addr wins, a bad value never
         try:
             app_port = _port(env["APP_PORT"])

@@ -8,7 +8,9 @@ import re
 import time
 from typing import FrozenSet, List, Tuple
 
-GROUPS = ("live", "ready", "started")
+from .clientproto import split_url
+from .groups import GROUPS
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -53,6 +55,20 @@ def format_timestamp(wall: float, millis: bool = False) -> str:
     """RFC 3339 UTC time of a Unix timestamp, with milliseconds for logs."""
     text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
     return text + (".%03dZ" % (int(wall * 1000) % 1000) if millis else "Z")
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int) -> str:
+    """`text` safe to show in a reply or a log line: control characters (CR, LF, ESC...)
+    escaped as \\xNN, and at most `limit` characters, saying how many were left out."""
+    if _CONTROL_CHARS.search(text):
+        text = _CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
+                                  else "\\u%04x" % ord(m.group()), text)
+    if len(text) > limit:
+        return "%s... (%d more characters)" % (text[:limit], len(text) - limit)
+    return text
 
 
 def parse_count(text: str) -> int:
@@ -126,13 +142,20 @@ def redact_userinfo(text: str) -> str:
 
 
 def parse_http_url(text: str) -> str:
-    """Check that a URL is http:// or https:// with a host."""
+    """Check a URL by the client's own grammar (clientproto.split_url), so a URL accepted here
+    is one the pollers can request: http:// or https://, a host, a port that exists."""
     s = text.strip()
-    m = re.match(r"^(https?)://([^/?#\s]+)", s)
-    if not m:
+    if not re.match(r"^(https?)://[^/?#\s]+", s):
         raise ValueError("expected an http:// or https:// URL with a host")
-    if "@" in m.group(2):
-        raise ValueError("credentials in a URL are not supported (use header= or token-file=)")
+    try:
+        split_url(s)
+    except ValueError as exc:
+        if str(exc).startswith("Port"):  # urllib's words for a port that cannot exist
+            raise ValueError("expected a port between 0 and 65535 after the host") from None
+        if "credentials" in str(exc):
+            raise ValueError("credentials in a URL are not supported (use header= or "
+                             "token-file=)") from None
+        raise
     return s
 
 

@@ -1,6 +1,6 @@
 """A simulated vLLM OpenAI server, for `probed demo`, for tests, and for trying probed by hand.
 
-It behaves on the wire like vLLM in each state a probe must tell apart (DESIGN.md §4): the
+It behaves on the wire like vLLM in each state a probe must tell apart (as the real server did): the
 port refuses connections while the model loads (`loading`, `restart`, and after a dead engine
 exits), `/health` is 200 with an empty body until the engine dies (then 503, and the process
 "exits" a few seconds later), sleeping and hung engines still answer 200, and `/metrics` is

@@ -1,6 +1,6 @@
 """The admin listener: drain, push heartbeats, llm-d's become-ready SPI, Bearer auth, isolation.
 
-Unit tests drive `AdminRouter.respond` with parsed requests against a real Engine; the
+Unit tests drive `AdminRouter.respond` with parsed requests against a real Pod and Scheduler; the
 end-to-end tests run probed with `--admin-addr` and speak to both ports over loopback the way
 a worker, a controller and the kubelet would, including admin paths sent to the probe port.
 """
@@ -18,18 +18,18 @@ from conftest import free_port
 from fakes import FakeCheck
 
 from probed.admin import (
-    ADMIN_DRAIN_REASON,
     AdminRouter,
     AdminToken,
     build_admin,
     parse_admin_addr,
 )
-from probed.checks.base import Observation
+from probed.checks.base import Check, Observation
 from probed.beatregistry import HeartbeatRegistry
 from probed.checks.base import CheckResources
 from probed.cli import main as cli_main
 from probed.config import build_checks
-from probed.engine import Engine
+from probed.pod import DRAIN_RULES, Pod
+from probed.scheduler import Scheduler, log_events
 from probed.eventlog import EventLog
 from probed.httpproto import http_date, parse_request
 from probed.router import Router
@@ -39,7 +39,7 @@ Reply = Tuple[int, Dict[str, str], bytes]
 
 
 def make_admin(token_file: Optional[str] = None, manual: Optional[str] = "",
-               push: bool = True) -> Tuple[AdminRouter, Engine, io.StringIO]:
+               push: bool = True) -> Tuple[AdminRouter, Pod, io.StringIO]:
     """An admin router over an engine with a fake `model` check, a manual check (None: none;
     "": default initial state) and a push heartbeat check."""
     raws: List[Dict[str, str]] = []
@@ -51,12 +51,14 @@ def make_admin(token_file: Optional[str] = None, manual: Optional[str] = "",
     resources = CheckResources()
     checks = [FakeCheck("model")] + build_checks(raws, ["test"] * len(raws), resources)
     log = io.StringIO()
-    engine = Engine(checks, EventLog("text", log))
-    engine.record("model", Observation(True, "HTTP 200"), 0.001)
+    events = EventLog("text", log)
+    pod = Pod(checks, 0.0, 0.0)
+    control = Scheduler(pod, checks, events, [log_events(events)])
+    control.record("model", Observation(True, "HTTP 200"), 0.001)
     if manual is not None:
-        engine.record("spi", engine.states["spi"].check.current(), 0.0)  # its first poll
+        control.record("spi", pod.states["spi"].check.current(), 0.0)  # its first poll
     token = AdminToken(token_file) if token_file else None
-    return AdminRouter(engine, resources.beats, token), engine, log
+    return AdminRouter(pod, control, resources.beats, events, token), pod, log
 
 
 def call(router: AdminRouter, method: str, target: str, headers: str = "") -> Reply:
@@ -70,7 +72,10 @@ def call(router: AdminRouter, method: str, target: str, headers: str = "") -> Re
     return int(lines[0].split()[1]), fields, body
 
 
-def ready(engine: Engine) -> Tuple[bool, str]:
+ADMIN_DRAIN_REASON = DRAIN_RULES["admin"].reason
+
+
+def ready(engine: Pod) -> Tuple[bool, str]:
     verdict = engine.verdicts["ready"]
     return verdict.ok, verdict.reason
 
@@ -86,20 +91,35 @@ def test_drain_and_undrain_flip_ready_only() -> None:
     assert engine.verdicts["live"].ok, "draining never touches live"
     assert call(router, "POST", "/drain")[0] == 200  # idempotent
     status, _, body = call(router, "POST", "/undrain")
-    assert (status, body) == (200, b"undrained: ready follows its checks again\n")
+    assert (status, body) == (200, b"undrained (admin): ready follows its checks again\n")
     assert ready(engine) == (True, "ok")
     assert call(router, "POST", "/undrain")[2] == b"not draining\n"
-    assert log.getvalue().count('msg="admin drain"') == 1
+    assert log.getvalue().count('msg="drain set" source=admin active=admin') == 1
+    assert log.getvalue().count('msg="drain cleared" source=admin active=none') == 1
 
 
-def test_undrain_never_undoes_a_shutdown() -> None:
+def test_undrain_ends_what_can_be_undone_and_says_why_a_shutdown_cannot() -> None:
     router, engine, _ = make_admin(manual="ready", push=False)
-    engine.set_draining("shutting down")
+    router.control.drain("shutdown")
     status, _, body = call(router, "POST", "/drain")
-    assert status == 200 and b"ready already fails: shutting down" in body
+    assert (status, body) == (200, b"draining: ready fails until POST /undrain (also active: "
+                                   b"shutdown)\n")
+    assert ready(engine) == (False, "shutting down + " + ADMIN_DRAIN_REASON)
     status, _, body = call(router, "POST", "/undrain")
-    assert status == 503 and b"cannot undrain: shutting down" in body
+    assert status == 409 and b"cannot undrain: probed is shutting down" in body
+    assert b"a probed that starts again starts undrained (ended: admin)" in body
     assert ready(engine) == (False, "shutting down")
+
+
+def test_undrain_ends_a_prestop_drain_too() -> None:
+    # issue 14: a drain tried on a live pod took it out of service until probed restarted
+    router, engine, _ = make_admin(manual="ready", push=False)
+    router.control.drain("prestop")
+    router.control.drain("admin")
+    status, _, body = call(router, "POST", "/undrain")
+    assert (status, body) == (200, b"undrained (prestop, admin): ready follows its checks "
+                                   b"again\n")
+    assert ready(engine) == (True, "ok")
 
 
 # --- llm-d SPI and the manual check --------------------------------------------------------------
@@ -278,6 +298,12 @@ def test_parse_admin_addr_defaults_to_loopback() -> None:
             parse_admin_addr(bad)
 
 
+def pieces(checks: List[Check], log: EventLog) -> Tuple[Pod, Scheduler, List[Check]]:
+    """What build_admin takes besides settings: the pod, its scheduler, the checks."""
+    pod = Pod(checks, 0.0, 0.0)
+    return pod, Scheduler(pod, checks, log, []), checks
+
+
 def settings_with(**values: object) -> Dict[str, object]:
     return dict({"admin_addr": None, "admin_token_file": None}, **values)
 
@@ -286,19 +312,19 @@ def test_configurations_that_need_the_admin_listener_are_refused(tmp_path: Path)
     log = EventLog("text", io.StringIO())
     manual = build_checks([{"kind": "manual"}], ["t"])
     with pytest.raises(ConfigError, match="--admin-addr is off"):
-        build_admin(settings_with(), Engine(manual, log), manual, log, HeartbeatRegistry())
+        build_admin(settings_with(), *pieces(manual, log), log, HeartbeatRegistry())
     push = build_checks([{"kind": "heartbeat"}], ["t"])
     with pytest.raises(ConfigError, match="without path= reads beats POSTed"):
-        build_admin(settings_with(), Engine(push, log), push, log, HeartbeatRegistry())
+        build_admin(settings_with(), *pieces(push, log), log, HeartbeatRegistry())
     files = build_checks([{"kind": "heartbeat", "path": str(tmp_path)}], ["t"])
-    assert build_admin(settings_with(), Engine(files, log), files, log, HeartbeatRegistry()) is None
+    assert build_admin(settings_with(), *pieces(files, log), log, HeartbeatRegistry()) is None
     with pytest.raises(ConfigError, match="no effect without --admin-addr"):
-        build_admin(settings_with(admin_token_file="/x"), Engine(files, log), files, log, HeartbeatRegistry())
+        build_admin(settings_with(admin_token_file="/x"), *pieces(files, log), log, HeartbeatRegistry())
     empty = tmp_path / "empty"
     empty.write_text("")
     with pytest.raises(ConfigError, match="--admin-token-file %s is empty" % empty):
         build_admin(settings_with(admin_addr=("127.0.0.1", 1), admin_token_file=str(empty)),
-                    Engine(files, log), files, log, HeartbeatRegistry())
+                    *pieces(files, log), log, HeartbeatRegistry())
 
 
 def test_cli_exits_2_when_a_manual_check_has_no_admin_listener(capsys: pytest.CaptureFixture

@@ -186,3 +186,15 @@ def test_exit_codes_through_the_command_line(http_port, https_port, single_file)
     assert _cli(["http://127.0.0.1:%d/" % free_port()], single_file).returncode == 3
     tls = _cli(["-k", "-v", "https://127.0.0.1:%d/ok" % https_port], single_file)
     assert (tls.returncode, tls.stdout) == (0, b"200 OK\nall good\n"), tls.stderr
+
+
+
+def test_the_package_entry_point_adds_its_subcommands_without_touching_the_table(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # issue 15: __main__ mutated cli.SUBCOMMANDS, a module-level table
+    import probed.__main__ as entry_module
+    from probed import cli
+    before = dict(cli.SUBCOMMANDS)
+    monkeypatch.setattr("sys.argv", ["probed", "sim", "--help"])
+    assert entry_module.entry() == 0 and "usage: probed sim" in capsys.readouterr().out
+    assert cli.SUBCOMMANDS == before and "sim" not in cli.SUBCOMMANDS

@@ -55,6 +55,8 @@ def test_check_spec_defaults_and_common_keys():
     ("nosuch url=x", "unknown check kind 'nosuch'"),
     ("http", "missing required key 'url'"),
     ("http url=ftp://x", "url=ftp://x: expected an http:// or https:// URL"),
+    # one URL grammar: the client's own (issue 15: port 99999 passed --print-config)
+    ("http url=http://127.0.0.1:99999/", "url=http://127.0.0.1:99999/: expected a port between"),
     ("http url=http://x/ interval=10x", "interval=10x: expected a duration"),
     ("http url=http://x/ probes=live,alive", "probes=live,alive"),
     ("http url=http://x/ colour=red", "unknown key 'colour'"),
@@ -122,6 +124,8 @@ def test_checks_add_up_from_file_environment_and_flags(tmp_path):
     (["--addr", "8080"], {}, "--addr=8080: expected host:port"),
     (["--tcp-ready", "0"], {}, "--tcp-ready=0"),
     (["--log-format", "xml"], {}, "--log-format=xml: expected text or json"),
+    (["--vllm", "http://127.0.0.1:80000"], {}, "--vllm=http://127.0.0.1:80000: expected a port"),
+    (["--vllm", "http://user:pw@h:8000"], {}, "--vllm=http://<redacted>@h:8000: credentials"),
 ])
 def test_flag_errors(argv, env, needle):
     with pytest.raises(ConfigError) as info:

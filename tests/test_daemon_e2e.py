@@ -353,10 +353,10 @@ def test_verbose_exclude_and_json(two_checks: Any) -> None:
     verbose = kubelet_probe(port, "/readyz?verbose")
     assert verbose.status == 503
     assert verbose.text.splitlines() == [
-        "[+]backend ok", "[-]extra failed: connection refused",
+        "[+]backend ok: HTTP 200", "[-]extra failed: connection refused",
         "readyz check failed: extra: connection refused"]
     assert kubelet_probe(port, "/livez?verbose").text.splitlines() == [
-        "[+]backend ok", "livez check passed"]
+        "[+]backend ok: HTTP 200", "livez check passed"]
     excluded = kubelet_probe(port, "/readyz?exclude=extra&verbose=1")
     assert excluded.status == 200
     assert "[+]extra excluded: ok" in excluded.text and "[-]" not in excluded.text
@@ -857,7 +857,7 @@ def test_config_file_settings_and_checks(start_daemon: Any, backend: Backend,
                     "timeout": 0.5, "header": ["X-From: file"], "expect": "200-299"}]}))
     daemon = start_daemon(["--config", str(path), "--check", http_check(backend, "fromflag")])
     reply = wait_status(daemon.port, "/readyz?verbose", 200)
-    assert reply.text.splitlines()[:2] == ["[+]fromfile ok", "[+]fromflag ok"]
+    assert reply.text.splitlines()[:2] == ["[+]fromfile ok: HTTP 200", "[+]fromflag ok: HTTP 200"]
     assert any(r.headers.get("x-from") == "file" for r in backend.requests)
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
         reader = ResponseReader(sock)

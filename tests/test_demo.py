@@ -16,7 +16,7 @@ EXPECTED = [  # (state, livez, readyz, startupz, a word the failing reason must 
     ("saturated", 200, 503, 200, "num_requests_waiting"),
     ("sleeping", 200, 503, 200, "sleeping"),
     ("ready", 200, 200, 200, ""),
-    ("stalled", 503, 200, 200, "stalled"),
+    ("stalled", 503, 503, 200, "stalled"),
     ("dead", 503, 503, 200, "HTTP 503"),
     ("exited", 200, 503, 503, "loading for"),  # a restart: startup probed again, live in grace
 ]

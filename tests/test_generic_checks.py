@@ -28,7 +28,7 @@ from backends import (
 )
 from probed.checks.base import Check, Observation
 from probed.config import build_checks
-from probed.engine import poll_once
+from probed.scheduler import poll_once
 from probed.values import ConfigError
 
 OUTER_DEADLINE = 8.0  # a check that ignores its own timeout fails the test here instead
@@ -225,7 +225,9 @@ def test_tcp_connect_passes(backend: Backend) -> None:
 def test_tcp_refused(backend: Backend) -> None:
     backend.set_mode("refuse")
     check = make_check("tcp", addr="127.0.0.1:%d" % backend.port, timeout="2s")
-    assert verdict(check, poll(check)) == (False, "connection refused")
+    obs = poll(check)
+    assert verdict(check, obs) == (False, "connection refused")
+    assert obs.refused, "a refusal is the loading phase, and after a pass a restart (issue 15)"
 
 
 def test_tcp_connect_that_never_completes_times_out() -> None:
@@ -427,8 +429,9 @@ def test_daemon_tcp_check(start_daemon: Any) -> None:
                                           "%s" % (backend.port, FAST)])
         wait_status(daemon.port, "/readyz", 200)
         backend.set_mode("refuse")
+        # a refusal after a pass: the backend restarted (issue 15), so it starts over
         assert wait_status(daemon.port, "/readyz", 503).body == \
-            b"readyz failed: port: connection refused\n"
+            b"readyz failed: not started: port: connection refused\n"
         backend.serve(200)
         wait_status(daemon.port, "/readyz", 200)
 

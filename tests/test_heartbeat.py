@@ -2,7 +2,7 @@
 
 File beats are real files in a temporary directory whose mtimes the tests set with os.utime, so
 "silent for 200 s" needs no waiting. Push beats go through a `HeartbeatRegistry` on a settable
-clock. Overrides go through the real Router against an Engine holding the cached observation,
+clock. Overrides go through the real Router against a Pod holding the cached observation,
 exactly as `/livez?workers.min-fresh=3&workers.window=30s` reaches them. The README's worker
 example is run as written, against an empty queue, to prove an idle worker stays fresh.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
-from fakes import Clock
+from fakes import Clock, PodDriver
 
 from probed.checks.base import Check, Observation
 from probed.beatregistry import (HEARTBEAT_MAX_WORKERS, HeartbeatRegistry, HeartbeatRegistryFull,
@@ -27,7 +27,7 @@ from probed.beatregistry import (HEARTBEAT_MAX_WORKERS, HeartbeatRegistry, Heart
 from probed.checks.base import CheckResources
 from probed.checks.heartbeat import HeartbeatCheck, scan_beat_files
 from probed.config import build_checks
-from probed.engine import Engine, poll_once
+from probed.scheduler import poll_once
 from probed.eventlog import EventLog
 from probed.httpproto import http_date, parse_request
 from probed.router import Router
@@ -280,11 +280,10 @@ def test_registry_cannot_be_grown_by_a_client_looping_over_names() -> None:
 
 # --- overrides through the router ----------------------------------------------------------------
 
-def router_with(check: HeartbeatCheck) -> Tuple[Router, Engine]:
-    clock = Clock()
-    engine = Engine([check], EventLog("text", io.StringIO()), clock=clock, wall=clock)
+def router_with(check: HeartbeatCheck) -> Tuple[Router, PodDriver]:
+    engine = PodDriver([check])
     engine.record(check.name, observe(check), 0.001)
-    return Router(engine), engine
+    return Router(engine.pod, clock=engine.clock), engine
 
 
 def get(router: Router, target: str) -> Tuple[int, bytes]:

@@ -23,7 +23,7 @@ from llm_backend import LLMBackend
 from probed.checks import CHECK_KINDS
 from probed.checks.base import Check, CheckResources, Observation
 from probed.config import build_spec, split_check_text
-from probed.engine import poll_once
+from probed.scheduler import poll_once
 from probed.values import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -414,3 +414,10 @@ def test_idle_only_without_metrics_url_is_an_error_or_uses_the_servers_metrics(
     progress.note(2, 1.0, now - 1)
     progress.note(2, 2.0, now)
     assert poll(inference).reason.startswith("skipped")
+
+
+def test_idle_only_defaults_its_metrics_url_without_writing_into_the_spec() -> None:
+    # issue 15: the inference check wrote "metrics-url" into its spec's params
+    check = make("inference url=http://127.0.0.1:1 idle-only=true")
+    assert check.spec.params["metrics-url"] is None
+    assert check.metrics_url == "http://127.0.0.1:1/metrics"  # type: ignore[attr-defined]

@@ -28,9 +28,9 @@ from llm_backend import LLMBackend
 from probed.checks import CHECK_KINDS
 from probed.checks.base import Check, CheckResources, Observation
 from probed.config import build_spec, split_check_text
-from probed.engine import poll_once
+from probed.scheduler import poll_once
 from probed.values import ConfigError
-from probed.verdicts import CheckState
+from probed.checkstate import CheckState
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REAL = FIXTURES / "metrics" / "real"

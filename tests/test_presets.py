@@ -30,8 +30,8 @@ from probed.checks import CHECK_KINDS
 from probed.checks.base import Observation
 from probed.cli import main
 from probed.config import build_spec, split_check_text
-from probed.engine import poll_once
-from probed.verdicts import CheckState
+from probed.scheduler import poll_once
+from probed.checkstate import CheckState
 
 REPO = Path(__file__).resolve().parents[1]
 WAITING_4 = (b"# TYPE vllm:num_requests_waiting gauge\n"

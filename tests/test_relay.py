@@ -16,7 +16,7 @@ from conftest import free_port
 from probed.checks.base import Check, Observation
 from probed.checks.relay import RELAY_LINE_CHARS, first_body_line
 from probed.config import build_checks
-from probed.engine import poll_once
+from probed.scheduler import poll_once
 
 
 def make_relay(url: str, **keys: Any) -> Check:

@@ -5,23 +5,20 @@ import json
 from typing import Tuple
 
 import pytest
-from fakes import Clock, FakeCheck
+from fakes import Clock, FakeCheck, PodDriver
 
 from probed.checks.base import Observation
-from probed.engine import Engine
 from probed.eventlog import EventLog
 from probed.httpproto import http_date, parse_request
 from probed.router import Router
 
 
-def make_router() -> Tuple[Router, Engine]:
-    clock = Clock()
-    engine = Engine([FakeCheck("model", probes="live,ready,started"),
-                     FakeCheck("queue", probes="ready", limit=10.0)],
-                    EventLog("text", io.StringIO()), clock=clock, wall=clock)
+def make_router() -> Tuple[Router, PodDriver]:
+    engine = PodDriver([FakeCheck("model", probes="live,ready,started"),
+                        FakeCheck("queue", probes="ready", limit=10.0)])
     engine.record("model", Observation(True, "HTTP 200"), 0.001)
     engine.record("queue", Observation(True, "", value=4.0), 0.001)
-    return Router(engine), engine
+    return Router(engine.pod, clock=engine.clock), engine
 
 
 def get(router: Router, target: str, method: str = "GET", headers: str = "") -> Tuple[int, dict,
@@ -77,7 +74,7 @@ def test_verbose_is_kube_apiserver_style():
     status, _, body = get(router, "/readyz?verbose")
     assert status == 503
     assert body.decode().splitlines() == [
-        "[+]model ok", "[-]queue failed: queue 40 > 10",
+        "[+]model ok: HTTP 200", "[-]queue failed: queue 40 > 10",
         "readyz check failed: queue: queue 40 > 10"]
 
 
@@ -160,11 +157,30 @@ def test_connection_close_and_http10_keep_alive_are_honoured():
 
 def test_verbose_counts_the_phase_seconds_up_to_the_request():
     clock = Clock()
-    engine = Engine([FakeCheck("model", probes="live,ready,started")],
-                    EventLog("text", io.StringIO()), clock=clock, wall=clock)
+    engine = PodDriver([FakeCheck("model", probes="live,ready,started")], clock)
     engine.record("model", Observation(False, "connection refused"), 0.0)
-    router = Router(engine)
+    router = Router(engine.pod, clock=clock)
     clock.now += 5
     assert "starting for 5s (connection refused)" in get(router, "/startupz?verbose")[2].decode()
     clock.now += 307
     assert "for 312s" in get(router, "/startupz?verbose")[2].decode()
+
+
+def test_probed_own_liveness_reports_a_stuck_poller_not_the_backend() -> None:
+    clock = Clock()
+    engine = PodDriver([FakeCheck("model", stale_after=4.0)], clock)
+    router = Router(engine.pod, clock=clock)
+    engine.record("model", Observation(False, "HTTP 503"), 0.0)
+    assert get(router, "/probed/livez")[::2] == (200, b"ok\n")  # the backend fails; probed works
+    clock.now += 9
+    status, _, body = get(router, "/probed/livez")
+    assert status == 503 and body == b"probed failed: poller of model stuck: no result for 9s " \
+                                      b"(limit 8s)\n"
+    assert b"/probed/livez" in get(router, "/")[2]
+
+
+def test_a_path_echoed_in_a_404_is_short_and_escaped() -> None:
+    router, _ = make_router()
+    status, _, body = get(router, "/%1b%5b31m" + "x" * 500)
+    assert status == 404
+    assert b"\x1b" not in body and b"\\x1b[31m" in body and b"(409 more characters)" in body

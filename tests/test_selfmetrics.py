@@ -18,15 +18,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 from conftest import free_port, wait_listening
-from fakes import Clock, FakeCheck
+from fakes import Clock, FakeCheck, PodDriver
 
 from probed.checks.base import Observation
-from probed.engine import Engine
 from probed.eventlog import EventLog
 from probed.expfmt import parse_selector, select_series
 from probed.httpproto import parse_request
-from probed.router import Router
-from probed.server import ProbeServer
+from probed.router import Router, router_paths
+from probed.server import ServerStats
 from probed.selfmetrics import (
     CHECK_DURATION_BUCKETS,
     LAG_BUCKETS,
@@ -50,12 +49,11 @@ REQUIRED_FAMILIES = {
 }
 
 
-def make_metrics(*checks: FakeCheck) -> Tuple[SelfMetrics, Engine, Clock]:
+def make_metrics(*checks: FakeCheck) -> Tuple[SelfMetrics, PodDriver, Clock]:
     clock = Clock()
-    engine = Engine(list(checks), EventLog("text", io.StringIO()), clock=clock, wall=clock)
-    metrics = SelfMetrics(engine)
-    router = Router(engine, metrics=metrics.render)
-    metrics.watch(ProbeServer(router.respond), router)
+    engine = PodDriver(list(checks), clock)
+    metrics = SelfMetrics(engine.pod, ServerStats(router_paths(engine.pod)))
+    engine.on_poll = metrics.on_poll  # as the daemon hands it to the scheduler
     return metrics, engine, clock
 
 
@@ -177,11 +175,11 @@ def test_duration_histogram_is_fed_by_every_poll_and_cumulative():
 
 def test_server_counters_render_as_counted():
     metrics, _, _ = make_metrics(FakeCheck("a"))
-    server = metrics.server
-    assert server is not None and "/readyz" in server.counted_paths
-    assert "/readyz/a" in server.counted_paths and "/metrics" in server.counted_paths
-    server.stats.requests.update({("/readyz", 200): 7, ("other", 404): 2})
-    server.stats.refused_at_cap = 3
+    stats = metrics.stats
+    assert "/readyz" in stats.counted_paths and "/probed/livez" in stats.counted_paths
+    assert "/readyz/a" in stats.counted_paths and "/metrics" in stats.counted_paths
+    stats.requests.update({("/readyz", 200): 7, ("other", 404): 2})
+    stats.refused_at_cap = 3
     body = metrics.render()
     assert one(body, 'probed_probe_requests_total{path="/readyz",code="200"}') == 7
     assert one(body, 'probed_probe_requests_total{path="other",code="404"}') == 2
@@ -221,10 +219,9 @@ def test_build_info_names_version_and_python():
 
 
 def test_metrics_render_only_when_scraped():
-    clock = Clock()
-    engine = Engine([FakeCheck("a")], EventLog("text", io.StringIO()), clock=clock, wall=clock)
+    engine = PodDriver([FakeCheck("a")])
     calls = []
-    router = Router(engine, metrics=lambda: calls.append(1) or b"x 1\n")
+    router = Router(engine.pod, metrics=lambda: calls.append(1) or b"x 1\n")
     for target in ("/readyz", "/livez", "/readyz?verbose", "/a", "/"):
         router.respond(parse_request(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target).encode())[0])
     for _ in range(10):
@@ -416,16 +413,15 @@ def test_real_prometheus_scrapes_probed(start_daemon, tmp_path):
 
 def test_startup_seconds_appear_once_started_and_measure_from_the_restart():
     clock = Clock()
-    engine = Engine([FakeCheck("model", probes="live,ready,started")],
-                    EventLog("text", io.StringIO()), clock=clock, wall=clock)
-    render = lambda: render_metrics(engine, None, {}, Histogram(LAG_BUCKETS),  # noqa: E731
-                                    ("0", "3")).decode()
+    engine = PodDriver([FakeCheck("model", probes="live,ready,started")], clock)
+    render = lambda: render_metrics(engine.pod, ServerStats(), {},  # noqa: E731
+                                    Histogram(LAG_BUCKETS), ("0", "3")).decode()
     assert not re.search(r"^probed_startup_seconds ", render(), re.MULTILINE)
     clock.now += 42.5
     engine.record("model", Observation(True, "ok"), 0.0)
     assert re.search(r"^probed_startup_seconds 42.5$", render(), re.MULTILINE), render()
     clock.now += 100
-    engine.restart("test restart")
+    engine.record("model", Observation(False, "connection refused", refused=True))  # restart
     clock.now += 7
     engine.record("model", Observation(True, "ok"), 0.0)
     assert re.search(r"^probed_startup_seconds 7$", render(), re.MULTILINE), render()

@@ -7,16 +7,20 @@ an observation into a verdict in `judge()` (pure, so per-request overrides such 
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 from ..beatregistry import HeartbeatRegistry
 from ..scrape import ProgressBoard, ScrapeHub
 from ..values import (
     ConfigError,
+    format_duration,
     parse_duration,
     parse_positive_count,
     parse_probes,
 )
+
+
+Incarnation = Optional[Union[float, str]]  # see Observation.incarnation
 
 
 class Observation:
@@ -30,13 +34,16 @@ class Observation:
     raw     anything else `judge` needs that is not shown (a response body...).
     refused the backend refused the connection: while loading that is the `loading` phase;
             after a pass it means the backend restarted (only for checks in `started`).
-    incarnation  the backend process's start time when the check can see it
-            (`process_start_time_seconds`); a new value is a restart.
+    loading the backend answered that it is loading (llama.cpp's 503 `Loading model`): before
+            start the `starting` phase; after start a new incarnation, never a dead server.
+    incarnation  which backend process answered: a float is its Unix start time
+            (`process_start_time_seconds`), a str an opaque identity (llama.cpp's
+            `Process-Start-Time-Unix` header); a new value is a restart.
     restart a reason when the check saw a restart another way (a counter went backwards).
     """
 
-    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "incarnation",
-                 "restart")
+    __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "loading",
+                 "incarnation", "restart")
 
     def __init__(
         self,
@@ -47,8 +54,9 @@ class Observation:
         detail: Optional[Dict[str, Any]] = None,
         raw: Any = None,
         refused: bool = False,
-        incarnation: Optional[float] = None,
+        incarnation: Incarnation = None,
         restart: str = "",
+        loading: bool = False,
     ) -> None:
         self.ok = ok
         self.reason = reason
@@ -57,6 +65,7 @@ class Observation:
         self.detail = detail
         self.raw = raw
         self.refused = refused
+        self.loading = loading
         self.incarnation = incarnation
         self.restart = restart
 
@@ -167,6 +176,16 @@ class Check:
     def target(self) -> str:
         """What this check looks at, for the index page and logs (never contains secrets)."""
         return ""
+
+    def secrets(self) -> Tuple[str, ...]:
+        """Values this check sends that must never be shown (tokens, secret headers): every
+        reason and detail is scrubbed of them before anyone renders it."""
+        return ()
+
+    def on_deadline(self, timeout: float) -> Observation:
+        """What a poll that ran past its hard deadline means. Failing is the usual answer; a
+        check for which slowness is no evidence (progress) says so instead."""
+        return Observation(False, "timed out after %s" % format_duration(timeout))
 
     def forget(self) -> None:
         """The backend restarted: drop history kept between polls (counters, rates)."""

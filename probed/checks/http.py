@@ -1,12 +1,13 @@
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..client import FetchError, TLSOptions, fetch, read_bearer_token
 from ..values import parse_bool, parse_http_url, parse_status_ranges
 from .base import Check, CheckResources, Observation, Param
 
 BODY_SNIPPET = 120  # characters of a failing body shown in the reason
+TOKENS_REMEMBERED = 4  # tokens kept for redaction after a rotation
 HTTP_CHECK_MAX_BODY = 1 << 20
 
 
@@ -40,6 +41,7 @@ class HTTPRequestSettings:
         self.token_file: Optional[str] = config.get("token-file")
         self.token_env: Optional[str] = config.get("token-env")
         self.token_envs: Tuple[str, ...] = (self.token_env,) if self.token_env else ()
+        self.tokens_sent: List[str] = []  # the last few tokens read (a Secret may rotate)
         tls_needed = config.get("ca-file") or config.get("insecure")
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
                               insecure=bool(config.get("insecure"))) if tls_needed else None
@@ -57,7 +59,13 @@ class HTTPRequestSettings:
             token = read_bearer_token(self.token_file, self.token_envs)
             if token:
                 headers["Authorization"] = "Bearer " + token
+                if token not in self.tokens_sent:
+                    self.tokens_sent = self.tokens_sent[-(TOKENS_REMEMBERED - 1):] + [token]
         return headers
+
+    def secrets(self) -> Tuple[str, ...]:
+        """Header values and tokens this check sends: a backend may echo them back."""
+        return tuple(self.headers.values()) + tuple(self.tokens_sent)
 
 
 HTTP_COMMON_PARAMS: Dict[str, Param] = {
@@ -80,6 +88,9 @@ class HTTPPollingCheck(Check):
     def request_settings(self) -> HTTPRequestSettings:
         """How this kind's requests authenticate; kinds that speak an API may differ."""
         return HTTPRequestSettings(self.config)
+
+    def secrets(self) -> Tuple[str, ...]:
+        return self.request.secrets()
 
 
 class HTTPCheck(HTTPPollingCheck):

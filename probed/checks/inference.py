@@ -129,11 +129,13 @@ class InferenceCheck(HTTPPollingCheck):
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
         self.model: Optional[str] = self.config.get("model")
-        if self.config["idle-only"] and not self.config.get("metrics-url"):
+        # idle-only reads the progress of this metrics URL (the server's own by default)
+        self.metrics_url: Optional[str] = self.config.get("metrics-url")
+        if self.config["idle-only"] and not self.metrics_url:
             if self.config["api"] == "json":
                 raise ConfigError("%s (inference): idle-only=true needs metrics-url=URL with "
                                   "api=json" % spec.origin)
-            self.config["metrics-url"] = self.config["url"].rstrip("/") + "/metrics"
+            self.metrics_url = self.config["url"].rstrip("/") + "/metrics"
 
     def request_settings(self) -> HTTPRequestSettings:
         return api_settings(self.config)
@@ -166,7 +168,7 @@ class InferenceCheck(HTTPPollingCheck):
 
     def busy(self) -> bool:
         """Whether the progress check of `metrics-url` saw tokens rise within one interval."""
-        url = self.config.get("metrics-url")
+        url = self.metrics_url
         return url is not None and time.monotonic() - self.resources.progress.last(url) < self.spec.interval
 
     async def request_body(self) -> bytes:

@@ -39,8 +39,8 @@ class TCPCheck(Check):
         host, port = self.config["addr"]
         try:
             await tcp_connect(host, port)
-        except ConnectionRefusedError:
-            return Observation(False, "connection refused")
+        except ConnectionRefusedError:  # loading, or after a pass a restart, as for http
+            return Observation(False, "connection refused", refused=True)
         except OSError as exc:
             return Observation(False, "connect failed: %s" % (exc.strerror or exc))
         return Observation(True, "connected")

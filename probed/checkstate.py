@@ -1,15 +1,15 @@
-"""Check states and group verdicts: the pure bookkeeping under the engine (no I/O, no asyncio).
+"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
-A `CheckState` folds a stream of judged observations into an effective pass/fail with
-`fail-after`/`pass-after` hysteresis, hard evidence and staleness. `evaluate_group` turns the
-states of one group into a verdict, optionally excluding checks or re-judging cached
-observations with per-request overrides. Times are passed in, so tests drive them directly.
+A `CheckState` turns a stream of judged observations into an effective verdict with
+`fail-after`/`pass-after` hysteresis, hard evidence and staleness. Times are passed in (monotonic
+`now`, Unix `wall`), so the pod's tests drive them directly. The pod owns one per check.
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from .checks.base import Check, Observation
-from .values import format_duration
+from .hygiene import REASON_MAX_CHARS
+from .values import format_duration, printable
 
 PENDING_REASON = "no result yet"
 
@@ -19,7 +19,7 @@ class CheckState:
 
     __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
                  "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls", "passed_once")
+                 "last_success_wall", "polls", "passed_at", "reset_at")
 
     def __init__(self, check: Check, now: float, wall: float) -> None:
         self.check = check
@@ -38,12 +38,18 @@ class CheckState:
         self.transitions = 0
         self.last_success_wall = 0.0
         self.polls = 0
-        self.passed_once = False  # passed since the last reset (this backend incarnation)
+        self.passed_at: Optional[float] = None  # first pass in this backend incarnation
+        self.reset_at = now  # results of polls that began before this belong to the past
 
     @property
     def passing(self) -> bool:
         """The verdict groups use: pending and stale both count as failed."""
         return bool(self.ok) and not self.stale
+
+    @property
+    def pending(self) -> bool:
+        """No verdict yet (and not stale): nothing is known about this check."""
+        return self.ok is None and not self.stale
 
     @property
     def shown_reason(self) -> str:
@@ -64,7 +70,8 @@ class CheckState:
         was_stale, self.stale = self.stale, False
         if ok:
             self.last_success_wall = wall
-            self.passed_once = True
+            if self.passed_at is None:
+                self.passed_at = now
         if self.streak and ok == self.streak_ok:
             self.streak += 1
         else:
@@ -78,22 +85,28 @@ class CheckState:
         if flip:
             self.ok = ok
         if self.ok == ok:
-            self.reason = reason
+            self.reason = printable(reason, REASON_MAX_CHARS)
         return self._note_change(before, now, wall)
 
-    def expire(self, generation: int, now: float, wall: float) -> bool:
-        """Mark the result stale if no newer one arrived; returns True when the verdict changed."""
-        if generation != self.generation or self.stale:
+    def expire(self, now: float, wall: float) -> bool:
+        """Mark the result stale; returns True when the verdict changed."""
+        if self.stale:
             return False
         before = self.state_word()
         self.stale = True
         return self._note_change(before, now, wall)
 
+    def stale_at(self) -> Optional[float]:
+        """When the current result goes stale, or None (no result, or stale already)."""
+        if self.obs is None or self.stale:
+            return None
+        return self.obs_at + self.check.spec.stale_after
+
     def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
         """Forget every result (a new backend incarnation): back to pending."""
         before = self.state_word()
         self.ok, self.reason, self.obs, self.stale = None, reason, None, False
-        self.streak, self.passed_once = 0, False
+        self.streak, self.passed_at, self.reset_at = 0, None, now
         self.generation += 1
         return self._note_change(before, now, wall)
 
@@ -106,7 +119,7 @@ class CheckState:
 
     def state_word(self) -> str:
         """pass, fail or pending, as JSON and metrics name it."""
-        if self.ok is None and not self.stale:
+        if self.pending:
             return "pending"
         return "pass" if self.passing else "fail"
 
@@ -117,44 +130,3 @@ class CheckState:
         config = dict(self.check.config)
         config.update(overrides)
         return self.check.judge(self.obs, config, bool(self.ok))
-
-
-class GroupVerdict:
-    """One group's answer: pass/fail, a short reason, and (name, passes, reason) per check."""
-
-    __slots__ = ("group", "ok", "reason", "checks")
-
-    def __init__(self, group: str, ok: bool, reason: str,
-                 checks: List[Tuple[CheckState, bool, str]]) -> None:
-        self.group = group
-        self.ok = ok
-        self.reason = reason
-        self.checks = checks
-
-
-def evaluate_checks(states: Sequence[CheckState], exclude: Sequence[str] = (),
-                    overrides: Optional[Dict[str, Dict[str, Any]]] = None,
-                    pending_passes: bool = False) -> List[Tuple[CheckState, bool, str]]:
-    """The (state, passes, reason) of each state not excluded, overrides applied.
-
-    `pending_passes`: a check with no result yet counts as passing (for `live`, which fails
-    only on evidence).
-    """
-    rows = []
-    for st in states:
-        if st.check.name in exclude:
-            continue
-        own = overrides.get(st.check.name) if overrides else None
-        ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
-        if pending_passes and st.ok is None and not st.stale:
-            ok = True
-        rows.append((st, ok, reason))
-    return rows
-
-
-def first_failure(rows: Sequence[Tuple[CheckState, bool, str]]) -> str:
-    """`name: reason` of the first failing row, or ''."""
-    for st, ok, reason in rows:
-        if not ok:
-            return "%s: %s" % (st.check.name, reason)
-    return ""
