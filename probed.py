@@ -943,28 +943,27 @@ PRESSURE_TIMEOUT = 1.0
 MAX_INPUT_BUFFER = 256 * 1024
 OTHER_PATH_LABEL = "other"
 
-READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
+OPENED, READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3, 4
 
 
 class Connection:
 
     __slots__ = ("sock", "fd", "buf", "pos", "out", "phase", "deadline", "close_after",
-                 "reading", "writing", "waiting", "linger", "fresh")
+                 "reading", "writing", "waiting", "linger")
 
-    def __init__(self, sock: socket.SocketType, deadline: float, fresh: bool) -> None:
+    def __init__(self, sock: socket.SocketType, deadline: float, phase: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = b""
         self.pos = 0
         self.out = b""
-        self.phase = READING
+        self.phase = phase
         self.deadline = deadline
         self.close_after = False
         self.reading = False
         self.writing = False
         self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
         self.linger = False
-        self.fresh = fresh
 
     def holds_nothing(self) -> bool:
         return self.waiting is None and not self.buf and not self.out
@@ -5389,6 +5388,7 @@ TLS_HANDSHAKE = b"\x16\x03"
 NOWAIT = socket.MSG_DONTWAIT
 LAST_REPLY = socket.MSG_DONTWAIT | socket.MSG_MORE
 
+
 class ProbeServer:
 
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
@@ -5464,7 +5464,7 @@ class ProbeServer:
         try:
             data = sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
-            self._watch(self._adopt(sock, True), read=True)
+            self._watch(self._adopt(sock, OPENED), read=True)
             return
         except OSError:
             data = b""
@@ -5476,13 +5476,13 @@ class ProbeServer:
 
     def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
         if data.startswith(TLS_HANDSHAKE):
-            conn = self._adopt(sock, False)
+            conn = self._adopt(sock, READING)
             conn.linger = True
             self._count(OTHER_PATH_LABEL, 400)
             self._send(conn, self._wire(build_error_response(HTTPError(
                 400, "this port speaks plain HTTP, and a TLS handshake arrived"))), True)
         elif not self._answer_at_once(sock, data):
-            self._take(self._adopt(sock, False), data)
+            self._take(self._adopt(sock, READING), data)
 
     def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
         try:
@@ -5493,7 +5493,7 @@ class ProbeServer:
             return False
         reply = self.respond(request)
         if not isinstance(reply, PreparedResponse):
-            self._defer(self._adopt(sock, False), reply, [])
+            self._defer(self._adopt(sock, READING), reply, [])
             return True
         self._count(request.path, reply.status)
         wire = self._wire(reply)
@@ -5507,13 +5507,13 @@ class ProbeServer:
             self.stats.open -= 1
             sock.close()
             return True
-        conn = self._adopt(sock, False)
+        conn = self._adopt(sock, READING)
         self._send(conn, wire[sent:], reply.close)
         self._after_serve(conn, False)
         return True
 
-    def _adopt(self, sock: socket.SocketType, fresh: bool) -> Connection:
-        conn = Connection(sock, time.monotonic() + self.read_timeout, fresh)
+    def _adopt(self, sock: socket.SocketType, phase: int) -> Connection:
+        conn = Connection(sock, time.monotonic() + self.read_timeout, phase)
         self.conns[conn.fd] = conn
         return conn
 
@@ -5556,7 +5556,7 @@ class ProbeServer:
             self._close(conn)
         elif conn.phase == LINGERING:
             return
-        elif conn.fresh:
+        elif conn.phase == OPENED:
             self._release(conn)
             self._first_bytes(conn.sock, data)
         else:

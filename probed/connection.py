@@ -16,34 +16,36 @@ MAX_INPUT_BUFFER = 256 * 1024  # unparsed input one client may leave with us
 # client cannot grow the counter dict (statuses are the few the router produces).
 OTHER_PATH_LABEL = "other"
 
-READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
+# OPENED: accepted, not a byte yet (its first bytes go to the server's first-bytes check);
+# READING: a request is (partly) here; IDLE: between keep-alive requests; WRITING: output
+# waits for the client to read; LINGERING: after the last reply, input is drained and dropped.
+OPENED, READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3, 4
 
 
 class Connection:
     """One client connection: its socket, input not yet parsed, unsent output, and a deadline.
 
-    `buf[pos:]` is the input not parsed yet (`buf` is empty when there is none); `fresh`: no
-    byte has arrived yet. `reading`/`writing` say whether the loop watches the socket, so every
+    `buf[pos:]` is the input not parsed yet (`buf` is empty when there is none).
+    `reading`/`writing` say whether the loop watches the socket, so every
     change of interest goes through one place; `waiting` holds the future of a deferred reply.
     """
 
     __slots__ = ("sock", "fd", "buf", "pos", "out", "phase", "deadline", "close_after",
-                 "reading", "writing", "waiting", "linger", "fresh")
+                 "reading", "writing", "waiting", "linger")
 
-    def __init__(self, sock: socket.SocketType, deadline: float, fresh: bool) -> None:
+    def __init__(self, sock: socket.SocketType, deadline: float, phase: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = b""
         self.pos = 0
         self.out = b""
-        self.phase = READING
+        self.phase = phase
         self.deadline = deadline
         self.close_after = False
         self.reading = False
         self.writing = False
         self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
         self.linger = False  # an error reply: shut down writing and drain before closing
-        self.fresh = fresh
 
     def holds_nothing(self) -> bool:
         """Idle or silent: no input, no output, no reply being waited for."""

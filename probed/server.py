@@ -14,8 +14,8 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from .connection import (IDLE, LINGERING, OTHER_PATH_LABEL, READING, WRITING, Connection,
-                         ServerStats, expired, pick_eviction)
+from .connection import (IDLE, LINGERING, OPENED, OTHER_PATH_LABEL, READING, WRITING,
+                         Connection, ServerStats, expired, pick_eviction)
 from .fdlimit import fit_connection_cap
 from .httpproto import (DateCache, HTTPError, PreparedResponse, RequestParser,
                         build_error_response, is_head_request)
@@ -34,6 +34,7 @@ NOWAIT = socket.MSG_DONTWAIT
 # With the connection closing right after, MSG_MORE holds the reply until close() adds the FIN
 # to the same segment: one packet fewer per probe for both ends.
 LAST_REPLY = socket.MSG_DONTWAIT | socket.MSG_MORE
+
 
 class ProbeServer:
     """Serves `respond(request)` on any number of listening sockets.
@@ -128,7 +129,7 @@ class ProbeServer:
         try:
             data = sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
-            self._watch(self._adopt(sock, True), read=True)
+            self._watch(self._adopt(sock, OPENED), read=True)
             return
         except OSError:
             data = b""
@@ -146,13 +147,13 @@ class ProbeServer:
             # A TLS client on the plain port. A 400 starting with "HTTP/" lets Go clients (the
             # kubelet) report "server gave HTTP response to HTTPS client"; others fail the
             # handshake at once either way, instead of holding the slot for the read timeout.
-            conn = self._adopt(sock, False)
+            conn = self._adopt(sock, READING)
             conn.linger = True
             self._count(OTHER_PATH_LABEL, 400)
             self._send(conn, self._wire(build_error_response(HTTPError(
                 400, "this port speaks plain HTTP, and a TLS handshake arrived"))), True)
         elif not self._answer_at_once(sock, data):
-            self._take(self._adopt(sock, False), data)
+            self._take(self._adopt(sock, READING), data)
 
     def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
         """The kubelet's case start to finish, without a Connection: one whole request that
@@ -165,7 +166,7 @@ class ProbeServer:
             return False
         reply = self.respond(request)
         if not isinstance(reply, PreparedResponse):  # a reply that waits: a Connection holds it
-            self._defer(self._adopt(sock, False), reply, [])
+            self._defer(self._adopt(sock, READING), reply, [])
             return True
         self._count(request.path, reply.status)
         wire = self._wire(reply)
@@ -179,13 +180,13 @@ class ProbeServer:
             self.stats.open -= 1
             sock.close()
             return True
-        conn = self._adopt(sock, False)
+        conn = self._adopt(sock, READING)
         self._send(conn, wire[sent:], reply.close)
         self._after_serve(conn, False)
         return True
 
-    def _adopt(self, sock: socket.SocketType, fresh: bool) -> Connection:
-        conn = Connection(sock, time.monotonic() + self.read_timeout, fresh)
+    def _adopt(self, sock: socket.SocketType, phase: int) -> Connection:
+        conn = Connection(sock, time.monotonic() + self.read_timeout, phase)
         self.conns[conn.fd] = conn
         return conn
 
@@ -232,7 +233,7 @@ class ProbeServer:
             self._close(conn)
         elif conn.phase == LINGERING:
             return
-        elif conn.fresh:  # its first bytes: served from here as if they came with the accept
+        elif conn.phase == OPENED:  # its first bytes: from here as if they came with the accept
             self._release(conn)
             self._first_bytes(conn.sock, data)
         else:
