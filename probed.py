@@ -14,6 +14,7 @@
 #     probed/clientproto.py
 #     probed/blocking.py
 #     probed/clientchan.py
+#     probed/fdlimit.py
 #     probed/files.py
 #     probed/client.py
 #     probed/gpufaults.py
@@ -25,6 +26,7 @@
 #     probed/grpchealth.py
 #     probed/h2server.py
 #     probed/httpproto.py
+#     probed/connection.py
 #     probed/nvml.py
 #     probed/gpureader.py
 #     probed/probebench.py
@@ -55,6 +57,7 @@
 #     probed/hygiene.py
 #     probed/checkspecs.py
 #     probed/checkstate.py
+#     probed/listeners.py
 #     probed/podevents.py
 #     probed/pod.py
 #     probed/presets.py
@@ -431,6 +434,48 @@ class ClientChannel:
                 return False
             await asyncio.sleep(0)
         return True
+
+
+# ============================================================
+# probed/fdlimit.py
+# ============================================================
+"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
+"""
+
+import resource
+from typing import NamedTuple
+
+FD_RESERVE = 128
+
+
+class ConnectionCap(NamedTuple):
+
+    requested: int
+    cap: int
+    soft_limit: int
+    hard_limit: int
+    reserve: int
+
+    @property
+    def lowered(self) -> bool:
+        return self.cap < self.requested
+
+
+def fit_connection_cap(requested: int) -> ConnectionCap:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = requested + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (OSError, ValueError):
+                pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return ConnectionCap(requested, requested, soft, hard, FD_RESERVE)
+    reserve = min(FD_RESERVE, soft // 2)
+    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
 
 
 # ============================================================
@@ -2180,7 +2225,7 @@ class H2Link:
     __slots__ = ("sock", "fd", "h2", "calls", "out", "reading", "writing", "write_deadline",
                  "linger_until", "shed_at", "resuming", "closed")
 
-    def __init__(self, sock: socket.socket, h2: H2Connection) -> None:
+    def __init__(self, sock: socket.SocketType, h2: H2Connection) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.h2 = h2
@@ -2211,7 +2256,7 @@ class H2Server:
     def open(self) -> int:
         return len(self.links)
 
-    def adopt(self, sock: socket.socket, data: bytes) -> None:
+    def adopt(self, sock: socket.SocketType, data: bytes) -> None:
         loop = self._loop = asyncio.get_running_loop()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -2379,6 +2424,9 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADER_FIELDS = 100
 MAX_BODY = 64 * 1024
 MAX_LEADING_BLANK = 64
+MAX_HEAD_BYTES = MAX_LEADING_BLANK + MAX_REQUEST_LINE + MAX_HEADER_BYTES + 8
+CACHED_REQUESTS = 32
+CACHED_HEAD_BYTES = 1024
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -2397,6 +2445,8 @@ _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST"))
 _HEADER_BLOCK = re.compile(
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20\x09\x21-\x7e\x80-\xff]*\r?\n)*\Z")
 _DIGITS = re.compile(r"[0-9]{1,18}\Z")
+_LEADING_BLANK = re.compile(rb"[\r\n]{0,%d}" % (MAX_LEADING_BLANK + 1))
+_CR_LF = (13, 10)
 
 
 class HTTPError(Exception):
@@ -2410,10 +2460,12 @@ class HTTPError(Exception):
 
 class Request:
 
-    __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body")
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body",
+                 "body_pending")
 
     def __init__(self, method: str, target: str, path: str, query: str, version: str,
-                 headers: Dict[str, str], keep_alive: bool, body: bytes) -> None:
+                 headers: Dict[str, str], keep_alive: bool, body: bytes,
+                 body_pending: int = 0) -> None:
         self.method = method
         self.target = target
         self.path = path
@@ -2422,6 +2474,7 @@ class Request:
         self.headers = headers
         self.keep_alive = keep_alive
         self.body = body
+        self.body_pending = body_pending
 
     def query_pairs(self) -> List[Tuple[str, str]]:
         if not self.query:
@@ -2433,13 +2486,22 @@ class Request:
 
 
 def _find_head_end(buf: bytes, start: int) -> Tuple[int, int]:
-    crlf = buf.find(b"\n\r\n", start)
-    lf = buf.find(b"\n\n", start)
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf, crlf + 3
+    limit = start + MAX_HEAD_BYTES
+    crlf = buf.find(b"\n\r\n", start, limit)
+    lf = buf.find(b"\n\n", start, crlf + 1 if crlf >= 0 else limit)
     if lf >= 0:
         return lf, lf + 2
+    if crlf >= 0:
+        return crlf, crlf + 3
     return -1, -1
+
+
+def _skip_blank_lines(buf: bytes, start: int) -> int:
+    end = _LEADING_BLANK.match(buf, start).end()
+    if end - start > MAX_LEADING_BLANK:
+        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
+                        MAX_LEADING_BLANK)
+    return end
 
 
 def _check_incomplete(buf: bytes, start: int) -> None:
@@ -2451,16 +2513,15 @@ def _check_incomplete(buf: bytes, start: int) -> None:
         raise HTTPError(431, "header block larger than %d bytes" % MAX_HEADER_BYTES)
 
 
-def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Request], int]:
-    n = len(buf)
-    start = n - len(buf.lstrip(b"\r\n"))
-    if start > MAX_LEADING_BLANK:
-        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
-                        MAX_LEADING_BLANK)
+def parse_request(buf: bytes, max_body: int = MAX_BODY,
+                  start: int = 0) -> Tuple[Optional[Request], int]:
+    n, begin = len(buf), start
+    if start < n and buf[start] in _CR_LF:
+        start = _skip_blank_lines(buf, start)
     head_end, body_start = _find_head_end(buf, start)
     if head_end < 0:
         _check_incomplete(buf, start)
-        return None, 0
+        return None, begin
     lines = buf[start:head_end].split(b"\n")
     request_line = lines[0].rstrip(b"\r")
     if len(request_line) > MAX_REQUEST_LINE:
@@ -2473,12 +2534,47 @@ def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Reques
     headers = _parse_headers(lines)
     keep_alive = _keep_alive(version, headers.get("connection", ""))
     length = _body_length(headers, max_body)
-    if n < body_start + length:
-        return None, 0
-    body = bytes(buf[body_start:body_start + length])
     path, query = _split_target(target)
+    if n < body_start + length:
+        if not _expects_continue(version, headers):
+            return None, begin
+        return (Request(method, target.decode("ascii"), path, query, version, headers, False,
+                        b"", length - (n - body_start)), n)
+    body = bytes(buf[body_start:body_start + length])
     return (Request(method, target.decode("ascii"), path, query, version, headers, keep_alive,
                     body), body_start + length)
+
+
+def _expects_continue(version: str, headers: Dict[str, str]) -> bool:
+    return version == "1.1" and headers.get("expect", "").lower() == "100-continue"
+
+
+class RequestParser:
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        self.max_body = max_body
+        self._heads: Dict[bytes, Request] = {}
+
+    def parse(self, buf: bytes, start: int = 0) -> Tuple[Optional[Request], int]:
+        end = buf.find(b"\r\n\r\n", start, start + CACHED_HEAD_BYTES) + 4
+        key = b""
+        if end >= 4:
+            key = buf if start == 0 and end == len(buf) else buf[start:end]
+            known = self._heads.get(key)
+            if known is not None:
+                return known, end
+        request, used = parse_request(buf, self.max_body, start)
+        if (key and request is not None and used == end and "expect" not in request.headers
+                and "content-length" not in request.headers):
+            if len(self._heads) >= CACHED_REQUESTS:
+                self._heads.clear()
+            self._heads[key] = request
+        return request, used
+
+
+def is_head_request(buf: bytes, start: int = 0) -> bool:
+    end = _LEADING_BLANK.match(buf, start).end()
+    return buf.startswith(b"HEAD ", end)
 
 
 def _parse_request_line(line: bytes) -> Tuple[str, bytes, str]:
@@ -2596,13 +2692,20 @@ def connection_mode(request: Request) -> int:
 
 class PreparedResponse:
 
-    __slots__ = ("status", "before", "after", "close")
+    __slots__ = ("status", "before", "after", "close", "_date", "_wire")
 
     def __init__(self, status: int, before: bytes, after: bytes, close: bool) -> None:
         self.status = status
         self.before = before
         self.after = after
         self.close = close
+        self._date: Optional[bytes] = None
+        self._wire = b""
+
+    def wire(self, date: bytes) -> bytes:
+        if date is not self._date:
+            self._date, self._wire = date, self.before + date + self.after
+        return self._wire
 
 
 def build_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
@@ -2630,11 +2733,118 @@ _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+class DateCache:
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def at(self, epoch_seconds: float) -> bytes:
+        second = int(epoch_seconds)
+        if second != self._second:
+            self._second, self._value = second, http_date(second)
+        return self._value
+
+
 def http_date(epoch_seconds: float) -> bytes:
     t = time.gmtime(epoch_seconds)
     return ("%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
         t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
+
+
+# ============================================================
+# probed/connection.py
+# ============================================================
+"""One client connection's state, the server's counters, and the rules over open connections
+that need no socket: which one gives way at the cap, and which ones are past their deadline.
+"""
+
+import asyncio
+import socket
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
+
+PRESSURE_TIMEOUT = 1.0
+MAX_INPUT_BUFFER = 256 * 1024
+OTHER_PATH_LABEL = "other"
+
+OPENED, READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3, 4
+
+
+class Connection:
+
+    __slots__ = ("sock", "fd", "buf", "pos", "out", "phase", "deadline", "close_after",
+                 "reading", "writing", "waiting", "linger")
+
+    def __init__(self, sock: socket.SocketType, deadline: float, phase: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = b""
+        self.pos = 0
+        self.out = b""
+        self.phase = phase
+        self.deadline = deadline
+        self.close_after = False
+        self.reading = False
+        self.writing = False
+        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
+        self.linger = False
+
+    def holds_nothing(self) -> bool:
+        return self.waiting is None and not self.buf and not self.out
+
+    def append(self, data: bytes) -> bool:
+        unparsed = len(self.buf) - self.pos
+        if unparsed + len(data) > MAX_INPUT_BUFFER:
+            return False
+        self.buf = self.buf[self.pos:] + data if unparsed else data
+        self.pos = 0
+        return True
+
+    def consumed(self, pos: int) -> None:
+        if pos >= len(self.buf):
+            self.buf, self.pos = b"", 0
+        else:
+            self.pos = pos
+
+    def await_next(self, now: float, read_timeout: float, idle_timeout: float) -> None:
+        self.phase = READING if self.buf else IDLE
+        self.deadline = now + (read_timeout if self.buf else idle_timeout)
+
+
+class ServerStats:
+
+    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "open", "requests",
+                 "counted_paths")
+
+    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
+        self.accepted = 0
+        self.refused_at_cap = 0
+        self.evicted_at_cap = 0
+        self.open = 0
+        self.requests: Dict[Tuple[str, int], int] = {}
+        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
+
+    def count(self, path: str, status: int) -> None:
+        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+
+def pick_eviction(oldest_first: Iterable[Connection]) -> Optional[Connection]:
+    for conn in oldest_first:
+        if conn.waiting is None:
+            return conn
+    return None
+
+
+def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Connection]:
+    if pressure:
+        for conn in conns:
+            if conn.holds_nothing():
+                conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
+    return [c for c in conns if c.deadline < now]
 
 
 # ============================================================
@@ -6815,6 +7025,63 @@ class CheckState:
 
 
 # ============================================================
+# probed/listeners.py
+# ============================================================
+"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
+"""
+
+import asyncio
+import errno
+import socket
+from typing import Any, Callable, Dict, Optional
+
+ACCEPT_PAUSE = 0.1
+
+
+def bind_listener(host: str, port: int, flag: str) -> socket.socket:
+    where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
+    families = [socket.AF_INET6, socket.AF_INET] if not host else [
+        socket.AF_INET6 if ":" in host else socket.AF_INET]
+    last: Optional[OSError] = None
+    for family in families:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and not host:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                break
+    assert last is not None
+    if last.errno == errno.EADDRINUSE:
+        raise ConfigError("%s: port %d is already in use" % (where, port))
+    if last.errno == errno.EACCES:
+        raise ConfigError("%s: permission denied (ports below 1024 need privileges)" % where)
+    raise ConfigError("%s: cannot listen: %s" % (where, last.strerror or last))
+
+
+def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: OSError,
+                    listeners: Dict[int, socket.socket],
+                    on_accept: Callable[[socket.socket], Any]) -> None:
+    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        return
+    fd = lsock.fileno()
+    loop.remove_reader(fd)
+
+    def resume() -> None:
+        if listeners.get(fd) is lsock:
+            loop.add_reader(fd, on_accept, lsock)
+
+    loop.call_later(ACCEPT_PAUSE, resume)
+
+
+# ============================================================
 # probed/podevents.py
 # ============================================================
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
@@ -8276,80 +8543,20 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 """
 
 import asyncio
-import errno
+import os
 import socket
 import time
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
+
 
 ACCEPTS_PER_WAKEUP = 64
 RECV_SIZE = 65536
 SWEEP_INTERVAL = 0.25
 LINGER_SECONDS = 2.0
-PRESSURE_TIMEOUT = 1.0
 PIPELINE_BATCH = 16
-MAX_INPUT_BUFFER = 256 * 1024
-OTHER_PATH_LABEL = "other"
-
-READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
-
-
-class Connection:
-
-    __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after", "reading",
-                 "writing", "waiting", "linger")
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.buf = b""
-        self.out = b""
-        self.phase = READING
-        self.deadline = deadline
-        self.close_after = False
-        self.reading = False
-        self.writing = False
-        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
-        self.linger = False
-
-
-class ServerStats:
-
-    __slots__ = ("accepted", "refused_at_cap", "open", "requests", "counted_paths")
-
-    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
-        self.accepted = 0
-        self.refused_at_cap = 0
-        self.open = 0
-        self.requests: Dict[Tuple[str, int], int] = {}
-        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
-
-
-def bind_listener(host: str, port: int, flag: str) -> socket.socket:
-    where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
-    families = [socket.AF_INET6, socket.AF_INET] if not host else [
-        socket.AF_INET6 if ":" in host else socket.AF_INET]
-    last: Optional[OSError] = None
-    for family in families:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and not host:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                break
-    assert last is not None
-    if last.errno == errno.EADDRINUSE:
-        raise ConfigError("%s: port %d is already in use" % (where, port))
-    if last.errno == errno.EACCES:
-        raise ConfigError("%s: permission denied (ports below 1024 need privileges)" % where)
-    raise ConfigError("%s: cannot listen: %s" % (where, last.strerror or last))
+TLS_HANDSHAKE = b"\x16\x03"
+NOWAIT = socket.MSG_DONTWAIT
+LAST_REPLY = socket.MSG_DONTWAIT | socket.MSG_MORE
 
 
 class ProbeServer:
@@ -8363,15 +8570,15 @@ class ProbeServer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_body = max_body
+        self.cap = fit_connection_cap(max_connections)
+        self.max_connections = self.cap.cap
+        self.parser = RequestParser(max_body) if max_body else RequestParser()
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
         self.stats = stats if stats is not None else ServerStats()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
-        self._date_second = -1
-        self._date = b""
+        self._dates = DateCache()
         self._under_pressure = False
 
     def add_listener(self, sock: socket.socket) -> None:
@@ -8402,37 +8609,111 @@ class ProbeServer:
             self._sweeper.cancel()
 
     def _on_accept(self, lsock: socket.socket) -> None:
+        accept = lsock._accept
+        family, conns, stats = lsock.family, self.conns, self.stats
         for _ in range(ACCEPTS_PER_WAKEUP):
             try:
-                sock, _addr = lsock.accept()
+                fd, _addr = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._pause_accepting(lsock, exc)
+                assert self._loop is not None
+                pause_accepting(self._loop, lsock, exc, self.listeners, self._on_accept)
                 return
-            if len(self.conns) + (self.h2.open if self.h2 else 0) >= self.max_connections:
-                self.stats.refused_at_cap += 1
-                sock.close()
-                self._under_pressure = True
+            try:
+                sock = socket.SocketType(family, socket.SOCK_STREAM, 0, fd)
+            except OSError:
+                os.close(fd)
                 continue
-            self.stats.accepted += 1
-            sock.setblocking(False)
-            conn = Connection(sock, time.monotonic() + self.read_timeout)
-            self.conns[conn.fd] = conn
-            self.stats.open += 1
-            self._on_readable(conn)
-            if (self.conns.get(conn.fd) is conn and not conn.buf and not conn.out
-                    and conn.waiting is None and conn.phase == READING):
-                self._watch(conn, read=True)
+            held = len(conns) + (self.h2.open if self.h2 is not None else 0)
+            if held >= self.max_connections and not self._make_room():
+                stats.refused_at_cap += 1
+                sock.close()
+                continue
+            stats.accepted += 1
+            stats.open += 1
+            self._open(sock)
 
-    def _pause_accepting(self, lsock: socket.socket, exc: OSError) -> None:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            fd = lsock.fileno()
-            loop = self._loop
-            assert loop is not None
-            loop.remove_reader(fd)
-            loop.call_later(0.1, lambda: self.listeners.get(fd) is lsock and loop.add_reader(
-                fd, self._on_accept, lsock))
+    def _open(self, sock: socket.SocketType) -> None:
+        try:
+            data = sock.recv(RECV_SIZE, NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            self._watch(self._adopt(sock, OPENED), read=True)
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._first_bytes(sock, data)
+        else:
+            self.stats.open -= 1
+            sock.close()
+
+    def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
+        if data[:1] == b"P" and self.h2 is not None and H2_PREFACE.startswith(
+                data[:len(H2_PREFACE)]):
+            self._hand_over_h2(sock, data)
+        elif data.startswith(TLS_HANDSHAKE):
+            conn = self._adopt(sock, READING)
+            conn.linger = True
+            self._count(OTHER_PATH_LABEL, 400)
+            self._send(conn, self._wire(build_error_response(HTTPError(
+                400, "this port speaks plain HTTP, and a TLS handshake arrived"))), True)
+        elif not self._answer_at_once(sock, data):
+            self._take(self._adopt(sock, READING), data)
+
+    def _hand_over_h2(self, sock: socket.SocketType, data: bytes) -> None:
+        if len(data) < len(H2_PREFACE):
+            conn = self._adopt(sock, OPENED)
+            conn.buf = data
+            self._watch(conn, read=True)
+            return
+        self.stats.open -= 1
+        sock.setblocking(False)
+        self.h2.adopt(sock, data)
+
+    def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
+        try:
+            request, used = self.parser.parse(data)
+        except HTTPError:
+            return False
+        if request is None or used != len(data) or request.keep_alive or request.body_pending:
+            return False
+        reply = self.respond(request)
+        if not isinstance(reply, PreparedResponse):
+            self._defer(self._adopt(sock, READING), reply, [])
+            return True
+        self._count(request.path, reply.status)
+        wire = self._wire(reply)
+        try:
+            sent = sock.send(wire, LAST_REPLY if reply.close else NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(wire)
+        if sent == len(wire) and reply.close:
+            self.stats.open -= 1
+            sock.close()
+            return True
+        conn = self._adopt(sock, READING)
+        self._send(conn, wire[sent:], reply.close)
+        self._after_serve(conn, False)
+        return True
+
+    def _adopt(self, sock: socket.SocketType, phase: int) -> Connection:
+        conn = Connection(sock, time.monotonic() + self.read_timeout, phase)
+        self.conns[conn.fd] = conn
+        return conn
+
+    def _make_room(self) -> bool:
+        self._under_pressure = True
+        victim = pick_eviction(self.conns.values())
+        if victim is None:
+            if self.h2 is not None:
+                self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
+            return False
+        self.stats.evicted_at_cap += 1
+        self._close(victim)
+        return True
 
     def _watch(self, conn: Connection, read: Optional[bool] = None,
                write: Optional[bool] = None) -> None:
@@ -8453,7 +8734,7 @@ class ProbeServer:
 
     def _on_readable(self, conn: Connection) -> None:
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            data = conn.sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -8462,54 +8743,45 @@ class ProbeServer:
             if conn.waiting is not None:
                 conn.waiting.cancel()
             self._close(conn)
+        elif conn.phase == LINGERING:
             return
-        if conn.phase == LINGERING:
-            return
-        if (conn.buf or data)[:1] == b"P" and self.h2 is not None and conn.phase == READING \
-                and self._hand_over_h2(conn, data):
-            return
-        if len(conn.buf) + len(data) > MAX_INPUT_BUFFER:
+        elif conn.phase == OPENED:
+            held, conn.buf = conn.buf, b""
+            self._release(conn)
+            self._first_bytes(conn.sock, held + data if held else data)
+        else:
+            self._take(conn, data)
+
+    def _take(self, conn: Connection, data: bytes) -> None:
+        if not conn.append(data):
             self._close(conn)
             return
         if conn.phase == IDLE:
             conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
-        conn.buf = conn.buf + data if conn.buf else data
         if conn.waiting is None and not conn.writing:
             self._serve(conn)
-
-    def _hand_over_h2(self, conn: Connection, data: bytes) -> bool:
-        buf = conn.buf + data
-        if not H2_PREFACE.startswith(buf[:len(H2_PREFACE)]):
-            return False
-        if len(buf) < len(H2_PREFACE):
-            conn.buf = buf
-            self._watch(conn, read=True)
-            return True
-        self._watch(conn, read=False, write=False)
-        del self.conns[conn.fd]
-        self.h2.adopt(conn.sock, buf)
-        return True
 
     def _serve(self, conn: Connection) -> None:
         out: List[bytes] = []
         close = more = False
+        buf, pos = conn.buf, conn.pos
         for _ in range(PIPELINE_BATCH):
-            if not conn.buf:
+            if pos >= len(buf):
                 break
             try:
-                request, used = parse_request(conn.buf, self.max_body) if self.max_body else \
-                    parse_request(conn.buf)
+                request, end = self.parser.parse(buf, pos)
             except HTTPError as err:
                 self._count(OTHER_PATH_LABEL, err.status)
-                head = conn.buf.lstrip(b"\r\n").startswith(b"HEAD ")
-                out.append(self._wire(build_error_response(err, head)))
-                close, conn.buf, conn.linger = True, b"", True
+                out.append(self._wire(build_error_response(err, is_head_request(buf, pos))))
+                close, conn.linger, pos = True, True, len(buf)
                 break
             if request is None:
                 break
-            conn.buf = conn.buf[used:]
+            pos = end
+            conn.linger = conn.linger or request.body_pending > 0
             reply = self.respond(request)
-            if isinstance(reply, asyncio.Future):
+            if not isinstance(reply, PreparedResponse):
+                conn.consumed(pos)
                 self._defer(conn, reply, out)
                 return
             self._count(request.path, reply.status)
@@ -8518,8 +8790,12 @@ class ProbeServer:
                 close = True
                 break
         else:
-            more = bool(conn.buf)
+            more = pos < len(buf)
+        conn.consumed(pos)
         if out:
+            if not close:
+                del self.conns[conn.fd]
+                self.conns[conn.fd] = conn
             self._send(conn, b"".join(out) if len(out) > 1 else out[0], close)
         self._after_serve(conn, more)
 
@@ -8537,9 +8813,7 @@ class ProbeServer:
             self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
-        key = (path if path in self.stats.counted_paths else OTHER_PATH_LABEL, status)
-        requests = self.stats.requests
-        requests[key] = requests.get(key, 0) + 1
+        self.stats.count(path, status)
 
     def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
                earlier: List[bytes]) -> None:
@@ -8564,17 +8838,14 @@ class ProbeServer:
             self._serve_or_listen(conn)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
-        now = int(time.time())
-        if now != self._date_second:
-            self._date_second, self._date = now, http_date(now)
-        return reply.before + self._date + reply.after
+        return reply.wire(self._dates.at(time.time()))
 
     def _send(self, conn: Connection, data: bytes, close: bool) -> None:
         if conn.out:
             conn.out += data
         else:
             try:
-                sent = conn.sock.send(data)
+                sent = conn.sock.send(data, NOWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -8588,11 +8859,7 @@ class ProbeServer:
         elif conn.close_after:
             self._finish(conn)
         elif conn.waiting is None:
-            self._await_next(conn)
-
-    def _await_next(self, conn: Connection) -> None:
-        conn.phase = READING if conn.buf else IDLE
-        conn.deadline = time.monotonic() + (self.read_timeout if conn.buf else self.idle_timeout)
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
 
     def _serve_or_listen(self, conn: Connection) -> None:
         if conn.buf:
@@ -8602,7 +8869,7 @@ class ProbeServer:
 
     def _on_writable(self, conn: Connection) -> None:
         try:
-            sent = conn.sock.send(conn.out)
+            sent = conn.sock.send(conn.out, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -8618,7 +8885,7 @@ class ProbeServer:
             conn.deadline = float("inf")
             self._watch(conn, read=True)
         else:
-            self._await_next(conn)
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
             self._serve_or_listen(conn)
 
     def _finish(self, conn: Connection) -> None:
@@ -8630,34 +8897,32 @@ class ProbeServer:
         except OSError:
             self._close(conn)
             return
-        conn.phase, conn.buf = LINGERING, b""
+        conn.phase, conn.buf, conn.pos = LINGERING, b"", 0
         conn.deadline = time.monotonic() + LINGER_SECONDS
         self._watch(conn, read=True)
 
-    def _close(self, conn: Connection) -> None:
+    def _release(self, conn: Connection) -> bool:
         if self.conns.pop(conn.fd, None) is None:
-            return
-        self.stats.open -= 1
-        if self._loop is not None:
+            return False
+        if conn.reading or conn.writing:
             self._watch(conn, read=False, write=False)
-        conn.sock.close()
+        return True
+
+    def _close(self, conn: Connection) -> None:
+        if self._release(conn):
+            self.stats.open -= 1
+            conn.sock.close()
 
     def _sweep(self) -> None:
-        now = time.monotonic()
-        if self._under_pressure:
-            self._under_pressure = False
-            for conn in self.conns.values():
-                if conn.waiting is None and not conn.buf and not conn.out:
-                    conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
-            if self.h2 is not None:
-                self.h2.shed_idle(now + PRESSURE_TIMEOUT)
-        expired = [c for c in self.conns.values() if c.deadline < now]
-        for conn in expired:
+        pressure, self._under_pressure = self._under_pressure, False
+        if pressure and self.h2 is not None:
+            self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
+        for conn in expired(list(self.conns.values()), time.monotonic(), pressure):
             if conn.phase == READING and conn.buf:
                 self._count(OTHER_PATH_LABEL, 408)
                 try:
                     conn.sock.send(self._wire(build_error_response(
-                        HTTPError(408, "request not complete within the read timeout"))))
+                        HTTPError(408, "request not complete within the read timeout"))), NOWAIT)
                 except OSError:
                     pass
             self._close(conn)
@@ -8794,7 +9059,10 @@ def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
              "Client connections accepted on the probe port.", stats.accepted),
             ("probed_connections_refused_total", "counter",
              "Client connections closed at once because --max-connections were open.",
-             stats.refused_at_cap)):
+             stats.refused_at_cap),
+            ("probed_connections_evicted_total", "counter",
+             "Open connections closed at --max-connections to let a new one in (the one "
+             "longest without a request answered).", stats.evicted_at_cap)):
         page.family(name, kind, text)
         page.sample(name, (), value)
 
@@ -9401,6 +9669,10 @@ class Daemon:
         self.grpc = GrpcHealthService(self.grpc_verdict)
         self.server = ProbeServer(self.router.respond, *timeouts, settings.max_connections,
                                   stats=stats, h2=H2Server(self.grpc, *timeouts))
+        cap = self.server.cap
+        if cap.lowered:
+            log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
+                     asked=cap.requested, open_files=cap.soft_limit, kept_for_checks=cap.reserve)
         gates = {g: port for g, port in (("live", settings.tcp_live), ("ready", settings.tcp_ready),
                                           ("started", settings.tcp_started)) if port}
         self.gates = GatedPorts(self.server, gates, log, settings.addr[0])

@@ -1,6 +1,6 @@
 """What the peers need, whether it is here, and (with --setup) installing what is missing.
 
-Debian packages: nginx, apache2-utils (ab), golang-go (apt-get, as root). Python peers: a venv
+Debian packages: nginx, apache2-utils (ab), golang-go, wrk (apt-get, as root). Python peers: a venv
 (default /tmp/probed-bench-venv, from the same python3 that runs the bench) with fastapi,
 uvicorn[standard] (httptools + uvloop) and aiohttp from PyPI. A failed install is recorded with
 its exact error and that peer is left out; nothing is faked.
@@ -14,7 +14,7 @@ import sys
 from typing import Dict, List, Optional
 
 INSTALL_TIMEOUT = 420.0
-DEBIAN_PACKAGES = {"nginx": "nginx", "ab": "apache2-utils", "go": "golang-go"}
+DEBIAN_PACKAGES = {"nginx": "nginx", "ab": "apache2-utils", "go": "golang-go", "wrk": "wrk"}
 PIP_PACKAGES = ["fastapi", "uvicorn[standard]", "aiohttp"]
 VENV_IMPORTS = {"fastapi": "import fastapi, uvicorn", "aiohttp": "import aiohttp"}
 VERSION_CODE = ("import importlib.metadata as m\nfor p in ('fastapi','starlette','uvicorn',"
@@ -92,7 +92,7 @@ def versions(venv: str) -> Dict[str, str]:
     """Versions of every peer's software that is present."""
     out: Dict[str, str] = {"python": sys.version.split()[0]}
     probes = {"nginx": (["nginx", "-v"], r"nginx/(\S+)"), "go": (["go", "version"], r"go(\d\S*)"),
-              "ab": (["ab", "-V"], r"Version (\S+)")}
+              "ab": (["ab", "-V"], r"Version (\S+)"), "wrk": (["wrk", "-v"], r"wrk (\S+)")}
     for tool, (argv, pattern) in probes.items():
         if shutil.which(tool):
             done = subprocess.run(argv, capture_output=True, text=True, timeout=30)

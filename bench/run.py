@@ -59,6 +59,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="seconds after which no new round starts (default 480)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
     p.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
+    p.add_argument("--percore", action="store_true",
+                   help="the per-core comparison instead (bench/percore.py; its options: "
+                        "--percore --help)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.n < 1 or args.throughput_c < 0 or args.profile_n < 0:
         p.error("--rounds and -n must be >= 1, --throughput-c and --profile-n >= 0")
@@ -226,22 +229,23 @@ def machine() -> Dict[str, Any]:
                                                    if dirty.stdout.strip() else "")}
 
 
-def update_readme(markdown: str, result_name: str) -> None:
-    """Replace the "Latest numbers" block of bench/README.md with this run's tables."""
+def update_readme(markdown: str, result_name: str, begin: str = README_BEGIN,
+                  end: str = README_END) -> None:
+    """Replace a block of bench/README.md (by default "Latest numbers") with a run's tables."""
     path = os.path.join(HERE, "README.md")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError:
         return
-    if README_BEGIN not in text or README_END not in text:
+    if begin not in text or end not in text:
         return
     body = markdown.split("\n", 2)[2].replace("\n## ", "\n### ")  # drop the title, demote
     block = "%s\nFrom [results/%s](results/%s):\n\n%s\n%s" % (
-        README_BEGIN, result_name, result_name, body.strip(), README_END)
-    head, rest = text.split(README_BEGIN, 1)
+        begin, result_name, result_name, body.strip(), end)
+    head, rest = text.split(begin, 1)
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(head + block + rest.split(README_END, 1)[1])
+        fh.write(head + block + rest.split(end, 1)[1])
 
 
 def write_results(args: argparse.Namespace, result: Dict[str, Any]) -> str:
@@ -320,6 +324,11 @@ def _loadavg() -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the bench; 0 when every run answered as expected, 1 otherwise."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--percore" in argv:
+        import percore
+
+        return percore.main([a for a in argv if a != "--percore"])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     notes: List[str] = []
@@ -338,8 +347,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = report.summarize(raw["runs"], {"bench": raw["client_startup_cpu_s"]})
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "config": {"command": "python3 bench/run.py " + " ".join(sys.argv[1:] if argv is None
-                                                                 else argv),
+        "config": {"command": "python3 bench/run.py " + " ".join(argv),
                    "rounds": args.rounds, "rounds_done": raw["rounds_done"], "n": args.n,
                    "throughput_c": args.throughput_c, "venv": args.venv},
         "machine": machine(), "versions": install.versions(args.venv), "notes": notes,

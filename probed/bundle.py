@@ -23,7 +23,7 @@ import tokenize
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-SIZE_BUDGET_BYTES = 400_000  # provisional: the bundler rework (issue 15 item 9) sets the real budget
+SIZE_BUDGET_BYTES = 440_000  # provisional: the bundler rework (issue 15 item 9) sets the real budget
 # Relative to the package root; never bundled. The vLLM simulator and the demo built on it are
 # tools for newcomers and tests: they run from the package (`python3 -m probed demo`), and
 # leaving them out keeps the single file within its size budget.

@@ -132,6 +132,10 @@ class Daemon:
         self.grpc = GrpcHealthService(self.grpc_verdict)
         self.server = ProbeServer(self.router.respond, *timeouts, settings.max_connections,
                                   stats=stats, h2=H2Server(self.grpc, *timeouts))
+        cap = self.server.cap
+        if cap.lowered:
+            log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
+                     asked=cap.requested, open_files=cap.soft_limit, kept_for_checks=cap.reserve)
         gates = {g: port for g, port in (("live", settings.tcp_live), ("ready", settings.tcp_ready),
                                           ("started", settings.tcp_started)) if port}
         self.gates = GatedPorts(self.server, gates, log, settings.addr[0])

@@ -27,7 +27,7 @@ class H2Link:
     __slots__ = ("sock", "fd", "h2", "calls", "out", "reading", "writing", "write_deadline",
                  "linger_until", "shed_at", "resuming", "closed")
 
-    def __init__(self, sock: socket.socket, h2: H2Connection) -> None:
+    def __init__(self, sock: socket.SocketType, h2: H2Connection) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.h2 = h2
@@ -60,7 +60,7 @@ class H2Server:
         """Connections held (they count against the probe server's --max-connections)."""
         return len(self.links)
 
-    def adopt(self, sock: socket.socket, data: bytes) -> None:
+    def adopt(self, sock: socket.SocketType, data: bytes) -> None:
         """Take over a connected non-blocking socket whose first bytes (`data`) start with
         the HTTP/2 client preface."""
         loop = self._loop = asyncio.get_running_loop()

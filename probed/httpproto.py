@@ -16,6 +16,11 @@ MAX_HEADER_BYTES = 32 * 1024  # header block beyond the request line; longer -> 
 MAX_HEADER_FIELDS = 100  # more -> 431
 MAX_BODY = 64 * 1024  # Content-Length beyond the route's cap -> 413
 MAX_LEADING_BLANK = 64  # CR/LF bytes tolerated before a request line; more -> 400
+# The end of a head is looked for only this far from its start: a longer head is over a limit
+# above anyway, and a pipelined buffer is never scanned past the request being parsed.
+MAX_HEAD_BYTES = MAX_LEADING_BLANK + MAX_REQUEST_LINE + MAX_HEADER_BYTES + 8
+CACHED_REQUESTS = 32  # distinct request heads RequestParser remembers; then it starts afresh
+CACHED_HEAD_BYTES = 1024  # longer heads are parsed every time, never remembered
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -36,6 +41,8 @@ _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST"))
 _HEADER_BLOCK = re.compile(
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20\x09\x21-\x7e\x80-\xff]*\r?\n)*\Z")
 _DIGITS = re.compile(r"[0-9]{1,18}\Z")
+_LEADING_BLANK = re.compile(rb"[\r\n]{0,%d}" % (MAX_LEADING_BLANK + 1))
+_CR_LF = (13, 10)
 
 
 class HTTPError(Exception):
@@ -49,12 +56,18 @@ class HTTPError(Exception):
 
 
 class Request:
-    """One parsed request. `path` is percent-decoded; `query` is the raw query string."""
+    """One parsed request. `path` is percent-decoded; `query` is the raw query string.
 
-    __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body")
+    `body_pending`: body bytes not received yet, for a request answered from its head (it
+    asked `Expect: 100-continue`); such a request is never keep-alive, since the server closes
+    rather than read a body nobody wants."""
+
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body",
+                 "body_pending")
 
     def __init__(self, method: str, target: str, path: str, query: str, version: str,
-                 headers: Dict[str, str], keep_alive: bool, body: bytes) -> None:
+                 headers: Dict[str, str], keep_alive: bool, body: bytes,
+                 body_pending: int = 0) -> None:
         self.method = method
         self.target = target
         self.path = path
@@ -63,6 +76,7 @@ class Request:
         self.headers = headers
         self.keep_alive = keep_alive
         self.body = body
+        self.body_pending = body_pending
 
     def query_pairs(self) -> List[Tuple[str, str]]:
         """Decoded `key=value` pairs in order; a bare key has the value ''."""
@@ -75,14 +89,27 @@ class Request:
 
 
 def _find_head_end(buf: bytes, start: int) -> Tuple[int, int]:
-    """Return (end of header block, index after the blank line), or (-1, -1)."""
-    crlf = buf.find(b"\n\r\n", start)
-    lf = buf.find(b"\n\n", start)
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf, crlf + 3
+    """Return (end of header block, index after the blank line), or (-1, -1).
+
+    Both searches stop at MAX_HEAD_BYTES from `start` (and the bare-LF one at the CRLF end):
+    the work is bounded by one head, whatever follows it in a pipelined buffer."""
+    limit = start + MAX_HEAD_BYTES
+    crlf = buf.find(b"\n\r\n", start, limit)
+    lf = buf.find(b"\n\n", start, crlf + 1 if crlf >= 0 else limit)
     if lf >= 0:
         return lf, lf + 2
+    if crlf >= 0:
+        return crlf, crlf + 3
     return -1, -1
+
+
+def _skip_blank_lines(buf: bytes, start: int) -> int:
+    """Index of the first byte after the CR/LF bytes at `start` (RFC 9112 section 2.2)."""
+    end = _LEADING_BLANK.match(buf, start).end()  # type: ignore[union-attr]
+    if end - start > MAX_LEADING_BLANK:
+        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
+                        MAX_LEADING_BLANK)
+    return end
 
 
 def _check_incomplete(buf: bytes, start: int) -> None:
@@ -95,21 +122,23 @@ def _check_incomplete(buf: bytes, start: int) -> None:
         raise HTTPError(431, "header block larger than %d bytes" % MAX_HEADER_BYTES)
 
 
-def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Request], int]:
-    """Parse one request from the start of `buf`.
+def parse_request(buf: bytes, max_body: int = MAX_BODY,
+                  start: int = 0) -> Tuple[Optional[Request], int]:
+    """Parse one request from `buf`, beginning at offset `start`.
 
-    Returns (request, bytes consumed), or (None, 0) when more bytes are needed. Raises
-    HTTPError for anything malformed or over a limit. Pipelined requests: call again on the rest.
+    Returns (request, offset just past it), or (None, start) when more bytes are needed.
+    Raises HTTPError for anything malformed or over a limit. Pipelined requests: call again
+    from the returned offset; the work per call is bounded by one request, not by `buf`.
+    A request that carries `Expect: 100-continue` and whose body has not arrived is returned
+    from its head alone, with `body_pending` set (see Request).
     """
-    n = len(buf)
-    start = n - len(buf.lstrip(b"\r\n"))  # RFC 9112 §2.2: ignore leading empty lines
-    if start > MAX_LEADING_BLANK:
-        raise HTTPError(400, "more than %d bytes of empty lines before the request" %
-                        MAX_LEADING_BLANK)
+    n, begin = len(buf), start
+    if start < n and buf[start] in _CR_LF:
+        start = _skip_blank_lines(buf, start)
     head_end, body_start = _find_head_end(buf, start)
     if head_end < 0:
         _check_incomplete(buf, start)
-        return None, 0
+        return None, begin
     lines = buf[start:head_end].split(b"\n")
     request_line = lines[0].rstrip(b"\r")
     if len(request_line) > MAX_REQUEST_LINE:
@@ -122,12 +151,58 @@ def parse_request(buf: bytes, max_body: int = MAX_BODY) -> Tuple[Optional[Reques
     headers = _parse_headers(lines)
     keep_alive = _keep_alive(version, headers.get("connection", ""))
     length = _body_length(headers, max_body)
-    if n < body_start + length:
-        return None, 0
-    body = bytes(buf[body_start:body_start + length])
     path, query = _split_target(target)
+    if n < body_start + length:
+        if not _expects_continue(version, headers):
+            return None, begin
+        # The client waits for a go-ahead before it sends the body: answer from the head
+        # (no route here reads a body) and close, since the body is never read.
+        return (Request(method, target.decode("ascii"), path, query, version, headers, False,
+                        b"", length - (n - body_start)), n)
+    body = bytes(buf[body_start:body_start + length])
     return (Request(method, target.decode("ascii"), path, query, version, headers, keep_alive,
                     body), body_start + length)
+
+
+def _expects_continue(version: str, headers: Dict[str, str]) -> bool:
+    return version == "1.1" and headers.get("expect", "").lower() == "100-continue"
+
+
+class RequestParser:
+    """`parse_request` with a memory of recent heads, for one server.
+
+    A kubelet sends byte-for-byte the same request for every probe of a container, so a head
+    seen before maps straight to its parsed Request (parsing is a pure function of the head's
+    bytes). Only short heads without a body are remembered, at most CACHED_REQUESTS of them;
+    the returned Request may be shared between calls and must be treated as read-only.
+    """
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        self.max_body = max_body
+        self._heads: Dict[bytes, Request] = {}
+
+    def parse(self, buf: bytes, start: int = 0) -> Tuple[Optional[Request], int]:
+        """As parse_request(buf, max_body, start)."""
+        end = buf.find(b"\r\n\r\n", start, start + CACHED_HEAD_BYTES) + 4
+        key = b""
+        if end >= 4:
+            key = buf if start == 0 and end == len(buf) else buf[start:end]
+            known = self._heads.get(key)
+            if known is not None:
+                return known, end
+        request, used = parse_request(buf, self.max_body, start)
+        if (key and request is not None and used == end and "expect" not in request.headers
+                and "content-length" not in request.headers):
+            if len(self._heads) >= CACHED_REQUESTS:
+                self._heads.clear()  # bounded; a client sending ever-new heads gains nothing
+            self._heads[key] = request
+        return request, used
+
+
+def is_head_request(buf: bytes, start: int = 0) -> bool:
+    """Whether the request starting at `start` is a HEAD (its error reply has no body)."""
+    end = _LEADING_BLANK.match(buf, start).end()  # type: ignore[union-attr]
+    return buf.startswith(b"HEAD ", end)
 
 
 def _parse_request_line(line: bytes) -> Tuple[str, bytes, str]:
@@ -251,13 +326,22 @@ def connection_mode(request: Request) -> int:
 class PreparedResponse:
     """A response split around its Date value: `before + date + after` is the wire bytes."""
 
-    __slots__ = ("status", "before", "after", "close")
+    __slots__ = ("status", "before", "after", "close", "_date", "_wire")
 
     def __init__(self, status: int, before: bytes, after: bytes, close: bool) -> None:
         self.status = status
         self.before = before
         self.after = after
         self.close = close
+        self._date: Optional[bytes] = None
+        self._wire = b""
+
+    def wire(self, date: bytes) -> bytes:
+        """The bytes to send with this Date value. A cached reply is sent many times a second
+        with one date, so the bytes for the last date object given are kept."""
+        if date is not self._date:
+            self._date, self._wire = date, self.before + date + self.after
+        return self._wire
 
 
 def build_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
@@ -285,6 +369,24 @@ def build_error_response(error: HTTPError, head: bool = False) -> PreparedRespon
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class DateCache:
+    """The Date value for a given second, formatted once per second: the one bytes object per
+    second that PreparedResponse.wire recognises by identity."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def at(self, epoch_seconds: float) -> bytes:
+        """IMF-fixdate of `epoch_seconds`, the same object all through one second."""
+        second = int(epoch_seconds)
+        if second != self._second:
+            self._second, self._value = second, http_date(second)
+        return self._value
 
 
 def http_date(epoch_seconds: float) -> bytes:

@@ -147,7 +147,10 @@ def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
              "Client connections accepted on the probe port.", stats.accepted),
             ("probed_connections_refused_total", "counter",
              "Client connections closed at once because --max-connections were open.",
-             stats.refused_at_cap)):
+             stats.refused_at_cap),
+            ("probed_connections_evicted_total", "counter",
+             "Open connections closed at --max-connections to let a new one in (the one "
+             "longest without a request answered).", stats.evicted_at_cap)):
         page.family(name, kind, text)
         page.sample(name, (), value)
 

@@ -1,102 +1,41 @@
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
-The fast path avoids asyncio transports and protocols altogether: the loop watches raw
-non-blocking sockets (`add_reader`), a new connection is read at once (a kubelet's request is
-usually already there), answered with one `send`, and closed. Per-connection state is one small
-object; deadlines are checked by one sweep timer instead of a timer per connection. Nothing
-here logs per request. Gated ports listen only while their group passes.
+The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
+(`add_reader`), a new connection is read at once (a kubelet's request is usually already
+there), answered with one `send`, and closed, without a Connection object or a selector
+registration. Anything else (keep-alive, pipelining, slow or partial input, long polls) is a
+small Connection object; deadlines are checked by one sweep timer instead of a timer per
+connection. Nothing here logs per request. Gated ports listen only while their group passes.
 """
 
 import asyncio
-import errno
+import os
 import socket
 import time
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
+from .connection import (IDLE, LINGERING, OPENED, OTHER_PATH_LABEL, PRESSURE_TIMEOUT, READING,
+                         WRITING, Connection, ServerStats, expired, pick_eviction)
+from .fdlimit import fit_connection_cap
 from .h2frames import H2_PREFACE
 from .h2server import H2Server
-from .httpproto import HTTPError, PreparedResponse, build_error_response, http_date, parse_request
-from .values import ConfigError
+from .httpproto import (DateCache, HTTPError, PreparedResponse, RequestParser,
+                        build_error_response, is_head_request)
+from .listeners import bind_listener, pause_accepting
+
 
 ACCEPTS_PER_WAKEUP = 64  # bounded so one busy listener cannot starve the pollers
 RECV_SIZE = 65536
 SWEEP_INTERVAL = 0.25  # how often deadlines are checked; timeouts are this coarse
 LINGER_SECONDS = 2.0  # after an error reply, read and drop input this long before closing
-PRESSURE_TIMEOUT = 1.0  # at the cap, idle and silent connections get this long
 PIPELINE_BATCH = 16  # requests answered per wakeup; the rest wait their turn behind others
-MAX_INPUT_BUFFER = 256 * 1024  # unparsed input one client may leave with us
-# Requests are counted by (path, status); paths outside `counted_paths` share this label so a
-# client cannot grow the counter dict (statuses are the few the router produces).
-OTHER_PATH_LABEL = "other"
-
-READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3
-
-
-class Connection:
-    """One client connection: its socket, unparsed input, unsent output, and a deadline.
-
-    `reading`/`writing` say whether the loop watches the socket, so every change of interest
-    goes through one place; `waiting` holds the future of a deferred reply (a long poll).
-    """
-
-    __slots__ = ("sock", "fd", "buf", "out", "phase", "deadline", "close_after", "reading",
-                 "writing", "waiting", "linger")
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.buf = b""
-        self.out = b""
-        self.phase = READING
-        self.deadline = deadline
-        self.close_after = False
-        self.reading = False
-        self.writing = False
-        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
-        self.linger = False  # an error reply: shut down writing and drain before closing
-
-
-class ServerStats:
-    """Counters the /metrics page reads. Requests are counted by the paths in `counted_paths`
-    (the router's own); any other path is OTHER_PATH_LABEL, so clients cannot add series."""
-
-    __slots__ = ("accepted", "refused_at_cap", "open", "requests", "counted_paths")
-
-    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
-        self.accepted = 0
-        self.refused_at_cap = 0
-        self.open = 0
-        self.requests: Dict[Tuple[str, int], int] = {}
-        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
-
-
-def bind_listener(host: str, port: int, flag: str) -> socket.socket:
-    """A non-blocking listening socket; an empty host means dual-stack all interfaces."""
-    where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
-    families = [socket.AF_INET6, socket.AF_INET] if not host else [
-        socket.AF_INET6 if ":" in host else socket.AF_INET]
-    last: Optional[OSError] = None
-    for family in families:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and not host:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                break
-    assert last is not None
-    if last.errno == errno.EADDRINUSE:
-        raise ConfigError("%s: port %d is already in use" % (where, port))
-    if last.errno == errno.EACCES:
-        raise ConfigError("%s: permission denied (ports below 1024 need privileges)" % where)
-    raise ConfigError("%s: cannot listen: %s" % (where, last.strerror or last))
+TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, version 3.x: a ClientHello
+# Accepted sockets stay in blocking mode (CPython's accept4 sets only SOCK_CLOEXEC; switching
+# costs an ioctl per connection), so every recv and send here passes MSG_DONTWAIT.
+NOWAIT = socket.MSG_DONTWAIT
+# With the connection closing right after, MSG_MORE holds the reply until close() adds the FIN
+# to the same segment: one packet fewer per probe for both ends.
+LAST_REPLY = socket.MSG_DONTWAIT | socket.MSG_MORE
 
 
 class ProbeServer:
@@ -104,6 +43,9 @@ class ProbeServer:
 
     `respond` returns a PreparedResponse, or an asyncio.Future of one for a reply that must
     wait (the admin listener's /wait-for-drain); the probe port only ever returns the former.
+    At `max_connections` (lowered at start to what the open-file limit allows) a new connection
+    is let in by closing the one that has gone longest without a request answered, so held or
+    half-sent connections can never lock a kubelet out.
     """
 
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
@@ -115,16 +57,17 @@ class ProbeServer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_body = max_body
+        self.cap = fit_connection_cap(max_connections)
+        self.max_connections = self.cap.cap
+        self.parser = RequestParser(max_body) if max_body else RequestParser()
+        # Oldest first: accepted, or moved to the end when a request is answered (eviction order)
         self.conns: Dict[int, Connection] = {}
         self.listeners: Dict[int, socket.socket] = {}
         self.stats = stats if stats is not None else ServerStats()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._sweeper: Optional[asyncio.TimerHandle] = None
-        self._date_second = -1
-        self._date = b""
-        self._under_pressure = False  # a connection was refused at the cap since the last sweep
+        self._dates = DateCache()
+        self._under_pressure = False  # the cap was reached since the last sweep
 
     # --- listeners -----------------------------------------------------------------------------
 
@@ -158,41 +101,130 @@ class ProbeServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
 
-    # --- accept and read -------------------------------------------------------------------------
+    # --- accept and the first bytes ------------------------------------------------------------
 
     def _on_accept(self, lsock: socket.socket) -> None:
+        # The C socket type's accept, without the Python wrapper's work per connection.
+        accept = lsock._accept  # type: ignore[attr-defined]
+        family, conns, stats = lsock.family, self.conns, self.stats
         for _ in range(ACCEPTS_PER_WAKEUP):
             try:
-                sock, _addr = lsock.accept()
+                fd, _addr = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._pause_accepting(lsock, exc)
+                assert self._loop is not None
+                pause_accepting(self._loop, lsock, exc, self.listeners, self._on_accept)
                 return
-            if len(self.conns) + (self.h2.open if self.h2 else 0) >= self.max_connections:
-                self.stats.refused_at_cap += 1
-                sock.close()
-                self._under_pressure = True
+            try:
+                sock = socket.SocketType(family, socket.SOCK_STREAM, 0, fd)
+            except OSError:
+                os.close(fd)
                 continue
-            self.stats.accepted += 1
-            sock.setblocking(False)
-            conn = Connection(sock, time.monotonic() + self.read_timeout)
-            self.conns[conn.fd] = conn
-            self.stats.open += 1
-            self._on_readable(conn)  # a kubelet's request is usually here already
-            if (self.conns.get(conn.fd) is conn and not conn.buf and not conn.out
-                    and conn.waiting is None and conn.phase == READING):
-                self._watch(conn, read=True)  # nothing arrived yet (or a bare TCP probe)
+            held = len(conns) + (self.h2.open if self.h2 is not None else 0)
+            if held >= self.max_connections and not self._make_room():
+                stats.refused_at_cap += 1
+                sock.close()
+                continue
+            stats.accepted += 1
+            stats.open += 1
+            self._open(sock)
 
-    def _pause_accepting(self, lsock: socket.socket, exc: OSError) -> None:
-        # Out of file descriptors: stop watching the listener briefly rather than spin.
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            fd = lsock.fileno()
-            loop = self._loop
-            assert loop is not None
-            loop.remove_reader(fd)
-            loop.call_later(0.1, lambda: self.listeners.get(fd) is lsock and loop.add_reader(
-                fd, self._on_accept, lsock))
+    def _open(self, sock: socket.SocketType) -> None:
+        """Read a new connection at once: a kubelet's request is usually here already."""
+        try:
+            data = sock.recv(RECV_SIZE, NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            self._watch(self._adopt(sock, OPENED), read=True)
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._first_bytes(sock, data)
+        else:
+            self.stats.open -= 1
+            sock.close()  # a tcpSocket probe: connect and close, the normal case
+
+    def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
+        """The one place that looks at what a connection sends first and decides how to serve
+        it (a protocol detector, such as HTTP/2's preface, belongs here). The connection has
+        no Connection object at this point; the general path makes one when needed."""
+        if data[:1] == b"P" and self.h2 is not None and H2_PREFACE.startswith(
+                data[:len(H2_PREFACE)]):
+            self._hand_over_h2(sock, data)
+        elif data.startswith(TLS_HANDSHAKE):
+            # A TLS client on the plain port. A 400 starting with "HTTP/" lets Go clients (the
+            # kubelet) report "server gave HTTP response to HTTPS client"; others fail the
+            # handshake at once either way, instead of holding the slot for the read timeout.
+            conn = self._adopt(sock, READING)
+            conn.linger = True
+            self._count(OTHER_PATH_LABEL, 400)
+            self._send(conn, self._wire(build_error_response(HTTPError(
+                400, "this port speaks plain HTTP, and a TLS handshake arrived"))), True)
+        elif not self._answer_at_once(sock, data):
+            self._take(self._adopt(sock, READING), data)
+
+    def _hand_over_h2(self, sock: socket.SocketType, data: bytes) -> None:
+        """HTTP/2 with prior knowledge (the kubelet's grpc probe): once the whole client
+        preface is here the connection moves to the HTTP/2 server, still counted against the
+        cap; while only a part of it is, it waits as an OPENED connection holding those bytes."""
+        if len(data) < len(H2_PREFACE):
+            conn = self._adopt(sock, OPENED)
+            conn.buf = data
+            self._watch(conn, read=True)
+            return
+        self.stats.open -= 1  # the HTTP/2 server counts it from here
+        sock.setblocking(False)  # the HTTP/2 server reads and writes on readiness
+        self.h2.adopt(sock, data)  # type: ignore[union-attr]
+
+    def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
+        """The kubelet's case start to finish, without a Connection: one whole request that
+        closes the connection. False, having done nothing, for anything else."""
+        try:
+            request, used = self.parser.parse(data)
+        except HTTPError:
+            return False
+        if request is None or used != len(data) or request.keep_alive or request.body_pending:
+            return False
+        reply = self.respond(request)
+        if not isinstance(reply, PreparedResponse):  # a reply that waits: a Connection holds it
+            self._defer(self._adopt(sock, READING), reply, [])
+            return True
+        self._count(request.path, reply.status)
+        wire = self._wire(reply)
+        try:
+            sent = sock.send(wire, LAST_REPLY if reply.close else NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(wire)  # the client is gone: nothing more to do than close
+        if sent == len(wire) and reply.close:
+            self.stats.open -= 1
+            sock.close()
+            return True
+        conn = self._adopt(sock, READING)
+        self._send(conn, wire[sent:], reply.close)
+        self._after_serve(conn, False)
+        return True
+
+    def _adopt(self, sock: socket.SocketType, phase: int) -> Connection:
+        conn = Connection(sock, time.monotonic() + self.read_timeout, phase)
+        self.conns[conn.fd] = conn
+        return conn
+
+    def _make_room(self) -> bool:
+        """At the cap: close the connection `pick_eviction` names; False when none may go."""
+        self._under_pressure = True
+        victim = pick_eviction(self.conns.values())
+        if victim is None:
+            if self.h2 is not None:  # every HTTP/1.1 slot waits on a reply: idle gRPC goes soon
+                self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
+            return False
+        self.stats.evicted_at_cap += 1
+        self._close(victim)
+        return True
+
+    # --- read and serve ------------------------------------------------------------------------
 
     def _watch(self, conn: Connection, read: Optional[bool] = None,
                write: Optional[bool] = None) -> None:
@@ -214,7 +246,7 @@ class ProbeServer:
 
     def _on_readable(self, conn: Connection) -> None:
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            data = conn.sock.recv(RECV_SIZE, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -223,58 +255,48 @@ class ProbeServer:
             if conn.waiting is not None:
                 conn.waiting.cancel()
             self._close(conn)
+        elif conn.phase == LINGERING:
             return
-        if conn.phase == LINGERING:
-            return
-        if (conn.buf or data)[:1] == b"P" and self.h2 is not None and conn.phase == READING \
-                and self._hand_over_h2(conn, data):
-            return
-        if len(conn.buf) + len(data) > MAX_INPUT_BUFFER:
+        elif conn.phase == OPENED:  # its first bytes: from here as if they came with the accept
+            held, conn.buf = conn.buf, b""  # a part of an HTTP/2 preface may wait here
+            self._release(conn)
+            self._first_bytes(conn.sock, held + data if held else data)
+        else:
+            self._take(conn, data)
+
+    def _take(self, conn: Connection, data: bytes) -> None:
+        """Input for a connection: kept after what is not parsed yet, served when it can be."""
+        if not conn.append(data):
             self._close(conn)  # parser limits bound one request; this bounds a pipeline
             return
         if conn.phase == IDLE:
             conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
-        conn.buf = conn.buf + data if conn.buf else data
         if conn.waiting is None and not conn.writing:
             self._serve(conn)
 
-    def _hand_over_h2(self, conn: Connection, data: bytes) -> bool:
-        """HTTP/2 with prior knowledge (the kubelet's grpc probe): once the whole client
-        preface is here the connection moves to the HTTP/2 server, still counted against the
-        cap; while only a part of it is, wait. False: not a preface, serve it as HTTP/1.1."""
-        buf = conn.buf + data
-        if not H2_PREFACE.startswith(buf[:len(H2_PREFACE)]):
-            return False
-        if len(buf) < len(H2_PREFACE):
-            conn.buf = buf
-            self._watch(conn, read=True)
-            return True
-        self._watch(conn, read=False, write=False)
-        del self.conns[conn.fd]
-        self.h2.adopt(conn.sock, buf)  # type: ignore[union-attr]
-        return True
-
     def _serve(self, conn: Connection) -> None:
-        """Answer up to PIPELINE_BATCH complete requests from the buffer."""
+        """Answer up to PIPELINE_BATCH complete requests from the buffer, parsing each from
+        its offset (re-slicing the buffer per request would cost its length every time)."""
         out: List[bytes] = []
         close = more = False
+        buf, pos = conn.buf, conn.pos
         for _ in range(PIPELINE_BATCH):
-            if not conn.buf:
+            if pos >= len(buf):
                 break
             try:
-                request, used = parse_request(conn.buf, self.max_body) if self.max_body else \
-                    parse_request(conn.buf)
+                request, end = self.parser.parse(buf, pos)
             except HTTPError as err:
                 self._count(OTHER_PATH_LABEL, err.status)
-                head = conn.buf.lstrip(b"\r\n").startswith(b"HEAD ")  # no body for HEAD, even here
-                out.append(self._wire(build_error_response(err, head)))
-                close, conn.buf, conn.linger = True, b"", True
+                out.append(self._wire(build_error_response(err, is_head_request(buf, pos))))
+                close, conn.linger, pos = True, True, len(buf)
                 break
             if request is None:
                 break
-            conn.buf = conn.buf[used:]
+            pos = end
+            conn.linger = conn.linger or request.body_pending > 0  # the body is drained, unread
             reply = self.respond(request)
-            if isinstance(reply, asyncio.Future):
+            if not isinstance(reply, PreparedResponse):
+                conn.consumed(pos)
                 self._defer(conn, reply, out)
                 return
             self._count(request.path, reply.status)
@@ -283,8 +305,12 @@ class ProbeServer:
                 close = True
                 break
         else:
-            more = bool(conn.buf)
+            more = pos < len(buf)
+        conn.consumed(pos)
         if out:
+            if not close:  # a request answered: this connection goes last in eviction order
+                del self.conns[conn.fd]
+                self.conns[conn.fd] = conn
             self._send(conn, b"".join(out) if len(out) > 1 else out[0], close)
         self._after_serve(conn, more)
 
@@ -302,9 +328,7 @@ class ProbeServer:
             self._serve(conn)
 
     def _count(self, path: str, status: int) -> None:
-        key = (path if path in self.stats.counted_paths else OTHER_PATH_LABEL, status)
-        requests = self.stats.requests
-        requests[key] = requests.get(key, 0) + 1
+        self.stats.count(path, status)
 
     def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
                earlier: List[bytes]) -> None:
@@ -332,10 +356,7 @@ class ProbeServer:
             self._serve_or_listen(conn)
 
     def _wire(self, reply: PreparedResponse) -> bytes:
-        now = int(time.time())
-        if now != self._date_second:
-            self._date_second, self._date = now, http_date(now)
-        return reply.before + self._date + reply.after
+        return reply.wire(self._dates.at(time.time()))
 
     # --- write and close -----------------------------------------------------------------------
 
@@ -344,7 +365,7 @@ class ProbeServer:
             conn.out += data
         else:
             try:
-                sent = conn.sock.send(data)
+                sent = conn.sock.send(data, NOWAIT)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -358,12 +379,7 @@ class ProbeServer:
         elif conn.close_after:
             self._finish(conn)
         elif conn.waiting is None:
-            self._await_next(conn)
-
-    def _await_next(self, conn: Connection) -> None:
-        """A reply is out: the next request is partly here (read deadline) or not (idle)."""
-        conn.phase = READING if conn.buf else IDLE
-        conn.deadline = time.monotonic() + (self.read_timeout if conn.buf else self.idle_timeout)
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
 
     def _serve_or_listen(self, conn: Connection) -> None:
         if conn.buf:
@@ -373,7 +389,7 @@ class ProbeServer:
 
     def _on_writable(self, conn: Connection) -> None:
         try:
-            sent = conn.sock.send(conn.out)
+            sent = conn.sock.send(conn.out, NOWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -389,7 +405,7 @@ class ProbeServer:
             conn.deadline = float("inf")  # still waiting for the deferred reply
             self._watch(conn, read=True)
         else:
-            self._await_next(conn)
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
             self._serve_or_listen(conn)
 
     def _finish(self, conn: Connection) -> None:
@@ -402,34 +418,33 @@ class ProbeServer:
         except OSError:
             self._close(conn)
             return
-        conn.phase, conn.buf = LINGERING, b""
+        conn.phase, conn.buf, conn.pos = LINGERING, b"", 0
         conn.deadline = time.monotonic() + LINGER_SECONDS
         self._watch(conn, read=True)
 
-    def _close(self, conn: Connection) -> None:
+    def _release(self, conn: Connection) -> bool:
+        """Forget `conn` (the socket stays open); False if it was already gone."""
         if self.conns.pop(conn.fd, None) is None:
-            return
-        self.stats.open -= 1
-        if self._loop is not None:
+            return False
+        if conn.reading or conn.writing:
             self._watch(conn, read=False, write=False)
-        conn.sock.close()
+        return True
+
+    def _close(self, conn: Connection) -> None:
+        if self._release(conn):
+            self.stats.open -= 1
+            conn.sock.close()
 
     def _sweep(self) -> None:
-        now = time.monotonic()
-        if self._under_pressure:  # at the cap: connections holding no request go soon, so
-            self._under_pressure = False  # held-open sockets cannot lock probes out for long
-            for conn in self.conns.values():
-                if conn.waiting is None and not conn.buf and not conn.out:
-                    conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
-            if self.h2 is not None:
-                self.h2.shed_idle(now + PRESSURE_TIMEOUT)
-        expired = [c for c in self.conns.values() if c.deadline < now]
-        for conn in expired:
+        pressure, self._under_pressure = self._under_pressure, False
+        if pressure and self.h2 is not None:
+            self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
+        for conn in expired(list(self.conns.values()), time.monotonic(), pressure):
             if conn.phase == READING and conn.buf:
                 self._count(OTHER_PATH_LABEL, 408)
                 try:  # a request that started but never finished gets told why
                     conn.sock.send(self._wire(build_error_response(
-                        HTTPError(408, "request not complete within the read timeout"))))
+                        HTTPError(408, "request not complete within the read timeout"))), NOWAIT)
                 except OSError:
                     pass
             self._close(conn)

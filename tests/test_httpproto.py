@@ -14,7 +14,9 @@ from probed.httpproto import (
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELDS,
     MAX_REQUEST_LINE,
+    DateCache,
     HTTPError,
+    RequestParser,
     build_error_response,
     build_response,
     connection_mode,
@@ -226,3 +228,94 @@ def test_error_responses_close_and_carry_allow():
 def test_http_date_is_locale_independent_imf_fixdate():
     for when in (0, 951782400, 1795000000, 4102444799):  # epoch, a leap day, now, 2099
         assert http_date(when) == email.utils.formatdate(when, usegmt=True).encode()
+
+
+# --- pipelines: parsing from an offset, bounded work ---------------------------------------------
+
+class CountingBytes(bytes):
+    """bytes that count how many bytes the parser's searches and slices go through."""
+
+    scanned = 0
+
+    def find(self, sub, start=0, end=None):  # type: ignore[override]
+        stop = len(self) if end is None else min(end, len(self))
+        found = bytes.find(self, sub, start, stop)  # a search stops where it finds
+        CountingBytes.scanned += max(0, (found + len(sub) if found >= 0 else stop) - start)
+        return found
+
+    def lstrip(self, chars=None):  # type: ignore[override]
+        CountingBytes.scanned += len(self)
+        return bytes.lstrip(self, chars)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, slice):
+            CountingBytes.scanned += len(range(*key.indices(len(self))))
+        return bytes.__getitem__(self, key)
+
+
+def test_parsing_the_first_request_of_a_long_pipeline_reads_only_that_request():
+    one = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+    rest = one * 8000  # ~256 KiB more behind it
+    for first in (KUBELET, b"\r\n" + KUBELET, b"GET / HTTP/1.1\nHost: x\n\n"):
+        CountingBytes.scanned = 0
+        req, used = parse_one(CountingBytes(first + rest))
+        assert used == len(first)
+        # (a bare-LF head may look as far as the next CRLF head's end, no further)
+        assert CountingBytes.scanned < 4 * (len(first) + len(one)), "it went through the rest"
+
+
+def test_pipelined_requests_parse_from_offsets():
+    data = KUBELET + b"\r\nHEAD /livez HTTP/1.1\r\nHost: x\r\n\r\n" + KUBELET[:20]
+    first, end = parse_request(data)
+    second, end2 = parse_request(data, start=end)
+    assert (first.path, second.method, second.path) == ("/readyz", "HEAD", "/livez")
+    assert end == len(KUBELET) and end2 == len(data) - 20
+    assert parse_request(data, start=end2) == (None, end2)  # nothing consumed
+    assert parse_request(data, start=len(data)) == (None, len(data))
+    with pytest.raises(HTTPError) as info:
+        parse_request(b"GET / HTTP/1.1\r\n\r\n" + b"\r\n" * 100, start=18)
+    assert info.value.status == 400
+
+
+def test_a_head_asking_100_continue_is_a_request_before_its_body():
+    head = b"POST /drain HTTP/1.1\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    req, end = parse_one(head + b"abc")
+    assert (req.method, req.body, req.body_pending, end) == ("POST", b"", 4997, len(head) + 3)
+    assert req.keep_alive is False and connection_mode(req) == CONN_CLOSE  # the body is unread
+    whole, _ = parse_one(head + b"x" * 5000)  # the body is all here: a normal request
+    assert whole.body == b"x" * 5000 and whole.body_pending == 0 and whole.keep_alive
+    http10 = head.replace(b"HTTP/1.1", b"HTTP/1.0")  # HTTP/1.0 has no 100-continue
+    assert parse_request(http10) == (None, 0)
+    assert parse_request(head.replace(b"100-continue", b"something")) == (None, 0)
+
+
+def test_the_request_parser_remembers_heads_without_bodies_only():
+    parser = RequestParser()
+    first, end = parser.parse(KUBELET)
+    again, end2 = parser.parse(b"xx" + KUBELET, 2)
+    assert again is first and (end, end2) == (len(KUBELET), len(KUBELET) + 2)
+    posted = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"
+    one, _ = parser.parse(posted)
+    two, _ = parser.parse(posted)
+    assert one is not two and one.body == two.body == b"ab"
+    pipeline = KUBELET + b"GET /livez HTTP/1.1\nHost: x\n\nGET / HTTP/1.1\r\n\r\n"
+    pos = 0
+    while pos < len(pipeline):  # the same answers as the plain parser, request by request
+        mine, mine_end = parser.parse(pipeline, pos)
+        plain, plain_end = parse_request(pipeline, start=pos)
+        assert mine_end == plain_end and mine.path == plain.path
+        pos = plain_end
+    for i in range(200):  # a client sending ever-new heads keeps the memory bounded
+        parser.parse(b"GET /%d HTTP/1.1\r\n\r\n" % i)
+    assert len(parser._heads) <= 32
+
+
+def test_wire_bytes_are_kept_per_date():
+    dates = DateCache()
+    today = dates.at(86400.2)
+    assert today is dates.at(86400.9) and today == http_date(86400)
+    prepared = build_response(200, b"ok\n")
+    wire = prepared.wire(today)
+    assert wire == prepared.before + today + prepared.after
+    assert prepared.wire(today) is wire
+    assert prepared.wire(dates.at(86401)) == prepared.before + http_date(86401) + prepared.after
