@@ -19,8 +19,7 @@ BACKEND_GROUPS = frozenset(("started", "live"))
 
 
 def restart_signal(st: CheckState, obs: Observation, started: bool,
-                   incarnation: Optional[float], trusts_start_time: bool
-                   ) -> Tuple[str, Optional[float]]:
+                   incarnation: Any, trusts_start_time: bool) -> Tuple[str, Any]:
     """(why the backend restarted or '', the incarnation to remember) for one observation.
 
     Call before the observation is folded into `st`. A refusal means a restart once the check
@@ -28,8 +27,9 @@ def restart_signal(st: CheckState, obs: Observation, started: bool,
     """
     if obs.incarnation is not None:
         if incarnation is not None and obs.incarnation != incarnation:
-            return ("process start time changed from %s to %s" % (
-                format_timestamp(incarnation), format_timestamp(obs.incarnation)),
+            return ("process %s changed from %s to %s" % (
+                "start time" if isinstance(obs.incarnation, float) else "identity",
+                describe_incarnation(incarnation), describe_incarnation(obs.incarnation)),
                 obs.incarnation)
         return "", obs.incarnation
     if obs.restart and not trusts_start_time:
@@ -52,5 +52,7 @@ def startup_phase(states: Sequence[CheckState], started: bool) -> str:
 
 
 def describe_incarnation(value: Any) -> str:
-    """An incarnation (a process start time) for logs and JSON."""
-    return format_timestamp(value, millis=True) if isinstance(value, float) else "unknown"
+    """An incarnation for logs and JSON: a start time as a timestamp, an identity as is."""
+    if isinstance(value, float):
+        return format_timestamp(value, millis=True)
+    return value if isinstance(value, str) else "unknown"

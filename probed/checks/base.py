@@ -7,7 +7,7 @@ an observation into a verdict in `judge()` (pure, so per-request overrides such 
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 from ..beatregistry import HeartbeatRegistry
 from ..scrape import ProgressBoard, ScrapeHub
@@ -30,8 +30,9 @@ class Observation:
     raw     anything else `judge` needs that is not shown (a response body...).
     refused the backend refused the connection: while loading that is the `loading` phase;
             after a pass it means the backend restarted (only for checks in `started`).
-    incarnation  the backend process's start time when the check can see it
-            (`process_start_time_seconds`); a new value is a restart.
+    incarnation  which backend process answered, when the check can see it: a float is its
+            Unix start time (`process_start_time_seconds`), a str an opaque identity shown
+            as is (llama-server's `Process-Start-Time-Unix` header); a new value is a restart.
     restart a reason when the check saw a restart another way (a counter went backwards).
     """
 
@@ -47,7 +48,7 @@ class Observation:
         detail: Optional[Dict[str, Any]] = None,
         raw: Any = None,
         refused: bool = False,
-        incarnation: Optional[float] = None,
+        incarnation: Optional[Union[float, str]] = None,
         restart: str = "",
     ) -> None:
         self.ok = ok

@@ -12,7 +12,13 @@ from typing import Any, Dict, List, Mapping, Optional
 from ..client import FetchError, fetch
 from ..values import ConfigError, parse_bool, parse_http_url, parse_positive_count
 from .base import Check, CheckResources, CheckSpec, Observation, Param
-from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings, body_snippet
+from .http import (
+    HTTP_COMMON_PARAMS,
+    HTTPPollingCheck,
+    HTTPRequestSettings,
+    body_snippet,
+    status_hint,
+)
 
 API_KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
 INFERENCE_APIS = ("completions", "chat", "json")
@@ -50,7 +56,7 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
     """Request settings; OpenAI-style APIs default to the usual key variables, while a custom
     JSON endpoint gets a token only when one is configured."""
     settings = HTTPRequestSettings(config)
-    if not settings.token_file and not settings.token_env and config.get("api") != "json":
+    if not settings.token_file and not settings.token_envs and config.get("api") != "json":
         settings.token_envs = API_KEY_ENVS
     return settings
 
@@ -60,7 +66,7 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
     resp = await fetch(base.rstrip("/") + "/v1/models", headers=settings.request_headers(),
                        timeout=timeout, tls=settings.tls)
     if resp.status != 200:
-        raise ValueError("/v1/models: HTTP %d%s" % (resp.status, (
+        raise ValueError("/v1/models: HTTP %d%s%s" % (resp.status, status_hint(resp.status), (
             ": " + body_snippet(resp.body)) if resp.body else ""))
     try:
         doc = resp.json()
@@ -192,7 +198,8 @@ class InferenceCheck(HTTPPollingCheck):
         if not 200 <= status < 300:
             if status == 404 and not self.config.get("model"):
                 self.model = None  # the served model may have changed: look again next time
-            return Observation(False, "HTTP %d: %s" % (status, body_snippet(body)),
+            return Observation(False, "HTTP %d%s: %s" % (status, status_hint(status),
+                                                         body_snippet(body)),
                                detail={"status": status})
         field = self.config.get("expect-field") or ("choices" if self.config["api"] != "json"
                                                     else None)

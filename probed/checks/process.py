@@ -1,22 +1,31 @@
 """Check kind `process`: which incarnation of the backend process is answering.
 
-It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM,
-SGLang and llama.cpp have it) from the shared scrape. A new value means the server restarted,
+It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
+SGLang have it) from the shared scrape.
+
+llama-server has no such gauge; its /metrics replies
+carry a `Process-Start-Time-Unix` header whose value, despite the name, is monotonic
+microseconds (about the machine's uptime at the process start): no time, but a per-process
+identity, reported as an opaque incarnation string. A new value means the server restarted,
 even when the restart was faster than one poll and no connection was ever refused. It belongs
 to no group by default: its job is to tell the engine, which unlatches `started`.
 """
 
+from typing import Optional
+
 from ..expfmt import parse_selector
 from ..values import format_timestamp, parse_http_url
-from .base import Check, Observation, Param
+from .base import Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
-from .metric import parse_selector_param, scrape_selectors
+from .metric import parse_selector_param, scrape_failure, scrape_selectors
 
 PROCESS_START = "process_start_time_seconds"
+PROCESS_HEADER = "Process-Start-Time-Unix"  # llama-server
+PROCESS_HEADER_MAX = 64  # characters of the header value kept as the identity
 
 
 class ProcessCheck(HTTPPollingCheck):
-    """Reports the backend's process start time as its incarnation."""
+    """Reports the backend's process start time (or identity header) as its incarnation."""
 
     kind = "process"
     default_probes = frozenset()
@@ -25,21 +34,37 @@ class ProcessCheck(HTTPPollingCheck):
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
+        "identity-header": Param(str, default=PROCESS_HEADER,
+                                 help="response header of the metrics URL whose value names "
+                                      "the process (read when the gauge is absent)"),
     })
 
     def target(self) -> str:
-        return "%s %s" % (self.config["url"], self.config["metric"])
+        return "%s %s | header %s" % (self.config["url"], self.config["metric"],
+                                      self.config["identity-header"])
 
     async def observe(self) -> Observation:
         result = await scrape_selectors(self, self.config["url"], [self.config["metric"]],
                                         self.request)
         if result.error:
-            return result.failure()
+            return scrape_failure(result)
         series = result.series[0]
-        if not series:
-            return Observation(True, "no %s: restarts show only as refusals and counter resets"
-                               % self.config["metric"].name)
-        started = max(value for _, value in series)
-        return Observation(True, "process started %s" % format_timestamp(started), started,
-                           incarnation=started)
+        if series:
+            started = max(value for _, value in series)
+            return Observation(True, "process started %s" % format_timestamp(started), started,
+                               incarnation=started)
+        header = self.config["identity-header"]
+        identity = self.scraped_header(header)
+        if identity:
+            shown = "%s %s" % (header, identity)
+            return Observation(True, "process " + shown, incarnation=shown)
+        return Observation(True, "no %s: restarts show only as refusals and counter resets"
+                           % self.config["metric"].name)
 
+    def scraped_header(self, name: str) -> Optional[str]:
+        """`name` of the shared scrape's last reply (the one just read), or None."""
+        source = self.resources.scrapes.source(self.config["url"], self.request.identity(),
+                                               self.request.headers, self.request.tls)
+        resp = source.response
+        value = resp.headers.get(name.lower()) if resp is not None else None
+        return value.strip()[:PROCESS_HEADER_MAX] if value and value.strip() else None
