@@ -4,11 +4,12 @@ temporary directory (nothing is downloaded), and the peers they need."""
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
 from .peers import llama_vocab_file, vllm_python
+from .servers import LlamaServer
 
 HERE = Path(__file__).resolve().parent
 MODEL_WRITE_TIMEOUT = 600  # the vLLM venv imports torch and transformers: slow on a busy box
@@ -83,3 +84,21 @@ def start_daemon_module() -> Iterator[Any]:
         for stream in (daemon.proc.stdout, daemon.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture(scope="module")
+def llama_servers(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Callable[..., LlamaServer]]:
+    """Factory of llama-servers (not started); every one is stopped when the module ends,
+    also on failure."""
+    workdir = str(tmp_path_factory.mktemp("llama"))
+    made: List[LlamaServer] = []
+
+    def make(model: str, **kw: Any) -> LlamaServer:
+        server = LlamaServer(workdir, model, **kw)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()

@@ -7,7 +7,7 @@ test_llamacpp.py) show the same against the running servers.
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict
 
 import pytest
 

@@ -1,22 +1,20 @@
 """probed against a REAL llama-server (llama.cpp), as a user runs it: `python3 -m probed
 --llamacpp URL ...`, faults made with real signals to the real process.
 
-Two servers per module: a tiny model (loads at once, generates fast) for idle, saturation, hangs,
-death and restarts, and a ~1.9 GB f16 model (`--load-mode dio`, so "Loading model" lasts
+Two servers for the module: a tiny model (loads at once, generates fast) for idle, saturation,
+hangs, death and restarts, and a ~1.9 GB f16 model (`--load-mode dio`, so "Loading model" lasts
 seconds; ~0.1 s a token on one thread) for loading, one long generation, draining and a fast
-restart. Servers with other flags (--api-key, no --metrics, --sleep-idle-seconds) live for one
-test. Every scenario records what /livez, /readyz and /startupz answered (Timeline) and checks
+restart. Servers started with other flags are in test_llamacpp_flags.py. Every scenario records what /livez, /readyz and /startupz answered (Timeline) and checks
 the detection time against a bound that allows for this process's own stalls.
 
 Tests marked `lead` demand what issue 16 asks of the engine (the lead's Pod state machine);
 they are strict xfails until it lands, so they fail the suite the day they start passing.
 """
 
-import json
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -29,7 +27,6 @@ from .scenario import (
     never,
     record_row,
     start_probed,
-    verbose,
 )
 from .servers import LlamaServer, port_refuses, request
 from .timeline import Timeline, check_row, group_json
@@ -41,36 +38,16 @@ LEAD = pytest.mark.xfail(strict=True, reason="issue 16: the lead's Pod state mac
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
-def servers(workdir: str) -> Iterator[Callable[..., LlamaServer]]:
-    """Factory of llama-servers; every one is stopped when the module ends, also on failure."""
-    made: List[LlamaServer] = []
-
-    def make(model: str, **kw: Any) -> LlamaServer:
-        server = LlamaServer(workdir, model, **kw)
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def tiny(servers: Callable[..., LlamaServer], tiny_gguf: str) -> LlamaServer:
-    server = servers(tiny_gguf)
+def tiny(llama_servers: Callable[..., LlamaServer], tiny_gguf: str) -> LlamaServer:
+    server = llama_servers(tiny_gguf)
     server.start().wait_ready()
     return server
 
 
 @pytest.fixture(scope="module")
-def big(servers: Callable[..., LlamaServer], big_gguf: str) -> LlamaServer:
+def big(llama_servers: Callable[..., LlamaServer], big_gguf: str) -> LlamaServer:
     """Not started: test_loading starts it (a test run alone starts it itself)."""
-    return servers(big_gguf, extra=["--load-mode", "dio"])
+    return llama_servers(big_gguf, extra=["--load-mode", "dio"])
 
 
 def probed_for(start_daemon: Any, server: LlamaServer, *args: str) -> Probed:
@@ -244,17 +221,17 @@ def test_killed_then_restarted_slow(start_daemon: Any, tiny: LlamaServer) -> Non
 
 
 @pytest.fixture(scope="module")
-def handover(servers: Callable[..., LlamaServer], tiny_gguf: str, workdir: str,
+def handover(llama_servers: Callable[..., LlamaServer], tiny_gguf: str,
              start_daemon_module: Any) -> Dict[str, Any]:
     """A restart no poll can see: a new llama-server binds the same port with --reuse-port
     while the old one serves, then the old one is killed. The port never refuses."""
-    old = servers(tiny_gguf, extra=["--reuse-port"])
+    old = llama_servers(tiny_gguf, extra=["--reuse-port"])
     old.start().wait_ready()
     probed = probed_for(start_daemon_module, old, "--interval", "1s")
     with Timeline(probed.port) as tl:
         wait_ready(tl, time.monotonic())
         before = group_json(probed.port, "ready")["incarnation"]
-        new = servers(tiny_gguf, port=old.port, extra=["--reuse-port"])
+        new = llama_servers(tiny_gguf, port=old.port, extra=["--reuse-port"])
         new.start()
         time.sleep(1.0)
         t0 = time.monotonic()
@@ -322,91 +299,6 @@ def test_fast_restart_is_a_new_incarnation_never_dead(fast_restart: Dict[str, An
     never(tl, "live", t0, fast_restart["t_end"], "fast restart")
     assert tl.first("started", False, t0) is not None, tl.lines(t0)
     assert tl.first("started", False, t0).at <= t_up, tl.lines(t0)
-
-
-# --- --api-key, --metrics, idle sleep ----------------------------------------------------------
-
-def test_api_key_covers_metrics(start_daemon: Any, servers: Callable[..., LlamaServer],
-                                tiny_gguf: str, tmp_path: Any) -> None:
-    """Issue 16.4: llama-server --api-key leaves only /health open. With --api-key-file every
-    metric check sends the key (ready passes with --max-waiting); without it the reason says
-    the server wants a key."""
-    server = servers(tiny_gguf, api_key=KEY)
-    server.start().wait_ready()
-    assert request(server.url + "/metrics")[0] == 401
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY + "\n")
-    probed = probed_for(start_daemon, server, "--api-key-file", str(key_file),
-                        "--max-waiting", "4", "--interval", "1s")
-    with Timeline(probed.port) as tl:
-        t0 = time.monotonic()
-        wait_ready(tl, t0)
-        time.sleep(2)
-        t_end = time.monotonic()
-        assert check_row(probed.port, "live", "llamacpp-progress")["reason"] == "idle"
-    never(tl, "ready", tl.first("ready", True, t0).at, t_end, "with the key")
-    record_row("llama.cpp", "--api-key, probed has --api-key-file", tl, t0, t_end, "-")
-    probed = probed_for(start_daemon, server, "--max-waiting", "4", "--interval", "1s")
-    with Timeline(probed.port) as tl:
-        t0 = time.monotonic()
-        time.sleep(4)
-        t_end = time.monotonic()
-    hint = "HTTP 401 (the server wants an API key: --api-key-file)"
-    assert all(a.ok is False and hint in a.reason for a in tl.snapshot("started", t0)), \
-        tl.lines(t0)
-    assert hint in check_row(probed.port, "live", "llamacpp-progress")["reason"]
-    assert hint in verbose(probed.port, "ready")
-    record_row("llama.cpp", "--api-key, probed without the key", tl, t0, t_end, "at once")
-
-
-def test_without_metrics_the_reason_says_so(start_daemon: Any,
-                                            servers: Callable[..., LlamaServer],
-                                            tiny_gguf: str) -> None:
-    """Issue 16.5: /metrics is 501 unless llama-server runs with --metrics: say so."""
-    server = servers(tiny_gguf, metrics=False)
-    server.start().wait_ready()
-    probed = probed_for(start_daemon, server, "--max-waiting", "4", "--interval", "1s")
-    with Timeline(probed.port) as tl:
-        t0 = time.monotonic()
-        tl.wait("started", True, t0, 30)
-        time.sleep(3)
-        t_end = time.monotonic()
-    hint = "HTTP 501 (no such endpoint on this server: llama-server serves /metrics only " \
-           "with --metrics)"
-    last = tl.snapshot("ready", t0)[-1]
-    assert last.ok is False and hint in last.reason, tl.lines(t0)
-    assert hint in check_row(probed.port, "live", "llamacpp-progress")["reason"]
-    record_row("llama.cpp", "no --metrics (--max-waiting set)", tl, t0, t_end, "at once")
-
-
-def test_idle_sleep_stays_ready_and_asleep(start_daemon: Any,
-                                           servers: Callable[..., LlamaServer],
-                                           tiny_gguf: str) -> None:
-    """Issue 16.15: --sleep-idle-seconds wakes on the next request, so the pod stays ready;
-    and probed's own polling (/health, /metrics) does not wake it."""
-    server = servers(tiny_gguf, extra=["--sleep-idle-seconds", "2"])
-    server.start().wait_ready()
-    probed = probed_for(start_daemon, server, "--interval", "1s")
-
-    def sleeping() -> bool:
-        return json.loads(request(server.url + "/props")[2])["is_sleeping"] is True
-
-    with Timeline(probed.port) as tl:
-        wait_ready(tl, time.monotonic())
-        deadline = time.monotonic() + 30
-        while not sleeping():
-            assert time.monotonic() < deadline, "llama-server never went to sleep"
-            time.sleep(0.2)
-        t0 = time.monotonic()
-        time.sleep(8)
-        assert sleeping(), "probed's polling woke the server"
-        t_end = time.monotonic()
-        status, doc = server.complete(n_predict=4)
-        assert status == 200, doc
-    never(tl, "ready", t0, t_end, "idle sleep")
-    never(tl, "live", t0, t_end, "idle sleep")
-    record_row("llama.cpp", "idle sleep (--sleep-idle-seconds 2)", tl, t0, t_end,
-               "stays ready; asleep under polling")
 
 
 # --- draining and probed's own lateness --------------------------------------------------------

@@ -16,7 +16,6 @@ they are strict xfails until it lands, so they fail the suite the day they start
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
@@ -33,7 +32,7 @@ from .scenario import (
     verbose,
 )
 from .servers import VLLMServer, port_refuses, request
-from .timeline import Timeline, check_row
+from .timeline import Timeline, check_row, group_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -130,7 +129,6 @@ def test_idle(start_daemon: Any, vllm: VLLMServer, key_file: str) -> None:
         t0 = time.monotonic()
         time.sleep(2)
         t_end = time.monotonic()
-    from .timeline import group_json
     incarnation = group_json(probed.port, "ready")["incarnation"]
     assert incarnation and incarnation.startswith("20"), incarnation  # a timestamp
     record_row("vLLM", "idle", tl, t0, t_end, "-", note="incarnation %s" % incarnation)
