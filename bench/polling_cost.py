@@ -40,7 +40,7 @@ from realservers.peers import vllm_python  # noqa: E402
 from realservers.servers import VLLMServer, free_tcp_port  # noqa: E402
 
 ACCESS_LINE = re.compile(r'"(GET|POST|HEAD) ([^ ?"]+)[^"]* HTTP/1\.[01]" (\d{3})')
-SILENCED = "/health,/metrics,/v1/models,/is_paused,/is_sleeping"  
+SILENCED = "/health,/metrics,/v1/models,/is_paused,/is_sleeping"  # every path probed polls
 SETTLE = 10.0  # seconds after probed starts before a window opens (its start-up polls)
 
 
