@@ -2949,12 +2949,9 @@ class ProgressCheck(HTTPPollingCheck):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "running": Param(parse_selector_param, default=[parse_selector(PROGRESS_RUNNING)],
-                         repeat=True, help="in-flight requests (summed); repeat for fallbacks "
-                                           "(the first present wins)"),
+                         repeat=True, help="in-flight requests (summed; repeat: fallbacks)"),
         "counter": Param(parse_selector_param, default=[parse_selector(PROGRESS_COUNTER)],
-                         repeat=True, help="a counter that rises with every step of work "
-                                           "(summed); repeat for fallbacks (the first present "
-                                           "wins)"),
+                         repeat=True, help="rises with every step of work (repeat: fallbacks)"),
         "stall-after": Param(parse_duration, default=120.0, overridable=True,
                              help="running > 0 and the counter flat this long is a stall"),
     })
@@ -3084,6 +3081,10 @@ class PauseRoute:
         self.missing = False
 
 
+async def no_pause() -> Optional[bool]:
+    return None
+
+
 def with_pause(awake: Observation, paused: Union[Optional[bool], FetchError]) -> Observation:
     if isinstance(paused, FetchError):
         awake.reason += "; pause state unknown: /is_paused: %s" % paused
@@ -3101,8 +3102,9 @@ class AwakeCheck(HTTPPollingCheck):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
         "idle-sleep": Param(parse_bool, default=False,
-                            help="the server sleeps itself when idle and wakes on the next "
-                                 "request (vLLM --sleep-idle-ttl): sleeping stays ready"),
+                            help="the server wakes on the next request: sleeping passes"),
+        "ask-engine": Param(parse_bool, default=False,
+                            help="ask /is_paused (and /is_sleeping without the gauge)"),
     })
 
     def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
@@ -3115,9 +3117,10 @@ class AwakeCheck(HTTPPollingCheck):
 
     async def observe(self) -> Observation:
         base = self.config["url"].rstrip("/")
+        ask = self.config["ask-engine"]
         result, paused = await asyncio.gather(
             scrape_selectors(self, base + "/metrics", [AWAKE_SELECTOR], self.request),
-            self.pause.state(self.request, self.spec.timeout))
+            self.pause.state(self.request, self.spec.timeout) if ask else no_pause())
         if result.error:
             return scrape_failure(result)
         series = result.series[0]
@@ -3127,6 +3130,9 @@ class AwakeCheck(HTTPPollingCheck):
                 return Observation(False, "sleeping (engine %s; vllm:engine_sleep_state)" % (
                     ",".join(asleep)), 0.0, detail={"asleep_engines": asleep})
             obs = Observation(True, "awake (vllm:engine_sleep_state)", 1.0)
+        elif not ask:
+            return Observation(True, "sleep state unknown (no sleep gauge; /is_sleeping is "
+                                     "asked with ask-engine=true)")
         else:
             obs = await self.ask_is_sleeping(base)
             if not obs.ok:
@@ -3172,10 +3178,6 @@ INFLIGHT_MAX_AGE = 0.0
 HELD_NOTE = "the requests it holds are not counted in /metrics"
 
 
-async def no_pause() -> Optional[bool]:
-    return None
-
-
 class InflightCheck(HTTPPollingCheck):
 
     kind = "inflight"
@@ -3185,10 +3187,8 @@ class InflightCheck(HTTPPollingCheck):
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
-        "awake-metric": Param(parse_selector_param, help="gauge below 1 while the engine "
-                                                         "sleeps: the count is then unknown"),
-        "paused-url": Param(parse_http_url, help="URL answering {\"is_paused\": bool} (vLLM "
-                                                 "/is_paused): paused, the count is unknown"),
+        "awake-metric": Param(parse_selector_param, help="gauge < 1 while asleep: count unknown"),
+        "paused-url": Param(parse_http_url, help="vLLM's /is_paused: paused, count unknown"),
     })
 
     def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
@@ -3246,8 +3246,7 @@ class ProcessCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
         "identity-header": Param(str, default=PROCESS_HEADER,
-                                 help="response header of the metrics URL whose value names "
-                                      "the process (read when the gauge is absent)"),
+                                 help="reply header naming the process (without the gauge)"),
     })
 
     def target(self) -> str:
@@ -3912,12 +3911,12 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--model", str, None, "model id that must be served (default: any)"),
     ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
-    ("--api-key-file", str, None, "file with the server's API key, sent on every request "
-                                  "but /health (default: $VLLM_API_KEY, $LLAMA_API_KEY or "
-                                  "$OPENAI_API_KEY, as the server is)"),
-    ("--idle-sleep", parse_bool, False, "the vLLM server sleeps itself when idle and wakes on "
-                                        "the next request (--sleep-idle-ttl): sleeping stays "
-                                        "ready (a manual /sleep then reads ready too)"),
+    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY, "
+                                  "$LLAMA_API_KEY or $OPENAI_API_KEY)"),
+    ("--vllm-dev-mode", parse_bool, False, "vLLM has VLLM_SERVER_DEV_MODE=1: ask /is_paused "
+                                           "(see README: an engine call)"),
+    ("--idle-sleep", parse_bool, False, "vLLM sleeps itself when idle (--sleep-idle-ttl): "
+                                        "sleeping stays ready"),
     ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
                                                 "after start (live); default: only until started"),
     ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
@@ -4012,7 +4011,8 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
                            **({"model": opts["model"]} if opts.get("model") else {}), **scrape))
     if flavour.sleep:
         checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready", **scrape,
-                           **({"idle-sleep": "true"} if opts.get("idle_sleep") else {})))
+                           **({"idle-sleep": "true"} if opts.get("idle_sleep") else {}),
+                           **({"ask-engine": "true"} if opts.get("vllm_dev_mode") else {})))
     metrics = base + "/metrics"
     if opts.get("max_waiting") is not None:
         checks.append(dict(kind="metric", name=n + "-queue", url=metrics,
@@ -4028,7 +4028,7 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
                            running=listed(flavour.running), counter=listed(flavour.counter),
                            **{"stall-after": format_duration(stall)}, probes="live", **scrape))
     if flavour.running:
-        checks.append(inflight_check(flavour, base, scrape))
+        checks.append(inflight_check(flavour, base, scrape, bool(opts.get("vllm_dev_mode"))))
     if flavour.process:
         checks.append(dict(kind="process", name=n + "-process", url=metrics, probes="",
                            **scrape))
@@ -4036,13 +4036,15 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
     return checks
 
 
-def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str]) -> RawCheck:
+def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str],
+                   dev_mode: bool) -> RawCheck:
     check: RawCheck = dict(kind="inflight", name=flavour.name + "-inflight",
                            url=base + "/metrics", metric=list(flavour.running + flavour.queue),
                            probes="", **token)
     if flavour.sleep:
-        check.update({"awake-metric": 'vllm:engine_sleep_state{sleep_state="awake"}',
-                      "paused-url": base + "/is_paused"})
+        check["awake-metric"] = 'vllm:engine_sleep_state{sleep_state="awake"}'
+        if dev_mode:
+            check["paused-url"] = base + "/is_paused"
     return check
 
 

@@ -45,12 +45,12 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--model", str, None, "model id that must be served (default: any)"),
     ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
-    ("--api-key-file", str, None, "file with the server's API key, sent on every request "
-                                  "but /health (default: $VLLM_API_KEY, $LLAMA_API_KEY or "
-                                  "$OPENAI_API_KEY, as the server is)"),
-    ("--idle-sleep", parse_bool, False, "the vLLM server sleeps itself when idle and wakes on "
-                                        "the next request (--sleep-idle-ttl): sleeping stays "
-                                        "ready (a manual /sleep then reads ready too)"),
+    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY, "
+                                  "$LLAMA_API_KEY or $OPENAI_API_KEY)"),
+    ("--vllm-dev-mode", parse_bool, False, "vLLM has VLLM_SERVER_DEV_MODE=1: ask /is_paused "
+                                           "(see README: an engine call)"),
+    ("--idle-sleep", parse_bool, False, "vLLM sleeps itself when idle (--sleep-idle-ttl): "
+                                        "sleeping stays ready"),
     ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
                                                 "after start (live); default: only until started"),
     ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
@@ -163,7 +163,8 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
                            **({"model": opts["model"]} if opts.get("model") else {}), **scrape))
     if flavour.sleep:
         checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready", **scrape,
-                           **({"idle-sleep": "true"} if opts.get("idle_sleep") else {})))
+                           **({"idle-sleep": "true"} if opts.get("idle_sleep") else {}),
+                           **({"ask-engine": "true"} if opts.get("vllm_dev_mode") else {})))
     metrics = base + "/metrics"
     if opts.get("max_waiting") is not None:
         checks.append(dict(kind="metric", name=n + "-queue", url=metrics,
@@ -179,7 +180,7 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
                            running=listed(flavour.running), counter=listed(flavour.counter),
                            **{"stall-after": format_duration(stall)}, probes="live", **scrape))
     if flavour.running:
-        checks.append(inflight_check(flavour, base, scrape))
+        checks.append(inflight_check(flavour, base, scrape, bool(opts.get("vllm_dev_mode"))))
     if flavour.process:
         checks.append(dict(kind="process", name=n + "-process", url=metrics, probes="",
                            **scrape))
@@ -187,15 +188,17 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
     return checks
 
 
-def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str]) -> RawCheck:
+def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str],
+                   dev_mode: bool) -> RawCheck:
     """Requests in flight for the preStop drain; a sleeping or paused vLLM engine holds
     requests /metrics does not count, so there the count is unknown (the drain waits)."""
     check: RawCheck = dict(kind="inflight", name=flavour.name + "-inflight",
                            url=base + "/metrics", metric=list(flavour.running + flavour.queue),
                            probes="", **token)
     if flavour.sleep:
-        check.update({"awake-metric": 'vllm:engine_sleep_state{sleep_state="awake"}',
-                      "paused-url": base + "/is_paused"})
+        check["awake-metric"] = 'vllm:engine_sleep_state{sleep_state="awake"}'
+        if dev_mode:
+            check["paused-url"] = base + "/is_paused"
     return check
 
 

@@ -2,10 +2,13 @@
 /health says 200.
 
 The gauge `vllm:engine_sleep_state{sleep_state="awake"}` (min over engines: one sleeping rank
-is enough to be unready) is the source; servers without it are asked `/is_sleeping`. A paused
-engine (`POST /pause`, for weight updates) still reads awake, so `/is_paused` is asked too. Both
-routes exist only in vLLM's dev mode (VLLM_SERVER_DEV_MODE=1): a 404 there means "cannot tell",
-not "asleep", and a 404 from /is_paused is remembered until the backend restarts.
+is enough to be unready) is the source. A paused engine (`POST /pause`, for weight updates)
+still reads awake; only `/is_paused` tells, and servers without the gauge only `/is_sleeping`.
+Both exist only in vLLM's dev mode (VLLM_SERVER_DEV_MODE=1), and both are calls into the engine
+that a real vLLM 0.32 never answers when the engine dies while one is in flight: its API server
+then waits for them and never exits, so the pod is never restarted. They are asked only with
+`ask-engine=true` (the preset's --vllm-dev-mode). A 404 there means "cannot tell", not
+"asleep"; a 404 from /is_paused is remembered until the backend restarts.
 
 Idle sleep (vLLM `--sleep-idle-ttl`, llama.cpp `--sleep-idle-seconds`) wakes on the next request,
 so such a pod stays ready: with `idle-sleep=true` a sleeping engine passes. vLLM shows nothing
@@ -77,6 +80,11 @@ class PauseRoute:
         self.missing = False
 
 
+async def no_pause() -> Optional[bool]:
+    """No pause route asked: the server cannot tell."""
+    return None
+
+
 def with_pause(awake: Observation, paused: Union[Optional[bool], FetchError]) -> Observation:
     """An awake engine may still be paused; a pause state we cannot read is only noted."""
     if isinstance(paused, FetchError):
@@ -96,8 +104,9 @@ class AwakeCheck(HTTPPollingCheck):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
         "idle-sleep": Param(parse_bool, default=False,
-                            help="the server sleeps itself when idle and wakes on the next "
-                                 "request (vLLM --sleep-idle-ttl): sleeping stays ready"),
+                            help="the server wakes on the next request: sleeping passes"),
+        "ask-engine": Param(parse_bool, default=False,
+                            help="ask /is_paused (and /is_sleeping without the gauge)"),
     })
 
     def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
@@ -110,10 +119,11 @@ class AwakeCheck(HTTPPollingCheck):
 
     async def observe(self) -> Observation:
         base = self.config["url"].rstrip("/")
+        ask = self.config["ask-engine"]
         # Both at once: a busy API server answers each slowly, and they share one deadline.
         result, paused = await asyncio.gather(
             scrape_selectors(self, base + "/metrics", [AWAKE_SELECTOR], self.request),
-            self.pause.state(self.request, self.spec.timeout))
+            self.pause.state(self.request, self.spec.timeout) if ask else no_pause())
         if result.error:
             return scrape_failure(result)
         series = result.series[0]
@@ -123,6 +133,9 @@ class AwakeCheck(HTTPPollingCheck):
                 return Observation(False, "sleeping (engine %s; vllm:engine_sleep_state)" % (
                     ",".join(asleep)), 0.0, detail={"asleep_engines": asleep})
             obs = Observation(True, "awake (vllm:engine_sleep_state)", 1.0)
+        elif not ask:
+            return Observation(True, "sleep state unknown (no sleep gauge; /is_sleeping is "
+                                     "asked with ask-engine=true)")
         else:
             obs = await self.ask_is_sleeping(base)
             if not obs.ok:

@@ -7,8 +7,9 @@ series are summed (running and waiting over every engine), unlike `metric`'s fal
 A sleeping or paused vLLM engine holds the requests sent to it where /metrics does not count
 them (running and waiting read 0), so a drain would end at once and the kubelet would kill
 requests still held. With `awake-metric` (a gauge that is below 1 while the engine sleeps) and
-`paused-url` (vLLM's /is_paused, dev mode only) the count is reported unknown instead, and the
-drain waits: this is the limit of what the server shows, not a count of the held requests.
+`paused-url` (vLLM's /is_paused, dev mode only; an engine call, see checks/awake.py) the count
+is reported unknown instead, and the drain waits: this is the limit of what the server shows,
+not a count of the held requests.
 """
 
 import asyncio
@@ -16,18 +17,13 @@ from typing import Any, Optional
 
 from ..client import FetchError
 from ..values import parse_http_url
-from .awake import PauseRoute
+from .awake import PauseRoute, no_pause
 from .base import CheckResources, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import format_value, parse_selector_param, scrape_failure, scrape_selectors
 
 INFLIGHT_MAX_AGE = 0.0  # a drain decision needs a reading taken after it was asked for
 HELD_NOTE = "the requests it holds are not counted in /metrics"
-
-
-async def no_pause() -> Optional[bool]:
-    """No pause route configured: the server cannot tell."""
-    return None
 
 
 class InflightCheck(HTTPPollingCheck):
@@ -40,10 +36,8 @@ class InflightCheck(HTTPPollingCheck):
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
-        "awake-metric": Param(parse_selector_param, help="gauge below 1 while the engine "
-                                                         "sleeps: the count is then unknown"),
-        "paused-url": Param(parse_http_url, help="URL answering {\"is_paused\": bool} (vLLM "
-                                                 "/is_paused): paused, the count is unknown"),
+        "awake-metric": Param(parse_selector_param, help="gauge < 1 while asleep: count unknown"),
+        "paused-url": Param(parse_http_url, help="vLLM's /is_paused: paused, count unknown"),
     })
 
     def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:

@@ -216,12 +216,9 @@ class ProgressCheck(HTTPPollingCheck):
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "running": Param(parse_selector_param, default=[parse_selector(PROGRESS_RUNNING)],
-                         repeat=True, help="in-flight requests (summed); repeat for fallbacks "
-                                           "(the first present wins)"),
+                         repeat=True, help="in-flight requests (summed; repeat: fallbacks)"),
         "counter": Param(parse_selector_param, default=[parse_selector(PROGRESS_COUNTER)],
-                         repeat=True, help="a counter that rises with every step of work "
-                                           "(summed); repeat for fallbacks (the first present "
-                                           "wins)"),
+                         repeat=True, help="rises with every step of work (repeat: fallbacks)"),
         "stall-after": Param(parse_duration, default=120.0, overridable=True,
                              help="running > 0 and the counter flat this long is a stall"),
     })

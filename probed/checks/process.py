@@ -35,8 +35,7 @@ class ProcessCheck(HTTPPollingCheck):
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
         "identity-header": Param(str, default=PROCESS_HEADER,
-                                 help="response header of the metrics URL whose value names "
-                                      "the process (read when the gauge is absent)"),
+                                 help="reply header naming the process (without the gauge)"),
     })
 
     def target(self) -> str:

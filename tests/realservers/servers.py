@@ -18,7 +18,15 @@ import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .peers import llama_server_binary, vllm_python
-from .procs import descendants, find_descendant, kill_tree, proc_alive, send
+from .procs import (
+    descendants,
+    find_descendant,
+    kill_tree,
+    proc_alive,
+    proc_state,
+    proc_title,
+    send,
+)
 
 SERVER_HTTP_TIMEOUT = 5.0
 VLLM_START_TIMEOUT = 300.0  # 40-120 s on 2 idle cores; the machine is shared, so generous
@@ -145,7 +153,10 @@ class RealServer:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError("%s still running after %gs" % (self.kind, timeout)) from None
+            tree = [(p, proc_state(p), proc_title(p)[:40]) for p in
+                    [self.proc.pid] + descendants(self.proc.pid)]
+            raise AssertionError("%s still running after %gs: %s\n%s" % (
+                self.kind, timeout, tree, self.log_tail())) from None
 
     def stop(self) -> None:
         """SIGTERM the server and its descendants, SIGKILL leftovers; reap it."""

@@ -127,11 +127,16 @@ def test_llamacpp_metrics_refusals_say_why(capture: str, status: int, hint: str)
 
 def test_vllm_paused_engine_is_not_ready_and_its_count_is_unknown() -> None:
     """/pause (dev mode): the gauge says awake and running/waiting read 0 while the engine
-    holds a request; /is_paused is what tells."""
+    holds a request; /is_paused is what tells, asked with --vllm-dev-mode."""
     routes = {"/metrics": captured(VLLM + "paused_holding_one_metrics.body"),
               "/is_paused": captured(VLLM + "is_paused_true.json")}
     with Replay(routes) as server:
-        checks = preset("vllm", server.url)
+        default = preset("vllm", server.url)  # /is_paused is an engine call: not asked
+        assert verdict(default["vllm-awake"], observe(default["vllm-awake"])) == (
+            True, "awake (vllm:engine_sleep_state)")
+        assert observe(default["vllm-inflight"]).reason == "0 in flight"
+        assert "/is_paused" not in [p for p, _ in server.seen]
+        checks = preset("vllm", server.url, vllm_dev_mode=True)
         awake, inflight = checks["vllm-awake"], checks["vllm-inflight"]
         assert verdict(awake, observe(awake)) == (
             False, "paused (/is_paused): the engine holds new requests")
@@ -154,9 +159,10 @@ def test_vllm_sleeping_engine_count_is_unknown() -> None:
 
 
 def test_vllm_without_dev_mode_pause_is_asked_once() -> None:
-    """/is_paused is 404 without VLLM_SERVER_DEV_MODE: asked once, then not until a restart."""
+    """--vllm-dev-mode on a server without it: /is_paused is 404, asked once, then not until
+    a restart."""
     with Replay({"/metrics": captured(VLLM + "idle_metrics.body")}) as server:
-        awake = preset("vllm", server.url)["vllm-awake"]
+        awake = preset("vllm", server.url, vllm_dev_mode=True)["vllm-awake"]
         for _ in range(3):
             assert verdict(awake, observe(awake)) == (True, "awake (vllm:engine_sleep_state)")
         assert [p for p, _ in server.seen].count("/is_paused") == 1

@@ -53,7 +53,8 @@ def test_api_key_covers_metrics(start_daemon: Any, llama_servers: Callable[..., 
         time.sleep(4)
         t_end = time.monotonic()
     hint = "HTTP 401 (the server wants an API key: --api-key-file)"
-    assert all(a.ok is False and hint in a.reason for a in tl.snapshot("started", t0)), \
+    first = tl.wait_reason("started", hint, t0, 10)  # the first result says it
+    assert all(a.ok is False and hint in a.reason for a in tl.snapshot("started", first.at)), \
         tl.lines(t0)
     assert hint in check_row(probed.port, "live", "llamacpp-progress")["reason"]
     assert hint in verbose(probed.port, "ready")

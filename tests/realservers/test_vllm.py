@@ -117,8 +117,11 @@ def test_loading_then_started(start_daemon: Any, vllm: VLLMServer, key_file: str
 
 
 def test_idle(start_daemon: Any, vllm: VLLMServer, key_file: str) -> None:
-    """Idle: all pass; sleep gauge awake, /is_paused false, nothing in flight, the process
-    start time is the incarnation."""
+    """Idle: all pass; sleep gauge awake, nothing in flight, the process start time is the
+    incarnation. And no call into the engine: a vLLM 0.32 never answers /is_paused or
+    /is_sleeping when its engine dies with one in flight, and then never exits."""
+    vllm.ensure_ready()
+    log_start = len(vllm.log_text())
     probed = ready_probed(start_daemon, vllm, key_file)
     text = verbose(probed.port, "ready")
     assert "[+]vllm-awake ok" in text and "[+]vllm-model ok" in text, text
@@ -131,6 +134,9 @@ def test_idle(start_daemon: Any, vllm: VLLMServer, key_file: str) -> None:
         t_end = time.monotonic()
     incarnation = group_json(probed.port, "ready")["incarnation"]
     assert incarnation and incarnation.startswith("20"), incarnation  # a timestamp
+    polled = vllm.log_text()[log_start:]
+    assert '"GET /metrics HTTP/1.1" 200' in polled
+    assert "/is_paused" not in polled and "/is_sleeping" not in polled, polled[-2000:]
     record_row("vLLM", "idle", tl, t0, t_end, "-", note="incarnation %s" % incarnation)
 
 
@@ -200,10 +206,10 @@ def test_sleeping_fails_ready(start_daemon: Any, vllm: VLLMServer, key_file: str
 def test_paused_fails_ready_and_the_drain_waits(start_daemon: Any, vllm: VLLMServer,
                                                 key_file: str) -> None:
     """Issue 16.13: a paused engine (/pause, dev mode) reads awake on the gauge and holds new
-    requests where /metrics does not count them: ready fails from /is_paused, and the drain
-    reports unknown instead of "nothing in flight"."""
-    probed = ready_probed(start_daemon, vllm, key_file, "--interval", "2s")
-    drainer = ready_probed(start_daemon, vllm, key_file)  # a drain lasts until a restart
+    requests where /metrics does not count them: with --vllm-dev-mode, ready fails from
+    /is_paused, and the drain reports unknown instead of "nothing in flight"."""
+    probed = ready_probed(start_daemon, vllm, key_file, "--interval", "2s", "--vllm-dev-mode")
+    drainer = ready_probed(start_daemon, vllm, key_file, "--vllm-dev-mode")  # until a restart
     with Timeline(probed.port) as tl:
         t0 = time.monotonic()
         status, _, body = request(vllm.url + "/pause?mode=keep", method="POST", timeout=60)
