@@ -3229,7 +3229,7 @@ class InflightCheck(HTTPPollingCheck):
 """Check kind `process`: which incarnation of the backend process is answering.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 PROCESS_START = "process_start_time_seconds"
 PROCESS_HEADER = "Process-Start-Time-Unix"
@@ -3249,15 +3249,23 @@ class ProcessCheck(HTTPPollingCheck):
                                  help="reply header naming the process (without the gauge)"),
     })
 
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        self.fresh = False
+
     def target(self) -> str:
         return "%s %s | header %s" % (self.config["url"], self.config["metric"],
                                       self.config["identity-header"])
 
+    def forget(self) -> None:
+        self.fresh = True
+
     async def observe(self) -> Observation:
         result = await scrape_selectors(self, self.config["url"], [self.config["metric"]],
-                                        self.request)
+                                        self.request, max_age=0.0 if self.fresh else None)
         if result.error:
             return scrape_failure(result)
+        self.fresh = False
         series = result.series[0]
         if series:
             started = max(value for _, value in series)

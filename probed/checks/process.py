@@ -11,11 +11,11 @@ even when the restart was faster than one poll and no connection was ever refuse
 to no group by default: its job is to tell the engine, which unlatches `started`.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 from ..expfmt import parse_selector
 from ..values import format_timestamp, parse_http_url
-from .base import Observation, Param
+from .base import CheckResources, Observation, Param
 from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
 from .metric import parse_selector_param, scrape_failure, scrape_selectors
 
@@ -38,15 +38,25 @@ class ProcessCheck(HTTPPollingCheck):
                                  help="reply header naming the process (without the gauge)"),
     })
 
+    def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
+        super().__init__(spec, resources)
+        self.fresh = False  # after a restart: no scrape the other checks took before it
+
     def target(self) -> str:
         return "%s %s | header %s" % (self.config["url"], self.config["metric"],
                                       self.config["identity-header"])
 
+    def forget(self) -> None:
+        self.fresh = True
+
     async def observe(self) -> Observation:
+        # A shared scrape up to 1 s old may come from the process that just died: read right
+        # after a restart, its identity would look like yet another restart.
         result = await scrape_selectors(self, self.config["url"], [self.config["metric"]],
-                                        self.request)
+                                        self.request, max_age=0.0 if self.fresh else None)
         if result.error:
             return scrape_failure(result)
+        self.fresh = False
         series = result.series[0]
         if series:
             started = max(value for _, value in series)

@@ -106,6 +106,18 @@ def test_llamacpp_api_key_goes_to_every_check_but_health(tmp_path: Path,
         assert sent == {"/health": None, "/metrics": "Bearer " + KEY}, sent
 
 
+def test_after_a_restart_the_identity_comes_from_a_fresh_scrape() -> None:
+    """The scrape is shared and reused for up to 1 s; right after probed saw a restart another
+    way (refused connections), a reused body would still name the dead process, and the next
+    poll would see "another" restart. Seen on the real server: two restart lines for one kill."""
+    with Replay({"/metrics": captured(LLAMA + "metrics-process-a.txt")}) as server:
+        process = preset("llamacpp", server.url)["llamacpp-process"]
+        assert observe(process).incarnation == "Process-Start-Time-Unix 4140487181"
+        server.routes["/metrics"] = captured(LLAMA + "metrics-process-b.txt")
+        process.forget()  # what the engine does on a restart
+        assert observe(process).incarnation == "Process-Start-Time-Unix 4148877906"
+
+
 @pytest.mark.parametrize("capture, status, hint", [
     ("apikey-metrics-nokey.json", 401, "HTTP 401 (the server wants an API key: --api-key-file)"),
     ("nometrics-metrics.json", 501, "HTTP 501 (no such endpoint on this server: llama-server "

@@ -208,8 +208,9 @@ def test_paused_fails_ready_and_the_drain_waits(start_daemon: Any, vllm: VLLMSer
     """Issue 16.13: a paused engine (/pause, dev mode) reads awake on the gauge and holds new
     requests where /metrics does not count them: with --vllm-dev-mode, ready fails from
     /is_paused, and the drain reports unknown instead of "nothing in flight"."""
-    probed = ready_probed(start_daemon, vllm, key_file, "--interval", "2s", "--vllm-dev-mode")
-    drainer = ready_probed(start_daemon, vllm, key_file, "--vllm-dev-mode")  # until a restart
+    probed = ready_probed(start_daemon, vllm, key_file, "--interval", "2s",
+                          "--vllm-dev-mode", "true")
+    drainer = ready_probed(start_daemon, vllm, key_file, "--vllm-dev-mode", "true")
     with Timeline(probed.port) as tl:
         t0 = time.monotonic()
         status, _, body = request(vllm.url + "/pause?mode=keep", method="POST", timeout=60)
