@@ -4259,7 +4259,8 @@ def is_openmetrics(headers: Mapping[str, str]) -> Optional[bool]:
 
 class MetricsReading:
 
-    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series")
+    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series",
+                 "headers")
 
     def __init__(self, taken_at: float, keys: FrozenSet[str]) -> None:
         self.taken_at = taken_at
@@ -4270,6 +4271,7 @@ class MetricsReading:
         self.location = ""
         self.empty = False
         self.series: Dict[str, SelectedSeries] = {}
+        self.headers: Dict[str, str] = {}
 
 
 class _MetricsSink(BodySink):
@@ -4278,12 +4280,13 @@ class _MetricsSink(BodySink):
         self.selectors = selectors
         self.status = 0
         self.location = ""
+        self.headers: Dict[str, str] = {}
         self.selector: Optional[SeriesSelector] = None
         self.head = b""
         self.blank_after_head = True
 
     def start(self, status: int, headers: Dict[str, str]) -> bool:
-        self.status, self.location = status, headers.get("location", "")
+        self.status, self.location, self.headers = status, headers.get("location", ""), headers
         if not 200 <= status < 300 or status == 204:
             return False
         self.selector = SeriesSelector(self.selectors, is_openmetrics(headers))
@@ -4298,7 +4301,7 @@ class _MetricsSink(BodySink):
         return self.selector.feed(data)
 
     def finish(self, reading: MetricsReading, keys: Sequence[str]) -> None:
-        reading.status, reading.location = self.status, self.location
+        reading.status, reading.location, reading.headers = self.status, self.location, self.headers
         if self.selector is None:
             return
         if self.blank_after_head and self.head.strip() in (b"", b"null"):
@@ -5467,6 +5470,25 @@ def body_snippet(body: bytes) -> str:
     return text[:BODY_SNIPPET] + ("..." if len(text) > BODY_SNIPPET else "")
 
 
+STATUS_HINTS = {
+    401: "the server wants an API key: --api-key-file",
+    403: "the server refused the API key: --api-key-file",
+    501: "no such endpoint on this server: llama-server serves /metrics only with --metrics",
+}
+
+
+def status_hint(status: int) -> str:
+    hint = STATUS_HINTS.get(status)
+    return " (%s)" % hint if hint else ""
+
+
+def parse_env_names(text: str) -> Tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or not all(n.replace("_", "a").isalnum() for n in names):
+        raise ValueError("expected variable names like VLLM_API_KEY,OPENAI_API_KEY")
+    return names
+
+
 def status_in(status: int, ranges: Any) -> bool:
     return any(low <= status <= high for low, high in ranges)
 
@@ -5476,8 +5498,7 @@ class HTTPRequestSettings:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.headers: Dict[str, str] = dict(config.get("header") or ())
         self.token_file: Optional[str] = config.get("token-file")
-        self.token_env: Optional[str] = config.get("token-env")
-        self.token_envs: Tuple[str, ...] = (self.token_env,) if self.token_env else ()
+        self.token_envs: Tuple[str, ...] = tuple(config.get("token-env") or ())
         self.tokens_sent: List[str] = []
         tls_needed = config.get("ca-file") or config.get("insecure")
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
@@ -5505,7 +5526,8 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
     "header": Param(parse_header_line, repeat=True, secret=True,
                     help="extra request header 'Name: value' (repeatable)"),
     "token-file": Param(str, help="file holding a Bearer token (re-read on every poll)"),
-    "token-env": Param(str, help="environment variable holding a Bearer token"),
+    "token-env": Param(parse_env_names, help="environment variables holding a Bearer token, "
+                                             "comma-separated (the first one set wins)"),
     "ca-file": Param(str, help="CA bundle for https"),
     "insecure": Param(parse_bool, default=False, help="skip https certificate checks"),
 }
@@ -5563,8 +5585,8 @@ class HTTPCheck(HTTPPollingCheck):
         status = int(obs.value)
         snippet = obs.detail.get("body", "")
         if not status_in(status, config["expect"]):
-            return False, "HTTP %d from %s%s" % (status, self.target(),
-                                                 (": " + snippet) if snippet else "")
+            return False, "HTTP %d%s from %s%s" % (status, status_hint(status), self.target(),
+                                                   (": " + snippet) if snippet else "")
         contains = config.get("contains")
         if contains and contains.encode("utf-8") not in (obs.raw or b""):
             return False, "HTTP %d from %s, body lacks %r" % (status, self.target(), contains)
@@ -5613,7 +5635,7 @@ def json_field(doc: Any, path: str) -> Any:
 
 def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
     settings = HTTPRequestSettings(config)
-    if not settings.token_file and not settings.token_env and config.get("api") != "json":
+    if not settings.token_file and not settings.token_envs and config.get("api") != "json":
         settings.token_envs = API_KEY_ENVS
     return settings
 
@@ -5624,7 +5646,7 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
     resp = await fetch(url, headers=settings.request_headers(), timeout=timeout,
                        tls=settings.tls, resolver=resolver)
     if resp.status != 200:
-        raise ValueError("GET %s: HTTP %d%s" % (url, resp.status, (
+        raise ValueError("GET %s: HTTP %d%s%s" % (url, resp.status, status_hint(resp.status), (
             ": " + body_snippet(resp.body)) if resp.body else ""))
     try:
         doc = resp.json()
@@ -5754,7 +5776,8 @@ class InferenceCheck(HTTPPollingCheck):
         if not 200 <= status < 300:
             if status == 404 and not self.config.get("model"):
                 self.model = None
-            return Observation(False, "HTTP %d: %s" % (status, body_snippet(body)),
+            return Observation(False, "HTTP %d%s: %s" % (status, status_hint(status),
+                                                         body_snippet(body)),
                                detail={"status": status})
         field = self.config.get("expect-field") or ("choices" if self.config["api"] != "json"
                                                     else None)
@@ -5828,6 +5851,7 @@ class ManualCheck(Check):
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 """
 
+import re
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -5856,14 +5880,16 @@ def format_value(value: float) -> str:
 
 class ScrapeResult:
 
-    __slots__ = ("series", "error", "empty", "refused")
+    __slots__ = ("series", "error", "empty", "refused", "headers")
 
     def __init__(self, series: List[List[Tuple[Dict[str, str], float]]], error: str = "",
-                 empty: bool = False, refused: bool = False) -> None:
+                 empty: bool = False, refused: bool = False,
+                 headers: Optional[Dict[str, str]] = None) -> None:
         self.series = series
         self.error = error
         self.empty = empty
         self.refused = refused
+        self.headers = headers or {}
 
     def failure(self) -> Observation:
         return Observation(False, self.error, refused=self.refused)
@@ -5889,7 +5915,33 @@ async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector]
         location = reading.location
         return ScrapeResult([], "%s: HTTP %d%s" % (url, reading.status, (
             " (redirect to %s: give that URL)" % location[:200]) if location else ""))
-    return ScrapeResult(selected(reading, selectors), empty=reading.empty)
+    return ScrapeResult(selected(reading, selectors), empty=reading.empty, headers=reading.headers)
+
+
+_SCRAPE_STATUS = re.compile(r": HTTP (\d{3})$")
+
+
+def scrape_error(result: ScrapeResult) -> str:
+    found = _SCRAPE_STATUS.search(result.error)
+    return result.error + status_hint(int(found.group(1))) if found else result.error
+
+
+def scrape_failure(result: ScrapeResult) -> Observation:
+    return Observation(False, scrape_error(result), refused=result.refused)
+
+
+def first_present(selectors: Sequence[Selector], found: Sequence[Sequence[Any]]
+                  ) -> Tuple[Optional[Selector], Sequence[Any]]:
+    for selector, series in zip(selectors, found):
+        if series:
+            return selector, series
+    return None, []
+
+
+def absent_note(selectors: Sequence[Selector], result: ScrapeResult) -> str:
+    if result.empty:
+        return ""
+    return "; absent from the body: %s" % " | ".join(s.name for s in selectors)
 
 
 METRIC_PARAMS: Dict[str, Param] = dict(HTTP_COMMON_PARAMS, **{
@@ -5946,14 +5998,17 @@ class MetricCheck(HTTPPollingCheck):
         selectors = self.config["metric"]
         result = await scrape_selectors(self, self.config["url"], selectors, self.request)
         if result.error:
-            return result.failure()
-        for selector, series in zip(selectors, result.series):
-            if series:
-                values = [v for _, v in series]
-                return Observation(True, "", aggregate(values, self.config["agg"]), detail={
-                    "metric": str(selector), "series": len(series), "values": values})
-        return Observation(True, "", None, detail={"metric": " | ".join(map(str, selectors)),
-                                                   "series": 0, "empty_body": result.empty})
+            return scrape_failure(result)
+        selector, series = first_present(selectors, result.series)
+        if selector is not None:
+            values = [v for _, v in series]
+            return Observation(True, "", aggregate(values, self.config["agg"]), detail={
+                "metric": str(selector), "series": len(series), "values": values})
+        detail: Dict[str, Any] = {"metric": " | ".join(map(str, selectors)), "series": 0,
+                                  "empty_body": result.empty}
+        if not result.empty:
+            detail["absent"] = [s.name for s in selectors]
+        return Observation(True, absent_note(selectors, result), None, detail=detail)
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if not obs.ok or obs.detail is None:
@@ -5963,7 +6018,8 @@ class MetricCheck(HTTPPollingCheck):
         if not values:
             what = "empty metrics body" if obs.detail.get("empty_body") else "no series %s" % (
                 obs.detail["metric"])
-            return config["missing"] == "pass", "%s (missing=%s)" % (what, config["missing"])
+            return config["missing"] == "pass", "%s (missing=%s)%s" % (
+                what, config["missing"], obs.reason)
         value = obs.value if config["agg"] == self.config["agg"] else aggregate(
             values, config["agg"])
         return judge_bounds(value, label, config, was_ok)
@@ -5980,36 +6036,50 @@ class ProgressCheck(HTTPPollingCheck):
     default_interval = 5.0
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="metrics URL"),
-        "running": Param(parse_selector_param, default=parse_selector(PROGRESS_RUNNING),
-                         help="in-flight requests (summed)"),
-        "counter": Param(parse_selector_param, default=parse_selector(PROGRESS_COUNTER),
-                         help="a counter that rises while work gets done (summed)"),
+        "running": Param(parse_selector_param, default=[parse_selector(PROGRESS_RUNNING)],
+                         repeat=True, help="in-flight requests (summed; repeat: fallbacks)"),
+        "counter": Param(parse_selector_param, default=[parse_selector(PROGRESS_COUNTER)],
+                         repeat=True, help="rises with every step of work (repeat: fallbacks)"),
         "stall-after": Param(parse_duration, default=120.0, overridable=True,
                              help="running > 0 and the counter flat this long is a stall"),
     })
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
-        metrics_source(self, self.config["url"], [self.config["running"], self.config["counter"]],
-                       self.request)
+        metrics_source(self, self.config["url"],
+                       list(self.config["running"]) + list(self.config["counter"]), self.request)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
+        self.counter_name = self.config["counter"][0].name
 
     def target(self) -> str:
-        return "%s %s vs %s" % (self.config["url"], self.config["running"], self.config["counter"])
+        return "%s %s vs %s" % (self.config["url"], " | ".join(map(str, self.config["running"])),
+                                " | ".join(map(str, self.config["counter"])))
 
     async def observe(self) -> Observation:
-        running_sel, counter_sel = self.config["running"], self.config["counter"]
-        result = await scrape_selectors(self, self.config["url"], [running_sel, counter_sel],
-                                        self.request)
+        running_sels, counter_sels = self.config["running"], self.config["counter"]
+        result = await scrape_selectors(self, self.config["url"],
+                                        list(running_sels) + list(counter_sels), self.request)
         if result.error:
-            return Observation(True, "progress unknown: " + result.error, refused=result.refused)
-        running_series, counter_series = result.series
-        if not counter_series:
-            return Observation(True, "no series %s: progress unknown" % counter_sel)
+            return Observation(True, "progress unknown: " + scrape_error(result),
+                               refused=result.refused)
+        running_sel, running_series = first_present(running_sels,
+                                                    result.series[:len(running_sels)])
+        counter_sel, counter_series = first_present(counter_sels,
+                                                    result.series[len(running_sels):])
+        if counter_sel is None:
+            shown = " | ".join(map(str, counter_sels))
+            return Observation(True, "no series %s: progress unknown%s" % (
+                shown, absent_note(counter_sels, result)), detail={
+                    "absent": [s.name for s in counter_sels]} if not result.empty else None)
+        if counter_sel.name != self.counter_name:
+            self.counter_name, self.last_counter = counter_sel.name, None
         running = sum(v for _, v in running_series)
         counter = sum(v for _, v in counter_series)
-        return self.note(running, counter, time.monotonic())
+        obs = self.note(running, counter, time.monotonic())
+        if running_sel is None and obs.detail is not None:
+            obs.detail["absent"] = [s.name for s in running_sels]
+        return obs
 
     def note(self, running: float, counter: float, now: float) -> Observation:
         last = self.last_counter
@@ -6023,7 +6093,7 @@ class ProgressCheck(HTTPPollingCheck):
         shown_last = format_value(last) if last is not None else ""
         detail = {"running": running, "counter": counter, "flat_seconds": round(flat_for, 3)}
         return Observation(True, "", flat_for, detail=detail, restart="%s went back from %s to %s" % (
-            self.config["counter"].name, shown_last, format_value(counter)) if reset else "")
+            self.counter_name, shown_last, format_value(counter)) if reset else "")
 
     def forget(self) -> None:
         self.last_counter = None
@@ -6036,25 +6106,88 @@ class ProgressCheck(HTTPPollingCheck):
         if not obs.ok or obs.detail is None or obs.value is None:
             return obs.ok, obs.reason
         running = obs.detail["running"]
+        absent = obs.detail.get("absent")
+        if absent:
+            return True, "idle; absent from the body: %s" % " | ".join(absent)
         if running > 0 and obs.value >= config["stall-after"]:
             return False, "stalled: %s running, %s flat for %s" % (
-                format_value(running), self.config["counter"].name, format_duration(
+                format_value(running), self.counter_name, format_duration(
                     round(obs.value)))
         if running > 0:
-            return True, "%s running, tokens at %s" % (format_value(running),
-                                                       format_value(obs.detail["counter"]))
+            return True, "%s running, %s at %s" % (format_value(running), self.counter_name,
+                                                   format_value(obs.detail["counter"]))
         return True, "idle"
 
 
 # ============================================================
 # probed/checks/awake.py
 # ============================================================
-"""Check kind `awake`: a vLLM engine that was put to sleep is not ready, though /health says 200.
+"""Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
+/health says 200.
 """
 
-from typing import Any, Mapping, Optional, Tuple
+import asyncio
+from typing import Any, Mapping, Optional, Tuple, Union
 
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
+IDLE_SLEEP_NOTE = "idle sleep: wakes on the next request"
+
+
+async def ask_flag(url: str, field: str, settings: HTTPRequestSettings, timeout: float,
+                   resolver: Optional[Resolver] = None) -> Optional[bool]:
+    resp = await fetch(url, headers=settings.request_headers(), timeout=timeout,
+                       tls=settings.tls, resolver=resolver)
+    if resp.status == 404:
+        return None
+    try:
+        value = resp.json().get(field) if resp.status == 200 else None
+    except (ValueError, AttributeError):
+        value = None
+    if not isinstance(value, bool):
+        raise ValueError("%s: unexpected reply HTTP %d" % (url.rsplit("/", 1)[-1], resp.status))
+    return value
+
+
+class PauseRoute:
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.missing = False
+
+    async def paused(self, settings: HTTPRequestSettings, timeout: float,
+                     resolver: Optional[Resolver] = None) -> Optional[bool]:
+        if self.missing:
+            return None
+        try:
+            found = await ask_flag(self.url, "is_paused", settings, timeout, resolver)
+        except ValueError:
+            found = None
+        self.missing = found is None
+        return found
+
+    async def state(self, settings: HTTPRequestSettings, timeout: float,
+                    resolver: Optional[Resolver] = None) -> Union[Optional[bool], FetchError]:
+        try:
+            return await self.paused(settings, timeout, resolver)
+        except FetchError as exc:
+            return exc
+
+    def forget(self) -> None:
+        self.missing = False
+
+
+async def no_pause() -> Optional[bool]:
+    return None
+
+
+def with_pause(awake: Observation, paused: Union[Optional[bool], FetchError]) -> Observation:
+    if isinstance(paused, FetchError):
+        awake.reason += "; pause state unknown: /is_paused: %s" % paused
+        return awake
+    if paused:
+        return Observation(False, "paused (/is_paused): the engine holds new requests", 0.0,
+                           detail={"paused": True})
+    return awake
 
 
 class AwakeCheck(HTTPPollingCheck):
@@ -6063,51 +6196,70 @@ class AwakeCheck(HTTPPollingCheck):
     default_probes = frozenset(("ready",))
     params = dict(HTTP_COMMON_PARAMS, **{
         "url": Param(parse_http_url, required=True, help="vLLM base URL"),
+        "idle-sleep": Param(parse_bool, default=False,
+                            help="the server wakes on the next request: sleeping passes"),
+        "ask-engine": Param(parse_bool, default=False,
+                            help="ask /is_paused (and /is_sleeping without the gauge)"),
     })
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
         metrics_source(self, self.config["url"].rstrip("/") + "/metrics", [AWAKE_SELECTOR],
                        self.request)
+        self.pause = PauseRoute(self.config["url"].rstrip("/") + "/is_paused")
 
     def target(self) -> str:
-        return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping"
+        return self.config["url"].rstrip("/") + "/metrics engine_sleep_state, /is_sleeping, " \
+            "/is_paused"
 
     async def observe(self) -> Observation:
         base = self.config["url"].rstrip("/")
-        result = await scrape_selectors(self, base + "/metrics", [AWAKE_SELECTOR], self.request)
+        ask = self.config["ask-engine"]
+        result, paused = await asyncio.gather(
+            scrape_selectors(self, base + "/metrics", [AWAKE_SELECTOR], self.request),
+            self.pause.state(self.request, self.spec.timeout, self.resources.resolver) if ask
+            else no_pause())
         if result.error:
-            return result.failure()
+            return scrape_failure(result)
         series = result.series[0]
         if series:
             asleep = sorted(labels.get("engine", "?") for labels, value in series if value < 1)
             if asleep:
                 return Observation(False, "sleeping (engine %s; vllm:engine_sleep_state)" % (
                     ",".join(asleep)), 0.0, detail={"asleep_engines": asleep})
-            return Observation(True, "awake (vllm:engine_sleep_state)", 1.0)
-        return await self.ask_is_sleeping(base)
+            obs = Observation(True, "awake (vllm:engine_sleep_state)", 1.0)
+        elif not ask:
+            return Observation(True, "sleep state unknown (no sleep gauge; /is_sleeping is "
+                                     "asked with ask-engine=true)")
+        else:
+            obs = await self.ask_is_sleeping(base)
+            if not obs.ok:
+                return obs
+        return with_pause(obs, paused)
 
     async def ask_is_sleeping(self, base: str) -> Observation:
         try:
-            resp = await fetch(base + "/is_sleeping", headers=self.request.request_headers(),
-                               timeout=self.spec.timeout, tls=self.request.tls,
-                               resolver=self.resources.resolver)
+            sleeping = await ask_flag(base + "/is_sleeping", "is_sleeping", self.request,
+                                      self.spec.timeout, self.resources.resolver)
         except FetchError as exc:
             return Observation(False, "/is_sleeping: %s" % exc)
-        if resp.status == 404:
+        except ValueError as exc:
+            return Observation(False, "/%s" % exc)
+        if sleeping is None:
             return Observation(True, "sleep state unknown (no sleep gauge; /is_sleeping is "
                                      "dev mode only)")
-        try:
-            sleeping = resp.json().get("is_sleeping") if resp.status == 200 else None
-        except (ValueError, AttributeError):
-            sleeping = None
-        if sleeping is None:
-            return Observation(False, "/is_sleeping: unexpected reply HTTP %d" % resp.status)
         if sleeping:
-            return Observation(False, "sleeping (/is_sleeping)", 0.0)
+            return Observation(False, "sleeping (/is_sleeping)", 0.0, detail={"asleep": True})
         return Observation(True, "awake (/is_sleeping)", 1.0)
 
+    def forget(self) -> None:
+        self.pause.forget()
+
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        asleep = obs.detail is not None and (
+            "asleep_engines" in obs.detail or obs.detail.get("asleep"))
+        if asleep and config["idle-sleep"]:
+            return True, "%s; %s" % (obs.reason, IDLE_SLEEP_NOTE)
         return obs.ok, obs.reason
 
 
@@ -6117,9 +6269,11 @@ class AwakeCheck(HTTPPollingCheck):
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 """
 
-from typing import Optional
+import asyncio
+from typing import List, Optional
 
 INFLIGHT_MAX_AGE = 0.0
+HELD_NOTE = "the requests it holds are not counted in /metrics"
 
 
 class InflightCheck(HTTPPollingCheck):
@@ -6132,22 +6286,45 @@ class InflightCheck(HTTPPollingCheck):
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "metric": Param(parse_selector_param, repeat=True, required=True,
                         help="series to add up, e.g. vllm:num_requests_running (repeatable)"),
+        "awake-metric": Param(parse_selector_param, help="gauge < 1 while asleep: count unknown"),
+        "paused-url": Param(parse_http_url, help="vLLM's /is_paused: paused, count unknown"),
     })
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
-        metrics_source(self, self.config["url"], self.config["metric"], self.request)
+        metrics_source(self, self.config["url"], self.selectors(), self.request)
+        paused_url = self.config.get("paused-url")
+        self.pause = PauseRoute(paused_url) if paused_url else None
+
+    def selectors(self) -> List[Selector]:
+        awake_sel = self.config.get("awake-metric")
+        return list(self.config["metric"]) + ([awake_sel] if awake_sel is not None else [])
 
     def target(self) -> str:
         return "%s %s" % (self.config["url"], " + ".join(map(str, self.config["metric"])))
 
     async def observe(self) -> Observation:
-        result = await scrape_selectors(self, self.config["url"], self.config["metric"],
-                                        self.request, max_age=INFLIGHT_MAX_AGE)
+        selectors = list(self.config["metric"])
+        awake_sel = self.config.get("awake-metric")
+        result, paused = await asyncio.gather(
+            scrape_selectors(self, self.config["url"], self.selectors(), self.request,
+                             max_age=INFLIGHT_MAX_AGE),
+            self.pause.state(self.request, self.spec.timeout, self.resources.resolver)
+            if self.pause else no_pause())
         if result.error:
-            return result.failure()
-        total = sum(value for series in result.series for _, value in series)
+            return scrape_failure(result)
+        if awake_sel is not None and any(v < 1 for _, v in result.series[-1]):
+            return Observation(False, "engine asleep (%s): %s" % (awake_sel.name, HELD_NOTE))
+        if isinstance(paused, FetchError):
+            return Observation(False, "pause state unknown: /is_paused: %s" % paused)
+        if paused:
+            return Observation(False, "engine paused (/is_paused): " + HELD_NOTE)
+        total = sum(value for series in result.series[:len(selectors)] for _, value in series)
         return Observation(True, "%s in flight" % format_value(total), total)
+
+    def forget(self) -> None:
+        if self.pause is not None:
+            self.pause.forget()
 
 
 # ============================================================
@@ -6159,6 +6336,8 @@ class InflightCheck(HTTPPollingCheck):
 from typing import Optional
 
 PROCESS_START = "process_start_time_seconds"
+PROCESS_HEADER = "Process-Start-Time-Unix"
+PROCESS_HEADER_MAX = 64
 
 
 class ProcessCheck(HTTPPollingCheck):
@@ -6170,27 +6349,40 @@ class ProcessCheck(HTTPPollingCheck):
         "url": Param(parse_http_url, required=True, help="metrics URL"),
         "metric": Param(parse_selector_param, default=parse_selector(PROCESS_START),
                         help="gauge holding the process start time (Unix seconds)"),
+        "identity-header": Param(str, default=PROCESS_HEADER,
+                                 help="reply header naming the process (without the gauge)"),
     })
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
         metrics_source(self, self.config["url"], [self.config["metric"]], self.request)
+        self.fresh = False
 
     def target(self) -> str:
-        return "%s %s" % (self.config["url"], self.config["metric"])
+        return "%s %s | header %s" % (self.config["url"], self.config["metric"],
+                                      self.config["identity-header"])
+
+    def forget(self) -> None:
+        self.fresh = True
 
     async def observe(self) -> Observation:
         result = await scrape_selectors(self, self.config["url"], [self.config["metric"]],
-                                        self.request)
+                                        self.request, max_age=0.0 if self.fresh else None)
         if result.error:
-            return result.failure()
+            return scrape_failure(result)
+        self.fresh = False
         series = result.series[0]
-        if not series:
-            return Observation(True, "no %s: restarts show only as refusals and counter resets"
-                               % self.config["metric"].name)
-        started = max(value for _, value in series)
-        return Observation(True, "process started %s" % format_timestamp(started), started,
-                           incarnation=started)
+        if series:
+            started = max(value for _, value in series)
+            return Observation(True, "process started %s" % format_timestamp(started), started,
+                               incarnation=started)
+        header = self.config["identity-header"]
+        value = result.headers.get(header.lower(), "").strip()[:PROCESS_HEADER_MAX]
+        if value:
+            shown = "%s %s" % (header, value)
+            return Observation(True, "process " + shown, incarnation=shown)
+        return Observation(True, "no %s: restarts show only as refusals and counter resets"
+                           % self.config["metric"].name)
 
 
 # ============================================================
@@ -7421,8 +7613,9 @@ class Pod:
                     self.awaiting_incarnation = False
                     events.append(IncarnationSeen(obs.incarnation))
             elif obs.incarnation != old:
-                self._restart("process start time changed from %s to %s" % (
-                    describe_incarnation(old), describe_incarnation(obs.incarnation)),
+                what = "identity" if isinstance(obs.incarnation, str) else "start time"
+                self._restart("process %s changed from %s to %s" % (
+                    what, describe_incarnation(old), describe_incarnation(obs.incarnation)),
                     obs.incarnation, now, wall, events)
             return
         why = ""
@@ -7540,8 +7733,12 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--model", str, None, "model id that must be served (default: any)"),
     ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
-    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY "
-                                  "or $OPENAI_API_KEY)"),
+    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY, "
+                                  "$LLAMA_API_KEY or $OPENAI_API_KEY)"),
+    ("--vllm-dev-mode", parse_bool, False, "vLLM has VLLM_SERVER_DEV_MODE=1: ask /is_paused "
+                                           "(see README: an engine call)"),
+    ("--idle-sleep", parse_bool, False, "vLLM sleeps itself when idle (--sleep-idle-ttl): "
+                                        "sleeping stays ready"),
     ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
                                                 "after start (live); default: only until started"),
     ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
@@ -7562,12 +7759,16 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
 GPU_RESTART_VISIBLE = ("vllm", "sglang", "tgi", "vllm_endpoint")
 
 
+Names = Tuple[str, ...]
+
+
 class BackendFlavour:
 
-    def __init__(self, name: str, queue: str, running: Optional[str], counter: Optional[str],
-                 kv_cache: Tuple[str, ...] = (), hard_status: str = "", models: bool = True,
+    def __init__(self, name: str, queue: Names, running: Names, counter: Names,
+                 kv_cache: Names = (), hard_status: str = "", models: bool = True,
                  inference_api: str = "completions", sleep: bool = False,
-                 process: bool = True) -> None:
+                 process: bool = True, key_envs: Names = (),
+                 health_timeout: Optional[str] = None) -> None:
         self.name = name
         self.queue = queue
         self.running = running
@@ -7578,55 +7779,100 @@ class BackendFlavour:
         self.inference_api = inference_api
         self.sleep = sleep
         self.process = process
+        self.key_envs = key_envs
+        self.health_timeout = health_timeout
+
+
+OPENAI_KEY_ENVS = ("OPENAI_API_KEY",)
+PRESET_API_TIMEOUT = "5s"
+
+
+def sglang_names(suffix: str) -> Names:
+    return ("sglang:" + suffix, "sglang_" + suffix)
 
 
 FLAVOURS = {
-    "vllm": BackendFlavour("vllm", "vllm:num_requests_waiting", "vllm:num_requests_running",
-                           "vllm:generation_tokens_total",
+    "vllm": BackendFlavour("vllm", ("vllm:num_requests_waiting",),
+                           ("vllm:num_requests_running",), ("vllm:generation_tokens_total",),
                            ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-                           hard_status="503", sleep=True),
-    "tgi": BackendFlavour("tgi", "tgi_queue_size", "tgi_batch_current_size", None, models=False,
-                          inference_api="tgi", process=False),
-    "sglang": BackendFlavour("sglang", "sglang:num_queue_reqs", "sglang:num_running_reqs",
-                             "sglang:generation_tokens_total", ("sglang:token_usage",)),
-    "llamacpp": BackendFlavour("llamacpp", "llamacpp:requests_deferred",
-                               "llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
-                               models=False),
+                           hard_status="503", sleep=True,
+                           key_envs=("VLLM_API_KEY",) + OPENAI_KEY_ENVS),
+    "tgi": BackendFlavour("tgi", ("tgi_queue_size",), ("tgi_batch_current_size",), (),
+                          models=False, inference_api="tgi", process=False),
+    "sglang": BackendFlavour("sglang", sglang_names("num_queue_reqs"),
+                             sglang_names("num_running_reqs"),
+                             sglang_names("generation_tokens_total"), sglang_names("token_usage"),
+                             key_envs=OPENAI_KEY_ENVS, health_timeout="25s"),
+    "llamacpp": BackendFlavour("llamacpp", ("llamacpp:requests_deferred",),
+                               ("llamacpp:requests_processing",),
+                               ("llamacpp:n_decode_total", "llamacpp:tokens_predicted_total"),
+                               models=False, key_envs=("LLAMA_API_KEY",) + OPENAI_KEY_ENVS),
 }
+
+
+def listed(names: Names) -> Any:
+    return names[0] if len(names) == 1 else list(names)
+
+
+def server_key(flavour: BackendFlavour, opts: Mapping[str, Any]) -> Dict[str, str]:
+    if opts.get("api_key_file"):
+        return {"token-file": opts["api_key_file"]}
+    return {"token-env": ",".join(flavour.key_envs)} if flavour.key_envs else {}
+
+
+def scraping(token: Dict[str, str]) -> Dict[str, str]:
+    return dict(token, timeout=PRESET_API_TIMEOUT)
 
 
 def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) -> List[RawCheck]:
     n = flavour.name
-    token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
+    token = server_key(flavour, opts)
+    scrape = scraping(token)
     checks: List[RawCheck] = [dict(
         kind="http", name=n + "-health", url=base + "/health",
         probes="live,ready,started", expect="200", **{"fail-after": "3"},
-        **({"hard": flavour.hard_status} if flavour.hard_status else {}))]
+        **({"hard": flavour.hard_status} if flavour.hard_status else {}),
+        **({"timeout": flavour.health_timeout} if flavour.health_timeout else {}))]
     if flavour.models:
         checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
-                           **({"model": opts["model"]} if opts.get("model") else {}), **token))
+                           **({"model": opts["model"]} if opts.get("model") else {}), **scrape))
     if flavour.sleep:
-        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready"))
+        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready", **scrape,
+                           **({"idle-sleep": "true"} if opts.get("idle_sleep") else {}),
+                           **({"ask-engine": "true"} if opts.get("vllm_dev_mode") else {})))
     metrics = base + "/metrics"
     if opts.get("max_waiting") is not None:
-        checks.append(dict(kind="metric", name=n + "-queue", url=metrics, metric=flavour.queue,
-                           agg="sum", max="%g" % opts["max_waiting"], probes="ready"))
+        checks.append(dict(kind="metric", name=n + "-queue", url=metrics,
+                           metric=listed(flavour.queue), agg="sum",
+                           max="%g" % opts["max_waiting"], probes="ready", **scrape))
     if opts.get("max_kv_cache") is not None and flavour.kv_cache:
         checks.append(dict(kind="metric", name=n + "-kv-cache", url=metrics,
                            metric=list(flavour.kv_cache), agg="max",
-                           max="%g" % opts["max_kv_cache"], probes="ready"))
+                           max="%g" % opts["max_kv_cache"], probes="ready", **scrape))
     stall = opts.get("stall_after")
     if flavour.counter and flavour.running and stall:
         checks.append(dict(kind="progress", name=n + "-progress", url=metrics,
-                           running=flavour.running, counter=flavour.counter,
-                           **{"stall-after": format_duration(stall)}, probes="live"))
+                           running=listed(flavour.running), counter=listed(flavour.counter),
+                           **{"stall-after": format_duration(stall)}, probes="live", **scrape))
     if flavour.running:
-        checks.append(dict(kind="inflight", name=n + "-inflight", url=metrics,
-                           metric=[flavour.running, flavour.queue], probes=""))
+        checks.append(inflight_check(flavour, base, scrape, bool(opts.get("vllm_dev_mode"))))
     if flavour.process:
-        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes=""))
+        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes="",
+                           **scrape))
     checks.append(inference_check(flavour, base, opts, token))
     return checks
+
+
+def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str],
+                   dev_mode: bool) -> RawCheck:
+    check: RawCheck = dict(kind="inflight", name=flavour.name + "-inflight",
+                           url=base + "/metrics", metric=list(flavour.running + flavour.queue),
+                           probes="", **token)
+    if flavour.sleep:
+        check["awake-metric"] = 'vllm:engine_sleep_state{sleep_state="awake"}'
+        if dev_mode:
+            check["paused-url"] = base + "/is_paused"
+    return check
 
 
 def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],

@@ -303,8 +303,9 @@ class Pod:
                     self.awaiting_incarnation = False
                     events.append(IncarnationSeen(obs.incarnation))
             elif obs.incarnation != old:
-                self._restart("process start time changed from %s to %s" % (
-                    describe_incarnation(old), describe_incarnation(obs.incarnation)),
+                what = "identity" if isinstance(obs.incarnation, str) else "start time"
+                self._restart("process %s changed from %s to %s" % (
+                    what, describe_incarnation(old), describe_incarnation(obs.incarnation)),
                     obs.incarnation, now, wall, events)
             return
         why = ""

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from .gpufaults import parse_device_list
 from .values import (
     ConfigError,
+    parse_bool,
     parse_count,
     format_duration,
     parse_duration,
@@ -81,8 +82,12 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--model", str, None, "model id that must be served (default: any)"),
     ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
-    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY "
-                                  "or $OPENAI_API_KEY)"),
+    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY, "
+                                  "$LLAMA_API_KEY or $OPENAI_API_KEY)"),
+    ("--vllm-dev-mode", parse_bool, False, "vLLM has VLLM_SERVER_DEV_MODE=1: ask /is_paused "
+                                           "(see README: an engine call)"),
+    ("--idle-sleep", parse_bool, False, "vLLM sleeps itself when idle (--sleep-idle-ttl): "
+                                        "sleeping stays ready"),
     ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
                                                 "after start (live); default: only until started"),
     ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
@@ -106,13 +111,17 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
 GPU_RESTART_VISIBLE = ("vllm", "sglang", "tgi", "vllm_endpoint")
 
 
+Names = Tuple[str, ...]  # metric names, fallbacks in order: the first present wins
+
+
 class BackendFlavour:
     """What differs between servers: metric names and which signals exist."""
 
-    def __init__(self, name: str, queue: str, running: Optional[str], counter: Optional[str],
-                 kv_cache: Tuple[str, ...] = (), hard_status: str = "", models: bool = True,
+    def __init__(self, name: str, queue: Names, running: Names, counter: Names,
+                 kv_cache: Names = (), hard_status: str = "", models: bool = True,
                  inference_api: str = "completions", sleep: bool = False,
-                 process: bool = True) -> None:
+                 process: bool = True, key_envs: Names = (),
+                 health_timeout: Optional[str] = None) -> None:
         self.name = name
         self.queue = queue
         self.running = running
@@ -122,60 +131,120 @@ class BackendFlavour:
         self.models = models
         self.inference_api = inference_api
         self.sleep = sleep
-        self.process = process  # exports process_start_time_seconds (Python/C++ servers)
+        self.process = process  # tells its process apart (start time gauge or identity header)
+        self.key_envs = key_envs  # where the server's API key is found when no file is given
+        self.health_timeout = health_timeout
+
+
+OPENAI_KEY_ENVS = ("OPENAI_API_KEY",)
+# The API server answers slowly while it is busy (a real vLLM on 2 CPU cores took 1-3 s for
+# /metrics and /v1/models during a burst): a slow reply is no news about the model, sleep,
+# queue or progress. /health keeps the 1 s default: its fail-after 3 absorbs slow replies.
+PRESET_API_TIMEOUT = "5s"
+
+
+def sglang_names(suffix: str) -> Names:
+    """SGLang exports `sglang:` names, and `sglang_` ones behind its router: both, colon first."""
+    return ("sglang:" + suffix, "sglang_" + suffix)
 
 
 FLAVOURS = {
-    "vllm": BackendFlavour("vllm", "vllm:num_requests_waiting", "vllm:num_requests_running",
-                           "vllm:generation_tokens_total",
+    "vllm": BackendFlavour("vllm", ("vllm:num_requests_waiting",),
+                           ("vllm:num_requests_running",), ("vllm:generation_tokens_total",),
                            ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-                           hard_status="503", sleep=True),
+                           hard_status="503", sleep=True,
+                           key_envs=("VLLM_API_KEY",) + OPENAI_KEY_ENVS),
     # TGI: the port opens only when warm; /health 503 means unhealthy; counters lack _total.
-    "tgi": BackendFlavour("tgi", "tgi_queue_size", "tgi_batch_current_size", None, models=False,
-                          inference_api="tgi", process=False),
-    # SGLang: /health is 503 while starting, so it is not hard evidence of death.
-    "sglang": BackendFlavour("sglang", "sglang:num_queue_reqs", "sglang:num_running_reqs",
-                             "sglang:generation_tokens_total", ("sglang:token_usage",)),
-    # llama.cpp: /health 503 "Loading model" means not started yet, never dead.
-    "llamacpp": BackendFlavour("llamacpp", "llamacpp:requests_deferred",
-                               "llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
-                               models=False),
+    "tgi": BackendFlavour("tgi", ("tgi_queue_size",), ("tgi_batch_current_size",), (),
+                          models=False, inference_api="tgi", process=False),
+    # SGLang: /health is 503 while starting, so it is not hard evidence of death; it runs a
+    # 1-token generation with a 20 s internal timeout, so its poll gets longer than that.
+    "sglang": BackendFlavour("sglang", sglang_names("num_queue_reqs"),
+                             sglang_names("num_running_reqs"),
+                             sglang_names("generation_tokens_total"), sglang_names("token_usage"),
+                             key_envs=OPENAI_KEY_ENVS, health_timeout="25s"),
+    # llama.cpp: /health 503 "Loading model" means not started yet, never dead. Its
+    # tokens_predicted_total rises only when a request finishes (one long generation looks
+    # flat); n_decode_total rises every decode step. --api-key covers /metrics too. Its idle
+    # sleep (--sleep-idle-seconds) is the only sleep it has and wakes on the next request, so
+    # it needs no awake check: such a pod stays ready.
+    "llamacpp": BackendFlavour("llamacpp", ("llamacpp:requests_deferred",),
+                               ("llamacpp:requests_processing",),
+                               ("llamacpp:n_decode_total", "llamacpp:tokens_predicted_total"),
+                               models=False, key_envs=("LLAMA_API_KEY",) + OPENAI_KEY_ENVS),
 }
+
+
+def listed(names: Names) -> Any:
+    """One name as a string, fallbacks as a list (what --print-config then shows)."""
+    return names[0] if len(names) == 1 else list(names)
+
+
+def server_key(flavour: BackendFlavour, opts: Mapping[str, Any]) -> Dict[str, str]:
+    """The API key source every check but /health sends: --api-key-file, else the variables."""
+    if opts.get("api_key_file"):
+        return {"token-file": opts["api_key_file"]}
+    return {"token-env": ",".join(flavour.key_envs)} if flavour.key_envs else {}
+
+
+def scraping(token: Dict[str, str]) -> Dict[str, str]:
+    """The keys of a check that reads the API (/metrics, /v1/models, /is_paused): the API key
+    and a timeout that fits a busy server."""
+    return dict(token, timeout=PRESET_API_TIMEOUT)
 
 
 def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) -> List[RawCheck]:
     """The named checks one backend flag expands into."""
     n = flavour.name
-    token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
+    token = server_key(flavour, opts)
+    scrape = scraping(token)
     checks: List[RawCheck] = [dict(
         kind="http", name=n + "-health", url=base + "/health",
         probes="live,ready,started", expect="200", **{"fail-after": "3"},
-        **({"hard": flavour.hard_status} if flavour.hard_status else {}))]
+        **({"hard": flavour.hard_status} if flavour.hard_status else {}),
+        **({"timeout": flavour.health_timeout} if flavour.health_timeout else {}))]
     if flavour.models:
         checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
-                           **({"model": opts["model"]} if opts.get("model") else {}), **token))
+                           **({"model": opts["model"]} if opts.get("model") else {}), **scrape))
     if flavour.sleep:
-        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready"))
+        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready", **scrape,
+                           **({"idle-sleep": "true"} if opts.get("idle_sleep") else {}),
+                           **({"ask-engine": "true"} if opts.get("vllm_dev_mode") else {})))
     metrics = base + "/metrics"
     if opts.get("max_waiting") is not None:
-        checks.append(dict(kind="metric", name=n + "-queue", url=metrics, metric=flavour.queue,
-                           agg="sum", max="%g" % opts["max_waiting"], probes="ready"))
+        checks.append(dict(kind="metric", name=n + "-queue", url=metrics,
+                           metric=listed(flavour.queue), agg="sum",
+                           max="%g" % opts["max_waiting"], probes="ready", **scrape))
     if opts.get("max_kv_cache") is not None and flavour.kv_cache:
         checks.append(dict(kind="metric", name=n + "-kv-cache", url=metrics,
                            metric=list(flavour.kv_cache), agg="max",
-                           max="%g" % opts["max_kv_cache"], probes="ready"))
+                           max="%g" % opts["max_kv_cache"], probes="ready", **scrape))
     stall = opts.get("stall_after")
     if flavour.counter and flavour.running and stall:
         checks.append(dict(kind="progress", name=n + "-progress", url=metrics,
-                           running=flavour.running, counter=flavour.counter,
-                           **{"stall-after": format_duration(stall)}, probes="live"))
+                           running=listed(flavour.running), counter=listed(flavour.counter),
+                           **{"stall-after": format_duration(stall)}, probes="live", **scrape))
     if flavour.running:
-        checks.append(dict(kind="inflight", name=n + "-inflight", url=metrics,
-                           metric=[flavour.running, flavour.queue], probes=""))
+        checks.append(inflight_check(flavour, base, scrape, bool(opts.get("vllm_dev_mode"))))
     if flavour.process:
-        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes=""))
+        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes="",
+                           **scrape))
     checks.append(inference_check(flavour, base, opts, token))
     return checks
+
+
+def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str],
+                   dev_mode: bool) -> RawCheck:
+    """Requests in flight for the preStop drain; a sleeping or paused vLLM engine holds
+    requests /metrics does not count, so there the count is unknown (the drain waits)."""
+    check: RawCheck = dict(kind="inflight", name=flavour.name + "-inflight",
+                           url=base + "/metrics", metric=list(flavour.running + flavour.queue),
+                           probes="", **token)
+    if flavour.sleep:
+        check["awake-metric"] = 'vllm:engine_sleep_state{sleep_state="awake"}'
+        if dev_mode:
+            check["paused-url"] = base + "/is_paused"
+    return check
 
 
 def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],

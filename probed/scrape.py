@@ -41,7 +41,8 @@ def is_openmetrics(headers: Mapping[str, str]) -> Optional[bool]:
 class MetricsReading:
     """What one scrape said: each registered selector's series (by its text), or why not."""
 
-    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series")
+    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series",
+                 "headers")
 
     def __init__(self, taken_at: float, keys: FrozenSet[str]) -> None:
         self.taken_at = taken_at  # monotonic seconds when its request started
@@ -52,6 +53,7 @@ class MetricsReading:
         self.location = ""  # a redirect's Location
         self.empty = False  # the body was empty or `null`
         self.series: Dict[str, SelectedSeries] = {}
+        self.headers: Dict[str, str] = {}  # the reply's (llama-server names its process there)
 
 
 class _MetricsSink(BodySink):
@@ -61,12 +63,13 @@ class _MetricsSink(BodySink):
         self.selectors = selectors
         self.status = 0
         self.location = ""
+        self.headers: Dict[str, str] = {}
         self.selector: Optional[SeriesSelector] = None
         self.head = b""
         self.blank_after_head = True
 
     def start(self, status: int, headers: Dict[str, str]) -> bool:
-        self.status, self.location = status, headers.get("location", "")
+        self.status, self.location, self.headers = status, headers.get("location", ""), headers
         if not 200 <= status < 300 or status == 204:
             return False
         self.selector = SeriesSelector(self.selectors, is_openmetrics(headers))
@@ -82,7 +85,7 @@ class _MetricsSink(BodySink):
 
     def finish(self, reading: MetricsReading, keys: Sequence[str]) -> None:
         """Fill in what the body said; `keys` name the selectors, in order."""
-        reading.status, reading.location = self.status, self.location
+        reading.status, reading.location, reading.headers = self.status, self.location, self.headers
         if self.selector is None:
             return
         if self.blank_after_head and self.head.strip() in (b"", b"null"):

@@ -1,10 +1,12 @@
 """A simulated vLLM OpenAI server, for `probed demo`, for tests, and for trying probed by hand.
 
-It behaves on the wire like vLLM in each state a probe must tell apart (as the real server did): the
-port refuses connections while the model loads (`loading`, `restart`, and after a dead engine
-exits), `/health` is 200 with an empty body until the engine dies (then 503, and the process
-"exits" a few seconds later), sleeping and hung engines still answer 200, and `/metrics` is
-vLLM V1 exposition (probed/vllmsim_api.py). Closing the port is real: the listening socket
+It behaves on the wire like vLLM in each state a probe must tell apart (as a real vLLM 0.32
+did in tests/fixtures/real-servers): the port refuses connections while the model loads
+(`loading`, `restart`, and after a dead engine exits), `/health` is 200 with an empty body
+until the engine dies (then 503, and the process "exits" 0-4 s later), sleeping, paused and
+hung engines still answer 200, and `/metrics` is vLLM V1 exposition (probed/vllmsim_api.py).
+A sleeping, paused or hung engine holds new requests without counting them in running or
+waiting (a hung one freezes its gauges). Closing the port is real: the listening socket
 is closed, and a bound socket that does not listen holds the port so connects are refused.
 Control: `set_state()` in-process, or `POST /_sim/state/<name>` on a separate loopback control
 port that stays up while the server port is closed. Loopback use only: no TLS, no streaming,
@@ -42,7 +44,8 @@ SIM_DEAD_REQUEST_EXIT = 0.1  # vLLM's error handler sets should_exit at once; uv
 SIM_SATURATED_SLOWDOWN = 4.0  # a saturated server's requests take this many times longer
 SIM_TOKENS_PER_REQUEST = 64  # busy traffic: requests finished per generated token
 SIM_CPU_FRACTION = 0.1  # process_cpu_seconds_total grows at this share of wall time
-SIM_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SIM_METRICS_TYPE = "text/plain; version=1.0.0; charset=utf-8"  # vLLM 0.32's prometheus_client
+SIM_HOLDING_STATES = ("sleeping", "paused", "stalled")  # requests wait, uncounted
 SIM_NOT_FOUND = sim_json({"detail": "Not Found"})  # FastAPI's own 404 body
 
 
@@ -69,7 +72,7 @@ class VLLMSimulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, model: str = "sim-model",
                  api_key: Optional[str] = None, dev_mode: bool = False, num_engines: int = 1,
                  metrics_style: str = "v1", token_latency: float = 0.02,
-                 dead_exit_after: float = 5.0, state: str = "ready",
+                 dead_exit_after: float = 2.0, state: str = "ready",
                  state_params: Optional[Dict[str, Any]] = None,
                  control_port: Optional[int] = None,
                  log: Optional[Callable[[str], None]] = None) -> None:
@@ -93,7 +96,10 @@ class VLLMSimulator:
         if dev_mode:  # VLLM_SERVER_DEV_MODE=1 adds these; otherwise they are 404
             self._routes.update({"/is_sleeping": ("GET", self._is_sleeping),
                                  "/sleep": ("POST", self._sleep),
-                                 "/wake_up": ("POST", self._wake_up)})
+                                 "/wake_up": ("POST", self._wake_up),
+                                 "/is_paused": ("GET", self._is_paused),
+                                 "/pause": ("POST", self._pause),
+                                 "/resume": ("POST", self._resume)})
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._main: Optional[SimListener] = None
         self._control: Optional[SimListener] = None
@@ -228,7 +234,6 @@ class VLLMSimulator:
         self._gen, self._prompt, self._finished = [0] * n, [0] * n, [0] * n
         self._ttft_count, self._ttft_sum = [0] * n, [0.0] * n
         self._inflight = [0] * n
-        self._held = {"running": 0, "waiting": 0}  # requests the engine holds, not serves
         self._next_engine = 0
 
     def _accrued(self) -> int:
@@ -251,11 +256,11 @@ class VLLMSimulator:
         running = sim_split(int(p.get("running", 0)), n)
         waiting = sim_split(int(p.get("waiting", 0)), n)
         kv = float(p.get("kv", 0.0))
-        level = int(p["level"]) if self.state == "sleeping" else 0
+        asleep = self.state == "sleeping"
         return [SimEngineValues(
-            running=running[i] + self._inflight[i] + (self._held["running"] if i == 0 else 0),
-            waiting=waiting[i] + (self._held["waiting"] if i == 0 else 0),
-            kv_usage=kv if i == 0 else round(kv * 0.8, 4), sleep_level=level,
+            running=running[i] + self._inflight[i], waiting=waiting[i],
+            kv_usage=kv if i == 0 else round(kv * 0.8, 4), sleeping=int(asleep),
+            sleep_level=int(p["level"]) if asleep else 0,
             prompt_tokens=self._prompt[i] + tokens[i] // 2,
             generation_tokens=self._gen[i] + tokens[i],
             finished=self._finished[i] + tokens[i] // SIM_TOKENS_PER_REQUEST,
@@ -312,12 +317,25 @@ class VLLMSimulator:
             self.set_state("sleeping", level=dict(req.query_pairs()).get("level", "1"))
         except ValueError as exc:
             return sim_reply(400, sim_error_body(str(exc), "BadRequestError", 400, "level"))
-        return sim_reply(200)
+        return sim_reply(200, sim_json({"status": "sleeping", "level": self._params["level"]}))
 
     async def _wake_up(self, req: Request) -> SimReply:
         if self.state == "sleeping":
             self.set_state("ready")
-        return sim_reply(200)
+        return sim_reply(200, sim_json({"status": "awake", "tags": None}))
+
+    async def _is_paused(self, req: Request) -> SimReply:
+        return sim_reply(200, sim_json({"is_paused": self.state == "paused"}))
+
+    async def _pause(self, req: Request) -> SimReply:
+        if self.state != "paused":
+            self.set_state("paused")
+        return sim_reply(200, sim_json({"status": "paused"}))
+
+    async def _resume(self, req: Request) -> SimReply:
+        if self.state == "paused":
+            self.set_state("ready")
+        return sim_reply(200, sim_json({"status": "resumed"}))
 
     async def _inference(self, req: Request) -> SimReply:
         chat = req.path == "/v1/chat/completions"
@@ -350,18 +368,12 @@ class VLLMSimulator:
     async def _admit(self) -> bool:
         """Wait while the engine schedules nothing; False when it is dead.
 
-        Asleep, vLLM's scheduler is paused: a new request is accepted and waits (it shows in
-        num_requests_waiting) until wake_up. Hung, a request never finishes (it shows running).
+        Asleep or paused, a new request is accepted and held until wake_up or resume; hung,
+        it never finishes. None of them shows in running or waiting (a real 0.32 read 0 and 0
+        while holding one; a hung engine's gauges are frozen).
         """
-        while self.state in ("sleeping", "stalled") and self._changed is not None:
-            kind = "waiting" if self.state == "sleeping" else "running"
-            changed, incarnation = self._changed, self.incarnation
-            self._held[kind] += 1
-            try:
-                await changed.wait()
-            finally:
-                if incarnation == self.incarnation:
-                    self._held[kind] -= 1
+        while self.state in SIM_HOLDING_STATES and self._changed is not None:
+            await self._changed.wait()
         return self.state != "dead"
 
     def _dead_reply(self) -> SimReply:

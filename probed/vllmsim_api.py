@@ -22,8 +22,9 @@ SIM_STATE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "busy": {"running": 4, "waiting": 0, "kv": 0.35, "rate": 50.0},
     "saturated": {"running": 64, "waiting": 40, "kv": 0.98, "rate": 200.0},
     "sleeping": {"level": 1},
+    "paused": {},  # dev mode POST /pause: awake, but new requests are held until /resume
     "stalled": {"running": 4, "waiting": 0, "kv": 0.35},
-    "dead": {"exit_after": 5.0, "exit_on_request": 1},
+    "dead": {"exit_after": 2.0, "exit_on_request": 1},  # a real 0.32: /health 503 for 0-4 s
     "restart": {"seconds": 3.0},
     "exited": {},
 }
@@ -67,8 +68,8 @@ def _sim_coerce(state: str, key: str, value: Any, default: Any) -> Any:
         raise ValueError("state %s: %s=%r must be >= 0" % (state, key, value))
     if key == "kv" and number > 1:
         raise ValueError("state %s: kv=%r is a fraction: expected 0..1" % (state, value))
-    if key == "level" and number not in (1, 2):
-        raise ValueError("state %s: level=%r: expected 1 or 2" % (state, value))
+    if key == "level" and number not in (0, 1, 2):
+        raise ValueError("state %s: level=%r: expected 0, 1 or 2" % (state, value))
     return number
 
 
@@ -190,7 +191,8 @@ class SimEngineValues(NamedTuple):
     running: int = 0
     waiting: int = 0
     kv_usage: float = 0.0
-    sleep_level: int = 0  # 0 awake, 1 weights offloaded, 2 everything discarded
+    sleep_level: int = 0  # while sleeping: 0 nothing freed, 1 weights offloaded, 2 discarded
+    sleeping: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
     finished: int = 0  # requests that ended with finished_reason="length"
@@ -261,8 +263,16 @@ def _sim_series(snap: SimMetricsSnapshot) -> List[Tuple[Dict[str, str], SimEngin
                 for i, e in enumerate(snap.engines)]
     # Queues and counters add up; KV-cache use is the fullest engine's.
     total = SimEngineValues(*(sum(column) for column in zip(*snap.engines)))._replace(
-        kv_usage=max([e.kv_usage for e in snap.engines] or [0.0]), sleep_level=0)
+        kv_usage=max([e.kv_usage for e in snap.engines] or [0.0]), sleep_level=0, sleeping=0)
     return [({"model_name": snap.model}, total)]
+
+
+def _sim_sleep_gauge(engine: SimEngineValues, level: int) -> int:
+    """One engine_sleep_state series: `awake` is 1 while awake; level 1 or 2 is 1 while asleep
+    at that level (a real 0.32 asleep at level 0 shows all three at 0)."""
+    if level == 0:
+        return 0 if engine.sleeping else 1
+    return 1 if engine.sleeping and engine.sleep_level == level else 0
 
 
 def _sim_engine_gauges(out: List[str], snap: SimMetricsSnapshot,
@@ -291,7 +301,7 @@ def _sim_engine_gauges(out: List[str], snap: SimMetricsSnapshot,
                 "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is "
                 "awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep "
                 "level 2.",
-                [(dict(lab, sleep_state=state), 1 if level == e.sleep_level else 0)
+                [(dict(lab, sleep_state=state), _sim_sleep_gauge(e, level))
                  for lab, e in series for level, state in enumerate(SIM_SLEEP_STATES)])
     _sim_family(out, "vllm:kv_cache_usage_perc", "gauge",
                 "KV-cache usage. 1 means 100 percent usage.", kv_usage)

@@ -28,12 +28,13 @@ def _sim_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="sim-model", help="served model id")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/*")
     p.add_argument("--dev-mode", action="store_true",
-                   help="serve /is_sleeping, /sleep, /wake_up (vLLM's VLLM_SERVER_DEV_MODE=1)")
+                   help="serve /is_sleeping, /sleep, /wake_up, /is_paused, /pause, /resume "
+                        "(vLLM's VLLM_SERVER_DEV_MODE=1)")
     p.add_argument("--num-engines", type=int, default=1, help="data-parallel ranks (engine label)")
     p.add_argument("--metrics-style", choices=SIM_METRIC_STYLES, default="v1")
     p.add_argument("--token-latency", type=float, default=0.02, help="seconds per token")
-    p.add_argument("--dead-exit-after", type=float, default=5.0,
-                   help="seconds from engine death to the port closing")
+    p.add_argument("--dead-exit-after", type=float, default=2.0,
+                   help="seconds from engine death to the port closing (a real 0.32: 0-4 s)")
     p.add_argument("--state", choices=SIM_STATES, default="ready", help="initial state")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a parameter of the initial state, e.g. seconds=30 for loading")

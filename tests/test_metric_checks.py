@@ -168,7 +168,7 @@ def test_real_vllm_body_awake_and_idle(backend: Backend) -> None:
     assert obs.detail is not None
     assert (obs.detail["running"], obs.detail["counter"]) == (0.0, 584.0)
     assert verdict(progress, obs) == (True, "idle")
-    # the gauge answered, so nobody asked the dev-mode-only /is_sleeping
+    # the gauge answered, and nobody asked the engine (/is_sleeping, /is_paused: ask-engine)
     assert [r.target.rsplit("/", 1)[1] for r in backend.requests] == ["metrics"]
 
 
@@ -267,10 +267,26 @@ def test_awake_falls_back_to_is_sleeping(status: int, body: bytes,
                           if b"engine_sleep_state" not in l)
     with LLMBackend(metrics=no_gauge, prefix=unique("")) as server:
         server.route("GET", "/is_sleeping", (status, body))
-        awake = make("awake url=%s" % server.url)
+        awake = make("awake url=%s ask-engine=true" % server.url)
         ok, reason = verdict(awake, observe(awake))
         assert (ok, reason[:len(expected[1])]) == expected, reason
-        assert [r.path for r in server.requests] == ["/metrics", "/is_sleeping"]
+        # it asks whether the engine is paused too, with the scrape (404 here: no dev mode)
+        assert sorted(r.path for r in server.requests) == [
+            "/is_paused", "/is_sleeping", "/metrics"]
+
+
+def test_awake_asks_the_engine_only_when_told() -> None:
+    """/is_sleeping and /is_paused are engine calls that a vLLM 0.32 never answers when its
+    engine dies meanwhile, and the API server then never exits: not asked by default."""
+    no_gauge = b"\n".join(l for l in VLLM_REAL.split(b"\n")
+                          if b"engine_sleep_state" not in l)
+    with LLMBackend(metrics=no_gauge, prefix=unique("")) as server:
+        server.route("GET", "/is_sleeping", (200, b'{"is_sleeping": true}'))
+        awake = make("awake url=%s" % server.url)
+        assert verdict(awake, observe(awake)) == (
+            True, "sleep state unknown (no sleep gauge; /is_sleeping is asked with "
+                  "ask-engine=true)")
+        assert [r.path for r in server.requests] == ["/metrics"]
 
 
 def test_awake_fails_when_metrics_cannot_be_read() -> None:
@@ -343,10 +359,14 @@ def test_absent_series_follows_missing(backend: Backend) -> None:
     obs = observe(check)
     assert obs.value is None
     what = 'no series vllm:num_requests_waiting{model_name="other"}'
-    assert verdict(check, obs) == (True, what + " (missing=pass)")
-    assert verdict(check, obs, missing="fail") == (False, what + " (missing=fail)")
+    # a body that parses without the configured metric: the drift shows in every reason
+    drift = "; absent from the body: vllm:num_requests_waiting"
+    assert verdict(check, obs) == (True, what + " (missing=pass)" + drift)
+    assert verdict(check, obs, missing="fail") == (False, what + " (missing=fail)" + drift)
+    assert obs.detail is not None and obs.detail["absent"] == ["vllm:num_requests_waiting"]
     strict = make("metric url=%s metric=tgi_queue_size missing=fail" % url)
-    assert verdict(strict, observe(strict)) == (False, "no series tgi_queue_size (missing=fail)")
+    assert verdict(strict, observe(strict)) == (
+        False, "no series tgi_queue_size (missing=fail); absent from the body: tgi_queue_size")
 
 
 @pytest.mark.parametrize("body", [b"", b"null", b"null\n", b"\n \n"],
@@ -483,7 +503,8 @@ def test_progress_rising_tokens_pass() -> None:
     check = _progress("10s")
     for i in range(20):
         obs = check.note(running=4, counter=100.0 + i * 50, now=1000.0 + i * 5)
-        assert verdict(check, obs) == (True, "4 running, tokens at %d" % (100 + i * 50))
+        assert verdict(check, obs) == (
+            True, "4 running, vllm:generation_tokens_total at %d" % (100 + i * 50))
     assert obs.value == 0.0
 
 
@@ -502,7 +523,8 @@ def test_progress_flat_tokens_while_running_stall_after_stall_after() -> None:
     assert verdict(check, obs, stall_after="5m")[0] is True
     assert verdict(check, check.note(2, 500.0, 1200.0), stall_after="1m")[0] is False
     # tokens move again: the stall is over at once
-    assert verdict(check, check.note(2, 501.0, 1201.0)) == (True, "2 running, tokens at 501")
+    assert verdict(check, check.note(2, 501.0, 1201.0)) == (
+        True, "2 running, vllm:generation_tokens_total at 501")
 
 
 def test_progress_idle_is_never_a_stall() -> None:
@@ -511,7 +533,8 @@ def test_progress_idle_is_never_a_stall() -> None:
         obs = check.note(0, 42.0, 1000.0 + i * 5)
         assert verdict(check, obs) == (True, "idle")
     # work arrives after the long idle spell: flat time counts from the last idle poll
-    assert verdict(check, check.note(1, 42.0, 1500.0)) == (True, "1 running, tokens at 42")
+    assert verdict(check, check.note(1, 42.0, 1500.0)) == (
+        True, "1 running, vllm:generation_tokens_total at 42")
     assert verdict(check, check.note(1, 42.0, 1504.0))[0] is True
     assert verdict(check, check.note(1, 42.0, 1505.0))[0] is False
 
@@ -534,20 +557,23 @@ def test_progress_without_a_counter_series_passes_as_unknown() -> None:
         check = make("progress url=%s stall-after=1s" % (unique(b.url) + "/metrics"))
         obs = observe(check)
         assert verdict(check, obs) == (
-            True, "no series vllm:generation_tokens_total: progress unknown")
+            True, "no series vllm:generation_tokens_total: progress unknown; absent from the "
+                  "body: vllm:generation_tokens_total")
 
 
 def test_progress_in_real_time_against_a_backend() -> None:
     with Backend(body=progress_body(2, 700)) as b:
         check = make("progress url=%s stall-after=500ms interval=100ms timeout=2s" % (
             unique(b.url) + "/metrics"))
-        assert verdict(check, observe(check)) == (True, "2 running, tokens at 700")
+        assert verdict(check, observe(check)) == (
+            True, "2 running, vllm:generation_tokens_total at 700")
         time.sleep(0.6)
         ok, reason = verdict(check, observe(check))
         assert not ok and reason.startswith("stalled: 2 running"), reason
         b.serve(200, progress_body(2, 701))
         time.sleep(0.06)  # past the scrape cache (max_age = interval / 2)
-        assert verdict(check, observe(check)) == (True, "2 running, tokens at 701")
+        assert verdict(check, observe(check)) == (
+            True, "2 running, vllm:generation_tokens_total at 701")
         b.serve(200, progress_body(0, 701))
         time.sleep(0.6)
         assert verdict(check, observe(check)) == (True, "idle")

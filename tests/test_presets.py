@@ -204,17 +204,24 @@ def test_vllm_health_503_is_hard_evidence_and_other_failures_are_not() -> None:
                   "sglang-queue": ("metric", "ready"), "sglang-kv-cache": ("metric", "ready"),
                   "sglang-progress": ("progress", "live"),
                   "sglang-inference": ("inference", "started")},
-     {"sglang-queue": {"metric": "sglang:num_queue_reqs", "max": "3"},
-      "sglang-kv-cache": {"metric": ["sglang:token_usage"], "agg": "max", "max": "0.8"},
-      "sglang-progress": {"running": "sglang:num_running_reqs",
-                          "counter": "sglang:generation_tokens_total"}}),
+     # SGLang names its metrics `sglang:` and, behind its router, `sglang_`; its /health runs
+     # a 1-token generation with a 20 s internal timeout, so the poll may take longer
+     {"sglang-queue": {"metric": ["sglang:num_queue_reqs", "sglang_num_queue_reqs"], "max": "3"},
+      "sglang-kv-cache": {"metric": ["sglang:token_usage", "sglang_token_usage"], "agg": "max",
+                          "max": "0.8"},
+      "sglang-progress": {"running": ["sglang:num_running_reqs", "sglang_num_running_reqs"],
+                          "counter": ["sglang:generation_tokens_total",
+                                      "sglang_generation_tokens_total"]},
+      "sglang-health": {"timeout": "25s"}}),
     ("--llamacpp", {"llamacpp-health": ("http", "live,ready,started"),
                     "llamacpp-queue": ("metric", "ready"),
                     "llamacpp-progress": ("progress", "live"),
                     "llamacpp-inference": ("inference", "started")},
+     # tokens_predicted_total rises only when a request finishes; n_decode_total every step
      {"llamacpp-queue": {"metric": "llamacpp:requests_deferred", "max": "3"},
       "llamacpp-progress": {"running": "llamacpp:requests_processing",
-                            "counter": "llamacpp:tokens_predicted_total"}}),
+                            "counter": ["llamacpp:n_decode_total",
+                                        "llamacpp:tokens_predicted_total"]}}),
 ])
 def test_other_backend_presets(cli: Any, flag: str, expected: Dict[str, Tuple[str, str]],
                                details: Dict[str, Dict[str, Any]]) -> None:

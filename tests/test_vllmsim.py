@@ -31,6 +31,7 @@ from probed.vllmsim_cli import sim_main
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REAL_VLLM = FIXTURES / "metrics" / "real" / "vllm_inferstack-real.txt"
+REAL_032 = FIXTURES / "real-servers" / "vllm-0.32-cpu"  # a real vLLM 0.32 (CPU build)
 WAIT = 5.0  # upper bound of every "until" loop (functional bound, not a timing assertion)
 DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
 
@@ -89,7 +90,8 @@ async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
 async def metrics(sim: VLLMSimulator) -> bytes:
     reply = await get(sim, "/metrics")
     assert reply.status == 200
-    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "content-type: " + reply.headers["content-type"] in (
+        REAL_032 / "idle_metrics.headers").read_text().splitlines()
     return reply.body
 
 
@@ -128,7 +130,7 @@ def test_state_params_validate_and_name_the_problem() -> None:
         sim_state_params("busy", {"speed": 1})
     with pytest.raises(ValueError, match="kv=.*0..1"):
         sim_state_params("busy", {"kv": 2})
-    with pytest.raises(ValueError, match="level=.*1 or 2"):
+    with pytest.raises(ValueError, match="level=.*0, 1 or 2"):
         sim_state_params("sleeping", {"level": 3})
     with pytest.raises(ValueError, match="rate='fast' is not a number"):
         sim_state_params("busy", {"rate": "fast"})
@@ -249,7 +251,9 @@ def test_saturated_shows_a_long_queue_and_full_cache() -> None:
     run(scenario())
 
 
-def test_stalled_keeps_health_200_running_and_tokens_flat_and_hangs_inference() -> None:
+def test_stalled_keeps_health_200_freezes_gauges_and_hangs_inference() -> None:
+    """As a real 0.32 with its EngineCore SIGSTOPped: /health 200, gauges frozen (running stays
+    what it was, a new request does not show), tokens flat, requests never answered."""
     async def scenario() -> None:
         async with simulator() as sim:
             sim.set_state("busy", rate=1000)
@@ -257,9 +261,9 @@ def test_stalled_keeps_health_200_running_and_tokens_flat_and_hangs_inference() 
             sim.set_state("stalled", running=3)
             before = await metrics(sim)
             hung = asyncio.ensure_future(post_json(sim, "/v1/completions", complete(), timeout=10))
-            await until(lambda: _running_is(sim, 4), "the hung request shows as running")
             await asyncio.sleep(0.2)
             after = await metrics(sim)
+            assert total(after, "vllm:num_requests_running") == 3
             assert total(after, "vllm:generation_tokens_total") == total(
                 before, "vllm:generation_tokens_total") > 0
             assert (await get(sim, "/health")).status == 200 and not hung.done()
@@ -289,15 +293,58 @@ def test_sleeping_gauges_and_requests_wait_until_wake_up() -> None:
             held = asyncio.ensure_future(post_json(sim, "/v1/chat/completions", {
                 "model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 2}, timeout=10))
-            await until(lambda: _waiting_is(sim, 1), "a request sent while asleep waits")
+            await asyncio.sleep(0.2)
             assert not held.done()
-            assert (await get(sim, "/wake_up", method="POST")).status == 200
+            # a real 0.32 asleep holding a request reads 0 running and 0 waiting
+            assert await _waiting_is(sim, 0) and await _running_is(sim, 0)
+            woke = await get(sim, "/wake_up", method="POST")
+            assert (woke.status, woke.body) == (200, (REAL_032 / "wake_up_response.txt").read_bytes(
+            ).split(b" [")[0])
             reply = await held
             assert reply.status == 200 and reply.json()["usage"]["completion_tokens"] == 2
             assert (await get(sim, "/is_sleeping")).json() == {"is_sleeping": False}
-            assert (await get(sim, "/sleep?level=2", method="POST")).status == 200
+            assert (await get(sim, "/sleep?level=2", method="POST")).json() == {
+                "status": "sleeping", "level": 2}
             body = await metrics(sim)
             assert values(body, 'vllm:engine_sleep_state{sleep_state="discard_all"}') == [1.0, 1.0]
+            await get(sim, "/wake_up", method="POST")
+            level0 = await get(sim, "/sleep?level=0", method="POST")
+            assert level0.body == (REAL_032 / "sleep_level0_response.txt").read_bytes(
+            ).split(b" [")[0]
+            assert (await get(sim, "/is_sleeping")).json() == {"is_sleeping": True}
+            # as the real capture: asleep at level 0, all three series read 0
+            real = (REAL_032 / "sleeping_level0_metrics.body").read_bytes()
+            for state in ("awake", "weights_offloaded", "discard_all"):
+                selector = 'vllm:engine_sleep_state{sleep_state="%s"}' % state
+                assert values(await metrics(sim), selector) == [0.0, 0.0] and \
+                    values(real, selector) == [0.0]
+    run(scenario())
+
+
+def test_paused_reads_awake_holds_requests_uncounted_until_resume() -> None:
+    """Dev mode /pause, as a real 0.32: the sleep gauge says awake, /is_paused true, a new
+    request is held and counted nowhere; /resume lets it finish."""
+    async def scenario() -> None:
+        async with simulator(dev_mode=True) as sim:
+            assert (await get(sim, "/is_paused")).body == (
+                REAL_032 / "is_paused_false.json").read_bytes()
+            assert (await get(sim, "/pause?mode=keep", method="POST")).json() == {
+                "status": "paused"}
+            assert (await get(sim, "/is_paused")).body == (
+                REAL_032 / "is_paused_true.json").read_bytes()
+            held = asyncio.ensure_future(post_json(sim, "/v1/completions", complete(),
+                                                   timeout=10))
+            await asyncio.sleep(0.2)
+            assert not held.done()
+            body = await metrics(sim)
+            real = (REAL_032 / "paused_holding_one_metrics.body").read_bytes()
+            for selector in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                             'vllm:engine_sleep_state{sleep_state="awake"}'):
+                assert values(body, selector) == values(real, selector), selector
+            assert (await get(sim, "/health")).status == 200
+            assert (await get(sim, "/resume", method="POST")).json() == {"status": "resumed"}
+            assert (await held).status == 200
+            assert (await get(sim, "/is_paused")).json() == {"is_paused": False}
     run(scenario())
 
 
@@ -308,7 +355,8 @@ async def _waiting_is(sim: VLLMSimulator, count: int) -> bool:
 def test_is_sleeping_is_404_without_dev_mode() -> None:
     async def scenario() -> None:
         async with simulator(state="sleeping") as sim:
-            for path, method in (("/is_sleeping", "GET"), ("/wake_up", "POST")):
+            for path, method in (("/is_sleeping", "GET"), ("/wake_up", "POST"),
+                                 ("/is_paused", "GET"), ("/pause", "POST"), ("/resume", "POST")):
                 reply = await get(sim, path, method=method)
                 assert (reply.status, reply.json()) == (404, {"detail": "Not Found"})
             assert values(await metrics(sim),
@@ -427,7 +475,8 @@ def test_closing_the_port_drops_requests_in_flight() -> None:
         async with simulator() as sim:
             sim.set_state("stalled")
             hung = asyncio.ensure_future(post_json(sim, "/v1/completions", complete(), timeout=5))
-            await until(lambda: _running_is(sim, 5), "the request hangs")
+            await asyncio.sleep(0.2)
+            assert not hung.done()  # held by the hung engine
             sim.set_state("exited")
             with pytest.raises(FetchError) as info:
                 await hung

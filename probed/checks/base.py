@@ -38,9 +38,9 @@ class Observation:
             after a pass it means the backend restarted (only for checks in `started`).
     loading the backend answered that it is loading (llama.cpp's 503 `Loading model`): before
             start the `starting` phase; after start a new incarnation, never a dead server.
-    incarnation  which backend process answered: a float is its Unix start time
-            (`process_start_time_seconds`), a str an opaque identity (llama.cpp's
-            `Process-Start-Time-Unix` header); a new value is a restart.
+    incarnation  which backend process answered, when the check can see it: a float is its
+            Unix start time (`process_start_time_seconds`), a str an opaque identity shown
+            as is (llama-server's `Process-Start-Time-Unix` header); a new value is a restart.
     restart a reason when the check saw a restart another way (a counter went backwards).
     """
 

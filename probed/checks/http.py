@@ -28,6 +28,30 @@ def body_snippet(body: bytes) -> str:
     return text[:BODY_SNIPPET] + ("..." if len(text) > BODY_SNIPPET else "")
 
 
+# Why a server answers a poll with these statuses, said where the reason is read. 401: vLLM
+# guards /v1/* and llama-server everything but /health with --api-key. 501: llama-server has
+# /metrics only when started with --metrics.
+STATUS_HINTS = {
+    401: "the server wants an API key: --api-key-file",
+    403: "the server refused the API key: --api-key-file",
+    501: "no such endpoint on this server: llama-server serves /metrics only with --metrics",
+}
+
+
+def status_hint(status: int) -> str:
+    """` (why)` for a status with a known cause, else ''."""
+    hint = STATUS_HINTS.get(status)
+    return " (%s)" % hint if hint else ""
+
+
+def parse_env_names(text: str) -> Tuple[str, ...]:
+    """Environment variable names, comma-separated: the first one set wins."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or not all(n.replace("_", "a").isalnum() for n in names):
+        raise ValueError("expected variable names like VLLM_API_KEY,OPENAI_API_KEY")
+    return names
+
+
 def status_in(status: int, ranges: Any) -> bool:
     """Whether `status` falls in one of the inclusive (low, high) ranges."""
     return any(low <= status <= high for low, high in ranges)
@@ -39,8 +63,7 @@ class HTTPRequestSettings:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.headers: Dict[str, str] = dict(config.get("header") or ())
         self.token_file: Optional[str] = config.get("token-file")
-        self.token_env: Optional[str] = config.get("token-env")
-        self.token_envs: Tuple[str, ...] = (self.token_env,) if self.token_env else ()
+        self.token_envs: Tuple[str, ...] = tuple(config.get("token-env") or ())
         self.tokens_sent: List[str] = []  # the last few tokens read (a Secret may rotate)
         tls_needed = config.get("ca-file") or config.get("insecure")
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
@@ -72,7 +95,8 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
     "header": Param(parse_header_line, repeat=True, secret=True,
                     help="extra request header 'Name: value' (repeatable)"),
     "token-file": Param(str, help="file holding a Bearer token (re-read on every poll)"),
-    "token-env": Param(str, help="environment variable holding a Bearer token"),
+    "token-env": Param(parse_env_names, help="environment variables holding a Bearer token, "
+                                             "comma-separated (the first one set wins)"),
     "ca-file": Param(str, help="CA bundle for https"),
     "insecure": Param(parse_bool, default=False, help="skip https certificate checks"),
 }
@@ -134,8 +158,8 @@ class HTTPCheck(HTTPPollingCheck):
         snippet = obs.detail.get("body", "")
         # A failure names the URL requested, in full: a wrong base URL (`/v1/health`) shows at once.
         if not status_in(status, config["expect"]):
-            return False, "HTTP %d from %s%s" % (status, self.target(),
-                                                 (": " + snippet) if snippet else "")
+            return False, "HTTP %d%s from %s%s" % (status, status_hint(status), self.target(),
+                                                   (": " + snippet) if snippet else "")
         contains = config.get("contains")
         if contains and contains.encode("utf-8") not in (obs.raw or b""):
             return False, "HTTP %d from %s, body lacks %r" % (status, self.target(), contains)

@@ -13,7 +13,13 @@ from ..blocking import Resolver
 from ..client import FetchError, fetch
 from ..values import ConfigError, parse_bool, parse_http_url, parse_positive_count
 from .base import Check, CheckResources, CheckSpec, Observation, Param
-from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings, body_snippet
+from .http import (
+    HTTP_COMMON_PARAMS,
+    HTTPPollingCheck,
+    HTTPRequestSettings,
+    body_snippet,
+    status_hint,
+)
 
 API_KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
 INFERENCE_APIS = ("completions", "chat", "json")
@@ -51,7 +57,7 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
     """Request settings; OpenAI-style APIs default to the usual key variables, while a custom
     JSON endpoint gets a token only when one is configured."""
     settings = HTTPRequestSettings(config)
-    if not settings.token_file and not settings.token_env and config.get("api") != "json":
+    if not settings.token_file and not settings.token_envs and config.get("api") != "json":
         settings.token_envs = API_KEY_ENVS
     return settings
 
@@ -63,7 +69,7 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
     resp = await fetch(url, headers=settings.request_headers(), timeout=timeout,
                        tls=settings.tls, resolver=resolver)
     if resp.status != 200:  # the URL requested, in full: a wrong base URL shows at once
-        raise ValueError("GET %s: HTTP %d%s" % (url, resp.status, (
+        raise ValueError("GET %s: HTTP %d%s%s" % (url, resp.status, status_hint(resp.status), (
             ": " + body_snippet(resp.body)) if resp.body else ""))
     try:
         doc = resp.json()
@@ -200,7 +206,8 @@ class InferenceCheck(HTTPPollingCheck):
         if not 200 <= status < 300:
             if status == 404 and not self.config.get("model"):
                 self.model = None  # the served model may have changed: look again next time
-            return Observation(False, "HTTP %d: %s" % (status, body_snippet(body)),
+            return Observation(False, "HTTP %d%s: %s" % (status, status_hint(status),
+                                                         body_snippet(body)),
                                detail={"status": status})
         field = self.config.get("expect-field") or ("choices" if self.config["api"] != "json"
                                                     else None)
