@@ -33,10 +33,10 @@
 #     probed/promselector.py
 #     probed/exprules.py
 #     probed/expfmt.py
+#     probed/reaper.py
 #     probed/scrape.py
 #     probed/values.py
 #     probed/beatregistry.py
-#     probed/beat.py
 #     probed/checkcmd.py
 #     probed/checks/base.py
 #     probed/checks/exec.py
@@ -62,6 +62,8 @@
 #     probed/pod.py
 #     probed/presets.py
 #     probed/flags.py
+#     probed/pushbeat.py
+#     probed/beat.py
 #     probed/render.py
 #     probed/router.py
 #     probed/scheduler.py
@@ -4233,6 +4235,68 @@ def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optio
 
 
 # ============================================================
+# probed/reaper.py
+# ============================================================
+"""Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
+"""
+
+import asyncio
+import os
+from typing import List, Optional, Set
+
+REAP_INTERVAL = 2.0
+REAP_MAX_SCAN = 4096
+
+
+def zombie_children(parent: int, proc: str = "/proc") -> List[int]:
+    found: List[int] = []
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return found
+    for entry in entries[:REAP_MAX_SCAN]:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "stat"), "rb") as handle:
+                stat = handle.read(512)
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) >= 2 and fields[0] == b"Z" and int(fields[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
+class OrphanReaper:
+
+    def __init__(self, owned: Set[int]) -> None:
+        self.owned = owned
+        self.reaped = 0
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def start(self) -> None:
+        if os.getpid() == 1:
+            self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _round(self) -> None:
+        for pid in zombie_children(os.getpid()):
+            if pid in self.owned:
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    self.reaped += 1
+            except ChildProcessError:
+                pass
+        self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
+
+
+# ============================================================
 # probed/scrape.py
 # ============================================================
 """One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
@@ -4661,125 +4725,6 @@ class HeartbeatRegistry:
 
 
 # ============================================================
-# probed/beat.py
-# ============================================================
-"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
-"""
-
-import argparse
-import asyncio
-import os
-import sys
-from typing import Dict, Optional, Sequence
-
-BEAT_EXIT_OK, BEAT_EXIT_FAILED, BEAT_EXIT_USAGE = 0, 1, 2
-BEAT_DEFAULT_TIMEOUT = 2.0
-BEAT_MAX_REPLY = 64 * 1024
-BEAT_ENV_DIR = "PROBED_BEAT_DIR"
-BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
-BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"
-
-
-def _beat_name(text: str) -> str:
-    try:
-        return parse_beat_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("%r: %s" % (text, exc)) from None
-
-
-def _beat_timeout(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
-    return value
-
-
-def admin_base_url(text: str) -> str:
-    value = text.strip().rstrip("/")
-    if "://" not in value:
-        value = "http://" + ("127.0.0.1" + value if value.startswith(":") else value)
-    return value
-
-
-def build_beat_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="probed beat", description="Send one worker heartbeat: touch DIR/NAME, or POST "
-        "/heartbeat/NAME to probed's admin listener. Exit 0 done, 1 failed, 2 usage error.")
-    parser.add_argument("name", type=_beat_name, help="worker name: letters, digits, . _ -")
-    parser.add_argument("--dir", help="touch DIR/NAME (env %s)" % BEAT_ENV_DIR)
-    parser.add_argument("--admin", metavar="URL", help="POST to the admin listener, e.g. :9090 "
-                        "or http://127.0.0.1:9090 (env %s)" % BEAT_ENV_ADMIN)
-    parser.add_argument("--admin-token-file", metavar="FILE",
-                        help="Bearer token for the admin listener (env %s)" % BEAT_ENV_TOKEN_FILE)
-    parser.add_argument("--timeout", type=_beat_timeout, default=BEAT_DEFAULT_TIMEOUT,
-                        metavar="DURATION", help="deadline of an admin call (default 2s)")
-    parser.add_argument("--remove", action="store_true",
-                        help="the worker leaves: delete its file, or DELETE its name")
-    return parser
-
-
-def touch_beat(directory: str, name: str, remove: bool = False) -> None:
-    if not os.path.isdir(directory):
-        raise OSError("%s: no such directory (is the shared volume mounted?)" % directory)
-    path = os.path.join(directory, name)
-    if remove:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-        return
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
-    os.utime(path, None)
-
-
-async def push_beat(base_url: str, name: str, token_file: Optional[str], timeout: float,
-                    remove: bool = False) -> str:
-    headers: Dict[str, str] = {}
-    try:
-        token = read_bearer_token(token_file) if token_file else None
-    except ValueError as exc:
-        raise OSError(str(exc)) from None
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    resp = await fetch(base_url + "/heartbeat/" + name, method="DELETE" if remove else "POST",
-                       headers=headers, timeout=timeout, max_body=BEAT_MAX_REPLY)
-    text = resp.body.decode("utf-8", "replace").strip()
-    if not 200 <= resp.status < 300:
-        raise RuntimeError("%s: HTTP %d%s" % (base_url, resp.status,
-                                              ": " + text.splitlines()[0] if text else ""))
-    return text
-
-
-def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
-    environ = dict(os.environ) if env is None else env
-    parser = build_beat_parser()
-    args = parser.parse_args(list(argv))
-    directory = args.dir or ("" if args.admin else environ.get(BEAT_ENV_DIR, ""))
-    admin = args.admin or ("" if args.dir else environ.get(BEAT_ENV_ADMIN, ""))
-    if bool(directory) == bool(admin):
-        print("probed beat: error: give exactly one of --dir DIR (env %s) or --admin URL "
-              "(env %s)" % (BEAT_ENV_DIR, BEAT_ENV_ADMIN), file=sys.stderr)
-        return BEAT_EXIT_USAGE
-    try:
-        if directory:
-            touch_beat(directory, args.name, args.remove)
-        else:
-            token_file = args.admin_token_file or environ.get(BEAT_ENV_TOKEN_FILE)
-            asyncio.run(push_beat(admin_base_url(admin), args.name, token_file, args.timeout,
-                                  args.remove))
-    except ValueError as exc:
-        print("probed beat: error: %s" % exc, file=sys.stderr)
-        return BEAT_EXIT_USAGE
-    except (OSError, FetchError, RuntimeError) as exc:
-        print("probed beat: %s" % exc, file=sys.stderr)
-        return BEAT_EXIT_FAILED
-    return BEAT_EXIT_OK
-
-
-# ============================================================
 # probed/checkcmd.py
 # ============================================================
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
@@ -4879,7 +4824,8 @@ def check_main(argv: Sequence[str]) -> int:
 """The one contract every check kind follows (kube-apiserver healthz style).
 """
 
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Union
+from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Set, Tuple,
+                    Union)
 
 
 Incarnation = Optional[Union[float, str]]
@@ -4979,7 +4925,7 @@ class CheckSpec:
 
 class CheckResources:
 
-    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans")
+    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans", "children")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
@@ -4993,6 +4939,7 @@ class CheckResources:
         self.gpus = gpus if gpus is not None else GPUReaders()
         self.resolver = resolver if resolver is not None else Resolver()
         self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
+        self.children: Set[int] = set()
 
 
 class Check:
@@ -5127,7 +5074,11 @@ class ExecCheck(Check):
             except OSError as exc:
                 return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
             output.close_write_end()
-            code = await self.wait(proc)
+            self.resources.children.add(proc.pid)
+            try:
+                code = await self.wait(proc)
+            finally:
+                self.resources.children.discard(proc.pid)
             try:
                 await asyncio.wait_for(output.done.wait(), EXEC_REAP_SECONDS)
             except asyncio.TimeoutError:
@@ -6776,11 +6727,16 @@ CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
 """
 
 import json
+import queue
 import sys
+import threading
 import time
 from typing import Any, Optional, TextIO
 
 LOG_FORMATS = ("text", "json")
+LOG_QUEUE_LINES = 1000
+LOG_FIELD_CHARS = 2000
+LOG_CLOSE_SECONDS = 1.0
 
 
 def _logfmt_value(value: Any) -> str:
@@ -6789,10 +6745,48 @@ def _logfmt_value(value: Any) -> str:
     if isinstance(value, float):
         text = "%.3f" % value
     else:
-        text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\t') :
+        text = printable(str(value), LOG_FIELD_CHARS)
+    if text and not any(c in text for c in ' ="\\\t'):
         return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class StderrWriter:
+
+    def __init__(self, max_lines: int = LOG_QUEUE_LINES) -> None:
+        self.lines: "queue.Queue[Optional[str]]" = queue.Queue(max_lines)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._run, name="probed-log", daemon=True)
+        self.thread.start()
+
+    def put(self, line: str) -> None:
+        try:
+            self.lines.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            line = self.lines.get()
+            if line is None:
+                return
+            dropped, self.dropped = self.dropped, 0
+            try:
+                if dropped:
+                    sys.stderr.write("time=%s level=warn msg=\"log lines dropped\" count=%d "
+                                     "reason=\"stderr was not read\"\n" % (
+                                         format_timestamp(time.time(), millis=True), dropped))
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self, timeout: float = LOG_CLOSE_SECONDS) -> None:
+        try:
+            self.lines.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.thread.join(timeout)
 
 
 class EventLog:
@@ -6800,21 +6794,28 @@ class EventLog:
     def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None) -> None:
         self.fmt = fmt
         self.stream = stream
+        self.writer: Optional[StderrWriter] = None
 
     def emit(self, level: str, msg: str, **fields: Any) -> None:
-        stream = self.stream or sys.stderr
         wall = time.time()
         if self.fmt == "json":
             record = {"time": format_timestamp(wall, millis=True), "level": level, "msg": msg}
-            record.update(fields)
+            record.update((k, printable(v, LOG_FIELD_CHARS) if isinstance(v, str) else v)
+                          for k, v in fields.items())
             line = json.dumps(record, default=str)
         else:
-            parts = ["time=" + format_timestamp(wall, millis=True), "level=" + level, "msg=" + _logfmt_value(msg)]
+            parts = ["time=" + format_timestamp(wall, millis=True), "level=" + level,
+                     "msg=" + _logfmt_value(msg)]
             parts.extend("%s=%s" % (k, _logfmt_value(v)) for k, v in fields.items())
             line = " ".join(parts)
+        if self.stream is None:
+            if self.writer is None:
+                self.writer = StderrWriter()
+            self.writer.put(line + "\n")
+            return
         try:
-            stream.write(line + "\n")
-            stream.flush()
+            self.stream.write(line + "\n")
+            self.stream.flush()
         except (OSError, ValueError):
             pass
 
@@ -6823,6 +6824,10 @@ class EventLog:
 
     def warn(self, msg: str, **fields: Any) -> None:
         self.emit("warn", msg, **fields)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 # ============================================================
@@ -7113,7 +7118,7 @@ class CheckState:
 
     __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
                  "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls", "passed_at", "reset_at")
+                 "last_success_wall", "polls", "passed_at", "reset_at", "doubtful")
 
     def __init__(self, check: Check, now: float, wall: float) -> None:
         self.check = check
@@ -7134,10 +7139,15 @@ class CheckState:
         self.polls = 0
         self.passed_at: Optional[float] = None
         self.reset_at = now
+        self.doubtful = False
 
     @property
     def passing(self) -> bool:
-        return bool(self.ok) and not self.stale
+        return bool(self.ok) and not self.stale and not self.doubtful
+
+    @property
+    def unsure(self) -> bool:
+        return self.stale or self.doubtful
 
     @property
     def pending(self) -> bool:
@@ -7160,8 +7170,11 @@ class CheckState:
         was_stale, self.stale = self.stale, False
         if ok:
             self.last_success_wall = wall
+            self.doubtful = False
             if self.passed_at is None:
                 self.passed_at = now
+        elif was_stale and self.ok:
+            self.doubtful = True
         if self.streak and ok == self.streak_ok:
             self.streak += 1
         else:
@@ -7170,10 +7183,11 @@ class CheckState:
             flip = self.ok is not True and self.streak >= spec.pass_after
         else:
             flip = self.ok is not False and (
-                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
+                self.ok is None or obs.hard or self.streak >= spec.fail_after)
         if flip:
             self.ok = ok
-        if self.ok == ok:
+            self.doubtful = False
+        if self.ok == ok or self.doubtful:
             self.reason = printable(reason, REASON_MAX_CHARS)
         return self._note_change(before, now, wall)
 
@@ -7191,7 +7205,7 @@ class CheckState:
 
     def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
         before = self.state_word()
-        self.ok, self.reason, self.obs, self.stale = None, reason, None, False
+        self.ok, self.reason, self.obs, self.stale, self.doubtful = None, reason, None, False, False
         self.streak, self.passed_at, self.reset_at = 0, None, now
         self.generation += 1
         return self._note_change(before, now, wall)
@@ -7581,7 +7595,7 @@ class Pod:
             ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
             if st.pending and rule.pending_passes:
                 ok = True
-            elif st.stale and rule.stale_keeps_last:
+            elif st.unsure and rule.stale_keeps_last:
                 ok = bool(st.ok)
             rows.append((st, ok, reason))
         return rows
@@ -7751,6 +7765,10 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
                                           "this long (recreates the group; default: never)"),
     ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
+    ("--worker-ranks", parse_count, None, "multi-node without Ray (leader): ready needs a "
+                                          "heartbeat from each of N worker ranks (--beat-to)"),
+    ("--worker-window", parse_duration, 15.0, "a worker rank silent this long is lost (three "
+                                              "of the workers' --beat-every)"),
     ("--gpu", parse_gpu_option, None,
      "NVIDIA GPU faults through NVML on auto (the GPUs this container's server sees), all, or "
      "listed GPUs (0,1 or GPU-8f3e...): faults a restart fixes fail live (with a --vllm, "
@@ -7906,6 +7924,11 @@ def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[Ra
     ]
 
 
+def worker_ranks_check(ranks: int, window: float) -> RawCheck:
+    return dict(kind="heartbeat", name="ranks", expect=str(ranks),
+                window=format_duration(window), probes="ready")
+
+
 def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
     url = env.get("METRICS_ENDPOINT")
     metric = env.get("METRIC_TO_CHECK")
@@ -7946,6 +7969,9 @@ def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple
     if opts.get("ray_agent"):
         out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
                     "--ray-agent"))
+    if opts.get("worker_ranks"):
+        out.append((worker_ranks_check(opts["worker_ranks"], opts["worker_window"]),
+                    "--worker-ranks"))
     out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
     out += [(c, "--gpu") for c in gpu_checks(opts)]
     return out
@@ -8024,6 +8050,16 @@ def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
     return host, port
 
 
+def parse_admin_url(text: str) -> str:
+    return parse_http_url(text).rstrip("/")
+
+
+def parse_group(text: str) -> str:
+    if text not in GROUPS:
+        raise ValueError("expected live, ready or started")
+    return text
+
+
 def parse_log_format(text: str) -> str:
     if text not in LOG_FORMATS:
         raise ValueError("expected text or json")
@@ -8097,6 +8133,15 @@ DAEMON_OPTIONS: List[Option] = [
            "live=75: with restartPolicyRules (Kubernetes 1.35+) the pod restarts in place"),
     Option("--restart-pod-after", parse_duration, 30.0, "DURATION",
            "how long a --restart-pod-on failure must last before probed exits"),
+    Option("--beat-to", parse_admin_url, None, "URL",
+           "another probed's admin listener (multi-node leader): POST /heartbeat/NAME there "
+           "every --beat-every while --beat-on passes"),
+    Option("--beat-name", parse_beat_name, None, "NAME",
+           "this pod's heartbeat name (default: rank-$LWS_WORKER_INDEX, else the host name)"),
+    Option("--beat-every", parse_interval, 5.0, "DURATION", "time between heartbeats"),
+    Option("--beat-on", parse_group, "ready", "GROUP",
+           "beat only while this group (live, ready, started) passes"),
+    Option("--beat-token-file", str, None, "FILE", "Bearer token for --beat-to's listener"),
 ]
 
 PRESET_METAVARS = {
@@ -8105,7 +8150,7 @@ PRESET_METAVARS = {
     "--max-kv-cache": "FRACTION", "--api-key-file": "FILE", "--inference-every": "DURATION",
     "--inference-timeout": "DURATION", "--stall-after": "DURATION", "--ray": "URL",
     "--ray-nodes": "N", "--ray-gpus": "N", "--ray-grace": "DURATION", "--ray-agent": "URL",
-    "--gpu": "GPUS",
+    "--gpu": "GPUS", "--worker-ranks": "N", "--worker-window": "DURATION",
 }
 
 SERVE_OPTIONS: List[Option] = DAEMON_OPTIONS + [
@@ -8215,6 +8260,180 @@ def build_serve_parser() -> FlagParser:
         shown = "" if option.default is None else " (default: %s)" % show_default(option.default)
         parser.add_argument(option.flag, metavar=option.metavar, help=option.help + shown)
     return parser
+
+
+# ============================================================
+# probed/pushbeat.py
+# ============================================================
+"""`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
+"""
+
+import asyncio
+from typing import Dict, Optional
+
+BEAT_TIMEOUT = 2.0
+BEAT_MAX_REPLY = 64 * 1024
+
+
+async def push_beat(base_url: str, name: str, token_file: Optional[str], timeout: float,
+                    remove: bool = False) -> str:
+    headers: Dict[str, str] = {}
+    try:
+        token = read_bearer_token(token_file) if token_file else None
+    except ValueError as exc:
+        raise OSError(str(exc)) from None
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    resp = await fetch(base_url + "/heartbeat/" + name, method="DELETE" if remove else "POST",
+                       headers=headers, timeout=timeout, max_body=BEAT_MAX_REPLY)
+    text = resp.body.decode("utf-8", "replace").strip()
+    if not 200 <= resp.status < 300:
+        raise RuntimeError("%s: HTTP %d%s" % (base_url, resp.status,
+                                              ": " + text.splitlines()[0] if text else ""))
+    return text
+
+
+class BeatPusher:
+
+    def __init__(self, url: str, name: str, every: float, token_file: Optional[str], group: str,
+                 pod: Pod, log: EventLog) -> None:
+        self.url, self.name, self.every, self.token_file = url, name, every, token_file
+        self.group, self.pod, self.log = group, pod, log
+        self.state = ""
+        self._task: Optional["asyncio.Task[None]"] = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.once()
+            await asyncio.sleep(self.every)
+
+    async def once(self) -> None:
+        verdict = self.pod.verdicts[self.group]
+        if not verdict.ok:
+            self._note("held", "heartbeat held", reason="%s fails: %s" % (
+                self.group, verdict.reason))
+            return
+        try:
+            await push_beat(self.url, self.name, self.token_file, BEAT_TIMEOUT)
+        except Exception as exc:
+            self._note("failed", "heartbeat not delivered", error=str(exc))
+            return
+        self._note("beating", "heartbeat delivered")
+
+    def _note(self, state: str, msg: str, **fields: object) -> None:
+        if state != self.state:
+            self.state = state
+            emit = self.log.info if state == "beating" else self.log.warn
+            emit(msg, to=self.url, name=self.name, **fields)
+
+
+# ============================================================
+# probed/beat.py
+# ============================================================
+"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Dict, Optional, Sequence
+
+BEAT_EXIT_OK, BEAT_EXIT_FAILED, BEAT_EXIT_USAGE = 0, 1, 2
+BEAT_DEFAULT_TIMEOUT = 2.0
+BEAT_ENV_DIR = "PROBED_BEAT_DIR"
+BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
+BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"
+
+
+def _beat_name(text: str) -> str:
+    try:
+        return parse_beat_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("%r: %s" % (text, exc)) from None
+
+
+def _beat_timeout(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
+    return value
+
+
+def admin_base_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + ("127.0.0.1" + value if value.startswith(":") else value)
+    return value
+
+
+def build_beat_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probed beat", description="Send one worker heartbeat: touch DIR/NAME, or POST "
+        "/heartbeat/NAME to probed's admin listener. Exit 0 done, 1 failed, 2 usage error.")
+    parser.add_argument("name", type=_beat_name, help="worker name: letters, digits, . _ -")
+    parser.add_argument("--dir", help="touch DIR/NAME (env %s)" % BEAT_ENV_DIR)
+    parser.add_argument("--admin", metavar="URL", help="POST to the admin listener, e.g. :9090 "
+                        "or http://127.0.0.1:9090 (env %s)" % BEAT_ENV_ADMIN)
+    parser.add_argument("--admin-token-file", metavar="FILE",
+                        help="Bearer token for the admin listener (env %s)" % BEAT_ENV_TOKEN_FILE)
+    parser.add_argument("--timeout", type=_beat_timeout, default=BEAT_DEFAULT_TIMEOUT,
+                        metavar="DURATION", help="deadline of an admin call (default 2s)")
+    parser.add_argument("--remove", action="store_true",
+                        help="the worker leaves: delete its file, or DELETE its name")
+    return parser
+
+
+def touch_beat(directory: str, name: str, remove: bool = False) -> None:
+    if not os.path.isdir(directory):
+        raise OSError("%s: no such directory (is the shared volume mounted?)" % directory)
+    path = os.path.join(directory, name)
+    if remove:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        return
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    os.utime(path, None)
+
+
+def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
+    environ = dict(os.environ) if env is None else env
+    parser = build_beat_parser()
+    args = parser.parse_args(list(argv))
+    directory = args.dir or ("" if args.admin else environ.get(BEAT_ENV_DIR, ""))
+    admin = args.admin or ("" if args.dir else environ.get(BEAT_ENV_ADMIN, ""))
+    if bool(directory) == bool(admin):
+        print("probed beat: error: give exactly one of --dir DIR (env %s) or --admin URL "
+              "(env %s)" % (BEAT_ENV_DIR, BEAT_ENV_ADMIN), file=sys.stderr)
+        return BEAT_EXIT_USAGE
+    try:
+        if directory:
+            touch_beat(directory, args.name, args.remove)
+        else:
+            token_file = args.admin_token_file or environ.get(BEAT_ENV_TOKEN_FILE)
+            asyncio.run(push_beat(admin_base_url(admin), args.name, token_file, args.timeout,
+                                  args.remove))
+    except ValueError as exc:
+        print("probed beat: error: %s" % exc, file=sys.stderr)
+        return BEAT_EXIT_USAGE
+    except (OSError, FetchError, RuntimeError) as exc:
+        print("probed beat: %s" % exc, file=sys.stderr)
+        return BEAT_EXIT_FAILED
+    return BEAT_EXIT_OK
 
 
 # ============================================================
@@ -9396,6 +9615,11 @@ class Settings(NamedTuple):
     admin_token_file: Optional[str]
     restart_pod_on: Optional[Dict[str, int]]
     restart_pod_after: float
+    beat_to: Optional[str]
+    beat_name: Optional[str]
+    beat_every: float
+    beat_on: str
+    beat_token_file: Optional[str]
     multinode_prober: bool = False
     notes: Tuple[str, ...] = ()
 
@@ -9431,6 +9655,10 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
         for raw, _ in raws:
             raw.setdefault("interval", format_duration(values["interval"]))
     daemon = {dest(o.flag): values[dest(o.flag)] for o in DAEMON_OPTIONS}
+    if daemon["beat_to"] and not daemon["beat_name"]:
+        index = env.get("LWS_WORKER_INDEX", "").strip()
+        daemon["beat_name"] = "rank-" + index if index.isdigit() else env.get("HOSTNAME") or \
+            "worker"
     settings = Settings(multinode_prober=bool(values["vllm_endpoint"]),
                         notes=tuple(preset_notes(presets, _given_presets(ns, env, file_data,
                                                                         config_path))),
@@ -9930,6 +10158,10 @@ class Daemon:
         self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.selfmetrics.on_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)
+        self.reaper = OrphanReaper(resources.children)
+        self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
+                                settings.beat_every, settings.beat_token_file, settings.beat_on,
+                                self.pod, log) if settings.beat_to else None
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
         self.exit_code = 0
@@ -9948,6 +10180,9 @@ class Daemon:
             loop.add_signal_handler(signum, self.on_signal, signum)
         self.scheduler.start()
         self.selfmetrics.start()
+        self.reaper.start()
+        if self.beats is not None:
+            self.beats.start()
         self.log.info("probed serving", addr=_show_addr(listener.getsockname()),
                       checks=" ".join("%s(%s)" % (s.check.name, s.check.kind)
                                       for s in self.pod.states.values()) or "none")
@@ -9959,6 +10194,9 @@ class Daemon:
         self.server.close()
         if self.admin is not None:
             self.admin.close()
+        if self.beats is not None:
+            await self.beats.stop()
+        self.reaper.stop()
         await self.scheduler.stop()
         await self.selfmetrics.stop()
         self.log.info("probed stopped", exit_code=self.exit_code)
@@ -10035,7 +10273,10 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
         print(json.dumps(describe_settings(settings, checks), indent=2))
         return 0
     log = EventLog(settings.log_format)
-    return asyncio.run(Daemon(settings, checks, log, resources).run())
+    try:
+        return asyncio.run(Daemon(settings, checks, log, resources).run())
+    finally:
+        log.close()
 
 
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {

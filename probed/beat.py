@@ -12,12 +12,12 @@ import sys
 from typing import Dict, Optional, Sequence
 
 from .beatregistry import parse_beat_name
-from .client import FetchError, fetch, read_bearer_token
+from .client import FetchError
+from .pushbeat import push_beat
 from .values import parse_duration
 
 BEAT_EXIT_OK, BEAT_EXIT_FAILED, BEAT_EXIT_USAGE = 0, 1, 2
 BEAT_DEFAULT_TIMEOUT = 2.0
-BEAT_MAX_REPLY = 64 * 1024
 BEAT_ENV_DIR = "PROBED_BEAT_DIR"
 BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
 BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"  # the same variable the daemon reads
@@ -79,25 +79,6 @@ def touch_beat(directory: str, name: str, remove: bool = False) -> None:
         return
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
     os.utime(path, None)
-
-
-async def push_beat(base_url: str, name: str, token_file: Optional[str], timeout: float,
-                    remove: bool = False) -> str:
-    """POST (or DELETE) /heartbeat/NAME; returns the reply's text, raises on a non-2xx."""
-    headers: Dict[str, str] = {}
-    try:
-        token = read_bearer_token(token_file) if token_file else None
-    except ValueError as exc:  # not a token: the setup failed, not the usage
-        raise OSError(str(exc)) from None
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    resp = await fetch(base_url + "/heartbeat/" + name, method="DELETE" if remove else "POST",
-                       headers=headers, timeout=timeout, max_body=BEAT_MAX_REPLY)
-    text = resp.body.decode("utf-8", "replace").strip()
-    if not 200 <= resp.status < 300:
-        raise RuntimeError("%s: HTTP %d%s" % (base_url, resp.status,
-                                              ": " + text.splitlines()[0] if text else ""))
-    return text
 
 
 def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:

@@ -19,7 +19,7 @@ class CheckState:
 
     __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
                  "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls", "passed_at", "reset_at")
+                 "last_success_wall", "polls", "passed_at", "reset_at", "doubtful")
 
     def __init__(self, check: Check, now: float, wall: float) -> None:
         self.check = check
@@ -40,11 +40,19 @@ class CheckState:
         self.polls = 0
         self.passed_at: Optional[float] = None  # first pass in this backend incarnation
         self.reset_at = now  # results of polls that began before this belong to the past
+        # A pass not confirmed since the result went stale: a fresh failure after staleness
+        # counts toward fail-after (the evidence), yet the pass no longer stands for `ready`.
+        self.doubtful = False
 
     @property
     def passing(self) -> bool:
-        """The verdict groups use: pending and stale both count as failed."""
-        return bool(self.ok) and not self.stale
+        """The verdict ready and started use: pending, stale and doubtful count as failed."""
+        return bool(self.ok) and not self.stale and not self.doubtful
+
+    @property
+    def unsure(self) -> bool:
+        """Stale, or doubtful since it was: only fresh evidence can say more (live waits)."""
+        return self.stale or self.doubtful
 
     @property
     def pending(self) -> bool:
@@ -70,8 +78,11 @@ class CheckState:
         was_stale, self.stale = self.stale, False
         if ok:
             self.last_success_wall = wall
+            self.doubtful = False
             if self.passed_at is None:
                 self.passed_at = now
+        elif was_stale and self.ok:
+            self.doubtful = True  # a stale pass plus a fresh failure never turns back to pass
         if self.streak and ok == self.streak_ok:
             self.streak += 1
         else:
@@ -79,12 +90,12 @@ class CheckState:
         if ok:
             flip = self.ok is not True and self.streak >= spec.pass_after
         else:
-            # A stale check already counts as failed: a fresh failure confirms, not restarts it.
             flip = self.ok is not False and (
-                self.ok is None or obs.hard or was_stale or self.streak >= spec.fail_after)
+                self.ok is None or obs.hard or self.streak >= spec.fail_after)
         if flip:
             self.ok = ok
-        if self.ok == ok:
+            self.doubtful = False
+        if self.ok == ok or self.doubtful:
             self.reason = printable(reason, REASON_MAX_CHARS)
         return self._note_change(before, now, wall)
 
@@ -105,7 +116,7 @@ class CheckState:
     def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
         """Forget every result (a new backend incarnation): back to pending."""
         before = self.state_word()
-        self.ok, self.reason, self.obs, self.stale = None, reason, None, False
+        self.ok, self.reason, self.obs, self.stale, self.doubtful = None, reason, None, False, False
         self.streak, self.passed_at, self.reset_at = 0, None, now
         self.generation += 1
         return self._note_change(before, now, wall)

@@ -33,7 +33,10 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
         print(json.dumps(describe_settings(settings, checks), indent=2))
         return 0
     log = EventLog(settings.log_format)
-    return asyncio.run(Daemon(settings, checks, log, resources).run())
+    try:
+        return asyncio.run(Daemon(settings, checks, log, resources).run())
+    finally:
+        log.close()
 
 
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {

@@ -17,6 +17,8 @@ from .eventlog import EventLog
 from .grpchealth import SERVICE_GROUPS, GrpcHealthService
 from .h2server import H2Server
 from .pod import Pod
+from .pushbeat import BeatPusher
+from .reaper import OrphanReaper
 from .podevents import CheckChanged, Event, GroupChanged, Restarted, group_changes
 from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
 from .scheduler import EventSink, Scheduler, log_events
@@ -147,6 +149,10 @@ class Daemon:
         self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.selfmetrics.on_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)  # None: --admin-addr off
+        self.reaper = OrphanReaper(resources.children)  # works only as PID 1
+        self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
+                                settings.beat_every, settings.beat_token_file, settings.beat_on,
+                                self.pod, log) if settings.beat_to else None
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
         self.exit_code = 0
@@ -166,6 +172,9 @@ class Daemon:
             loop.add_signal_handler(signum, self.on_signal, signum)
         self.scheduler.start()
         self.selfmetrics.start()
+        self.reaper.start()
+        if self.beats is not None:
+            self.beats.start()
         self.log.info("probed serving", addr=_show_addr(listener.getsockname()),
                       checks=" ".join("%s(%s)" % (s.check.name, s.check.kind)
                                       for s in self.pod.states.values()) or "none")
@@ -177,6 +186,9 @@ class Daemon:
         self.server.close()
         if self.admin is not None:
             self.admin.close()
+        if self.beats is not None:
+            await self.beats.stop()
+        self.reaper.stop()
         await self.scheduler.stop()
         await self.selfmetrics.stop()
         self.log.info("probed stopped", exit_code=self.exit_code)

@@ -16,11 +16,14 @@ from .checks.http import HTTP_COMMON_PARAMS
 from .checkspecs import CHECK_QUOTING, MIN_INTERVAL
 from .eventlog import LOG_FORMATS
 from .presets import PRESET_OPTIONS
+from .beatregistry import parse_beat_name
+from .groups import GROUPS
 from .values import (
     ConfigError,
     format_duration,
     parse_duration,
     parse_host_port,
+    parse_http_url,
     parse_positive_count,
 )
 
@@ -53,6 +56,18 @@ def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
     if port == 0:
         raise ValueError("expected a port between 1 and 65535")
     return host, port
+
+
+def parse_admin_url(text: str) -> str:
+    """An admin listener's base URL: http://host:9090 (no path)."""
+    return parse_http_url(text).rstrip("/")
+
+
+def parse_group(text: str) -> str:
+    """live, ready or started."""
+    if text not in GROUPS:
+        raise ValueError("expected live, ready or started")
+    return text
 
 
 def parse_log_format(text: str) -> str:
@@ -134,6 +149,15 @@ DAEMON_OPTIONS: List[Option] = [
            "live=75: with restartPolicyRules (Kubernetes 1.35+) the pod restarts in place"),
     Option("--restart-pod-after", parse_duration, 30.0, "DURATION",
            "how long a --restart-pod-on failure must last before probed exits"),
+    Option("--beat-to", parse_admin_url, None, "URL",
+           "another probed's admin listener (multi-node leader): POST /heartbeat/NAME there "
+           "every --beat-every while --beat-on passes"),
+    Option("--beat-name", parse_beat_name, None, "NAME",
+           "this pod's heartbeat name (default: rank-$LWS_WORKER_INDEX, else the host name)"),
+    Option("--beat-every", parse_interval, 5.0, "DURATION", "time between heartbeats"),
+    Option("--beat-on", parse_group, "ready", "GROUP",
+           "beat only while this group (live, ready, started) passes"),
+    Option("--beat-token-file", str, None, "FILE", "Bearer token for --beat-to's listener"),
 ]
 
 PRESET_METAVARS = {
@@ -142,7 +166,7 @@ PRESET_METAVARS = {
     "--max-kv-cache": "FRACTION", "--api-key-file": "FILE", "--inference-every": "DURATION",
     "--inference-timeout": "DURATION", "--stall-after": "DURATION", "--ray": "URL",
     "--ray-nodes": "N", "--ray-gpus": "N", "--ray-grace": "DURATION", "--ray-agent": "URL",
-    "--gpu": "GPUS",
+    "--gpu": "GPUS", "--worker-ranks": "N", "--worker-window": "DURATION",
 }
 
 SERVE_OPTIONS: List[Option] = DAEMON_OPTIONS + [

@@ -20,7 +20,8 @@ from .values import format_duration
 class GroupRule(NamedTuple):
     """How one group turns its checks' states into a verdict."""
     pending_passes: bool  # a check with no result yet counts as passing
-    stale_keeps_last: bool  # a stale result keeps its last verdict (else it fails)
+    stale_keeps_last: bool  # a stale result (and a doubtful one after it) keeps its last
+    # verdict until fresh evidence decides (else it fails)
     before_start: str  # "phase": fail naming the start-up phase; "grace": pass until
     # --startup-timeout runs out; "wait": fail "not started"
     latches: bool  # once passed, holds for the backend incarnation
@@ -266,7 +267,7 @@ class Pod:
             ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
             if st.pending and rule.pending_passes:
                 ok = True
-            elif st.stale and rule.stale_keeps_last:
+            elif st.unsure and rule.stale_keeps_last:
                 ok = bool(st.ok)
             rows.append((st, ok, reason))
         return rows

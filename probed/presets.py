@@ -100,6 +100,10 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
                                           "this long (recreates the group; default: never)"),
     ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
+    ("--worker-ranks", parse_count, None, "multi-node without Ray (leader): ready needs a "
+                                          "heartbeat from each of N worker ranks (--beat-to)"),
+    ("--worker-window", parse_duration, 15.0, "a worker rank silent this long is lost (three "
+                                              "of the workers' --beat-every)"),
     ("--gpu", parse_gpu_option, None,
      "NVIDIA GPU faults through NVML on auto (the GPUs this container's server sees), all, or "
      "listed GPUs (0,1 or GPU-8f3e...): faults a restart fixes fail live (with a --vllm, "
@@ -283,6 +287,13 @@ def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[Ra
     ]
 
 
+def worker_ranks_check(ranks: int, window: float) -> RawCheck:
+    """--worker-ranks N: the leader of a multi-node vLLM without Ray is ready only while all N
+    worker ranks beat (pushed to its admin listener by each worker's `--beat-to`)."""
+    return dict(kind="heartbeat", name="ranks", expect=str(ranks),
+                window=format_duration(window), probes="ready")
+
+
 def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
     """The LLM Healthchecker's environment: one metric against a threshold on /health."""
     url = env.get("METRICS_ENDPOINT")
@@ -325,6 +336,9 @@ def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple
     if opts.get("ray_agent"):
         out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
                     "--ray-agent"))
+    if opts.get("worker_ranks"):
+        out.append((worker_ranks_check(opts["worker_ranks"], opts["worker_window"]),
+                    "--worker-ranks"))
     out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
     out += [(c, "--gpu") for c in gpu_checks(opts)]
     return out

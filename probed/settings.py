@@ -42,6 +42,11 @@ class Settings(NamedTuple):
     admin_token_file: Optional[str]
     restart_pod_on: Optional[Dict[str, int]]
     restart_pod_after: float
+    beat_to: Optional[str]
+    beat_name: Optional[str]
+    beat_every: float
+    beat_on: str
+    beat_token_file: Optional[str]
     multinode_prober: bool = False  # --vllm-endpoint: the Go prober's reply bodies and codes
     notes: Tuple[str, ...] = ()  # what resolution changed on the user's behalf: logged at start
 
@@ -79,6 +84,10 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
         for raw, _ in raws:
             raw.setdefault("interval", format_duration(values["interval"]))
     daemon = {dest(o.flag): values[dest(o.flag)] for o in DAEMON_OPTIONS}
+    if daemon["beat_to"] and not daemon["beat_name"]:
+        index = env.get("LWS_WORKER_INDEX", "").strip()
+        daemon["beat_name"] = "rank-" + index if index.isdigit() else env.get("HOSTNAME") or \
+            "worker"
     settings = Settings(multinode_prober=bool(values["vllm_endpoint"]),
                         notes=tuple(preset_notes(presets, _given_presets(ns, env, file_data,
                                                                         config_path))),

@@ -132,10 +132,24 @@ def test_a_stale_check_plus_one_fresh_failure_stays_failed() -> None:
     run = Run(FakeCheck("a", fail_after=3, stale_after=30))
     run.observe("a", OK)
     assert run.at(31).tick() == ["a pass->fail", "ready fail"]
-    # A fresh failure confirms the stale failure (no flip back to pass, whatever fail-after
-    # says); it is evidence, so live, which kept the last verdict while stale, fails now.
-    assert run.at(1).observe("a", BAD) == ["live fail"]
-    assert not run.pod.states["a"].passing and run.codes() == (503, 503, 200)
+    # The pass does not come back for ready (issue 15's mutant); for live the failure is one
+    # piece of fresh evidence, counted toward fail-after=3 (issue 16 #9: probed's own lateness
+    # then one slow answer is no reason to restart the server).
+    assert run.at(1).observe("a", BAD) == []
+    assert not run.pod.states["a"].passing and run.codes() == (200, 503, 200)
+    assert run.reason("ready") == "a: broken"
+    run.observe("a", BAD)
+    assert run.observe("a", BAD) == ["live fail"]  # the third: evidence enough
+    assert run.codes() == (503, 503, 200)
+
+
+def test_a_fresh_pass_after_staleness_confirms_the_pass() -> None:
+    run = Run(FakeCheck("a", fail_after=3, stale_after=30))
+    run.observe("a", OK)
+    run.at(31).tick()
+    run.at(1).observe("a", BAD)
+    assert run.at(1).observe("a", OK) == ["a fail->pass", "ready pass"]
+    assert run.codes() == (200, 200, 200)
 
 
 def test_a_refusal_is_no_restart_when_the_check_never_passed_this_incarnation() -> None:

@@ -7,7 +7,8 @@ an observation into a verdict in `judge()` (pure, so per-request overrides such 
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
-from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Tuple, Union
+from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Set, Tuple,
+                    Union)
 
 from ..beatregistry import HeartbeatRegistry
 from ..blocking import BLOCKING_SCANS, BlockingRunner, Resolver
@@ -143,7 +144,7 @@ class CheckResources:
     its own, unshared. `resolver` (DNS) and `scans` (heartbeat file scans) run blocking calls
     on threads of their own, each kind capped, so a hung resolver cannot delay a scan."""
 
-    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans")
+    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans", "children")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
@@ -157,6 +158,8 @@ class CheckResources:
         self.gpus = gpus if gpus is not None else GPUReaders()  # NVML readers, made on use
         self.resolver = resolver if resolver is not None else Resolver()
         self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
+        self.children: Set[int] = set()  # PIDs of exec checks' running commands (the reaper
+        # leaves those to asyncio, which waits for their status)
 
 
 class Check:

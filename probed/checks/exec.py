@@ -97,7 +97,11 @@ class ExecCheck(Check):
             except OSError as exc:
                 return Observation(False, "cannot run %s: %s" % (argv[0], exc.strerror or exc))
             output.close_write_end()
-            code = await self.wait(proc)
+            self.resources.children.add(proc.pid)
+            try:
+                code = await self.wait(proc)
+            finally:
+                self.resources.children.discard(proc.pid)
             try:  # children killed, the pipe ends soon; do not wait on it forever
                 await asyncio.wait_for(output.done.wait(), EXEC_REAP_SECONDS)
             except asyncio.TimeoutError:

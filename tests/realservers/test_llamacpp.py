@@ -7,8 +7,8 @@ seconds; ~0.1 s a token on one thread) for loading, one long generation, drainin
 restart. Servers started with other flags are in test_llamacpp_flags.py. Every scenario records what /livez, /readyz and /startupz answered (Timeline) and checks
 the detection time against a bound that allows for this process's own stalls.
 
-Tests marked `lead` demand what issue 16 asks of the engine (the lead's Pod state machine);
-they are strict xfails until it lands, so they fail the suite the day they start passing.
+The tests of issue 16's engine items (16.2, 16.7-16.9, 16.11) demand what the pod state machine
+does: they failed on the engine before it.
 """
 
 import signal
@@ -34,7 +34,6 @@ from .timeline import Timeline, check_row, group_json
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 KEY = "sk-probed-llama-test"
-LEAD = pytest.mark.xfail(strict=True, reason="issue 16: the lead's Pod state machine (engine)")
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +286,6 @@ def fast_restart(big: LlamaServer, start_daemon_module: Any) -> Dict[str, Any]:
             "loading": loading, "restarts": probed.restarts()}
 
 
-@LEAD
 def test_fast_restart_is_a_new_incarnation_never_dead(fast_restart: Dict[str, Any]) -> None:
     """Issue 16.2: a server that says it is loading after it had served is a new incarnation:
     live passes and startupz fails for the whole reload (today live fails: the 503s count as
@@ -332,7 +330,6 @@ def test_drain_waits_for_the_running_generation(start_daemon: Any, big: LlamaSer
                    draining.at - t0, t_reply - load.finished_at[0]), note=reply[0].strip())
 
 
-@LEAD
 def test_probed_frozen_is_no_evidence_against_the_server(start_daemon: Any,
                                                          tiny: LlamaServer) -> None:
     """Issue 16.9: with --interval 1s a result is stale after 4 s. probed stopped for 6 s, then
