@@ -3464,9 +3464,9 @@ def probe_once(addr: Tuple[str, int], request: Optional[bytes], timeout: float) 
     return elapsed, int(head[9:12])
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> Optional[float]:
     if not sorted_values:
-        return float("nan")
+        return None
     rank = max(1, int(round(q / 100.0 * len(sorted_values) + 0.4999)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
@@ -3483,6 +3483,7 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
             pass
     shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
     results: List[Tuple[List[float], "collections.Counter[int]", int]] = []
+    first_error: List[str] = []
 
     def worker(count: int) -> None:
         mine: List[float] = []
@@ -3491,8 +3492,10 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
         for _ in range(count):
             try:
                 elapsed, status = probe_once(addr, request, timeout)
-            except OSError:
+            except OSError as exc:
                 failed += 1
+                if not first_error:
+                    first_error.append(exc.strerror or str(exc) or type(exc).__name__)
                 continue
             mine.append(elapsed)
             seen[status] += 1
@@ -3508,13 +3511,18 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
     latencies = [elapsed for mine, _, _ in results for elapsed in mine]
     statuses = sum((seen for _, seen, _ in results), collections.Counter())
     errors = sum(failed for _, _, failed in results)
-    return summarize(url, mode, concurrency, latencies, statuses, errors, wall)
+    result = summarize(url, mode, concurrency, latencies, statuses, errors, wall)
+    result["first_error"] = first_error[0] if first_error else None
+    return result
 
 
 def summarize(url: str, mode: str, concurrency: int, latencies: List[float],
               statuses: Dict[int, int], errors: int, wall: float) -> Dict[str, Any]:
     ordered = sorted(latencies)
-    us = lambda s: round(s * 1e6, 1)
+
+    def us(seconds: Optional[float]) -> Optional[float]:
+        return None if seconds is None else round(seconds * 1e6, 1)
+
     return {
         "url": url, "mode": mode, "concurrency": concurrency, "probes": len(ordered),
         "errors": errors, "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -3543,10 +3551,20 @@ def bench_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print("%(url)s mode=%(mode)s c=%(concurrency)d probes=%(probes)d errors=%(errors)d" % result)
-        print("p50 %(p50_us)sus  p90 %(p90_us)sus  p99 %(p99_us)sus  max %(max_us)sus  "
-              "%(probes_per_second)s probes/s  statuses %(statuses)s" % result)
+        print(bench_text(result))
     return 0 if result["probes"] else 3
+
+
+def bench_text(result: Dict[str, Any]) -> str:
+    head = "%(url)s mode=%(mode)s c=%(concurrency)d probes=%(probes)d errors=%(errors)d" % result
+    if not result["probes"]:
+        return "%s\nno probe was answered: %s" % (head, result.get("first_error") or "no reply")
+    statuses = ", ".join("%s x%d" % kv for kv in result["statuses"].items()) or "none (tcp)"
+    lines = [head, "p50 %(p50_us)sus  p90 %(p90_us)sus  p99 %(p99_us)sus  max %(max_us)sus  "
+                   "%(probes_per_second)s probes/s" % result, "statuses: " + statuses]
+    if result["errors"]:
+        lines.append("first error: %s" % result.get("first_error"))
+    return "\n".join(lines)
 
 
 # ============================================================
@@ -9502,6 +9520,13 @@ def render_check_families(page: MetricsPage, pod: Pod,
         page.family(name, kind, text)
         for st, value in values:
             page.sample(name, (("check", st.check.name),), value)
+    page.family("probed_check_metric_absent", "gauge", "1 when a metric the check is configured "
+                "to read was absent from a body that parsed (renamed or removed upstream?).")
+    for st in states:
+        absent = st.obs.detail.get("absent") if st.obs is not None and st.obs.detail else None
+        if absent is not None or st.check.kind in ("metric", "progress"):
+            page.sample("probed_check_metric_absent", (("check", st.check.name),),
+                        1 if absent else 0)
     page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
     for group in GROUPS:
         verdict = pod.verdicts.get(group)
@@ -10155,7 +10180,8 @@ class Daemon:
         if settings.restart_pod_on:
             sinks.append(PodRestarter(settings.restart_pod_on, settings.restart_pod_after,
                                       self.pod, log, self.exit_now).on_events)
-        self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.selfmetrics.on_poll)
+        self.absent: Dict[str, Tuple[str, ...]] = {}
+        self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.after_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)
         self.reaper = OrphanReaper(resources.children)
@@ -10213,6 +10239,18 @@ class Daemon:
             return self.pod.verdicts[group].ok
         state = self.pod.states.get(service)
         return None if state is None else state.passing
+
+    def after_poll(self, name: str, latency: float) -> None:
+        self.selfmetrics.on_poll(name, latency)
+        obs = self.pod.states[name].obs
+        absent = tuple(obs.detail.get("absent") or ()) if obs and obs.detail else ()
+        if absent != self.absent.get(name, ()):
+            self.absent[name] = absent
+            if absent:
+                self.log.warn("metric absent", check=name, metrics=",".join(absent),
+                              hint="renamed or removed by the server's version?")
+            else:
+                self.log.info("metric present again", check=name)
 
     def tell_watchers(self, events: Sequence[Event]) -> None:
         if any(isinstance(e, (GroupChanged, CheckChanged)) for e in events):

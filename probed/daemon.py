@@ -146,7 +146,8 @@ class Daemon:
         if settings.restart_pod_on:
             sinks.append(PodRestarter(settings.restart_pod_on, settings.restart_pod_after,
                                       self.pod, log, self.exit_now).on_events)
-        self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.selfmetrics.on_poll)
+        self.absent: Dict[str, Tuple[str, ...]] = {}  # per check: configured metrics last absent
+        self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.after_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
                                  resources.beats)  # None: --admin-addr off
         self.reaper = OrphanReaper(resources.children)  # works only as PID 1
@@ -208,6 +209,20 @@ class Daemon:
             return self.pod.verdicts[group].ok
         state = self.pod.states.get(service)
         return None if state is None else state.passing
+
+    def after_poll(self, name: str, latency: float) -> None:
+        """After every poll: its duration to /metrics, and metric drift named once in the log
+        (a renamed or removed metric would otherwise pass as `missing` forever)."""
+        self.selfmetrics.on_poll(name, latency)
+        obs = self.pod.states[name].obs
+        absent = tuple(obs.detail.get("absent") or ()) if obs and obs.detail else ()
+        if absent != self.absent.get(name, ()):
+            self.absent[name] = absent
+            if absent:
+                self.log.warn("metric absent", check=name, metrics=",".join(absent),
+                              hint="renamed or removed by the server's version?")
+            else:
+                self.log.info("metric present again", check=name)
 
     def tell_watchers(self, events: Sequence[Event]) -> None:
         """Scheduler sink: gRPC Watch streams hear each group flip and each check's own."""

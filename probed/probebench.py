@@ -47,10 +47,10 @@ def probe_once(addr: Tuple[str, int], request: Optional[bytes], timeout: float) 
     return elapsed, int(head[9:12])
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+def percentile(sorted_values: Sequence[float], q: float) -> Optional[float]:
+    """Nearest-rank percentile of an ascending list (q in 0..100); None for no values."""
     if not sorted_values:
-        return float("nan")
+        return None
     rank = max(1, int(round(q / 100.0 * len(sorted_values) + 0.4999)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
@@ -68,6 +68,7 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
             pass
     shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
     results: List[Tuple[List[float], "collections.Counter[int]", int]] = []
+    first_error: List[str] = []
 
     def worker(count: int) -> None:
         mine: List[float] = []
@@ -76,8 +77,10 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
         for _ in range(count):
             try:
                 elapsed, status = probe_once(addr, request, timeout)
-            except OSError:
+            except OSError as exc:
                 failed += 1
+                if not first_error:
+                    first_error.append(exc.strerror or str(exc) or type(exc).__name__)
                 continue
             mine.append(elapsed)
             seen[status] += 1
@@ -93,14 +96,19 @@ def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
     latencies = [elapsed for mine, _, _ in results for elapsed in mine]
     statuses = sum((seen for _, seen, _ in results), collections.Counter())
     errors = sum(failed for _, _, failed in results)
-    return summarize(url, mode, concurrency, latencies, statuses, errors, wall)
+    result = summarize(url, mode, concurrency, latencies, statuses, errors, wall)
+    result["first_error"] = first_error[0] if first_error else None
+    return result
 
 
 def summarize(url: str, mode: str, concurrency: int, latencies: List[float],
               statuses: Dict[int, int], errors: int, wall: float) -> Dict[str, Any]:
     """Percentiles in microseconds and probes per second."""
     ordered = sorted(latencies)
-    us = lambda s: round(s * 1e6, 1)  # noqa: E731
+
+    def us(seconds: Optional[float]) -> Optional[float]:
+        return None if seconds is None else round(seconds * 1e6, 1)
+
     return {
         "url": url, "mode": mode, "concurrency": concurrency, "probes": len(ordered),
         "errors": errors, "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -130,7 +138,18 @@ def bench_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print("%(url)s mode=%(mode)s c=%(concurrency)d probes=%(probes)d errors=%(errors)d" % result)
-        print("p50 %(p50_us)sus  p90 %(p90_us)sus  p99 %(p99_us)sus  max %(max_us)sus  "
-              "%(probes_per_second)s probes/s  statuses %(statuses)s" % result)
+        print(bench_text(result))
     return 0 if result["probes"] else 3
+
+
+def bench_text(result: Dict[str, Any]) -> str:
+    """The result for a person: latencies and statuses, or why no probe was answered."""
+    head = "%(url)s mode=%(mode)s c=%(concurrency)d probes=%(probes)d errors=%(errors)d" % result
+    if not result["probes"]:
+        return "%s\nno probe was answered: %s" % (head, result.get("first_error") or "no reply")
+    statuses = ", ".join("%s x%d" % kv for kv in result["statuses"].items()) or "none (tcp)"
+    lines = [head, "p50 %(p50_us)sus  p90 %(p90_us)sus  p99 %(p99_us)sus  max %(max_us)sus  "
+                   "%(probes_per_second)s probes/s" % result, "statuses: " + statuses]
+    if result["errors"]:
+        lines.append("first error: %s" % result.get("first_error"))
+    return "\n".join(lines)

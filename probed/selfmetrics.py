@@ -124,6 +124,13 @@ def render_check_families(page: MetricsPage, pod: Pod,
         page.family(name, kind, text)
         for st, value in values:
             page.sample(name, (("check", st.check.name),), value)
+    page.family("probed_check_metric_absent", "gauge", "1 when a metric the check is configured "
+                "to read was absent from a body that parsed (renamed or removed upstream?).")
+    for st in states:
+        absent = st.obs.detail.get("absent") if st.obs is not None and st.obs.detail else None
+        if absent is not None or st.check.kind in ("metric", "progress"):
+            page.sample("probed_check_metric_absent", (("check", st.check.name),),
+                        1 if absent else 0)
     page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
     for group in GROUPS:
         verdict = pod.verdicts.get(group)

@@ -128,7 +128,7 @@ def test_json_output_shape_and_exit_0(server_factory, capsys):
     data = json.loads(capsys.readouterr().out)
     assert code == 0
     assert set(data) == {"url", "mode", "concurrency", "probes", "errors", "statuses", "p50_us",
-                         "p90_us", "p99_us", "max_us", "probes_per_second"}
+                         "p90_us", "p99_us", "max_us", "probes_per_second", "first_error"}
     assert (data["url"], data["mode"], data["concurrency"], data["probes"]) == (url, "http", 2, 25)
     assert data["statuses"] == {"200": 25}
     assert data["p50_us"] <= data["p90_us"] <= data["p99_us"] <= data["max_us"]
@@ -139,15 +139,24 @@ def test_text_output_names_the_percentiles(server_factory, capsys):
     assert bench_main(["http://127.0.0.1:%d/" % server.port, "-n", "5", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "probes=5 errors=0" in out
-    for word in ("p50 ", "p90 ", "p99 ", "max ", "probes/s", "'200': 5"):
+    for word in ("p50 ", "p90 ", "p99 ", "max ", "probes/s", "statuses: 200 x5"):
         assert word in out
 
 
 def test_nothing_listening_exits_3_with_every_probe_an_error(capsys):
     url = "http://127.0.0.1:%d/readyz" % free_port()
     assert bench_main([url, "-n", "4", "--warmup", "1", "--timeout", "1", "--json"]) == 3
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)  # strict JSON: no NaN
     assert data["probes"] == 0 and data["errors"] == 4 and data["max_us"] is None
+    assert data["p50_us"] is None and data["first_error"] == "Connection refused"
+
+
+def test_a_closed_port_says_why_in_words(capsys):
+    # issue 14: it printed "p50 nanus" and a Python dict
+    url = "http://127.0.0.1:%d/readyz" % free_port()
+    assert bench_main([url, "-n", "3", "--warmup", "0", "--timeout", "1"]) == 3
+    out = capsys.readouterr().out
+    assert "no probe was answered: Connection refused" in out and "nan" not in out
 
 
 @pytest.mark.parametrize("args", [["-n", "0"], ["-c", "0"], ["--mode", "udp"], []])

@@ -425,3 +425,28 @@ def test_startup_seconds_appear_once_started_and_measure_from_the_restart():
     clock.now += 7
     engine.record("model", Observation(True, "ok"), 0.0)
     assert re.search(r"^probed_startup_seconds 7$", render(), re.MULTILINE), render()
+
+
+def test_metric_drift_is_one_log_line_and_a_gauge(start_daemon):
+    # issue 16 #17: a configured metric missing from a body that parses was a silent pass
+    from backends import Backend, kubelet_probe
+    body = (b"# TYPE vllm:kv_cache_usage_perc gauge\n"
+            b'vllm:kv_cache_usage_perc{engine="0"} 0.1\n')
+    with Backend(body=body) as backend:
+        daemon = start_daemon(["--check", "metric name=kv url=%s/metrics "
+                               "metric=vllm:gpu_cache_usage_perc max=0.9 interval=200ms"
+                               % backend.url])
+        deadline = time.monotonic() + 10
+        value = None
+        while time.monotonic() < deadline:
+            found = series(kubelet_probe(daemon.port, "/metrics").body,
+                           'probed_check_metric_absent{check="kv"}')
+            if found and found[0][1] == 1:
+                value = found[0][1]
+                break
+            time.sleep(0.1)
+        assert value == 1
+        time.sleep(1.0)  # several more polls: still one line
+        log = daemon.stderr_text()
+    lines = [l for l in log.splitlines() if 'msg="metric absent"' in l]
+    assert len(lines) == 1 and "check=kv metrics=vllm:gpu_cache_usage_perc" in lines[0], lines

@@ -144,11 +144,13 @@ def test_without_the_key_the_reason_says_so(start_daemon: Any, vllm: VLLMServer)
     """--api-key guards /v1/*: without the key probed never starts, and says why."""
     vllm.ensure_ready()
     probed = start_probed(start_daemon, ["--vllm", vllm.url])
+    hint = "HTTP 401 (the server wants an API key: --api-key-file)"
     with Timeline(probed.port) as tl:
-        t0 = time.monotonic()
+        # the first polls are spread over half a second: from the first answer that says so,
+        # every one does
+        t0 = tl.wait_reason("started", hint, time.monotonic(), 10).at
         time.sleep(4)
         t_end = time.monotonic()
-    hint = "HTTP 401 (the server wants an API key: --api-key-file)"
     answers = tl.snapshot("started", t0)
     assert answers and all(a.ok is False and hint in a.reason for a in answers), tl.lines(t0)
     never(tl, "live", t0, t_end, "no key")
