@@ -69,10 +69,10 @@
 #        probed/server.py ...............................................   7825
 #        probed/selfmetrics.py ..........................................   8269
 #        probed/drain.py ................................................   8484
-#        probed/admin.py ................................................   8629
 #   9. daemon
-#        probed/checkspecs.py ...........................................   8958
-#        probed/presets.py ..............................................   9132
+#        probed/checkspecs.py ...........................................   8634
+#        probed/presets.py ..............................................   8808
+#        probed/admin.py ................................................   9080
 #        probed/settings.py .............................................   9404
 #        probed/daemon.py ...............................................   9628
 #   10. cli
@@ -7242,8 +7242,8 @@ class Scheduler:
 ''')
 
 # ==============================================================================
-# Layer 8 of 10: server and router: the probe port: parse, route, answer from the pod; admin, drain
-#   render.py, router.py, h2server.py, server.py, selfmetrics.py, drain.py, admin.py
+# Layer 8 of 10: server and router: the probe port: parse, route, answer from the pod; drain
+#   render.py, router.py, h2server.py, server.py, selfmetrics.py, drain.py
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
@@ -8622,10 +8622,461 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
     return 0 if resp.status == 200 else 1
 ''')
 
+# ==============================================================================
+# Layer 9 of 10: daemon: settings and presets in, the admin listener and a serving process out
+#   checkspecs.py, presets.py, admin.py, settings.py, daemon.py
+# ==============================================================================
+
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-318 are lines 8629-8946 here (file line = module line + 8628)
+# probed/checkspecs.py: its lines 1-168 are lines 8634-8801 here (file line = module line + 8633)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 8629, r'''
+modules.add('probed/checkspecs.py', 8634, r'''
+"""Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
+
+Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
+value and what was expected, before the daemon starts. Secrets are masked in every rendering.
+"""
+
+import re
+import shlex
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from .checks import CHECK_KINDS
+from .checks.base import COMMON_PARAMS, Check, CheckResources, CheckSpec, Param
+from .hygiene import REDACTED
+from .values import ConfigError, format_duration, redact_userinfo
+
+RawValue = Union[str, List[str]]
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
+
+
+def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
+    """`http url=... probes=live` -> {"kind": "http", "url": ..., "probes": ...} (raw strings)."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:  # the text is not echoed: it may hold a header with a token
+        raise ConfigError("%s: %s (check the quoting)" % (origin, exc)) from None
+    if not tokens:
+        raise ConfigError("%s: empty check (expected \"KIND key=value ...\")" % origin)
+    raw: Dict[str, RawValue] = {"kind": tokens[0]}
+    for token in tokens[1:]:
+        key, eq, value = token.partition("=")
+        if not eq or not key:
+            raise ConfigError("%s: %r is not key=value" % (origin, token))
+        previous = raw.get(key)
+        if previous is None:
+            raw[key] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            raw[key] = [previous, value]
+    return raw
+
+
+def json_check_to_raw(obj: Any, origin: str) -> Dict[str, RawValue]:
+    """A JSON check object: the same keys as `--check`; numbers, booleans and lists allowed."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+        raise ConfigError("%s: expected an object with a \"kind\" string" % origin)
+    raw: Dict[str, RawValue] = {}
+    for key, value in obj.items():
+        if key == "from":
+            continue  # where --print-config says a check came from: informational
+        if isinstance(value, list):
+            items = [_json_scalar(v, origin, key) for v in value]
+            raw[key] = ",".join(items) if key == "probes" else items
+        else:
+            raw[key] = _json_scalar(value, origin, key)
+    return raw
+
+
+def _json_scalar(value: Any, origin: str, key: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ConfigError("%s: key %r: expected a string, number or boolean, got %s" % (
+        origin, key, type(value).__name__))
+
+
+def _parse_value(param: Param, key: str, value: RawValue, where: str) -> Any:
+    values = value if isinstance(value, list) else [value]
+    if len(values) > 1 and not param.repeat:
+        raise ConfigError("%s: key %r given %d times (it takes one value)" % (
+            where, key, len(values)))
+    parsed = []
+    for text in values:
+        try:
+            parsed.append(param.parse(text))
+        except ValueError as exc:
+            shown = REDACTED if param.secret else redact_userinfo(text)
+            raise ConfigError("%s: %s=%s: %s" % (where, key, shown, exc)) from None
+    return parsed if param.repeat else parsed[0]
+
+
+def build_spec(raw: Mapping[str, RawValue], origin: str) -> CheckSpec:
+    """Validate one raw check against its kind's keys and the common keys."""
+    kind = raw.get("kind")
+    cls = CHECK_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ConfigError("%s: unknown check kind %r (expected one of: %s)" % (
+            origin, kind, ", ".join(sorted(CHECK_KINDS))))
+    where = "%s (%s)" % (origin, kind)
+    common: Dict[str, Any] = {}
+    params: Dict[str, Any] = {}
+    shown: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "kind":
+            continue
+        if key in COMMON_PARAMS:
+            common[key] = _parse_value(COMMON_PARAMS[key], key, value, where)
+        elif key in cls.params:
+            params[key] = _parse_value(cls.params[key], key, value, where)
+            shown[key] = REDACTED if cls.params[key].secret else value
+        else:
+            raise ConfigError("%s: unknown key %r (expected one of: %s)" % (
+                where, key, ", ".join(sorted(set(cls.params) | set(COMMON_PARAMS)))))
+    for key, param in cls.params.items():
+        if key not in params:
+            if param.required:
+                raise ConfigError("%s: missing required key %r (%s)" % (where, key, param.help))
+            params[key] = param.default
+    spec = _spec_from(cls, common, params, origin)
+    spec.shown = shown
+    return spec
+
+
+def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
+               origin: str) -> CheckSpec:
+    name = common.get("name", cls.kind)
+    if not NAME_PATTERN.match(name):
+        raise ConfigError("%s: name=%s: expected letters, digits, '-' or '_' (at most 63)" % (
+            origin, name))
+    interval = common.get("interval", cls.default_interval)
+    timeout = common.get("timeout", cls.default_timeout)
+    if interval <= 0:
+        raise ConfigError("%s: interval=%s: expected a duration > 0" % (
+            origin, format_duration(interval)))
+    if timeout <= 0:
+        raise ConfigError("%s: timeout=%s: expected a duration > 0" % (
+            origin, format_duration(timeout)))
+    stale_after = common.get("stale-after", 3 * interval + timeout)
+    if stale_after <= interval:
+        raise ConfigError("%s: stale-after=%s: expected more than interval=%s" % (
+            origin, format_duration(stale_after), format_duration(interval)))
+    return CheckSpec(cls.kind, name, common.get("probes", cls.default_probes), interval, timeout,
+                     common.get("fail-after", 1), common.get("pass-after", 1), stale_after,
+                     params, origin, common.get("start-interval"))
+
+
+def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str],
+                 resources: Optional[CheckResources] = None) -> List[Check]:
+    """Checks from raw specs, all sharing `resources` (one set is made when none is given);
+    names must be unique."""
+    shared = resources if resources is not None else CheckResources()
+    checks: List[Check] = []
+    seen: Dict[str, str] = {}
+    for raw, origin in zip(raws, origins):
+        spec = build_spec(raw, origin)
+        if spec.name in seen:
+            raise ConfigError("%s: a check named %r already comes from %s (give one name=...)" % (
+                origin, spec.name, seen[spec.name]))
+        seen[spec.name] = origin
+        checks.append(CHECK_KINDS[spec.kind](spec, shared))
+    return checks
+
+
+def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
+    """A check as the JSON object `--config` accepts, secrets replaced by <redacted>."""
+    out: Dict[str, Any] = {
+        "kind": spec.kind, "name": spec.name, "probes": ",".join(sorted(spec.probes)),
+        "interval": format_duration(spec.interval), "timeout": format_duration(spec.timeout),
+        "fail-after": spec.fail_after, "pass-after": spec.pass_after,
+        "stale-after": format_duration(spec.stale_after),
+    }
+    if spec.start_interval is not None:
+        out["start-interval"] = format_duration(spec.start_interval)
+    out.update(spec.shown)
+    if spec.origin:
+        out["from"] = spec.origin
+    return out
+''')
+
+# ------------------------------------------------------------------------------
+# probed/presets.py: its lines 1-266 are lines 8808-9073 here (file line = module line + 8807)
+# ------------------------------------------------------------------------------
+modules.add('probed/presets.py', 8808, r'''
+"""Presets: one flag per backend that expands into named checks (shown by --print-config).
+
+Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
+here knows how checks run. The mapping to groups: saturation and sleep touch
+`ready` only; death, stalls and failed inferences touch `live`; `started` needs the server
+healthy, the model listed and one successful inference.
+"""
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .gpufaults import parse_device_list
+from .values import (
+    ConfigError,
+    parse_count,
+    format_duration,
+    parse_duration,
+    parse_http_url,
+    parse_number,
+)
+
+RawCheck = Dict[str, Any]
+
+
+def parse_fraction(text: str) -> float:
+    """A KV-cache share between 0 and 1 (vLLM reports 0.0-1.0, not percent)."""
+    value = parse_number(text)
+    if not 0 < value <= 1:
+        raise ValueError("expected a fraction in (0, 1], e.g. 0.95")
+    return value
+
+
+def parse_base_url(text: str) -> str:
+    """A server base URL without a trailing slash."""
+    return parse_http_url(text).rstrip("/")
+
+
+def parse_gpu_option(text: str) -> str:
+    """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
+    parse_device_list(text)
+    return text.strip()
+
+
+# (flag, parser, default, help): read like every serve flag (flag, env, config file).
+PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
+    ("--vllm", parse_base_url, None, "vLLM server base URL: health, model, sleep, queue, "
+                                     "KV cache, progress and inference checks"),
+    ("--tgi", parse_base_url, None, "TGI server base URL"),
+    ("--sglang", parse_base_url, None, "SGLang server base URL"),
+    ("--llamacpp", parse_base_url, None, "llama.cpp server base URL"),
+    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: a vLLM /health URL"),
+    ("--model", str, None, "model id that must be served (default: any)"),
+    ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
+    ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
+    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY "
+                                  "or $OPENAI_API_KEY)"),
+    ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
+                                                "after start (live); default: only until started"),
+    ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
+                                                  "(default 30s; 100s with --vllm-endpoint)"),
+    ("--stall-after", parse_duration, 120.0, "live fails when requests run but no token is "
+                                             "generated for this long (0: off)"),
+    ("--ray", parse_base_url, None, "Ray dashboard URL (leader): GCS health, ALIVE nodes, GPUs"),
+    ("--ray-nodes", parse_count, None, "ALIVE Ray nodes needed (default: $LWS_GROUP_SIZE or 1)"),
+    ("--ray-gpus", parse_count, 0, "GPUs needed over ALIVE Ray nodes"),
+    ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
+                                          "this long (recreates the group; default: never)"),
+    ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
+    ("--gpu", parse_gpu_option, None,
+     "NVIDIA GPU faults through NVML on auto (the GPUs this container's server sees), all, or "
+     "listed GPUs (0,1 or GPU-8f3e...): faults a restart fixes fail live (with a --vllm, "
+     "--sglang, --tgi or --vllm-endpoint server), the others ready"),
+]
+# Servers whose restarts probed sees (a new process start time, or the port refused while the
+# model loads): only with one of them can live fail on a fault a restart fixes, since only then
+# does probed know when that restart happened and stop failing.
+GPU_RESTART_VISIBLE = ("vllm", "sglang", "tgi", "vllm_endpoint")
+
+
+class BackendFlavour:
+    """What differs between servers: metric names and which signals exist."""
+
+    def __init__(self, name: str, queue: str, running: Optional[str], counter: Optional[str],
+                 kv_cache: Tuple[str, ...] = (), hard_status: str = "", models: bool = True,
+                 inference_api: str = "completions", sleep: bool = False,
+                 process: bool = True) -> None:
+        self.name = name
+        self.queue = queue
+        self.running = running
+        self.counter = counter
+        self.kv_cache = kv_cache
+        self.hard_status = hard_status
+        self.models = models
+        self.inference_api = inference_api
+        self.sleep = sleep
+        self.process = process  # exports process_start_time_seconds (Python/C++ servers)
+
+
+FLAVOURS = {
+    "vllm": BackendFlavour("vllm", "vllm:num_requests_waiting", "vllm:num_requests_running",
+                           "vllm:generation_tokens_total",
+                           ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+                           hard_status="503", sleep=True),
+    # TGI: the port opens only when warm; /health 503 means unhealthy; counters lack _total.
+    "tgi": BackendFlavour("tgi", "tgi_queue_size", "tgi_batch_current_size", None, models=False,
+                          inference_api="tgi", process=False),
+    # SGLang: /health is 503 while starting, so it is not hard evidence of death.
+    "sglang": BackendFlavour("sglang", "sglang:num_queue_reqs", "sglang:num_running_reqs",
+                             "sglang:generation_tokens_total", ("sglang:token_usage",)),
+    # llama.cpp: /health 503 "Loading model" means not started yet, never dead.
+    "llamacpp": BackendFlavour("llamacpp", "llamacpp:requests_deferred",
+                               "llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
+                               models=False),
+}
+
+
+def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    """The named checks one backend flag expands into."""
+    n = flavour.name
+    token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
+    checks: List[RawCheck] = [dict(
+        kind="http", name=n + "-health", url=base + "/health",
+        probes="live,ready,started", expect="200", **{"fail-after": "3"},
+        **({"hard": flavour.hard_status} if flavour.hard_status else {}))]
+    if flavour.models:
+        checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
+                           **({"model": opts["model"]} if opts.get("model") else {}), **token))
+    if flavour.sleep:
+        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready"))
+    metrics = base + "/metrics"
+    if opts.get("max_waiting") is not None:
+        checks.append(dict(kind="metric", name=n + "-queue", url=metrics, metric=flavour.queue,
+                           agg="sum", max="%g" % opts["max_waiting"], probes="ready"))
+    if opts.get("max_kv_cache") is not None and flavour.kv_cache:
+        checks.append(dict(kind="metric", name=n + "-kv-cache", url=metrics,
+                           metric=list(flavour.kv_cache), agg="max",
+                           max="%g" % opts["max_kv_cache"], probes="ready"))
+    stall = opts.get("stall_after")
+    if flavour.counter and flavour.running and stall:
+        checks.append(dict(kind="progress", name=n + "-progress", url=metrics,
+                           running=flavour.running, counter=flavour.counter,
+                           **{"stall-after": format_duration(stall)}, probes="live"))
+    if flavour.running:
+        checks.append(dict(kind="inflight", name=n + "-inflight", url=metrics,
+                           metric=[flavour.running, flavour.queue], probes=""))
+    if flavour.process:
+        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes=""))
+    checks.append(inference_check(flavour, base, opts, token))
+    return checks
+
+
+def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],
+                    token: Dict[str, str]) -> RawCheck:
+    """One synthetic inference: part of `started`, and of `live` with --inference-every."""
+    every = opts.get("inference_every")
+    check: RawCheck = dict(kind="inference", name=flavour.name + "-inference",
+                           timeout=format_duration(opts.get("inference_timeout") or 30.0),
+                           probes="live,started" if every else "started", **token)
+    if flavour.inference_api == "tgi":
+        check.update(url=base + "/generate", api="json", **{"expect-field": "generated_text"},
+                     body='{"inputs": "Hi", "parameters": {"max_new_tokens": 1}}')
+    else:
+        check.update(url=base, api=flavour.inference_api)
+        if opts.get("model"):
+            check["model"] = opts["model"]
+    if every:
+        check["interval"] = format_duration(every)
+        if flavour.counter:
+            check.update({"idle-only": "true", "metrics-url": base + "/metrics"})
+    return check
+
+
+def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    """--vllm-endpoint: the Multi Node Prober's /healthz, /readyz (vLLM /health) and /startupz
+    (a chat completion), with its 100 s inference timeout unless --inference-timeout is given."""
+    trimmed = health_url.rstrip("/")
+    base = trimmed[:-len("/health")] if trimmed.endswith("/health") else trimmed
+    return [
+        dict(kind="http", name="vllm-health", url=health_url, probes="live,ready,started",
+             expect="200", hard="503"),
+        dict(kind="inference", name="vllm-inference", url=base.rstrip("/"), api="chat",
+             probes="started", timeout=format_duration(opts.get("inference_timeout") or 100.0)),
+    ]
+
+
+def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
+    """The LLM Healthchecker's environment: one metric against a threshold on /health."""
+    url = env.get("METRICS_ENDPOINT")
+    metric = env.get("METRIC_TO_CHECK")
+    if not url and not metric:
+        return []
+    if not url or not metric:
+        raise ConfigError("METRICS_ENDPOINT and METRIC_TO_CHECK go together (got only %s)" % (
+            "METRICS_ENDPOINT" if url else "METRIC_TO_CHECK"))
+    try:
+        parse_http_url(url)
+    except ValueError as exc:
+        raise ConfigError("METRICS_ENDPOINT=%s: %s" % (url, exc)) from None
+    var = "METRIC_THRESHOLD" if "METRIC_THRESHOLD" in env else "METRICS_THRESHOLD"
+    threshold = env.get(var)
+    if threshold is None:
+        raise ConfigError("METRIC_TO_CHECK=%s needs METRIC_THRESHOLD" % metric)
+    try:
+        parse_number(threshold)
+    except ValueError as exc:
+        raise ConfigError("%s=%s: %s" % (var, threshold, exc)) from None
+    return [dict(kind="metric", name="metric", url=url, metric=metric, agg="sum",
+                 max=threshold, missing="pass", probes="ready")]
+
+
+def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple[RawCheck, str]]:
+    """Every check the preset flags and compatibility variables ask for, with its origin."""
+    out: List[Tuple[RawCheck, str]] = []
+    for name, flavour in FLAVOURS.items():
+        base = opts.get(name)
+        if base:
+            out += [(c, "--" + name) for c in backend_checks(flavour, base, opts)]
+    if opts.get("vllm_endpoint"):
+        if opts.get("vllm"):
+            raise ConfigError("--vllm-endpoint and --vllm both describe the vLLM server; "
+                              "give one (--vllm is the richer preset)")
+        out += [(c, "--vllm-endpoint") for c in multinode_prober_checks(
+            opts["vllm_endpoint"], opts)]
+    out += [(c, "--ray") for c in ray_checks(opts, env)]
+    if opts.get("ray_agent"):
+        out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
+                    "--ray-agent"))
+    out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
+    out += [(c, "--gpu") for c in gpu_checks(opts)]
+    return out
+
+
+def gpu_checks(opts: Mapping[str, Any]) -> List[RawCheck]:
+    """--gpu: gpu-live (faults a restart fixes) and gpu-ready (every fault) sharing one NVML
+    reader; without a server whose restarts probed sees, gpu-ready alone, on node-level faults."""
+    devices = opts.get("gpu")
+    if not devices:
+        return []
+    if not any(opts.get(name) for name in GPU_RESTART_VISIBLE):
+        return [dict(kind="gpu", name="gpu-ready", devices=devices, faults="reset",
+                     probes="ready")]
+    return [dict(kind="gpu", name="gpu-live", devices=devices, faults="restart", probes="live"),
+            dict(kind="gpu", name="gpu-ready", devices=devices, faults="all", probes="ready")]
+
+
+def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck]:
+    """--ray: the cluster check in ready/started; with --ray-grace, the same check in live
+    with enough fail-after to cover the grace (a lost worker then recreates the group)."""
+    url = opts.get("ray")
+    if not url:
+        return []
+    nodes = opts.get("ray_nodes")
+    if nodes is None:
+        size = env.get("LWS_GROUP_SIZE", "1")
+        try:
+            nodes = parse_count(size)
+        except ValueError as exc:
+            raise ConfigError("LWS_GROUP_SIZE=%s: %s" % (size, exc)) from None
+    base = dict(kind="ray", url=url, nodes=str(nodes), gpus=str(opts.get("ray_gpus") or 0))
+    checks = [dict(base, name="ray", probes="ready,started")]
+    grace = opts.get("ray_grace")
+    if grace:
+        interval = max(1.0, min(5.0, grace / 3))
+        checks.append(dict(base, name="ray-live", probes="live",
+                           interval=format_duration(interval),
+                           **{"fail-after": str(int(grace // interval) + 1)}))
+    return checks
+''')
+
+# ------------------------------------------------------------------------------
+# probed/admin.py: its lines 1-318 are lines 9080-9397 here (file line = module line + 9079)
+# ------------------------------------------------------------------------------
+modules.add('probed/admin.py', 9080, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -8944,457 +9395,6 @@ def build_admin(settings: Dict[str, Any], pod: Pod, control: Scheduler, checks: 
                  "anyone who reaches it can drain this pod", addr="%s:%d" % addr)
     waiter = DrainWaiter(pod, control, checks, log)
     return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)
-''')
-
-# ==============================================================================
-# Layer 9 of 10: daemon: settings and presets in, a serving process out
-#   checkspecs.py, presets.py, settings.py, daemon.py
-# ==============================================================================
-
-# ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-168 are lines 8958-9125 here (file line = module line + 8957)
-# ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 8958, r'''
-"""Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
-
-Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
-value and what was expected, before the daemon starts. Secrets are masked in every rendering.
-"""
-
-import re
-import shlex
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
-
-from .checks import CHECK_KINDS
-from .checks.base import COMMON_PARAMS, Check, CheckResources, CheckSpec, Param
-from .hygiene import REDACTED
-from .values import ConfigError, format_duration, redact_userinfo
-
-RawValue = Union[str, List[str]]
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
-
-
-def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
-    """`http url=... probes=live` -> {"kind": "http", "url": ..., "probes": ...} (raw strings)."""
-    try:
-        tokens = shlex.split(text)
-    except ValueError as exc:  # the text is not echoed: it may hold a header with a token
-        raise ConfigError("%s: %s (check the quoting)" % (origin, exc)) from None
-    if not tokens:
-        raise ConfigError("%s: empty check (expected \"KIND key=value ...\")" % origin)
-    raw: Dict[str, RawValue] = {"kind": tokens[0]}
-    for token in tokens[1:]:
-        key, eq, value = token.partition("=")
-        if not eq or not key:
-            raise ConfigError("%s: %r is not key=value" % (origin, token))
-        previous = raw.get(key)
-        if previous is None:
-            raw[key] = value
-        elif isinstance(previous, list):
-            previous.append(value)
-        else:
-            raw[key] = [previous, value]
-    return raw
-
-
-def json_check_to_raw(obj: Any, origin: str) -> Dict[str, RawValue]:
-    """A JSON check object: the same keys as `--check`; numbers, booleans and lists allowed."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
-        raise ConfigError("%s: expected an object with a \"kind\" string" % origin)
-    raw: Dict[str, RawValue] = {}
-    for key, value in obj.items():
-        if key == "from":
-            continue  # where --print-config says a check came from: informational
-        if isinstance(value, list):
-            items = [_json_scalar(v, origin, key) for v in value]
-            raw[key] = ",".join(items) if key == "probes" else items
-        else:
-            raw[key] = _json_scalar(value, origin, key)
-    return raw
-
-
-def _json_scalar(value: Any, origin: str, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    raise ConfigError("%s: key %r: expected a string, number or boolean, got %s" % (
-        origin, key, type(value).__name__))
-
-
-def _parse_value(param: Param, key: str, value: RawValue, where: str) -> Any:
-    values = value if isinstance(value, list) else [value]
-    if len(values) > 1 and not param.repeat:
-        raise ConfigError("%s: key %r given %d times (it takes one value)" % (
-            where, key, len(values)))
-    parsed = []
-    for text in values:
-        try:
-            parsed.append(param.parse(text))
-        except ValueError as exc:
-            shown = REDACTED if param.secret else redact_userinfo(text)
-            raise ConfigError("%s: %s=%s: %s" % (where, key, shown, exc)) from None
-    return parsed if param.repeat else parsed[0]
-
-
-def build_spec(raw: Mapping[str, RawValue], origin: str) -> CheckSpec:
-    """Validate one raw check against its kind's keys and the common keys."""
-    kind = raw.get("kind")
-    cls = CHECK_KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ConfigError("%s: unknown check kind %r (expected one of: %s)" % (
-            origin, kind, ", ".join(sorted(CHECK_KINDS))))
-    where = "%s (%s)" % (origin, kind)
-    common: Dict[str, Any] = {}
-    params: Dict[str, Any] = {}
-    shown: Dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "kind":
-            continue
-        if key in COMMON_PARAMS:
-            common[key] = _parse_value(COMMON_PARAMS[key], key, value, where)
-        elif key in cls.params:
-            params[key] = _parse_value(cls.params[key], key, value, where)
-            shown[key] = REDACTED if cls.params[key].secret else value
-        else:
-            raise ConfigError("%s: unknown key %r (expected one of: %s)" % (
-                where, key, ", ".join(sorted(set(cls.params) | set(COMMON_PARAMS)))))
-    for key, param in cls.params.items():
-        if key not in params:
-            if param.required:
-                raise ConfigError("%s: missing required key %r (%s)" % (where, key, param.help))
-            params[key] = param.default
-    spec = _spec_from(cls, common, params, origin)
-    spec.shown = shown
-    return spec
-
-
-def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
-               origin: str) -> CheckSpec:
-    name = common.get("name", cls.kind)
-    if not NAME_PATTERN.match(name):
-        raise ConfigError("%s: name=%s: expected letters, digits, '-' or '_' (at most 63)" % (
-            origin, name))
-    interval = common.get("interval", cls.default_interval)
-    timeout = common.get("timeout", cls.default_timeout)
-    if interval <= 0:
-        raise ConfigError("%s: interval=%s: expected a duration > 0" % (
-            origin, format_duration(interval)))
-    if timeout <= 0:
-        raise ConfigError("%s: timeout=%s: expected a duration > 0" % (
-            origin, format_duration(timeout)))
-    stale_after = common.get("stale-after", 3 * interval + timeout)
-    if stale_after <= interval:
-        raise ConfigError("%s: stale-after=%s: expected more than interval=%s" % (
-            origin, format_duration(stale_after), format_duration(interval)))
-    return CheckSpec(cls.kind, name, common.get("probes", cls.default_probes), interval, timeout,
-                     common.get("fail-after", 1), common.get("pass-after", 1), stale_after,
-                     params, origin, common.get("start-interval"))
-
-
-def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str],
-                 resources: Optional[CheckResources] = None) -> List[Check]:
-    """Checks from raw specs, all sharing `resources` (one set is made when none is given);
-    names must be unique."""
-    shared = resources if resources is not None else CheckResources()
-    checks: List[Check] = []
-    seen: Dict[str, str] = {}
-    for raw, origin in zip(raws, origins):
-        spec = build_spec(raw, origin)
-        if spec.name in seen:
-            raise ConfigError("%s: a check named %r already comes from %s (give one name=...)" % (
-                origin, spec.name, seen[spec.name]))
-        seen[spec.name] = origin
-        checks.append(CHECK_KINDS[spec.kind](spec, shared))
-    return checks
-
-
-def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
-    """A check as the JSON object `--config` accepts, secrets replaced by <redacted>."""
-    out: Dict[str, Any] = {
-        "kind": spec.kind, "name": spec.name, "probes": ",".join(sorted(spec.probes)),
-        "interval": format_duration(spec.interval), "timeout": format_duration(spec.timeout),
-        "fail-after": spec.fail_after, "pass-after": spec.pass_after,
-        "stale-after": format_duration(spec.stale_after),
-    }
-    if spec.start_interval is not None:
-        out["start-interval"] = format_duration(spec.start_interval)
-    out.update(spec.shown)
-    if spec.origin:
-        out["from"] = spec.origin
-    return out
-''')
-
-# ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-266 are lines 9132-9397 here (file line = module line + 9131)
-# ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 9132, r'''
-"""Presets: one flag per backend that expands into named checks (shown by --print-config).
-
-Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
-here knows how checks run. The mapping to groups: saturation and sleep touch
-`ready` only; death, stalls and failed inferences touch `live`; `started` needs the server
-healthy, the model listed and one successful inference.
-"""
-
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
-
-from .gpufaults import parse_device_list
-from .values import (
-    ConfigError,
-    parse_count,
-    format_duration,
-    parse_duration,
-    parse_http_url,
-    parse_number,
-)
-
-RawCheck = Dict[str, Any]
-
-
-def parse_fraction(text: str) -> float:
-    """A KV-cache share between 0 and 1 (vLLM reports 0.0-1.0, not percent)."""
-    value = parse_number(text)
-    if not 0 < value <= 1:
-        raise ValueError("expected a fraction in (0, 1], e.g. 0.95")
-    return value
-
-
-def parse_base_url(text: str) -> str:
-    """A server base URL without a trailing slash."""
-    return parse_http_url(text).rstrip("/")
-
-
-def parse_gpu_option(text: str) -> str:
-    """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
-    parse_device_list(text)
-    return text.strip()
-
-
-# (flag, parser, default, help): read like every serve flag (flag, env, config file).
-PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
-    ("--vllm", parse_base_url, None, "vLLM server base URL: health, model, sleep, queue, "
-                                     "KV cache, progress and inference checks"),
-    ("--tgi", parse_base_url, None, "TGI server base URL"),
-    ("--sglang", parse_base_url, None, "SGLang server base URL"),
-    ("--llamacpp", parse_base_url, None, "llama.cpp server base URL"),
-    ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: a vLLM /health URL"),
-    ("--model", str, None, "model id that must be served (default: any)"),
-    ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
-    ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
-    ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY "
-                                  "or $OPENAI_API_KEY)"),
-    ("--inference-every", parse_duration, None, "also run the synthetic inference this often "
-                                                "after start (live); default: only until started"),
-    ("--inference-timeout", parse_duration, None, "deadline of one synthetic inference "
-                                                  "(default 30s; 100s with --vllm-endpoint)"),
-    ("--stall-after", parse_duration, 120.0, "live fails when requests run but no token is "
-                                             "generated for this long (0: off)"),
-    ("--ray", parse_base_url, None, "Ray dashboard URL (leader): GCS health, ALIVE nodes, GPUs"),
-    ("--ray-nodes", parse_count, None, "ALIVE Ray nodes needed (default: $LWS_GROUP_SIZE or 1)"),
-    ("--ray-gpus", parse_count, 0, "GPUs needed over ALIVE Ray nodes"),
-    ("--ray-grace", parse_duration, None, "also fail live when the Ray cluster has been short "
-                                          "this long (recreates the group; default: never)"),
-    ("--ray-agent", parse_base_url, None, "this node's Ray agent URL (:52365): raylet health"),
-    ("--gpu", parse_gpu_option, None,
-     "NVIDIA GPU faults through NVML on auto (the GPUs this container's server sees), all, or "
-     "listed GPUs (0,1 or GPU-8f3e...): faults a restart fixes fail live (with a --vllm, "
-     "--sglang, --tgi or --vllm-endpoint server), the others ready"),
-]
-# Servers whose restarts probed sees (a new process start time, or the port refused while the
-# model loads): only with one of them can live fail on a fault a restart fixes, since only then
-# does probed know when that restart happened and stop failing.
-GPU_RESTART_VISIBLE = ("vllm", "sglang", "tgi", "vllm_endpoint")
-
-
-class BackendFlavour:
-    """What differs between servers: metric names and which signals exist."""
-
-    def __init__(self, name: str, queue: str, running: Optional[str], counter: Optional[str],
-                 kv_cache: Tuple[str, ...] = (), hard_status: str = "", models: bool = True,
-                 inference_api: str = "completions", sleep: bool = False,
-                 process: bool = True) -> None:
-        self.name = name
-        self.queue = queue
-        self.running = running
-        self.counter = counter
-        self.kv_cache = kv_cache
-        self.hard_status = hard_status
-        self.models = models
-        self.inference_api = inference_api
-        self.sleep = sleep
-        self.process = process  # exports process_start_time_seconds (Python/C++ servers)
-
-
-FLAVOURS = {
-    "vllm": BackendFlavour("vllm", "vllm:num_requests_waiting", "vllm:num_requests_running",
-                           "vllm:generation_tokens_total",
-                           ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-                           hard_status="503", sleep=True),
-    # TGI: the port opens only when warm; /health 503 means unhealthy; counters lack _total.
-    "tgi": BackendFlavour("tgi", "tgi_queue_size", "tgi_batch_current_size", None, models=False,
-                          inference_api="tgi", process=False),
-    # SGLang: /health is 503 while starting, so it is not hard evidence of death.
-    "sglang": BackendFlavour("sglang", "sglang:num_queue_reqs", "sglang:num_running_reqs",
-                             "sglang:generation_tokens_total", ("sglang:token_usage",)),
-    # llama.cpp: /health 503 "Loading model" means not started yet, never dead.
-    "llamacpp": BackendFlavour("llamacpp", "llamacpp:requests_deferred",
-                               "llamacpp:requests_processing", "llamacpp:tokens_predicted_total",
-                               models=False),
-}
-
-
-def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) -> List[RawCheck]:
-    """The named checks one backend flag expands into."""
-    n = flavour.name
-    token = {"token-file": opts["api_key_file"]} if opts.get("api_key_file") else {}
-    checks: List[RawCheck] = [dict(
-        kind="http", name=n + "-health", url=base + "/health",
-        probes="live,ready,started", expect="200", **{"fail-after": "3"},
-        **({"hard": flavour.hard_status} if flavour.hard_status else {}))]
-    if flavour.models:
-        checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
-                           **({"model": opts["model"]} if opts.get("model") else {}), **token))
-    if flavour.sleep:
-        checks.append(dict(kind="awake", name=n + "-awake", url=base, probes="ready"))
-    metrics = base + "/metrics"
-    if opts.get("max_waiting") is not None:
-        checks.append(dict(kind="metric", name=n + "-queue", url=metrics, metric=flavour.queue,
-                           agg="sum", max="%g" % opts["max_waiting"], probes="ready"))
-    if opts.get("max_kv_cache") is not None and flavour.kv_cache:
-        checks.append(dict(kind="metric", name=n + "-kv-cache", url=metrics,
-                           metric=list(flavour.kv_cache), agg="max",
-                           max="%g" % opts["max_kv_cache"], probes="ready"))
-    stall = opts.get("stall_after")
-    if flavour.counter and flavour.running and stall:
-        checks.append(dict(kind="progress", name=n + "-progress", url=metrics,
-                           running=flavour.running, counter=flavour.counter,
-                           **{"stall-after": format_duration(stall)}, probes="live"))
-    if flavour.running:
-        checks.append(dict(kind="inflight", name=n + "-inflight", url=metrics,
-                           metric=[flavour.running, flavour.queue], probes=""))
-    if flavour.process:
-        checks.append(dict(kind="process", name=n + "-process", url=metrics, probes=""))
-    checks.append(inference_check(flavour, base, opts, token))
-    return checks
-
-
-def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],
-                    token: Dict[str, str]) -> RawCheck:
-    """One synthetic inference: part of `started`, and of `live` with --inference-every."""
-    every = opts.get("inference_every")
-    check: RawCheck = dict(kind="inference", name=flavour.name + "-inference",
-                           timeout=format_duration(opts.get("inference_timeout") or 30.0),
-                           probes="live,started" if every else "started", **token)
-    if flavour.inference_api == "tgi":
-        check.update(url=base + "/generate", api="json", **{"expect-field": "generated_text"},
-                     body='{"inputs": "Hi", "parameters": {"max_new_tokens": 1}}')
-    else:
-        check.update(url=base, api=flavour.inference_api)
-        if opts.get("model"):
-            check["model"] = opts["model"]
-    if every:
-        check["interval"] = format_duration(every)
-        if flavour.counter:
-            check.update({"idle-only": "true", "metrics-url": base + "/metrics"})
-    return check
-
-
-def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[RawCheck]:
-    """--vllm-endpoint: the Multi Node Prober's /healthz, /readyz (vLLM /health) and /startupz
-    (a chat completion), with its 100 s inference timeout unless --inference-timeout is given."""
-    trimmed = health_url.rstrip("/")
-    base = trimmed[:-len("/health")] if trimmed.endswith("/health") else trimmed
-    return [
-        dict(kind="http", name="vllm-health", url=health_url, probes="live,ready,started",
-             expect="200", hard="503"),
-        dict(kind="inference", name="vllm-inference", url=base.rstrip("/"), api="chat",
-             probes="started", timeout=format_duration(opts.get("inference_timeout") or 100.0)),
-    ]
-
-
-def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
-    """The LLM Healthchecker's environment: one metric against a threshold on /health."""
-    url = env.get("METRICS_ENDPOINT")
-    metric = env.get("METRIC_TO_CHECK")
-    if not url and not metric:
-        return []
-    if not url or not metric:
-        raise ConfigError("METRICS_ENDPOINT and METRIC_TO_CHECK go together (got only %s)" % (
-            "METRICS_ENDPOINT" if url else "METRIC_TO_CHECK"))
-    try:
-        parse_http_url(url)
-    except ValueError as exc:
-        raise ConfigError("METRICS_ENDPOINT=%s: %s" % (url, exc)) from None
-    var = "METRIC_THRESHOLD" if "METRIC_THRESHOLD" in env else "METRICS_THRESHOLD"
-    threshold = env.get(var)
-    if threshold is None:
-        raise ConfigError("METRIC_TO_CHECK=%s needs METRIC_THRESHOLD" % metric)
-    try:
-        parse_number(threshold)
-    except ValueError as exc:
-        raise ConfigError("%s=%s: %s" % (var, threshold, exc)) from None
-    return [dict(kind="metric", name="metric", url=url, metric=metric, agg="sum",
-                 max=threshold, missing="pass", probes="ready")]
-
-
-def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple[RawCheck, str]]:
-    """Every check the preset flags and compatibility variables ask for, with its origin."""
-    out: List[Tuple[RawCheck, str]] = []
-    for name, flavour in FLAVOURS.items():
-        base = opts.get(name)
-        if base:
-            out += [(c, "--" + name) for c in backend_checks(flavour, base, opts)]
-    if opts.get("vllm_endpoint"):
-        if opts.get("vllm"):
-            raise ConfigError("--vllm-endpoint and --vllm both describe the vLLM server; "
-                              "give one (--vllm is the richer preset)")
-        out += [(c, "--vllm-endpoint") for c in multinode_prober_checks(
-            opts["vllm_endpoint"], opts)]
-    out += [(c, "--ray") for c in ray_checks(opts, env)]
-    if opts.get("ray_agent"):
-        out.append((dict(kind="ray-agent", name="ray-agent", url=opts["ray_agent"]),
-                    "--ray-agent"))
-    out += [(c, "METRIC_TO_CHECK") for c in healthchecker_checks(env)]
-    out += [(c, "--gpu") for c in gpu_checks(opts)]
-    return out
-
-
-def gpu_checks(opts: Mapping[str, Any]) -> List[RawCheck]:
-    """--gpu: gpu-live (faults a restart fixes) and gpu-ready (every fault) sharing one NVML
-    reader; without a server whose restarts probed sees, gpu-ready alone, on node-level faults."""
-    devices = opts.get("gpu")
-    if not devices:
-        return []
-    if not any(opts.get(name) for name in GPU_RESTART_VISIBLE):
-        return [dict(kind="gpu", name="gpu-ready", devices=devices, faults="reset",
-                     probes="ready")]
-    return [dict(kind="gpu", name="gpu-live", devices=devices, faults="restart", probes="live"),
-            dict(kind="gpu", name="gpu-ready", devices=devices, faults="all", probes="ready")]
-
-
-def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck]:
-    """--ray: the cluster check in ready/started; with --ray-grace, the same check in live
-    with enough fail-after to cover the grace (a lost worker then recreates the group)."""
-    url = opts.get("ray")
-    if not url:
-        return []
-    nodes = opts.get("ray_nodes")
-    if nodes is None:
-        size = env.get("LWS_GROUP_SIZE", "1")
-        try:
-            nodes = parse_count(size)
-        except ValueError as exc:
-            raise ConfigError("LWS_GROUP_SIZE=%s: %s" % (size, exc)) from None
-    base = dict(kind="ray", url=url, nodes=str(nodes), gpus=str(opts.get("ray_gpus") or 0))
-    checks = [dict(base, name="ray", probes="ready,started")]
-    grace = opts.get("ray_grace")
-    if grace:
-        interval = max(1.0, min(5.0, grace / 3))
-        checks.append(dict(base, name="ray-live", probes="live",
-                           interval=format_duration(interval),
-                           **{"fail-after": str(int(grace // interval) + 1)}))
-    return checks
 ''')
 
 # ------------------------------------------------------------------------------

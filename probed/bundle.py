@@ -84,24 +84,24 @@ class Layer(NamedTuple):
 LAYERS: Tuple[Layer, ...] = (
     Layer("package", "the version, and how the single file keeps ssl out", ("__init__.py",)),
     Layer("wire format", "bytes in, events out: HTTP/1.1, Prometheus text, HTTP/2, gRPC; no I/O",
-          ("httpproto.py", "clientproto.py", "promselector.py", "expfmt.py", "hpack.py",
-           "h2frames.py", "h2output.py", "h2proto.py", "grpchealth.py")),
+          ("httpproto.py", "clientproto.py", "promselector.py", "exprules.py", "expfmt.py",
+           "hpack.py", "h2frames.py", "h2output.py", "h2proto.py", "grpchealth.py")),
     Layer("values", "what flags and config files hold: parsers, groups, limits",
           ("groups.py", "values.py", "files.py")),
     # eventlog is here, not with the daemon: the scheduler, drain and admin log through it.
     Layer("client and shared resources", "the HTTP client, scrape hub, heartbeats, log, NVML",
-          ("client.py", "scrape.py", "beatregistry.py", "eventlog.py", "nvml.py", "gpufaults.py",
-           "gpureader.py")),
+          ("blocking.py", "clientchan.py", "client.py", "scrape.py", "beatregistry.py",
+           "eventlog.py", "nvml.py", "gpufaults.py", "gpureader.py")),
     Layer("checks", "one Check shape for every kind, and the table of kinds", ("checks/",)),
     # hygiene is here, not with the values: it scrubs the Observation that checks/base.py defines.
     Layer("pod", "the lifecycle truth: check states, groups, drains, events; no I/O",
           ("hygiene.py", "checkstate.py", "podevents.py", "pod.py")),
     Layer("scheduler", "polls the checks, routes the pod's events", ("scheduler.py",)),
-    Layer("server and router", "the probe port: parse, route, answer from the pod; admin, drain",
-          ("render.py", "router.py", "h2server.py", "server.py", "selfmetrics.py", "drain.py",
-           "admin.py")),
-    Layer("daemon", "settings and presets in, a serving process out",
-          ("checkspecs.py", "presets.py", "flags.py", "settings.py", "daemon.py")),
+    Layer("server and router", "the probe port: parse, route, answer from the pod; drain",
+          ("render.py", "router.py", "h2server.py", "server.py", "selfmetrics.py", "drain.py")),
+    # admin is here, not with the server: its listener is built from the typed settings.
+    Layer("daemon", "settings and presets in, the admin listener and a serving process out",
+          ("checkspecs.py", "presets.py", "flags.py", "settings.py", "admin.py", "daemon.py")),
     Layer("cli", "the command line and its subcommands",
           ("checkcmd.py", "probebench.py", "beat.py", "cli.py")),
 )
