@@ -10,77 +10,77 @@
 # uses. Layers come in order and import only from themselves and the layers above them.
 #
 # A traceback's `probed.py, line N` is line N of this file. Its module and function:
-#     python3 probed.py --where N                   # -> probed/pod.py:113, in Pod.observe
-#     python3 probed.py --where pod.py:113          # the other way
+#     python3 probed.py --where N          # prints probed/MODULE.py:LINE, in FUNCTION
+#     python3 probed.py --where pod.py:113 # the other way: the line of this file
 # or subtract the offset printed in the module's banner.
 #
 # Contents                                                                  line
 #   the loader (singlefile.py, verbatim) ................................     86
 #   1. package
-#        probed/__init__.py .............................................    249
+#        probed/__init__.py .............................................    250
 #   2. wire format
-#        probed/httpproto.py ............................................    287
-#        probed/clientproto.py ..........................................    588
-#        probed/promselector.py .........................................    709
-#        probed/expfmt.py ...............................................    862
-#        probed/hpack.py ................................................   1283
-#        probed/h2frames.py .............................................   1548
-#        probed/h2output.py .............................................   1661
-#        probed/h2proto.py ..............................................   1805
-#        probed/grpchealth.py ...........................................   2289
+#        probed/httpproto.py ............................................    288
+#        probed/clientproto.py ..........................................    589
+#        probed/promselector.py .........................................    710
+#        probed/expfmt.py ...............................................    863
+#        probed/hpack.py ................................................   1284
+#        probed/h2frames.py .............................................   1549
+#        probed/h2output.py .............................................   1662
+#        probed/h2proto.py ..............................................   1806
+#        probed/grpchealth.py ...........................................   2290
 #   3. values
-#        probed/groups.py ...............................................   2589
-#        probed/values.py ...............................................   2599
+#        probed/groups.py ...............................................   2590
+#        probed/values.py ...............................................   2600
 #   4. client and shared resources
-#        probed/client.py ...............................................   2789
-#        probed/scrape.py ...............................................   3174
-#        probed/beatregistry.py .........................................   3283
-#        probed/eventlog.py .............................................   3357
-#        probed/nvml.py .................................................   3423
-#        probed/gpufaults.py ............................................   3682
-#        probed/gpureader.py ............................................   3981
+#        probed/client.py ...............................................   2790
+#        probed/scrape.py ...............................................   3175
+#        probed/beatregistry.py .........................................   3284
+#        probed/eventlog.py .............................................   3358
+#        probed/nvml.py .................................................   3424
+#        probed/gpufaults.py ............................................   3683
+#        probed/gpureader.py ............................................   3982
 #   5. checks
-#        probed/checks/base.py ..........................................   4401
-#        probed/checks/exec.py ..........................................   4613
-#        probed/checks/gpu.py ...........................................   4745
-#        probed/checks/heartbeat.py .....................................   4856
-#        probed/checks/http.py ..........................................   5063
-#        probed/checks/inference.py .....................................   5209
-#        probed/checks/manual.py ........................................   5426
-#        probed/checks/metric.py ........................................   5489
-#        probed/checks/awake.py .........................................   5735
-#        probed/checks/inflight.py ......................................   5808
-#        probed/checks/process.py .......................................   5851
-#        probed/checks/relay.py .........................................   5902
-#        probed/checks/tcp.py ...........................................   5957
-#        probed/checks/ray.py ...........................................   6009
-#        probed/checks/__init__.py ......................................   6341
+#        probed/checks/base.py ..........................................   4402
+#        probed/checks/exec.py ..........................................   4614
+#        probed/checks/gpu.py ...........................................   4746
+#        probed/checks/heartbeat.py .....................................   4857
+#        probed/checks/http.py ..........................................   5064
+#        probed/checks/inference.py .....................................   5210
+#        probed/checks/manual.py ........................................   5427
+#        probed/checks/metric.py ........................................   5490
+#        probed/checks/awake.py .........................................   5736
+#        probed/checks/inflight.py ......................................   5809
+#        probed/checks/process.py .......................................   5852
+#        probed/checks/relay.py .........................................   5903
+#        probed/checks/tcp.py ...........................................   5958
+#        probed/checks/ray.py ...........................................   6010
+#        probed/checks/__init__.py ......................................   6342
 #   6. pod
-#        probed/hygiene.py ..............................................   6375
-#        probed/checkstate.py ...........................................   6449
-#        probed/podevents.py ............................................   6587
-#        probed/pod.py ..................................................   6694
+#        probed/hygiene.py ..............................................   6376
+#        probed/checkstate.py ...........................................   6450
+#        probed/podevents.py ............................................   6588
+#        probed/pod.py ..................................................   6695
 #   7. scheduler
-#        probed/scheduler.py ............................................   7069
+#        probed/scheduler.py ............................................   7070
 #   8. server and router
-#        probed/render.py ...............................................   7253
-#        probed/router.py ...............................................   7338
-#        probed/h2server.py .............................................   7601
-#        probed/server.py ...............................................   7825
-#        probed/selfmetrics.py ..........................................   8269
-#        probed/drain.py ................................................   8484
+#        probed/render.py ...............................................   7254
+#        probed/router.py ...............................................   7339
+#        probed/h2server.py .............................................   7602
+#        probed/server.py ...............................................   7826
+#        probed/selfmetrics.py ..........................................   8270
+#        probed/drain.py ................................................   8485
 #   9. daemon
-#        probed/checkspecs.py ...........................................   8634
-#        probed/presets.py ..............................................   8808
-#        probed/admin.py ................................................   9080
-#        probed/settings.py .............................................   9404
-#        probed/daemon.py ...............................................   9628
+#        probed/checkspecs.py ...........................................   8635
+#        probed/presets.py ..............................................   8809
+#        probed/admin.py ................................................   9081
+#        probed/settings.py .............................................   9405
+#        probed/daemon.py ...............................................   9629
 #   10. cli
-#        probed/checkcmd.py .............................................   9814
-#        probed/probebench.py ...........................................   9922
-#        probed/beat.py .................................................  10064
-#        probed/cli.py ..................................................  10197
-#   entry point .........................................................  10271
+#        probed/checkcmd.py .............................................   9815
+#        probed/probebench.py ...........................................   9923
+#        probed/beat.py .................................................  10065
+#        probed/cli.py ..................................................  10198
+#   entry point .........................................................  10272
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -214,7 +214,7 @@ class EmbeddedModules:
         scope = enclosing_definition(text[1:], line)
         return "%s:%d is %s:%d%s\n    %s" % (os.path.basename(self.filename), file_line, path,
                                             line, ", in " + scope if scope else "",
-                                            lines[line - 1].strip())
+                                            lines[line - 1].strip() or "(a blank line)")
 
 
 def enclosing_definition(source: str, line: int) -> str:
@@ -234,6 +234,7 @@ def enclosing_definition(source: str, line: int) -> str:
             return ".".join(names)
 
 
+# Every module below registers its text here; the entry point at the end runs it.
 modules = EmbeddedModules(globals().get("__file__", "probed.py"))
 
 
@@ -243,9 +244,9 @@ modules = EmbeddedModules(globals().get("__file__", "probed.py"))
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/__init__.py: its lines 1-27 are lines 249-275 here (file line = module line + 248)
+# probed/__init__.py: its lines 1-27 are lines 250-276 here (file line = module line + 249)
 # ------------------------------------------------------------------------------
-modules.add('probed/__init__.py', 249, r'''
+modules.add('probed/__init__.py', 250, r'''
 """probed: a Kubernetes probe daemon for LLM inference servers.
 
 The package is the source; `probed.py` at the top of the repository is generated from it by
@@ -281,9 +282,9 @@ def import_ssl() -> ModuleType:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/httpproto.py: its lines 1-295 are lines 287-581 here (file line = module line + 286)
+# probed/httpproto.py: its lines 1-295 are lines 288-582 here (file line = module line + 287)
 # ------------------------------------------------------------------------------
-modules.add('probed/httpproto.py', 287, r'''
+modules.add('probed/httpproto.py', 288, r'''
 """HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
 
 The server hands this module its receive buffer and gets back a `Request` (or "need more
@@ -582,9 +583,9 @@ def http_date(epoch_seconds: float) -> bytes:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/clientproto.py: its lines 1-115 are lines 588-702 here (file line = module line + 587)
+# probed/clientproto.py: its lines 1-115 are lines 589-703 here (file line = module line + 588)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientproto.py', 588, r'''
+modules.add('probed/clientproto.py', 589, r'''
 """The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
 
 The client (client.py) moves bytes between a socket and these functions, the way the server
@@ -703,9 +704,9 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/promselector.py: its lines 1-147 are lines 709-855 here (file line = module line + 708)
+# probed/promselector.py: its lines 1-147 are lines 710-856 here (file line = module line + 709)
 # ------------------------------------------------------------------------------
-modules.add('probed/promselector.py', 709, r'''
+modules.add('probed/promselector.py', 710, r'''
 """PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
 syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
 
@@ -856,9 +857,9 @@ def aggregate(values: Sequence[float], how: str) -> Optional[float]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/expfmt.py: its lines 1-415 are lines 862-1276 here (file line = module line + 861)
+# probed/expfmt.py: its lines 1-415 are lines 863-1277 here (file line = module line + 862)
 # ------------------------------------------------------------------------------
-modules.add('probed/expfmt.py', 862, r'''
+modules.add('probed/expfmt.py', 863, r'''
 """Prometheus text (0.0.4) and OpenMetrics exposition parsing: series selection and aggregation.
 
 Sans-I/O: bytes in, samples out; no sockets, files, clocks or logging here. Bad input raises only
@@ -1277,9 +1278,9 @@ def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optio
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/hpack.py: its lines 1-259 are lines 1283-1541 here (file line = module line + 1282)
+# probed/hpack.py: its lines 1-259 are lines 1284-1542 here (file line = module line + 1283)
 # ------------------------------------------------------------------------------
-modules.add('probed/hpack.py', 1283, r'''
+modules.add('probed/hpack.py', 1284, r'''
 """HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
 
 Decoding covers all a client may send: indexed fields, literals with and without indexing,
@@ -1542,9 +1543,9 @@ def encode_table_size_update(size: int) -> bytes:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-107 are lines 1548-1654 here (file line = module line + 1547)
+# probed/h2frames.py: its lines 1-107 are lines 1549-1655 here (file line = module line + 1548)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2frames.py', 1548, r'''
+modules.add('probed/h2frames.py', 1549, r'''
 """HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
 header, the events the connection machine emits, and what makes a request's fields malformed.
 
@@ -1655,9 +1656,9 @@ def request_fields_valid(fields: HeaderList) -> bool:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 1661-1798 here (file line = module line + 1660)
+# probed/h2output.py: its lines 1-138 are lines 1662-1799 here (file line = module line + 1661)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 1661, r'''
+modules.add('probed/h2output.py', 1662, r'''
 """What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 
@@ -1799,9 +1800,9 @@ class H2Output:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 1805-2282 here (file line = module line + 1804)
+# probed/h2proto.py: its lines 1-478 are lines 1806-2283 here (file line = module line + 1805)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 1805, r'''
+modules.add('probed/h2proto.py', 1806, r'''
 """HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 
 The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2283,9 +2284,9 @@ class H2Connection:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-289 are lines 2289-2577 here (file line = module line + 2288)
+# probed/grpchealth.py: its lines 1-289 are lines 2290-2578 here (file line = module line + 2289)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2289, r'''
+modules.add('probed/grpchealth.py', 2290, r'''
 """The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 
 `Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -2583,9 +2584,9 @@ class HealthCalls:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 2589-2592 here (file line = module line + 2588)
+# probed/groups.py: its lines 1-4 are lines 2590-2593 here (file line = module line + 2589)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 2589, r'''
+modules.add('probed/groups.py', 2590, r'''
 """The three probe groups, the kubelet probe each answers, and the path it is served on."""
 
 GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
@@ -2593,9 +2594,9 @@ GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-179 are lines 2599-2777 here (file line = module line + 2598)
+# probed/values.py: its lines 1-179 are lines 2600-2778 here (file line = module line + 2599)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 2599, r'''
+modules.add('probed/values.py', 2600, r'''
 """Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 
 Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -2783,9 +2784,9 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-379 are lines 2789-3167 here (file line = module line + 2788)
+# probed/client.py: its lines 1-379 are lines 2790-3168 here (file line = module line + 2789)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 2789, r'''
+modules.add('probed/client.py', 2790, r'''
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 
 One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3168,9 +3169,9 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-103 are lines 3174-3276 here (file line = module line + 3173)
+# probed/scrape.py: its lines 1-103 are lines 3175-3277 here (file line = module line + 3174)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3174, r'''
+modules.add('probed/scrape.py', 3175, r'''
 """One `/metrics` scrape shared by every check that reads the same URL.
 
 A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -3277,9 +3278,9 @@ class ProgressBoard:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 3283-3350 here (file line = module line + 3282)
+# probed/beatregistry.py: its lines 1-68 are lines 3284-3351 here (file line = module line + 3283)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 3283, r'''
+modules.add('probed/beatregistry.py', 3284, r'''
 """Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 
 One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -3351,9 +3352,9 @@ class HeartbeatRegistry:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-60 are lines 3357-3416 here (file line = module line + 3356)
+# probed/eventlog.py: its lines 1-60 are lines 3358-3417 here (file line = module line + 3357)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 3357, r'''
+modules.add('probed/eventlog.py', 3358, r'''
 """One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 
 Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -3417,9 +3418,9 @@ class EventLog:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 3423-3675 here (file line = module line + 3422)
+# probed/nvml.py: its lines 1-253 are lines 3424-3676 here (file line = module line + 3423)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 3423, r'''
+modules.add('probed/nvml.py', 3424, r'''
 """NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 
 ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -3676,9 +3677,9 @@ class NVMLLibrary:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 3682-3974 here (file line = module line + 3681)
+# probed/gpufaults.py: its lines 1-293 are lines 3683-3975 here (file line = module line + 3682)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 3682, r'''
+modules.add('probed/gpufaults.py', 3683, r'''
 """GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 no NVML, no I/O; time comes from the clock a caller passes in.
@@ -3975,9 +3976,9 @@ def device_json(d: DeviceFacts) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 3981-4389 here (file line = module line + 3980)
+# probed/gpureader.py: its lines 1-409 are lines 3982-4390 here (file line = module line + 3981)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 3981, r'''
+modules.add('probed/gpureader.py', 3982, r'''
 """The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 gpu checks of one daemon (through `CheckResources.gpus`).
 
@@ -4395,9 +4396,9 @@ class GPUReaders:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-206 are lines 4401-4606 here (file line = module line + 4400)
+# probed/checks/base.py: its lines 1-206 are lines 4402-4607 here (file line = module line + 4401)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 4401, r'''
+modules.add('probed/checks/base.py', 4402, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
 
 A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
@@ -4607,9 +4608,9 @@ class Check:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-126 are lines 4613-4738 here (file line = module line + 4612)
+# probed/checks/exec.py: its lines 1-126 are lines 4614-4739 here (file line = module line + 4613)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 4613, r'''
+modules.add('probed/checks/exec.py', 4614, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 
 For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -4739,9 +4740,9 @@ class ExecCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 4745-4849 here (file line = module line + 4744)
+# probed/checks/gpu.py: its lines 1-105 are lines 4746-4850 here (file line = module line + 4745)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 4745, r'''
+modules.add('probed/checks/gpu.py', 4746, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 
 A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -4850,9 +4851,9 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-201 are lines 4856-5056 here (file line = module line + 4855)
+# probed/checks/heartbeat.py: its lines 1-201 are lines 4857-5057 here (file line = module line + 4856)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 4856, r'''
+modules.add('probed/checks/heartbeat.py', 4857, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -5057,9 +5058,9 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-140 are lines 5063-5202 here (file line = module line + 5062)
+# probed/checks/http.py: its lines 1-140 are lines 5064-5203 here (file line = module line + 5063)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 5063, r'''
+modules.add('probed/checks/http.py', 5064, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -5203,9 +5204,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-211 are lines 5209-5419 here (file line = module line + 5208)
+# probed/checks/inference.py: its lines 1-211 are lines 5210-5420 here (file line = module line + 5209)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 5209, r'''
+modules.add('probed/checks/inference.py', 5210, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -5420,9 +5421,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 5426-5482 here (file line = module line + 5425)
+# probed/checks/manual.py: its lines 1-57 are lines 5427-5483 here (file line = module line + 5426)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 5426, r'''
+modules.add('probed/checks/manual.py', 5427, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -5483,9 +5484,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-240 are lines 5489-5728 here (file line = module line + 5488)
+# probed/checks/metric.py: its lines 1-240 are lines 5490-5729 here (file line = module line + 5489)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 5489, r'''
+modules.add('probed/checks/metric.py', 5490, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -5729,9 +5730,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-67 are lines 5735-5801 here (file line = module line + 5734)
+# probed/checks/awake.py: its lines 1-67 are lines 5736-5802 here (file line = module line + 5735)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 5735, r'''
+modules.add('probed/checks/awake.py', 5736, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep is not ready, though /health says 200.
 
 The gauge `vllm:engine_sleep_state{sleep_state="awake"}` (min over engines: one sleeping rank
@@ -5802,9 +5803,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-37 are lines 5808-5844 here (file line = module line + 5807)
+# probed/checks/inflight.py: its lines 1-37 are lines 5809-5845 here (file line = module line + 5808)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 5808, r'''
+modules.add('probed/checks/inflight.py', 5809, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -5845,9 +5846,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-45 are lines 5851-5895 here (file line = module line + 5850)
+# probed/checks/process.py: its lines 1-45 are lines 5852-5896 here (file line = module line + 5851)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 5851, r'''
+modules.add('probed/checks/process.py', 5852, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM,
@@ -5896,9 +5897,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 5902-5950 here (file line = module line + 5901)
+# probed/checks/relay.py: its lines 1-49 are lines 5903-5951 here (file line = module line + 5902)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 5902, r'''
+modules.add('probed/checks/relay.py', 5903, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -5951,9 +5952,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 5957-6002 here (file line = module line + 5956)
+# probed/checks/tcp.py: its lines 1-46 are lines 5958-6003 here (file line = module line + 5957)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 5957, r'''
+modules.add('probed/checks/tcp.py', 5958, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -6003,9 +6004,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-326 are lines 6009-6334 here (file line = module line + 6008)
+# probed/checks/ray.py: its lines 1-326 are lines 6010-6335 here (file line = module line + 6009)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 6009, r'''
+modules.add('probed/checks/ray.py', 6010, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -6335,9 +6336,9 @@ class RayGCSCheck(TCPCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-23 are lines 6341-6363 here (file line = module line + 6340)
+# probed/checks/__init__.py: its lines 1-23 are lines 6342-6364 here (file line = module line + 6341)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 6341, r'''
+modules.add('probed/checks/__init__.py', 6342, r'''
 """Check kinds, and the table that names them for `--check KIND ...` and config files."""
 
 from typing import Dict, Type
@@ -6369,9 +6370,9 @@ CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 6375-6442 here (file line = module line + 6374)
+# probed/hygiene.py: its lines 1-68 are lines 6376-6443 here (file line = module line + 6375)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 6375, r'''
+modules.add('probed/hygiene.py', 6376, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -6443,9 +6444,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-132 are lines 6449-6580 here (file line = module line + 6448)
+# probed/checkstate.py: its lines 1-132 are lines 6450-6581 here (file line = module line + 6449)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 6449, r'''
+modules.add('probed/checkstate.py', 6450, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -6581,9 +6582,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 6587-6687 here (file line = module line + 6586)
+# probed/podevents.py: its lines 1-101 are lines 6588-6688 here (file line = module line + 6587)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 6587, r'''
+modules.add('probed/podevents.py', 6588, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -6688,9 +6689,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-364 are lines 6694-7057 here (file line = module line + 6693)
+# probed/pod.py: its lines 1-364 are lines 6695-7058 here (file line = module line + 6694)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 6694, r'''
+modules.add('probed/pod.py', 6695, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -7063,9 +7064,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-173 are lines 7069-7241 here (file line = module line + 7068)
+# probed/scheduler.py: its lines 1-173 are lines 7070-7242 here (file line = module line + 7069)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 7069, r'''
+modules.add('probed/scheduler.py', 7070, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -7247,9 +7248,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 7253-7331 here (file line = module line + 7252)
+# probed/render.py: its lines 1-79 are lines 7254-7332 here (file line = module line + 7253)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 7253, r'''
+modules.add('probed/render.py', 7254, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -7332,9 +7333,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 7338-7594 here (file line = module line + 7337)
+# probed/router.py: its lines 1-257 are lines 7339-7595 here (file line = module line + 7338)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 7338, r'''
+modules.add('probed/router.py', 7339, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -7595,9 +7596,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 7601-7818 here (file line = module line + 7600)
+# probed/h2server.py: its lines 1-218 are lines 7602-7819 here (file line = module line + 7601)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 7601, r'''
+modules.add('probed/h2server.py', 7602, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -7819,9 +7820,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-438 are lines 7825-8262 here (file line = module line + 7824)
+# probed/server.py: its lines 1-438 are lines 7826-8263 here (file line = module line + 7825)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 7825, r'''
+modules.add('probed/server.py', 7826, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw
@@ -8263,9 +8264,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-209 are lines 8269-8477 here (file line = module line + 8268)
+# probed/selfmetrics.py: its lines 1-209 are lines 8270-8478 here (file line = module line + 8269)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 8269, r'''
+modules.add('probed/selfmetrics.py', 8270, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -8478,9 +8479,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-139 are lines 8484-8622 here (file line = module line + 8483)
+# probed/drain.py: its lines 1-139 are lines 8485-8623 here (file line = module line + 8484)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 8484, r'''
+modules.add('probed/drain.py', 8485, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -8628,9 +8629,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-168 are lines 8634-8801 here (file line = module line + 8633)
+# probed/checkspecs.py: its lines 1-168 are lines 8635-8802 here (file line = module line + 8634)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 8634, r'''
+modules.add('probed/checkspecs.py', 8635, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -8802,9 +8803,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-266 are lines 8808-9073 here (file line = module line + 8807)
+# probed/presets.py: its lines 1-266 are lines 8809-9074 here (file line = module line + 8808)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 8808, r'''
+modules.add('probed/presets.py', 8809, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -9074,9 +9075,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-318 are lines 9080-9397 here (file line = module line + 9079)
+# probed/admin.py: its lines 1-318 are lines 9081-9398 here (file line = module line + 9080)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 9080, r'''
+modules.add('probed/admin.py', 9081, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -9398,9 +9399,9 @@ def build_admin(settings: Dict[str, Any], pod: Pod, control: Scheduler, checks: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-218 are lines 9404-9621 here (file line = module line + 9403)
+# probed/settings.py: its lines 1-218 are lines 9405-9622 here (file line = module line + 9404)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 9404, r'''
+modules.add('probed/settings.py', 9405, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved.
 
 Precedence for every setting: command line, then environment, then config file, then the
@@ -9622,9 +9623,9 @@ def describe_settings(settings: Dict[str, Any], checks: Sequence[Any]) -> Dict[s
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-175 are lines 9628-9802 here (file line = module line + 9627)
+# probed/daemon.py: its lines 1-175 are lines 9629-9803 here (file line = module line + 9628)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 9628, r'''
+modules.add('probed/daemon.py', 9629, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -9808,9 +9809,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 9814-9915 here (file line = module line + 9813)
+# probed/checkcmd.py: its lines 1-102 are lines 9815-9916 here (file line = module line + 9814)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 9814, r'''
+modules.add('probed/checkcmd.py', 9815, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -9916,9 +9917,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-136 are lines 9922-10057 here (file line = module line + 9921)
+# probed/probebench.py: its lines 1-136 are lines 9923-10058 here (file line = module line + 9922)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 9922, r'''
+modules.add('probed/probebench.py', 9923, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -10058,9 +10059,9 @@ def bench_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-127 are lines 10064-10190 here (file line = module line + 10063)
+# probed/beat.py: its lines 1-127 are lines 10065-10191 here (file line = module line + 10064)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 10064, r'''
+modules.add('probed/beat.py', 10065, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -10191,9 +10192,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-72 are lines 10197-10268 here (file line = module line + 10196)
+# probed/cli.py: its lines 1-72 are lines 10198-10269 here (file line = module line + 10197)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 10197, r'''
+modules.add('probed/cli.py', 10198, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

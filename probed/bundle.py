@@ -60,8 +60,8 @@ HEADER = """\
 # uses. Layers come in order and import only from themselves and the layers above them.
 #
 # A traceback's `{package}.py, line N` is line N of this file. Its module and function:
-#     python3 {package}.py --where N                   # -> {package}/pod.py:113, in Pod.observe
-#     python3 {package}.py --where pod.py:113          # the other way
+#     python3 {package}.py --where N          # prints {package}/MODULE.py:LINE, in FUNCTION
+#     python3 {package}.py --where pod.py:113 # the other way: the line of this file
 # or subtract the offset printed in the module's banner.
 #
 # Contents{dots} line
@@ -192,7 +192,8 @@ def render(package: str, version: str, loader: str, placed: List[Tuple[SourceMod
                          dots=" " * (TOC_WIDTH - len("# Contents line"))).split("\n")[:-1]
     toc_rows = len(placed) + len({i for _, i in placed}) + 2
     loader_lines = ["", ""] + loader.rstrip("\n").split("\n") + [
-        "", "", "%s = EmbeddedModules(globals().get(\"__file__\", \"%s.py\"))" % (
+        "", "", "# Every module below registers its text here; the entry point at the end runs it.",
+        "%s = EmbeddedModules(globals().get(\"__file__\", \"%s.py\"))" % (
             LOADER_VARIABLE, package), "", ""]
     loader_line = len(head) + toc_rows + 3
     body, where = render_body(placed, layers, len(head) + toc_rows + len(loader_lines) + 1)

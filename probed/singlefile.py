@@ -129,7 +129,7 @@ class EmbeddedModules:
         scope = enclosing_definition(text[1:], line)
         return "%s:%d is %s:%d%s\n    %s" % (os.path.basename(self.filename), file_line, path,
                                             line, ", in " + scope if scope else "",
-                                            lines[line - 1].strip())
+                                            lines[line - 1].strip() or "(a blank line)")
 
 
 def enclosing_definition(source: str, line: int) -> str:
