@@ -6070,7 +6070,7 @@ def ray_gcs_health_problem(status: int, body: bytes) -> str:
     return "GCS unhealthy: HTTP %d%s" % (status, (": " + text) if text else "")
 
 
-def _ray_node_gpus(node: Mapping[str, Any]) -> float:
+def _node_gpus(node: Mapping[str, Any]) -> float:
     resources = node.get("resources_total") or {}
     try:
         return float(resources.get("GPU", 0.0))
@@ -6078,7 +6078,7 @@ def _ray_node_gpus(node: Mapping[str, Any]) -> float:
         return 0.0
 
 
-def _ray_node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
+def _node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
     """(total, nodes) of a state API reply; ValueError when it is not a node list."""
     try:
         if payload.get("result") is False:
@@ -6099,14 +6099,14 @@ def ray_nodes_summary(payload: Any) -> Dict[str, Any]:
     `alive`: every ALIVE node. `dead`: DEAD nodes whose IP has no ALIVE node (a re-joined node
     leaves its old DEAD entry behind), newest per IP, newest first.
     """
-    total, nodes = _ray_node_list(payload)
+    total, nodes = _node_list(payload)
     alive: List[Dict[str, Any]] = []
     newest_dead: Dict[str, Dict[str, Any]] = {}
     for node in nodes:
         ip = str(node.get("node_ip") or node.get("node_name") or "?")
         node_id = str(node.get("node_id") or "")[:12]
         if node.get("state") == "ALIVE":
-            alive.append({"ip": ip, "id": node_id, "gpus": _ray_node_gpus(node),
+            alive.append({"ip": ip, "id": node_id, "gpus": _node_gpus(node),
                           "head": bool(node.get("is_head_node"))})
             continue
         ended = node.get("end_time_ms")
@@ -6121,7 +6121,7 @@ def ray_nodes_summary(payload: Any) -> Dict[str, Any]:
             "listed": len(nodes), "total": total}
 
 
-def _ray_dead_words(dead: List[Dict[str, Any]]) -> str:
+def _dead_words(dead: List[Dict[str, Any]]) -> str:
     shown = ["%s (%s)" % (d["ip"], d["message"]) for d in dead[:RAY_DEAD_SHOWN]]
     more = len(dead) - RAY_DEAD_SHOWN
     return ", ".join(shown) + (" and %d more" % more if more > 0 else "")
@@ -6140,7 +6140,7 @@ def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tupl
         return True, "%d nodes alive, %g GPUs" % (len(alive), have_gpus)
     reason = ", ".join(short)
     if summary["dead"]:
-        reason += "; dead: " + _ray_dead_words(summary["dead"])
+        reason += "; dead: " + _dead_words(summary["dead"])
     if summary.get("listed", 0) < summary.get("total", 0):
         reason += " (node list truncated: %d of %d)" % (summary["listed"], summary["total"])
     return False, reason
@@ -6189,7 +6189,7 @@ class RayClusterCheck(_RayDashboardCheck):
         listing = asyncio.ensure_future(
             self._fetch(RAY_NODES_PATH, timeout, RAY_NODES_MAX_BODY, headers))
         for task in (health, listing):
-            task.add_done_callback(_ray_forget_task)
+            task.add_done_callback(_forget_task)
         try:
             problem, hard = await self._gcs_problem(health, timeout)
             if problem:
@@ -6242,13 +6242,13 @@ class RayClusterCheck(_RayDashboardCheck):
         return self.judge_summary(obs.detail, config)
 
 
-def _ray_forget_task(task: "asyncio.Future[Any]") -> None:
+def _forget_task(task: "asyncio.Future[Any]") -> None:
     # An unwanted result (the poll ended early) must not log "exception was never retrieved".
     if not task.cancelled():
         task.exception()
 
 
-def _ray_agent_line_ok(line: str) -> bool:
+def _agent_line_ok(line: str) -> bool:
     # `success`, `raylet: success`, `gcs: success (no local gcs)`
     return line.partition(": ")[2 if ": " in line else 0].startswith("success")
 
@@ -6262,10 +6262,10 @@ def ray_agent_verdict(status: int, body: bytes, path: str) -> Tuple[bool, str, b
     """
     text = body.decode("utf-8", "replace").strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if status == 200 and lines and all(_ray_agent_line_ok(line) for line in lines):
+    if status == 200 and lines and all(_agent_line_ok(line) for line in lines):
         note = "" if path == RAY_AGENT_HEALTH_PATH else "raylet ok (Ray < 2.53: GCS not checked)"
         return True, note, False
-    failed = [line for line in lines if not _ray_agent_line_ok(line)] or lines
+    failed = [line for line in lines if not _agent_line_ok(line)] or lines
     said = "; ".join(failed)[:RAY_REASON_MAX] if failed else "empty body"
     if path == RAY_AGENT_LEGACY_PATH:
         raylet_failed = status == 503
@@ -8294,8 +8294,8 @@ CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG_SAMPLE_INTERVAL = 0.5  # seconds between lag samples: ~30 per 15 s scrape
 
-_SELFMETRICS_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
-_SELFMETRICS_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
 
 
 class Histogram:
@@ -8318,7 +8318,7 @@ class Histogram:
 
 def escape_label_value(value: str) -> str:
     """A label value as the text format needs it: backslash, double quote and newline escaped."""
-    return value.translate(_SELFMETRICS_LABEL_ESCAPES)
+    return value.translate(_LABEL_ESCAPES)
 
 
 def format_sample_value(value: float) -> str:
@@ -8341,7 +8341,7 @@ class MetricsPage:
 
     def family(self, name: str, kind: str, text: str) -> None:
         """Start a family: HELP and TYPE name it as its samples do (the 0.0.4 text format)."""
-        self.lines.append("# HELP %s %s" % (name, text.translate(_SELFMETRICS_HELP_ESCAPES)))
+        self.lines.append("# HELP %s %s" % (name, text.translate(_HELP_ESCAPES)))
         self.lines.append("# TYPE %s %s" % (name, kind))
 
     def sample(self, name: str, labels: Sequence[Tuple[str, str]], value: float) -> None:
@@ -9836,7 +9836,7 @@ CHECK_MAX_BODY = 16 << 20  # larger bodies are refused rather than held in memor
 CHECK_FAIL_STATUS = 400  # this status and above fail
 
 
-def _check_timeout(text: str) -> float:
+def _timeout_arg(text: str) -> float:
     try:
         value = parse_duration(text)
     except ValueError as exc:
@@ -9854,7 +9854,7 @@ def build_check_parser() -> argparse.ArgumentParser:
         "timed out.")
     parser.add_argument("url", help="http:// or https:// URL, e.g. "
                                     "http://127.0.0.1:8080/readyz")
-    parser.add_argument("--timeout", type=_check_timeout, default=CHECK_DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=_timeout_arg, default=CHECK_DEFAULT_TIMEOUT,
                         metavar="DURATION", help="deadline for the whole request (default 1s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print the body too")
     parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -9865,7 +9865,7 @@ def build_check_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_headers(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
+def _header_args(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
     headers: Dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition(":")
@@ -9895,7 +9895,7 @@ def check_main(argv: Sequence[str]) -> int:
     """Command line of `probed check`; returns the exit code (argparse exits 2 on bad usage)."""
     parser = build_check_parser()
     args = parser.parse_args(list(argv))
-    headers = _check_headers(parser, args.header)
+    headers = _header_args(parser, args.header)
     if args.ca_file and not os.path.isfile(args.ca_file):
         parser.error("--ca-file %s: no such file" % args.ca_file)
     tls = TLSOptions(args.ca_file, args.insecure) if args.ca_file or args.insecure else None
@@ -10087,14 +10087,14 @@ BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
 BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"  # the same variable the daemon reads
 
 
-def _beat_name(text: str) -> str:
+def _name_arg(text: str) -> str:
     try:
         return parse_beat_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError("%r: %s" % (text, exc)) from None
 
 
-def _beat_timeout(text: str) -> float:
+def _timeout_arg(text: str) -> float:
     try:
         value = parse_duration(text)
     except ValueError as exc:
@@ -10117,13 +10117,13 @@ def build_beat_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probed beat", description="Send one worker heartbeat: touch DIR/NAME, or POST "
         "/heartbeat/NAME to probed's admin listener. Exit 0 done, 1 failed, 2 usage error.")
-    parser.add_argument("name", type=_beat_name, help="worker name: letters, digits, . _ -")
+    parser.add_argument("name", type=_name_arg, help="worker name: letters, digits, . _ -")
     parser.add_argument("--dir", help="touch DIR/NAME (env %s)" % BEAT_ENV_DIR)
     parser.add_argument("--admin", metavar="URL", help="POST to the admin listener, e.g. :9090 "
                         "or http://127.0.0.1:9090 (env %s)" % BEAT_ENV_ADMIN)
     parser.add_argument("--admin-token-file", metavar="FILE",
                         help="Bearer token for the admin listener (env %s)" % BEAT_ENV_TOKEN_FILE)
-    parser.add_argument("--timeout", type=_beat_timeout, default=BEAT_DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=_timeout_arg, default=BEAT_DEFAULT_TIMEOUT,
                         metavar="DURATION", help="deadline of an admin call (default 2s)")
     parser.add_argument("--remove", action="store_true",
                         help="the worker leaves: delete its file, or DELETE its name")
