@@ -5,81 +5,268 @@
 # One file, standard library only, CPython 3.8 to 3.13. Copy it anywhere and run:
 #     python3 -I -S probed.py --help
 #
-# To keep this file small, each module keeps only the first paragraph of its docstring, and
-# the docstrings of functions and classes and the comments are left out: read them in the
-# source under probed/.
+# Below, every module of probed/ whole and line for line (comments and docstrings kept), as
+# text that the loader compiles when the module is first imported: a run compiles only what it
+# uses. Layers come in order and import only from themselves and the layers above them.
 #
-# Modules, in dependency order (each below under a banner with its path):
-#     probed/__init__.py
-#     probed/clientproto.py
-#     probed/blocking.py
-#     probed/clientchan.py
-#     probed/fdlimit.py
-#     probed/files.py
-#     probed/client.py
-#     probed/gpufaults.py
-#     probed/groups.py
-#     probed/hpack.py
-#     probed/h2frames.py
-#     probed/h2output.py
-#     probed/h2proto.py
-#     probed/grpchealth.py
-#     probed/h2server.py
-#     probed/httpproto.py
-#     probed/connection.py
-#     probed/nvml.py
-#     probed/gpureader.py
-#     probed/probebench.py
-#     probed/promselector.py
-#     probed/exprules.py
-#     probed/expfmt.py
-#     probed/reaper.py
-#     probed/scrape.py
-#     probed/values.py
-#     probed/beatregistry.py
-#     probed/checkcmd.py
-#     probed/checks/base.py
-#     probed/checks/exec.py
-#     probed/checks/gpu.py
-#     probed/checks/heartbeat.py
-#     probed/checks/http.py
-#     probed/checks/inference.py
-#     probed/checks/manual.py
-#     probed/checks/metric.py
-#     probed/checks/awake.py
-#     probed/checks/inflight.py
-#     probed/checks/process.py
-#     probed/checks/relay.py
-#     probed/checks/tcp.py
-#     probed/checks/ray.py
-#     probed/checks/__init__.py
-#     probed/eventlog.py
-#     probed/hygiene.py
-#     probed/checkspecs.py
-#     probed/checkstate.py
-#     probed/listeners.py
-#     probed/podevents.py
-#     probed/pod.py
-#     probed/presets.py
-#     probed/flags.py
-#     probed/pushbeat.py
-#     probed/beat.py
-#     probed/render.py
-#     probed/router.py
-#     probed/scheduler.py
-#     probed/drain.py
-#     probed/server.py
-#     probed/selfmetrics.py
-#     probed/settings.py
-#     probed/admin.py
-#     probed/daemon.py
-#     probed/cli.py
+# A traceback's `probed.py, line N` is line N of this file. Its module and function:
+#     python3 probed.py --where N          # prints probed/MODULE.py:LINE, in FUNCTION
+#     python3 probed.py --where pod.py:113 # the other way: the line of this file
+# or subtract the offset printed in the module's banner.
+#
+# Contents                                                                  line
+#   the loader (singlefile.py, verbatim) ................................     96
+#   1. package
+#        probed/__init__.py .............................................    260
+#   2. wire format
+#        probed/httpproto.py ............................................    298
+#        probed/clientproto.py ..........................................    701
+#        probed/promselector.py .........................................    822
+#        probed/exprules.py .............................................    975
+#        probed/expfmt.py ...............................................   1320
+#        probed/hpack.py ................................................   1627
+#        probed/h2frames.py .............................................   1892
+#        probed/h2output.py .............................................   2005
+#        probed/h2proto.py ..............................................   2149
+#        probed/grpchealth.py ...........................................   2633
+#   3. values
+#        probed/groups.py ...............................................   2933
+#        probed/values.py ...............................................   2943
+#        probed/files.py ................................................   3137
+#   4. client and shared resources
+#        probed/blocking.py .............................................   3206
+#        probed/clientchan.py ...........................................   3299
+#        probed/client.py ...............................................   3479
+#        probed/scrape.py ...............................................   3829
+#        probed/beatregistry.py .........................................   4073
+#        probed/eventlog.py .............................................   4147
+#        probed/nvml.py .................................................   4274
+#        probed/gpufaults.py ............................................   4533
+#        probed/gpureader.py ............................................   4832
+#   5. checks
+#        probed/checks/base.py ..........................................   5252
+#        probed/checks/exec.py ..........................................   5476
+#        probed/checks/gpu.py ...........................................   5612
+#        probed/checks/heartbeat.py .....................................   5723
+#        probed/checks/http.py ..........................................   5956
+#        probed/checks/inference.py .....................................   6128
+#        probed/checks/manual.py ........................................   6358
+#        probed/checks/metric.py ........................................   6421
+#        probed/checks/awake.py .........................................   6731
+#        probed/checks/inflight.py ......................................   6911
+#        probed/checks/process.py .......................................   6998
+#        probed/checks/relay.py .........................................   7076
+#        probed/checks/tcp.py ...........................................   7131
+#        probed/checks/ray.py ...........................................   7183
+#        probed/checks/__init__.py ......................................   7515
+#   6. pod
+#        probed/hygiene.py ..............................................   7549
+#        probed/checkstate.py ...........................................   7623
+#        probed/podevents.py ............................................   7772
+#        probed/pod.py ..................................................   7879
+#   7. scheduler
+#        probed/scheduler.py ............................................   8256
+#   8. server and router
+#        probed/render.py ...............................................   8440
+#        probed/router.py ...............................................   8525
+#        probed/connection.py ...........................................   8788
+#        probed/fdlimit.py ..............................................   8909
+#        probed/listeners.py ............................................   8962
+#        probed/h2server.py .............................................   9028
+#        probed/server.py ...............................................   9252
+#        probed/selfmetrics.py ..........................................   9711
+#        probed/drain.py ................................................   9936
+#   9. daemon
+#        probed/checkspecs.py ...........................................  10086
+#        probed/presets.py ..............................................  10318
+#        probed/flags.py ................................................  10705
+#        probed/settings.py .............................................  11000
+#        probed/admin.py ................................................  11210
+#        probed/pushbeat.py .............................................  11523
+#        probed/reaper.py ...............................................  11614
+#        probed/daemon.py ...............................................  11688
+#   10. cli
+#        probed/checkcmd.py .............................................  11964
+#        probed/probebench.py ...........................................  12072
+#        probed/beat.py .................................................  12233
+#        probed/cli.py ..................................................  12347
+#   entry point .........................................................  12424
 
 
-# ============================================================
-# probed/__init__.py
-# ============================================================
+"""The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
+whole and line for line, and each is compiled when it is first imported, as `python3 -m probed`
+would import it from disk. No I/O here beyond what a traceback or `--where` reads.
+
+Why text and not one body of code: Python compiles a script whole before it runs its first line,
+and the parser's peak memory for a big file stays in the process afterwards (freed, but held by
+malloc): as one 360 KB body of code, probed.py idled at 40 MB on CPython 3.11, 22 MB compiled a
+module at a time. Each module also keeps its own namespace, as in the package, so the single file
+and the package cannot disagree about what a name means, and no name needs a module prefix.
+
+Each module is compiled as if it stood at its lines in this file, so a traceback's
+`probed.py, line N` is line N of this file (linecache, editors and `less +N` show the right line),
+and `python3 probed.py --where N` names the module, its line and the enclosing function.
+
+bundle.py copies this file into probed.py verbatim, above the embedded modules, and writes the
+calls that fill and run it; the package never imports it.
+"""
+
+import os
+import sys
+from importlib.machinery import ModuleSpec
+from types import CodeType, ModuleType
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple, cast
+
+if TYPE_CHECKING:  # importlib.abc costs 6 ms and several modules on 3.11: its name is enough
+    from importlib.abc import Loader
+
+WHERE_FLAG = "--where"  # `python3 probed.py --where LINE`: handled here, before any module loads
+
+
+class EmbeddedModules:
+    """An import hook (finder and loader) that serves the package from the sources embedded in
+    this file; `add` registers them, `run` starts the entry point, `where` maps lines."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = os.path.abspath(filename)  # what tracebacks name; linecache reads it
+        self.sources: Dict[str, Tuple[str, int, str]] = {}  # dotted name -> (path, line 1, text)
+        self.packages: Set[str] = set()
+        self.ssl_deferred = False  # run() kept ssl out; probed/__init__.py asks its loader this
+
+    def add(self, path: str, first_line: int, text: str) -> None:
+        """Register the module `path` (probed/pod.py), whose line 1 is line `first_line` here.
+
+        `text` starts with the newline that ends the line calling add(), so it compiles at the
+        right line numbers behind `first_line - 2` blank lines.
+        """
+        parts = path[:-len(".py")].split("/")
+        if parts[-1] == "__init__":
+            parts.pop()
+            self.packages.add(".".join(parts))
+        self.sources[".".join(parts)] = (path, first_line, text)
+
+    def find_spec(self, name: str, path: Optional[Sequence[str]] = None,
+                  target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:
+        """importlib's finder protocol: a spec for an embedded module, None for anything else."""
+        if name not in self.sources:
+            return None
+        origin = "%s line %d" % (self.filename, self.sources[name][1])
+        return ModuleSpec(name, cast("Loader", self), origin=origin,
+                          is_package=name in self.packages)
+
+    def create_module(self, spec: ModuleSpec) -> Optional[ModuleType]:
+        """importlib's loader protocol: None asks for a plain module object."""
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        """importlib's loader protocol: compile the module's text now and run it."""
+        exec(self.compile(module.__name__), module.__dict__)
+
+    def compile(self, name: str) -> CodeType:
+        """The code of embedded module `name`, with this file's name and line numbers."""
+        _, first_line, text = self.sources[name]
+        return compile("\n" * (first_line - 2) + text, self.filename, "exec", dont_inherit=True)
+
+    def install(self) -> None:
+        """Make `import probed...` load the embedded modules (before any other finder)."""
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def run(self, entry_module: str, entry_function: str, argv: Sequence[str]) -> int:
+        """Run the single file: `--where`, or the entry point with ssl kept out until needed."""
+        if list(argv[:1]) == [WHERE_FLAG]:
+            return self.where_main(list(argv[1:]))
+        if "ssl" not in sys.modules:
+            # asyncio imports ssl when it can (about 4 MB of RSS); probed needs it only for https
+            # URLs, and probed.import_ssl() lifts this mark when a check really uses one.
+            sys.modules["ssl"] = None  # type: ignore[assignment]
+            self.ssl_deferred = True
+        self.install()
+        module = __import__(entry_module, fromlist=[entry_function])
+        return int(getattr(module, entry_function)())
+
+    def where_main(self, args: List[str]) -> int:
+        """`--where LINE` or `--where [probed/]MODULE.py:LINE`: print the other side; 2 if bad."""
+        try:
+            if len(args) != 1:
+                raise ValueError("give one LINE of probed.py, or MODULE.py:LINE")
+            print(self.where(args[0]))
+            return 0
+        except ValueError as exc:
+            print("probed.py: %s %s: %s" % (WHERE_FLAG, " ".join(args), exc), file=sys.stderr)
+            return 2
+
+    def where(self, arg: str) -> str:
+        """Map a line of this file to its module's line, or `MODULE.py:LINE` to this file's."""
+        if arg.isdigit():
+            line = int(arg)
+            for path, first, text in self.sources.values():
+                count = text.count("\n") - 1  # text starts and ends with a newline
+                if first <= line < first + count:
+                    return self.describe(path, line - first + 1, line)
+            raise ValueError("line %d is outside every embedded module (the header, the loader "
+                             "or the entry point: read it in this file)" % line)
+        path, _, number = arg.rpartition(":")
+        if not number.isdigit() or not path.endswith(".py"):
+            raise ValueError("expected LINE or MODULE.py:LINE, e.g. 4512 or pod.py:138")
+        found = [p for p, _, _ in self.sources.values() if ("/" + p).endswith("/" + path)]
+        if len(found) != 1:
+            raise ValueError("%s matches %s" % (path, ", ".join(sorted(found)) or "no module"))
+        first = next(f for p, f, _ in self.sources.values() if p == found[0])
+        return self.describe(found[0], int(number), first + int(number) - 1)
+
+    def describe(self, path: str, line: int, file_line: int) -> str:
+        """`probed.py:4512 is probed/pod.py:113, in Pod.observe` and the line's text."""
+        text = next(t for p, _, t in self.sources.values() if p == path)
+        lines = text.split("\n")[1:]
+        if not 1 <= line < len(lines):
+            raise ValueError("%s has %d lines" % (path, len(lines) - 1))
+        scope = enclosing_definition(text[1:], line)
+        return "%s:%d is %s:%d%s\n    %s" % (os.path.basename(self.filename), file_line, path,
+                                            line, ", in " + scope if scope else "",
+                                            lines[line - 1].strip() or "(a blank line)")
+
+
+def enclosing_definition(source: str, line: int) -> str:
+    """The dotted name of the innermost function or class around `line` ("" at module level)."""
+    import ast  # only `--where` needs it
+
+    names: List[str] = []
+    body = ast.parse(source).body
+    while True:
+        for node in body:
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                    and node.lineno <= line <= (node.end_lineno or node.lineno)):
+                names.append(node.name)
+                body = node.body
+                break
+        else:
+            return ".".join(names)
+
+
+# Every module below registers its text here; the entry point at the end runs it.
+modules = EmbeddedModules(globals().get("__file__", "probed.py"))
+
+
+# ==============================================================================
+# Layer 1 of 10: package: the version, and how the single file keeps ssl out
+#   __init__.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/__init__.py: its lines 1-27 are lines 260-286 here (file line = module line + 259)
+# ------------------------------------------------------------------------------
+modules.add('probed/__init__.py', 260, r'''
 """probed: a Kubernetes probe daemon for LLM inference servers.
+
+The package is the source; `probed.py` at the top of the repository is generated from it by
+`python3 -m probed.bundle` and is what users copy into their images.
+
+It also keeps `ssl` unloaded in that file: asyncio imports ssl eagerly when it can (about 4 MB of
+RSS), and probed needs it only for https URLs. probed.py's loader (probed/singlefile.py) marks
+ssl unavailable before asyncio loads and says so as `ssl_deferred`; `import_ssl()` lifts the mark
+when a check really uses https. Imported as a package, nothing is blocked, so embedding programs
+and tests keep their ssl.
 """
 
 import sys
@@ -87,2333 +274,33 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-SSL_DEFERRED = __name__ == "__main__" and "ssl" not in sys.modules
-if SSL_DEFERRED:
-    sys.modules["ssl"] = None
+SSL_DEFERRED = bool(getattr(getattr(__spec__, "loader", None), "ssl_deferred", False))
 
 
 def import_ssl() -> ModuleType:
+    """Import ssl for real (the https client calls this), undoing the single file's block."""
     if SSL_DEFERRED and "ssl" in sys.modules and sys.modules["ssl"] is None:
-        del sys.modules["ssl"]
+        del sys.modules["ssl"]  # the loader's mark; a None put there by anyone else stays
     import ssl
 
     return ssl
-
-
-# ============================================================
-# probed/clientproto.py
-# ============================================================
-"""The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
-"""
-
-import re
-from typing import Dict, Mapping, Optional, Tuple
-from urllib.parse import quote, urlsplit
-
-CLIENT_USER_AGENT = "probed"
-CLIENT_MAX_LINE_BYTES = 8 * 1024
-CLIENT_FETCH_ERROR_KINDS = (
-    "refused", "timeout", "reset", "dns", "tls", "protocol", "too-large", "closed")
-_CLIENT_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_CLIENT_LINE_END = re.compile(rb"\r?\n")
-_CLIENT_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
-_CLIENT_SAFE_TARGET = "!#$%&'()*+,/:;=?@[]~"
-_CLIENT_OWNED_HEADERS = ("connection", "content-length", "transfer-encoding")
-
-
-class FetchError(Exception):
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return "FetchError(%r, %r)" % (self.kind, str(self))
-
-
-def split_url(url: str) -> Tuple[str, str, int, str]:
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError("expected an http:// or https:// URL, got scheme %r" % parts.scheme)
-    if "@" in parts.netloc:
-        raise ValueError("credentials in the URL are not supported; send a header instead")
-    host = parts.hostname or ""
-    if not host:
-        raise ValueError("expected a host after %s://" % scheme)
-    port = parts.port
-    if port is None:
-        port = 443 if scheme == "https" else 80
-    if not host.isascii():
-        host = host.encode("idna").decode("ascii")
-    target = quote(parts.path or "/", safe=_CLIENT_SAFE_TARGET)
-    if parts.query:
-        target += "?" + quote(parts.query, safe=_CLIENT_SAFE_TARGET)
-    return scheme, host, port, target
-
-
-def _client_build_request(method: str, scheme: str, host: str, port: int, target: str,
-                          headers: Optional[Mapping[str, str]], body: Optional[bytes]) -> bytes:
-    if not _CLIENT_TOKEN.match(method):
-        raise ValueError("bad HTTP method %r" % method)
-    authority = "[%s]" % host if ":" in host else host
-    if port != (443 if scheme == "https" else 80):
-        authority += ":%d" % port
-    fields = {"host": ("Host", authority), "user-agent": ("User-Agent", CLIENT_USER_AGENT),
-              "accept": ("Accept", "*/*")}
-    for name, value in (headers or {}).items():
-        if not _CLIENT_TOKEN.match(name):
-            raise ValueError("bad header name %r" % name)
-        if "\r" in value or "\n" in value or "\x00" in value:
-            raise ValueError("header %r has a CR, LF or NUL in its value" % name)
-        if name.lower() not in _CLIENT_OWNED_HEADERS:
-            fields[name.lower()] = (name, value)
-    fields["connection"] = ("Connection", "close")
-    if body is not None or method in ("POST", "PUT", "PATCH"):
-        fields["content-length"] = ("Content-Length", str(len(body or b"")))
-    lines = ["%s %s HTTP/1.1" % (method, target)]
-    lines.extend("%s: %s" % pair for pair in fields.values())
-    try:
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError("header values must be latin-1 text") from None
-    return head + (body or b"")
-
-
-def _client_parse_fields(block: bytes) -> Dict[str, str]:
-    fields = {}
-    last = ""
-    for raw in _CLIENT_LINE_END.split(block):
-        line = raw.decode("latin-1")
-        if line[:1] in (" ", "\t") and last:
-            fields[last] += " " + line.strip()
-            continue
-        name, sep, value = line.partition(":")
-        name = name.strip().lower()
-        if not sep or not _CLIENT_TOKEN.match(name):
-            raise FetchError("protocol", "bad header line %r" % line[:40])
-        value = value.strip(" \t")
-        fields[name] = fields[name] + ", " + value if name in fields else value
-        last = name
-    return fields
-
-
-def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
-    match = _CLIENT_STATUS_LINE.match(line)
-    if not match:
-        raise FetchError("protocol", "bad status line %r" % line[:32].decode("latin-1"))
-    status = int(match.group(1))
-    if status < 100:
-        raise FetchError("protocol", "status code %d out of range" % status)
-    return status, (match.group(2) or b"").decode("latin-1").strip()
-
-
-# ============================================================
-# probed/blocking.py
-# ============================================================
-"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
-file scans, each kind with its own small cap.
-"""
-
-import asyncio
-import socket
-import threading
-from typing import Any, Callable, List, Optional, TypeVar
-
-BLOCKING_DNS_LOOKUPS = 4
-BLOCKING_SCANS = 4
-
-_BlockingResult = TypeVar("_BlockingResult")
-
-
-class BlockingBusy(Exception):
-    """Every slot of a BlockingRunner is taken by a call still running."""
-
-
-class BlockingRunner:
-
-    def __init__(self, name: str, limit: int) -> None:
-        self.name = name
-        self.limit = limit
-        self.running = 0
-
-    async def run(self, fn: Callable[..., _BlockingResult], *args: Any) -> _BlockingResult:
-        if self.running >= self.limit:
-            raise BlockingBusy("%d %s calls are still running (the limit)"
-                               % (self.limit, self.name))
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-
-        def settle(result: Any, error: Optional[BaseException]) -> None:
-            self.running -= 1
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-        def work() -> None:
-            try:
-                result, error = fn(*args), None
-            except BaseException as exc:
-                result, error = None, exc
-            try:
-                loop.call_soon_threadsafe(settle, result, error)
-            except RuntimeError:
-                pass
-
-        self.running += 1
-        try:
-            threading.Thread(target=work, name="probed-" + self.name, daemon=True).start()
-        except BaseException:
-            self.running -= 1
-            raise
-        return await future
-
-
-class Resolver:
-
-    def __init__(self, limit: int = BLOCKING_DNS_LOOKUPS) -> None:
-        self.runner = BlockingRunner("dns", limit)
-
-    async def resolve(self, host: str, port: int) -> List[Any]:
-        try:
-            return await self.runner.run(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-        except BlockingBusy:
-            raise FetchError("dns", "cannot resolve host %r: %d lookups are already waiting for "
-                             "the resolver (is DNS answering?)" % (host, self.runner.limit)
-                             ) from None
-
-
-# ============================================================
-# probed/clientchan.py
-# ============================================================
-"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
-buffer, and reads paced so that a fast peer never holds the event loop.
-"""
-
-import asyncio
-import socket
-from typing import Any, Callable, Dict, Optional, Pattern
-
-CLIENT_RECV_BYTES = 64 * 1024
-CLIENT_READS_PER_YIELD = 32
-CLIENT_SINK_SLICE_BYTES = 16 * 1024
-
-
-class BodySink:
-
-    def start(self, status: int, headers: Dict[str, str]) -> bool:
-        return True
-
-    def feed(self, data: bytes) -> bool:
-        return True
-
-
-class ClientChannel:
-
-    __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf", "_reads")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self._loop = loop
-        self._sock = sock
-        self._tls = self._tls_in = self._tls_out = None
-        self._tcp_eof = False
-        self.buf = bytearray()
-        self._reads = 0
-
-    def close(self) -> None:
-        self._sock.close()
-        self.buf = bytearray()
-
-    async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
-        import ssl
-        while True:
-            try:
-                result = op(*args)
-            except ssl.SSLWantReadError:
-                if self._tcp_eof:
-                    raise FetchError("closed", "connection closed in the TLS %s" % what) from None
-                await self._tls_flush()
-                data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-                self._tcp_eof = not data
-                if data:
-                    self._tls_in.write(data)
-                else:
-                    self._tls_in.write_eof()
-                continue
-            except ssl.SSLError as exc:
-                if self._tcp_eof and what == "read":
-                    return b""
-                detail = getattr(exc, "verify_message", None) or exc.reason or exc
-                raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
-            await self._tls_flush()
-            return result
-
-    async def _tls_flush(self) -> None:
-        data = self._tls_out.read()
-        if data:
-            await self._loop.sock_sendall(self._sock, data)
-
-    async def start_tls(self, context: Any, server_hostname: str) -> None:
-        import ssl
-        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
-        await self._tls_call("handshake", self._tls.do_handshake)
-
-    async def send(self, data: bytes) -> None:
-        if self._tls is None:
-            await self._loop.sock_sendall(self._sock, data)
-            return
-        view = memoryview(data)
-        while view:
-            view = view[await self._tls_call("write", self._tls.write, view):]
-
-    async def _fill(self) -> bool:
-        if self._tls is None:
-            data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
-        else:
-            data = await self._tls_call("read", self._tls.read, CLIENT_RECV_BYTES)
-        self.buf += data
-        await asyncio.sleep(0)
-        return bool(data)
-
-    async def _pace(self) -> None:
-        self._reads += 1
-        if self._reads >= CLIENT_READS_PER_YIELD:
-            self._reads = 0
-            await asyncio.sleep(0)
-
-    async def read_until(self, end: "Pattern[bytes]", limit: int, what: str) -> bytes:
-        await self._pace()
-        scanned = 0
-        while True:
-            match = end.search(self.buf, max(0, scanned - 3))
-            if match and match.start() <= limit:
-                data = bytes(self.buf[:match.start()])
-                del self.buf[:match.end()]
-                return data
-            if len(self.buf) > limit:
-                raise FetchError("protocol", "%s over %d bytes" % (what, limit))
-            scanned = len(self.buf)
-            if not await self._fill():
-                where = "in the middle of" if self.buf else "before"
-                raise FetchError("closed", "connection closed %s the %s" % (where, what))
-
-    async def read_exact(self, size: int) -> bytes:
-        await self._pace()
-        while len(self.buf) < size:
-            if not await self._fill():
-                raise FetchError("closed", "connection closed after %d of %d body bytes"
-                                 % (len(self.buf), size))
-        data = bytes(self.buf[:size])
-        del self.buf[:size]
-        return data
-
-    async def read_to_eof(self, max_body: int) -> bytes:
-        while len(self.buf) <= max_body:
-            if not await self._fill():
-                return bytes(self.buf)
-        self.buf = bytearray()
-        raise FetchError("too-large", "body over %d bytes" % max_body)
-
-    async def pipe(self, sink: BodySink, size: Optional[int], max_body: int) -> bool:
-        left = max_body + 1 if size is None else size
-        while left:
-            if not self.buf and not await self._fill():
-                if size is None:
-                    return True
-                raise FetchError("closed", "connection closed with %d body bytes missing" % left)
-            n = min(len(self.buf), left, CLIENT_SINK_SLICE_BYTES)
-            if size is None and n == left:
-                self.buf = bytearray()
-                raise FetchError("too-large", "body over %d bytes" % max_body)
-            piece = bytes(self.buf[:n])
-            del self.buf[:n]
-            left -= n
-            if not sink.feed(piece):
-                return False
-            await asyncio.sleep(0)
-        return True
-
-
-# ============================================================
-# probed/fdlimit.py
-# ============================================================
-"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
-"""
-
-import resource
-from typing import NamedTuple
-
-FD_RESERVE = 128
-
-
-class ConnectionCap(NamedTuple):
-
-    requested: int
-    cap: int
-    soft_limit: int
-    hard_limit: int
-    reserve: int
-
-    @property
-    def lowered(self) -> bool:
-        return self.cap < self.requested
-
-
-def fit_connection_cap(requested: int) -> ConnectionCap:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = requested + FD_RESERVE
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        if target > soft:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                soft = target
-            except (OSError, ValueError):
-                pass
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return ConnectionCap(requested, requested, soft, hard, FD_RESERVE)
-    reserve = min(FD_RESERVE, soft // 2)
-    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
-
-
-# ============================================================
-# probed/files.py
-# ============================================================
-"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
-a device.
-"""
-
-import os
-import stat
-
-_FILES_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
-                (stat.S_ISSOCK, "a socket"))
-
-
-class FileRefusedError(OSError):
-    """A path that is not a regular file, or a file over its size cap; the message names both
-    the path and why (an OSError, so callers that handle unreadable files handle these too)."""
-
-
-def read_small_file(path: str, max_bytes: int, what: str = "file") -> bytes:
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _FILES_KINDS if test(mode)), "not a regular file")
-            raise FileRefusedError("%s %r is %s; expected a regular file" % (what, path, kind))
-        chunks, size = [], 0
-        while size <= max_bytes:
-            chunk = os.read(fd, max_bytes + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > max_bytes:
-        raise FileRefusedError("%s %r is over %d bytes" % (what, path, max_bytes))
-    return b"".join(chunks)
-
-
-def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
-    data = read_small_file(path, max_bytes, what)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FileRefusedError("%s %r is not UTF-8 text (byte %d)" % (what, path, exc.start)
-                               ) from None
-
-
-# ============================================================
-# probed/client.py
-# ============================================================
-"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
-"""
-
-import asyncio
-import errno
-import json
-import os
-import re
-import socket
-import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-CLIENT_MAX_HEAD_BYTES = 64 * 1024
-CLIENT_MAX_TOKEN_BYTES = 64 * 1024
-CLIENT_MAX_INTERIM = 16
-CLIENT_MAX_BLANK_LINES = 16
-
-_CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")
-_CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
-_CLIENT_CONTENT_LENGTH = re.compile(r"[0-9]+\Z")
-
-
-class Response:
-
-    __slots__ = ("status", "reason", "headers", "body", "elapsed")
-
-    def __init__(self, status: int, reason: str, headers: Dict[str, str], body: bytes,
-                 elapsed: float) -> None:
-        self.status, self.reason, self.headers, self.body = status, reason, headers, body
-        self.elapsed = elapsed
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return "<Response %d %s, %d bytes, %.3fs>" % (
-            self.status, self.reason, len(self.body), self.elapsed)
-
-
-class TLSOptions:
-
-    __slots__ = ("ca_file", "insecure", "_context")
-
-    def __init__(self, ca_file: Optional[str] = None, insecure: bool = False) -> None:
-        self.ca_file = ca_file
-        self.insecure = insecure
-        self._context = None
-
-    def context(self) -> Any:
-        if self._context is not None:
-            return self._context
-        try:
-            ssl = import_ssl()
-        except ImportError:
-            raise FetchError("tls", "https needs the ssl module; this Python has none") from None
-        if self.insecure:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        else:
-            try:
-                context = ssl.create_default_context(cafile=self.ca_file)
-            except (OSError, ValueError) as exc:
-                raise FetchError("tls", "cannot load CA file %r: %s" % (
-                    self.ca_file, getattr(exc, "strerror", None) or exc)) from None
-        self._context = context
-        return context
-
-
-_CLIENT_DEFAULT_TLS = TLSOptions()
-
-
-def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
-    if token_file:
-        data = read_small_file(token_file, CLIENT_MAX_TOKEN_BYTES, "token file")
-        try:
-            token = data.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise ValueError("token file %r is not UTF-8 text" % token_file) from None
-        if token:
-            return token
-    for name in env_names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
-
-
-async def _client_read_fields(chan: ClientChannel, what: str) -> Dict[str, str]:
-    block = await chan.read_until(_CLIENT_FIELDS_END, CLIENT_MAX_HEAD_BYTES, what)
-    return _client_parse_fields(block) if block else {}
-
-
-async def _client_read_head(chan: ClientChannel) -> Tuple[int, str, Dict[str, str]]:
-    blank = interim = 0
-    while True:
-        line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "status line")
-        if not line:
-            blank += 1
-            if blank > CLIENT_MAX_BLANK_LINES:
-                raise FetchError("protocol", "over %d empty lines before the status line"
-                                 % CLIENT_MAX_BLANK_LINES)
-            continue
-        status, reason = _client_parse_status_line(line)
-        headers = await _client_read_fields(chan, "response header block")
-        if status == 101:
-            raise FetchError("protocol", "unexpected 101 Switching Protocols")
-        if status >= 200:
-            return status, reason, headers
-        interim += 1
-        if interim > CLIENT_MAX_INTERIM:
-            raise FetchError("protocol", "over %d interim (1xx) responses" % CLIENT_MAX_INTERIM)
-
-
-async def _client_read_chunked(chan: ClientChannel, max_body: int,
-                               sink: Optional[BodySink]) -> bytes:
-    body, total = bytearray(), 0
-    while True:
-        line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES,
-                                     "chunk size line")
-        match = _CLIENT_CHUNK_SIZE.match(line)
-        if not match:
-            raise FetchError("protocol", "bad chunk size line %r" % line[:32].decode("latin-1"))
-        size = int(match.group(1), 16)
-        if size == 0:
-            break
-        total += size
-        if total > max_body:
-            raise FetchError("too-large", "body over %d bytes" % max_body)
-        if sink is None:
-            body += await chan.read_exact(size)
-        elif not await chan.pipe(sink, size, max_body):
-            return b""
-        if await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "chunk"):
-            raise FetchError("protocol", "chunk data longer than its size line says")
-    await _client_read_fields(chan, "trailer block")
-    return bytes(body)
-
-
-async def _client_read_body(chan: ClientChannel, method: str, status: int,
-                            headers: Dict[str, str], max_body: int,
-                            sink: Optional[BodySink]) -> bytes:
-    wanted = sink is None or sink.start(status, headers)
-    if method == "HEAD" or status in (204, 304) or not wanted:
-        return b""
-    coding = headers.get("transfer-encoding")
-    if coding is not None:
-        if [c.strip().lower() for c in coding.split(",") if c.strip()] != ["chunked"]:
-            raise FetchError("protocol", "unsupported transfer-encoding %r" % coding[:40])
-        return await _client_read_chunked(chan, max_body, sink)
-    length = headers.get("content-length")
-    size = None
-    if length is not None:
-        values = {v.strip() for v in length.split(",")}
-        if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
-            raise FetchError("protocol", "bad content-length %r" % length[:40])
-        size = int(values.pop())
-        if size > max_body:
-            raise FetchError("too-large", "body over %d bytes (content-length %d)"
-                             % (max_body, size))
-    if sink is not None:
-        await chan.pipe(sink, size, max_body)
-        return b""
-    return await (chan.read_to_eof(max_body) if size is None else chan.read_exact(size))
-
-
-async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
-                          resolver: Optional[Resolver]) -> List[Any]:
-    try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                  flags=socket.AI_NUMERICHOST)
-    except (socket.gaierror, UnicodeError):
-        pass
-    try:
-        if resolver is not None:
-            infos = await resolver.resolve(host, port)
-        else:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError("dns", "cannot resolve host %r: %s" % (
-            host, getattr(exc, "strerror", None) or exc)) from None
-    if not infos:
-        raise FetchError("dns", "cannot resolve host %r: no addresses" % host)
-    return list(infos)
-
-
-async def _client_connect(loop: asyncio.AbstractEventLoop, infos: List[Any]) -> socket.socket:
-    last = OSError(errno.ECONNREFUSED, "no address to connect to")
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-        except BaseException:
-            sock.close()
-            raise
-    raise last
-
-
-def _client_os_error(exc: OSError, phase: str) -> FetchError:
-    if isinstance(exc, ConnectionRefusedError):
-        return FetchError("refused", "connection refused")
-    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
-        return FetchError("reset", "connection reset by peer while %s" % phase)
-    if exc.errno == errno.ETIMEDOUT:
-        return FetchError("timeout", "timed out (by the OS) while %s" % phase)
-    if phase == "connecting":
-        return FetchError("refused", "cannot connect: %s" % (exc.strerror or exc))
-    return FetchError("reset", "%s while %s" % (exc.strerror or exc, phase))
-
-
-class _ClientCall:
-
-    __slots__ = ("host", "port", "request", "method", "context", "max_body", "sink", "resolver",
-                 "phase")
-
-    def __init__(self, host: str, port: int, request: bytes, method: str, context: Any,
-                 max_body: int, sink: Optional[BodySink], resolver: Optional[Resolver]) -> None:
-        self.host, self.port, self.request, self.method = host, port, request, method
-        self.context, self.max_body, self.sink, self.resolver = context, max_body, sink, resolver
-        self.phase = "starting"
-
-
-async def _client_exchange(call: _ClientCall) -> Tuple[int, str, Dict[str, str], bytes]:
-    loop = asyncio.get_running_loop()
-    call.phase = "resolving %s" % call.host
-    infos = await _client_resolve(loop, call.host, call.port, call.resolver)
-    chan = None
-    try:
-        call.phase = "connecting"
-        chan = ClientChannel(loop, await _client_connect(loop, infos))
-        if call.context is not None:
-            call.phase = "in the TLS handshake"
-            await chan.start_tls(call.context, call.host)
-        call.phase = "sending the request"
-        await chan.send(call.request)
-        call.phase = "waiting for the response headers"
-        status, reason, headers = await _client_read_head(chan)
-        call.phase = "reading the body"
-        body = await _client_read_body(chan, call.method, status, headers, call.max_body,
-                                       call.sink)
-        return status, reason, headers, body
-    except OSError as exc:
-        raise _client_os_error(exc, call.phase) from None
-    finally:
-        if chan is not None:
-            chan.close()
-
-
-def _client_drop_frames(exc: BaseException) -> None:
-    tb = exc.__traceback__
-    while tb is not None:
-        try:
-            tb.tb_frame.clear()
-        except RuntimeError:
-            pass
-        tb = tb.tb_next
-    exc.__traceback__ = None
-
-
-async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
-                body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
-                tls: Optional[TLSOptions] = None, sink: Optional[BodySink] = None,
-                resolver: Optional[Resolver] = None) -> Response:
-    scheme, host, port, target = split_url(url)
-    if not timeout > 0:
-        raise ValueError("timeout must be > 0 seconds, got %r" % timeout)
-    method = method.upper()
-    request = _client_build_request(method, scheme, host, port, target, headers, body)
-    context = (tls or _CLIENT_DEFAULT_TLS).context() if scheme == "https" else None
-    call = _ClientCall(host, port, request, method, context, max_body, sink, resolver)
-    started = time.monotonic()
-    try:
-        status, reason, fields, data = await asyncio.wait_for(_client_exchange(call), timeout)
-    except asyncio.TimeoutError as exc:
-        _client_drop_frames(exc)
-        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, call.phase)
-                         ) from None
-    except FetchError as exc:
-        _client_drop_frames(exc)
-        raise exc
-    return Response(status, reason, fields, data, time.monotonic() - started)
-
-
-# ============================================================
-# probed/gpufaults.py
-# ============================================================
-"""GPU faults: what each one needs (a server restart, or the node's remediation), how long one
-is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
-no NVML, no I/O; time comes from the clock a caller passes in.
-"""
-
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    FrozenSet,
-    List,
-    Mapping,
-    NamedTuple,
-    Optional,
-    Sequence,
-    Tuple,
-)
-
-RESTART = "restart"
-RESET = "reset"
-NOTE = "note"
-FAULT_MODES = ("all", RESTART, RESET)
-
-XID_RESTART: FrozenSet[int] = frozenset((
-    8, 11, 13, 25, 31, 32, 39, 40, 41, 60, 68, 69, 70, 71, 72, 75, 76, 77, 80, 82, 83, 84, 85,
-    86, 88, 89, 94, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 126, 127, 128, 129, 130, 131,
-    132, 133, 134, 135, 139))
-XID_RESET: FrozenSet[int] = frozenset((
-    46, 48, 62, 64, 74, 79, 95, 109, 110, 119, 120, 136, 140, 143, 144, 145, 146, 147, 148, 149,
-    150, 151, 155, 156, 158))
-XID_NAMES: Dict[int, str] = {
-    8: "GPU stopped processing", 13: "Graphics Engine Exception", 31: "GPU memory page fault",
-    32: "Invalid or corrupted push buffer stream", 43: "GPU stopped processing",
-    45: "Preemptive cleanup, due to previous errors", 46: "GPU stopped processing",
-    48: "Double Bit ECC Error", 62: "Internal micro-controller halt",
-    63: "GPU memory remapping event", 64: "GPU memory remapping failure", 74: "NVLINK Error",
-    79: "GPU has fallen off the bus", 92: "High single-bit ECC error rate",
-    94: "Contained memory error", 95: "Uncontained memory error",
-    109: "Context Switch Timeout Error", 119: "GSP RPC Timeout", 120: "GSP Error",
-    140: "ECC Unrecovered Error", 154: "GPU Recovery Action Changed"}
-RECOVERY_ACTIONS: Dict[int, str] = {0: "NONE", 1: "GPU_RESET", 2: "NODE_REBOOT", 3: "DRAIN_P2P",
-                                    4: "DRAIN_AND_RESET", 5: "RECOVER_IMEX_DOMAIN"}
-RESTART_FIXES = "a server restart fixes this"
-RESET_NEEDED = "a restart cannot fix this; the node's remediation will"
-REASON_MAX_FAULTS = 3
-REASON_MAX_GPUS = 3
-UUID_SHOWN = 12
-GPU_MAX_NOTES = 32
-
-
-class Fault(NamedTuple):
-
-    cls: str
-    text: str
-    xid: Optional[int] = None
-    times: int = 1
-    seconds_ago: Optional[float] = None
-
-
-class DeviceFacts(NamedTuple):
-
-    gpu: int
-    uuid: str
-    faults: Tuple[Fault, ...]
-    readings: Tuple[Tuple[str, Any], ...] = ()
-    not_read: Tuple[str, ...] = ()
-
-
-def classify_xid(xid: int) -> str:
-    if xid in XID_RESTART:
-        return RESTART
-    return RESET if xid in XID_RESET else NOTE
-
-
-def xid_text(xid: int) -> str:
-    name = XID_NAMES.get(xid)
-    return "Xid %d (%s)" % (xid, name) if name else "Xid %d" % xid
-
-
-def parse_fault_mode(text: str) -> str:
-    if text not in FAULT_MODES:
-        raise ValueError("expected one of: %s" % ", ".join(FAULT_MODES))
-    return text
-
-
-def parse_xid_list(text: str) -> FrozenSet[int]:
-    out = set()
-    for part in text.split(","):
-        part = part.strip()
-        if part and (not part.isdigit() or int(part) > 0xFFFF):
-            raise ValueError("expected Xid numbers, comma-separated, e.g. 13,31")
-        if part:
-            out.add(int(part))
-    return frozenset(out)
-
-
-class FaultMemory:
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.by_device: Dict[int, Dict[Tuple[str, Optional[int]], List[Any]]] = {}
-
-    def add(self, index: int, cls: str, text: str, xid: Optional[int]) -> None:
-        entries = self.by_device.setdefault(index, {})
-        entry = entries.get((text, xid))
-        if entry is None:
-            notes = [k for k, e in entries.items() if e[0] == NOTE]
-            if cls == NOTE and len(notes) >= GPU_MAX_NOTES:
-                del entries[min(notes, key=lambda k: entries[k][2])]
-            entry = entries[(text, xid)] = [cls, 0, 0.0]
-        entry[1] += 1
-        entry[2] = self.clock()
-
-    def forget_restart(self) -> None:
-        for entries in self.by_device.values():
-            for key in [k for k, e in entries.items() if e[0] == RESTART]:
-                del entries[key]
-
-    def faults(self, index: int) -> List[Fault]:
-        now = self.clock()
-        return [Fault(cls, text, xid, count, round(now - last, 3))
-                for (text, xid), (cls, count, last) in self.by_device.get(index, {}).items()]
-
-
-DeviceSelector = Tuple[str, str]
-ALL: Tuple[DeviceSelector, ...] = (("all", ""),)
-
-
-def _selector(item: str) -> Optional[DeviceSelector]:
-    if item.isdigit():
-        return ("index", str(int(item)))
-    if item.startswith("GPU-") and len(item) > 4:
-        return ("uuid", item)
-    if item.startswith("MIG-GPU-"):
-        return ("uuid", item[4:].split("/")[0])
-    if item.startswith("MIG-"):
-        return ("all", "")
-    return None
-
-
-def parse_device_list(text: str) -> Tuple[DeviceSelector, ...]:
-    text = text.strip()
-    if text == "auto":
-        return ()
-    if text == "all":
-        return ALL
-    out = []
-    for item in text.split(","):
-        sel = _selector(item.strip())
-        if sel is None:
-            raise ValueError("expected auto, all, or GPU indices and UUIDs (0,1 or GPU-8f3e...), "
-                             "got %r" % item.strip())
-        out.append(sel)
-    return tuple(out)
-
-
-def environment_devices(env: Mapping[str, str], nvml_count: int
-                        ) -> Tuple[Tuple[DeviceSelector, ...], str]:
-    cuda = env.get("CUDA_VISIBLE_DEVICES")
-    if cuda is not None:
-        out = []
-        for item in cuda.split(","):
-            sel = _selector(item.strip())
-            if sel is None:
-                break
-            out.append(sel)
-        return tuple(out), "CUDA_VISIBLE_DEVICES=%s" % cuda
-    nvidia = env.get("NVIDIA_VISIBLE_DEVICES")
-    if nvidia is None or nvidia.strip() == "all":
-        return ALL, "NVIDIA_VISIBLE_DEVICES=all" if nvidia else "every GPU NVML sees"
-    shown = "NVIDIA_VISIBLE_DEVICES=%s" % nvidia
-    items = [i.strip() for i in nvidia.split(",") if i.strip()]
-    if not items or items[0] in ("none", "void"):
-        return (), shown
-    sels = [_selector(i) for i in items]
-    if all(s is not None and s[0] == "index" for s in sels) and len(items) == nvml_count:
-        return ALL, shown + " (renumbered from 0 in this container)"
-    return tuple(s for s in sels if s is not None), shown
-
-
-def select_devices(devices: Sequence[DeviceFacts], selectors: Sequence[DeviceSelector]
-                   ) -> Tuple[List[DeviceFacts], List[str]]:
-    chosen: Dict[int, DeviceFacts] = {}
-    missing = []
-    for kind, value in selectors:
-        if kind == "all":
-            hits = list(devices)
-        elif kind == "index":
-            hits = [d for d in devices if d.gpu == int(value)]
-        else:
-            hits = [d for d in devices if d.uuid.startswith(value)]
-            hits = hits if len(hits) == 1 else [d for d in hits if d.uuid == value]
-        if not hits and kind != "all":
-            missing.append(value)
-        for d in hits:
-            chosen[d.gpu] = d
-    return [chosen[i] for i in sorted(chosen)], missing
-
-
-def counted(fault: Fault, mode: str, ignore: FrozenSet[int]) -> bool:
-    if fault.cls == NOTE or (fault.xid is not None and fault.xid in ignore):
-        return False
-    return mode == "all" or fault.cls == mode
-
-
-def device_name(d: DeviceFacts) -> str:
-    return "GPU %d (%s)" % (d.gpu, d.uuid[:UUID_SHOWN] or "uuid unknown")
-
-
-def fault_words(f: Fault) -> str:
-    return f.text + (" x%d" % f.times if f.times > 1 else "")
-
-
-def judge_devices(devices: Sequence[DeviceFacts], mode: str, ignore: FrozenSet[int]
-                  ) -> Tuple[bool, str]:
-    for d in devices:
-        faults = [f for f in d.faults if counted(f, mode, ignore)]
-        if not faults:
-            continue
-        faults.sort(key=lambda f: f.cls != RESET)
-        words = [fault_words(f) for f in faults[:REASON_MAX_FAULTS]]
-        if len(faults) > REASON_MAX_FAULTS:
-            words.append("and %d more" % (len(faults) - REASON_MAX_FAULTS))
-        remedy = RESET_NEEDED if faults[0].cls == RESET else RESTART_FIXES
-        return False, "%s: %s: %s" % (device_name(d), ", ".join(words), remedy)
-    if len(devices) > REASON_MAX_GPUS:
-        shown = "GPUs " + ",".join(str(d.gpu) for d in devices)
-    else:
-        shown = ", ".join(device_name(d) for d in devices) or "none"
-    return True, "%d GPU%s, no faults: %s" % (len(devices), "" if len(devices) == 1 else "s",
-                                               shown)
-
-
-def device_json(d: DeviceFacts) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"index": d.gpu, "uuid": d.uuid}
-    out.update(d.readings)
-    out["faults"] = [dict(cls=f.cls, fault=f.text, times=f.times, **(
-        {"xid": f.xid} if f.xid is not None else {}), **(
-        {"seconds_ago": f.seconds_ago} if f.seconds_ago is not None else {})) for f in d.faults]
-    if d.not_read:
-        out["not_read"] = list(d.not_read)
-    return out
-
-
-# ============================================================
-# probed/groups.py
-# ============================================================
-"""The three probe groups, the kubelet probe each answers, and the path it is served on."""
-
-GROUPS = ("live", "ready", "started")
-GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
-
-
-# ============================================================
-# probed/hpack.py
-# ============================================================
-"""HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
-"""
-
-from typing import Dict, List, Optional, Sequence, Tuple
-
-HeaderList = List[Tuple[bytes, bytes]]
-
-DYNAMIC_TABLE_LIMIT = 4096
-HEADER_LIST_LIMIT = 16 * 1024
-HEADER_FIELDS_LIMIT = 100
-HPACK_INTEGER_BYTES = 4
-ENTRY_OVERHEAD = 32
-HUFFMAN_CACHE_ENTRIES = 512
-HUFFMAN_CACHE_STRING = 64
-
-STATIC_TABLE: Tuple[Tuple[bytes, bytes], ...] = tuple(
-    (name.encode("ascii"), value.encode("ascii")) for name, _, value in (
-        entry.partition("=") for entry in (
-            ":authority|:method=GET|:method=POST|:path=/|:path=/index.html|:scheme=http|"
-            ":scheme=https|:status=200|:status=204|:status=206|:status=304|:status=400|"
-            ":status=404|:status=500|accept-charset|accept-encoding=gzip, deflate|"
-            "accept-language|accept-ranges|accept|access-control-allow-origin|age|allow|"
-            "authorization|cache-control|content-disposition|content-encoding|content-language|"
-            "content-length|content-location|content-range|content-type|cookie|date|etag|expect|"
-            "expires|from|host|if-match|if-modified-since|if-none-match|if-range|"
-            "if-unmodified-since|last-modified|link|location|max-forwards|proxy-authenticate|"
-            "proxy-authorization|range|referer|refresh|retry-after|server|set-cookie|"
-            "strict-transport-security|transfer-encoding|user-agent|vary|via|www-authenticate"
-        ).split("|")))
-STATIC_NAME_INDEX = {name: i + 1 for i, (name, _) in reversed(list(enumerate(STATIC_TABLE)))}
-
-HUFFMAN_CODE_LENGTHS = (
-    "=GLLLLLLLHNLLNLLLLLLLLNLLLLLLLLL6::<=68;::8;8666555666666678?6<:=67777777777777777777777878"
-    "=C=>6?56565666577666567655677777?;>=LDFDDFFFGFGGGGGHGHHFGHGGGGEFGFGGHFEDFFGGEGFFHEFGGEEFEG"
-    "FGGDFFFGFFGJJDCFGFIJJJKKJHICEJKKJKHEEJJLKKKDHDEFEEGFFIIHHJGJKJJKKKKKLKKKKKJN")
-HUFFMAN_EOS = 256
-
-
-class HPACKError(Exception):
-    """A header block that cannot be decoded, or decodes past a limit (COMPRESSION_ERROR)."""
-
-
-def _huffman_tables() -> Tuple[Tuple[int, ...], Tuple[Tuple[int, int, Tuple[int, ...]], ...]]:
-    lengths = [ord(c) - 48 for c in HUFFMAN_CODE_LENGTHS]
-    order = sorted(range(len(lengths)), key=lambda s: (lengths[s], s))
-    short = [-1] * 256
-    long_rows = []
-    code, prev = -1, lengths[order[0]]
-    first: Dict[int, int] = {}
-    by_length: Dict[int, List[int]] = {}
-    for sym in order:
-        bits = lengths[sym]
-        code = (code + 1) << (bits - prev)
-        prev = bits
-        first.setdefault(bits, code)
-        by_length.setdefault(bits, []).append(sym)
-        if bits <= 8:
-            base = code << (8 - bits)
-            for low in range(1 << (8 - bits)):
-                short[base + low] = sym << 4 | bits
-    for bits in sorted(b for b in by_length if b > 8):
-        long_rows.append((bits, first[bits], tuple(by_length[bits])))
-    return tuple(short), tuple(long_rows)
-
-
-HUFFMAN_SHORT, HUFFMAN_LONG = _huffman_tables()
-
-
-def huffman_decode(data: bytes) -> bytes:
-    value = int.from_bytes(data, "big")
-    left = len(data) * 8
-    out = bytearray()
-    short, long_rows = HUFFMAN_SHORT, HUFFMAN_LONG
-    while left:
-        if left < 8 and value & ((1 << left) - 1) == (1 << left) - 1:
-            break
-        if left >= 8:
-            entry = short[(value >> (left - 8)) & 0xFF]
-        else:
-            entry = short[((value << (8 - left)) | ((1 << (8 - left)) - 1)) & 0xFF]
-        if entry >= 0:
-            bits, sym = entry & 15, entry >> 4
-        else:
-            window = (value >> (left - 30) if left >= 30 else
-                      (value << (30 - left)) | ((1 << (30 - left)) - 1)) & 0x3FFFFFFF
-            sym = HUFFMAN_EOS
-            for bits, first, syms in long_rows:
-                index = (window >> (30 - bits)) - first
-                if 0 <= index < len(syms):
-                    sym = syms[index]
-                    break
-        if bits > left:
-            raise HPACKError("Huffman padding longer than 7 bits or not all ones")
-        if sym == HUFFMAN_EOS:
-            raise HPACKError("Huffman string contains EOS")
-        out.append(sym)
-        left -= bits
-    return bytes(out)
-
-
-def decode_integer(block: bytes, pos: int, prefix_bits: int) -> Tuple[int, int]:
-    limit = (1 << prefix_bits) - 1
-    value = block[pos] & limit
-    pos += 1
-    if value < limit:
-        return value, pos
-    for shift in range(0, 7 * HPACK_INTEGER_BYTES, 7):
-        if pos >= len(block):
-            raise HPACKError("header block ends inside an integer")
-        byte = block[pos]
-        pos += 1
-        value += (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-    raise HPACKError("integer longer than %d bytes" % (HPACK_INTEGER_BYTES + 1))
-
-
-class HPACKDecoder:
-
-    __slots__ = ("table", "size", "max_size", "list_limit", "cache")
-
-    def __init__(self, max_size: int = DYNAMIC_TABLE_LIMIT, list_limit: int = HEADER_LIST_LIMIT,
-                 cache: Optional[Dict[bytes, bytes]] = None) -> None:
-        self.table: List[Tuple[bytes, bytes]] = []
-        self.size = 0
-        self.max_size = max_size
-        self.list_limit = list_limit
-        self.cache: Dict[bytes, bytes] = {} if cache is None else cache
-
-    def decode(self, block: bytes) -> HeaderList:
-        fields: HeaderList = []
-        total, pos, end = 0, 0, len(block)
-        while pos < end:
-            byte = block[pos]
-            if byte & 0x80:
-                index, pos = decode_integer(block, pos, 7)
-                name, value = self._entry(index)
-            elif byte & 0xE0 == 0x20:
-                if fields:
-                    raise HPACKError("table size update after the first field")
-                size, pos = decode_integer(block, pos, 5)
-                if size > DYNAMIC_TABLE_LIMIT:
-                    raise HPACKError("table size %d over the %d allowed" % (
-                        size, DYNAMIC_TABLE_LIMIT))
-                self.max_size = size
-                self._evict(size)
-                continue
-            else:
-                indexing = byte & 0x40
-                index, pos = decode_integer(block, pos, 6 if indexing else 4)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
-                if indexing:
-                    self._add(name, value)
-            total += len(name) + len(value) + ENTRY_OVERHEAD
-            if total > self.list_limit:
-                raise HPACKError("header list over %d bytes" % self.list_limit)
-            if len(fields) == HEADER_FIELDS_LIMIT:
-                raise HPACKError("more than %d header fields" % HEADER_FIELDS_LIMIT)
-            fields.append((name, value))
-        return fields
-
-    def _entry(self, index: int) -> Tuple[bytes, bytes]:
-        if 0 < index <= 61:
-            return STATIC_TABLE[index - 1]
-        if 61 < index <= 61 + len(self.table):
-            return self.table[index - 62]
-        raise HPACKError("no table entry %d" % index)
-
-    def _string(self, block: bytes, pos: int) -> Tuple[bytes, int]:
-        if pos >= len(block):
-            raise HPACKError("header block ends before a string")
-        huffman = block[pos] & 0x80
-        length, pos = decode_integer(block, pos, 7)
-        if length > self.list_limit:
-            raise HPACKError("string of %d bytes" % length)
-        end = pos + length
-        if end > len(block):
-            raise HPACKError("header block ends inside a string")
-        raw = block[pos:end]
-        if not huffman:
-            return raw, end
-        text = self.cache.get(raw)
-        if text is None:
-            text = huffman_decode(raw)
-            if len(raw) <= HUFFMAN_CACHE_STRING:
-                if len(self.cache) >= HUFFMAN_CACHE_ENTRIES:
-                    self.cache.clear()
-                self.cache[raw] = text
-        return text, end
-
-    def _add(self, name: bytes, value: bytes) -> None:
-        cost = len(name) + len(value) + ENTRY_OVERHEAD
-        if cost > self.max_size:
-            self.table.clear()
-            self.size = 0
-            return
-        self._evict(self.max_size - cost)
-        self.table.insert(0, (name, value))
-        self.size += cost
-
-    def _evict(self, room: int) -> None:
-        table = self.table
-        while self.size > room:
-            name, value = table.pop()
-            self.size -= len(name) + len(value) + ENTRY_OVERHEAD
-
-
-def encode_integer(value: int, prefix_bits: int, flags: int) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((flags | value,))
-    out = bytearray((flags | limit,))
-    value -= limit
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode_headers(fields: Sequence[Tuple[bytes, bytes]]) -> bytes:
-    out = []
-    for name, value in fields:
-        index = STATIC_NAME_INDEX.get(name, 0)
-        out.append(encode_integer(index, 4, 0))
-        if not index:
-            out.append(encode_integer(len(name), 7, 0) + name)
-        out.append(encode_integer(len(value), 7, 0) + value)
-    return b"".join(out)
-
-
-def encode_table_size_update(size: int) -> bytes:
-    return encode_integer(size, 5, 0x20)
-
-
-# ============================================================
-# probed/h2frames.py
-# ============================================================
-"""HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
-header, the events the connection machine emits, and what makes a request's fields malformed.
-"""
-
-from typing import Union
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DEFAULT_WINDOW = 65535
-MAX_WINDOW = (1 << 31) - 1
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
-    CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, STREAM_CLOSED, \
-    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, CONNECT_ERROR, \
-    ENHANCE_YOUR_CALM = range(12)
-SETTING_HEADER_TABLE_SIZE, SETTING_ENABLE_PUSH, SETTING_MAX_CONCURRENT_STREAMS, \
-    SETTING_INITIAL_WINDOW_SIZE, SETTING_MAX_FRAME_SIZE, SETTING_MAX_HEADER_LIST_SIZE = range(1, 7)
-CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                                 b"transfer-encoding", b"upgrade"))
-REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
-REQUIRED_PSEUDO = frozenset((b":method", b":scheme", b":path"))
-
-
-class RequestReceived:
-
-    __slots__ = ("stream_id", "headers", "end_stream")
-
-    def __init__(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
-        self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
-
-
-class DataReceived:
-
-    __slots__ = ("stream_id", "data", "end_stream")
-
-    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        self.stream_id, self.data, self.end_stream = stream_id, data, end_stream
-
-
-class StreamReset:
-
-    __slots__ = ("stream_id", "code", "remote")
-
-    def __init__(self, stream_id: int, code: int, remote: bool) -> None:
-        self.stream_id, self.code, self.remote = stream_id, code, remote
-
-
-class ConnectionEnded:
-
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code, self.reason = code, reason
-
-
-H2Event = Union[RequestReceived, DataReceived, StreamReset, ConnectionEnded]
-
-
-class H2ConnectionError(Exception):
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-class H2StreamError(Exception):
-
-    def __init__(self, stream_id: int, code: int) -> None:
-        super().__init__(code)
-        self.stream_id, self.code = stream_id, code
-
-
-def build_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (len(payload).to_bytes(3, "big") + bytes((kind, flags)) +
-            stream_id.to_bytes(4, "big") + payload)
-
-
-def request_fields_valid(fields: HeaderList) -> bool:
-    pseudo = set()
-    regular = False
-    for name, value in fields:
-        if name[:1] == b":":
-            if regular or name not in REQUEST_PSEUDO or name in pseudo:
-                return False
-            pseudo.add(name)
-        else:
-            regular = True
-            if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers") or \
-                    name != name.lower():
-                return False
-    return REQUIRED_PSEUDO <= pseudo
-
-
-# ============================================================
-# probed/h2output.py
-# ============================================================
-"""What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
-flow-control windows and frame size, and the settings of the client that shape them. No I/O.
-"""
-
-from typing import Dict, List, Tuple
-
-PENDING_SEND_LIMIT = 16 * 1024
-MIN_FRAME_SIZE = 16384
-
-
-class H2Stream:
-
-    __slots__ = ("id", "opened", "remote_done", "local_done", "send_window", "recv_window",
-                 "pending", "pending_bytes")
-
-    def __init__(self, stream_id: int, now: float, send_window: int) -> None:
-        self.id = stream_id
-        self.opened = now
-        self.remote_done = False
-        self.local_done = False
-        self.send_window = send_window
-        self.recv_window = DEFAULT_WINDOW
-        self.pending: List[Tuple[bool, bytes, bool]] = []
-        self.pending_bytes = 0
-
-
-class H2Output:
-
-    def __init__(self, first: bytes) -> None:
-        self.frames: List[bytes] = [first]
-        self.window = DEFAULT_WINDOW
-        self.initial_window = DEFAULT_WINDOW
-        self.max_frame = MIN_FRAME_SIZE
-        self.table_size = DYNAMIC_TABLE_LIMIT
-        self.table_update = -1
-
-    def frame(self, kind: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
-        self.frames.append(build_frame(kind, flags, stream_id, payload))
-
-    def take(self) -> bytes:
-        frames, self.frames = self.frames, []
-        return b"".join(frames)
-
-    def queue(self, stream: H2Stream, is_data: bool, payload: bytes, end: bool) -> bool:
-        if is_data:
-            if stream.pending_bytes + len(payload) > PENDING_SEND_LIMIT:
-                return False
-            stream.pending_bytes += len(payload)
-        stream.pending.append((is_data, payload, end))
-        stream.local_done = end
-        return True
-
-    def flush(self, stream: H2Stream) -> bool:
-        pending = stream.pending
-        while pending:
-            is_data, payload, end = pending[0]
-            if is_data:
-                room = min(self.window, stream.send_window, self.max_frame)
-                if payload and room <= 0:
-                    return False
-                if len(payload) > room:
-                    pending[0] = (True, payload[room:], end)
-                    self._data(stream, payload[:room], False)
-                    continue
-                self._data(stream, payload, end)
-            else:
-                self._headers(stream.id, payload, end)
-            pending.pop(0)
-        return stream.local_done
-
-    def _data(self, stream: H2Stream, data: bytes, end: bool) -> None:
-        size = len(data)
-        self.window -= size
-        stream.send_window -= size
-        stream.pending_bytes -= size
-        self.frame(DATA, END_STREAM if end else 0, stream.id, data)
-
-    def _headers(self, stream_id: int, block: bytes, end: bool) -> None:
-        if self.table_update >= 0:
-            block, self.table_update = encode_table_size_update(self.table_update) + block, -1
-        size = self.max_frame
-        first, rest = block[:size], block[size:]
-        self.frame(HEADERS, (END_STREAM if end else 0) | (0 if rest else END_HEADERS),
-                   stream_id, first)
-        while rest:
-            first, rest = rest[:size], rest[size:]
-            self.frame(CONTINUATION, 0 if rest else END_HEADERS, stream_id, first)
-
-    def open_window(self, increment: int) -> None:
-        self.window += increment
-        if self.window > MAX_WINDOW:
-            raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window over 2^31-1")
-
-    def setting(self, key: int, value: int, streams: Dict[int, H2Stream]) -> None:
-        if key == SETTING_HEADER_TABLE_SIZE and value < self.table_size:
-            self.table_size = self.table_update = value
-        elif key == SETTING_INITIAL_WINDOW_SIZE:
-            if value > MAX_WINDOW:
-                raise H2ConnectionError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE %d" % value)
-            delta, self.initial_window = value - self.initial_window, value
-            for stream in streams.values():
-                stream.send_window += delta
-                if stream.send_window > MAX_WINDOW:
-                    raise H2ConnectionError(FLOW_CONTROL_ERROR, "stream window over 2^31-1")
-        elif key == SETTING_MAX_FRAME_SIZE:
-            if not MIN_FRAME_SIZE <= value < 1 << 24:
-                raise H2ConnectionError(PROTOCOL_ERROR, "MAX_FRAME_SIZE %d" % value)
-            self.max_frame = value
-
-
-# ============================================================
-# probed/h2proto.py
-# ============================================================
-"""HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
-"""
-
-from typing import Dict, List, Optional
-
-FRAME_SIZE_LIMIT = 16384
-HEADER_BLOCK_LIMIT = 16 * 1024
-STREAMS_AT_ONCE = 16
-STREAMS_PER_CONNECTION = 1000
-PING_STRIKES = 10
-PING_STRIKE_SECONDS = 1.0
-FRAMES_PER_TURN = 64
-
-
-class H2Connection:
-
-    def __init__(self, now: float, read_timeout: float, idle_timeout: float,
-                 huffman_cache: Optional[Dict[bytes, bytes]] = None) -> None:
-        self.read_timeout = read_timeout
-        self.idle_timeout = idle_timeout
-        self.decoder = HPACKDecoder(cache=huffman_cache)
-        self.streams: Dict[int, H2Stream] = {}
-        self.last_stream_id = 0
-        self.opened_streams = 0
-        self.recv_window = DEFAULT_WINDOW
-        self.consumed = 0
-        self.buf = b""
-        self.preface_done = False
-        self.settings_seen = False
-        self.partial_since: Optional[float] = None
-        self.block: Optional[bytearray] = None
-        self.block_cost = 0
-        self.block_since = 0.0
-        self.block_stream = 0
-        self.block_end_stream = False
-        self.now = now
-        self.idle_since = now
-        self.last_ping = -1e18
-        self.strikes = 0
-        self.going_away = False
-        self.ended = False
-        self.more = False
-        self.tx = H2Output(build_frame(SETTINGS, 0, 0, b"".join(
-            k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in (
-                (SETTING_MAX_CONCURRENT_STREAMS, STREAMS_AT_ONCE),
-                (SETTING_MAX_HEADER_LIST_SIZE, HEADER_LIST_LIMIT)))))
-
-    def receive(self, data: bytes, now: float) -> List[H2Event]:
-        events: List[H2Event] = []
-        self.now = now
-        if self.ended:
-            return events
-        buf = self.buf + data if self.buf else data
-        pos, frames, limit = 0, 0, len(buf)
-        try:
-            if not self.preface_done:
-                if not H2_PREFACE.startswith(buf[:len(H2_PREFACE)]):
-                    raise H2ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
-                if limit < len(H2_PREFACE):
-                    self.buf = buf
-                    self.partial_since = self.partial_since or now
-                    return events
-                self.preface_done, pos = True, len(H2_PREFACE)
-            while limit - pos >= 9 and frames < FRAMES_PER_TURN and not self.ended:
-                length = int.from_bytes(buf[pos:pos + 3], "big")
-                if length > FRAME_SIZE_LIMIT:
-                    raise H2ConnectionError(FRAME_SIZE_ERROR, "frame of %d bytes over the %d "
-                                            "allowed" % (length, FRAME_SIZE_LIMIT))
-                end = pos + 9 + length
-                if end > limit:
-                    break
-                kind, flags = buf[pos + 3], buf[pos + 4]
-                stream_id = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-                payload = buf[pos + 9:end]
-                pos, frames = end, frames + 1
-                try:
-                    self._frame(kind, flags, stream_id, payload, now, events)
-                except H2StreamError as err:
-                    self._reset(err.stream_id, err.code, events)
-        except H2ConnectionError as err:
-            self._go_away(err.code, err.reason, events)
-            return events
-        self.buf = buf[pos:]
-        self.more = bool(self.buf) and frames >= FRAMES_PER_TURN
-        if frames or not self.buf:
-            self.partial_since = now if self.buf else None
-        elif self.partial_since is None:
-            self.partial_since = now
-        return events
-
-    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes, now: float,
-               events: List[H2Event]) -> None:
-        if self.block is not None and kind != CONTINUATION:
-            raise H2ConnectionError(PROTOCOL_ERROR, "frame type %d inside a header block" % kind)
-        if not self.settings_seen and kind != SETTINGS:
-            raise H2ConnectionError(PROTOCOL_ERROR, "the client preface must end with SETTINGS")
-        if kind == DATA:
-            self._on_data(flags, stream_id, payload, events)
-        elif kind == HEADERS:
-            self._on_headers(flags, stream_id, payload, now, events)
-        elif kind == CONTINUATION:
-            self._on_continuation(flags, stream_id, payload, now, events)
-        elif kind == WINDOW_UPDATE:
-            self._on_window_update(stream_id, payload)
-        elif kind == SETTINGS:
-            self._on_settings(flags, stream_id, payload, now)
-        elif kind == PING:
-            self._on_ping(flags, stream_id, payload, now)
-        elif kind == RST_STREAM:
-            self._on_rst_stream(stream_id, payload, events)
-        elif kind == GOAWAY:
-            if stream_id:
-                raise H2ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
-            self.going_away = True
-            self._stream_gone()
-        elif kind == PRIORITY:
-            if not stream_id:
-                raise H2ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
-            if len(payload) != 5:
-                raise H2StreamError(stream_id, FRAME_SIZE_ERROR)
-        elif kind == PUSH_PROMISE:
-            raise H2ConnectionError(PROTOCOL_ERROR, "clients cannot push")
-
-    def _payload(self, flags: int, payload: bytes) -> bytes:
-        if not flags & PADDED:
-            return payload
-        if not payload or payload[0] >= len(payload):
-            raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
-        return payload[1:len(payload) - payload[0]]
-
-    def _on_data(self, flags: int, stream_id: int, payload: bytes,
-                 events: List[H2Event]) -> None:
-        if not stream_id:
-            raise H2ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
-        self._count_received(len(payload))
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            if stream_id > self.last_stream_id:
-                raise H2ConnectionError(PROTOCOL_ERROR, "DATA on idle stream %d" % stream_id)
-            return
-        if stream.remote_done:
-            raise H2StreamError(stream_id, STREAM_CLOSED)
-        stream.recv_window -= len(payload)
-        if stream.recv_window < 0:
-            raise H2StreamError(stream_id, FLOW_CONTROL_ERROR)
-        data = self._payload(flags, payload)
-        end = bool(flags & END_STREAM)
-        if end:
-            stream.remote_done = True
-        events.append(DataReceived(stream_id, data, end))
-        if end:
-            self._close_if_done(stream)
-
-    def _count_received(self, length: int) -> None:
-        self.recv_window -= length
-        if self.recv_window < 0:
-            raise H2ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-        self.consumed += length
-        if self.consumed >= DEFAULT_WINDOW // 2:
-            self.tx.frame(WINDOW_UPDATE, 0, 0, self.consumed.to_bytes(4, "big"))
-            self.recv_window += self.consumed
-            self.consumed = 0
-
-    def _on_headers(self, flags: int, stream_id: int, payload: bytes, now: float,
-                    events: List[H2Event]) -> None:
-        if not stream_id:
-            raise H2ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
-        payload = self._payload(flags, payload)
-        if flags & PRIORITY_FLAG:
-            if len(payload) < 5:
-                raise H2ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
-            payload = payload[5:]
-        self.block, self.block_stream, self.block_since = bytearray(payload), stream_id, now
-        self.block_end_stream = bool(flags & END_STREAM)
-        self._grow_block(0, flags, now, events)
-
-
-    def _on_continuation(self, flags: int, stream_id: int, payload: bytes, now: float,
-                         events: List[H2Event]) -> None:
-        if self.block is None or stream_id != self.block_stream:
-            raise H2ConnectionError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
-        self.block += payload
-        self._grow_block(len(payload) + 9, flags, now, events)
-
-    def _grow_block(self, cost: int, flags: int, now: float, events: List[H2Event]) -> None:
-        assert self.block is not None
-        self.block_cost = (self.block_cost + cost) if cost else len(self.block)
-        if self.block_cost > HEADER_BLOCK_LIMIT:
-            raise H2ConnectionError(ENHANCE_YOUR_CALM, "header block over %d bytes" %
-                                    HEADER_BLOCK_LIMIT)
-        if flags & END_HEADERS:
-            self._header_block_done(now, events)
-
-    def _header_block_done(self, now: float, events: List[H2Event]) -> None:
-        assert self.block is not None
-        block, self.block = bytes(self.block), None
-        try:
-            fields = self.decoder.decode(block)
-        except HPACKError as exc:
-            raise H2ConnectionError(COMPRESSION_ERROR, str(exc)) from None
-        stream_id, end = self.block_stream, self.block_end_stream
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            if stream.remote_done or not end:
-                raise H2StreamError(stream_id, STREAM_CLOSED if stream.remote_done else
-                                    PROTOCOL_ERROR)
-            stream.remote_done = True
-            events.append(DataReceived(stream_id, b"", True))
-            self._close_if_done(stream)
-            return
-        if stream_id <= self.last_stream_id and end:
-            return
-        if stream_id <= self.last_stream_id or not stream_id & 1:
-            raise H2ConnectionError(PROTOCOL_ERROR, "stream id %d after %d" % (
-                stream_id, self.last_stream_id))
-        self.last_stream_id = stream_id
-        if self.going_away:
-            return
-        self.opened_streams += 1
-        if self.opened_streams >= STREAMS_PER_CONNECTION:
-            self._announce_goaway(NO_ERROR, "%d streams on one connection: reconnect" %
-                                  STREAMS_PER_CONNECTION)
-        if len(self.streams) >= STREAMS_AT_ONCE:
-            raise H2StreamError(stream_id, REFUSED_STREAM)
-        if not request_fields_valid(fields):
-            raise H2StreamError(stream_id, PROTOCOL_ERROR)
-        stream = self.streams[stream_id] = H2Stream(stream_id, now, self.tx.initial_window)
-        stream.remote_done = end
-        events.append(RequestReceived(stream_id, fields, end))
-
-    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise H2ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE of %d bytes" % len(payload))
-        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
-        if not stream_id:
-            if not increment:
-                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
-            self.tx.open_window(increment)
-            for each in list(self.streams.values()):
-                self._flush(each)
-            return
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            if stream_id > self.last_stream_id:
-                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on idle stream")
-            return
-        if not increment:
-            raise H2StreamError(stream_id, PROTOCOL_ERROR)
-        stream.send_window += increment
-        if stream.send_window > MAX_WINDOW:
-            raise H2StreamError(stream_id, FLOW_CONTROL_ERROR)
-        self._flush(stream)
-
-    def _on_settings(self, flags: int, stream_id: int, payload: bytes, now: float) -> None:
-        if stream_id:
-            raise H2ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & ACK:
-            if payload:
-                raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
-            return
-        if len(payload) % 6:
-            raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS of %d bytes" % len(payload))
-        if self.settings_seen:
-            self._strike(now)
-        self.settings_seen = True
-        for at in range(0, len(payload), 6):
-            self._setting(int.from_bytes(payload[at:at + 2], "big"),
-                          int.from_bytes(payload[at + 2:at + 6], "big"))
-        self.tx.frame(SETTINGS, ACK, 0)
-        for stream in list(self.streams.values()):
-            self._flush(stream)
-
-    def _setting(self, key: int, value: int) -> None:
-        if key == SETTING_ENABLE_PUSH and value > 1:
-            raise H2ConnectionError(PROTOCOL_ERROR, "ENABLE_PUSH %d" % value)
-        self.tx.setting(key, value, self.streams)
-
-    def _on_ping(self, flags: int, stream_id: int, payload: bytes, now: float) -> None:
-        if stream_id:
-            raise H2ConnectionError(PROTOCOL_ERROR, "PING on a stream")
-        if len(payload) != 8:
-            raise H2ConnectionError(FRAME_SIZE_ERROR, "PING of %d bytes" % len(payload))
-        if not flags & ACK:
-            self._strike(now)
-            self.tx.frame(PING, ACK, 0, payload)
-
-    def _strike(self, now: float) -> None:
-        if now - self.last_ping < PING_STRIKE_SECONDS:
-            self.strikes += 1
-            if self.strikes > PING_STRIKES:
-                raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_pings")
-        self.last_ping = now
-
-    def _on_rst_stream(self, stream_id: int, payload: bytes, events: List[H2Event]) -> None:
-        if not stream_id:
-            raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
-        if len(payload) != 4:
-            raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM of %d bytes" % len(payload))
-        stream = self.streams.pop(stream_id, None)
-        if stream is None:
-            if stream_id > self.last_stream_id:
-                raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on idle stream")
-            return
-        events.append(StreamReset(stream_id, int.from_bytes(payload, "big"), True))
-        self._stream_gone()
-
-    def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> bool:
-        return self._queue(stream_id, False, block, end_stream)
-
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
-        return self._queue(stream_id, True, data, end_stream)
-
-    def _queue(self, stream_id: int, is_data: bool, payload: bytes, end: bool) -> bool:
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.local_done or self.ended:
-            return False
-        if not self.tx.queue(stream, is_data, payload, end):
-            self.reset(stream_id, ENHANCE_YOUR_CALM)
-            return False
-        self.strikes = 0
-        self._flush(stream)
-        return True
-
-    def _flush(self, stream: H2Stream) -> None:
-        if self.tx.flush(stream):
-            if not stream.remote_done:
-                self.tx.frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big"))
-            self.streams.pop(stream.id, None)
-            self._stream_gone()
-
-    def reset(self, stream_id: int, code: int) -> None:
-        if self.streams.pop(stream_id, None) is not None:
-            self.tx.frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
-            self._stream_gone()
-
-    def _reset(self, stream_id: int, code: int, events: List[H2Event]) -> None:
-        self.tx.frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
-        if self.streams.pop(stream_id, None) is not None:
-            events.append(StreamReset(stream_id, code, False))
-            self._stream_gone()
-
-    def _close_if_done(self, stream: H2Stream) -> None:
-        if stream.remote_done and stream.local_done and not stream.pending:
-            self.streams.pop(stream.id, None)
-            self._stream_gone()
-
-    def _stream_gone(self) -> None:
-        if not self.streams:
-            self.idle_since = self.now
-            if self.going_away:
-                self.ended = True
-
-    def _announce_goaway(self, code: int, reason: str) -> None:
-        if not self.going_away:
-            self.going_away = True
-            self.tx.frame(GOAWAY, 0, 0, self.last_stream_id.to_bytes(4, "big") +
-                          code.to_bytes(4, "big") + reason.encode("utf-8")[:256])
-
-    def _go_away(self, code: int, reason: str, events: List[H2Event]) -> None:
-        self._announce_goaway(code, reason)
-        self.going_away = self.ended = True
-        self.buf, self.block, self.more = b"", None, False
-        events.append(ConnectionEnded(code, reason))
-
-    def shutdown(self, code: int, reason: str) -> List[H2Event]:
-        events: List[H2Event] = []
-        if not self.ended:
-            self._go_away(code, reason, events)
-        return events
-
-    def data_to_send(self) -> bytes:
-        return self.tx.take()
-
-    @property
-    def idle(self) -> bool:
-        return not self.streams and self.block is None and not self.buf
-
-    def next_deadline(self) -> float:
-        started = self.partial_since
-        if self.block is not None:
-            started = self.block_since if started is None else min(started, self.block_since)
-        deadline = float("inf") if started is None else started + self.read_timeout
-        for stream in self.streams.values():
-            if not stream.remote_done:
-                deadline = min(deadline, stream.opened + self.read_timeout)
-        if not self.streams:
-            deadline = min(deadline, self.idle_since + self.idle_timeout)
-        return deadline
-
-    def expire(self, now: float) -> List[H2Event]:
-        events: List[H2Event] = []
-        self.now = now
-        if self.ended:
-            return events
-        started = min(self.partial_since if self.partial_since is not None else now,
-                      self.block_since if self.block is not None else now)
-        if started + self.read_timeout <= now:
-            self._go_away(ENHANCE_YOUR_CALM, "frame not complete within the read timeout", events)
-            return events
-        for stream in list(self.streams.values()):
-            if not stream.remote_done and stream.opened + self.read_timeout <= now:
-                self._reset(stream.id, CANCEL, events)
-        if not self.streams and self.idle_since + self.idle_timeout <= now:
-            self._go_away(NO_ERROR, "idle", events)
-        return events
-
-
-# ============================================================
-# probed/grpchealth.py
-# ============================================================
-"""The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
-"""
-
-from typing import Callable, Dict, List, Optional, Tuple
-
-GRPC_MESSAGE_LIMIT = 4096
-WATCHERS_LIMIT = 100
-GRPC_SHOWN_PATH = 200
-
-GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED, \
-    GRPC_INTERNAL = 0, 3, 5, 8, 12, 13
-SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3
-HEALTH_PREFIX = b"/grpc.health.v1.Health/"
-HEALTH_METHODS = {HEALTH_PREFIX + b"Check": False, HEALTH_PREFIX + b"Watch": True}
-SERVICE_GROUPS = {"": "ready", "liveness": "live", "livez": "live", "readiness": "ready",
-                  "readyz": "ready", "startup": "started", "startupz": "started"}
-
-Lookup = Callable[[str], Optional[bool]]
-REPLY_HEADERS = encode_headers(((b":status", b"200"), (b"content-type", b"application/grpc")))
-OK_TRAILERS = encode_headers(((b"grpc-status", b"0"),))
-
-
-class GrpcError(Exception):
-
-    def __init__(self, code: int, message: str, http_status: bytes = b"200") -> None:
-        super().__init__(message)
-        self.code, self.message, self.http_status = code, message, http_status
-
-
-def grpc_message(payload: bytes) -> bytes:
-    return b"\0" + len(payload).to_bytes(4, "big") + payload
-
-
-def health_response(status: int) -> bytes:
-    return grpc_message(bytes((0x08, status)))
-
-
-def read_varint(data: bytes, pos: int) -> Tuple[int, int]:
-    value = shift = 0
-    while shift < 70:
-        if pos >= len(data):
-            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: varint over 10 bytes")
-
-
-def decode_health_request(message: bytes) -> str:
-    pos, end, service = 0, len(message), b""
-    while pos < end:
-        key, pos = read_varint(message, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 2 and field:
-            length, pos = read_varint(message, pos)
-            if field == 1:
-                service = message[pos:pos + length]
-            pos += length
-        elif field == 1 or wire not in (0, 1, 5) or not field:
-            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: field %d has "
-                            "wire type %d" % (field, wire))
-        elif wire == 0:
-            pos = read_varint(message, pos)[1]
-        else:
-            pos += 8 if wire == 1 else 4
-        if pos > end:
-            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: truncated")
-    try:
-        return service.decode("utf-8")
-    except UnicodeDecodeError:
-        raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: service name is "
-                        "not UTF-8") from None
-
-
-def percent_encode(text: bytes) -> bytes:
-    return b"".join(bytes((b,)) if 0x20 <= b < 0x7F and b != 0x25 else b"%%%02X" % b
-                    for b in text)
-
-
-def trailers_only(code: int, message: str, http_status: bytes = b"200") -> bytes:
-    fields: List[Tuple[bytes, bytes]] = [
-        (b":status", http_status), (b"content-type", b"application/grpc"),
-        (b"grpc-status", b"%d" % code), (b"grpc-message", percent_encode(message.encode()))]
-    if code == GRPC_UNIMPLEMENTED and "grpc-encoding" in message:
-        fields.append((b"grpc-accept-encoding", b"identity"))
-    return encode_headers(fields)
-
-
-class HealthWatcher:
-
-    __slots__ = ("service", "notify", "sent")
-
-    def __init__(self, service: str, notify: Callable[[int], None], sent: int) -> None:
-        self.service, self.notify, self.sent = service, notify, sent
-
-
-class GrpcHealthService:
-
-    def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT) -> None:
-        self.lookup = lookup
-        self.limit = limit
-        self.watchers: Dict[HealthWatcher, None] = {}
-
-    def status(self, service: str) -> int:
-        ok = self.lookup(service)
-        return SERVICE_UNKNOWN if ok is None else SERVING if ok else NOT_SERVING
-
-    def watch(self, service: str, notify: Callable[[int], None]) -> Optional[HealthWatcher]:
-        if len(self.watchers) >= self.limit:
-            return None
-        watcher = HealthWatcher(service, notify, self.status(service))
-        self.watchers[watcher] = None
-        notify(watcher.sent)
-        return watcher
-
-    def unwatch(self, watcher: HealthWatcher) -> None:
-        self.watchers.pop(watcher, None)
-
-    def changed(self) -> None:
-        if not self.watchers:
-            return
-        now: Dict[str, int] = {}
-        for watcher in list(self.watchers):
-            status = now.get(watcher.service)
-            if status is None:
-                status = now[watcher.service] = self.status(watcher.service)
-            if status != watcher.sent and watcher in self.watchers:
-                watcher.sent = status
-                watcher.notify(status)
-
-
-class GrpcCall:
-
-    __slots__ = ("watch", "encoding", "buf", "request", "watcher")
-
-    def __init__(self, watch: bool, encoding: bytes) -> None:
-        self.watch = watch
-        self.encoding = encoding
-        self.buf = bytearray()
-        self.request: Optional[str] = None
-        self.watcher: Optional[HealthWatcher] = None
-
-
-class HealthCalls:
-
-    def __init__(self, service: GrpcHealthService, conn: H2Connection,
-                 pushed: Callable[[], None]) -> None:
-        self.service = service
-        self.conn = conn
-        self.pushed = pushed
-        self.calls: Dict[int, GrpcCall] = {}
-
-    def handle(self, event: H2Event) -> None:
-        sid = getattr(event, "stream_id", 0)
-        try:
-            if isinstance(event, RequestReceived):
-                self._start(sid, event.headers, event.end_stream)
-            elif isinstance(event, DataReceived):
-                self._data(sid, event.data, event.end_stream)
-            elif isinstance(event, ConnectionEnded):
-                self.close()
-            else:
-                self._drop(sid)
-        except GrpcError as err:
-            self._drop(sid)
-            self.conn.send_headers(sid, trailers_only(err.code, err.message, err.http_status),
-                                   True)
-
-    def _start(self, sid: int, headers: List[Tuple[bytes, bytes]], end: bool) -> None:
-        fields = dict(headers)
-        ctype = fields.get(b"content-type", b"")
-        if ctype != b"application/grpc" and not ctype.startswith((b"application/grpc+proto",
-                                                                  b"application/grpc;")):
-            raise GrpcError(GRPC_INVALID_ARGUMENT, "invalid gRPC request content-type %r" %
-                            ctype.decode("latin-1"), b"415")
-        if fields[b":method"] != b"POST":
-            raise GrpcError(GRPC_INTERNAL, "gRPC requests are POST", b"405")
-        path = fields[b":path"]
-        watch = HEALTH_METHODS.get(path)
-        if watch is None:
-            shown = path[:GRPC_SHOWN_PATH].decode("latin-1")
-            raise GrpcError(GRPC_UNIMPLEMENTED, "unknown method %s" % shown
-                            if path.startswith(HEALTH_PREFIX) else "unknown service %s" % shown)
-        self.calls[sid] = GrpcCall(watch, fields.get(b"grpc-encoding", b"identity"))
-        if end:
-            self._finish(sid)
-
-    def _data(self, sid: int, data: bytes, end: bool) -> None:
-        call = self.calls.get(sid)
-        if call is None:
-            return
-        call.buf += data
-        while len(call.buf) >= 5:
-            length = int.from_bytes(call.buf[1:5], "big")
-            if length > GRPC_MESSAGE_LIMIT:
-                raise GrpcError(GRPC_RESOURCE_EXHAUSTED, "grpc: received message larger than "
-                                "max (%d vs. %d)" % (length, GRPC_MESSAGE_LIMIT))
-            if len(call.buf) < 5 + length:
-                break
-            self._message(call, call.buf[0], bytes(call.buf[5:5 + length]))
-            del call.buf[:5 + length]
-        if end:
-            self._finish(sid)
-
-    def _message(self, call: GrpcCall, flag: int, payload: bytes) -> None:
-        if flag == 1:
-            if call.encoding in (b"", b"identity"):
-                raise GrpcError(GRPC_INTERNAL, "grpc: compressed flag set with identity or "
-                                "empty encoding")
-            raise GrpcError(GRPC_UNIMPLEMENTED, "grpc: Decompressor is not installed for "
-                            "grpc-encoding %r" % call.encoding.decode("latin-1"))
-        if flag:
-            raise GrpcError(GRPC_INTERNAL, "grpc: received unexpected payload format %d" % flag)
-        if call.request is not None:
-            raise GrpcError(GRPC_INTERNAL, "cardinality violation: received multiple request "
-                            "messages for non-client-streaming RPC")
-        call.request = decode_health_request(payload)
-
-    def _finish(self, sid: int) -> None:
-        call = self.calls[sid]
-        if call.buf:
-            raise GrpcError(GRPC_INTERNAL, "unexpected EOF inside a message")
-        if call.request is None:
-            raise GrpcError(GRPC_INTERNAL, "cardinality violation: received no request message "
-                            "from non-client-streaming RPC")
-        if not call.watch:
-            status = self.service.status(call.request)
-            if status == SERVICE_UNKNOWN:
-                raise GrpcError(GRPC_NOT_FOUND, "unknown service")
-            del self.calls[sid]
-            conn = self.conn
-            conn.send_headers(sid, REPLY_HEADERS)
-            conn.send_data(sid, health_response(status))
-            conn.send_headers(sid, OK_TRAILERS, True)
-            return
-        if len(self.service.watchers) >= self.service.limit:
-            raise GrpcError(GRPC_RESOURCE_EXHAUSTED, "%d Watch streams already; try later" %
-                            self.service.limit)
-        self.conn.send_headers(sid, REPLY_HEADERS)
-        call.watcher = self.service.watch(call.request, lambda status: self._push(sid, status))
-        if self.calls.get(sid) is not call and call.watcher is not None:
-            self.service.unwatch(call.watcher)
-
-    def _push(self, sid: int, status: int) -> None:
-        if not self.conn.send_data(sid, health_response(status)):
-            self._drop(sid)
-        self.pushed()
-
-    def _drop(self, sid: int) -> None:
-        call = self.calls.pop(sid, None)
-        if call is not None and call.watcher is not None:
-            self.service.unwatch(call.watcher)
-
-    def close(self) -> None:
-        for sid in list(self.calls):
-            self._drop(sid)
-
-
-# ============================================================
-# probed/h2server.py
-# ============================================================
-"""HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
-"""
-
-import asyncio
-import socket
-import time
-from typing import Dict, List, Optional
-
-H2_SWEEP_INTERVAL = 0.25
-H2_RECV_SIZE = 65536
-H2_OUTPUT_LIMIT = 64 * 1024
-H2_LINGER_SECONDS = 2.0
-
-
-class H2Link:
-
-    __slots__ = ("sock", "fd", "h2", "calls", "out", "reading", "writing", "write_deadline",
-                 "linger_until", "shed_at", "resuming", "closed")
-
-    def __init__(self, sock: socket.SocketType, h2: H2Connection) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.h2 = h2
-        self.calls: Optional[HealthCalls] = None
-        self.out = b""
-        self.reading = self.writing = False
-        self.write_deadline: Optional[float] = None
-        self.linger_until: Optional[float] = None
-        self.shed_at: Optional[float] = None
-        self.resuming = False
-        self.closed = False
-
-
-class H2Server:
-
-    def __init__(self, service: GrpcHealthService, read_timeout: float = 10.0,
-                 write_timeout: float = 10.0, idle_timeout: float = 120.0) -> None:
-        self.service = service
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
-        self.idle_timeout = idle_timeout
-        self.links: Dict[int, H2Link] = {}
-        self.huffman_cache: Dict[bytes, bytes] = {}
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._sweeper: Optional[asyncio.TimerHandle] = None
-
-    @property
-    def open(self) -> int:
-        return len(self.links)
-
-    def adopt(self, sock: socket.SocketType, data: bytes) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        link = H2Link(sock, H2Connection(time.monotonic(), self.read_timeout, self.idle_timeout,
-                                         self.huffman_cache))
-        link.calls = HealthCalls(self.service, link.h2, lambda: self._flush(link))
-        self.links[link.fd] = link
-        if self._sweeper is None:
-            self._sweeper = loop.call_later(H2_SWEEP_INTERVAL, self._sweep)
-        self._feed(link, data)
-
-    def _feed(self, link: H2Link, data: bytes) -> None:
-        self._handle(link, link.h2.receive(data, time.monotonic()))
-
-    def _handle(self, link: H2Link, events: List[H2Event]) -> None:
-        calls = link.calls
-        assert calls is not None
-        for event in events:
-            calls.handle(event)
-        self._flush(link)
-
-    def _watch(self, link: H2Link, read: Optional[bool] = None,
-               write: Optional[bool] = None) -> None:
-        loop = self._loop
-        assert loop is not None
-        if read is not None and read != link.reading:
-            link.reading = read
-            if read:
-                loop.add_reader(link.fd, self._on_readable, link)
-            else:
-                loop.remove_reader(link.fd)
-        if write is not None and write != link.writing:
-            link.writing = write
-            if write:
-                loop.add_writer(link.fd, self._on_writable, link)
-            else:
-                loop.remove_writer(link.fd)
-
-    def _on_readable(self, link: H2Link) -> None:
-        try:
-            data = link.sock.recv(H2_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(link)
-        elif link.linger_until is None:
-            self._feed(link, data)
-
-    def _flush(self, link: H2Link) -> None:
-        if link.closed or link.linger_until is not None:
-            return
-        data = link.h2.data_to_send()
-        if data and not link.out:
-            try:
-                sent = link.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._close(link)
-                return
-            link.out = data[sent:]
-        elif data:
-            link.out += data
-        h2 = link.h2
-        if link.out:
-            if link.write_deadline is None:
-                link.write_deadline = time.monotonic() + self.write_timeout
-            self._watch(link, write=True)
-        else:
-            link.write_deadline = None
-            self._watch(link, write=False)
-            if h2.ended:
-                self._finish(link)
-                return
-        room = len(link.out) <= H2_OUTPUT_LIMIT
-        self._watch(link, read=room and not h2.more and not h2.ended)
-        if room and h2.more and not link.resuming:
-            link.resuming = True
-            self._loop.call_soon(self._resume, link)
-
-    def _resume(self, link: H2Link) -> None:
-        link.resuming = False
-        if not link.closed:
-            self._feed(link, b"")
-
-    def _on_writable(self, link: H2Link) -> None:
-        try:
-            sent = link.sock.send(link.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(link)
-            return
-        link.out = link.out[sent:]
-        if not link.out:
-            self._flush(link)
-
-    def _finish(self, link: H2Link) -> None:
-        try:
-            link.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(link)
-            return
-        link.linger_until = time.monotonic() + H2_LINGER_SECONDS
-        self._watch(link, read=True, write=False)
-        assert link.calls is not None
-        link.calls.close()
-
-    def _close(self, link: H2Link) -> None:
-        if link.closed:
-            return
-        link.closed = True
-        self._watch(link, read=False, write=False)
-        link.sock.close()
-        self.links.pop(link.fd, None)
-        assert link.calls is not None
-        link.calls.close()
-
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for link in list(self.links.values()):
-            if link.linger_until is not None:
-                if now >= link.linger_until:
-                    self._close(link)
-            elif link.write_deadline is not None and now >= link.write_deadline:
-                self._close(link)
-            elif link.shed_at is not None and now >= link.shed_at and link.h2.idle:
-                self._handle(link, link.h2.shutdown(NO_ERROR, "server at its connection limit"))
-            elif now >= link.h2.next_deadline():
-                self._handle(link, link.h2.expire(now))
-        loop = self._loop
-        assert loop is not None
-        self._sweeper = loop.call_later(H2_SWEEP_INTERVAL, self._sweep) if self.links else None
-
-    def shed_idle(self, deadline: float) -> None:
-        for link in self.links.values():
-            if link.h2.idle:
-                link.shed_at = deadline if link.shed_at is None else min(link.shed_at, deadline)
-
-    def close(self) -> None:
-        for link in list(self.links.values()):
-            self._close(link)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-
-
-# ============================================================
-# probed/httpproto.py
-# ============================================================
+''')
+
+# ==============================================================================
+# Layer 2 of 10: wire format: bytes in, events out: HTTP/1.1, Prometheus text, HTTP/2, gRPC; no I/O
+#   httpproto.py, clientproto.py, promselector.py, exprules.py, expfmt.py, hpack.py, h2frames.py, h2output.py, h2proto.py, grpchealth.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/httpproto.py: its lines 1-397 are lines 298-694 here (file line = module line + 297)
+# ------------------------------------------------------------------------------
+modules.add('probed/httpproto.py', 298, r'''
 """HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
+
+The server hands this module its receive buffer and gets back a `Request` (or "need more
+bytes", or an `HTTPError` carrying the status to answer with). Responses are built as two byte
+strings around the Date header so the server can splice in a per-second cached date without
+re-rendering anything. Every limit is a named constant below; h11 is the model.
 """
 
 import re
@@ -2421,14 +308,16 @@ import time
 from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-MAX_REQUEST_LINE = 8 * 1024
-MAX_HEADER_BYTES = 32 * 1024
-MAX_HEADER_FIELDS = 100
-MAX_BODY = 64 * 1024
-MAX_LEADING_BLANK = 64
+MAX_REQUEST_LINE = 8 * 1024  # longer -> 414
+MAX_HEADER_BYTES = 32 * 1024  # header block beyond the request line; longer -> 431
+MAX_HEADER_FIELDS = 100  # more -> 431
+MAX_BODY = 64 * 1024  # Content-Length beyond the route's cap -> 413
+MAX_LEADING_BLANK = 64  # CR/LF bytes tolerated before a request line; more -> 400
+# The end of a head is looked for only this far from its start: a longer head is over a limit
+# above anyway, and a pipelined buffer is never scanned past the request being parsed.
 MAX_HEAD_BYTES = MAX_LEADING_BLANK + MAX_REQUEST_LINE + MAX_HEADER_BYTES + 8
-CACHED_REQUESTS = 32
-CACHED_HEAD_BYTES = 1024
+CACHED_REQUESTS = 32  # distinct request heads RequestParser remembers; then it starts afresh
+CACHED_HEAD_BYTES = 1024  # longer heads are parsed every time, never remembered
 
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -2438,12 +327,14 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 
+# RFC 9110 token (method, header name) and field-value: visible chars, SP and HTAB only.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)\Z")
 _ABSOLUTE_FORM = re.compile(rb"https?://[^/?#]*", re.IGNORECASE)
 _TARGET_CHARS = re.compile(rb"[\x21-\x7e]+\Z")
 _COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST"))
+# Every field line: token ":" field-value, lines ending in LF with an optional CR before it.
 _HEADER_BLOCK = re.compile(
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x20\x09\x21-\x7e\x80-\xff]*\r?\n)*\Z")
 _DIGITS = re.compile(r"[0-9]{1,18}\Z")
@@ -2452,6 +343,7 @@ _CR_LF = (13, 10)
 
 
 class HTTPError(Exception):
+    """A request we answer with an error status and then close the connection."""
 
     def __init__(self, status: int, message: str, allow: str = "") -> None:
         super().__init__(message)
@@ -2461,6 +353,11 @@ class HTTPError(Exception):
 
 
 class Request:
+    """One parsed request. `path` is percent-decoded; `query` is the raw query string.
+
+    `body_pending`: body bytes not received yet, for a request answered from its head (it
+    asked `Expect: 100-continue`); such a request is never keep-alive, since the server closes
+    rather than read a body nobody wants."""
 
     __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive", "body",
                  "body_pending")
@@ -2479,6 +376,7 @@ class Request:
         self.body_pending = body_pending
 
     def query_pairs(self) -> List[Tuple[str, str]]:
+        """Decoded `key=value` pairs in order; a bare key has the value ''."""
         if not self.query:
             return []
         try:
@@ -2488,6 +386,10 @@ class Request:
 
 
 def _find_head_end(buf: bytes, start: int) -> Tuple[int, int]:
+    """Return (end of header block, index after the blank line), or (-1, -1).
+
+    Both searches stop at MAX_HEAD_BYTES from `start` (and the bare-LF one at the CRLF end):
+    the work is bounded by one head, whatever follows it in a pipelined buffer."""
     limit = start + MAX_HEAD_BYTES
     crlf = buf.find(b"\n\r\n", start, limit)
     lf = buf.find(b"\n\n", start, crlf + 1 if crlf >= 0 else limit)
@@ -2499,7 +401,8 @@ def _find_head_end(buf: bytes, start: int) -> Tuple[int, int]:
 
 
 def _skip_blank_lines(buf: bytes, start: int) -> int:
-    end = _LEADING_BLANK.match(buf, start).end()
+    """Index of the first byte after the CR/LF bytes at `start` (RFC 9112 section 2.2)."""
+    end = _LEADING_BLANK.match(buf, start).end()  # type: ignore[union-attr]
     if end - start > MAX_LEADING_BLANK:
         raise HTTPError(400, "more than %d bytes of empty lines before the request" %
                         MAX_LEADING_BLANK)
@@ -2507,6 +410,7 @@ def _skip_blank_lines(buf: bytes, start: int) -> int:
 
 
 def _check_incomplete(buf: bytes, start: int) -> None:
+    """Raise the right limit error for a head that is not complete yet but already too big."""
     line_end = buf.find(b"\n", start, start + MAX_REQUEST_LINE + 2)
     if line_end < 0:
         if len(buf) - start > MAX_REQUEST_LINE + 1:
@@ -2517,6 +421,14 @@ def _check_incomplete(buf: bytes, start: int) -> None:
 
 def parse_request(buf: bytes, max_body: int = MAX_BODY,
                   start: int = 0) -> Tuple[Optional[Request], int]:
+    """Parse one request from `buf`, beginning at offset `start`.
+
+    Returns (request, offset just past it), or (None, start) when more bytes are needed.
+    Raises HTTPError for anything malformed or over a limit. Pipelined requests: call again
+    from the returned offset; the work per call is bounded by one request, not by `buf`.
+    A request that carries `Expect: 100-continue` and whose body has not arrived is returned
+    from its head alone, with `body_pending` set (see Request).
+    """
     n, begin = len(buf), start
     if start < n and buf[start] in _CR_LF:
         start = _skip_blank_lines(buf, start)
@@ -2540,6 +452,8 @@ def parse_request(buf: bytes, max_body: int = MAX_BODY,
     if n < body_start + length:
         if not _expects_continue(version, headers):
             return None, begin
+        # The client waits for a go-ahead before it sends the body: answer from the head
+        # (no route here reads a body) and close, since the body is never read.
         return (Request(method, target.decode("ascii"), path, query, version, headers, False,
                         b"", length - (n - body_start)), n)
     body = bytes(buf[body_start:body_start + length])
@@ -2552,12 +466,20 @@ def _expects_continue(version: str, headers: Dict[str, str]) -> bool:
 
 
 class RequestParser:
+    """`parse_request` with a memory of recent heads, for one server.
+
+    A kubelet sends byte-for-byte the same request for every probe of a container, so a head
+    seen before maps straight to its parsed Request (parsing is a pure function of the head's
+    bytes). Only short heads without a body are remembered, at most CACHED_REQUESTS of them;
+    the returned Request may be shared between calls and must be treated as read-only.
+    """
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
         self.max_body = max_body
         self._heads: Dict[bytes, Request] = {}
 
     def parse(self, buf: bytes, start: int = 0) -> Tuple[Optional[Request], int]:
+        """As parse_request(buf, max_body, start)."""
         end = buf.find(b"\r\n\r\n", start, start + CACHED_HEAD_BYTES) + 4
         key = b""
         if end >= 4:
@@ -2569,13 +491,14 @@ class RequestParser:
         if (key and request is not None and used == end and "expect" not in request.headers
                 and "content-length" not in request.headers):
             if len(self._heads) >= CACHED_REQUESTS:
-                self._heads.clear()
+                self._heads.clear()  # bounded; a client sending ever-new heads gains nothing
             self._heads[key] = request
         return request, used
 
 
 def is_head_request(buf: bytes, start: int = 0) -> bool:
-    end = _LEADING_BLANK.match(buf, start).end()
+    """Whether the request starting at `start` is a HEAD (its error reply has no body)."""
+    end = _LEADING_BLANK.match(buf, start).end()  # type: ignore[union-attr]
     return buf.startswith(b"HEAD ", end)
 
 
@@ -2601,6 +524,8 @@ def _parse_request_line(line: bytes) -> Tuple[str, bytes, str]:
 
 
 def _parse_headers(lines: List[bytes]) -> Dict[str, str]:
+    # One regex over the whole block validates every field (the common case); only a bad
+    # block is walked line by line, to say which rule it broke.
     fields = lines[1:]
     if fields and not _HEADER_BLOCK.match(b"\n".join(fields) + b"\n"):
         _explain_bad_header(fields)
@@ -2679,20 +604,24 @@ def _split_target(target: bytes) -> Tuple[str, str]:
     return path, query.partition(b"#")[0].decode("ascii")
 
 
-CONN_KEEP = 0
+# --- responses --------------------------------------------------------------------------------
+
+CONN_KEEP = 0  # HTTP/1.1 keep-alive: no Connection header needed
 CONN_CLOSE = 1
-CONN_KEEP_10 = 2
+CONN_KEEP_10 = 2  # HTTP/1.0 keep-alive must be confirmed explicitly
 
 _CONNECTION_LINES = (b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n")
 
 
 def connection_mode(request: Request) -> int:
+    """Which Connection header a reply to `request` carries."""
     if not request.keep_alive:
         return CONN_CLOSE
     return CONN_KEEP if request.version == "1.1" else CONN_KEEP_10
 
 
 class PreparedResponse:
+    """A response split around its Date value: `before + date + after` is the wire bytes."""
 
     __slots__ = ("status", "before", "after", "close", "_date", "_wire")
 
@@ -2705,6 +634,8 @@ class PreparedResponse:
         self._wire = b""
 
     def wire(self, date: bytes) -> bytes:
+        """The bytes to send with this Date value. A cached reply is sent many times a second
+        with one date, so the bytes for the last date object given are kept."""
         if date is not self._date:
             self._date, self._wire = date, self.before + date + self.after
         return self._wire
@@ -2713,6 +644,7 @@ class PreparedResponse:
 def build_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
                    head: bool = False, mode: int = CONN_KEEP,
                    extra_headers: Iterable[Tuple[str, str]] = ()) -> PreparedResponse:
+    """Render a full response; HEAD keeps Content-Length of the body it leaves out."""
     extra = "".join("%s: %s\r\n" % kv for kv in extra_headers).encode("latin-1")
     before = ("HTTP/1.1 %d %s\r\nDate: " % (status, REASONS.get(status, "Unknown"))).encode("ascii")
     after = b"".join((
@@ -2725,6 +657,7 @@ def build_response(status: int, body: bytes, content_type: str = "text/plain; ch
 
 
 def build_error_response(error: HTTPError, head: bool = False) -> PreparedResponse:
+    """The reply to a protocol or routing error: plain text, and the connection closes."""
     extra = (("Allow", error.allow),) if error.allow else ()
     body = ("%d %s: %s\n" % (error.status, REASONS.get(error.status, "Error"), error.message))
     return build_response(error.status, body.encode("utf-8"), head=head, mode=CONN_CLOSE,
@@ -2736,6 +669,8 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 class DateCache:
+    """The Date value for a given second, formatted once per second: the one bytes object per
+    second that PreparedResponse.wire recognises by identity."""
 
     __slots__ = ("_second", "_value")
 
@@ -2744,6 +679,7 @@ class DateCache:
         self._value = b""
 
     def at(self, epoch_seconds: float) -> bytes:
+        """IMF-fixdate of `epoch_seconds`, the same object all through one second."""
         second = int(epoch_seconds)
         if second != self._second:
             self._second, self._value = second, http_date(second)
@@ -2751,108 +687,3600 @@ class DateCache:
 
 
 def http_date(epoch_seconds: float) -> bytes:
+    """IMF-fixdate for the Date header (RFC 9110 §5.6.7), independent of the C locale."""
     t = time.gmtime(epoch_seconds)
     return ("%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
         t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
+''')
+
+# ------------------------------------------------------------------------------
+# probed/clientproto.py: its lines 1-115 are lines 701-815 here (file line = module line + 700)
+# ------------------------------------------------------------------------------
+modules.add('probed/clientproto.py', 701, r'''
+"""The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
+
+The client (client.py) moves bytes between a socket and these functions, the way the server
+moves them through httpproto.py. Must never: put a header value (it may be a bearer token)
+into an error message.
+"""
+
+import re
+from typing import Dict, Mapping, Optional, Tuple
+from urllib.parse import quote, urlsplit
+
+CLIENT_USER_AGENT = "probed"
+CLIENT_MAX_LINE_BYTES = 8 * 1024  # the status line; one chunk-size line with its extensions
+CLIENT_FETCH_ERROR_KINDS = (
+    "refused", "timeout", "reset", "dns", "tls", "protocol", "too-large", "closed")
+_CLIENT_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_CLIENT_LINE_END = re.compile(rb"\r?\n")
+_CLIENT_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
+_CLIENT_SAFE_TARGET = "!#$%&'()*+,/:;=?@[]~"
+_CLIENT_OWNED_HEADERS = ("connection", "content-length", "transfer-encoding")
 
 
-# ============================================================
-# probed/connection.py
-# ============================================================
-"""One client connection's state, the server's counters, and the rules over open connections
-that need no socket: which one gives way at the cap, and which ones are past their deadline.
+class FetchError(Exception):
+    """A fetch that produced no HTTP response; `.kind` is one of CLIENT_FETCH_ERROR_KINDS."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return "FetchError(%r, %r)" % (self.kind, str(self))
+
+
+def split_url(url: str) -> Tuple[str, str, int, str]:
+    """Split an http(s) URL into (scheme, host, port, target); ValueError otherwise.
+
+    The host comes without IPv6 brackets; the target is percent-encoded and "/" at least.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL, got scheme %r" % parts.scheme)
+    if "@" in parts.netloc:
+        raise ValueError("credentials in the URL are not supported; send a header instead")
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError("expected a host after %s://" % scheme)
+    port = parts.port  # ValueError for a bad or out-of-range port
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    target = quote(parts.path or "/", safe=_CLIENT_SAFE_TARGET)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_CLIENT_SAFE_TARGET)
+    return scheme, host, port, target
+
+
+def _client_build_request(method: str, scheme: str, host: str, port: int, target: str,
+                          headers: Optional[Mapping[str, str]], body: Optional[bytes]) -> bytes:
+    """The request head and body as bytes; ValueError (naming the header, never its value)."""
+    if not _CLIENT_TOKEN.match(method):
+        raise ValueError("bad HTTP method %r" % method)
+    authority = "[%s]" % host if ":" in host else host
+    if port != (443 if scheme == "https" else 80):
+        authority += ":%d" % port
+    fields = {"host": ("Host", authority), "user-agent": ("User-Agent", CLIENT_USER_AGENT),
+              "accept": ("Accept", "*/*")}  # type: Dict[str, Tuple[str, str]]
+    for name, value in (headers or {}).items():
+        if not _CLIENT_TOKEN.match(name):
+            raise ValueError("bad header name %r" % name)
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise ValueError("header %r has a CR, LF or NUL in its value" % name)
+        if name.lower() not in _CLIENT_OWNED_HEADERS:  # framing is ours to decide
+            fields[name.lower()] = (name, value)
+    fields["connection"] = ("Connection", "close")
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        fields["content-length"] = ("Content-Length", str(len(body or b"")))
+    lines = ["%s %s HTTP/1.1" % (method, target)]
+    lines.extend("%s: %s" % pair for pair in fields.values())
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("header values must be latin-1 text") from None
+    return head + (body or b"")
+
+
+def _client_parse_fields(block: bytes) -> Dict[str, str]:
+    """Header fields as a dict: lower-case names, repeats joined by ", ", folds joined by SP."""
+    fields = {}  # type: Dict[str, str]
+    last = ""
+    for raw in _CLIENT_LINE_END.split(block):
+        line = raw.decode("latin-1")
+        if line[:1] in (" ", "\t") and last:  # obsolete line folding (RFC 7230 3.2.4)
+            fields[last] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip().lower()
+        if not sep or not _CLIENT_TOKEN.match(name):
+            raise FetchError("protocol", "bad header line %r" % line[:40])
+        value = value.strip(" \t")
+        fields[name] = fields[name] + ", " + value if name in fields else value
+        last = name
+    return fields
+
+
+def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
+    """(status, reason) from `HTTP/1.x 200 OK`; the reason may be missing."""
+    match = _CLIENT_STATUS_LINE.match(line)
+    if not match:
+        raise FetchError("protocol", "bad status line %r" % line[:32].decode("latin-1"))
+    status = int(match.group(1))
+    if status < 100:
+        raise FetchError("protocol", "status code %d out of range" % status)
+    return status, (match.group(2) or b"").decode("latin-1").strip()
+''')
+
+# ------------------------------------------------------------------------------
+# probed/promselector.py: its lines 1-147 are lines 822-968 here (file line = module line + 821)
+# ------------------------------------------------------------------------------
+modules.add('probed/promselector.py', 822, r'''
+"""PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
+syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
+
+Pure functions; no I/O here. A bad selector or aggregation raises ValueError saying what is wrong.
+"""
+
+import re
+from typing import Dict, List, Optional, Pattern, Sequence, Tuple, cast
+
+AGGREGATIONS = ("sum", "max", "min", "avg", "count")
+PROM_NAME_PATTERN = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+PROM_LABEL_PATTERN = r"[a-zA-Z_][a-zA-Z0-9_]*"
+PROM_NAME_RE = re.compile(PROM_NAME_PATTERN)
+PROM_TEXT_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}  # all the text exposition format knows
+PROM_EXCERPT_CHARS = 60  # how much of a bad line or selector an error message quotes
+
+_PROMSEL_ESCAPES = dict(PROM_TEXT_ESCAPES, **{"'": "'", "t": "\t"})
+_PROMSEL_OPS = ("=", "!=", "=~", "!~")
+_PROMSEL_LABEL_RE = re.compile(PROM_LABEL_PATTERN)
+_PROMSEL_ESCAPE_RE = re.compile(r"\\(.)")
+_PROMSEL_HEAD_RE = re.compile(r"\s*(%s)?\s*" % PROM_NAME_PATTERN)
+_PROMSEL_CLOSE_RE = re.compile(r"\s*\}\s*")
+_PROMSEL_ITEM_RE = re.compile(
+    r"""\s*(?:(%s)|"((?:[^"\\]|\\.)*)")\s*(?:(=~|!~|!=|=)\s*"""
+    r"""(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'))?\s*(?:,|(?=\s*\}))""" % PROM_LABEL_PATTERN,
+    re.S)
+
+
+def prom_unescape(text: str, table: Dict[str, str] = PROM_TEXT_ESCAPES) -> str:
+    """Resolve backslash escapes; an escape not in `table` stays as written."""
+    if "\\" not in text:
+        return text
+    return _PROMSEL_ESCAPE_RE.sub(lambda m: table.get(m.group(1), m.group(0)), text)
+
+
+def prom_excerpt(text: str) -> str:
+    """`text` quoted for an error message, cut after PROM_EXCERPT_CHARS characters."""
+    return repr(text if len(text) <= PROM_EXCERPT_CHARS else text[:PROM_EXCERPT_CHARS] + "...")
+
+
+def _promsel_quote(text: str) -> str:
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Selector:
+    """A metric name and label matchers, PromQL style: `name{label="v",other=~"a|b"}`."""
+
+    __slots__ = ("name", "matchers", "_tests")
+
+    def __init__(self, name: str, matchers: Sequence[Tuple[str, str, str]] = ()) -> None:
+        if not name:
+            raise ValueError("a selector needs a metric name")
+        self.name = name
+        self.matchers = tuple((label, op, value) for label, op, value in matchers)
+        tests = []
+        for label, op, value in self.matchers:
+            if op not in _PROMSEL_OPS:
+                raise ValueError("unknown operator %r for label %r: expected =, !=, =~ or !~"
+                                 % (op, label))
+            try:  # used with fullmatch: anchored at both ends like PromQL
+                tests.append((label, op, re.compile(value, re.S) if "~" in op else value))
+            except re.error as exc:
+                raise ValueError("bad regular expression %r for label %r: %s"
+                                 % (value, label, exc)) from None
+        self._tests = tuple(tests)
+
+    def matches(self, labels: Dict[str, str]) -> bool:
+        """True when every matcher holds; a missing label counts as the empty string."""
+        for label, op, want in self._tests:
+            have = labels.get(label, "")
+            if op == "=":
+                ok = have == want
+            elif op == "!=":
+                ok = have != want
+            else:
+                ok = (cast(Pattern[str], want).fullmatch(have) is None) == (op == "!~")
+            if not ok:
+                return False
+        return True
+
+    def __str__(self) -> str:
+        bare = PROM_NAME_RE.fullmatch(self.name) is not None
+        parts = [] if bare else [_promsel_quote(self.name)]
+        for label, op, value in self.matchers:
+            shown = label if _PROMSEL_LABEL_RE.fullmatch(label) else _promsel_quote(label)
+            parts.append(shown + op + _promsel_quote(value))
+        return (self.name if bare else "") + ("{%s}" % ",".join(parts) if parts else "")
+
+    def __repr__(self) -> str:
+        return "parse_selector(%r)" % str(self)
+
+
+def parse_selector(text: str) -> Selector:
+    """Parse `name`, `name{l1="v",l2!="v",l3=~"re",l4!~"re"}` or `{"dotted.name",l="v"}`.
+
+    Values take double or single quotes; regexes must match the whole value (PromQL anchoring);
+    `__name__="x"` also names the metric. Raises ValueError saying where the syntax broke.
+    """
+    head = _PROMSEL_HEAD_RE.match(text)
+    assert head is not None  # the head pattern matches the empty string
+    name, pos = head.group(1), head.end()
+    matchers = []  # type: List[Tuple[str, str, str]]
+    if text.startswith("{", pos):
+        pos += 1
+        while not _PROMSEL_CLOSE_RE.match(text, pos):
+            item = _PROMSEL_ITEM_RE.match(text, pos)
+            if item is None:
+                raise ValueError("selector %r: expected label=\"value\" (or !=, =~, !~) or '}' "
+                                 "at position %d" % (text, pos))
+            bare, quoted, op, dq, sq = item.groups()
+            label = prom_unescape(quoted, _PROMSEL_ESCAPES) if bare is None else bare
+            value = prom_unescape(dq if dq is not None else sq or "", _PROMSEL_ESCAPES)
+            if op is None and quoted is None:
+                raise ValueError("selector %r: label %r needs an operator and a quoted value"
+                                 % (text, label))
+            if op is None or (label == "__name__" and op == "="):
+                if name:
+                    raise ValueError("selector %r names more than one metric" % text)
+                name = label if op is None else value
+            else:
+                matchers.append((label, op, value))
+            pos = item.end()
+        close = _PROMSEL_CLOSE_RE.match(text, pos)
+        assert close is not None  # the loop above ends only where it matches
+        pos = close.end()
+    if pos != len(text):
+        raise ValueError("selector %r: unexpected %s at position %d"
+                         % (text, prom_excerpt(text[pos:]), pos))
+    if not name:
+        raise ValueError("selector %r has no metric name: write name{...} or {\"name\",...}" % text)
+    return Selector(name, matchers)
+
+
+def aggregate(values: Sequence[float], how: str) -> Optional[float]:
+    """Combine values by `how` in AGGREGATIONS; None when there are none (count gives 0.0).
+
+    max and min skip NaN unless every value is NaN (as PromQL does); sum and avg pass it on.
+    """
+    if how not in AGGREGATIONS:
+        raise ValueError("unknown aggregation %r: expected one of %s"
+                         % (how, ", ".join(AGGREGATIONS)))
+    if how == "count" or not values:
+        return float(len(values)) if how == "count" else None
+    if how in ("sum", "avg"):
+        return float(sum(values)) / (len(values) if how == "avg" else 1)
+    numbers = [v for v in values if v == v] or list(values)
+    return float(max(numbers) if how == "max" else min(numbers))
+''')
+
+# ------------------------------------------------------------------------------
+# probed/exprules.py: its lines 1-339 are lines 975-1313 here (file line = module line + 974)
+# ------------------------------------------------------------------------------
+modules.add('probed/exprules.py', 975, r'''
+"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
+OpenMetrics, one line at a time.
+
+Sans-I/O: strings in, samples or ExpositionError (a ValueError starting "line N: ") out; no
+sockets, files, clocks or logging here. expfmt.py frames bodies and selects series with these.
+
+The text format follows prometheus/common (blanks around tokens, trailing commas, integer-ms
+timestamps, escapes \\\\ \\" \\n only, quoted UTF-8 names); OpenMetrics is strict (single spaces,
+`# EOF` last, exemplars, timestamps in seconds).
+
+Every pattern here is matched against one line at a time, and the number grammar has one way to
+match each number, so no input costs more than linear time: a whole-body pattern once
+backtracked across lines, exponentially in their count (`x 1` lines, then one bad line).
+Must never: match a pattern across a line break, or keep per-series state without a cap.
+"""
+
+import re
+from typing import Dict, FrozenSet, Match, Optional, Pattern, Set, Tuple
+
+from .promselector import (PROM_LABEL_PATTERN, PROM_NAME_PATTERN, PROM_NAME_RE, prom_excerpt,
+                           prom_unescape)
+
+_EXPFMT_MAX_EXEMPLAR_CHARS = 128  # OpenMetrics: exemplar label names + values, in code points
+_EXPFMT_MAX_TS_DIGITS = 19  # text-format timestamps are int64 milliseconds
+# Series of the selected families kept for OpenMetrics' order rules (one block per family,
+# timestamps never going back) while selecting; past it the body is refused as too big.
+EXPFMT_MAX_TRACKED_SERIES = 5000
+
+ExpositionSample = Tuple[str, Dict[str, str], float, Optional[float]]
+_ExpfmtSeriesKey = Tuple[str, Tuple[Tuple[str, str], ...]]
+
+# One way to match each number: `[0-9]+\.?[0-9]*` could split "123" three ways, and a line that
+# failed later retried every split (quadratic in the digits of one number).
+_EXPFMT_FLOAT = (r"(?:[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+                 r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)|[nN][aA][nN])")
+_EXPFMT_REAL = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_EXPFMT_OM_TYPES = "counter|gauge|histogram|gaugehistogram|stateset|info|summary|unknown"
+_EXPFMT_TEXT_TYPES = _EXPFMT_OM_TYPES + "|untyped|gauge_histogram"
+
+
+def _expfmt_text_grammar() -> Tuple[str, str, str]:
+    """Comment, sample and label-set patterns of the Prometheus text format."""
+    q = r'"[^"\\\n]*(?:"|(?:\\[\\"n][^"\\\n]*)+")'
+    pair = r"(?:%s|%s)[ \t]*=[ \t]*%s" % (PROM_LABEL_PATTERN, q, q)
+    pairs = r"[ \t]*(?:%s(?:[ \t]*,[ \t]*%s)*[ \t]*(?:,[ \t]*)?)?" % (pair, pair)
+    qpairs = r"[ \t]*(?:%s[ \t]*,[ \t]*)*%s[ \t]*(?:,%s)?" % (pair, q, pairs)
+    name = "(?:%s|%s)" % (PROM_NAME_PATTERN, q)
+    comment = (r"[ \t]*\#(?:[ \t]*HELP(?:[ \t]+(?P<hname>%s)(?:[ \t]+(?P<help>[^\n]*))?)?[ \t]*"
+               r"|[ \t]*TYPE(?:[ \t]+(?P<tname>%s)(?:[ \t]+(?P<type>(?i:%s)))?)?[ \t]*"
+               r"|(?![ \t]*(?:HELP|TYPE)(?![^ \t\n]))[^\n]*)") % (name, name, _EXPFMT_TEXT_TYPES)
+    sample = (r"[ \t]*(?:(?P<name>%s)(?:[ \t]*\{(?P<lab>%s)\}[ \t]*|[ \t]+)|\{(?P<qlab>%s)\}[ \t]*)"
+              r"(?P<val>%s)(?:[ \t]+(?P<ts>[-+]?[0-9]+))?[ \t]*"
+              ) % (PROM_NAME_PATTERN, pairs, qpairs, _EXPFMT_FLOAT)
+    return comment, sample, r"\{(?:%s|%s)\}" % (pairs, qpairs)
+
+
+def _expfmt_om_grammar() -> Tuple[str, str, str]:
+    """Comment, sample and label-set patterns of OpenMetrics 1.0 (plus quoted UTF-8 names)."""
+    q = r'"[^"\\\n]*(?:"|(?:\\[^\n][^"\\\n]*)+")'
+    pair = "(?:%s|%s)=%s" % (PROM_LABEL_PATTERN, q, q)
+    pairs = "(?:%s(?:,%s)*)?" % (pair, pair)
+    qpairs = "(?:%s,)*%s(?:,%s)*" % (pair, q, pair)
+    name = "(?:%s|%s)" % (PROM_NAME_PATTERN, q)
+    comment = (r"\# (?:HELP (?P<hname>%s) (?P<help>[^\n]*)|TYPE (?P<tname>%s) (?P<type>%s)"
+               r"|UNIT (?P<uname>%s) (?P<unit>[a-zA-Z0-9_:]*))"
+               ) % (name, name, _EXPFMT_OM_TYPES, name)
+    exemplar = r"(?: \# \{(?P<exl>%s)\} %s(?: %s)?)?" % (pairs, _EXPFMT_FLOAT, _EXPFMT_REAL)
+    sample = (r"(?:(?P<name>%s)(?:\{(?P<lab>%s)\})?|\{(?P<qlab>%s)\}) (?P<val>%s)(?: (?P<ts>%s))?%s"
+              ) % (PROM_NAME_PATTERN, pairs, qpairs, _EXPFMT_FLOAT, _EXPFMT_REAL, exemplar)
+    return comment, sample, r"\{(?:%s|%s)\}" % (pairs, qpairs)
+
+
+def _expfmt_compile(om: bool) -> Tuple[Pattern[str], ...]:
+    """Compile one format: comment line, sample line, label set, and the bad-line finder."""
+    comment, sample, labelset = _expfmt_om_grammar() if om else _expfmt_text_grammar()
+    line = r"(?:(?=[ \t]*\#)%s|%s%s)" % (comment, sample, "" if om else r"|[ \t]*")
+    # Searched over "\n" + lines: the LF before the first line the grammar rejects. Each line is
+    # tried in a lookahead of its own, so a failure never backtracks into the lines before it
+    # (as the old `(?:line\n)*` did, exponentially), and no state is kept per line.
+    bad = re.sub(r"\(\?P<\w+>", "(?:", r"\n(?!%s\n|\Z)" % line)
+    return re.compile(comment), re.compile(sample), re.compile(labelset), re.compile(bad)
+
+
+# Each is a pair indexed by `om` (False: Prometheus text, True: OpenMetrics).
+_EXPFMT_COMMENT_RE, _EXPFMT_SAMPLE_RE, _EXPFMT_LABELSET_RE, _EXPFMT_BAD_LINE_RE = zip(
+    _expfmt_compile(False), _expfmt_compile(True))
+_EXPFMT_FLOAT_RE = re.compile(_EXPFMT_FLOAT)
+_EXPFMT_REAL_RE = re.compile(_EXPFMT_REAL)
+_EXPFMT_TS_RE = (re.compile("[-+]?[0-9]+"), _EXPFMT_REAL_RE)  # by `om`
+_EXPFMT_ITEM_RE = re.compile(r'(?:(%s)|"([^"\\]*(?:\\.[^"\\]*)*)")[ \t]*'
+                             r'(?:=[ \t]*"([^"\\]*(?:\\.[^"\\]*)*)")?' % PROM_LABEL_PATTERN)
+_EXPFMT_ROUGH_RE = re.compile(r'[ \t]*([^ \t{]*)[ \t]*(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\}|\{.*)?'
+                              r'[ \t]*([^ \t]*)[ \t]*([^ \t]*)')
+
+# Suffixes each type owns. In OpenMetrics only _EXPFMT_BARE_OK types also use the bare name.
+_EXPFMT_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
+_EXPFMT_OWNED = {"counter": ("_total", "_created"), "gauge": (), "unknown": (), "stateset": (),
+                 "info": ("_info",), "summary": ("_count", "_sum", "_created"),
+                 "histogram": ("_bucket", "_count", "_sum", "_created"),
+                 "gaugehistogram": ("_bucket", "_gcount", "_gsum")}
+_EXPFMT_BARE_OK = ("gauge", "unknown", "stateset", "summary")
+_EXPFMT_TYPE_ALIASES = {"untyped": "unknown", "gauge_histogram": "gaugehistogram"}
+# OpenMetrics: the samples that are counts (never negative or NaN); the only ones with exemplars.
+_EXPFMT_COUNTS = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                  "gaugehistogram": ("_bucket", "_gcount"), "summary": ("_count", "_sum")}
+_EXPFMT_EXEMPLAR_OK = {"counter": ("_total",), "histogram": ("_bucket",),
+                       "gaugehistogram": ("_bucket",)}
+
+
+class ExpositionError(ValueError):
+    """A malformed exposition body; `lineno` is the 1-based line of the first problem found."""
+
+    def __init__(self, lineno: int, message: str) -> None:
+        super().__init__("line %d: %s" % (lineno, message))
+        self.lineno = lineno
+
+
+class ExpositionTooBig(ExpositionError):
+    """A body past a limit of what is read (a line, or the series kept): not malformed, refused."""
+
+
+# ---- rules that need a decoded line or the lines before it --------------------------------------
+
+def _expfmt_labels(body: Optional[str], lineno: int) -> Tuple[Optional[str], Dict[str, str]]:
+    """Decode a label set the grammar accepted; also returns the quoted metric name in it."""
+    name, labels = None, {}  # type: Optional[str], Dict[str, str]
+    for item in _EXPFMT_ITEM_RE.finditer(body or ""):
+        bare, quoted, value = item.groups()
+        key = bare if bare is not None else prom_unescape(quoted)
+        if value is None:
+            name = key
+        elif key in labels or key == "__name__":
+            raise ExpositionError(lineno, "label name %r is %s"
+                                  % (key, "repeated" if key in labels else "reserved"))
+        else:
+            labels[key] = prom_unescape(value)
+    return name, labels
+
+
+def _expfmt_text_problem(ftype: str, suffix: str, labels: Dict[str, str],
+                         value: float) -> Optional[str]:
+    """prometheus/common's per-sample rules for histograms and summaries."""
+    le, quantile = labels.get("le"), labels.get("quantile")
+    if ftype in ("histogram", "gaugehistogram") and suffix in ("_bucket", "_count"):
+        if suffix == "_bucket" and le is not None and not _EXPFMT_FLOAT_RE.fullmatch(le):
+            return "expected a number as 'le' label, got %r" % le
+        if value < 0:
+            return "negative %s in a histogram: %r" % (suffix[1:], value)
+    if ftype == "summary" and not suffix and quantile is not None and (
+            not _EXPFMT_FLOAT_RE.fullmatch(quantile)):
+        return "expected a number as 'quantile' label, got %r" % quantile
+    return None
+
+
+def _expfmt_om_problem(family: str, ftype: str, suffix: str, labels: Dict[str, str],
+                       value: float, exemplar: Optional[Dict[str, str]]) -> Optional[str]:
+    """OpenMetrics rules that one sample can break on its own."""
+    le, quantile = labels.get("le"), labels.get("quantile")
+    if not suffix and ftype not in _EXPFMT_BARE_OK:
+        return "a sample of %s family %r needs one of the suffixes %s" % (
+            ftype, family, ", ".join(_EXPFMT_OWNED[ftype]))
+    if (suffix in _EXPFMT_COUNTS.get(ftype, ()) and not value >= 0) or (
+            suffix == "_gsum" and value != value):
+        return "value %r is not allowed for %s of a %s" % (value, suffix, ftype)
+    if suffix == "_bucket" and (le is None or not (le == "+Inf" or _EXPFMT_REAL_RE.fullmatch(le))):
+        return "a bucket needs an 'le' label holding a number or +Inf, got %r" % le
+    if ftype == "summary" and not suffix and (
+            quantile is None or not _EXPFMT_REAL_RE.fullmatch(quantile)
+            or not 0 <= float(quantile) <= 1 or value < 0):
+        return "a quantile needs a 'quantile' label from 0 to 1 and a value >= 0, got %r, %r" % (
+            quantile, value)
+    if ftype == "info" and value != 1:
+        return "an info sample must have the value 1, got %r" % value
+    if ftype == "stateset" and (family not in labels or value not in (0, 1)):
+        return "a stateset sample needs the label %r and the value 0 or 1" % family
+    if exemplar is not None and suffix not in _EXPFMT_EXEMPLAR_OK.get(ftype, ()):
+        return "exemplars are only allowed on counter _total and histogram _bucket samples"
+    size = sum(len(k) + len(v) for k, v in (exemplar or {}).items())
+    if size > _EXPFMT_MAX_EXEMPLAR_CHARS:
+        return "exemplar labels hold %d characters, more than %d" % (
+            size, _EXPFMT_MAX_EXEMPLAR_CHARS)
+    return None
+
+
+def _expfmt_timestamp(token: Optional[str], om: bool, lineno: int) -> Optional[float]:
+    if token is None:
+        return None
+    if om:
+        return float(token)
+    if len(token.lstrip("+-")) > _EXPFMT_MAX_TS_DIGITS or not -2 ** 63 <= int(token) < 2 ** 63:
+        raise ExpositionError(lineno, "timestamp %r is outside the int64 millisecond range" % token)
+    return int(token) / 1000.0
+
+
+class _ExpfmtFamilies:
+    """What a body declared so far, and the rules that span lines; fed its lines in order."""
+
+    def __init__(self, om: bool, strict: Optional[FrozenSet[str]] = None) -> None:
+        self.om = om
+        self.strict = strict  # families whose every line is read (None: all)
+        self.types: Dict[str, str] = {}
+        self.declared: Set[Tuple[str, str]] = set()
+        self.sampled: Set[str] = set()
+        self.prev = ("", 0)  # family and line of the last sample read
+        self.series: Dict[_ExpfmtSeriesKey, Optional[float]] = {}
+
+    def family(self, name: str) -> Tuple[str, str, str]:
+        """(family, type, suffix) of a sample name, given the TYPE lines seen so far."""
+        if name in self.types:
+            return name, self.types[name], ""
+        for suffix in _EXPFMT_SUFFIXES:
+            base = name[:-len(suffix)]
+            if name.endswith(suffix) and suffix in _EXPFMT_OWNED.get(self.types.get(base, ""), ()):
+                return base, self.types[base], suffix
+        return name, "unknown", ""
+
+    def metadata(self, lineno: int, kind: str, name: str, arg: str) -> None:
+        problem = None
+        if (kind, name) in self.declared:
+            problem = "second %s line for metric family %r" % (kind, name)
+        elif name in self.sampled and (self.om or kind == "TYPE"):
+            problem = "%s line for metric family %r after its samples" % (kind, name)
+        elif kind == "TYPE":
+            ftype = _EXPFMT_TYPE_ALIASES.get(arg.lower(), arg.lower())
+            owner, _, suffix = self.family(name)
+            clash = [name + s for s in _EXPFMT_OWNED[ftype] if name + s in self.types]
+            if self.om and (clash or suffix):  # OpenMetrics: a sample name has one family
+                problem = "TYPE of %r clashes with metric family %r" % (name, (clash or [owner])[0])
+            self.types[name] = ftype
+        elif kind == "UNIT" and arg and not name.endswith("_" + arg):
+            problem = "UNIT %r is not the suffix of metric family %r" % (arg, name)
+        elif kind == "UNIT" and arg and self.types.get(name) in ("info", "stateset"):
+            problem = "%s metric family %r cannot have a UNIT" % (self.types[name], name)
+        if problem:
+            raise ExpositionError(lineno, problem)
+        self.declared.add((kind, name))
+
+    def sample(self, lineno: int, m: Match[str],
+               names: Optional[FrozenSet[str]]) -> Optional[ExpositionSample]:
+        """Check a sample line the grammar accepted; None if its name is not in `names`."""
+        name = m.group("name")
+        quoted, labels = _expfmt_labels(m.group("qlab" if name is None else "lab"), lineno)
+        name = quoted if name is None else name
+        if not name:
+            raise ExpositionError(lineno, "empty metric name")
+        if names is not None and name not in names:
+            return None
+        value, stamp = float(m.group("val")), _expfmt_timestamp(m.group("ts"), self.om, lineno)
+        family, ftype, suffix = self.family(name)
+        if self.om:
+            exemplar = m.group("exl")
+            problem = _expfmt_om_problem(family, ftype, suffix, labels, value, None if exemplar
+                                         is None else _expfmt_labels(exemplar, lineno)[1])
+        else:
+            problem = _expfmt_text_problem(ftype, suffix, labels, value)
+        if problem:
+            raise ExpositionError(lineno, "%s: %s" % (name, problem))
+        if self.om:
+            self._check_order(lineno, family, (name, tuple(sorted(labels.items()))), stamp)
+        self.sampled.add(family)
+        self.prev = (family, lineno)
+        return name, labels, value, stamp
+
+    def _check_order(self, lineno: int, family: str, series: _ExpfmtSeriesKey,
+                     stamp: Optional[float]) -> None:
+        """OpenMetrics: a family's samples form one block; a series' timestamps never go back."""
+        if family in self.sampled and self.prev != (family, lineno - 1) and (
+                self.strict is None or family in self.strict):
+            raise ExpositionError(lineno, "samples of metric family %r are not in one block"
+                                  % family)
+        if self.strict is not None and series not in self.series and (
+                len(self.series) >= EXPFMT_MAX_TRACKED_SERIES):
+            raise ExpositionTooBig(lineno, "the selected metric families hold more than %d series"
+                                   % EXPFMT_MAX_TRACKED_SERIES)
+        before = self.series.get(series, stamp)
+        if series in self.series and (before is None) != (stamp is None):
+            raise ExpositionError(lineno, "series %s mixes samples with and without timestamp"
+                                  % series[0])
+        if stamp is not None and before is not None and stamp < before:
+            raise ExpositionError(lineno, "timestamp of series %s goes backwards" % series[0])
+        self.series[series] = stamp
+
+
+# ---- lines and bodies ---------------------------------------------------------------------------
+
+def _expfmt_explain(line: str, om: bool) -> str:
+    """Say what is wrong with a line the grammar rejected."""
+    if om and line == "# EOF":
+        return "'# EOF' must be the last line"
+    if line.lstrip(" \t").startswith("#"):
+        return "malformed comment %s: expected %s" % (prom_excerpt(line), (
+            "'# HELP name text', '# TYPE name type' or '# any comment'",
+            "'# HELP name text', '# TYPE name type' or '# UNIT name unit', single spaces")[om])
+    rough = _EXPFMT_ROUGH_RE.match(line)
+    assert rough is not None  # every part of the rough pattern may be empty
+    name, labels, value, stamp = rough.groups()
+    if name and not PROM_NAME_RE.fullmatch(name):
+        return "invalid metric name %s" % prom_excerpt(name)
+    if labels is not None and not _EXPFMT_LABELSET_RE[om].fullmatch(labels):
+        return "malformed label set %s: expected label=\"value\" pairs%s" % (
+            prom_excerpt(labels), "" if om else " (escapes only \\\\, \\\" and \\n)")
+    if not _EXPFMT_FLOAT_RE.fullmatch(value):
+        return "expected a number as sample value, got %s" % prom_excerpt(value)
+    if stamp and stamp != "#" and not _EXPFMT_TS_RE[om].fullmatch(stamp):
+        return "expected a timestamp in %s, got %s" % (
+            "seconds" if om else "integer ms", prom_excerpt(stamp))
+    return "malformed sample line %s: expected 'name{label=\"value\",...} value [timestamp]'%s" % (
+        prom_excerpt(line), " with single spaces, then maybe ' # {labels} value'" if om else "")
+
+
+def _expfmt_line(state: _ExpfmtFamilies, line: str, lineno: int,
+                 names: Optional[FrozenSet[str]] = None,
+                 meta: Optional[FrozenSet[str]] = None) -> Optional[ExpositionSample]:
+    """Read one line (no LF); return it as a sample if its name is in `names` (None: any)."""
+    om = state.om
+    first = line.lstrip(" \t")[:1] if line[:1] in (" ", "\t") and not om else line[:1]
+    if first == "#":
+        m = _EXPFMT_COMMENT_RE[om].fullmatch(line)
+        if m is None:
+            raise ExpositionError(lineno, _expfmt_explain(line, om))
+        groups = m.groupdict()
+        for kind, key in (("HELP", "h"), ("TYPE", "t"), ("UNIT", "u")):
+            name, arg = groups.get(key + "name"), groups.get(kind.lower())
+            # the text format ignores a HELP without text, OpenMetrics does not
+            if name is not None and arg is not None and (arg or om or kind != "HELP"):
+                name = prom_unescape(name[1:-1]) if name[0] == '"' else name
+                if meta is None or name in meta:
+                    state.metadata(lineno, kind, name, arg)
+        return None
+    if not first:
+        if om:
+            raise ExpositionError(lineno, "blank line (not allowed in OpenMetrics)")
+        return None
+    m = _EXPFMT_SAMPLE_RE[om].fullmatch(line)
+    if m is None:
+        raise ExpositionError(lineno, _expfmt_explain(line, om))
+    return state.sample(lineno, m, names)
+
+
+''')
+
+# ------------------------------------------------------------------------------
+# probed/expfmt.py: its lines 1-301 are lines 1320-1620 here (file line = module line + 1319)
+# ------------------------------------------------------------------------------
+modules.add('probed/expfmt.py', 1320, r'''
+"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
+
+Sans-I/O: bytes in, samples out; no sockets, files, clocks or logging here. Bad input raises only
+ExpositionError (a ValueError starting "line N: "); a bad selector or aggregation, ValueError.
+The grammar and the rules of one line live in exprules.py. OpenMetrics is assumed when the last
+line is `# EOF` (or the caller says so); CRLF is accepted; timestamps come out in seconds.
+
+Validation: every line's syntax is checked, so a broken line anywhere (lost line break, open
+quote, cut-off body, HTML) rejects the body. Rules that need a decoded or an earlier line (label
+names, le/quantile, value ranges, exemplars, HELP/TYPE/UNIT, OpenMetrics order) cover every line
+in parse_samples but only the selected families (`x_bucket` -> `x` and all its names) in
+selection: a rule broken elsewhere cannot change a selected value, and selection never rejects
+what parse_samples accepts. Agreement between the samples of one histogram is never checked: a
+probe reads series, not distributions.
+
+`SeriesSelector` takes a body in pieces as it arrives (the scrape path): it keeps only the
+partial last line and the selected series, both capped, so a 16 MiB body costs kilobytes. Fed a
+whole body, `select_series` reports the first problem exactly as `parse_samples` does; streamed,
+framing problems (no final LF, no `# EOF`) are found at the end, after any bad line.
+"""
+
+import functools
+import re
+from typing import Dict, FrozenSet, Iterator, List, Optional, Pattern, Sequence, Set, Tuple
+
+from .exprules import (_EXPFMT_BAD_LINE_RE, _EXPFMT_SUFFIXES, ExpositionError, ExpositionSample,
+                       ExpositionTooBig, _expfmt_line, _ExpfmtFamilies)
+from .promselector import (AGGREGATIONS, Selector, aggregate, parse_selector,  # re-exported
+                           prom_excerpt)
+
+EXPFMT_MAX_LINE_BYTES = 64 << 10  # a streamed line longer than this is refused (bounds the
+# partial line held between pieces)
+EXPFMT_MAX_SERIES = 1000  # distinct series one selector keeps; past it the body is refused
+EXPFMT_MAX_KEPT_CHARS = 1 << 20  # characters of kept sample lines, all selectors together
+_EXPFMT_PLAN_CACHE = 64  # selector name sets whose line finder stays compiled
+
+SelectedSeries = List[Tuple[Dict[str, str], float]]
+
+
+def _expfmt_prepare(body: bytes, openmetrics: Optional[bool]) -> Tuple[str, bool]:
+    """Decode and frame a body: its complete lines (each ending in LF), and if it is OpenMetrics."""
+    try:
+        text = body if isinstance(body, str) else bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExpositionError(bytes(body).count(b"\n", 0, exc.start) + 1,
+                              "invalid UTF-8 at byte %d" % exc.start) from None
+    if "\r" in text:  # a scan for one character is cheaper than a replace that finds nothing
+        text = text.replace("\r\n", "\n")
+    end = text[:-1] if text.endswith("\n") else text
+    has_eof = end == "# EOF" or end.endswith("\n# EOF")
+    if not (has_eof if openmetrics is None else openmetrics):
+        cut = text.rfind("\n") + 1
+        if text[cut:].strip(" \t"):
+            raise _expfmt_no_final_lf(text.count("\n") + 1, text[cut:])
+        return text[:cut], False
+    if has_eof:
+        return end[:-5], True
+    early = ("\n" + text).find("\n# EOF\n")
+    if early >= 0:
+        raise ExpositionError(text.count("\n", 0, early) + 2, "text after '# EOF'")
+    raise _expfmt_no_eof(end.count("\n") + 1)
+
+
+def _expfmt_no_final_lf(lineno: int, tail: str) -> ExpositionError:
+    return ExpositionError(lineno, "last line has no line feed (body cut short?): %s"
+                           % prom_excerpt(tail))
+
+
+def _expfmt_no_eof(lineno: int) -> ExpositionError:
+    return ExpositionError(lineno, "missing '# EOF' at the end of the OpenMetrics body (cut "
+                           "short?)")
+
+
+@functools.lru_cache(maxsize=_EXPFMT_PLAN_CACHE)
+def _expfmt_plan(names: FrozenSet[str]) -> Tuple[Pattern[str], FrozenSet[str], FrozenSet[str],
+                                                 FrozenSet[str]]:
+    """The line finder for selected names, and the sample names, metadata names and families it
+    reads: every name of each family a selected name may belong to."""
+    def bases(name: str) -> Set[str]:  # the names themselves and `x` for `x_bucket` etc.
+        return {name} | {name[:-len(s)] for s in _EXPFMT_SUFFIXES if name.endswith(s) and name != s}
+    families = set().union(*map(bases, names))
+    wanted = {f + s for f in families for s in ("",) + _EXPFMT_SUFFIXES}
+    meta = set().union(*map(bases, wanted))
+
+    def alt(words: Set[str]) -> str:
+        return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    finder = re.compile(r'\n((?:[ \t{]|\#[ \t]*(?:HELP|TYPE|UNIT)[ \t]+(?:"|(?:%s)(?![\w:]))'
+                        r"|(?:%s)(?:%s)?(?=[ \t{]))[^\n]*)"
+                        % (alt(meta), alt(families), alt(set(_EXPFMT_SUFFIXES))), re.ASCII)
+    return finder, frozenset(wanted), frozenset(meta), frozenset(families)
+
+
+class _ExpfmtReader:
+    """One format's reading of a body: the state of its rules, its first problem, its `# EOF`."""
+
+    __slots__ = ("om", "state", "error", "eof")
+
+    def __init__(self, om: bool, families: FrozenSet[str]) -> None:
+        self.om = om
+        self.state = _ExpfmtFamilies(om, families)
+        self.error: Optional[ExpositionError] = None
+        self.eof = 0  # line number of the `# EOF` line once seen (OpenMetrics)
+
+    def fail(self, error: ExpositionError) -> None:
+        """Keep the first problem; after `# EOF` any further line is the problem."""
+        if self.error is None:
+            self.error = ExpositionError(self.eof + 1, "text after '# EOF'") if self.eof else error
+
+
+class SeriesSelector:
+    """Select series from an exposition body fed in pieces, holding only the partial last line and
+    what it keeps: `feed()` each piece as it arrives, then `close()` for the series.
+
+    Without `openmetrics` the format is known only at the end (`# EOF` last), so both grammars
+    read the body until one fails. Limits: EXPFMT_MAX_LINE_BYTES per line, EXPFMT_MAX_SERIES per
+    selector and EXPFMT_MAX_KEPT_CHARS in all; past one the body is refused (ExpositionTooBig).
+    """
+
+    def __init__(self, selectors: Sequence[Selector], openmetrics: Optional[bool] = None) -> None:
+        self.selectors = [s if isinstance(s, Selector) else parse_selector(s) for s in selectors]
+        families: FrozenSet[str] = frozenset()
+        self._finder: Optional[Pattern[str]] = None
+        self._wanted = self._meta = families
+        if self.selectors:
+            self._finder, self._wanted, self._meta, families = _expfmt_plan(
+                frozenset(s.name for s in self.selectors))
+        formats = (False, True) if openmetrics is None else (openmetrics,)
+        self._readers = [_ExpfmtReader(om, families) for om in formats]
+        self._found: List[Dict[Tuple[Tuple[str, str], ...], Tuple[Dict[str, str], float]]] = [
+            {} for _ in self.selectors]
+        self._kept = 0  # characters of the kept sample lines
+        self._pending = bytearray()  # the partial last line
+        self._lines = 0  # complete lines read
+        self._offset = 0  # bytes of complete lines read
+        self._last_eof = False  # the last complete line was `# EOF`
+
+    @property
+    def settled(self) -> bool:
+        """True once the body is refused whatever follows: no need to feed the rest."""
+        return all(r.error is not None for r in self._readers)
+
+    def feed(self, data: bytes) -> bool:
+        """Read the complete lines of the next piece; False once `settled`."""
+        view = memoryview(data)
+        for start in range(0, len(view), EXPFMT_MAX_LINE_BYTES):
+            if self.settled:
+                break
+            held = len(self._pending)
+            self._pending += view[start:start + EXPFMT_MAX_LINE_BYTES]
+            # Only the line held from earlier pieces can pass the cap (no piece is longer).
+            end = self._pending.find(b"\n", held)
+            if (end if end >= 0 else len(self._pending)) > EXPFMT_MAX_LINE_BYTES:
+                self._fail_all(ExpositionTooBig(self._lines + 1, "line longer than %d bytes"
+                                                % EXPFMT_MAX_LINE_BYTES))
+                break
+            cut = self._pending.rfind(b"\n") + 1
+            if cut:
+                block = bytes(self._pending[:cut])
+                del self._pending[:cut]
+                self._read_block(block)
+        return not self.settled
+
+    def close(self) -> List[SelectedSeries]:
+        """The end of the body: each selector's (labels, value) series, in the order they first
+        appeared; ExpositionError for a malformed body (or ExpositionTooBig)."""
+        tail = bytes(self._pending)
+        has_eof = tail == b"# EOF" or (not tail and self._last_eof)
+        reader = self._readers[-1 if has_eof else 0]  # (text, OpenMetrics) when undecided
+        if reader.om and (tail and reader.eof or not has_eof):
+            reader.fail(_expfmt_no_eof(self._lines + (1 if tail else 0) or 1))
+        elif not reader.om and tail.strip(b" \t"):
+            try:
+                line = tail.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reader.fail(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
+                                            % (self._offset + exc.start)))
+            else:
+                reader.fail(_expfmt_no_final_lf(self._lines + 1, line))
+        return self._result(reader)
+
+    def _result(self, reader: _ExpfmtReader) -> List[SelectedSeries]:
+        if reader.error is not None:
+            raise reader.error
+        return [list(found.values()) for found in self._found]
+
+    def _fail_all(self, error: ExpositionError) -> None:
+        for reader in self._readers:
+            reader.fail(error)
+
+    def _read_block(self, block: bytes) -> None:
+        """Complete lines as bytes: decoded, and invalid UTF-8 reported after the lines before."""
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            good = block.rfind(b"\n", 0, exc.start) + 1
+            self._read_block(block[:good])
+            self._fail_all(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
+                                           % (self._offset + exc.start - good)))
+            return
+        self._offset += len(block)
+        text = text.replace("\r\n", "\n") if "\r" in text else text
+        self._last_eof = text.endswith("\n# EOF\n") or text == "# EOF\n"
+        self.read_text(text)
+
+    def read_text(self, text: str) -> None:
+        """Read decoded complete lines (each ending in LF, no CR before it)."""
+        first, padded = self._lines, "\n" + text
+        self._lines += text.count("\n")
+        stops = []  # per reader: where its first line the grammar rejects starts
+        for reader in self._readers:
+            if reader.eof and text:  # (fail() says "text after '# EOF'")
+                reader.fail(ExpositionError(reader.eof + 1, ""))
+            bad = None if reader.error else _EXPFMT_BAD_LINE_RE[reader.om].search(padded)
+            stops.append(-1 if reader.error else bad.start() if bad else len(padded))
+        if self._finder is not None and max(stops) > 0:
+            self._read_candidates(self._finder, padded, first, stops)
+        for reader, stop in zip(self._readers, stops):
+            if reader.error is None and stop < len(padded):
+                lineno = first + padded.count("\n", 0, stop + 1)
+                end = padded.find("\n", stop + 1)
+                self._reject(reader, padded[stop + 1:end], lineno, end + 1 < len(padded))
+
+    def _read_candidates(self, finder: Pattern[str], padded: str, first: int,
+                         stops: List[int]) -> None:
+        """The lines the finder picks (selected families, metadata, indented lines), each read
+        by every format still reading at that line; kept when one of them returns a sample."""
+        lineno, counted = first, 0
+        for m in finder.finditer(padded, 0, max(stops)):
+            lineno += padded.count("\n", counted, m.start() + 1)
+            counted = m.start() + 1
+            line, sample = m.group(1), None
+            for reader, stop in zip(self._readers, stops):
+                if reader.error is not None or m.start() >= stop:
+                    continue
+                try:
+                    sample = _expfmt_line(reader.state, line, lineno, self._wanted,
+                                          self._meta) or sample
+                except ExpositionError as exc:
+                    reader.fail(exc)
+            if sample is not None:
+                self._keep(sample, lineno, len(line))
+            if self.settled:
+                return
+
+    def _reject(self, reader: _ExpfmtReader, line: str, lineno: int, more: bool) -> None:
+        """The first line the grammar rejected: `# EOF` ends OpenMetrics, anything else fails."""
+        if reader.om and line == "# EOF":
+            reader.eof = lineno
+            if more:
+                reader.fail(ExpositionError(lineno + 1, "text after '# EOF'"))
+            return
+        try:  # says what is wrong; the no-op names make it check syntax only
+            _expfmt_line(reader.state, line, lineno, frozenset(), frozenset())
+        except ExpositionError as exc:
+            reader.fail(exc)
+        else:  # the line and body grammars disagree: a bug, but still no silent pass
+            reader.fail(ExpositionError(lineno, "malformed line %s" % prom_excerpt(line)))
+
+    def _keep(self, sample: ExpositionSample, lineno: int, size: int) -> None:
+        name, labels, value, _ = sample
+        for i, sel in enumerate(self.selectors):
+            if sel.name != name or not sel.matches(labels):
+                continue
+            key, found = tuple(sorted(labels.items())), self._found[i]
+            if key not in found:
+                self._kept += size
+                if len(found) >= EXPFMT_MAX_SERIES:
+                    return self._fail_all(ExpositionTooBig(lineno, "%s matches more than %d "
+                                                           "series; narrow it with labels"
+                                                           % (sel, EXPFMT_MAX_SERIES)))
+                if self._kept > EXPFMT_MAX_KEPT_CHARS:
+                    return self._fail_all(ExpositionTooBig(
+                        lineno, "the selected series hold more than %d characters"
+                        % EXPFMT_MAX_KEPT_CHARS))
+            found[key] = (dict(labels), value)
+
+
+# ---- whole bodies ---------------------------------------------------------------------------
+
+def parse_samples(body: bytes, openmetrics: Optional[bool] = None) -> Iterator[ExpositionSample]:
+    """Every sample as (name, labels, value, timestamp in seconds or None), in body order.
+
+    The whole body is checked first; a malformed one raises ExpositionError at its first bad line.
+    """
+    text, om = _expfmt_prepare(body, openmetrics)
+    state = _ExpfmtFamilies(om)
+    samples = (_expfmt_line(state, line, n) for n, line in enumerate(text.split("\n")[:-1], 1))
+    return iter([sample for sample in samples if sample is not None])
+
+
+def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optional[bool] = None
+                  ) -> List[SelectedSeries]:
+    """For each selector, the (labels, value) of every series whose name and labels match.
+
+    A repeated series counts once, with its last value, where it first appeared. Selectors may
+    be text. Raises ExpositionError on a malformed body (see the module docstring).
+    """
+    text, om = _expfmt_prepare(body, openmetrics)
+    selector = SeriesSelector(selectors, om)
+    selector.read_text(text)
+    return selector._result(selector._readers[0])
+''')
+
+# ------------------------------------------------------------------------------
+# probed/hpack.py: its lines 1-259 are lines 1627-1885 here (file line = module line + 1626)
+# ------------------------------------------------------------------------------
+modules.add('probed/hpack.py', 1627, r'''
+"""HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
+
+Decoding covers all a client may send: indexed fields, literals with and without indexing,
+dynamic table size updates with eviction, and Huffman-coded strings (gRPC clients Huffman-code
+their values). Input that breaks the format or would decode to more than the header list limit
+raises HPACKError; the connection answers it with GOAWAY COMPRESSION_ERROR, because a block
+that was not decoded to its end leaves the dynamic table out of step with the client's.
+Encoding is only what our replies need: literals without indexing, names from the static table
+where one is there, no Huffman. Our replies therefore never touch the client's dynamic table.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+HeaderList = List[Tuple[bytes, bytes]]
+
+DYNAMIC_TABLE_LIMIT = 4096  # SETTINGS_HEADER_TABLE_SIZE: the protocol default, not raised
+HEADER_LIST_LIMIT = 16 * 1024  # decoded name + value + 32 per field (RFC 9113 §6.5.2), advertised
+HEADER_FIELDS_LIMIT = 100  # fields in one header block, as for HTTP/1.1
+HPACK_INTEGER_BYTES = 4  # continuation bytes of one integer: a value past 2^28 is refused
+ENTRY_OVERHEAD = 32  # RFC 7541 §4.1: what each table entry costs beyond its name and value
+HUFFMAN_CACHE_ENTRIES = 512  # decoded strings a server keeps (kubelets repeat theirs); then
+HUFFMAN_CACHE_STRING = 64  # it starts over; only strings up to this many bytes coded are kept
+
+# RFC 7541 Appendix A, index 1 to 61, "name" or "name=value", separated by "|".
+STATIC_TABLE: Tuple[Tuple[bytes, bytes], ...] = tuple(
+    (name.encode("ascii"), value.encode("ascii")) for name, _, value in (
+        entry.partition("=") for entry in (
+            ":authority|:method=GET|:method=POST|:path=/|:path=/index.html|:scheme=http|"
+            ":scheme=https|:status=200|:status=204|:status=206|:status=304|:status=400|"
+            ":status=404|:status=500|accept-charset|accept-encoding=gzip, deflate|"
+            "accept-language|accept-ranges|accept|access-control-allow-origin|age|allow|"
+            "authorization|cache-control|content-disposition|content-encoding|content-language|"
+            "content-length|content-location|content-range|content-type|cookie|date|etag|expect|"
+            "expires|from|host|if-match|if-modified-since|if-none-match|if-range|"
+            "if-unmodified-since|last-modified|link|location|max-forwards|proxy-authenticate|"
+            "proxy-authorization|range|referer|refresh|retry-after|server|set-cookie|"
+            "strict-transport-security|transfer-encoding|user-agent|vary|via|www-authenticate"
+        ).split("|")))
+STATIC_NAME_INDEX = {name: i + 1 for i, (name, _) in reversed(list(enumerate(STATIC_TABLE)))}
+
+# RFC 7541 Appendix B: the code length of symbols 0..256 (256 is EOS), each as chr(48 + bits).
+# The code is canonical (codes in order of length, then symbol), so the lengths define it.
+HUFFMAN_CODE_LENGTHS = (
+    "=GLLLLLLLHNLLNLLLLLLLLNLLLLLLLLL6::<=68;::8;8666555666666678?6<:=67777777777777777777777878"
+    "=C=>6?56565666577666567655677777?;>=LDFDDFFFGFGGGGGHGHHFGHGGGGEFGFGGHFEDFFGGEGFFHEFGGEEFEG"
+    "FGGDFFFGFFGJJDCFGFIJJJKKJHICEJKKJKHEEJJLKKKDHDEFEEGFFIIHHJGJKJJKKKKKLKKKKKJN")
+HUFFMAN_EOS = 256
+
+
+class HPACKError(Exception):
+    """A header block that cannot be decoded, or decodes past a limit (COMPRESSION_ERROR)."""
+
+
+def _huffman_tables() -> Tuple[Tuple[int, ...], Tuple[Tuple[int, int, Tuple[int, ...]], ...]]:
+    """(short, long): `short[byte]` is symbol << 4 | length for codes of up to 8 bits that the
+    byte starts with, else -1; `long` is (length, first code, symbols) for each longer length."""
+    lengths = [ord(c) - 48 for c in HUFFMAN_CODE_LENGTHS]
+    order = sorted(range(len(lengths)), key=lambda s: (lengths[s], s))
+    short = [-1] * 256
+    long_rows = []
+    code, prev = -1, lengths[order[0]]
+    first: Dict[int, int] = {}
+    by_length: Dict[int, List[int]] = {}
+    for sym in order:
+        bits = lengths[sym]
+        code = (code + 1) << (bits - prev)
+        prev = bits
+        first.setdefault(bits, code)
+        by_length.setdefault(bits, []).append(sym)
+        if bits <= 8:
+            base = code << (8 - bits)
+            for low in range(1 << (8 - bits)):
+                short[base + low] = sym << 4 | bits
+    for bits in sorted(b for b in by_length if b > 8):
+        long_rows.append((bits, first[bits], tuple(by_length[bits])))
+    return tuple(short), tuple(long_rows)
+
+
+HUFFMAN_SHORT, HUFFMAN_LONG = _huffman_tables()
+
+
+def huffman_decode(data: bytes) -> bytes:
+    """Decode a Huffman-coded string; padding must be under 8 bits, all ones, and EOS absent."""
+    value = int.from_bytes(data, "big")
+    left = len(data) * 8  # bits not decoded yet
+    out = bytearray()
+    short, long_rows = HUFFMAN_SHORT, HUFFMAN_LONG
+    while left:
+        if left < 8 and value & ((1 << left) - 1) == (1 << left) - 1:
+            break  # the padding: a prefix of EOS, all ones
+        if left >= 8:
+            entry = short[(value >> (left - 8)) & 0xFF]
+        else:
+            entry = short[((value << (8 - left)) | ((1 << (8 - left)) - 1)) & 0xFF]
+        if entry >= 0:
+            bits, sym = entry & 15, entry >> 4
+        else:
+            window = (value >> (left - 30) if left >= 30 else
+                      (value << (30 - left)) | ((1 << (30 - left)) - 1)) & 0x3FFFFFFF
+            sym = HUFFMAN_EOS
+            for bits, first, syms in long_rows:
+                index = (window >> (30 - bits)) - first
+                if 0 <= index < len(syms):
+                    sym = syms[index]
+                    break
+        if bits > left:
+            raise HPACKError("Huffman padding longer than 7 bits or not all ones")
+        if sym == HUFFMAN_EOS:
+            raise HPACKError("Huffman string contains EOS")
+        out.append(sym)
+        left -= bits
+    return bytes(out)
+
+
+def decode_integer(block: bytes, pos: int, prefix_bits: int) -> Tuple[int, int]:
+    """An HPACK integer whose prefix is the low `prefix_bits` of block[pos]: (value, next pos)."""
+    limit = (1 << prefix_bits) - 1
+    value = block[pos] & limit
+    pos += 1
+    if value < limit:
+        return value, pos
+    for shift in range(0, 7 * HPACK_INTEGER_BYTES, 7):
+        if pos >= len(block):
+            raise HPACKError("header block ends inside an integer")
+        byte = block[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+    raise HPACKError("integer longer than %d bytes" % (HPACK_INTEGER_BYTES + 1))
+
+
+class HPACKDecoder:
+    """One connection's decoder: its dynamic table lives as long as the connection.
+    `cache` (Huffman-coded -> decoded strings) may be shared by a server's connections."""
+
+    __slots__ = ("table", "size", "max_size", "list_limit", "cache")
+
+    def __init__(self, max_size: int = DYNAMIC_TABLE_LIMIT, list_limit: int = HEADER_LIST_LIMIT,
+                 cache: Optional[Dict[bytes, bytes]] = None) -> None:
+        self.table: List[Tuple[bytes, bytes]] = []  # newest first: index 62 is table[0]
+        self.size = 0
+        self.max_size = max_size  # the client's current choice, at most the setting
+        self.list_limit = list_limit
+        self.cache: Dict[bytes, bytes] = {} if cache is None else cache
+
+    def decode(self, block: bytes) -> HeaderList:
+        """Decode one complete header block into (name, value) pairs, in order."""
+        fields: HeaderList = []
+        total, pos, end = 0, 0, len(block)
+        while pos < end:
+            byte = block[pos]
+            if byte & 0x80:  # indexed field
+                index, pos = decode_integer(block, pos, 7)
+                name, value = self._entry(index)
+            elif byte & 0xE0 == 0x20:  # dynamic table size update
+                if fields:
+                    raise HPACKError("table size update after the first field")
+                size, pos = decode_integer(block, pos, 5)
+                if size > DYNAMIC_TABLE_LIMIT:
+                    raise HPACKError("table size %d over the %d allowed" % (
+                        size, DYNAMIC_TABLE_LIMIT))
+                self.max_size = size
+                self._evict(size)
+                continue
+            else:  # literal: with incremental indexing (01), without (0000) or never (0001)
+                indexing = byte & 0x40
+                index, pos = decode_integer(block, pos, 6 if indexing else 4)
+                if index:
+                    name = self._entry(index)[0]
+                else:
+                    name, pos = self._string(block, pos)
+                value, pos = self._string(block, pos)
+                if indexing:
+                    self._add(name, value)
+            total += len(name) + len(value) + ENTRY_OVERHEAD
+            if total > self.list_limit:
+                raise HPACKError("header list over %d bytes" % self.list_limit)
+            if len(fields) == HEADER_FIELDS_LIMIT:
+                raise HPACKError("more than %d header fields" % HEADER_FIELDS_LIMIT)
+            fields.append((name, value))
+        return fields
+
+    def _entry(self, index: int) -> Tuple[bytes, bytes]:
+        if 0 < index <= 61:
+            return STATIC_TABLE[index - 1]
+        if 61 < index <= 61 + len(self.table):
+            return self.table[index - 62]
+        raise HPACKError("no table entry %d" % index)
+
+    def _string(self, block: bytes, pos: int) -> Tuple[bytes, int]:
+        if pos >= len(block):
+            raise HPACKError("header block ends before a string")
+        huffman = block[pos] & 0x80
+        length, pos = decode_integer(block, pos, 7)
+        if length > self.list_limit:  # the block is bounded; this stops a lie in the length
+            raise HPACKError("string of %d bytes" % length)
+        end = pos + length
+        if end > len(block):
+            raise HPACKError("header block ends inside a string")
+        raw = block[pos:end]
+        if not huffman:
+            return raw, end
+        text = self.cache.get(raw)
+        if text is None:  # a kubelet's path, authority and user agent are the same each time
+            text = huffman_decode(raw)
+            if len(raw) <= HUFFMAN_CACHE_STRING:
+                if len(self.cache) >= HUFFMAN_CACHE_ENTRIES:
+                    self.cache.clear()
+                self.cache[raw] = text
+        return text, end
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        cost = len(name) + len(value) + ENTRY_OVERHEAD
+        if cost > self.max_size:  # RFC 7541 §4.4: an entry too big empties the table
+            self.table.clear()
+            self.size = 0
+            return
+        self._evict(self.max_size - cost)
+        self.table.insert(0, (name, value))
+        self.size += cost
+
+    def _evict(self, room: int) -> None:
+        """Drop the oldest entries until the table holds at most `room` bytes."""
+        table = self.table
+        while self.size > room:
+            name, value = table.pop()
+            self.size -= len(name) + len(value) + ENTRY_OVERHEAD
+
+
+def encode_integer(value: int, prefix_bits: int, flags: int) -> bytes:
+    """An HPACK integer with `flags` in the bits above the prefix of its first byte."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((flags | value,))
+    out = bytearray((flags | limit,))
+    value -= limit
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_headers(fields: Sequence[Tuple[bytes, bytes]]) -> bytes:
+    """A header block of literals without indexing (name from the static table if there)."""
+    out = []
+    for name, value in fields:
+        index = STATIC_NAME_INDEX.get(name, 0)
+        out.append(encode_integer(index, 4, 0))
+        if not index:
+            out.append(encode_integer(len(name), 7, 0) + name)
+        out.append(encode_integer(len(value), 7, 0) + value)
+    return b"".join(out)
+
+
+def encode_table_size_update(size: int) -> bytes:
+    """The instruction that tells the client our (empty) table's new maximum size."""
+    return encode_integer(size, 5, 0x20)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/h2frames.py: its lines 1-107 are lines 1892-1998 here (file line = module line + 1891)
+# ------------------------------------------------------------------------------
+modules.add('probed/h2frames.py', 1892, r'''
+"""HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
+header, the events the connection machine emits, and what makes a request's fields malformed.
+
+No I/O; h2proto.py holds the connection state machine that speaks it.
+"""
+
+from typing import Union
+
+from .hpack import HeaderList
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+DEFAULT_WINDOW = 65535
+MAX_WINDOW = (1 << 31) - 1
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, SETTINGS_TIMEOUT, STREAM_CLOSED, \
+    FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, CONNECT_ERROR, \
+    ENHANCE_YOUR_CALM = range(12)
+SETTING_HEADER_TABLE_SIZE, SETTING_ENABLE_PUSH, SETTING_MAX_CONCURRENT_STREAMS, \
+    SETTING_INITIAL_WINDOW_SIZE, SETTING_MAX_FRAME_SIZE, SETTING_MAX_HEADER_LIST_SIZE = range(1, 7)
+# RFC 9113 §8.2.2: fields that make a request malformed.
+CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                                 b"transfer-encoding", b"upgrade"))
+REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
+REQUIRED_PSEUDO = frozenset((b":method", b":scheme", b":path"))  # CONNECT is not served
+
+
+class RequestReceived:
+    """A request's header fields (decoded, validated); `end_stream`: no body follows."""
+
+    __slots__ = ("stream_id", "headers", "end_stream")
+
+    def __init__(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+        self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
+
+
+class DataReceived:
+    """Request body bytes; `end_stream` on the last (possibly empty, for trailers)."""
+
+    __slots__ = ("stream_id", "data", "end_stream")
+
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.stream_id, self.data, self.end_stream = stream_id, data, end_stream
+
+
+class StreamReset:
+    """A stream ended abnormally: the client reset it (`remote`) or we did (error, timeout)."""
+
+    __slots__ = ("stream_id", "code", "remote")
+
+    def __init__(self, stream_id: int, code: int, remote: bool) -> None:
+        self.stream_id, self.code, self.remote = stream_id, code, remote
+
+
+class ConnectionEnded:
+    """No more requests: GOAWAY sent or received and no stream left; close after sending."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+
+
+H2Event = Union[RequestReceived, DataReceived, StreamReset, ConnectionEnded]
+
+
+class H2ConnectionError(Exception):
+    """The client broke the protocol (or a limit): GOAWAY with `code`, then close."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class H2StreamError(Exception):
+    """One stream broke the protocol: RST_STREAM with `code`; the connection goes on."""
+
+    def __init__(self, stream_id: int, code: int) -> None:
+        super().__init__(code)
+        self.stream_id, self.code = stream_id, code
+
+
+def build_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One frame: 9-byte header and payload."""
+    return (len(payload).to_bytes(3, "big") + bytes((kind, flags)) +
+            stream_id.to_bytes(4, "big") + payload)
+
+
+def request_fields_valid(fields: HeaderList) -> bool:
+    """RFC 9113 §8.2-8.3: pseudo-fields first, once each, the three a request needs; names in
+    lower case; no connection-specific fields; `te` only as "trailers"."""
+    pseudo = set()
+    regular = False
+    for name, value in fields:
+        if name[:1] == b":":
+            if regular or name not in REQUEST_PSEUDO or name in pseudo:
+                return False
+            pseudo.add(name)
+        else:
+            regular = True
+            if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers") or \
+                    name != name.lower():
+                return False
+    return REQUIRED_PSEUDO <= pseudo
+''')
+
+# ------------------------------------------------------------------------------
+# probed/h2output.py: its lines 1-138 are lines 2005-2142 here (file line = module line + 2004)
+# ------------------------------------------------------------------------------
+modules.add('probed/h2output.py', 2005, r'''
+"""What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
+flow-control windows and frame size, and the settings of the client that shape them. No I/O.
+
+h2proto.py's connection machine owns one `H2Output` and calls it; nothing here reads input.
+"""
+
+from typing import Dict, List, Tuple
+
+from .h2frames import (
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    HEADERS,
+    MAX_WINDOW,
+    PROTOCOL_ERROR,
+    SETTING_HEADER_TABLE_SIZE,
+    SETTING_INITIAL_WINDOW_SIZE,
+    SETTING_MAX_FRAME_SIZE,
+    H2ConnectionError,
+    build_frame,
+)
+from .hpack import DYNAMIC_TABLE_LIMIT, encode_table_size_update
+
+PENDING_SEND_LIMIT = 16 * 1024  # reply bytes one stream may queue for flow-control window
+MIN_FRAME_SIZE = 16384  # the smallest SETTINGS_MAX_FRAME_SIZE a peer may ask for
+
+
+class H2Stream:
+    """One request/response exchange on the connection."""
+
+    __slots__ = ("id", "opened", "remote_done", "local_done", "send_window", "recv_window",
+                 "pending", "pending_bytes")
+
+    def __init__(self, stream_id: int, now: float, send_window: int) -> None:
+        self.id = stream_id
+        self.opened = now  # the client has the read timeout to finish its request
+        self.remote_done = False  # END_STREAM received
+        self.local_done = False  # END_STREAM queued by us
+        self.send_window = send_window
+        self.recv_window = DEFAULT_WINDOW
+        # (is_data, payload, end_stream) waiting for flow-control window, in order
+        self.pending: List[Tuple[bool, bytes, bool]] = []
+        self.pending_bytes = 0
+
+
+class H2Output:
+    """Frames queued for the socket, and the client's windows and settings for our replies."""
+
+    def __init__(self, first: bytes) -> None:
+        self.frames: List[bytes] = [first]
+        self.window = DEFAULT_WINDOW  # the client's connection window for our DATA
+        self.initial_window = DEFAULT_WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE of new streams
+        self.max_frame = MIN_FRAME_SIZE
+        self.table_size = DYNAMIC_TABLE_LIMIT  # our HPACK table's size as the client knows it
+        self.table_update = -1  # >= 0: our next header block first tells the client this size
+
+    def frame(self, kind: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
+        """Queue one frame."""
+        self.frames.append(build_frame(kind, flags, stream_id, payload))
+
+    def take(self) -> bytes:
+        """Everything queued, once."""
+        frames, self.frames = self.frames, []
+        return b"".join(frames)
+
+    def queue(self, stream: H2Stream, is_data: bool, payload: bytes, end: bool) -> bool:
+        """Add to a stream's queue; False (nothing queued) past PENDING_SEND_LIMIT."""
+        if is_data:
+            if stream.pending_bytes + len(payload) > PENDING_SEND_LIMIT:
+                return False
+            stream.pending_bytes += len(payload)
+        stream.pending.append((is_data, payload, end))
+        stream.local_done = end
+        return True
+
+    def flush(self, stream: H2Stream) -> bool:
+        """Send what the windows allow of a stream's queue, in order; True once it has all
+        gone and ended the stream."""
+        pending = stream.pending
+        while pending:
+            is_data, payload, end = pending[0]
+            if is_data:
+                room = min(self.window, stream.send_window, self.max_frame)
+                if payload and room <= 0:
+                    return False
+                if len(payload) > room:  # what fits goes; the rest waits for a window
+                    pending[0] = (True, payload[room:], end)
+                    self._data(stream, payload[:room], False)
+                    continue
+                self._data(stream, payload, end)
+            else:
+                self._headers(stream.id, payload, end)
+            pending.pop(0)
+        return stream.local_done
+
+    def _data(self, stream: H2Stream, data: bytes, end: bool) -> None:
+        size = len(data)
+        self.window -= size
+        stream.send_window -= size
+        stream.pending_bytes -= size
+        self.frame(DATA, END_STREAM if end else 0, stream.id, data)
+
+    def _headers(self, stream_id: int, block: bytes, end: bool) -> None:
+        if self.table_update >= 0:  # the first block after the client shrank our table
+            block, self.table_update = encode_table_size_update(self.table_update) + block, -1
+        size = self.max_frame
+        first, rest = block[:size], block[size:]
+        self.frame(HEADERS, (END_STREAM if end else 0) | (0 if rest else END_HEADERS),
+                   stream_id, first)
+        while rest:
+            first, rest = rest[:size], rest[size:]
+            self.frame(CONTINUATION, 0 if rest else END_HEADERS, stream_id, first)
+
+    def open_window(self, increment: int) -> None:
+        """A connection WINDOW_UPDATE (the caller flushes the streams)."""
+        self.window += increment
+        if self.window > MAX_WINDOW:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "connection window over 2^31-1")
+
+    def setting(self, key: int, value: int, streams: Dict[int, H2Stream]) -> None:
+        """Apply one of the client's settings that shapes what we send."""
+        if key == SETTING_HEADER_TABLE_SIZE and value < self.table_size:
+            self.table_size = self.table_update = value  # signalled in our next block
+        elif key == SETTING_INITIAL_WINDOW_SIZE:
+            if value > MAX_WINDOW:
+                raise H2ConnectionError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE %d" % value)
+            delta, self.initial_window = value - self.initial_window, value
+            for stream in streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise H2ConnectionError(FLOW_CONTROL_ERROR, "stream window over 2^31-1")
+        elif key == SETTING_MAX_FRAME_SIZE:
+            if not MIN_FRAME_SIZE <= value < 1 << 24:
+                raise H2ConnectionError(PROTOCOL_ERROR, "MAX_FRAME_SIZE %d" % value)
+            self.max_frame = value
+''')
+
+# ------------------------------------------------------------------------------
+# probed/h2proto.py: its lines 1-478 are lines 2149-2626 here (file line = module line + 2148)
+# ------------------------------------------------------------------------------
+modules.add('probed/h2proto.py', 2149, r'''
+"""HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
+
+The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
+returns; `receive()` returns events (a request's headers, its data, a reset, the end). The layer
+above answers through `send_headers`/`send_data`, which keep to the client's flow-control
+windows and queue what they cannot send yet. A protocol violation ends the connection with
+GOAWAY and its error code, or one stream with RST_STREAM. Like HTTP/1.1's, every limit is a
+named constant below and time bounds what a slow client can hold (`next_deadline`, `expire`).
+"""
+
+from typing import Dict, List, Optional
+
+from .h2frames import (
+    ACK,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    H2_PREFACE,
+    HEADERS,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTING_ENABLE_PUSH,
+    SETTING_MAX_CONCURRENT_STREAMS,
+    SETTING_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    ConnectionEnded,
+    DataReceived,
+    H2ConnectionError,
+    H2Event,
+    H2StreamError,
+    RequestReceived,
+    StreamReset,
+    build_frame,
+    request_fields_valid,
+)
+from .h2output import H2Output, H2Stream
+from .hpack import HEADER_LIST_LIMIT, HPACKDecoder, HPACKError
+
+FRAME_SIZE_LIMIT = 16384  # SETTINGS_MAX_FRAME_SIZE we accept (the minimum); more: FRAME_SIZE_ERROR
+HEADER_BLOCK_LIMIT = 16 * 1024  # bytes of HEADERS + CONTINUATIONs (and 9 per CONTINUATION)
+STREAMS_AT_ONCE = 16  # SETTINGS_MAX_CONCURRENT_STREAMS; one more gets RST_STREAM REFUSED_STREAM
+STREAMS_PER_CONNECTION = 1000  # then GOAWAY NO_ERROR and the client reconnects (rapid reset)
+PING_STRIKES = 10  # PINGs and SETTINGS closer than PING_STRIKE_SECONDS, with nothing sent
+PING_STRIKE_SECONDS = 1.0  # between them; one more: GOAWAY ENHANCE_YOUR_CALM
+FRAMES_PER_TURN = 64  # frames handled per receive(); the rest wait, so others get their turn
+
+
+class H2Connection:
+    """The server side of one HTTP/2 connection, from the client preface to the last frame."""
+
+    def __init__(self, now: float, read_timeout: float, idle_timeout: float,
+                 huffman_cache: Optional[Dict[bytes, bytes]] = None) -> None:
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.decoder = HPACKDecoder(cache=huffman_cache)
+        self.streams: Dict[int, H2Stream] = {}
+        self.last_stream_id = 0
+        self.opened_streams = 0
+        self.recv_window = DEFAULT_WINDOW
+        self.consumed = 0  # DATA bytes received since our last connection WINDOW_UPDATE
+        self.buf = b""
+        self.preface_done = False
+        self.settings_seen = False
+        self.partial_since: Optional[float] = None  # a frame (or block) begun, not complete
+        self.block: Optional[bytearray] = None  # a header block awaiting CONTINUATION
+        self.block_cost = 0  # its bytes, plus 9 per CONTINUATION: empty ones are not free
+        self.block_since = 0.0
+        self.block_stream = 0
+        self.block_end_stream = False
+        self.now = now
+        self.idle_since = now
+        self.last_ping = -1e18
+        self.strikes = 0
+        self.going_away = False  # GOAWAY sent or received: no new streams
+        self.ended = False  # nothing more to do but send what is queued and close
+        self.more = False  # receive() left complete frames in the buffer (FRAMES_PER_TURN)
+        self.tx = H2Output(build_frame(SETTINGS, 0, 0, b"".join(
+            k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in (
+                (SETTING_MAX_CONCURRENT_STREAMS, STREAMS_AT_ONCE),
+                (SETTING_MAX_HEADER_LIST_SIZE, HEADER_LIST_LIMIT)))))
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> List[H2Event]:
+        """Take bytes read from the client; return what they mean. Never raises."""
+        events: List[H2Event] = []
+        self.now = now
+        if self.ended:
+            return events
+        buf = self.buf + data if self.buf else data
+        pos, frames, limit = 0, 0, len(buf)
+        try:
+            if not self.preface_done:
+                if not H2_PREFACE.startswith(buf[:len(H2_PREFACE)]):
+                    raise H2ConnectionError(PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                if limit < len(H2_PREFACE):
+                    self.buf = buf
+                    self.partial_since = self.partial_since or now
+                    return events
+                self.preface_done, pos = True, len(H2_PREFACE)
+            while limit - pos >= 9 and frames < FRAMES_PER_TURN and not self.ended:
+                length = int.from_bytes(buf[pos:pos + 3], "big")
+                if length > FRAME_SIZE_LIMIT:
+                    raise H2ConnectionError(FRAME_SIZE_ERROR, "frame of %d bytes over the %d "
+                                            "allowed" % (length, FRAME_SIZE_LIMIT))
+                end = pos + 9 + length
+                if end > limit:
+                    break
+                kind, flags = buf[pos + 3], buf[pos + 4]
+                stream_id = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                payload = buf[pos + 9:end]
+                pos, frames = end, frames + 1
+                try:
+                    self._frame(kind, flags, stream_id, payload, now, events)
+                except H2StreamError as err:
+                    self._reset(err.stream_id, err.code, events)
+        except H2ConnectionError as err:
+            self._go_away(err.code, err.reason, events)
+            return events
+        self.buf = buf[pos:]
+        self.more = bool(self.buf) and frames >= FRAMES_PER_TURN
+        if frames or not self.buf:
+            self.partial_since = now if self.buf else None
+        elif self.partial_since is None:
+            self.partial_since = now
+        return events
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes, now: float,
+               events: List[H2Event]) -> None:
+        if self.block is not None and kind != CONTINUATION:
+            raise H2ConnectionError(PROTOCOL_ERROR, "frame type %d inside a header block" % kind)
+        if not self.settings_seen and kind != SETTINGS:
+            raise H2ConnectionError(PROTOCOL_ERROR, "the client preface must end with SETTINGS")
+        if kind == DATA:
+            self._on_data(flags, stream_id, payload, events)
+        elif kind == HEADERS:
+            self._on_headers(flags, stream_id, payload, now, events)
+        elif kind == CONTINUATION:
+            self._on_continuation(flags, stream_id, payload, now, events)
+        elif kind == WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == SETTINGS:
+            self._on_settings(flags, stream_id, payload, now)
+        elif kind == PING:
+            self._on_ping(flags, stream_id, payload, now)
+        elif kind == RST_STREAM:
+            self._on_rst_stream(stream_id, payload, events)
+        elif kind == GOAWAY:
+            if stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            self.going_away = True  # the client opens no more streams; open ones may finish
+            self._stream_gone()
+        elif kind == PRIORITY:
+            if not stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                raise H2StreamError(stream_id, FRAME_SIZE_ERROR)
+        elif kind == PUSH_PROMISE:
+            raise H2ConnectionError(PROTOCOL_ERROR, "clients cannot push")
+        # unknown frame types are ignored (RFC 9113 §4.1)
+
+    def _payload(self, flags: int, payload: bytes) -> bytes:
+        """The payload without its padding (PADDED flag)."""
+        if not flags & PADDED:
+            return payload
+        if not payload or payload[0] >= len(payload):
+            raise H2ConnectionError(PROTOCOL_ERROR, "padding as long as the frame")
+        return payload[1:len(payload) - payload[0]]
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes,
+                 events: List[H2Event]) -> None:
+        if not stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+        self._count_received(len(payload))  # padding included, whatever becomes of the stream
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if stream_id > self.last_stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "DATA on idle stream %d" % stream_id)
+            return  # a stream we closed or reset: late DATA is dropped
+        if stream.remote_done:
+            raise H2StreamError(stream_id, STREAM_CLOSED)
+        stream.recv_window -= len(payload)
+        if stream.recv_window < 0:
+            raise H2StreamError(stream_id, FLOW_CONTROL_ERROR)
+        data = self._payload(flags, payload)
+        end = bool(flags & END_STREAM)
+        if end:
+            stream.remote_done = True
+        events.append(DataReceived(stream_id, data, end))
+        if end:
+            self._close_if_done(stream)
+
+    def _count_received(self, length: int) -> None:
+        self.recv_window -= length
+        if self.recv_window < 0:
+            raise H2ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        self.consumed += length
+        if self.consumed >= DEFAULT_WINDOW // 2:  # we keep nothing back: give it all again
+            self.tx.frame(WINDOW_UPDATE, 0, 0, self.consumed.to_bytes(4, "big"))
+            self.recv_window += self.consumed
+            self.consumed = 0
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes, now: float,
+                    events: List[H2Event]) -> None:
+        if not stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        payload = self._payload(flags, payload)
+        if flags & PRIORITY_FLAG:
+            if len(payload) < 5:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+            payload = payload[5:]
+        self.block, self.block_stream, self.block_since = bytearray(payload), stream_id, now
+        self.block_end_stream = bool(flags & END_STREAM)
+        self._grow_block(0, flags, now, events)
+
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytes, now: float,
+                         events: List[H2Event]) -> None:
+        if self.block is None or stream_id != self.block_stream:
+            raise H2ConnectionError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+        self.block += payload
+        self._grow_block(len(payload) + 9, flags, now, events)
+
+    def _grow_block(self, cost: int, flags: int, now: float, events: List[H2Event]) -> None:
+        assert self.block is not None
+        self.block_cost = (self.block_cost + cost) if cost else len(self.block)
+        if self.block_cost > HEADER_BLOCK_LIMIT:
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "header block over %d bytes" %
+                                    HEADER_BLOCK_LIMIT)
+        if flags & END_HEADERS:
+            self._header_block_done(now, events)
+
+    def _header_block_done(self, now: float, events: List[H2Event]) -> None:
+        assert self.block is not None
+        block, self.block = bytes(self.block), None
+        try:  # always decoded, even for a stream we refuse: the table must stay in step
+            fields = self.decoder.decode(block)
+        except HPACKError as exc:
+            raise H2ConnectionError(COMPRESSION_ERROR, str(exc)) from None
+        stream_id, end = self.block_stream, self.block_end_stream
+        stream = self.streams.get(stream_id)
+        if stream is not None:  # trailers: they must end the stream
+            if stream.remote_done or not end:
+                raise H2StreamError(stream_id, STREAM_CLOSED if stream.remote_done else
+                                    PROTOCOL_ERROR)
+            stream.remote_done = True
+            events.append(DataReceived(stream_id, b"", True))
+            self._close_if_done(stream)
+            return
+        if stream_id <= self.last_stream_id and end:
+            return  # trailers of a stream we already closed or reset
+        if stream_id <= self.last_stream_id or not stream_id & 1:
+            raise H2ConnectionError(PROTOCOL_ERROR, "stream id %d after %d" % (
+                stream_id, self.last_stream_id))
+        self.last_stream_id = stream_id
+        if self.going_away:
+            return  # after GOAWAY, new streams are ignored (RFC 9113 §6.8)
+        self.opened_streams += 1
+        if self.opened_streams >= STREAMS_PER_CONNECTION:
+            self._announce_goaway(NO_ERROR, "%d streams on one connection: reconnect" %
+                                  STREAMS_PER_CONNECTION)
+        if len(self.streams) >= STREAMS_AT_ONCE:
+            raise H2StreamError(stream_id, REFUSED_STREAM)
+        if not request_fields_valid(fields):
+            raise H2StreamError(stream_id, PROTOCOL_ERROR)
+        stream = self.streams[stream_id] = H2Stream(stream_id, now, self.tx.initial_window)
+        stream.remote_done = end
+        events.append(RequestReceived(stream_id, fields, end))
+
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE of %d bytes" % len(payload))
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if not stream_id:
+            if not increment:
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.tx.open_window(increment)
+            for each in list(self.streams.values()):
+                self._flush(each)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if stream_id > self.last_stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on idle stream")
+            return
+        if not increment:
+            raise H2StreamError(stream_id, PROTOCOL_ERROR)
+        stream.send_window += increment
+        if stream.send_window > MAX_WINDOW:
+            raise H2StreamError(stream_id, FLOW_CONTROL_ERROR)
+        self._flush(stream)
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes, now: float) -> None:
+        if stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            if payload:
+                raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS of %d bytes" % len(payload))
+        if self.settings_seen:
+            self._strike(now)
+        self.settings_seen = True
+        for at in range(0, len(payload), 6):
+            self._setting(int.from_bytes(payload[at:at + 2], "big"),
+                          int.from_bytes(payload[at + 2:at + 6], "big"))
+        self.tx.frame(SETTINGS, ACK, 0)
+        for stream in list(self.streams.values()):
+            self._flush(stream)
+
+    def _setting(self, key: int, value: int) -> None:
+        if key == SETTING_ENABLE_PUSH and value > 1:
+            raise H2ConnectionError(PROTOCOL_ERROR, "ENABLE_PUSH %d" % value)
+        self.tx.setting(key, value, self.streams)  # the rest shape only what we send
+
+    def _on_ping(self, flags: int, stream_id: int, payload: bytes, now: float) -> None:
+        if stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "PING of %d bytes" % len(payload))
+        if not flags & ACK:
+            self._strike(now)
+            self.tx.frame(PING, ACK, 0, payload)
+
+    def _strike(self, now: float) -> None:
+        """PINGs (or SETTINGS) that come fast while we have sent nothing are a flood."""
+        if now - self.last_ping < PING_STRIKE_SECONDS:
+            self.strikes += 1
+            if self.strikes > PING_STRIKES:
+                raise H2ConnectionError(ENHANCE_YOUR_CALM, "too_many_pings")
+        self.last_ping = now
+
+    def _on_rst_stream(self, stream_id: int, payload: bytes, events: List[H2Event]) -> None:
+        if not stream_id:
+            raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM of %d bytes" % len(payload))
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            if stream_id > self.last_stream_id:
+                raise H2ConnectionError(PROTOCOL_ERROR, "RST_STREAM on idle stream")
+            return
+        events.append(StreamReset(stream_id, int.from_bytes(payload, "big"), True))
+        self._stream_gone()
+
+    # --- output --------------------------------------------------------------------------------
+
+    def send_headers(self, stream_id: int, block: bytes, end_stream: bool = False) -> bool:
+        """Queue a header block (HPACK-encoded) on an open stream; False if it is gone."""
+        return self._queue(stream_id, False, block, end_stream)
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
+        """Queue DATA; it leaves as the client's windows allow. False if the stream is gone
+        (or was just reset because PENDING_SEND_LIMIT bytes wait for a window already)."""
+        return self._queue(stream_id, True, data, end_stream)
+
+    def _queue(self, stream_id: int, is_data: bool, payload: bytes, end: bool) -> bool:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.local_done or self.ended:
+            return False
+        if not self.tx.queue(stream, is_data, payload, end):
+            self.reset(stream_id, ENHANCE_YOUR_CALM)
+            return False
+        self.strikes = 0  # we had something to say: pings that follow are not a flood
+        self._flush(stream)
+        return True
+
+    def _flush(self, stream: H2Stream) -> None:
+        if self.tx.flush(stream):
+            if not stream.remote_done:  # RFC 9113 §8.1: the reply is complete; stop sending
+                self.tx.frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big"))
+            self.streams.pop(stream.id, None)
+            self._stream_gone()
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """End one stream now with RST_STREAM (no event: the caller knows)."""
+        if self.streams.pop(stream_id, None) is not None:
+            self.tx.frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+            self._stream_gone()
+
+    def _reset(self, stream_id: int, code: int, events: List[H2Event]) -> None:
+        self.tx.frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+        if self.streams.pop(stream_id, None) is not None:
+            events.append(StreamReset(stream_id, code, False))
+            self._stream_gone()
+
+    def _close_if_done(self, stream: H2Stream) -> None:
+        if stream.remote_done and stream.local_done and not stream.pending:
+            self.streams.pop(stream.id, None)
+            self._stream_gone()
+
+    def _stream_gone(self) -> None:
+        if not self.streams:  # (ended: the caller closes once our output is out)
+            self.idle_since = self.now
+            if self.going_away:
+                self.ended = True
+
+    def _announce_goaway(self, code: int, reason: str) -> None:
+        """GOAWAY naming the last stream we take; those already open may finish."""
+        if not self.going_away:
+            self.going_away = True
+            self.tx.frame(GOAWAY, 0, 0, self.last_stream_id.to_bytes(4, "big") +
+                          code.to_bytes(4, "big") + reason.encode("utf-8")[:256])
+
+    def _go_away(self, code: int, reason: str, events: List[H2Event]) -> None:
+        self._announce_goaway(code, reason)
+        self.going_away = self.ended = True
+        self.buf, self.block, self.more = b"", None, False
+        events.append(ConnectionEnded(code, reason))
+
+    def shutdown(self, code: int, reason: str) -> List[H2Event]:
+        """End the connection now (idle, server at its cap, server stopping)."""
+        events: List[H2Event] = []
+        if not self.ended:
+            self._go_away(code, reason, events)
+        return events
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the socket, once."""
+        return self.tx.take()
+
+    # --- time ----------------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """No stream open and nothing half-received."""
+        return not self.streams and self.block is None and not self.buf
+
+    def next_deadline(self) -> float:
+        """When `expire` has something to do (monotonic seconds; inf: never)."""
+        started = self.partial_since
+        if self.block is not None:
+            started = self.block_since if started is None else min(started, self.block_since)
+        deadline = float("inf") if started is None else started + self.read_timeout
+        for stream in self.streams.values():
+            if not stream.remote_done:
+                deadline = min(deadline, stream.opened + self.read_timeout)
+        if not self.streams:
+            deadline = min(deadline, self.idle_since + self.idle_timeout)
+        return deadline
+
+    def expire(self, now: float) -> List[H2Event]:
+        """Apply the timeouts: a frame or block not completed, a request not ended within the
+        read timeout; no stream for the idle timeout."""
+        events: List[H2Event] = []
+        self.now = now
+        if self.ended:
+            return events
+        started = min(self.partial_since if self.partial_since is not None else now,
+                      self.block_since if self.block is not None else now)
+        if started + self.read_timeout <= now:
+            self._go_away(ENHANCE_YOUR_CALM, "frame not complete within the read timeout", events)
+            return events
+        for stream in list(self.streams.values()):
+            if not stream.remote_done and stream.opened + self.read_timeout <= now:
+                self._reset(stream.id, CANCEL, events)
+        if not self.streams and self.idle_since + self.idle_timeout <= now:
+            self._go_away(NO_ERROR, "idle", events)
+        return events
+''')
+
+# ------------------------------------------------------------------------------
+# probed/grpchealth.py: its lines 1-289 are lines 2633-2921 here (file line = module line + 2632)
+# ------------------------------------------------------------------------------
+modules.add('probed/grpchealth.py', 2633, r'''
+"""The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
+
+`Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
+kubelet's grpc probe); `Watch` sends the status, then each change as it happens. The verdicts
+come through one narrow function, `lookup(service) -> True/False, or None for an unknown name`,
+and the daemon calls `changed()` when a verdict may have changed. Messages are hand-encoded
+protobuf (one field each); framing, status codes and trailers follow gRPC's PROTOCOL-HTTP2.md.
+"""
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .h2frames import ConnectionEnded, DataReceived, H2Event, RequestReceived
+from .h2proto import H2Connection
+from .hpack import encode_headers
+
+GRPC_MESSAGE_LIMIT = 4096  # bytes of one request message; larger -> RESOURCE_EXHAUSTED
+WATCHERS_LIMIT = 100  # Watch streams at once, all connections; one more -> RESOURCE_EXHAUSTED
+GRPC_SHOWN_PATH = 200  # bytes of an unknown method's path quoted back in grpc-message
+
+GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED, \
+    GRPC_INTERNAL = 0, 3, 5, 8, 12, 13
+SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3  # HealthCheckResponse.ServingStatus
+HEALTH_PREFIX = b"/grpc.health.v1.Health/"
+HEALTH_METHODS = {HEALTH_PREFIX + b"Check": False, HEALTH_PREFIX + b"Watch": True}  # streams?
+# Service names -> the group whose verdict they report; any other name is a check's own verdict.
+# "" is the whole server, by gRPC's convention: for a router, "can take traffic" (ready).
+SERVICE_GROUPS = {"": "ready", "liveness": "live", "livez": "live", "readiness": "ready",
+                  "readyz": "ready", "startup": "started", "startupz": "started"}
+
+Lookup = Callable[[str], Optional[bool]]
+REPLY_HEADERS = encode_headers(((b":status", b"200"), (b"content-type", b"application/grpc")))
+OK_TRAILERS = encode_headers(((b"grpc-status", b"0"),))
+
+
+class GrpcError(Exception):
+    """A call that ends with a non-OK grpc-status (and `http_status` when not gRPC at all)."""
+
+    def __init__(self, code: int, message: str, http_status: bytes = b"200") -> None:
+        super().__init__(message)
+        self.code, self.message, self.http_status = code, message, http_status
+
+
+def grpc_message(payload: bytes) -> bytes:
+    """One length-prefixed message, uncompressed."""
+    return b"\0" + len(payload).to_bytes(4, "big") + payload
+
+
+def health_response(status: int) -> bytes:
+    """HealthCheckResponse{status = 1}, framed."""
+    return grpc_message(bytes((0x08, status)))
+
+
+def read_varint(data: bytes, pos: int) -> Tuple[int, int]:
+    """A protobuf varint at data[pos]: (value, next pos)."""
+    value = shift = 0
+    while shift < 70:
+        if pos >= len(data):
+            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: varint over 10 bytes")
+
+
+def decode_health_request(message: bytes) -> str:
+    """HealthCheckRequest{string service = 1}; unknown fields are skipped, as protobuf does."""
+    pos, end, service = 0, len(message), b""
+    while pos < end:
+        key, pos = read_varint(message, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2 and field:
+            length, pos = read_varint(message, pos)
+            if field == 1:
+                service = message[pos:pos + length]
+            pos += length
+        elif field == 1 or wire not in (0, 1, 5) or not field:
+            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: field %d has "
+                            "wire type %d" % (field, wire))
+        elif wire == 0:
+            pos = read_varint(message, pos)[1]
+        else:
+            pos += 8 if wire == 1 else 4
+        if pos > end:
+            raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: truncated")
+    try:
+        return service.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GrpcError(GRPC_INTERNAL, "grpc: error unmarshalling request: service name is "
+                        "not UTF-8") from None
+
+
+def percent_encode(text: bytes) -> bytes:
+    """grpc-message's encoding: printable ASCII but '%' as is, every other byte as %XX."""
+    return b"".join(bytes((b,)) if 0x20 <= b < 0x7F and b != 0x25 else b"%%%02X" % b
+                    for b in text)
+
+
+def trailers_only(code: int, message: str, http_status: bytes = b"200") -> bytes:
+    """The single header block of a call that fails before any reply."""
+    fields: List[Tuple[bytes, bytes]] = [
+        (b":status", http_status), (b"content-type", b"application/grpc"),
+        (b"grpc-status", b"%d" % code), (b"grpc-message", percent_encode(message.encode()))]
+    if code == GRPC_UNIMPLEMENTED and "grpc-encoding" in message:
+        fields.append((b"grpc-accept-encoding", b"identity"))
+    return encode_headers(fields)
+
+
+class HealthWatcher:
+    """One Watch stream: the name it follows, where updates go, the status it last got."""
+
+    __slots__ = ("service", "notify", "sent")
+
+    def __init__(self, service: str, notify: Callable[[int], None], sent: int) -> None:
+        self.service, self.notify, self.sent = service, notify, sent
+
+
+class GrpcHealthService:
+    """Statuses from `lookup`, and the Watch streams that follow them (at most `limit`)."""
+
+    def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT) -> None:
+        self.lookup = lookup
+        self.limit = limit
+        self.watchers: Dict[HealthWatcher, None] = {}  # in the order they came
+
+    def status(self, service: str) -> int:
+        """SERVING, NOT_SERVING, or SERVICE_UNKNOWN for a name lookup does not know."""
+        ok = self.lookup(service)
+        return SERVICE_UNKNOWN if ok is None else SERVING if ok else NOT_SERVING
+
+    def watch(self, service: str, notify: Callable[[int], None]) -> Optional[HealthWatcher]:
+        """Follow `service`: `notify(status)` now and on each change; None when at the limit."""
+        if len(self.watchers) >= self.limit:
+            return None
+        watcher = HealthWatcher(service, notify, self.status(service))
+        self.watchers[watcher] = None
+        notify(watcher.sent)
+        return watcher
+
+    def unwatch(self, watcher: HealthWatcher) -> None:
+        """Stop following (the stream ended)."""
+        self.watchers.pop(watcher, None)
+
+    def changed(self) -> None:
+        """A verdict may have changed: tell each watcher whose status did."""
+        if not self.watchers:
+            return
+        now: Dict[str, int] = {}
+        for watcher in list(self.watchers):
+            status = now.get(watcher.service)
+            if status is None:
+                status = now[watcher.service] = self.status(watcher.service)
+            if status != watcher.sent and watcher in self.watchers:
+                watcher.sent = status
+                watcher.notify(status)
+
+
+class GrpcCall:
+    """One call's progress: which method, unparsed bytes, the request once read."""
+
+    __slots__ = ("watch", "encoding", "buf", "request", "watcher")
+
+    def __init__(self, watch: bool, encoding: bytes) -> None:
+        self.watch = watch
+        self.encoding = encoding
+        self.buf = bytearray()
+        self.request: Optional[str] = None
+        self.watcher: Optional[HealthWatcher] = None
+
+
+class HealthCalls:
+    """The gRPC calls of one HTTP/2 connection: reads its events, answers through it.
+    `pushed()` is called after a Watch update was queued outside of `handle` (to flush it)."""
+
+    def __init__(self, service: GrpcHealthService, conn: H2Connection,
+                 pushed: Callable[[], None]) -> None:
+        self.service = service
+        self.conn = conn
+        self.pushed = pushed
+        self.calls: Dict[int, GrpcCall] = {}
+
+    def handle(self, event: H2Event) -> None:
+        """React to one event of the connection."""
+        sid = getattr(event, "stream_id", 0)
+        try:
+            if isinstance(event, RequestReceived):
+                self._start(sid, event.headers, event.end_stream)
+            elif isinstance(event, DataReceived):
+                self._data(sid, event.data, event.end_stream)
+            elif isinstance(event, ConnectionEnded):
+                self.close()
+            else:  # StreamReset
+                self._drop(sid)
+        except GrpcError as err:
+            self._drop(sid)
+            self.conn.send_headers(sid, trailers_only(err.code, err.message, err.http_status),
+                                   True)
+
+    def _start(self, sid: int, headers: List[Tuple[bytes, bytes]], end: bool) -> None:
+        fields = dict(headers)
+        ctype = fields.get(b"content-type", b"")
+        if ctype != b"application/grpc" and not ctype.startswith((b"application/grpc+proto",
+                                                                  b"application/grpc;")):
+            raise GrpcError(GRPC_INVALID_ARGUMENT, "invalid gRPC request content-type %r" %
+                            ctype.decode("latin-1"), b"415")
+        if fields[b":method"] != b"POST":
+            raise GrpcError(GRPC_INTERNAL, "gRPC requests are POST", b"405")
+        path = fields[b":path"]
+        watch = HEALTH_METHODS.get(path)
+        if watch is None:
+            shown = path[:GRPC_SHOWN_PATH].decode("latin-1")
+            raise GrpcError(GRPC_UNIMPLEMENTED, "unknown method %s" % shown
+                            if path.startswith(HEALTH_PREFIX) else "unknown service %s" % shown)
+        self.calls[sid] = GrpcCall(watch, fields.get(b"grpc-encoding", b"identity"))
+        if end:
+            self._finish(sid)
+
+    def _data(self, sid: int, data: bytes, end: bool) -> None:
+        call = self.calls.get(sid)
+        if call is None:
+            return  # answered already (an error): the rest is dropped
+        call.buf += data
+        while len(call.buf) >= 5:
+            length = int.from_bytes(call.buf[1:5], "big")
+            if length > GRPC_MESSAGE_LIMIT:
+                raise GrpcError(GRPC_RESOURCE_EXHAUSTED, "grpc: received message larger than "
+                                "max (%d vs. %d)" % (length, GRPC_MESSAGE_LIMIT))
+            if len(call.buf) < 5 + length:
+                break
+            self._message(call, call.buf[0], bytes(call.buf[5:5 + length]))
+            del call.buf[:5 + length]
+        if end:
+            self._finish(sid)
+
+    def _message(self, call: GrpcCall, flag: int, payload: bytes) -> None:
+        if flag == 1:
+            if call.encoding in (b"", b"identity"):
+                raise GrpcError(GRPC_INTERNAL, "grpc: compressed flag set with identity or "
+                                "empty encoding")
+            raise GrpcError(GRPC_UNIMPLEMENTED, "grpc: Decompressor is not installed for "
+                            "grpc-encoding %r" % call.encoding.decode("latin-1"))
+        if flag:
+            raise GrpcError(GRPC_INTERNAL, "grpc: received unexpected payload format %d" % flag)
+        if call.request is not None:
+            raise GrpcError(GRPC_INTERNAL, "cardinality violation: received multiple request "
+                            "messages for non-client-streaming RPC")
+        call.request = decode_health_request(payload)
+
+    def _finish(self, sid: int) -> None:
+        call = self.calls[sid]
+        if call.buf:
+            raise GrpcError(GRPC_INTERNAL, "unexpected EOF inside a message")
+        if call.request is None:
+            raise GrpcError(GRPC_INTERNAL, "cardinality violation: received no request message "
+                            "from non-client-streaming RPC")
+        if not call.watch:
+            status = self.service.status(call.request)
+            if status == SERVICE_UNKNOWN:
+                raise GrpcError(GRPC_NOT_FOUND, "unknown service")
+            del self.calls[sid]
+            conn = self.conn
+            conn.send_headers(sid, REPLY_HEADERS)
+            conn.send_data(sid, health_response(status))
+            conn.send_headers(sid, OK_TRAILERS, True)
+            return
+        if len(self.service.watchers) >= self.service.limit:
+            raise GrpcError(GRPC_RESOURCE_EXHAUSTED, "%d Watch streams already; try later" %
+                            self.service.limit)
+        self.conn.send_headers(sid, REPLY_HEADERS)
+        call.watcher = self.service.watch(call.request, lambda status: self._push(sid, status))
+        if self.calls.get(sid) is not call and call.watcher is not None:
+            self.service.unwatch(call.watcher)  # the first update found the stream gone
+
+    def _push(self, sid: int, status: int) -> None:
+        if not self.conn.send_data(sid, health_response(status)):
+            self._drop(sid)  # the stream is gone (or its client reads nothing)
+        self.pushed()
+
+    def _drop(self, sid: int) -> None:
+        call = self.calls.pop(sid, None)
+        if call is not None and call.watcher is not None:
+            self.service.unwatch(call.watcher)
+
+    def close(self) -> None:
+        """The connection is gone: stop every Watch it had."""
+        for sid in list(self.calls):
+            self._drop(sid)
+''')
+
+# ==============================================================================
+# Layer 3 of 10: values: what flags and config files hold: parsers, groups, limits
+#   groups.py, values.py, files.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/groups.py: its lines 1-4 are lines 2933-2936 here (file line = module line + 2932)
+# ------------------------------------------------------------------------------
+modules.add('probed/groups.py', 2933, r'''
+"""The three probe groups, the kubelet probe each answers, and the path it is served on."""
+
+GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
+GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
+''')
+
+# ------------------------------------------------------------------------------
+# probed/values.py: its lines 1-188 are lines 2943-3130 here (file line = module line + 2942)
+# ------------------------------------------------------------------------------
+modules.add('probed/values.py', 2943, r'''
+"""Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
+
+Pure functions, no I/O. Every parser raises ValueError with a message that says what was
+expected; the config layer adds the flag or key name and the bad value.
+"""
+
+import re
+import time
+from typing import FrozenSet, List, Tuple
+
+from .clientproto import split_url
+from .groups import GROUPS
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class ConfigError(Exception):
+    """A configuration mistake, reported before the daemon starts (exit code 2)."""
+
+
+def parse_duration(text: str) -> float:
+    """Parse Go-style durations (`500ms`, `1m30s`, `2h`) or plain seconds (`2.5`) into seconds."""
+    s = text.strip()
+    if not s:
+        raise ValueError("expected a duration like 500ms, 10s, 2m or plain seconds")
+    try:
+        value = float(s)
+    except ValueError:
+        pos, value = 0, 0.0
+        for m in _DURATION_PART.finditer(s):
+            if m.start() != pos:
+                break
+            value += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos = m.end()
+        if pos != len(s) or pos == 0:
+            raise ValueError("expected a duration like 500ms, 10s, 2m or plain seconds") from None
+    if value != value or value < 0 or value == float("inf"):
+        raise ValueError("expected a finite duration >= 0")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way a user would type them: 500ms, 10s, 2m30s."""
+    if 0 < seconds < 1e-6:
+        return "%gns" % round(seconds * 1e9, 3)
+    if 0 < seconds < 1e-3:
+        return "%gus" % round(seconds * 1e6, 3)
+    if seconds < 1 and seconds != 0:
+        return "%gms" % round(seconds * 1000, 3)
+    if seconds < 60 or seconds != int(seconds):
+        return "%gs" % round(seconds, 3)
+    minutes, secs = divmod(int(seconds), 60)
+    return "%dm%ds" % (minutes, secs) if secs else "%dm" % minutes
+
+
+def format_timestamp(wall: float, millis: bool = False) -> str:
+    """RFC 3339 UTC time of a Unix timestamp, with milliseconds for logs."""
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
+    return text + (".%03dZ" % (int(wall * 1000) % 1000) if millis else "Z")
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, limit: int) -> str:
+    """`text` safe to show in a reply or a log line: control characters (CR, LF, ESC...)
+    escaped as \\xNN, and at most `limit` characters, saying how many were left out."""
+    if _CONTROL_CHARS.search(text):
+        text = _CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
+                                  else "\\u%04x" % ord(m.group()), text)
+    if len(text) > limit:
+        return "%s... (%d more characters)" % (text[:limit], len(text) - limit)
+    return text
+
+
+_ASCII_INT = re.compile(r"[+-]?[0-9]+\Z")
+# float() also takes `1_0` and non-ASCII digits; a config value or a query override takes what
+# a person types on any keyboard: ASCII digits, a sign, a point, an exponent, inf/nan.
+_ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z"
+                           r"|[+-]?(?i:inf|infinity|nan)\Z")
+
+
+def parse_count(text: str) -> int:
+    """Parse a whole number >= 0."""
+    if not _ASCII_INT.match(text.strip()):
+        raise ValueError("expected a whole number")
+    value = int(text.strip())
+    if value < 0:
+        raise ValueError("expected a whole number >= 0")
+    return value
+
+
+def parse_positive_count(text: str) -> int:
+    """Parse a whole number >= 1."""
+    value = parse_count(text)
+    if value < 1:
+        raise ValueError("expected a whole number >= 1")
+    return value
+
+
+def parse_number(text: str) -> float:
+    """Parse a finite float (ASCII digits only)."""
+    if not _ASCII_NUMBER.match(text.strip()):
+        raise ValueError("expected a number")
+    value = float(text.strip())
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    """Parse true/false, yes/no, on/off, 1/0."""
+    s = text.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_probes(text: str) -> FrozenSet[str]:
+    """Parse a comma list of probe groups (live, ready, started); empty means none."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    for name in names:
+        if name not in GROUPS:
+            raise ValueError("expected a comma list of live, ready, started")
+    return frozenset(names)
+
+
+def parse_status_ranges(text: str) -> Tuple[Tuple[int, int], ...]:
+    """Parse `200-399,404` into inclusive (low, high) ranges of HTTP status codes."""
+    ranges: List[Tuple[int, int]] = []
+    for part in text.split(","):
+        part = part.strip()
+        low, sep, high = part.partition("-")
+        try:
+            lo, hi = int(low), int(high) if sep else int(low)
+        except ValueError:
+            raise ValueError("expected status codes or ranges like 200-399,404") from None
+        if not (100 <= lo <= hi <= 599):
+            raise ValueError("expected status codes between 100 and 599, low-high")
+        ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+def redact_userinfo(text: str) -> str:
+    """`http://user:pass@host/` -> `http://<redacted>@host/`, for error messages."""
+    return re.sub(r"(?<=//)[^/?#@\s]*@", "<redacted>@", text)
+
+
+def parse_http_url(text: str) -> str:
+    """Check a URL by the client's own grammar (clientproto.split_url), so a URL accepted here
+    is one the pollers can request: http:// or https://, a host, a port that exists."""
+    s = text.strip()
+    if not re.match(r"^(https?)://[^/?#\s]+", s):
+        raise ValueError("expected an http:// or https:// URL with a host")
+    try:
+        split_url(s)
+    except ValueError as exc:
+        if str(exc).startswith("Port"):  # urllib's words for a port that cannot exist
+            raise ValueError("expected a port between 0 and 65535 after the host") from None
+        if "credentials" in str(exc):
+            raise ValueError("credentials in a URL are not supported (use header= or "
+                             "token-file=)") from None
+        raise
+    return s
+
+
+def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
+    """Parse `host:port`, `:port`, `[v6]:port` into (host, port); an empty host stays empty."""
+    s = text.strip()
+    if s.startswith("["):
+        host, sep, port = s[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [ipv6]:port")
+    else:
+        host, sep, port = s.rpartition(":")
+        if not sep:
+            raise ValueError("expected host:port or :port")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError("expected a port number after the colon") from None
+    if not 0 <= number <= 65535:
+        raise ValueError("expected a port between 0 and 65535")
+    return (host or default_host, number)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/files.py: its lines 1-58 are lines 3137-3194 here (file line = module line + 3136)
+# ------------------------------------------------------------------------------
+modules.add('probed/files.py', 3137, r'''
+"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
+a device.
+
+Token files, `--config` and `--admin-token-file` are read with these. A plain open() of a FIFO
+waits for a writer (forever, with the loop stopped behind it), and /dev/zero never ends; here the
+file is opened non-blocking, checked with fstat on the open descriptor (no race with a swapped
+path), and read up to a cap. Must never: read anything but a regular file, or more than asked.
+"""
+
+import os
+import stat
+
+_FILES_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+class FileRefusedError(OSError):
+    """A path that is not a regular file, or a file over its size cap; the message names both
+    the path and why (an OSError, so callers that handle unreadable files handle these too)."""
+
+
+def read_small_file(path: str, max_bytes: int, what: str = "file") -> bytes:
+    """The content of the regular file at `path` (symlinks followed), at most `max_bytes`.
+
+    Raises FileRefusedError for anything but a regular file or a file over `max_bytes`, and the
+    OSError of open/read otherwise (missing, permission, symlink loop); `what` names the file in
+    messages ("token file", "--config").
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILES_KINDS if test(mode)), "not a regular file")
+            raise FileRefusedError("%s %r is %s; expected a regular file" % (what, path, kind))
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise FileRefusedError("%s %r is over %d bytes" % (what, path, max_bytes))
+    return b"".join(chunks)
+
+
+def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
+    """read_small_file decoded as UTF-8; FileRefusedError when it is not UTF-8 text."""
+    data = read_small_file(path, max_bytes, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileRefusedError("%s %r is not UTF-8 text (byte %d)" % (what, path, exc.start)
+                               ) from None
+''')
+
+# ==============================================================================
+# Layer 4 of 10: client and shared resources: the HTTP client, scrape hub, heartbeats, log, NVML
+#   blocking.py, clientchan.py, client.py, scrape.py, beatregistry.py, eventlog.py, nvml.py, gpufaults.py, gpureader.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/blocking.py: its lines 1-87 are lines 3206-3292 here (file line = module line + 3205)
+# ------------------------------------------------------------------------------
+modules.add('probed/blocking.py', 3206, r'''
+"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
+file scans, each kind with its own small cap.
+
+asyncio's default executor is one shared pool with a queue: a resolver that never answers filled
+it with lookups, heartbeat scans queued behind them, and /livez failed. Here each kind has its own
+`BlockingRunner`; a call past the cap fails at once instead of queueing, and each call runs on a
+daemon thread of its own, so a call that never returns holds one slot (never a queue behind it)
+and never holds up the process's exit. The daemon makes one runner per kind (CheckResources).
 """
 
 import asyncio
 import socket
-from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
+import threading
+from typing import Any, Callable, List, Optional, TypeVar
 
-PRESSURE_TIMEOUT = 1.0
-MAX_INPUT_BUFFER = 256 * 1024
-OTHER_PATH_LABEL = "other"
+from .clientproto import FetchError
 
-OPENED, READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3, 4
+BLOCKING_DNS_LOOKUPS = 4  # DNS lookups in flight at once; past it a fetch fails with kind "dns"
+BLOCKING_SCANS = 4  # heartbeat directory scans in flight at once (each check runs one at a time)
+
+_BlockingResult = TypeVar("_BlockingResult")
 
 
-class Connection:
+class BlockingBusy(Exception):
+    """Every slot of a BlockingRunner is taken by a call still running."""
 
-    __slots__ = ("sock", "fd", "buf", "pos", "out", "phase", "deadline", "close_after",
-                 "reading", "writing", "waiting", "linger")
 
-    def __init__(self, sock: socket.SocketType, deadline: float, phase: int) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.buf = b""
-        self.pos = 0
-        self.out = b""
-        self.phase = phase
-        self.deadline = deadline
-        self.close_after = False
-        self.reading = False
-        self.writing = False
-        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
-        self.linger = False
+class BlockingRunner:
+    """Runs blocking calls on daemon threads, at most `limit` at once; no queue."""
 
-    def holds_nothing(self) -> bool:
-        return self.waiting is None and not self.buf and not self.out
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.running = 0  # changed on the loop's thread only
 
-    def append(self, data: bytes) -> bool:
-        unparsed = len(self.buf) - self.pos
-        if unparsed + len(data) > MAX_INPUT_BUFFER:
-            return False
-        self.buf = self.buf[self.pos:] + data if unparsed else data
-        self.pos = 0
+    async def run(self, fn: Callable[..., _BlockingResult], *args: Any) -> _BlockingResult:
+        """`fn(*args)` on a thread of its own; BlockingBusy when `limit` calls are running.
+        Cancelling the wait leaves the call running: it holds its slot until it returns."""
+        if self.running >= self.limit:
+            raise BlockingBusy("%d %s calls are still running (the limit)"
+                               % (self.limit, self.name))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()  # type: asyncio.Future[Any]
+
+        def settle(result: Any, error: Optional[BaseException]) -> None:
+            self.running -= 1
+            if future.done():
+                return  # the caller gave up waiting
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            try:
+                result, error = fn(*args), None  # type: Any, Optional[BaseException]
+            except BaseException as exc:  # handed to the waiter, never lost in the thread
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:
+                pass  # the loop closed while the call ran
+
+        self.running += 1
+        try:
+            threading.Thread(target=work, name="probed-" + self.name, daemon=True).start()
+        except BaseException:
+            self.running -= 1
+            raise
+        return await future
+
+
+class Resolver:
+    """getaddrinfo for the HTTP client on its own runner (BLOCKING_DNS_LOOKUPS at once)."""
+
+    def __init__(self, limit: int = BLOCKING_DNS_LOOKUPS) -> None:
+        self.runner = BlockingRunner("dns", limit)
+
+    async def resolve(self, host: str, port: int) -> List[Any]:
+        """Addresses for a TCP connection; FetchError("dns") when every lookup slot is taken
+        (lookups hang when DNS does not answer), socket.gaierror when the name does not resolve."""
+        try:
+            return await self.runner.run(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        except BlockingBusy:
+            raise FetchError("dns", "cannot resolve host %r: %d lookups are already waiting for "
+                             "the resolver (is DNS answering?)" % (host, self.runner.limit)
+                             ) from None
+''')
+
+# ------------------------------------------------------------------------------
+# probed/clientchan.py: its lines 1-174 are lines 3299-3472 here (file line = module line + 3298)
+# ------------------------------------------------------------------------------
+modules.add('probed/clientchan.py', 3299, r'''
+"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
+buffer, and reads paced so that a fast peer never holds the event loop.
+
+A read that finds its data already buffered (or a socket that always has data) never suspends,
+so the caller's deadline could not fire: every socket read yields to the loop, and so does every
+CLIENT_READS_PER_YIELD-th read served from the buffer. A search for a line end resumes where the
+last one stopped, so a line arriving a byte at a time costs linear time.
+Must never: keep a buffer after close() (a failed call's exception may outlive it).
+"""
+
+import asyncio
+import socket
+from typing import Any, Callable, Dict, Optional, Pattern
+
+from .clientproto import FetchError
+
+CLIENT_RECV_BYTES = 64 * 1024  # one read from the socket
+CLIENT_READS_PER_YIELD = 32  # reads served from the buffer between two yields to the loop
+CLIENT_SINK_SLICE_BYTES = 16 * 1024  # body bytes a sink takes between two yields to the loop
+
+
+class BodySink:
+    """Takes a response body piece by piece instead of the client holding it (fetch's `sink`).
+
+    The default keeps nothing; subclasses override. Both methods run on the loop, between reads.
+    """
+
+    def start(self, status: int, headers: Dict[str, str]) -> bool:
+        """The final response head arrived; False: the body is not wanted (it is not read)."""
         return True
 
-    def consumed(self, pos: int) -> None:
-        if pos >= len(self.buf):
-            self.buf, self.pos = b"", 0
+    def feed(self, data: bytes) -> bool:
+        """The next piece of the body (at most CLIENT_SINK_SLICE_BYTES); False: enough, stop."""
+        return True
+
+
+class ClientChannel:
+    """One connected non-blocking socket (optionally TLS over memory BIOs) plus a read buffer."""
+
+    __slots__ = ("_loop", "_sock", "_tls", "_tls_in", "_tls_out", "_tcp_eof", "buf", "_reads")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._tls = self._tls_in = self._tls_out = None  # type: Any
+        self._tcp_eof = False
+        self.buf = bytearray()
+        self._reads = 0  # buffered reads since the last yield
+
+    def close(self) -> None:
+        """Close the socket and drop the buffer."""
+        self._sock.close()
+        self.buf = bytearray()
+
+    async def _tls_call(self, what: str, op: Callable[..., Any], *args: Any) -> Any:
+        """Run one SSLObject call, moving TLS records between the memory BIOs and the socket."""
+        import ssl
+        while True:
+            try:
+                result = op(*args)
+            except ssl.SSLWantReadError:
+                if self._tcp_eof:
+                    raise FetchError("closed", "connection closed in the TLS %s" % what) from None
+                await self._tls_flush()
+                data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
+                self._tcp_eof = not data
+                if data:
+                    self._tls_in.write(data)
+                else:
+                    self._tls_in.write_eof()
+                continue
+            except ssl.SSLError as exc:
+                if self._tcp_eof and what == "read":  # EOF without close_notify: just the end
+                    return b""
+                detail = getattr(exc, "verify_message", None) or exc.reason or exc
+                raise FetchError("tls", "TLS %s failed: %s" % (what, detail)) from None
+            await self._tls_flush()
+            return result
+
+    async def _tls_flush(self) -> None:
+        data = self._tls_out.read()
+        if data:
+            await self._loop.sock_sendall(self._sock, data)
+
+    async def start_tls(self, context: Any, server_hostname: str) -> None:
+        """The TLS handshake over the connected socket."""
+        import ssl
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
+        await self._tls_call("handshake", self._tls.do_handshake)
+
+    async def send(self, data: bytes) -> None:
+        """Send all of `data`."""
+        if self._tls is None:
+            await self._loop.sock_sendall(self._sock, data)
+            return
+        view = memoryview(data)
+        while view:
+            view = view[await self._tls_call("write", self._tls.write, view):]
+
+    async def _fill(self) -> bool:
+        """Append one read to the buffer, then yield to the loop; False at end of stream."""
+        if self._tls is None:
+            data = await self._loop.sock_recv(self._sock, CLIENT_RECV_BYTES)
         else:
-            self.pos = pos
+            data = await self._tls_call("read", self._tls.read, CLIENT_RECV_BYTES)
+        self.buf += data
+        await asyncio.sleep(0)  # sock_recv returns without suspending when data is waiting
+        return bool(data)
 
-    def await_next(self, now: float, read_timeout: float, idle_timeout: float) -> None:
-        self.phase = READING if self.buf else IDLE
-        self.deadline = now + (read_timeout if self.buf else idle_timeout)
+    async def _pace(self) -> None:
+        """Count a read served from the buffer; yield to the loop every CLIENT_READS_PER_YIELD."""
+        self._reads += 1
+        if self._reads >= CLIENT_READS_PER_YIELD:
+            self._reads = 0
+            await asyncio.sleep(0)
+
+    async def read_until(self, end: "Pattern[bytes]", limit: int, what: str) -> bytes:
+        """Bytes before the next match of `end` (consumed too); FetchError past `limit` or EOF.
+        `end` must match at most 4 bytes, so a search resumes 3 bytes before the last one's end."""
+        await self._pace()
+        scanned = 0
+        while True:
+            match = end.search(self.buf, max(0, scanned - 3))
+            if match and match.start() <= limit:
+                data = bytes(self.buf[:match.start()])
+                del self.buf[:match.end()]
+                return data
+            if len(self.buf) > limit:
+                raise FetchError("protocol", "%s over %d bytes" % (what, limit))
+            scanned = len(self.buf)
+            if not await self._fill():
+                where = "in the middle of" if self.buf else "before"
+                raise FetchError("closed", "connection closed %s the %s" % (where, what))
+
+    async def read_exact(self, size: int) -> bytes:
+        """Exactly `size` bytes; FetchError("closed") when the stream ends first."""
+        await self._pace()
+        while len(self.buf) < size:
+            if not await self._fill():
+                raise FetchError("closed", "connection closed after %d of %d body bytes"
+                                 % (len(self.buf), size))
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
+
+    async def read_to_eof(self, max_body: int) -> bytes:
+        """Everything up to the end of the stream; FetchError("too-large") past `max_body`."""
+        while len(self.buf) <= max_body:
+            if not await self._fill():
+                return bytes(self.buf)
+        self.buf = bytearray()
+        raise FetchError("too-large", "body over %d bytes" % max_body)
+
+    async def pipe(self, sink: BodySink, size: Optional[int], max_body: int) -> bool:
+        """Hand `size` bytes (None: all up to the end of the stream, at most `max_body`) to the
+        sink in slices, yielding between them; False when the sink wanted no more."""
+        left = max_body + 1 if size is None else size  # to EOF: one byte past the cap is too many
+        while left:
+            if not self.buf and not await self._fill():
+                if size is None:
+                    return True
+                raise FetchError("closed", "connection closed with %d body bytes missing" % left)
+            n = min(len(self.buf), left, CLIENT_SINK_SLICE_BYTES)
+            if size is None and n == left:
+                self.buf = bytearray()
+                raise FetchError("too-large", "body over %d bytes" % max_body)
+            piece = bytes(self.buf[:n])
+            del self.buf[:n]
+            left -= n
+            if not sink.feed(piece):
+                return False
+            await asyncio.sleep(0)  # the sink worked on one slice: let the loop run
+        return True
+''')
+
+# ------------------------------------------------------------------------------
+# probed/client.py: its lines 1-344 are lines 3479-3822 here (file line = module line + 3478)
+# ------------------------------------------------------------------------------
+modules.add('probed/client.py', 3479, r'''
+"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
+
+One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
+answers, or drips a byte a second, fails at it; urllib's per-socket timeouts bound neither. The
+deadline is real against a fast backend too: the client yields to the loop after every socket
+read and every CLIENT_READS_PER_YIELD buffered reads (a read that finds its data buffered never
+suspends), and caps interim replies and blank lines, so endless `100 Continue`s or 1-byte chunks
+cannot hold the loop. A body can go to a `BodySink` piece by piece instead of into memory.
+Raw non-blocking sockets, TLS through `ssl.MemoryBIO`: closing is a synchronous socket.close()
+on every path, so no transport is left for the GC to warn about.
+Must never: import ssl at module import, reuse a connection, put request headers or bodies
+(bearer tokens) into an error message or a repr, or leave a failed call's buffers reachable from
+its exception.
+"""
+
+import asyncio
+import errno
+import json
+import os
+import re
+import socket
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import import_ssl
+from .blocking import Resolver
+from .clientproto import (  # CLIENT_USER_AGENT is re-exported for callers
+    _CLIENT_LINE_END,
+    CLIENT_MAX_LINE_BYTES,
+    CLIENT_USER_AGENT,
+    FetchError,
+    _client_build_request,
+    _client_parse_fields,
+    _client_parse_status_line,
+    split_url,
+)
+from .clientchan import BodySink, ClientChannel
+from .files import read_small_file
+
+CLIENT_MAX_HEAD_BYTES = 64 * 1024  # the header fields of one response (and chunked trailers)
+CLIENT_MAX_TOKEN_BYTES = 64 * 1024  # a bearer-token file bigger than this is a wrong path
+CLIENT_MAX_INTERIM = 16  # 1xx replies (100 Continue, 103 Early Hints) before the final one
+CLIENT_MAX_BLANK_LINES = 16  # empty lines before a status line (RFC 9112 2.2 tolerates some)
+
+_CLIENT_FIELDS_END = re.compile(rb"\A\r?\n|\r?\n\r?\n")  # no fields, or the blank line
+_CLIENT_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;.*)?\Z")
+_CLIENT_CONTENT_LENGTH = re.compile(r"[0-9]+\Z")
 
 
-class ServerStats:
+class Response:
+    """A complete HTTP response; header names are lower-case, repeated ones joined by ", "."""
 
-    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "open", "requests",
-                 "counted_paths")
+    __slots__ = ("status", "reason", "headers", "body", "elapsed")
 
-    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
-        self.accepted = 0
-        self.refused_at_cap = 0
-        self.evicted_at_cap = 0
-        self.open = 0
-        self.requests: Dict[Tuple[str, int], int] = {}
-        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
+    def __init__(self, status: int, reason: str, headers: Dict[str, str], body: bytes,
+                 elapsed: float) -> None:
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+        self.elapsed = elapsed
 
-    def count(self, path: str, status: int) -> None:
-        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
-        self.requests[key] = self.requests.get(key, 0) + 1
+    def json(self) -> Any:
+        """The body parsed as JSON; ValueError when it is not JSON."""
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return "<Response %d %s, %d bytes, %.3fs>" % (
+            self.status, self.reason, len(self.body), self.elapsed)
 
 
-def pick_eviction(oldest_first: Iterable[Connection]) -> Optional[Connection]:
-    for conn in oldest_first:
-        if conn.waiting is None:
-            return conn
+class TLSOptions:
+    """How https is verified: system CAs (default), `ca_file`, or not at all (`insecure`)."""
+
+    __slots__ = ("ca_file", "insecure", "_context")
+
+    def __init__(self, ca_file: Optional[str] = None, insecure: bool = False) -> None:
+        self.ca_file = ca_file
+        self.insecure = insecure
+        self._context = None  # type: Any
+
+    def context(self) -> Any:
+        """The `ssl.SSLContext`, built (and ssl imported) on first use; FetchError("tls")."""
+        if self._context is not None:
+            return self._context
+        try:
+            ssl = import_ssl()
+        except ImportError:
+            raise FetchError("tls", "https needs the ssl module; this Python has none") from None
+        if self.insecure:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            try:
+                context = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ValueError) as exc:
+                raise FetchError("tls", "cannot load CA file %r: %s" % (
+                    self.ca_file, getattr(exc, "strerror", None) or exc)) from None
+        self._context = context
+        return context
+
+
+_CLIENT_DEFAULT_TLS = TLSOptions()
+
+
+def read_bearer_token(token_file: Optional[str], env_names: Sequence[str] = ()) -> Optional[str]:
+    """The bearer token: the stripped file content, else the first non-empty env var, else None.
+
+    The file is read on every call so a rotated Kubernetes Secret is picked up. An unreadable
+    file raises OSError (files.FileRefusedError for a FIFO, a device or a file over
+    CLIENT_MAX_TOKEN_BYTES), so a broken mount is reported instead of polling without
+    credentials.
+    """
+    if token_file:
+        data = read_small_file(token_file, CLIENT_MAX_TOKEN_BYTES, "token file")
+        try:
+            token = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError("token file %r is not UTF-8 text" % token_file) from None
+        if token:
+            return token
+    for name in env_names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
     return None
 
 
-def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Connection]:
-    if pressure:
-        for conn in conns:
-            if conn.holds_nothing():
-                conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
-    return [c for c in conns if c.deadline < now]
+async def _client_read_fields(chan: ClientChannel, what: str) -> Dict[str, str]:
+    block = await chan.read_until(_CLIENT_FIELDS_END, CLIENT_MAX_HEAD_BYTES, what)
+    return _client_parse_fields(block) if block else {}
 
 
-# ============================================================
-# probed/nvml.py
-# ============================================================
+async def _client_read_head(chan: ClientChannel) -> Tuple[int, str, Dict[str, str]]:
+    """The final response head; a non-HTTP peer (an SSH banner) fails at its first line."""
+    blank = interim = 0
+    while True:
+        line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "status line")
+        if not line:  # RFC 9112 2.2: empty lines before a status line are ignored, a few
+            blank += 1
+            if blank > CLIENT_MAX_BLANK_LINES:
+                raise FetchError("protocol", "over %d empty lines before the status line"
+                                 % CLIENT_MAX_BLANK_LINES)
+            continue
+        status, reason = _client_parse_status_line(line)
+        headers = await _client_read_fields(chan, "response header block")
+        if status == 101:
+            raise FetchError("protocol", "unexpected 101 Switching Protocols")
+        if status >= 200:  # 100 Continue, 103 Early Hints: interim, a final one follows
+            return status, reason, headers
+        interim += 1
+        if interim > CLIENT_MAX_INTERIM:
+            raise FetchError("protocol", "over %d interim (1xx) responses" % CLIENT_MAX_INTERIM)
+
+
+async def _client_read_chunked(chan: ClientChannel, max_body: int,
+                               sink: Optional[BodySink]) -> bytes:
+    """A chunked body (into `sink` when given); trailers are checked for syntax and size, then
+    dropped."""
+    body, total = bytearray(), 0
+    while True:
+        line = await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES,
+                                     "chunk size line")
+        match = _CLIENT_CHUNK_SIZE.match(line)
+        if not match:
+            raise FetchError("protocol", "bad chunk size line %r" % line[:32].decode("latin-1"))
+        size = int(match.group(1), 16)
+        if size == 0:
+            break
+        total += size
+        if total > max_body:
+            raise FetchError("too-large", "body over %d bytes" % max_body)
+        if sink is None:
+            body += await chan.read_exact(size)
+        elif not await chan.pipe(sink, size, max_body):
+            return b""
+        if await chan.read_until(_CLIENT_LINE_END, CLIENT_MAX_LINE_BYTES, "chunk"):
+            raise FetchError("protocol", "chunk data longer than its size line says")
+    await _client_read_fields(chan, "trailer block")
+    return bytes(body)
+
+
+async def _client_read_body(chan: ClientChannel, method: str, status: int,
+                            headers: Dict[str, str], max_body: int,
+                            sink: Optional[BodySink]) -> bytes:
+    """The response body, framed as RFC 9112 section 6.3 says (b"" when it went to `sink`)."""
+    wanted = sink is None or sink.start(status, headers)  # a sink hears of every response
+    if method == "HEAD" or status in (204, 304) or not wanted:
+        return b""
+    coding = headers.get("transfer-encoding")
+    if coding is not None:
+        if [c.strip().lower() for c in coding.split(",") if c.strip()] != ["chunked"]:
+            raise FetchError("protocol", "unsupported transfer-encoding %r" % coding[:40])
+        return await _client_read_chunked(chan, max_body, sink)
+    length = headers.get("content-length")
+    size = None  # type: Optional[int]
+    if length is not None:
+        values = {v.strip() for v in length.split(",")}
+        if len(values) != 1 or not _CLIENT_CONTENT_LENGTH.match(next(iter(values))):
+            raise FetchError("protocol", "bad content-length %r" % length[:40])
+        size = int(values.pop())
+        if size > max_body:
+            raise FetchError("too-large", "body over %d bytes (content-length %d)"
+                             % (max_body, size))
+    if sink is not None:
+        await chan.pipe(sink, size, max_body)
+        return b""
+    return await (chan.read_to_eof(max_body) if size is None else chan.read_exact(size))
+
+
+async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                          resolver: Optional[Resolver]) -> List[Any]:
+    """getaddrinfo results; IP literals never touch a resolver thread."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                  flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError):
+        pass
+    try:
+        if resolver is not None:
+            infos = await resolver.resolve(host, port)
+        else:  # callers outside the daemon: asyncio's default executor
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchError("dns", "cannot resolve host %r: %s" % (
+            host, getattr(exc, "strerror", None) or exc)) from None
+    if not infos:
+        raise FetchError("dns", "cannot resolve host %r: no addresses" % host)
+    return list(infos)
+
+
+async def _client_connect(loop: asyncio.AbstractEventLoop, infos: List[Any]) -> socket.socket:
+    """A socket connected to the first address that accepts; the last error otherwise."""
+    last = OSError(errno.ECONNREFUSED, "no address to connect to")  # type: OSError
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:  # cancelled by the deadline: still release the descriptor
+            sock.close()
+            raise
+    raise last
+
+
+def _client_os_error(exc: OSError, phase: str) -> FetchError:
+    if isinstance(exc, ConnectionRefusedError):
+        return FetchError("refused", "connection refused")
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return FetchError("reset", "connection reset by peer while %s" % phase)
+    if exc.errno == errno.ETIMEDOUT:
+        return FetchError("timeout", "timed out (by the OS) while %s" % phase)
+    if phase == "connecting":
+        return FetchError("refused", "cannot connect: %s" % (exc.strerror or exc))
+    return FetchError("reset", "%s while %s" % (exc.strerror or exc, phase))
+
+
+class _ClientCall:
+    """One request's settings between fetch() and the exchange, and what it is doing now."""
+
+    __slots__ = ("host", "port", "request", "method", "context", "max_body", "sink", "resolver",
+                 "phase")
+
+    def __init__(self, host: str, port: int, request: bytes, method: str, context: Any,
+                 max_body: int, sink: Optional[BodySink], resolver: Optional[Resolver]) -> None:
+        self.host, self.port, self.request, self.method = host, port, request, method
+        self.context, self.max_body, self.sink, self.resolver = context, max_body, sink, resolver
+        self.phase = "starting"  # for the timeout message
+
+
+async def _client_exchange(call: _ClientCall) -> Tuple[int, str, Dict[str, str], bytes]:
+    """One request on one new connection."""
+    loop = asyncio.get_running_loop()
+    call.phase = "resolving %s" % call.host
+    infos = await _client_resolve(loop, call.host, call.port, call.resolver)
+    chan = None
+    try:
+        call.phase = "connecting"
+        chan = ClientChannel(loop, await _client_connect(loop, infos))
+        if call.context is not None:
+            call.phase = "in the TLS handshake"
+            await chan.start_tls(call.context, call.host)
+        call.phase = "sending the request"
+        await chan.send(call.request)
+        call.phase = "waiting for the response headers"
+        status, reason, headers = await _client_read_head(chan)
+        call.phase = "reading the body"
+        body = await _client_read_body(chan, call.method, status, headers, call.max_body,
+                                       call.sink)
+        return status, reason, headers, body
+    except OSError as exc:
+        raise _client_os_error(exc, call.phase) from None
+    finally:
+        if chan is not None:
+            chan.close()
+
+
+def _client_drop_frames(exc: BaseException) -> None:
+    """Clear the finished frames an exception's traceback holds. Through them it reaches the
+    exchange's buffers, and through asyncio's wait_for frame (its inner task holds the exception)
+    it forms a cycle that only a full GC frees: 16 MiB per failed over-cap scrape."""
+    tb = exc.__traceback__
+    while tb is not None:
+        try:
+            tb.tb_frame.clear()
+        except RuntimeError:  # a frame still running (fetch's own) cannot be cleared
+            pass
+        tb = tb.tb_next
+    exc.__traceback__ = None
+
+
+async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
+                body: Optional[bytes] = None, timeout: float = 1.0, max_body: int = 1 << 20,
+                tls: Optional[TLSOptions] = None, sink: Optional[BodySink] = None,
+                resolver: Optional[Resolver] = None) -> Response:
+    """Make one HTTP/1.1 request on a new connection and return the whole response.
+
+    `timeout` bounds everything (DNS to the last body byte). Any status is a Response; no
+    response at all (or a body over `max_body`) is a FetchError. `headers` may replace Host,
+    User-Agent and Accept, never Connection or Content-Length. With `sink` the body goes to it
+    piece by piece and the Response's body is empty. `resolver` looks up host names on threads
+    of its own (the daemon's); without one, asyncio's default executor does. ValueError for a
+    bad URL, method, header or timeout.
+    """
+    scheme, host, port, target = split_url(url)
+    if not timeout > 0:
+        raise ValueError("timeout must be > 0 seconds, got %r" % timeout)
+    method = method.upper()
+    request = _client_build_request(method, scheme, host, port, target, headers, body)
+    context = (tls or _CLIENT_DEFAULT_TLS).context() if scheme == "https" else None
+    call = _ClientCall(host, port, request, method, context, max_body, sink, resolver)
+    started = time.monotonic()
+    try:
+        status, reason, fields, data = await asyncio.wait_for(_client_exchange(call), timeout)
+    except asyncio.TimeoutError as exc:
+        _client_drop_frames(exc)
+        raise FetchError("timeout", "timed out after %gs while %s" % (timeout, call.phase)
+                         ) from None
+    except FetchError as exc:
+        _client_drop_frames(exc)
+        raise exc  # (not a bare raise: 3.8 would restore the old traceback)
+    return Response(status, reason, fields, data, time.monotonic() - started)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/scrape.py: its lines 1-238 are lines 3829-4066 here (file line = module line + 3828)
+# ------------------------------------------------------------------------------
+modules.add('probed/scrape.py', 3829, r'''
+"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
+
+A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
+from one endpoint. Each check registers as a reader of its source with the selectors it reads;
+one scrape selects the union, streaming the body through a `SeriesSelector` (it is never held
+whole: a 16 MiB body costs what the selector keeps), and a reading younger than
+SCRAPE_REUSE_SHARE of the fastest reader's pace serves every reader. A reader's pace is its
+interval, or how often it really asks when that is faster (the engine's start pace until
+ready), and a reader that went quiet (a dormant check) stops setting it. So the checks of one
+source cost one scrape per that pace, whatever their count and jitter. A reader may ask for a
+reading taken after it asked (max_age=0: the drain's in-flight count).
+"""
+
+import asyncio
+import time
+from typing import (Any, Callable, Dict, FrozenSet, Hashable, List, Mapping, Optional, Sequence,
+                    Tuple)
+
+from .blocking import Resolver
+from .client import BodySink, FetchError, TLSOptions, fetch
+from .expfmt import ExpositionError, ExpositionTooBig, Selector, SelectedSeries, SeriesSelector
+
+SCRAPE_MAX_BODY = 16 << 20  # a busy multi-engine vLLM body is a few hundred KB
+SCRAPE_REUSE_SHARE = 0.9  # of the fastest reader's pace: a reading younger than that is reused
+SCRAPE_FAST_PACE = 0.8  # a reader asking faster than this share of its interval (the engine's
+# start pace) sets the pace by its asks; slower, its interval does (asks jitter +-10% around it)
+SCRAPE_HEAD_BYTES = 16  # body bytes kept to tell an empty or `null` body
+
+
+def is_openmetrics(headers: Mapping[str, str]) -> Optional[bool]:
+    """How a Content-Type says to parse: True for OpenMetrics; False for `text/plain` with a
+    version (the text format, as Prometheus decides); otherwise None, so the parser looks for
+    a final `# EOF` (some servers label OpenMetrics bodies a bare text/plain)."""
+    ctype = headers.get("content-type", "").lower()
+    if "openmetrics" in ctype:
+        return True
+    media, _, params = ctype.partition(";")
+    return False if media.strip() == "text/plain" and "version=" in params else None
+
+
+class MetricsReading:
+    """What one scrape said: each registered selector's series (by its text), or why not."""
+
+    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series",
+                 "headers")
+
+    def __init__(self, taken_at: float, keys: FrozenSet[str]) -> None:
+        self.taken_at = taken_at  # monotonic seconds when its request started
+        self.keys = keys  # the selectors it selected
+        self.error = ""  # no usable answer: the fetch failed or the body is malformed
+        self.refused = False  # the connection was refused
+        self.status = 0
+        self.location = ""  # a redirect's Location
+        self.empty = False  # the body was empty or `null`
+        self.series: Dict[str, SelectedSeries] = {}
+        self.headers: Dict[str, str] = {}  # the reply's (llama-server names its process there)
+
+
+class _MetricsSink(BodySink):
+    """Streams a 2xx body through a SeriesSelector; remembers the body's first bytes."""
+
+    def __init__(self, selectors: Sequence[Selector]) -> None:
+        self.selectors = selectors
+        self.status = 0
+        self.location = ""
+        self.headers: Dict[str, str] = {}
+        self.selector: Optional[SeriesSelector] = None
+        self.head = b""
+        self.blank_after_head = True
+
+    def start(self, status: int, headers: Dict[str, str]) -> bool:
+        self.status, self.location, self.headers = status, headers.get("location", ""), headers
+        if not 200 <= status < 300 or status == 204:
+            return False
+        self.selector = SeriesSelector(self.selectors, is_openmetrics(headers))
+        return True
+
+    def feed(self, data: bytes) -> bool:
+        room = SCRAPE_HEAD_BYTES - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+        self.blank_after_head = self.blank_after_head and not data[max(room, 0):].strip()
+        assert self.selector is not None
+        return self.selector.feed(data)
+
+    def finish(self, reading: MetricsReading, keys: Sequence[str]) -> None:
+        """Fill in what the body said; `keys` name the selectors, in order."""
+        reading.status, reading.location, reading.headers = self.status, self.location, self.headers
+        if self.selector is None:
+            return
+        if self.blank_after_head and self.head.strip() in (b"", b"null"):
+            reading.empty = True  # the LLM Healthchecker treats these as healthy
+            reading.series = {k: [] for k in keys}
+            return
+        try:
+            reading.series = dict(zip(keys, self.selector.close()))
+        except ExpositionTooBig as exc:
+            reading.error = "metrics too big to read: %s" % exc
+        except ExpositionError as exc:
+            reading.error = "malformed metrics: %s" % exc
+
+
+class _MetricsReader:
+    """A check that reads a source: its selectors, and the pace at which it asks."""
+
+    __slots__ = ("keys", "interval", "pace", "asked")
+
+    def __init__(self, keys: FrozenSet[str], interval: float) -> None:
+        self.keys = keys
+        self.interval = interval
+        self.pace = interval  # its interval, or the gap between its last two asks if faster
+        self.asked = float("-inf")
+
+    def note(self, now: float) -> None:
+        """It asks now."""
+        gap = now - self.asked
+        self.pace = gap if gap < SCRAPE_FAST_PACE * self.interval else self.interval
+        self.asked = now
+
+
+class MetricsSource:
+    """The latest reading of one URL and the readers it is taken for."""
+
+    def __init__(self, url: str, headers: Optional[Mapping[str, str]] = None,
+                 tls: Optional[TLSOptions] = None) -> None:
+        self.url = url
+        self.headers = dict(headers or {})
+        self.tls = tls
+        self.selectors: Dict[str, Selector] = {}  # the union, by text
+        self.readers: Dict[Hashable, _MetricsReader] = {}
+        self.reading: Optional[MetricsReading] = None
+        self.forgotten_at = float("-inf")
+        self._inflight: Optional["asyncio.Future[None]"] = None
+
+    def add_reader(self, reader: Hashable, selectors: Sequence[Selector], interval: float) -> None:
+        """Register `reader` (a check; again: more selectors) reading `selectors` about every
+        `interval` seconds."""
+        keys = frozenset(str(s) for s in selectors)
+        for key, sel in zip(map(str, selectors), selectors):
+            self.selectors.setdefault(key, sel)
+        known = self.readers.get(reader)
+        if known is None:
+            self.readers[reader] = _MetricsReader(keys, interval)
+        else:
+            known.keys |= keys
+
+    def forget(self) -> None:
+        """The backend restarted: a reading whose request began before now (even one still in
+        flight) speaks of the old process, and no reader gets it."""
+        self.reading, self.forgotten_at = None, time.monotonic()
+
+    def reuse_window(self, now: float) -> float:
+        """How old a reading may be: SCRAPE_REUSE_SHARE of the fastest reader's pace. A reader
+        silent for longer than its pace (a dormant check) no longer sets the pace."""
+        paces = [max(r.pace, now - r.asked) for r in self.readers.values()]
+        return SCRAPE_REUSE_SHARE * min(paces) if paces else 0.0
+
+    async def read(self, reader: Hashable, timeout: float,
+                   headers: Callable[[], Mapping[str, str]], max_age: Optional[float] = None,
+                   resolver: Optional[Resolver] = None) -> MetricsReading:
+        """A reading with `reader`'s selectors whose request started at most `max_age` seconds
+        ago: by default the reuse window, and the ask counts toward the pace; a reader that
+        asks with its own `max_age` (0: started after this call) never sets the pace.
+        `headers()` (a fresh token) is called only when a scrape starts."""
+        now = time.monotonic()
+        wanted = self.readers[reader].keys
+        if max_age is None:
+            self.readers[reader].note(now)
+            max_age = self.reuse_window(now)
+        oldest = max(now - max_age, self.forgotten_at)
+        while True:  # at most twice: one in flight that is too old or lacks selectors, then ours
+            reading = self.reading
+            if reading is not None and reading.taken_at >= oldest and wanted <= reading.keys:
+                return reading
+            if self._inflight is None or self._inflight.done():
+                self._inflight = asyncio.ensure_future(self._scrape(
+                    frozenset(self.selectors), timeout, headers() or self.headers, resolver))
+            await asyncio.shield(self._inflight)
+
+    async def _scrape(self, keys: FrozenSet[str], timeout: float, headers: Mapping[str, str],
+                      resolver: Optional[Resolver]) -> None:
+        ordered = sorted(keys)
+        sink = _MetricsSink([self.selectors[k] for k in ordered])
+        reading = MetricsReading(time.monotonic(), keys)  # the data is at least this old
+        try:
+            await fetch(self.url, headers=headers, timeout=timeout, max_body=SCRAPE_MAX_BODY,
+                        tls=self.tls, sink=sink, resolver=resolver)
+        except FetchError as exc:
+            reading.error, reading.refused = str(exc), exc.kind == "refused"
+        else:
+            sink.finish(reading, ordered)
+        self.reading = reading
+
+
+SourceKey = Tuple[Any, ...]  # everything that changes the request: URL, headers, token, TLS
+
+
+class ScrapeHub:
+    """The daemon's shared scrapes: one `MetricsSource` per distinct request, so checks of one
+    backend share a scrape while checks that authenticate or verify TLS differently never do."""
+
+    def __init__(self) -> None:
+        self.sources: Dict[SourceKey, MetricsSource] = {}
+
+    def source(self, url: str, key: SourceKey, headers: Optional[Mapping[str, str]] = None,
+               tls: Optional[TLSOptions] = None) -> MetricsSource:
+        """The source for `url` requested as `key` says (see HTTPRequestSettings.identity)."""
+        full = (url,) + tuple(key)
+        source = self.sources.get(full)
+        if source is None:
+            source = self.sources[full] = MetricsSource(url, headers, tls)
+        return source
+
+    def forget(self) -> None:
+        """The backend restarted: no check may read a body of the old process."""
+        for source in self.sources.values():
+            source.forget()
+
+
+class ProgressBoard:
+    """When the work counter behind each metrics URL last rose: progress checks write it, the
+    inference check reads it (`idle-only`: no synthetic request while real tokens flow)."""
+
+    def __init__(self) -> None:
+        self.rose_at: Dict[str, float] = {}
+
+    def note(self, url: str, when: float) -> None:
+        """The counter behind `url` rose at `when` (monotonic seconds)."""
+        self.rose_at[url] = when
+
+    def last(self, url: str) -> float:
+        """When the counter behind `url` last rose, or -inf when never seen."""
+        return self.rose_at.get(url, float("-inf"))
+
+
+def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[SelectedSeries]:
+    """Each selector's series in a reading that covers them."""
+    return [reading.series[str(s)] for s in selectors]
+''')
+
+# ------------------------------------------------------------------------------
+# probed/beatregistry.py: its lines 1-68 are lines 4073-4140 here (file line = module line + 4072)
+# ------------------------------------------------------------------------------
+modules.add('probed/beatregistry.py', 4073, r'''
+"""Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
+
+One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
+the daemon makes it and hands it to both. Pure bookkeeping on a monotonic clock, no I/O. Must
+never: let a client grow it without bound, or accept a name that could leave a directory.
+"""
+
+import re
+import time
+from typing import Callable, Dict, Tuple
+
+from .values import format_duration
+
+HEARTBEAT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+HEARTBEAT_MAX_WORKERS = 1024  # names the push registry holds; files one check may match
+HEARTBEAT_FORGET_AFTER = 3600.0  # a full registry drops a name silent this long for a new one
+
+WorkerAges = Tuple[Tuple[str, float], ...]  # (name, seconds since its last beat), by name
+
+
+def parse_beat_name(text: str) -> str:
+    """A worker name: 1-128 of letters, digits, '.', '_', '-', starting with a letter or digit."""
+    if not HEARTBEAT_NAME_PATTERN.match(text):
+        raise ValueError("expected 1-128 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")
+    return text
+
+
+class HeartbeatRegistryFull(Exception):
+    """A new name arrived while the registry holds HEARTBEAT_MAX_WORKERS recently seen names."""
+
+
+class HeartbeatRegistry:
+    """Beats pushed to the admin listener, by worker name, on a monotonic clock.
+
+    At most `max_names` names: when full, a new name replaces the one silent longest if that is
+    silent over `forget_after` (a worker renamed by a rollout), else it is refused.
+    """
+
+    def __init__(self, max_names: int = HEARTBEAT_MAX_WORKERS,
+                 forget_after: float = HEARTBEAT_FORGET_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_names = max_names
+        self.forget_after = forget_after
+        self.clock = clock
+        self.beats: Dict[str, float] = {}
+
+    def beat(self, name: str) -> None:
+        """Record a beat of `name` now; ValueError for a bad name, HeartbeatRegistryFull."""
+        parse_beat_name(name)
+        now = self.clock()
+        if name not in self.beats and len(self.beats) >= self.max_names:
+            oldest = min(self.beats, key=self.beats.__getitem__)
+            if now - self.beats[oldest] <= self.forget_after:
+                raise HeartbeatRegistryFull(
+                    "heartbeat registry full: %d names beat within the last %s" % (
+                        len(self.beats), format_duration(self.forget_after)))
+            del self.beats[oldest]
+        self.beats[name] = now
+
+    def remove(self, name: str) -> bool:
+        """Forget `name` (a worker that left on purpose); False when it was not known."""
+        return self.beats.pop(name, None) is not None
+
+    def ages(self) -> WorkerAges:
+        """Every name with the seconds since its last beat, sorted by name."""
+        now = self.clock()
+        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
+''')
+
+# ------------------------------------------------------------------------------
+# probed/eventlog.py: its lines 1-121 are lines 4147-4267 here (file line = module line + 4146)
+# ------------------------------------------------------------------------------
+modules.add('probed/eventlog.py', 4147, r'''
+"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
+
+Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
+start-up line. The sink is any writable text stream, written at once (tests capture it that
+way), or stderr by default, written by a thread of its own: a stderr pipe nobody reads must
+never stop the event loop, so lines queue (at most LOG_QUEUE_LINES), the overflow is dropped
+and counted, and the count is logged once the pipe drains.
+"""
+
+import json
+import queue
+import sys
+import threading
+import time
+from typing import Any, Optional, TextIO
+
+from .values import format_timestamp, printable
+
+LOG_FORMATS = ("text", "json")
+LOG_QUEUE_LINES = 1000  # lines waiting for a stderr nobody reads; more are dropped and counted
+LOG_FIELD_CHARS = 2000  # of one field's text: a backend's words never make a line huge
+LOG_CLOSE_SECONDS = 1.0  # at exit, how long queued lines may take to go out
+
+
+def _logfmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = "%.3f" % value
+    else:
+        text = printable(str(value), LOG_FIELD_CHARS)  # CR, LF, ESC never reach a terminal
+    if text and not any(c in text for c in ' ="\\\t'):
+        return text
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class StderrWriter:
+    """Lines to stderr from a thread: `put` never blocks; what overflows is counted."""
+
+    def __init__(self, max_lines: int = LOG_QUEUE_LINES) -> None:
+        self.lines: "queue.Queue[Optional[str]]" = queue.Queue(max_lines)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._run, name="probed-log", daemon=True)
+        self.thread.start()
+
+    def put(self, line: str) -> None:
+        """Queue one line; drop it (counted) when the queue is full."""
+        try:
+            self.lines.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            line = self.lines.get()
+            if line is None:
+                return
+            dropped, self.dropped = self.dropped, 0
+            try:
+                if dropped:
+                    sys.stderr.write("time=%s level=warn msg=\"log lines dropped\" count=%d "
+                                     "reason=\"stderr was not read\"\n" % (
+                                         format_timestamp(time.time(), millis=True), dropped))
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass  # a closed log pipe must never take the prober down
+
+    def close(self, timeout: float = LOG_CLOSE_SECONDS) -> None:
+        """Let queued lines go out, waiting at most `timeout`."""
+        try:
+            self.lines.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.thread.join(timeout)
+
+
+class EventLog:
+    """Writes one line per event: `time=... level=... msg=... key=value ...` or a JSON object."""
+
+    def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None) -> None:
+        self.fmt = fmt
+        self.stream = stream
+        self.writer: Optional[StderrWriter] = None  # made on the first line to stderr
+
+    def emit(self, level: str, msg: str, **fields: Any) -> None:
+        """Write one event line; fields keep their order."""
+        wall = time.time()
+        if self.fmt == "json":  # json.dumps escapes control characters itself
+            record = {"time": format_timestamp(wall, millis=True), "level": level, "msg": msg}
+            record.update((k, printable(v, LOG_FIELD_CHARS) if isinstance(v, str) else v)
+                          for k, v in fields.items())
+            line = json.dumps(record, default=str)
+        else:
+            parts = ["time=" + format_timestamp(wall, millis=True), "level=" + level,
+                     "msg=" + _logfmt_value(msg)]
+            parts.extend("%s=%s" % (k, _logfmt_value(v)) for k, v in fields.items())
+            line = " ".join(parts)
+        if self.stream is None:
+            if self.writer is None:
+                self.writer = StderrWriter()
+            self.writer.put(line + "\n")
+            return
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or full log pipe must never take the prober down
+
+    def info(self, msg: str, **fields: Any) -> None:
+        """An informational event."""
+        self.emit("info", msg, **fields)
+
+    def warn(self, msg: str, **fields: Any) -> None:
+        """Something the operator should look at."""
+        self.emit("warn", msg, **fields)
+
+    def close(self) -> None:
+        """Let queued stderr lines go out (bounded wait)."""
+        if self.writer is not None:
+            self.writer.close()
+''')
+
+# ------------------------------------------------------------------------------
+# probed/nvml.py: its lines 1-253 are lines 4274-4526 here (file line = module line + 4273)
+# ------------------------------------------------------------------------------
+modules.add('probed/nvml.py', 4274, r'''
 """NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
+
+ctypes is imported only when a library is loaded, so a daemon without a gpu check never
+imports it. Each method makes one NVML call and returns plain Python values; a code other
+than NVML_SUCCESS raises `NVMLCallError`, and a function the driver lacks (no such symbol, or
+it answers NOT_SUPPORTED / FUNCTION_NOT_FOUND) raises `FunctionMissing`, which callers skip and
+name. Signatures, struct layouts and constants follow NVIDIA's nvml.h (NVML_API_VERSION 13,
+read in NVIDIA/go-nvml gen/nvml/nvml.h). Must never: block (the only waiting call, the event
+wait, is made with timeout 0), or be called from the event loop thread (a sick driver can
+hang any call: the gpu reader calls it from its own thread).
 """
 
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
@@ -2860,23 +4288,26 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 NVML_LIBRARY = "libnvidia-ml.so.1"
 NVML_SUCCESS = 0
 NVML_ERROR_NOT_SUPPORTED = 3
-NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_TIMEOUT = 10  # the event wait found nothing
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_RESET_REQUIRED = 16
 MISSING_CODES = frozenset((NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND))
+# Codes that are a fact about the GPU, not about the call: the driver lost it or needs a reset.
 GPU_GONE_CODES = frozenset((NVML_ERROR_GPU_IS_LOST, NVML_ERROR_RESET_REQUIRED))
 
+# nvmlEventType bits (nvml.h "Event Types").
 EVENT_DOUBLE_BIT_ECC = 0x2
 EVENT_XID = 0x8
 EVENT_DRAM_RETIREMENT_FAILURE = 0x800
 EVENT_GPU_UNAVAILABLE = 0x4000
 EVENT_RECOVERY_ACTION = 0x8000
-MEMORY_ERROR_TYPE_UNCORRECTED = 1
-VOLATILE_ECC = 0
-FI_DEV_GET_GPU_RECOVERY_ACTION = 230
-UUID_BUFFER_SIZE = 96
-DRIVER_BUFFER_SIZE = 80
+MEMORY_ERROR_TYPE_UNCORRECTED = 1  # nvmlMemoryErrorType_t
+VOLATILE_ECC = 0  # nvmlEccCounterType_t: reset each time the driver loads
+FI_DEV_GET_GPU_RECOVERY_ACTION = 230  # field id; the value is an nvmlDeviceGpuRecoveryAction_t
+UUID_BUFFER_SIZE = 96  # NVML_DEVICE_UUID_V2_BUFFER_SIZE
+DRIVER_BUFFER_SIZE = 80  # NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE
+# nvmlValueType_t -> the nvmlValue_t member that holds it
 VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 
 
@@ -2885,6 +4316,7 @@ class NVMLMissing(Exception):
 
 
 class FunctionMissing(Exception):
+    """This driver lacks the function (older driver) or this GPU does not support it."""
 
     def __init__(self, function: str, why: str) -> None:
         super().__init__("%s: %s" % (function, why))
@@ -2893,6 +4325,7 @@ class FunctionMissing(Exception):
 
 
 class NVMLCallError(Exception):
+    """An NVML call returned an error code."""
 
     def __init__(self, function: str, code: int, text: str) -> None:
         super().__init__("%s: %s (NVML error %d)" % (function, text, code))
@@ -2901,6 +4334,7 @@ class NVMLCallError(Exception):
 
 
 class NVMLEvent(NamedTuple):
+    """One event from the event set: which device handle, which type, its data (the Xid)."""
 
     handle: Optional[int]
     event_type: int
@@ -2908,6 +4342,8 @@ class NVMLEvent(NamedTuple):
 
 
 def _struct_types(ct: Any) -> Tuple[Any, Any]:
+    """nvmlEventData_t and nvmlFieldValue_t as ctypes structures (made per library, so this
+    module holds no ctypes state of its own)."""
 
     class EventData(ct.Structure):
         _fields_ = [("device", ct.c_void_p), ("eventType", ct.c_ulonglong),
@@ -2928,20 +4364,23 @@ def _struct_types(ct: Any) -> Tuple[Any, Any]:
 
 
 class NVMLLibrary:
+    """One loaded NVML library. Not thread-safe by itself: the gpu reader calls it from one
+    thread."""
 
     def __init__(self, path: str = NVML_LIBRARY) -> None:
-        import ctypes
+        import ctypes  # here, not at the top: only a gpu check pays for it
 
         try:
             self._dll = ctypes.CDLL(path)
         except OSError as exc:
-            missing = "No such file" in str(exc)
+            missing = "No such file" in str(exc)  # dlerror's words: anything else is kept
             raise NVMLMissing("%s not found" % path if missing else str(exc)) from None
         self._ct = ctypes
         self._event_data, self._field_value = _struct_types(ctypes)
         self._functions: Dict[str, Callable[..., int]] = {}
 
     def has(self, name: str) -> bool:
+        """Whether the library exports `name`."""
         try:
             self._function(name)
         except FunctionMissing:
@@ -2955,7 +4394,7 @@ class NVMLLibrary:
                 fn = getattr(self._dll, name)
             except AttributeError:
                 raise FunctionMissing(name, "not in this driver") from None
-            self._functions[name] = fn
+            self._functions[name] = fn  # restype stays c_int: every call returns nvmlReturn_t
         return fn
 
     def _call(self, name: str, *args: Any) -> None:
@@ -2968,6 +4407,7 @@ class NVMLLibrary:
         raise NVMLCallError(name, code, self.error_text(code))
 
     def error_text(self, code: int) -> str:
+        """nvmlErrorString(code), or a plain fallback."""
         try:
             fn = self._dll.nvmlErrorString
         except AttributeError:
@@ -2976,41 +4416,51 @@ class NVMLLibrary:
         text = fn(self._ct.c_int(code))
         return text.decode("utf-8", "replace") if text else "error %d" % code
 
+    # --- the calls --------------------------------------------------------------------------
+
     def init(self) -> None:
+        """nvmlInit_v2."""
         self._call("nvmlInit_v2")
 
     def shutdown(self) -> None:
+        """nvmlShutdown."""
         self._call("nvmlShutdown")
 
     def driver_version(self) -> str:
+        """nvmlSystemGetDriverVersion."""
         buf = self._ct.create_string_buffer(DRIVER_BUFFER_SIZE)
         self._call("nvmlSystemGetDriverVersion", buf, self._ct.c_uint(DRIVER_BUFFER_SIZE))
         return buf.value.decode("utf-8", "replace")
 
     def device_count(self) -> int:
+        """nvmlDeviceGetCount_v2: the devices this process may use (a container sees its own)."""
         count = self._ct.c_uint(0)
         self._call("nvmlDeviceGetCount_v2", self._ct.byref(count))
         return count.value
 
     def handle(self, index: int) -> int:
+        """nvmlDeviceGetHandleByIndex_v2."""
         handle = self._ct.c_void_p()
         self._call("nvmlDeviceGetHandleByIndex_v2", self._ct.c_uint(index),
                    self._ct.byref(handle))
         return handle.value or 0
 
     def uuid(self, handle: int) -> str:
+        """nvmlDeviceGetUUID: `GPU-xxxxxxxx-...`."""
         buf = self._ct.create_string_buffer(UUID_BUFFER_SIZE)
         self._call("nvmlDeviceGetUUID", self._ct.c_void_p(handle), buf,
                    self._ct.c_uint(UUID_BUFFER_SIZE))
         return buf.value.decode("ascii", "replace")
 
     def ecc_enabled(self, handle: int) -> bool:
+        """nvmlDeviceGetEccMode: whether ECC is on now."""
         current, pending = self._ct.c_int(0), self._ct.c_int(0)
         self._call("nvmlDeviceGetEccMode", self._ct.c_void_p(handle), self._ct.byref(current),
                    self._ct.byref(pending))
         return current.value == 1
 
     def volatile_uncorrected_ecc(self, handle: int) -> int:
+        """nvmlDeviceGetTotalEccErrors(UNCORRECTED, VOLATILE): since the driver last loaded."""
         count = self._ct.c_ulonglong(0)
         self._call("nvmlDeviceGetTotalEccErrors", self._ct.c_void_p(handle),
                    self._ct.c_int(MEMORY_ERROR_TYPE_UNCORRECTED), self._ct.c_int(VOLATILE_ECC),
@@ -3018,6 +4468,7 @@ class NVMLLibrary:
         return count.value
 
     def remapped_rows(self, handle: int) -> Tuple[int, int, bool, bool]:
+        """nvmlDeviceGetRemappedRows: (correctable rows, uncorrectable rows, pending, failed)."""
         c = self._ct
         corr, unc, pending, failure = c.c_uint(0), c.c_uint(0), c.c_uint(0), c.c_uint(0)
         self._call("nvmlDeviceGetRemappedRows", c.c_void_p(handle), c.byref(corr),
@@ -3025,6 +4476,7 @@ class NVMLLibrary:
         return corr.value, unc.value, bool(pending.value), bool(failure.value)
 
     def field_value(self, handle: int, field_id: int) -> float:
+        """One nvmlDeviceGetFieldValues field; FunctionMissing when the driver lacks it."""
         value = self._field_value()
         value.fieldId = field_id
         self._call("nvmlDeviceGetFieldValues", self._ct.c_void_p(handle), self._ct.c_int(1),
@@ -3032,28 +4484,33 @@ class NVMLLibrary:
         name = "nvmlDeviceGetFieldValues(%d)" % field_id
         if value.nvmlReturn != NVML_SUCCESS:
             code = int(value.nvmlReturn)
-            if code in MISSING_CODES or code == 2:
+            if code in MISSING_CODES or code == 2:  # INVALID_ARGUMENT: a field id it predates
                 raise FunctionMissing(name, "not reported by this driver")
             raise NVMLCallError(name, code, self.error_text(code))
         member = VALUE_MEMBERS[value.valueType] if value.valueType < len(VALUE_MEMBERS) else "ullVal"
         return float(getattr(value.value, member))
 
     def event_set(self) -> int:
+        """nvmlEventSetCreate."""
         handle = self._ct.c_void_p()
         self._call("nvmlEventSetCreate", self._ct.byref(handle))
         return handle.value or 0
 
     def supported_events(self, handle: int) -> int:
+        """nvmlDeviceGetSupportedEventTypes: a mask of nvmlEventType bits."""
         mask = self._ct.c_ulonglong(0)
         self._call("nvmlDeviceGetSupportedEventTypes", self._ct.c_void_p(handle),
                    self._ct.byref(mask))
         return mask.value
 
     def register_events(self, handle: int, mask: int, event_set: int) -> None:
+        """nvmlDeviceRegisterEvents: record these events of the device from now on."""
         self._call("nvmlDeviceRegisterEvents", self._ct.c_void_p(handle),
                    self._ct.c_ulonglong(mask), self._ct.c_void_p(event_set))
 
     def next_event(self, event_set: int) -> Optional[NVMLEvent]:
+        """One pending event, or None at once when there is none: nvmlEventSetWait_v2 (or the
+        older nvmlEventSetWait) with timeout 0, so it never sleeps."""
         data = self._event_data()
         name = "nvmlEventSetWait_v2" if self.has("nvmlEventSetWait_v2") else "nvmlEventSetWait"
         code = self._function(name)(self._ct.c_void_p(event_set), self._ct.byref(data),
@@ -3065,14 +4522,327 @@ class NVMLLibrary:
         return NVMLEvent(data.device, int(data.eventType), int(data.eventData))
 
     def free_event_set(self, event_set: int) -> None:
+        """nvmlEventSetFree."""
         self._call("nvmlEventSetFree", self._ct.c_void_p(event_set))
+''')
+
+# ------------------------------------------------------------------------------
+# probed/gpufaults.py: its lines 1-293 are lines 4533-4825 here (file line = module line + 4532)
+# ------------------------------------------------------------------------------
+modules.add('probed/gpufaults.py', 4533, r'''
+"""GPU faults: what each one needs (a server restart, or the node's remediation), how long one
+is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
+no NVML, no I/O; time comes from the clock a caller passes in.
+
+The map from Xid to remedy is NVIDIA's Xid catalogue for Ampere and newer ("Analyzing Xid
+Errors with the Xid Catalog", https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html,
+column "Resolution Bucket (Immediate Action)"; read through its machine copy in leptonai/gpud
+components/accelerator/nvidia/xid/catalog_generated.go, generated 2025-10-29). RESTART_APP
+means a restart of the process that hit it fixes it: that fails `live`, so the kubelet restarts
+the server container. RESET_GPU, RESTART_BM (reboot the node), RESTART_VM and the DBE / NVLink
+workflows need the GPU reset or the node rebooted: that fails `ready` only, since a restart
+cannot fix it and the node's remediation (DCGM, NVSentinel, an operator) will. IGNORE and
+informational Xids are shown and fail nothing.
+"""
+
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+RESTART = "restart"  # a server restart fixes it: fails live (and ready: it cannot serve)
+RESET = "reset"  # needs a GPU reset or a node reboot: fails ready only
+NOTE = "note"  # shown, fails nothing
+FAULT_MODES = ("all", RESTART, RESET)  # the gpu check's `faults=` key
+
+# Catalogue bucket RESTART_APP (codes the catalogue marks "Unused" left out). 8 and 43 are both
+# "GPU stopped processing": 8 RESTART_APP, 43 IGNORE (it follows the fault that stopped the
+# channel). 94 is a *contained* memory error: only the process that touched it dies.
+XID_RESTART: FrozenSet[int] = frozenset((
+    8, 11, 13, 25, 31, 32, 39, 40, 41, 60, 68, 69, 70, 71, 72, 75, 76, 77, 80, 82, 83, 84, 85,
+    86, 88, 89, 94, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 126, 127, 128, 129, 130, 131,
+    132, 133, 134, 135, 139))
+# Buckets RESET_GPU, RESTART_BM (79: fallen off the bus), RESTART_VM (151), WORKFLOW_XID_48
+# (48: double-bit ECC), WORKFLOW_NVLINK_ERR (74) and WORKFLOW_NVLINK5_ERR (144-150).
+XID_RESET: FrozenSet[int] = frozenset((
+    46, 48, 62, 64, 74, 79, 95, 109, 110, 119, 120, 136, 140, 143, 144, 145, 146, 147, 148, 149,
+    150, 151, 155, 156, 158))
+XID_NAMES: Dict[int, str] = {
+    8: "GPU stopped processing", 13: "Graphics Engine Exception", 31: "GPU memory page fault",
+    32: "Invalid or corrupted push buffer stream", 43: "GPU stopped processing",
+    45: "Preemptive cleanup, due to previous errors", 46: "GPU stopped processing",
+    48: "Double Bit ECC Error", 62: "Internal micro-controller halt",
+    63: "GPU memory remapping event", 64: "GPU memory remapping failure", 74: "NVLINK Error",
+    79: "GPU has fallen off the bus", 92: "High single-bit ECC error rate",
+    94: "Contained memory error", 95: "Uncontained memory error",
+    109: "Context Switch Timeout Error", 119: "GSP RPC Timeout", 120: "GSP Error",
+    140: "ECC Unrecovered Error", 154: "GPU Recovery Action Changed"}
+# nvmlDeviceGpuRecoveryAction_t (nvml.h): any value but NONE asks for the node's remediation.
+RECOVERY_ACTIONS: Dict[int, str] = {0: "NONE", 1: "GPU_RESET", 2: "NODE_REBOOT", 3: "DRAIN_P2P",
+                                    4: "DRAIN_AND_RESET", 5: "RECOVER_IMEX_DOMAIN"}
+RESTART_FIXES = "a server restart fixes this"
+RESET_NEEDED = "a restart cannot fix this; the node's remediation will"
+REASON_MAX_FAULTS = 3  # faults named in one reason; the rest are counted ("and 2 more")
+REASON_MAX_GPUS = 3  # healthy GPUs named with their UUIDs in a passing reason; more: indices
+UUID_SHOWN = 12  # characters of a UUID in a reason: "GPU-8f3e2a1b"
+GPU_MAX_NOTES = 32  # Xids that fail nothing, remembered per GPU (the latest ones)
 
 
-# ============================================================
-# probed/gpureader.py
-# ============================================================
+class Fault(NamedTuple):
+    """One fault of one GPU: its class (RESTART, RESET, NOTE), words, and the Xid if one."""
+
+    cls: str
+    text: str
+    xid: Optional[int] = None
+    times: int = 1
+    seconds_ago: Optional[float] = None  # for remembered events: since the last one
+
+
+class DeviceFacts(NamedTuple):
+    """What one poll knows of one GPU (NVML's index inside this container, and UUID)."""
+
+    gpu: int  # NVML's index, inside this container
+    uuid: str
+    faults: Tuple[Fault, ...]
+    readings: Tuple[Tuple[str, Any], ...] = ()  # (name, value) for JSON: ECC count, remap...
+    not_read: Tuple[str, ...] = ()  # "nvmlDeviceGetRemappedRows: not in this driver"
+
+
+def classify_xid(xid: int) -> str:
+    """RESTART, RESET or NOTE for an Xid, by the catalogue's immediate action."""
+    if xid in XID_RESTART:
+        return RESTART
+    return RESET if xid in XID_RESET else NOTE
+
+
+def xid_text(xid: int) -> str:
+    """`Xid 13 (Graphics Engine Exception)`."""
+    name = XID_NAMES.get(xid)
+    return "Xid %d (%s)" % (xid, name) if name else "Xid %d" % xid
+
+
+def parse_fault_mode(text: str) -> str:
+    """The `faults=` key: all, restart or reset."""
+    if text not in FAULT_MODES:
+        raise ValueError("expected one of: %s" % ", ".join(FAULT_MODES))
+    return text
+
+
+def parse_xid_list(text: str) -> FrozenSet[int]:
+    """`13,31`: Xids a check never fails on."""
+    out = set()
+    for part in text.split(","):
+        part = part.strip()
+        if part and (not part.isdigit() or int(part) > 0xFFFF):
+            raise ValueError("expected Xid numbers, comma-separated, e.g. 13,31")
+        if part:
+            out.add(int(part))
+    return frozenset(out)
+
+
+class FaultMemory:
+    """Faults from events, per GPU: RESTART ones until `forget_restart`, the others for as long
+    as probed runs. Bounded: RESTART and RESET keys come from the tables above (76 at most),
+    and of the notes (unknown or ignored Xids) only the GPU_MAX_NOTES latest are kept."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.by_device: Dict[int, Dict[Tuple[str, Optional[int]], List[Any]]] = {}
+
+    def add(self, index: int, cls: str, text: str, xid: Optional[int]) -> None:
+        """One more occurrence of a fault on GPU `index`."""
+        entries = self.by_device.setdefault(index, {})
+        entry = entries.get((text, xid))
+        if entry is None:
+            notes = [k for k, e in entries.items() if e[0] == NOTE]
+            if cls == NOTE and len(notes) >= GPU_MAX_NOTES:
+                del entries[min(notes, key=lambda k: entries[k][2])]
+            entry = entries[(text, xid)] = [cls, 0, 0.0]
+        entry[1] += 1
+        entry[2] = self.clock()
+
+    def forget_restart(self) -> None:
+        """The server restarted: the faults a restart fixes are gone with the old process."""
+        for entries in self.by_device.values():
+            for key in [k for k, e in entries.items() if e[0] == RESTART]:
+                del entries[key]
+
+    def faults(self, index: int) -> List[Fault]:
+        """GPU `index`'s remembered faults, oldest key first."""
+        now = self.clock()
+        return [Fault(cls, text, xid, count, round(now - last, 3))
+                for (text, xid), (cls, count, last) in self.by_device.get(index, {}).items()]
+
+
+# --- which GPUs the server uses -------------------------------------------------------------
+
+DeviceSelector = Tuple[str, str]  # ("index", "0") or ("uuid", "GPU-8f3e" prefix) or ("all", "")
+ALL: Tuple[DeviceSelector, ...] = (("all", ""),)
+
+
+def _selector(item: str) -> Optional[DeviceSelector]:
+    if item.isdigit():
+        return ("index", str(int(item)))
+    if item.startswith("GPU-") and len(item) > 4:
+        return ("uuid", item)
+    if item.startswith("MIG-GPU-"):  # MIG-<GPU-UUID>/<gi>/<ci>: its parent GPU
+        return ("uuid", item[4:].split("/")[0])
+    if item.startswith("MIG-"):  # a MIG UUID names no parent: the GPUs this container sees
+        return ("all", "")
+    return None
+
+
+def parse_device_list(text: str) -> Tuple[DeviceSelector, ...]:
+    """The `devices=` key: `auto` (the environment decides: returns ()), `all`, or a comma list
+    of NVML indices and UUIDs (a unique prefix such as GPU-8f3e is enough, as in CUDA)."""
+    text = text.strip()
+    if text == "auto":
+        return ()
+    if text == "all":
+        return ALL
+    out = []
+    for item in text.split(","):
+        sel = _selector(item.strip())
+        if sel is None:
+            raise ValueError("expected auto, all, or GPU indices and UUIDs (0,1 or GPU-8f3e...), "
+                             "got %r" % item.strip())
+        out.append(sel)
+    return tuple(out)
+
+
+def environment_devices(env: Mapping[str, str], nvml_count: int
+                        ) -> Tuple[Tuple[DeviceSelector, ...], str]:
+    """The GPUs the server in this container uses, as the environment says, and where that came
+    from. CUDA_VISIBLE_DEVICES first (indices are CUDA's, which match NVML's when
+    CUDA_DEVICE_ORDER=PCI_BUS_ID or the GPUs are alike; like CUDA, an invalid entry hides it
+    and all after it). Then NVIDIA_VISIBLE_DEVICES, set by the device plugin: UUIDs match
+    exactly; indices are the host's, which NVML renumbers from 0 inside an isolated container,
+    so they mean every GPU NVML sees when it sees as many as listed.
+    Sources: CUDA's "CUDA Environment Variables" (UUID prefixes, an invalid entry); nvml.h
+    nvmlDeviceGetIndex ("may not correlate with ... the CUDA device index"); NVML skips GPUs a
+    container may not open and numbers the rest from 0 (NVIDIA/nvidia-docker issues 170, 907);
+    NVIDIA_VISIBLE_DEVICES keeps the host's numbers (nvidia-container-toolkit issue 73)."""
+    cuda = env.get("CUDA_VISIBLE_DEVICES")
+    if cuda is not None:
+        out = []
+        for item in cuda.split(","):
+            sel = _selector(item.strip())
+            if sel is None:
+                break
+            out.append(sel)
+        return tuple(out), "CUDA_VISIBLE_DEVICES=%s" % cuda
+    nvidia = env.get("NVIDIA_VISIBLE_DEVICES")
+    if nvidia is None or nvidia.strip() == "all":
+        return ALL, "NVIDIA_VISIBLE_DEVICES=all" if nvidia else "every GPU NVML sees"
+    shown = "NVIDIA_VISIBLE_DEVICES=%s" % nvidia
+    items = [i.strip() for i in nvidia.split(",") if i.strip()]
+    if not items or items[0] in ("none", "void"):
+        return (), shown
+    sels = [_selector(i) for i in items]
+    if all(s is not None and s[0] == "index" for s in sels) and len(items) == nvml_count:
+        return ALL, shown + " (renumbered from 0 in this container)"
+    return tuple(s for s in sels if s is not None), shown
+
+
+def select_devices(devices: Sequence[DeviceFacts], selectors: Sequence[DeviceSelector]
+                   ) -> Tuple[List[DeviceFacts], List[str]]:
+    """(the devices the selectors pick, in NVML order; the selectors that matched nothing)."""
+    chosen: Dict[int, DeviceFacts] = {}
+    missing = []
+    for kind, value in selectors:
+        if kind == "all":
+            hits = list(devices)
+        elif kind == "index":
+            hits = [d for d in devices if d.gpu == int(value)]
+        else:
+            hits = [d for d in devices if d.uuid.startswith(value)]
+            hits = hits if len(hits) == 1 else [d for d in hits if d.uuid == value]
+        if not hits and kind != "all":
+            missing.append(value)
+        for d in hits:
+            chosen[d.gpu] = d
+    return [chosen[i] for i in sorted(chosen)], missing
+
+
+# --- the verdict ----------------------------------------------------------------------------
+
+def counted(fault: Fault, mode: str, ignore: FrozenSet[int]) -> bool:
+    """Whether `fault` fails a check with `faults=mode` and `ignore-xids`."""
+    if fault.cls == NOTE or (fault.xid is not None and fault.xid in ignore):
+        return False
+    return mode == "all" or fault.cls == mode
+
+
+def device_name(d: DeviceFacts) -> str:
+    """`GPU 0 (GPU-8f3e2a1b)`."""
+    return "GPU %d (%s)" % (d.gpu, d.uuid[:UUID_SHOWN] or "uuid unknown")
+
+
+def fault_words(f: Fault) -> str:
+    """A fault as a reason shows it: `Xid 13 (Graphics Engine Exception) x2`."""
+    return f.text + (" x%d" % f.times if f.times > 1 else "")
+
+
+def judge_devices(devices: Sequence[DeviceFacts], mode: str, ignore: FrozenSet[int]
+                  ) -> Tuple[bool, str]:
+    """(passes, reason) over the chosen GPUs: the first GPU with counted faults fails the check,
+    and the reason says whether a restart fixes it. Node-level faults are named first."""
+    for d in devices:
+        faults = [f for f in d.faults if counted(f, mode, ignore)]
+        if not faults:
+            continue
+        faults.sort(key=lambda f: f.cls != RESET)
+        words = [fault_words(f) for f in faults[:REASON_MAX_FAULTS]]
+        if len(faults) > REASON_MAX_FAULTS:
+            words.append("and %d more" % (len(faults) - REASON_MAX_FAULTS))
+        remedy = RESET_NEEDED if faults[0].cls == RESET else RESTART_FIXES
+        return False, "%s: %s: %s" % (device_name(d), ", ".join(words), remedy)
+    if len(devices) > REASON_MAX_GPUS:  # a node's eight GPUs: indices; the UUIDs are in JSON
+        shown = "GPUs " + ",".join(str(d.gpu) for d in devices)
+    else:
+        shown = ", ".join(device_name(d) for d in devices) or "none"
+    return True, "%d GPU%s, no faults: %s" % (len(devices), "" if len(devices) == 1 else "s",
+                                               shown)
+
+
+def device_json(d: DeviceFacts) -> Dict[str, Any]:
+    """One GPU for ?format=json."""
+    out: Dict[str, Any] = {"index": d.gpu, "uuid": d.uuid}
+    out.update(d.readings)
+    out["faults"] = [dict(cls=f.cls, fault=f.text, times=f.times, **(
+        {"xid": f.xid} if f.xid is not None else {}), **(
+        {"seconds_ago": f.seconds_ago} if f.seconds_ago is not None else {})) for f in d.faults]
+    if d.not_read:
+        out["not_read"] = list(d.not_read)
+    return out
+''')
+
+# ------------------------------------------------------------------------------
+# probed/gpureader.py: its lines 1-409 are lines 4832-5240 here (file line = module line + 4831)
+# ------------------------------------------------------------------------------
+modules.add('probed/gpureader.py', 4832, r'''
 """The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 gpu checks of one daemon (through `CheckResources.gpus`).
+
+Every NVML call happens in the reader's thread, never on the event loop: Xid events are taken
+with the event wait at timeout 0 (it never sleeps), but any NVML call can hang on a sick driver
+(a GSP timeout, a GPU falling off the bus), and the probe server must keep answering. The loop
+side awaits a read for at most the check's timeout; a read that hangs stays the only one in
+flight (later polls say so instead of piling threads up). The thread is a daemon: a hung
+driver never holds up probed's exit.
+
+Events are remembered per GPU from the moment probed registered for them: faults a server
+restart fixes until the engine sees the backend restart (`forget_restart`), the others for as
+long as probed runs (their remedy, a GPU reset or a reboot, takes the pod with it). Missing
+library: the snapshot says so and the checks pass; it is looked for once.
 """
 
 import asyncio
@@ -3081,9 +4851,35 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-GPU_MAX_DEVICES = 64
-GPU_MAX_EVENTS_PER_READ = 1024
-GPU_MAX_QUEUED = 4
+from .gpufaults import (
+    NOTE,
+    RECOVERY_ACTIONS,
+    RESET,
+    DeviceFacts,
+    Fault,
+    FaultMemory,
+    classify_xid,
+    xid_text,
+)
+from .nvml import (
+    EVENT_DOUBLE_BIT_ECC,
+    EVENT_DRAM_RETIREMENT_FAILURE,
+    EVENT_GPU_UNAVAILABLE,
+    EVENT_RECOVERY_ACTION,
+    EVENT_XID,
+    FI_DEV_GET_GPU_RECOVERY_ACTION,
+    GPU_GONE_CODES,
+    NVML_LIBRARY,
+    FunctionMissing,
+    NVMLCallError,
+    NVMLEvent,
+    NVMLLibrary,
+    NVMLMissing,
+)
+
+GPU_MAX_DEVICES = 64  # GPUs one reader watches (a node has at most 8-16)
+GPU_MAX_EVENTS_PER_READ = 1024  # an event storm is drained over several polls
+GPU_MAX_QUEUED = 4  # NVML jobs waiting behind a hung one before a poll gives up at once
 WATCHED_EVENTS = (EVENT_XID | EVENT_DOUBLE_BIT_ECC | EVENT_DRAM_RETIREMENT_FAILURE
                   | EVENT_GPU_UNAVAILABLE | EVENT_RECOVERY_ACTION)
 EVENT_FAULTS = {EVENT_DOUBLE_BIT_ECC: (RESET, "double-bit ECC error event"),
@@ -3093,13 +4889,14 @@ EVENT_FAULTS = {EVENT_DOUBLE_BIT_ECC: (RESET, "double-bit ECC error event"),
 
 
 class GPUSnapshot(NamedTuple):
+    """One read of every GPU NVML enumerates, or why there is none."""
 
     available: bool
-    note: str
+    note: str  # why NVML is not read (no driver, init failed); "" when available
     driver: str
     devices: Tuple[DeviceFacts, ...]
-    events: str
-    generation: int
+    events: str  # "" while Xid events are read, else why not
+    generation: int  # the reader's forget count when the read was asked for
     taken_at: float
 
 
@@ -3108,33 +4905,37 @@ class GPUReadTimeout(Exception):
 
 
 class Device:
+    """One enumerated GPU and what the reader learned about reading it."""
 
     def __init__(self, index: int, handle: Optional[int], uuid: str, gone: str = "") -> None:
         self.index = index
         self.handle = handle
         self.uuid = uuid
-        self.gone = gone
+        self.gone = gone  # set when enumeration already found it lost
         self.ecc: Optional[bool] = None
-        self.missing: Dict[str, str] = {}
+        self.missing: Dict[str, str] = {}  # reading -> "function: why", skipped from now on
 
 
 class NVMLSession:
+    """NVML as the reader's thread sees it: opened on the first read, events registered once,
+    then every read drains events and reads each GPU's state. Only that thread touches it."""
 
     def __init__(self, path: str = NVML_LIBRARY, clock: Callable[[], float] = time.monotonic
                  ) -> None:
         self.path = path
         self.clock = clock
         self.lib: Optional[NVMLLibrary] = None
-        self.absent = ""
+        self.absent = ""  # why the library cannot be loaded; never retried
         self.driver = ""
         self.devices: Optional[List[Device]] = None
         self.by_handle: Dict[int, int] = {}
         self.event_set = 0
-        self.unregistered = ""
-        self.draining = ""
+        self.unregistered = ""  # why events are not read at all, or not on some GPUs
+        self.draining = ""  # what the last drain ran into ("" when it emptied the set)
         self.memory = FaultMemory(clock)
 
     def read(self, generation: int) -> GPUSnapshot:
+        """Drain events, read every GPU; or say why NVML is not there."""
         why = self._open()
         if why or self.devices is None:
             return GPUSnapshot(False, why, "", (), "", generation, self.clock())
@@ -3144,11 +4945,13 @@ class NVMLSession:
         return GPUSnapshot(True, "", self.driver, facts, events, generation, self.clock())
 
     def forget_restart(self) -> None:
+        """Take the events that came before the restart, then drop what a restart fixes."""
         if self.devices is not None:
             self._drain()
         self.memory.forget_restart()
 
     def close(self) -> None:
+        """Free the event set and shut NVML down (tests; the daemon never closes)."""
         if self.lib is not None and self.devices is not None:
             try:
                 if self.event_set:
@@ -3157,6 +4960,8 @@ class NVMLSession:
             except (FunctionMissing, NVMLCallError):
                 pass
         self.devices, self.event_set = None, 0
+
+    # --- opening ----------------------------------------------------------------------------
 
     def _open(self) -> str:
         if self.devices is not None or self.absent:
@@ -3168,7 +4973,7 @@ class NVMLSession:
                 self.absent = "no NVIDIA driver (%s)" % exc
                 return self.absent
         try:
-            self.lib.init()
+            self.lib.init()  # retried on the next read: the driver may still be loading
         except (NVMLCallError, FunctionMissing) as exc:
             return "NVML did not start, GPU faults are not read: %s" % exc
         try:
@@ -3195,7 +5000,7 @@ class NVMLSession:
         except FunctionMissing as exc:
             device.missing["ecc"] = str(exc)
         except NVMLCallError as exc:
-            device.missing["ecc"] = str(exc)
+            device.missing["ecc"] = str(exc)  # a lost GPU shows in the per-poll reads
         return device
 
     def _register(self, lib: NVMLLibrary) -> None:
@@ -3220,7 +5025,8 @@ class NVMLSession:
         try:
             mask &= lib.supported_events(d.handle)
         except (NVMLCallError, FunctionMissing):
-            pass
+            pass  # register what we want; NOT_SUPPORTED then falls back to Xids alone
+        # nvml.h: when one requested type is unsupported, none is registered: fall back.
         for attempt in (mask, EVENT_XID):
             try:
                 lib.register_events(d.handle, attempt, self.event_set)
@@ -3229,6 +5035,8 @@ class NVMLSession:
                 continue
         return False
 
+    # --- each read --------------------------------------------------------------------------
+
     def _drain(self) -> None:
         if not self.event_set or self.lib is None:
             return
@@ -3236,7 +5044,7 @@ class NVMLSession:
             try:
                 event = self.lib.next_event(self.event_set)
             except (NVMLCallError, FunctionMissing) as exc:
-                self.draining = "Xid events: %s" % exc
+                self.draining = "Xid events: %s" % exc  # tried again on the next read
                 return
             if event is None:
                 self.draining = ""
@@ -3318,25 +5126,29 @@ Job = Callable[[], Any]
 
 
 class GPUReader:
+    """One NVML session and the thread that reads it; checks await `read`, the engine's restart
+    reaches `forget_restart` through each check's `forget`."""
 
     def __init__(self, path: str = NVML_LIBRARY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.clock = clock
-        self.session = NVMLSession(path, clock)
-        self.generation = 0
+        self.session = NVMLSession(path, clock)  # its thread's alone
+        self.generation = 0  # bumped by forget_restart: older reads may hold old faults
         self.latest: Optional[GPUSnapshot] = None
         self._inflight: Optional["concurrent.futures.Future[GPUSnapshot]"] = None
         self._queued: List["concurrent.futures.Future[Any]"] = []
         self._forget_queued = False
-        import queue
+        import queue  # only a daemon with a gpu check needs it
 
-        self._jobs: Any = queue.SimpleQueue()
+        self._jobs: Any = queue.SimpleQueue()  # (job, future) pairs; None ends the thread
         self._thread: Optional[threading.Thread] = None
 
     async def read(self, max_age: float, timeout: float) -> GPUSnapshot:
+        """A snapshot no older than `max_age` taken after the last forget; GPUReadTimeout when
+        NVML does not answer within `timeout`."""
         snap = None
-        for _ in range(2):
+        for _ in range(2):  # a read asked for before a forget is read again after it
             latest = self.latest
             if (latest is not None and latest.generation == self.generation
                     and self.clock() - latest.taken_at <= max_age):
@@ -3359,13 +5171,15 @@ class GPUReader:
         return snap
 
     def forget_restart(self) -> None:
+        """The backend restarted: remembered faults a restart fixes are dropped (in the thread,
+        after the events that came before now are taken)."""
         self.generation += 1
         if not self._forget_queued:
             self._forget_queued = True
-            self._submit(self._forget_job, capped=False)
+            self._submit(self._forget_job, capped=False)  # never refused: at most one queued
 
     def _forget_job(self) -> None:
-        self._forget_queued = False
+        self._forget_queued = False  # a forget from now on needs a job of its own
         self.session.forget_restart()
 
     def _submit(self, job: Job, capped: bool = True) -> "concurrent.futures.Future[Any]":
@@ -3391,10 +5205,11 @@ class GPUReader:
                 continue
             try:
                 future.set_result(job())
-            except BaseException as exc:
+            except BaseException as exc:  # the loop side sees it as the read's failure
                 future.set_exception(exc)
 
     def close(self) -> None:
+        """Shut NVML down and end the thread (tests; the daemon's reader lives as long as it)."""
         if self._thread is not None:
             done: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
             self._jobs.put((self.session.close, done))
@@ -3406,1450 +5221,80 @@ class GPUReader:
 
 
 class GPUReaders:
+    """The daemon's gpu readers, one per NVML library path, made on first use (so a daemon
+    without a gpu check starts no thread and never imports ctypes)."""
 
     def __init__(self) -> None:
         self.readers: Dict[str, GPUReader] = {}
 
     def reader(self, path: str) -> GPUReader:
+        """The reader of the library at `path` (shared by every check naming it)."""
         found = self.readers.get(path)
         if found is None:
             found = self.readers[path] = GPUReader(path)
         return found
 
     def close(self) -> None:
+        """Close every reader (tests)."""
         for reader in self.readers.values():
             reader.close()
-
-
-# ============================================================
-# probed/probebench.py
-# ============================================================
-"""`probed bench URL`: probe latency the way the kubelet sees it.
-"""
-
-import argparse
-import collections
-import json
-import socket
-import threading
-import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-KUBELET_USER_AGENT = "kube-probe/1.31"
-BENCH_RECV = 65536
-
-
-def kubelet_request(host: str, port: int, path: str) -> bytes:
-    hostport = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-    return ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n"
-            "Connection: close\r\n\r\n" % (path, hostport, KUBELET_USER_AGENT)).encode("ascii")
-
-
-def probe_once(addr: Tuple[str, int], request: Optional[bytes], timeout: float) -> Tuple[float, int]:
-    t0 = time.perf_counter()
-    with socket.create_connection(addr, timeout=timeout) as sock:
-        if request is None:
-            return time.perf_counter() - t0, 0
-        sock.sendall(request)
-        chunks = []
-        while True:
-            data = sock.recv(BENCH_RECV)
-            if not data:
-                break
-            chunks.append(data)
-    elapsed = time.perf_counter() - t0
-    head = b"".join(chunks)[:16]
-    if not head.startswith(b"HTTP/1."):
-        raise OSError("no HTTP status line in the reply")
-    return elapsed, int(head[9:12])
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> Optional[float]:
-    if not sorted_values:
-        return None
-    rank = max(1, int(round(q / 100.0 * len(sorted_values) + 0.4999)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
-              warmup: int = 100, timeout: float = 2.0) -> Dict[str, Any]:
-    _scheme, host, port, path = split_url(url)
-    request = kubelet_request(host, port, path) if mode == "http" else None
-    addr = (host, port)
-    for _ in range(warmup):
-        try:
-            probe_once(addr, request, timeout)
-        except OSError:
-            pass
-    shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
-    results: List[Tuple[List[float], "collections.Counter[int]", int]] = []
-    first_error: List[str] = []
-
-    def worker(count: int) -> None:
-        mine: List[float] = []
-        seen: "collections.Counter[int]" = collections.Counter()
-        failed = 0
-        for _ in range(count):
-            try:
-                elapsed, status = probe_once(addr, request, timeout)
-            except OSError as exc:
-                failed += 1
-                if not first_error:
-                    first_error.append(exc.strerror or str(exc) or type(exc).__name__)
-                continue
-            mine.append(elapsed)
-            seen[status] += 1
-        results.append((mine, seen, failed))
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(share,)) for share in shares]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - t0
-    latencies = [elapsed for mine, _, _ in results for elapsed in mine]
-    statuses = sum((seen for _, seen, _ in results), collections.Counter())
-    errors = sum(failed for _, _, failed in results)
-    result = summarize(url, mode, concurrency, latencies, statuses, errors, wall)
-    result["first_error"] = first_error[0] if first_error else None
-    return result
-
-
-def summarize(url: str, mode: str, concurrency: int, latencies: List[float],
-              statuses: Dict[int, int], errors: int, wall: float) -> Dict[str, Any]:
-    ordered = sorted(latencies)
-
-    def us(seconds: Optional[float]) -> Optional[float]:
-        return None if seconds is None else round(seconds * 1e6, 1)
-
-    return {
-        "url": url, "mode": mode, "concurrency": concurrency, "probes": len(ordered),
-        "errors": errors, "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "p50_us": us(percentile(ordered, 50)), "p90_us": us(percentile(ordered, 90)),
-        "p99_us": us(percentile(ordered, 99)), "max_us": us(ordered[-1]) if ordered else None,
-        "probes_per_second": round(len(ordered) / wall, 1) if wall > 0 else None,
-    }
-
-
-def bench_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="probed bench", description=__doc__.split("\n")[0])
-    parser.add_argument("url", help="probe URL, e.g. http://127.0.0.1:8080/readyz")
-    parser.add_argument("-n", type=int, default=2000, help="probes to time (default 2000)")
-    parser.add_argument("-c", type=int, default=1, help="concurrent clients (default 1)")
-    parser.add_argument("--mode", choices=("http", "tcp"), default="http")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed probes first")
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per probe")
-    parser.add_argument("--json", action="store_true", help="one JSON object")
-    args = parser.parse_args(list(argv))
-    if args.n < 1 or args.c < 1 or args.warmup < 0:
-        parser.error("-n and -c must be >= 1, --warmup >= 0")
-    try:
-        result = run_bench(args.url, args.n, args.c, args.mode, args.warmup, args.timeout)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(bench_text(result))
-    return 0 if result["probes"] else 3
-
-
-def bench_text(result: Dict[str, Any]) -> str:
-    head = "%(url)s mode=%(mode)s c=%(concurrency)d probes=%(probes)d errors=%(errors)d" % result
-    if not result["probes"]:
-        return "%s\nno probe was answered: %s" % (head, result.get("first_error") or "no reply")
-    statuses = ", ".join("%s x%d" % kv for kv in result["statuses"].items()) or "none (tcp)"
-    lines = [head, "p50 %(p50_us)sus  p90 %(p90_us)sus  p99 %(p99_us)sus  max %(max_us)sus  "
-                   "%(probes_per_second)s probes/s" % result, "statuses: " + statuses]
-    if result["errors"]:
-        lines.append("first error: %s" % result.get("first_error"))
-    return "\n".join(lines)
-
-
-# ============================================================
-# probed/promselector.py
-# ============================================================
-"""PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
-syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
-"""
-
-import re
-from typing import Dict, List, Optional, Pattern, Sequence, Tuple, cast
-
-AGGREGATIONS = ("sum", "max", "min", "avg", "count")
-PROM_NAME_PATTERN = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-PROM_LABEL_PATTERN = r"[a-zA-Z_][a-zA-Z0-9_]*"
-PROM_NAME_RE = re.compile(PROM_NAME_PATTERN)
-PROM_TEXT_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
-PROM_EXCERPT_CHARS = 60
-
-_PROMSEL_ESCAPES = dict(PROM_TEXT_ESCAPES, **{"'": "'", "t": "\t"})
-_PROMSEL_OPS = ("=", "!=", "=~", "!~")
-_PROMSEL_LABEL_RE = re.compile(PROM_LABEL_PATTERN)
-_PROMSEL_ESCAPE_RE = re.compile(r"\\(.)")
-_PROMSEL_HEAD_RE = re.compile(r"\s*(%s)?\s*" % PROM_NAME_PATTERN)
-_PROMSEL_CLOSE_RE = re.compile(r"\s*\}\s*")
-_PROMSEL_ITEM_RE = re.compile(
-    r"""\s*(?:(%s)|"((?:[^"\\]|\\.)*)")\s*(?:(=~|!~|!=|=)\s*"""
-    r"""(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'))?\s*(?:,|(?=\s*\}))""" % PROM_LABEL_PATTERN,
-    re.S)
-
-
-def prom_unescape(text: str, table: Dict[str, str] = PROM_TEXT_ESCAPES) -> str:
-    if "\\" not in text:
-        return text
-    return _PROMSEL_ESCAPE_RE.sub(lambda m: table.get(m.group(1), m.group(0)), text)
-
-
-def prom_excerpt(text: str) -> str:
-    return repr(text if len(text) <= PROM_EXCERPT_CHARS else text[:PROM_EXCERPT_CHARS] + "...")
-
-
-def _promsel_quote(text: str) -> str:
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class Selector:
-
-    __slots__ = ("name", "matchers", "_tests")
-
-    def __init__(self, name: str, matchers: Sequence[Tuple[str, str, str]] = ()) -> None:
-        if not name:
-            raise ValueError("a selector needs a metric name")
-        self.name = name
-        self.matchers = tuple((label, op, value) for label, op, value in matchers)
-        tests = []
-        for label, op, value in self.matchers:
-            if op not in _PROMSEL_OPS:
-                raise ValueError("unknown operator %r for label %r: expected =, !=, =~ or !~"
-                                 % (op, label))
-            try:
-                tests.append((label, op, re.compile(value, re.S) if "~" in op else value))
-            except re.error as exc:
-                raise ValueError("bad regular expression %r for label %r: %s"
-                                 % (value, label, exc)) from None
-        self._tests = tuple(tests)
-
-    def matches(self, labels: Dict[str, str]) -> bool:
-        for label, op, want in self._tests:
-            have = labels.get(label, "")
-            if op == "=":
-                ok = have == want
-            elif op == "!=":
-                ok = have != want
-            else:
-                ok = (cast(Pattern[str], want).fullmatch(have) is None) == (op == "!~")
-            if not ok:
-                return False
-        return True
-
-    def __str__(self) -> str:
-        bare = PROM_NAME_RE.fullmatch(self.name) is not None
-        parts = [] if bare else [_promsel_quote(self.name)]
-        for label, op, value in self.matchers:
-            shown = label if _PROMSEL_LABEL_RE.fullmatch(label) else _promsel_quote(label)
-            parts.append(shown + op + _promsel_quote(value))
-        return (self.name if bare else "") + ("{%s}" % ",".join(parts) if parts else "")
-
-    def __repr__(self) -> str:
-        return "parse_selector(%r)" % str(self)
-
-
-def parse_selector(text: str) -> Selector:
-    head = _PROMSEL_HEAD_RE.match(text)
-    assert head is not None
-    name, pos = head.group(1), head.end()
-    matchers = []
-    if text.startswith("{", pos):
-        pos += 1
-        while not _PROMSEL_CLOSE_RE.match(text, pos):
-            item = _PROMSEL_ITEM_RE.match(text, pos)
-            if item is None:
-                raise ValueError("selector %r: expected label=\"value\" (or !=, =~, !~) or '}' "
-                                 "at position %d" % (text, pos))
-            bare, quoted, op, dq, sq = item.groups()
-            label = prom_unescape(quoted, _PROMSEL_ESCAPES) if bare is None else bare
-            value = prom_unescape(dq if dq is not None else sq or "", _PROMSEL_ESCAPES)
-            if op is None and quoted is None:
-                raise ValueError("selector %r: label %r needs an operator and a quoted value"
-                                 % (text, label))
-            if op is None or (label == "__name__" and op == "="):
-                if name:
-                    raise ValueError("selector %r names more than one metric" % text)
-                name = label if op is None else value
-            else:
-                matchers.append((label, op, value))
-            pos = item.end()
-        close = _PROMSEL_CLOSE_RE.match(text, pos)
-        assert close is not None
-        pos = close.end()
-    if pos != len(text):
-        raise ValueError("selector %r: unexpected %s at position %d"
-                         % (text, prom_excerpt(text[pos:]), pos))
-    if not name:
-        raise ValueError("selector %r has no metric name: write name{...} or {\"name\",...}" % text)
-    return Selector(name, matchers)
-
-
-def aggregate(values: Sequence[float], how: str) -> Optional[float]:
-    if how not in AGGREGATIONS:
-        raise ValueError("unknown aggregation %r: expected one of %s"
-                         % (how, ", ".join(AGGREGATIONS)))
-    if how == "count" or not values:
-        return float(len(values)) if how == "count" else None
-    if how in ("sum", "avg"):
-        return float(sum(values)) / (len(values) if how == "avg" else 1)
-    numbers = [v for v in values if v == v] or list(values)
-    return float(max(numbers) if how == "max" else min(numbers))
-
-
-# ============================================================
-# probed/exprules.py
-# ============================================================
-"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
-OpenMetrics, one line at a time.
-"""
-
-import re
-from typing import Dict, FrozenSet, Match, Optional, Pattern, Set, Tuple
-
-_EXPFMT_MAX_EXEMPLAR_CHARS = 128
-_EXPFMT_MAX_TS_DIGITS = 19
-EXPFMT_MAX_TRACKED_SERIES = 5000
-
-ExpositionSample = Tuple[str, Dict[str, str], float, Optional[float]]
-_ExpfmtSeriesKey = Tuple[str, Tuple[Tuple[str, str], ...]]
-
-_EXPFMT_FLOAT = (r"(?:[-+]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
-                 r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)|[nN][aA][nN])")
-_EXPFMT_REAL = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
-_EXPFMT_OM_TYPES = "counter|gauge|histogram|gaugehistogram|stateset|info|summary|unknown"
-_EXPFMT_TEXT_TYPES = _EXPFMT_OM_TYPES + "|untyped|gauge_histogram"
-
-
-def _expfmt_text_grammar() -> Tuple[str, str, str]:
-    q = r'"[^"\\\n]*(?:"|(?:\\[\\"n][^"\\\n]*)+")'
-    pair = r"(?:%s|%s)[ \t]*=[ \t]*%s" % (PROM_LABEL_PATTERN, q, q)
-    pairs = r"[ \t]*(?:%s(?:[ \t]*,[ \t]*%s)*[ \t]*(?:,[ \t]*)?)?" % (pair, pair)
-    qpairs = r"[ \t]*(?:%s[ \t]*,[ \t]*)*%s[ \t]*(?:,%s)?" % (pair, q, pairs)
-    name = "(?:%s|%s)" % (PROM_NAME_PATTERN, q)
-    comment = (r"[ \t]*\#(?:[ \t]*HELP(?:[ \t]+(?P<hname>%s)(?:[ \t]+(?P<help>[^\n]*))?)?[ \t]*"
-               r"|[ \t]*TYPE(?:[ \t]+(?P<tname>%s)(?:[ \t]+(?P<type>(?i:%s)))?)?[ \t]*"
-               r"|(?![ \t]*(?:HELP|TYPE)(?![^ \t\n]))[^\n]*)") % (name, name, _EXPFMT_TEXT_TYPES)
-    sample = (r"[ \t]*(?:(?P<name>%s)(?:[ \t]*\{(?P<lab>%s)\}[ \t]*|[ \t]+)|\{(?P<qlab>%s)\}[ \t]*)"
-              r"(?P<val>%s)(?:[ \t]+(?P<ts>[-+]?[0-9]+))?[ \t]*"
-              ) % (PROM_NAME_PATTERN, pairs, qpairs, _EXPFMT_FLOAT)
-    return comment, sample, r"\{(?:%s|%s)\}" % (pairs, qpairs)
-
-
-def _expfmt_om_grammar() -> Tuple[str, str, str]:
-    q = r'"[^"\\\n]*(?:"|(?:\\[^\n][^"\\\n]*)+")'
-    pair = "(?:%s|%s)=%s" % (PROM_LABEL_PATTERN, q, q)
-    pairs = "(?:%s(?:,%s)*)?" % (pair, pair)
-    qpairs = "(?:%s,)*%s(?:,%s)*" % (pair, q, pair)
-    name = "(?:%s|%s)" % (PROM_NAME_PATTERN, q)
-    comment = (r"\# (?:HELP (?P<hname>%s) (?P<help>[^\n]*)|TYPE (?P<tname>%s) (?P<type>%s)"
-               r"|UNIT (?P<uname>%s) (?P<unit>[a-zA-Z0-9_:]*))"
-               ) % (name, name, _EXPFMT_OM_TYPES, name)
-    exemplar = r"(?: \# \{(?P<exl>%s)\} %s(?: %s)?)?" % (pairs, _EXPFMT_FLOAT, _EXPFMT_REAL)
-    sample = (r"(?:(?P<name>%s)(?:\{(?P<lab>%s)\})?|\{(?P<qlab>%s)\}) (?P<val>%s)(?: (?P<ts>%s))?%s"
-              ) % (PROM_NAME_PATTERN, pairs, qpairs, _EXPFMT_FLOAT, _EXPFMT_REAL, exemplar)
-    return comment, sample, r"\{(?:%s|%s)\}" % (pairs, qpairs)
-
-
-def _expfmt_compile(om: bool) -> Tuple[Pattern[str], ...]:
-    comment, sample, labelset = _expfmt_om_grammar() if om else _expfmt_text_grammar()
-    line = r"(?:(?=[ \t]*\#)%s|%s%s)" % (comment, sample, "" if om else r"|[ \t]*")
-    bad = re.sub(r"\(\?P<\w+>", "(?:", r"\n(?!%s\n|\Z)" % line)
-    return re.compile(comment), re.compile(sample), re.compile(labelset), re.compile(bad)
-
-
-_EXPFMT_COMMENT_RE, _EXPFMT_SAMPLE_RE, _EXPFMT_LABELSET_RE, _EXPFMT_BAD_LINE_RE = zip(
-    _expfmt_compile(False), _expfmt_compile(True))
-_EXPFMT_FLOAT_RE = re.compile(_EXPFMT_FLOAT)
-_EXPFMT_REAL_RE = re.compile(_EXPFMT_REAL)
-_EXPFMT_TS_RE = (re.compile("[-+]?[0-9]+"), _EXPFMT_REAL_RE)
-_EXPFMT_ITEM_RE = re.compile(r'(?:(%s)|"([^"\\]*(?:\\.[^"\\]*)*)")[ \t]*'
-                             r'(?:=[ \t]*"([^"\\]*(?:\\.[^"\\]*)*)")?' % PROM_LABEL_PATTERN)
-_EXPFMT_ROUGH_RE = re.compile(r'[ \t]*([^ \t{]*)[ \t]*(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\}|\{.*)?'
-                              r'[ \t]*([^ \t]*)[ \t]*([^ \t]*)')
-
-_EXPFMT_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
-_EXPFMT_OWNED = {"counter": ("_total", "_created"), "gauge": (), "unknown": (), "stateset": (),
-                 "info": ("_info",), "summary": ("_count", "_sum", "_created"),
-                 "histogram": ("_bucket", "_count", "_sum", "_created"),
-                 "gaugehistogram": ("_bucket", "_gcount", "_gsum")}
-_EXPFMT_BARE_OK = ("gauge", "unknown", "stateset", "summary")
-_EXPFMT_TYPE_ALIASES = {"untyped": "unknown", "gauge_histogram": "gaugehistogram"}
-_EXPFMT_COUNTS = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
-                  "gaugehistogram": ("_bucket", "_gcount"), "summary": ("_count", "_sum")}
-_EXPFMT_EXEMPLAR_OK = {"counter": ("_total",), "histogram": ("_bucket",),
-                       "gaugehistogram": ("_bucket",)}
-
-
-class ExpositionError(ValueError):
-
-    def __init__(self, lineno: int, message: str) -> None:
-        super().__init__("line %d: %s" % (lineno, message))
-        self.lineno = lineno
-
-
-class ExpositionTooBig(ExpositionError):
-    """A body past a limit of what is read (a line, or the series kept): not malformed, refused."""
-
-
-def _expfmt_labels(body: Optional[str], lineno: int) -> Tuple[Optional[str], Dict[str, str]]:
-    name, labels = None, {}
-    for item in _EXPFMT_ITEM_RE.finditer(body or ""):
-        bare, quoted, value = item.groups()
-        key = bare if bare is not None else prom_unescape(quoted)
-        if value is None:
-            name = key
-        elif key in labels or key == "__name__":
-            raise ExpositionError(lineno, "label name %r is %s"
-                                  % (key, "repeated" if key in labels else "reserved"))
-        else:
-            labels[key] = prom_unescape(value)
-    return name, labels
-
-
-def _expfmt_text_problem(ftype: str, suffix: str, labels: Dict[str, str],
-                         value: float) -> Optional[str]:
-    le, quantile = labels.get("le"), labels.get("quantile")
-    if ftype in ("histogram", "gaugehistogram") and suffix in ("_bucket", "_count"):
-        if suffix == "_bucket" and le is not None and not _EXPFMT_FLOAT_RE.fullmatch(le):
-            return "expected a number as 'le' label, got %r" % le
-        if value < 0:
-            return "negative %s in a histogram: %r" % (suffix[1:], value)
-    if ftype == "summary" and not suffix and quantile is not None and (
-            not _EXPFMT_FLOAT_RE.fullmatch(quantile)):
-        return "expected a number as 'quantile' label, got %r" % quantile
-    return None
-
-
-def _expfmt_om_problem(family: str, ftype: str, suffix: str, labels: Dict[str, str],
-                       value: float, exemplar: Optional[Dict[str, str]]) -> Optional[str]:
-    le, quantile = labels.get("le"), labels.get("quantile")
-    if not suffix and ftype not in _EXPFMT_BARE_OK:
-        return "a sample of %s family %r needs one of the suffixes %s" % (
-            ftype, family, ", ".join(_EXPFMT_OWNED[ftype]))
-    if (suffix in _EXPFMT_COUNTS.get(ftype, ()) and not value >= 0) or (
-            suffix == "_gsum" and value != value):
-        return "value %r is not allowed for %s of a %s" % (value, suffix, ftype)
-    if suffix == "_bucket" and (le is None or not (le == "+Inf" or _EXPFMT_REAL_RE.fullmatch(le))):
-        return "a bucket needs an 'le' label holding a number or +Inf, got %r" % le
-    if ftype == "summary" and not suffix and (
-            quantile is None or not _EXPFMT_REAL_RE.fullmatch(quantile)
-            or not 0 <= float(quantile) <= 1 or value < 0):
-        return "a quantile needs a 'quantile' label from 0 to 1 and a value >= 0, got %r, %r" % (
-            quantile, value)
-    if ftype == "info" and value != 1:
-        return "an info sample must have the value 1, got %r" % value
-    if ftype == "stateset" and (family not in labels or value not in (0, 1)):
-        return "a stateset sample needs the label %r and the value 0 or 1" % family
-    if exemplar is not None and suffix not in _EXPFMT_EXEMPLAR_OK.get(ftype, ()):
-        return "exemplars are only allowed on counter _total and histogram _bucket samples"
-    size = sum(len(k) + len(v) for k, v in (exemplar or {}).items())
-    if size > _EXPFMT_MAX_EXEMPLAR_CHARS:
-        return "exemplar labels hold %d characters, more than %d" % (
-            size, _EXPFMT_MAX_EXEMPLAR_CHARS)
-    return None
-
-
-def _expfmt_timestamp(token: Optional[str], om: bool, lineno: int) -> Optional[float]:
-    if token is None:
-        return None
-    if om:
-        return float(token)
-    if len(token.lstrip("+-")) > _EXPFMT_MAX_TS_DIGITS or not -2 ** 63 <= int(token) < 2 ** 63:
-        raise ExpositionError(lineno, "timestamp %r is outside the int64 millisecond range" % token)
-    return int(token) / 1000.0
-
-
-class _ExpfmtFamilies:
-
-    def __init__(self, om: bool, strict: Optional[FrozenSet[str]] = None) -> None:
-        self.om = om
-        self.strict = strict
-        self.types: Dict[str, str] = {}
-        self.declared: Set[Tuple[str, str]] = set()
-        self.sampled: Set[str] = set()
-        self.prev = ("", 0)
-        self.series: Dict[_ExpfmtSeriesKey, Optional[float]] = {}
-
-    def family(self, name: str) -> Tuple[str, str, str]:
-        if name in self.types:
-            return name, self.types[name], ""
-        for suffix in _EXPFMT_SUFFIXES:
-            base = name[:-len(suffix)]
-            if name.endswith(suffix) and suffix in _EXPFMT_OWNED.get(self.types.get(base, ""), ()):
-                return base, self.types[base], suffix
-        return name, "unknown", ""
-
-    def metadata(self, lineno: int, kind: str, name: str, arg: str) -> None:
-        problem = None
-        if (kind, name) in self.declared:
-            problem = "second %s line for metric family %r" % (kind, name)
-        elif name in self.sampled and (self.om or kind == "TYPE"):
-            problem = "%s line for metric family %r after its samples" % (kind, name)
-        elif kind == "TYPE":
-            ftype = _EXPFMT_TYPE_ALIASES.get(arg.lower(), arg.lower())
-            owner, _, suffix = self.family(name)
-            clash = [name + s for s in _EXPFMT_OWNED[ftype] if name + s in self.types]
-            if self.om and (clash or suffix):
-                problem = "TYPE of %r clashes with metric family %r" % (name, (clash or [owner])[0])
-            self.types[name] = ftype
-        elif kind == "UNIT" and arg and not name.endswith("_" + arg):
-            problem = "UNIT %r is not the suffix of metric family %r" % (arg, name)
-        elif kind == "UNIT" and arg and self.types.get(name) in ("info", "stateset"):
-            problem = "%s metric family %r cannot have a UNIT" % (self.types[name], name)
-        if problem:
-            raise ExpositionError(lineno, problem)
-        self.declared.add((kind, name))
-
-    def sample(self, lineno: int, m: Match[str],
-               names: Optional[FrozenSet[str]]) -> Optional[ExpositionSample]:
-        name = m.group("name")
-        quoted, labels = _expfmt_labels(m.group("qlab" if name is None else "lab"), lineno)
-        name = quoted if name is None else name
-        if not name:
-            raise ExpositionError(lineno, "empty metric name")
-        if names is not None and name not in names:
-            return None
-        value, stamp = float(m.group("val")), _expfmt_timestamp(m.group("ts"), self.om, lineno)
-        family, ftype, suffix = self.family(name)
-        if self.om:
-            exemplar = m.group("exl")
-            problem = _expfmt_om_problem(family, ftype, suffix, labels, value, None if exemplar
-                                         is None else _expfmt_labels(exemplar, lineno)[1])
-        else:
-            problem = _expfmt_text_problem(ftype, suffix, labels, value)
-        if problem:
-            raise ExpositionError(lineno, "%s: %s" % (name, problem))
-        if self.om:
-            self._check_order(lineno, family, (name, tuple(sorted(labels.items()))), stamp)
-        self.sampled.add(family)
-        self.prev = (family, lineno)
-        return name, labels, value, stamp
-
-    def _check_order(self, lineno: int, family: str, series: _ExpfmtSeriesKey,
-                     stamp: Optional[float]) -> None:
-        if family in self.sampled and self.prev != (family, lineno - 1) and (
-                self.strict is None or family in self.strict):
-            raise ExpositionError(lineno, "samples of metric family %r are not in one block"
-                                  % family)
-        if self.strict is not None and series not in self.series and (
-                len(self.series) >= EXPFMT_MAX_TRACKED_SERIES):
-            raise ExpositionTooBig(lineno, "the selected metric families hold more than %d series"
-                                   % EXPFMT_MAX_TRACKED_SERIES)
-        before = self.series.get(series, stamp)
-        if series in self.series and (before is None) != (stamp is None):
-            raise ExpositionError(lineno, "series %s mixes samples with and without timestamp"
-                                  % series[0])
-        if stamp is not None and before is not None and stamp < before:
-            raise ExpositionError(lineno, "timestamp of series %s goes backwards" % series[0])
-        self.series[series] = stamp
-
-
-def _expfmt_explain(line: str, om: bool) -> str:
-    if om and line == "# EOF":
-        return "'# EOF' must be the last line"
-    if line.lstrip(" \t").startswith("#"):
-        return "malformed comment %s: expected %s" % (prom_excerpt(line), (
-            "'# HELP name text', '# TYPE name type' or '# any comment'",
-            "'# HELP name text', '# TYPE name type' or '# UNIT name unit', single spaces")[om])
-    rough = _EXPFMT_ROUGH_RE.match(line)
-    assert rough is not None
-    name, labels, value, stamp = rough.groups()
-    if name and not PROM_NAME_RE.fullmatch(name):
-        return "invalid metric name %s" % prom_excerpt(name)
-    if labels is not None and not _EXPFMT_LABELSET_RE[om].fullmatch(labels):
-        return "malformed label set %s: expected label=\"value\" pairs%s" % (
-            prom_excerpt(labels), "" if om else " (escapes only \\\\, \\\" and \\n)")
-    if not _EXPFMT_FLOAT_RE.fullmatch(value):
-        return "expected a number as sample value, got %s" % prom_excerpt(value)
-    if stamp and stamp != "#" and not _EXPFMT_TS_RE[om].fullmatch(stamp):
-        return "expected a timestamp in %s, got %s" % (
-            "seconds" if om else "integer ms", prom_excerpt(stamp))
-    return "malformed sample line %s: expected 'name{label=\"value\",...} value [timestamp]'%s" % (
-        prom_excerpt(line), " with single spaces, then maybe ' # {labels} value'" if om else "")
-
-
-def _expfmt_line(state: _ExpfmtFamilies, line: str, lineno: int,
-                 names: Optional[FrozenSet[str]] = None,
-                 meta: Optional[FrozenSet[str]] = None) -> Optional[ExpositionSample]:
-    om = state.om
-    first = line.lstrip(" \t")[:1] if line[:1] in (" ", "\t") and not om else line[:1]
-    if first == "#":
-        m = _EXPFMT_COMMENT_RE[om].fullmatch(line)
-        if m is None:
-            raise ExpositionError(lineno, _expfmt_explain(line, om))
-        groups = m.groupdict()
-        for kind, key in (("HELP", "h"), ("TYPE", "t"), ("UNIT", "u")):
-            name, arg = groups.get(key + "name"), groups.get(kind.lower())
-            if name is not None and arg is not None and (arg or om or kind != "HELP"):
-                name = prom_unescape(name[1:-1]) if name[0] == '"' else name
-                if meta is None or name in meta:
-                    state.metadata(lineno, kind, name, arg)
-        return None
-    if not first:
-        if om:
-            raise ExpositionError(lineno, "blank line (not allowed in OpenMetrics)")
-        return None
-    m = _EXPFMT_SAMPLE_RE[om].fullmatch(line)
-    if m is None:
-        raise ExpositionError(lineno, _expfmt_explain(line, om))
-    return state.sample(lineno, m, names)
-
-
-# ============================================================
-# probed/expfmt.py
-# ============================================================
-"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
-"""
-
-import functools
-import re
-from typing import Dict, FrozenSet, Iterator, List, Optional, Pattern, Sequence, Set, Tuple
-
-EXPFMT_MAX_LINE_BYTES = 64 << 10
-EXPFMT_MAX_SERIES = 1000
-EXPFMT_MAX_KEPT_CHARS = 1 << 20
-_EXPFMT_PLAN_CACHE = 64
-
-SelectedSeries = List[Tuple[Dict[str, str], float]]
-
-
-def _expfmt_prepare(body: bytes, openmetrics: Optional[bool]) -> Tuple[str, bool]:
-    try:
-        text = body if isinstance(body, str) else bytes(body).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ExpositionError(bytes(body).count(b"\n", 0, exc.start) + 1,
-                              "invalid UTF-8 at byte %d" % exc.start) from None
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    end = text[:-1] if text.endswith("\n") else text
-    has_eof = end == "# EOF" or end.endswith("\n# EOF")
-    if not (has_eof if openmetrics is None else openmetrics):
-        cut = text.rfind("\n") + 1
-        if text[cut:].strip(" \t"):
-            raise _expfmt_no_final_lf(text.count("\n") + 1, text[cut:])
-        return text[:cut], False
-    if has_eof:
-        return end[:-5], True
-    early = ("\n" + text).find("\n# EOF\n")
-    if early >= 0:
-        raise ExpositionError(text.count("\n", 0, early) + 2, "text after '# EOF'")
-    raise _expfmt_no_eof(end.count("\n") + 1)
-
-
-def _expfmt_no_final_lf(lineno: int, tail: str) -> ExpositionError:
-    return ExpositionError(lineno, "last line has no line feed (body cut short?): %s"
-                           % prom_excerpt(tail))
-
-
-def _expfmt_no_eof(lineno: int) -> ExpositionError:
-    return ExpositionError(lineno, "missing '# EOF' at the end of the OpenMetrics body (cut "
-                           "short?)")
-
-
-@functools.lru_cache(maxsize=_EXPFMT_PLAN_CACHE)
-def _expfmt_plan(names: FrozenSet[str]) -> Tuple[Pattern[str], FrozenSet[str], FrozenSet[str],
-                                                 FrozenSet[str]]:
-    def bases(name: str) -> Set[str]:
-        return {name} | {name[:-len(s)] for s in _EXPFMT_SUFFIXES if name.endswith(s) and name != s}
-    families = set().union(*map(bases, names))
-    wanted = {f + s for f in families for s in ("",) + _EXPFMT_SUFFIXES}
-    meta = set().union(*map(bases, wanted))
-
-    def alt(words: Set[str]) -> str:
-        return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    finder = re.compile(r'\n((?:[ \t{]|\#[ \t]*(?:HELP|TYPE|UNIT)[ \t]+(?:"|(?:%s)(?![\w:]))'
-                        r"|(?:%s)(?:%s)?(?=[ \t{]))[^\n]*)"
-                        % (alt(meta), alt(families), alt(set(_EXPFMT_SUFFIXES))), re.ASCII)
-    return finder, frozenset(wanted), frozenset(meta), frozenset(families)
-
-
-class _ExpfmtReader:
-
-    __slots__ = ("om", "state", "error", "eof")
-
-    def __init__(self, om: bool, families: FrozenSet[str]) -> None:
-        self.om = om
-        self.state = _ExpfmtFamilies(om, families)
-        self.error: Optional[ExpositionError] = None
-        self.eof = 0
-
-    def fail(self, error: ExpositionError) -> None:
-        if self.error is None:
-            self.error = ExpositionError(self.eof + 1, "text after '# EOF'") if self.eof else error
-
-
-class SeriesSelector:
-
-    def __init__(self, selectors: Sequence[Selector], openmetrics: Optional[bool] = None) -> None:
-        self.selectors = [s if isinstance(s, Selector) else parse_selector(s) for s in selectors]
-        families: FrozenSet[str] = frozenset()
-        self._finder: Optional[Pattern[str]] = None
-        self._wanted = self._meta = families
-        if self.selectors:
-            self._finder, self._wanted, self._meta, families = _expfmt_plan(
-                frozenset(s.name for s in self.selectors))
-        formats = (False, True) if openmetrics is None else (openmetrics,)
-        self._readers = [_ExpfmtReader(om, families) for om in formats]
-        self._found: List[Dict[Tuple[Tuple[str, str], ...], Tuple[Dict[str, str], float]]] = [
-            {} for _ in self.selectors]
-        self._kept = 0
-        self._pending = bytearray()
-        self._lines = 0
-        self._offset = 0
-        self._last_eof = False
-
-    @property
-    def settled(self) -> bool:
-        return all(r.error is not None for r in self._readers)
-
-    def feed(self, data: bytes) -> bool:
-        view = memoryview(data)
-        for start in range(0, len(view), EXPFMT_MAX_LINE_BYTES):
-            if self.settled:
-                break
-            held = len(self._pending)
-            self._pending += view[start:start + EXPFMT_MAX_LINE_BYTES]
-            end = self._pending.find(b"\n", held)
-            if (end if end >= 0 else len(self._pending)) > EXPFMT_MAX_LINE_BYTES:
-                self._fail_all(ExpositionTooBig(self._lines + 1, "line longer than %d bytes"
-                                                % EXPFMT_MAX_LINE_BYTES))
-                break
-            cut = self._pending.rfind(b"\n") + 1
-            if cut:
-                block = bytes(self._pending[:cut])
-                del self._pending[:cut]
-                self._read_block(block)
-        return not self.settled
-
-    def close(self) -> List[SelectedSeries]:
-        tail = bytes(self._pending)
-        has_eof = tail == b"# EOF" or (not tail and self._last_eof)
-        reader = self._readers[-1 if has_eof else 0]
-        if reader.om and (tail and reader.eof or not has_eof):
-            reader.fail(_expfmt_no_eof(self._lines + (1 if tail else 0) or 1))
-        elif not reader.om and tail.strip(b" \t"):
-            try:
-                line = tail.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                reader.fail(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
-                                            % (self._offset + exc.start)))
-            else:
-                reader.fail(_expfmt_no_final_lf(self._lines + 1, line))
-        return self._result(reader)
-
-    def _result(self, reader: _ExpfmtReader) -> List[SelectedSeries]:
-        if reader.error is not None:
-            raise reader.error
-        return [list(found.values()) for found in self._found]
-
-    def _fail_all(self, error: ExpositionError) -> None:
-        for reader in self._readers:
-            reader.fail(error)
-
-    def _read_block(self, block: bytes) -> None:
-        try:
-            text = block.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            good = block.rfind(b"\n", 0, exc.start) + 1
-            self._read_block(block[:good])
-            self._fail_all(ExpositionError(self._lines + 1, "invalid UTF-8 at byte %d"
-                                           % (self._offset + exc.start - good)))
-            return
-        self._offset += len(block)
-        text = text.replace("\r\n", "\n") if "\r" in text else text
-        self._last_eof = text.endswith("\n# EOF\n") or text == "# EOF\n"
-        self.read_text(text)
-
-    def read_text(self, text: str) -> None:
-        first, padded = self._lines, "\n" + text
-        self._lines += text.count("\n")
-        stops = []
-        for reader in self._readers:
-            if reader.eof and text:
-                reader.fail(ExpositionError(reader.eof + 1, ""))
-            bad = None if reader.error else _EXPFMT_BAD_LINE_RE[reader.om].search(padded)
-            stops.append(-1 if reader.error else bad.start() if bad else len(padded))
-        if self._finder is not None and max(stops) > 0:
-            self._read_candidates(self._finder, padded, first, stops)
-        for reader, stop in zip(self._readers, stops):
-            if reader.error is None and stop < len(padded):
-                lineno = first + padded.count("\n", 0, stop + 1)
-                end = padded.find("\n", stop + 1)
-                self._reject(reader, padded[stop + 1:end], lineno, end + 1 < len(padded))
-
-    def _read_candidates(self, finder: Pattern[str], padded: str, first: int,
-                         stops: List[int]) -> None:
-        lineno, counted = first, 0
-        for m in finder.finditer(padded, 0, max(stops)):
-            lineno += padded.count("\n", counted, m.start() + 1)
-            counted = m.start() + 1
-            line, sample = m.group(1), None
-            for reader, stop in zip(self._readers, stops):
-                if reader.error is not None or m.start() >= stop:
-                    continue
-                try:
-                    sample = _expfmt_line(reader.state, line, lineno, self._wanted,
-                                          self._meta) or sample
-                except ExpositionError as exc:
-                    reader.fail(exc)
-            if sample is not None:
-                self._keep(sample, lineno, len(line))
-            if self.settled:
-                return
-
-    def _reject(self, reader: _ExpfmtReader, line: str, lineno: int, more: bool) -> None:
-        if reader.om and line == "# EOF":
-            reader.eof = lineno
-            if more:
-                reader.fail(ExpositionError(lineno + 1, "text after '# EOF'"))
-            return
-        try:
-            _expfmt_line(reader.state, line, lineno, frozenset(), frozenset())
-        except ExpositionError as exc:
-            reader.fail(exc)
-        else:
-            reader.fail(ExpositionError(lineno, "malformed line %s" % prom_excerpt(line)))
-
-    def _keep(self, sample: ExpositionSample, lineno: int, size: int) -> None:
-        name, labels, value, _ = sample
-        for i, sel in enumerate(self.selectors):
-            if sel.name != name or not sel.matches(labels):
-                continue
-            key, found = tuple(sorted(labels.items())), self._found[i]
-            if key not in found:
-                self._kept += size
-                if len(found) >= EXPFMT_MAX_SERIES:
-                    return self._fail_all(ExpositionTooBig(lineno, "%s matches more than %d "
-                                                           "series; narrow it with labels"
-                                                           % (sel, EXPFMT_MAX_SERIES)))
-                if self._kept > EXPFMT_MAX_KEPT_CHARS:
-                    return self._fail_all(ExpositionTooBig(
-                        lineno, "the selected series hold more than %d characters"
-                        % EXPFMT_MAX_KEPT_CHARS))
-            found[key] = (dict(labels), value)
-
-
-def parse_samples(body: bytes, openmetrics: Optional[bool] = None) -> Iterator[ExpositionSample]:
-    text, om = _expfmt_prepare(body, openmetrics)
-    state = _ExpfmtFamilies(om)
-    samples = (_expfmt_line(state, line, n) for n, line in enumerate(text.split("\n")[:-1], 1))
-    return iter([sample for sample in samples if sample is not None])
-
-
-def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optional[bool] = None
-                  ) -> List[SelectedSeries]:
-    text, om = _expfmt_prepare(body, openmetrics)
-    selector = SeriesSelector(selectors, om)
-    selector.read_text(text)
-    return selector._result(selector._readers[0])
-
-
-# ============================================================
-# probed/reaper.py
-# ============================================================
-"""Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
-"""
-
-import asyncio
-import os
-from typing import List, Optional, Set
-
-REAP_INTERVAL = 2.0
-REAP_MAX_SCAN = 4096
-
-
-def zombie_children(parent: int, proc: str = "/proc") -> List[int]:
-    found: List[int] = []
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return found
-    for entry in entries[:REAP_MAX_SCAN]:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(os.path.join(proc, entry, "stat"), "rb") as handle:
-                stat = handle.read(512)
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) >= 2 and fields[0] == b"Z" and int(fields[1]) == parent:
-            found.append(int(entry))
-    return found
-
-
-class OrphanReaper:
-
-    def __init__(self, owned: Set[int]) -> None:
-        self.owned = owned
-        self.reaped = 0
-        self._timer: Optional[asyncio.TimerHandle] = None
-
-    def start(self) -> None:
-        if os.getpid() == 1:
-            self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _round(self) -> None:
-        for pid in zombie_children(os.getpid()):
-            if pid in self.owned:
-                continue
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    self.reaped += 1
-            except ChildProcessError:
-                pass
-        self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
-
-
-# ============================================================
-# probed/scrape.py
-# ============================================================
-"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
-"""
-
-import asyncio
-import time
-from typing import (Any, Callable, Dict, FrozenSet, Hashable, List, Mapping, Optional, Sequence,
-                    Tuple)
-
-SCRAPE_MAX_BODY = 16 << 20
-SCRAPE_REUSE_SHARE = 0.9
-SCRAPE_FAST_PACE = 0.8
-SCRAPE_HEAD_BYTES = 16
-
-
-def is_openmetrics(headers: Mapping[str, str]) -> Optional[bool]:
-    ctype = headers.get("content-type", "").lower()
-    if "openmetrics" in ctype:
-        return True
-    media, _, params = ctype.partition(";")
-    return False if media.strip() == "text/plain" and "version=" in params else None
-
-
-class MetricsReading:
-
-    __slots__ = ("taken_at", "keys", "error", "refused", "status", "location", "empty", "series",
-                 "headers")
-
-    def __init__(self, taken_at: float, keys: FrozenSet[str]) -> None:
-        self.taken_at = taken_at
-        self.keys = keys
-        self.error = ""
-        self.refused = False
-        self.status = 0
-        self.location = ""
-        self.empty = False
-        self.series: Dict[str, SelectedSeries] = {}
-        self.headers: Dict[str, str] = {}
-
-
-class _MetricsSink(BodySink):
-
-    def __init__(self, selectors: Sequence[Selector]) -> None:
-        self.selectors = selectors
-        self.status = 0
-        self.location = ""
-        self.headers: Dict[str, str] = {}
-        self.selector: Optional[SeriesSelector] = None
-        self.head = b""
-        self.blank_after_head = True
-
-    def start(self, status: int, headers: Dict[str, str]) -> bool:
-        self.status, self.location, self.headers = status, headers.get("location", ""), headers
-        if not 200 <= status < 300 or status == 204:
-            return False
-        self.selector = SeriesSelector(self.selectors, is_openmetrics(headers))
-        return True
-
-    def feed(self, data: bytes) -> bool:
-        room = SCRAPE_HEAD_BYTES - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-        self.blank_after_head = self.blank_after_head and not data[max(room, 0):].strip()
-        assert self.selector is not None
-        return self.selector.feed(data)
-
-    def finish(self, reading: MetricsReading, keys: Sequence[str]) -> None:
-        reading.status, reading.location, reading.headers = self.status, self.location, self.headers
-        if self.selector is None:
-            return
-        if self.blank_after_head and self.head.strip() in (b"", b"null"):
-            reading.empty = True
-            reading.series = {k: [] for k in keys}
-            return
-        try:
-            reading.series = dict(zip(keys, self.selector.close()))
-        except ExpositionTooBig as exc:
-            reading.error = "metrics too big to read: %s" % exc
-        except ExpositionError as exc:
-            reading.error = "malformed metrics: %s" % exc
-
-
-class _MetricsReader:
-
-    __slots__ = ("keys", "interval", "pace", "asked")
-
-    def __init__(self, keys: FrozenSet[str], interval: float) -> None:
-        self.keys = keys
-        self.interval = interval
-        self.pace = interval
-        self.asked = float("-inf")
-
-    def note(self, now: float) -> None:
-        gap = now - self.asked
-        self.pace = gap if gap < SCRAPE_FAST_PACE * self.interval else self.interval
-        self.asked = now
-
-
-class MetricsSource:
-
-    def __init__(self, url: str, headers: Optional[Mapping[str, str]] = None,
-                 tls: Optional[TLSOptions] = None) -> None:
-        self.url = url
-        self.headers = dict(headers or {})
-        self.tls = tls
-        self.selectors: Dict[str, Selector] = {}
-        self.readers: Dict[Hashable, _MetricsReader] = {}
-        self.reading: Optional[MetricsReading] = None
-        self.forgotten_at = float("-inf")
-        self._inflight: Optional["asyncio.Future[None]"] = None
-
-    def add_reader(self, reader: Hashable, selectors: Sequence[Selector], interval: float) -> None:
-        keys = frozenset(str(s) for s in selectors)
-        for key, sel in zip(map(str, selectors), selectors):
-            self.selectors.setdefault(key, sel)
-        known = self.readers.get(reader)
-        if known is None:
-            self.readers[reader] = _MetricsReader(keys, interval)
-        else:
-            known.keys |= keys
-
-    def forget(self) -> None:
-        self.reading, self.forgotten_at = None, time.monotonic()
-
-    def reuse_window(self, now: float) -> float:
-        paces = [max(r.pace, now - r.asked) for r in self.readers.values()]
-        return SCRAPE_REUSE_SHARE * min(paces) if paces else 0.0
-
-    async def read(self, reader: Hashable, timeout: float,
-                   headers: Callable[[], Mapping[str, str]], max_age: Optional[float] = None,
-                   resolver: Optional[Resolver] = None) -> MetricsReading:
-        now = time.monotonic()
-        wanted = self.readers[reader].keys
-        if max_age is None:
-            self.readers[reader].note(now)
-            max_age = self.reuse_window(now)
-        oldest = max(now - max_age, self.forgotten_at)
-        while True:
-            reading = self.reading
-            if reading is not None and reading.taken_at >= oldest and wanted <= reading.keys:
-                return reading
-            if self._inflight is None or self._inflight.done():
-                self._inflight = asyncio.ensure_future(self._scrape(
-                    frozenset(self.selectors), timeout, headers() or self.headers, resolver))
-            await asyncio.shield(self._inflight)
-
-    async def _scrape(self, keys: FrozenSet[str], timeout: float, headers: Mapping[str, str],
-                      resolver: Optional[Resolver]) -> None:
-        ordered = sorted(keys)
-        sink = _MetricsSink([self.selectors[k] for k in ordered])
-        reading = MetricsReading(time.monotonic(), keys)
-        try:
-            await fetch(self.url, headers=headers, timeout=timeout, max_body=SCRAPE_MAX_BODY,
-                        tls=self.tls, sink=sink, resolver=resolver)
-        except FetchError as exc:
-            reading.error, reading.refused = str(exc), exc.kind == "refused"
-        else:
-            sink.finish(reading, ordered)
-        self.reading = reading
-
-
-SourceKey = Tuple[Any, ...]
-
-
-class ScrapeHub:
-
-    def __init__(self) -> None:
-        self.sources: Dict[SourceKey, MetricsSource] = {}
-
-    def source(self, url: str, key: SourceKey, headers: Optional[Mapping[str, str]] = None,
-               tls: Optional[TLSOptions] = None) -> MetricsSource:
-        full = (url,) + tuple(key)
-        source = self.sources.get(full)
-        if source is None:
-            source = self.sources[full] = MetricsSource(url, headers, tls)
-        return source
-
-    def forget(self) -> None:
-        for source in self.sources.values():
-            source.forget()
-
-
-class ProgressBoard:
-
-    def __init__(self) -> None:
-        self.rose_at: Dict[str, float] = {}
-
-    def note(self, url: str, when: float) -> None:
-        self.rose_at[url] = when
-
-    def last(self, url: str) -> float:
-        return self.rose_at.get(url, float("-inf"))
-
-
-def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[SelectedSeries]:
-    return [reading.series[str(s)] for s in selectors]
-
-
-# ============================================================
-# probed/values.py
-# ============================================================
-"""Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
-"""
-
-import re
-import time
-from typing import FrozenSet, List, Tuple
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class ConfigError(Exception):
-    """A configuration mistake, reported before the daemon starts (exit code 2)."""
-
-
-def parse_duration(text: str) -> float:
-    s = text.strip()
-    if not s:
-        raise ValueError("expected a duration like 500ms, 10s, 2m or plain seconds")
-    try:
-        value = float(s)
-    except ValueError:
-        pos, value = 0, 0.0
-        for m in _DURATION_PART.finditer(s):
-            if m.start() != pos:
-                break
-            value += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-            pos = m.end()
-        if pos != len(s) or pos == 0:
-            raise ValueError("expected a duration like 500ms, 10s, 2m or plain seconds") from None
-    if value != value or value < 0 or value == float("inf"):
-        raise ValueError("expected a finite duration >= 0")
-    return value
-
-
-def format_duration(seconds: float) -> str:
-    if 0 < seconds < 1e-6:
-        return "%gns" % round(seconds * 1e9, 3)
-    if 0 < seconds < 1e-3:
-        return "%gus" % round(seconds * 1e6, 3)
-    if seconds < 1 and seconds != 0:
-        return "%gms" % round(seconds * 1000, 3)
-    if seconds < 60 or seconds != int(seconds):
-        return "%gs" % round(seconds, 3)
-    minutes, secs = divmod(int(seconds), 60)
-    return "%dm%ds" % (minutes, secs) if secs else "%dm" % minutes
-
-
-def format_timestamp(wall: float, millis: bool = False) -> str:
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
-    return text + (".%03dZ" % (int(wall * 1000) % 1000) if millis else "Z")
-
-
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def printable(text: str, limit: int) -> str:
-    if _CONTROL_CHARS.search(text):
-        text = _CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256
-                                  else "\\u%04x" % ord(m.group()), text)
-    if len(text) > limit:
-        return "%s... (%d more characters)" % (text[:limit], len(text) - limit)
-    return text
-
-
-_ASCII_INT = re.compile(r"[+-]?[0-9]+\Z")
-_ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z"
-                           r"|[+-]?(?i:inf|infinity|nan)\Z")
-
-
-def parse_count(text: str) -> int:
-    if not _ASCII_INT.match(text.strip()):
-        raise ValueError("expected a whole number")
-    value = int(text.strip())
-    if value < 0:
-        raise ValueError("expected a whole number >= 0")
-    return value
-
-
-def parse_positive_count(text: str) -> int:
-    value = parse_count(text)
-    if value < 1:
-        raise ValueError("expected a whole number >= 1")
-    return value
-
-
-def parse_number(text: str) -> float:
-    if not _ASCII_NUMBER.match(text.strip()):
-        raise ValueError("expected a number")
-    value = float(text.strip())
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError("expected a finite number")
-    return value
-
-
-def parse_bool(text: str) -> bool:
-    s = text.strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def parse_probes(text: str) -> FrozenSet[str]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    for name in names:
-        if name not in GROUPS:
-            raise ValueError("expected a comma list of live, ready, started")
-    return frozenset(names)
-
-
-def parse_status_ranges(text: str) -> Tuple[Tuple[int, int], ...]:
-    ranges: List[Tuple[int, int]] = []
-    for part in text.split(","):
-        part = part.strip()
-        low, sep, high = part.partition("-")
-        try:
-            lo, hi = int(low), int(high) if sep else int(low)
-        except ValueError:
-            raise ValueError("expected status codes or ranges like 200-399,404") from None
-        if not (100 <= lo <= hi <= 599):
-            raise ValueError("expected status codes between 100 and 599, low-high")
-        ranges.append((lo, hi))
-    return tuple(ranges)
-
-
-def redact_userinfo(text: str) -> str:
-    return re.sub(r"(?<=//)[^/?#@\s]*@", "<redacted>@", text)
-
-
-def parse_http_url(text: str) -> str:
-    s = text.strip()
-    if not re.match(r"^(https?)://[^/?#\s]+", s):
-        raise ValueError("expected an http:// or https:// URL with a host")
-    try:
-        split_url(s)
-    except ValueError as exc:
-        if str(exc).startswith("Port"):
-            raise ValueError("expected a port between 0 and 65535 after the host") from None
-        if "credentials" in str(exc):
-            raise ValueError("credentials in a URL are not supported (use header= or "
-                             "token-file=)") from None
-        raise
-    return s
-
-
-def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
-    s = text.strip()
-    if s.startswith("["):
-        host, sep, port = s[1:].partition("]:")
-        if not sep:
-            raise ValueError("expected [ipv6]:port")
-    else:
-        host, sep, port = s.rpartition(":")
-        if not sep:
-            raise ValueError("expected host:port or :port")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError("expected a port number after the colon") from None
-    if not 0 <= number <= 65535:
-        raise ValueError("expected a port between 0 and 65535")
-    return (host or default_host, number)
-
-
-# ============================================================
-# probed/beatregistry.py
-# ============================================================
-"""Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
-"""
-
-import re
-import time
-from typing import Callable, Dict, Tuple
-
-HEARTBEAT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-HEARTBEAT_MAX_WORKERS = 1024
-HEARTBEAT_FORGET_AFTER = 3600.0
-
-WorkerAges = Tuple[Tuple[str, float], ...]
-
-
-def parse_beat_name(text: str) -> str:
-    if not HEARTBEAT_NAME_PATTERN.match(text):
-        raise ValueError("expected 1-128 letters, digits, '.', '_' or '-', starting with a "
-                         "letter or digit")
-    return text
-
-
-class HeartbeatRegistryFull(Exception):
-    """A new name arrived while the registry holds HEARTBEAT_MAX_WORKERS recently seen names."""
-
-
-class HeartbeatRegistry:
-
-    def __init__(self, max_names: int = HEARTBEAT_MAX_WORKERS,
-                 forget_after: float = HEARTBEAT_FORGET_AFTER,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_names = max_names
-        self.forget_after = forget_after
-        self.clock = clock
-        self.beats: Dict[str, float] = {}
-
-    def beat(self, name: str) -> None:
-        parse_beat_name(name)
-        now = self.clock()
-        if name not in self.beats and len(self.beats) >= self.max_names:
-            oldest = min(self.beats, key=self.beats.__getitem__)
-            if now - self.beats[oldest] <= self.forget_after:
-                raise HeartbeatRegistryFull(
-                    "heartbeat registry full: %d names beat within the last %s" % (
-                        len(self.beats), format_duration(self.forget_after)))
-            del self.beats[oldest]
-        self.beats[name] = now
-
-    def remove(self, name: str) -> bool:
-        return self.beats.pop(name, None) is not None
-
-    def ages(self) -> WorkerAges:
-        now = self.clock()
-        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
-
-
-# ============================================================
-# probed/checkcmd.py
-# ============================================================
-"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
-"""
-
-import argparse
-import asyncio
-import os
-import sys
-from typing import Dict, Sequence
-
-CHECK_EXIT_PASS, CHECK_EXIT_FAIL, CHECK_EXIT_USAGE, CHECK_EXIT_UNREACHABLE = 0, 1, 2, 3
-CHECK_DEFAULT_TIMEOUT = 1.0
-CHECK_MAX_BODY = 16 << 20
-CHECK_FAIL_STATUS = 400
-
-
-def _check_timeout(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("%s (e.g. 1s, 500ms, 2.5)" % exc) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
-    return value
-
-
-def build_check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="probed check", description="GET a URL once; the exit code is the verdict: "
-        "0 pass (status < 400), 1 fail (status >= 400), 2 usage error, 3 unreachable or "
-        "timed out.")
-    parser.add_argument("url", help="http:// or https:// URL, e.g. "
-                                    "http://127.0.0.1:8080/readyz")
-    parser.add_argument("--timeout", type=_check_timeout, default=CHECK_DEFAULT_TIMEOUT,
-                        metavar="DURATION", help="deadline for the whole request (default 1s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print the body too")
-    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
-                        help="extra request header (repeatable)")
-    parser.add_argument("-k", "--insecure", action="store_true",
-                        help="https: do not verify the server certificate")
-    parser.add_argument("--ca-file", metavar="PEM", help="https: trust this CA bundle")
-    return parser
-
-
-def _check_headers(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
-    headers: Dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            parser.error("-H %r: expected 'Name: value'" % item)
-        headers[name.strip()] = value.strip()
-    return headers
-
-
-def print_check_result(response: Response, verbose: bool) -> None:
-    print(("%d %s" % (response.status, response.reason)).rstrip())
-    if verbose and response.body:
-        sys.stdout.flush()
-        out = getattr(sys.stdout, "buffer", None)
-        if out is not None:
-            out.write(response.body)
-            if not response.body.endswith(b"\n"):
-                out.write(b"\n")
-            out.flush()
-        else:
-            text = response.body.decode("utf-8", "replace")
-            print(text, end="" if text.endswith("\n") else "\n")
-
-
-def check_main(argv: Sequence[str]) -> int:
-    parser = build_check_parser()
-    args = parser.parse_args(list(argv))
-    headers = _check_headers(parser, args.header)
-    if args.ca_file and not os.path.isfile(args.ca_file):
-        parser.error("--ca-file %s: no such file" % args.ca_file)
-    tls = TLSOptions(args.ca_file, args.insecure) if args.ca_file or args.insecure else None
-    try:
-        response = asyncio.run(fetch(args.url, headers=headers, timeout=args.timeout,
-                                     max_body=CHECK_MAX_BODY, tls=tls))
-    except ValueError as exc:
-        print("probed check: error: %s: %s" % (args.url, exc), file=sys.stderr)
-        return CHECK_EXIT_USAGE
-    except FetchError as exc:
-        print("probed check: %s: %s" % (args.url, exc), file=sys.stderr)
-        return CHECK_EXIT_UNREACHABLE
-    except OSError as exc:
-        print("probed check: %s: %s" % (args.url, exc.strerror or exc), file=sys.stderr)
-        return CHECK_EXIT_UNREACHABLE
-    print_check_result(response, args.verbose)
-    return CHECK_EXIT_FAIL if response.status >= CHECK_FAIL_STATUS else CHECK_EXIT_PASS
-
-
-# ============================================================
-# probed/checks/base.py
-# ============================================================
+''')
+
+# ==============================================================================
+# Layer 5 of 10: checks: one Check shape for every kind, and the table of kinds
+#   checks/base.py, checks/exec.py, checks/gpu.py, checks/heartbeat.py, checks/http.py, checks/inference.py, checks/manual.py, checks/metric.py, checks/awake.py, checks/inflight.py, checks/process.py, checks/relay.py, checks/tcp.py, checks/ray.py, checks/__init__.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/checks/base.py: its lines 1-218 are lines 5252-5469 here (file line = module line + 5251)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/base.py', 5252, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
+
+A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
+`Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
+an observation into a verdict in `judge()` (pure, so per-request overrides such as
+`/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
+The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
 from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Set, Tuple,
                     Union)
 
+from ..beatregistry import HeartbeatRegistry
+from ..blocking import BLOCKING_SCANS, BlockingRunner, Resolver
+from ..gpureader import GPUReaders
+from ..scrape import ProgressBoard, ScrapeHub
+from ..values import (
+    ConfigError,
+    format_duration,
+    parse_duration,
+    parse_positive_count,
+    parse_probes,
+)
 
-Incarnation = Optional[Union[float, str]]
+
+Incarnation = Optional[Union[float, str]]  # see Observation.incarnation
 
 
 class Observation:
+    """What one poll saw.
+
+    ok      the raw outcome before thresholds that `judge` applies (True for a plain success).
+    reason  short words for a failure (or a note on a pass), shown after `failed:` in ?verbose.
+    value   the number the verdict used (queue depth, nodes alive...), shown in JSON and /metrics.
+    hard    the backend said so itself (vLLM /health 503): skips `fail-after`.
+    detail  JSON-able extras for ?format=json (per-node, per-worker data...).
+    raw     anything else `judge` needs that is not shown (a response body...).
+    refused the backend refused the connection: while loading that is the `loading` phase;
+            after a pass it means the backend restarted (only for checks in `started`).
+    loading the backend answered that it is loading (llama.cpp's 503 `Loading model`): before
+            start the `starting` phase; after start a new incarnation, never a dead server.
+    incarnation  which backend process answered, when the check can see it: a float is its
+            Unix start time (`process_start_time_seconds`), a str an opaque identity shown
+            as is (llama-server's `Process-Start-Time-Unix` header); a new value is a restart.
+    restart a reason when the check saw a restart another way (a counter went backwards).
+    """
 
     __slots__ = ("ok", "reason", "value", "hard", "detail", "raw", "refused", "loading",
                  "incarnation", "restart")
@@ -4884,6 +5329,7 @@ class Observation:
 
 
 class Param:
+    """One key a check kind accepts: how to parse it, its default, whether to hide it."""
 
     __slots__ = ("parse", "default", "required", "secret", "help", "overridable", "repeat")
 
@@ -4903,9 +5349,10 @@ class Param:
         self.secret = secret
         self.help = help
         self.overridable = overridable
-        self.repeat = repeat
+        self.repeat = repeat  # the key may be given many times; the value is a list
 
 
+# Keys every kind accepts; the engine reads them, the check never does.
 COMMON_PARAMS: Dict[str, Param] = {
     "name": Param(str, help="check name (default: the kind)"),
     "probes": Param(parse_probes, help="groups this check counts in: live,ready,started"),
@@ -4919,6 +5366,7 @@ COMMON_PARAMS: Dict[str, Param] = {
 
 
 class CheckSpec:
+    """A check's validated configuration: common settings plus its kind's parameters."""
 
     __slots__ = ("kind", "name", "probes", "interval", "timeout", "fail_after", "pass_after",
                  "stale_after", "params", "origin", "start_interval", "shown")
@@ -4936,12 +5384,16 @@ class CheckSpec:
         self.pass_after = pass_after
         self.stale_after = stale_after
         self.params = params
-        self.origin = origin
-        self.start_interval = start_interval
-        self.shown: Dict[str, Any] = {}
+        self.origin = origin  # where it came from: "--check #2", "--vllm", "config.json"
+        self.start_interval = start_interval  # None: the daemon's --start-interval
+        self.shown: Dict[str, Any] = {}  # kind keys as the user wrote them, secrets masked
 
 
 class CheckResources:
+    """What the checks of one daemon share. The daemon makes one and hands it to every check
+    (and the admin listener gets the same heartbeat registry); a check built without one gets
+    its own, unshared. `resolver` (DNS) and `scans` (heartbeat file scans) run blocking calls
+    on threads of their own, each kind capped, so a hung resolver cannot delay a scan."""
 
     __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans", "children")
 
@@ -4954,19 +5406,23 @@ class CheckResources:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
-        self.gpus = gpus if gpus is not None else GPUReaders()
+        self.gpus = gpus if gpus is not None else GPUReaders()  # NVML readers, made on use
         self.resolver = resolver if resolver is not None else Resolver()
         self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
-        self.children: Set[int] = set()
+        self.children: Set[int] = set()  # PIDs of exec checks' running commands (the reaper
+        # leaves those to asyncio, which waits for their status)
 
 
 class Check:
+    """Base class of every check kind. Subclasses set `kind`, `params`, and `observe`."""
 
     kind: ClassVar[str] = ""
     params: ClassVar[Dict[str, Param]] = {}
     default_probes: ClassVar[FrozenSet[str]] = frozenset(("ready", "started"))
     default_interval: ClassVar[float] = 10.0
     default_timeout: ClassVar[float] = 1.0
+    # False: only read on demand (the preStop drain polls `inflight` itself), never on a
+    # schedule, so it costs the server nothing while nobody asks.
     scheduled: ClassVar[bool] = True
 
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
@@ -4976,24 +5432,32 @@ class Check:
         self.resources = resources if resources is not None else CheckResources()
 
     async def observe(self) -> Observation:
+        """Poll the backend once. The engine bounds it with the check's timeout."""
         raise NotImplementedError
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
+        """Turn an observation into (passes, reason) under `config`; `was_ok` allows hysteresis."""
         return obs.ok, obs.reason
 
     def target(self) -> str:
+        """What this check looks at, for the index page and logs (never contains secrets)."""
         return ""
 
     def secrets(self) -> Tuple[str, ...]:
+        """Values this check sends that must never be shown (tokens, secret headers): every
+        reason and detail is scrubbed of them before anyone renders it."""
         return ()
 
     def on_deadline(self, timeout: float) -> Observation:
+        """What a poll that ran past its hard deadline means. Failing is the usual answer; a
+        check for which slowness is no evidence (progress) says so instead."""
         return Observation(False, "timed out after %s" % format_duration(timeout))
 
     def forget(self) -> None:
         """The backend restarted: drop history kept between polls (counters, rates)."""
 
     def parse_override(self, key: str, text: str) -> Any:
+        """Parse a per-request override `NAME.KEY=VALUE`; only keys marked overridable."""
         param = self.params.get(key)
         if param is None or not param.overridable:
             allowed = sorted(k for k, p in self.params.items() if p.overridable)
@@ -5003,12 +5467,17 @@ class Check:
             return param.parse(text)
         except ValueError as exc:
             raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
+''')
 
-
-# ============================================================
-# probed/checks/exec.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/exec.py: its lines 1-130 are lines 5476-5605 here (file line = module line + 5475)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/exec.py', 5476, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
+
+For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
+command runs in its own process group, and the whole group is killed when the deadline ends
+the poll, so a script's children cannot pile up.
 """
 
 import asyncio
@@ -5017,11 +5486,14 @@ import shlex
 import signal
 from typing import Any, List
 
-EXEC_OUTPUT_CAP = 64 * 1024
-EXEC_REAP_SECONDS = 1.0
+from .base import Check, Observation, Param
+
+EXEC_OUTPUT_CAP = 64 * 1024  # bytes of output kept; the rest is read and dropped
+EXEC_REAP_SECONDS = 1.0  # how long to wait for output and exit after the group is killed
 
 
 def parse_command(text: str) -> List[str]:
+    """Split a command line the way a POSIX shell would, without running a shell."""
     try:
         argv = shlex.split(text)
     except ValueError as exc:
@@ -5032,6 +5504,11 @@ def parse_command(text: str) -> List[str]:
 
 
 class ExecOutput:
+    """Collects a child's output from our own pipe, capped; EOF sets `done`.
+
+    asyncio's own pipes are not used: since Python 3.12 `Process.wait()` also waits for them
+    to close, so a script that exits but leaves a child holding stdout would never finish.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -5055,6 +5532,7 @@ class ExecOutput:
             self.kept += chunk[:EXEC_OUTPUT_CAP - len(self.kept)]
 
     def close(self) -> None:
+        """Stop reading and close both ends (idempotent)."""
         self.loop.remove_reader(self.read_fd)
         for fd in (self.read_fd, self.write_fd):
             if fd >= 0:
@@ -5062,6 +5540,7 @@ class ExecOutput:
         self.read_fd = self.write_fd = -1
 
     def close_write_end(self) -> None:
+        """The child has its copy; ours must go so EOF can come."""
         os.close(self.write_fd)
         self.write_fd = -1
 
@@ -5074,6 +5553,7 @@ def _kill_group(pid: int) -> None:
 
 
 class ExecCheck(Check):
+    """Exit status 0 passes; the last line of output explains a failure."""
 
     kind = "exec"
     params = {"cmd": Param(parse_command, required=True, help="command line (no shell)")}
@@ -5097,7 +5577,7 @@ class ExecCheck(Check):
                 code = await self.wait(proc)
             finally:
                 self.resources.children.discard(proc.pid)
-            try:
+            try:  # children killed, the pipe ends soon; do not wait on it forever
                 await asyncio.wait_for(output.done.wait(), EXEC_REAP_SECONDS)
             except asyncio.TimeoutError:
                 pass
@@ -5110,6 +5590,8 @@ class ExecCheck(Check):
         return Observation(False, "exit %d%s" % (code, (": " + last) if last else ""), float(code))
 
     async def wait(self, proc: Any) -> int:
+        """The exit status; the process group is killed afterwards, or when the poll's
+        deadline cancels the wait (then the child is reaped before the cancel goes on)."""
         try:
             code = await proc.wait()
         except asyncio.CancelledError:
@@ -5119,24 +5601,50 @@ class ExecCheck(Check):
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 pass
             raise
-        _kill_group(proc.pid)
+        _kill_group(proc.pid)  # children left behind (`sleep 60 &`) go with their script
         return code
+''')
 
-
-# ============================================================
-# probed/checks/gpu.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/gpu.py: its lines 1-105 are lines 5612-5716 here (file line = module line + 5611)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/gpu.py', 5612, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
+
+A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
+two checks sharing one reader (`CheckResources.gpus`): `faults=restart` in `live` fails on
+faults a server restart fixes (Xid 13, 31, 94: the process that hit them is broken), so the
+kubelet restarts the server container; `faults=all` in `ready` also fails on faults only a GPU
+reset or a node reboot fixes, and says that a restart cannot. `faults=all` or `reset` in
+`live` is refused: it would restart a server that a restart cannot help.
+No NVML (a CPU node, no driver in the container, nvmlInit refused): the check passes and says
+why; a broken GPU still fails the server's own checks.
 """
 
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ..gpufaults import (
+    RESTART,
+    device_json,
+    environment_devices,
+    judge_devices,
+    parse_device_list,
+    parse_fault_mode,
+    parse_xid_list,
+    select_devices,
+)
+from ..gpureader import GPUReadTimeout
+from ..nvml import NVML_LIBRARY
+from ..values import ConfigError
+from .base import Check, CheckResources, CheckSpec, Observation, Param
+
 GPU_VISIBILITY_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
-GPU_MAX_AGE = 1.0
+GPU_MAX_AGE = 1.0  # a read this fresh is shared by the live and ready checks of one round
 
 
 class GPUCheck(Check):
+    """Passes while the chosen GPUs show no fault of the kind `faults=` names."""
 
     kind = "gpu"
     default_probes = frozenset(("ready",))
@@ -5161,6 +5669,7 @@ class GPUCheck(Check):
             raise ConfigError("%s (gpu): faults=%s in probes=live would restart the server for "
                               "faults a restart cannot fix (expected faults=restart in live)" % (
                                   spec.origin, self.config["faults"]))
+        # Read once: the server's container was given its GPUs when it started.
         self.env = {k: os.environ[k] for k in GPU_VISIBILITY_VARIABLES if k in os.environ}
         self.reader = self.resources.gpus.reader(self.config["lib"])
 
@@ -5192,6 +5701,8 @@ class GPUCheck(Check):
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if obs.raw is None:
+            # No reading. Without NVML it passes; a hung or failed read fails ready, but it is
+            # no evidence that restarting the server would help, so it never fails live.
             return obs.ok or config["faults"] == RESTART, obs.reason
         chosen, missing, source = obs.raw
         ok, reason = judge_devices(chosen, config["faults"], config["ignore-xids"])
@@ -5203,12 +5714,20 @@ class GPUCheck(Check):
 
     def forget(self) -> None:
         self.reader.forget_restart()
+''')
 
-
-# ============================================================
-# probed/checks/heartbeat.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/heartbeat.py: its lines 1-227 are lines 5723-5949 here (file line = module line + 5722)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/heartbeat.py', 5723, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
+
+Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
+admin listener (a `HeartbeatRegistry`). `observe` collects ages (files are stat'ed on the
+daemon's scan threads, one scan at a time, so a slow volume never blocks the loop, and an entry
+that cannot be read is skipped and named, not fatal to the pool); `judge` applies window and
+thresholds, so `/livez?workers.min-fresh=3` re-judges cached ages. Must never: let a client grow
+the registry without bound, accept a beat name that could leave its directory, or read a file.
 """
 
 import asyncio
@@ -5221,14 +5740,20 @@ import stat
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..beatregistry import HEARTBEAT_MAX_WORKERS, WorkerAges
+from ..blocking import BlockingBusy
+from ..values import ConfigError, format_duration, parse_count, parse_duration, parse_positive_count
+from .base import Check, CheckResources, CheckSpec, Observation, Param
+
 HEARTBEAT_DEFAULT_WINDOW = 60.0
-HEARTBEAT_REASON_NAMES = 12
-HEARTBEAT_CLOCK_SLACK = 1.0
+HEARTBEAT_REASON_NAMES = 12  # workers named in a reason (a log line); JSON lists them all
+HEARTBEAT_CLOCK_SLACK = 1.0  # an mtime up to this far in the future still counts as "now"
 _HEARTBEAT_GLOB_CHARS = re.compile(r"[*?[]")
-BeatScan = Tuple[WorkerAges, Tuple[Tuple[str, str], ...]]
+BeatScan = Tuple[WorkerAges, Tuple[Tuple[str, str], ...]]  # ages, and (name, why) unreadable
 
 
 def parse_window(text: str) -> float:
+    """A heartbeat window: a duration above 0."""
     value = parse_duration(text)
     if not value > 0:
         raise ValueError("expected a duration above 0, e.g. 30s")
@@ -5236,26 +5761,31 @@ def parse_window(text: str) -> float:
 
 
 def _heartbeat_fixed_prefix(pattern: str) -> str:
+    """A glob's directories before its first wildcard: names are shown relative to them."""
     fixed = itertools.takewhile(lambda part: not _HEARTBEAT_GLOB_CHARS.search(part),
                                 pattern.split(os.sep)[:-1])
     return os.sep.join(fixed) or ("." if not pattern.startswith(os.sep) else os.sep)
 
 
 def _heartbeat_candidates(path: str) -> List[Tuple[str, str]]:
+    """(name, file path) of every beat file `path` names, at most HEARTBEAT_MAX_WORKERS + 1."""
     limit = HEARTBEAT_MAX_WORKERS + 1
     if _HEARTBEAT_GLOB_CHARS.search(path):
         prefix = _heartbeat_fixed_prefix(path)
         return [(os.path.relpath(m, prefix), m) for m in itertools.islice(glob.iglob(path), limit)]
     if os.path.isdir(path):
-        with os.scandir(path) as entries:
+        with os.scandir(path) as entries:  # dotfiles: temp files of atomic writes, editors
             visible = (e for e in entries if not e.name.startswith("."))
             return [(e.name, e.path) for e in itertools.islice(visible, limit)]
     if not os.path.exists(path):
         raise FileNotFoundError("%s: no such file or directory" % path)
-    return [(os.path.basename(path), path)]
+    return [(os.path.basename(path), path)]  # a pool of one
 
 
 def scan_beat_files(path: str) -> BeatScan:
+    """Each regular file `path` matches with its age (now - mtime), and the entries that cannot
+    be stat'ed (a symlink loop, no permission) with why: skipped, so one bad entry never fails
+    the pool. OSError when `path` itself cannot be listed. Blocking: run it on a thread."""
     found = _heartbeat_candidates(path)
     if len(found) > HEARTBEAT_MAX_WORKERS:
         raise OSError("%s matches more than %d files; narrow the path" % (
@@ -5266,17 +5796,19 @@ def scan_beat_files(path: str) -> BeatScan:
         try:
             st = os.stat(file_path)
         except FileNotFoundError:
-            continue
+            continue  # removed between listing and stat: a worker that left
         except OSError as exc:
             unreadable.append((name, exc.strerror or str(exc)))
             continue
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode):  # regular files only (symlinks followed)
             mtimes.append((name, st.st_mtime))
-    now = time.time()
+    now = time.time()  # after the stats, so a beat during the scan is never in the future
     return tuple(sorted((name, now - mtime) for name, mtime in mtimes)), tuple(sorted(unreadable))
 
 
 def heartbeat_unreadable_note(unreadable: Sequence[Mapping[str, str]]) -> str:
+    """`; unreadable, skipped: w3 (Too many levels of symbolic links)`, naming at most
+    HEARTBEAT_REASON_NAMES entries; empty when all could be read."""
     if not unreadable:
         return ""
     shown = ["%s (%s)" % (u["name"], u["error"]) for u in unreadable[:HEARTBEAT_REASON_NAMES]]
@@ -5285,6 +5817,7 @@ def heartbeat_unreadable_note(unreadable: Sequence[Mapping[str, str]]) -> str:
 
 
 def heartbeat_fresh(age: float, window: float) -> bool:
+    """A beat counts when it is within the window (and not from the future beyond slack)."""
     return -HEARTBEAT_CLOCK_SLACK <= age <= window
 
 
@@ -5297,6 +5830,7 @@ def _heartbeat_age_text(age: float) -> str:
 
 def heartbeat_roster(silent: Sequence[Tuple[str, float]], fresh: Sequence[Tuple[str, float]],
                      missing: int) -> str:
+    """`silent: w3 95s; missing: 1; fresh: w1 2s`, naming at most HEARTBEAT_REASON_NAMES."""
     budget = HEARTBEAT_REASON_NAMES
 
     def names(rows: Sequence[Tuple[str, float]]) -> str:
@@ -5315,6 +5849,7 @@ def heartbeat_roster(silent: Sequence[Tuple[str, float]], fresh: Sequence[Tuple[
 
 
 class HeartbeatCheck(Check):
+    """Passes when at least `min-fresh` workers, or all but `max-silent`, beat within `window`."""
 
     kind = "heartbeat"
     params = {
@@ -5344,6 +5879,7 @@ class HeartbeatCheck(Check):
 
     @property
     def pushed(self) -> bool:
+        """True when workers push beats to the admin listener instead of touching files."""
         return self.path is None
 
     def target(self) -> str:
@@ -5359,15 +5895,15 @@ class HeartbeatCheck(Check):
                 return Observation(False, "%s: the previous scan is still running (slow "
                                           "volume?)" % self.path)
             if self._scan is not None and not self._scan.cancelled():
-                self._scan.exception()
+                self._scan.exception()  # a scan a deadline abandoned: its error is old news
             self._scan = asyncio.ensure_future(self.resources.scans.run(scan_beat_files,
                                                                         self.path))
-            try:
+            try:  # shielded: a deadline must not forget a scan its thread is still running
                 workers, unreadable = await asyncio.shield(self._scan)
             except BlockingBusy as exc:
                 return Observation(False, "%s: not scanned: %s" % (self.path, exc))
             except OSError as exc:
-                own = bool(exc.args) and isinstance(exc.args[0], str)
+                own = bool(exc.args) and isinstance(exc.args[0], str)  # our message, with path
                 return Observation(False, str(exc) if own else "%s: %s" % (
                     self.path, exc.strerror or exc))
         pattern = self.config.get("match")
@@ -5390,14 +5926,15 @@ class HeartbeatCheck(Check):
         fresh = [w for w in workers if heartbeat_fresh(w[1], window)]
         silent = [w for w in workers if not heartbeat_fresh(w[1], window)]
         missing = max(0, expect - len(workers)) if expect else 0
+        # With `expect`, leftovers of workers that are gone do not count against the pool.
         silent_count = max(0, expect - len(fresh)) if expect else len(silent)
         min_fresh, max_silent = config.get("min-fresh"), config.get("max-silent")
         if min_fresh is None and max_silent is None:
-            max_silent = 0
-        floor = min_fresh if min_fresh is not None else 1
+            max_silent = 0  # default: every worker beats
+        floor = min_fresh if min_fresh is not None else 1  # a pool nobody beats in never passes
         summary = "%d of %d workers beat within %s" % (
             len(fresh), expect or len(workers), format_duration(window))
-        if expect and len(fresh) > expect:
+        if expect and len(fresh) > expect:  # more workers than expected: not "5 of 4"
             summary = "%d workers beat within %s (%d expected)" % (
                 len(fresh), format_duration(window), expect)
         wants = []
@@ -5410,21 +5947,27 @@ class HeartbeatCheck(Check):
             return True, summary + note
         return False, "%s (%s): %s%s" % (summary, ", ".join(wants),
                                          heartbeat_roster(silent, fresh, missing), note)
+''')
 
-
-# ============================================================
-# probed/checks/http.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/http.py: its lines 1-166 are lines 5956-6121 here (file line = module line + 5955)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/http.py', 5956, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-BODY_SNIPPET = 120
-TOKENS_REMEMBERED = 4
+from ..client import FetchError, TLSOptions, fetch, read_bearer_token
+from ..values import parse_bool, parse_http_url, parse_status_ranges
+from .base import Check, CheckResources, Observation, Param
+
+BODY_SNIPPET = 120  # characters of a failing body shown in the reason
+TOKENS_REMEMBERED = 4  # tokens kept for redaction after a rotation
 HTTP_CHECK_MAX_BODY = 1 << 20
 
 
 def parse_header_line(text: str) -> Tuple[str, str]:
+    """`Name: value` -> (name, value)."""
     name, colon, value = text.partition(":")
     if not colon or not name.strip() or any(c in name for c in " \t\r\n"):
         raise ValueError("expected a header like 'X-Name: value'")
@@ -5434,11 +5977,15 @@ def parse_header_line(text: str) -> Tuple[str, str]:
 
 
 def body_snippet(body: bytes) -> str:
+    """A short printable excerpt of a response body for a failure reason."""
     text = body.decode("utf-8", "replace").strip()
     text = " ".join(text.split())
     return text[:BODY_SNIPPET] + ("..." if len(text) > BODY_SNIPPET else "")
 
 
+# Why a server answers a poll with these statuses, said where the reason is read. 401: vLLM
+# guards /v1/* and llama-server everything but /health with --api-key. 501: llama-server has
+# /metrics only when started with --metrics.
 STATUS_HINTS = {
     401: "the server wants an API key: --api-key-file",
     403: "the server refused the API key: --api-key-file",
@@ -5447,11 +5994,13 @@ STATUS_HINTS = {
 
 
 def status_hint(status: int) -> str:
+    """` (why)` for a status with a known cause, else ''."""
     hint = STATUS_HINTS.get(status)
     return " (%s)" % hint if hint else ""
 
 
 def parse_env_names(text: str) -> Tuple[str, ...]:
+    """Environment variable names, comma-separated: the first one set wins."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names or not all(n.replace("_", "a").isalnum() for n in names):
         raise ValueError("expected variable names like VLLM_API_KEY,OPENAI_API_KEY")
@@ -5459,25 +6008,30 @@ def parse_env_names(text: str) -> Tuple[str, ...]:
 
 
 def status_in(status: int, ranges: Any) -> bool:
+    """Whether `status` falls in one of the inclusive (low, high) ranges."""
     return any(low <= status <= high for low, high in ranges)
 
 
 class HTTPRequestSettings:
+    """What every HTTP-polling check shares: headers, Bearer token, TLS options."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.headers: Dict[str, str] = dict(config.get("header") or ())
         self.token_file: Optional[str] = config.get("token-file")
         self.token_envs: Tuple[str, ...] = tuple(config.get("token-env") or ())
-        self.tokens_sent: List[str] = []
+        self.tokens_sent: List[str] = []  # the last few tokens read (a Secret may rotate)
         tls_needed = config.get("ca-file") or config.get("insecure")
         self.tls = TLSOptions(ca_file=config.get("ca-file"),
                               insecure=bool(config.get("insecure"))) if tls_needed else None
 
     def identity(self) -> Tuple[Any, ...]:
+        """Everything here that changes a request: requests with equal identities may share
+        one scrape, others never (a second check's token or CA must not ride on the first's)."""
         tls = (self.tls.ca_file, self.tls.insecure) if self.tls is not None else None
         return (tuple(sorted(self.headers.items())), self.token_file, self.token_envs, tls)
 
     def request_headers(self) -> Dict[str, str]:
+        """Headers for one request; the token is read fresh so rotated secrets apply."""
         headers = dict(self.headers)
         if self.token_file or self.token_envs:
             token = read_bearer_token(self.token_file, self.token_envs)
@@ -5488,6 +6042,7 @@ class HTTPRequestSettings:
         return headers
 
     def secrets(self) -> Tuple[str, ...]:
+        """Header values and tokens this check sends: a backend may echo them back."""
         return tuple(self.headers.values()) + tuple(self.tokens_sent)
 
 
@@ -5503,12 +6058,14 @@ HTTP_COMMON_PARAMS: Dict[str, Param] = {
 
 
 class HTTPPollingCheck(Check):
+    """A check that polls over HTTP: its headers, token source and TLS built once, here."""
 
     def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
         self.request = self.request_settings()
 
     def request_settings(self) -> HTTPRequestSettings:
+        """How this kind's requests authenticate; kinds that speak an API may differ."""
         return HTTPRequestSettings(self.config)
 
     def secrets(self) -> Tuple[str, ...]:
@@ -5516,6 +6073,7 @@ class HTTPPollingCheck(Check):
 
 
 class HTTPCheck(HTTPPollingCheck):
+    """Passes when the status is in `expect` and the body contains `contains`."""
 
     kind = "http"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -5553,6 +6111,7 @@ class HTTPCheck(HTTPPollingCheck):
             return False, obs.reason
         status = int(obs.value)
         snippet = obs.detail.get("body", "")
+        # A failure names the URL requested, in full: a wrong base URL (`/v1/health`) shows at once.
         if not status_in(status, config["expect"]):
             return False, "HTTP %d%s from %s%s" % (status, status_hint(status), self.target(),
                                                    (": " + snippet) if snippet else "")
@@ -5560,18 +6119,34 @@ class HTTPCheck(HTTPPollingCheck):
         if contains and contains.encode("utf-8") not in (obs.raw or b""):
             return False, "HTTP %d from %s, body lacks %r" % (status, self.target(), contains)
         return True, "HTTP %d" % status
+''')
 
-
-# ============================================================
-# probed/checks/inference.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/inference.py: its lines 1-224 are lines 6128-6351 here (file line = module line + 6127)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/inference.py', 6128, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
+
+A synthetic inference is the only signal that proves the engine generates: vLLM's /health
+stays 200 while its engine core hangs or its Ray workers are gone.
 """
 
 import json
 import time
 from typing import Any, Dict, List, Mapping, Optional
+
+from ..blocking import Resolver
+from ..client import FetchError, fetch
+from ..values import ConfigError, parse_bool, parse_http_url, parse_positive_count
+from .base import Check, CheckResources, CheckSpec, Observation, Param
+from .http import (
+    HTTP_COMMON_PARAMS,
+    HTTPPollingCheck,
+    HTTPRequestSettings,
+    body_snippet,
+    status_hint,
+)
 
 API_KEY_ENVS = ("VLLM_API_KEY", "OPENAI_API_KEY")
 INFERENCE_APIS = ("completions", "chat", "json")
@@ -5579,12 +6154,14 @@ INFERENCE_MAX_BODY = 1 << 20
 
 
 def parse_api(text: str) -> str:
+    """completions, chat or json."""
     if text not in INFERENCE_APIS:
         raise ValueError("expected one of %s" % ", ".join(INFERENCE_APIS))
     return text
 
 
 def parse_json_text(text: str) -> Any:
+    """A JSON document given as text."""
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -5592,6 +6169,7 @@ def parse_json_text(text: str) -> Any:
 
 
 def json_field(doc: Any, path: str) -> Any:
+    """`choices.0.text` -> doc["choices"][0]["text"]; KeyError when absent."""
     for part in path.split("."):
         if isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
             doc = doc[int(part)]
@@ -5603,6 +6181,8 @@ def json_field(doc: Any, path: str) -> Any:
 
 
 def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
+    """Request settings; OpenAI-style APIs default to the usual key variables, while a custom
+    JSON endpoint gets a token only when one is configured."""
     settings = HTTPRequestSettings(config)
     if not settings.token_file and not settings.token_envs and config.get("api") != "json":
         settings.token_envs = API_KEY_ENVS
@@ -5611,10 +6191,11 @@ def api_settings(config: Mapping[str, Any]) -> HTTPRequestSettings:
 
 async def served_models(base: str, settings: HTTPRequestSettings, timeout: float,
                         resolver: Optional[Resolver] = None) -> List[str]:
+    """Model ids from `<base>/v1/models`; raises FetchError or ValueError."""
     url = base.rstrip("/") + "/v1/models"
     resp = await fetch(url, headers=settings.request_headers(), timeout=timeout,
                        tls=settings.tls, resolver=resolver)
-    if resp.status != 200:
+    if resp.status != 200:  # the URL requested, in full: a wrong base URL shows at once
         raise ValueError("GET %s: HTTP %d%s%s" % (url, resp.status, status_hint(resp.status), (
             ": " + body_snippet(resp.body)) if resp.body else ""))
     try:
@@ -5631,6 +6212,7 @@ async def served_models(base: str, settings: HTTPRequestSettings, timeout: float
 
 
 class ModelsCheck(HTTPPollingCheck):
+    """The server lists `model` (or any model) on /v1/models."""
 
     kind = "models"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -5663,6 +6245,7 @@ class ModelsCheck(HTTPPollingCheck):
 
 
 class InferenceCheck(HTTPPollingCheck):
+    """A tiny completion returns in time: the engine really generates."""
 
     kind = "inference"
     default_timeout = 30.0
@@ -5684,6 +6267,7 @@ class InferenceCheck(HTTPPollingCheck):
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
         self.model: Optional[str] = self.config.get("model")
+        # idle-only reads the progress of this metrics URL (the server's own by default)
         self.metrics_url: Optional[str] = self.config.get("metrics-url")
         if self.config["idle-only"] and not self.metrics_url:
             if self.config["api"] == "json":
@@ -5698,6 +6282,7 @@ class InferenceCheck(HTTPPollingCheck):
         return self.endpoint()
 
     def endpoint(self) -> str:
+        """The URL the completion is POSTed to."""
         base = self.config["url"].rstrip("/")
         api = self.config["api"]
         return {"completions": base + "/v1/completions",
@@ -5720,10 +6305,12 @@ class InferenceCheck(HTTPPollingCheck):
         return self.read_reply(resp.status, resp.body, resp.elapsed)
 
     def busy(self) -> bool:
+        """Whether the progress check of `metrics-url` saw tokens rise within one interval."""
         url = self.metrics_url
         return url is not None and time.monotonic() - self.resources.progress.last(url) < self.spec.interval
 
     async def request_body(self) -> bytes:
+        """The POST body; finds the model on /v1/models the first time it is needed."""
         api = self.config["api"]
         if api == "json":
             return json.dumps(self.config.get("body") or {}).encode("utf-8")
@@ -5742,9 +6329,10 @@ class InferenceCheck(HTTPPollingCheck):
         return json.dumps(doc).encode("utf-8")
 
     def read_reply(self, status: int, body: bytes, elapsed: float) -> Observation:
+        """Pass on a 2xx JSON reply that has the expected field."""
         if not 200 <= status < 300:
             if status == 404 and not self.config.get("model"):
-                self.model = None
+                self.model = None  # the served model may have changed: look again next time
             return Observation(False, "HTTP %d%s: %s" % (status, status_hint(status),
                                                          body_snippet(body)),
                                detail={"status": status})
@@ -5761,18 +6349,27 @@ class InferenceCheck(HTTPPollingCheck):
             return Observation(False, "HTTP %d but %r is empty" % (status, field or "the reply"))
         return Observation(True, "generated in %dms" % round(elapsed * 1000), elapsed,
                            detail={"status": status, "model": self.model})
+''')
 
-
-# ============================================================
-# probed/checks/manual.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/manual.py: its lines 1-57 are lines 6358-6414 here (file line = module line + 6357)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/manual.py', 6358, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
+
+`POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
+state at once, the poll only keeps it fresh. `initial` defaults to `unready`, as llm-d's
+requester starts: nothing is routed to a pod until its controller says so. Must never do I/O.
 """
 
 from typing import Any, Optional
 
+from ..values import format_timestamp
+from .base import Check, CheckResources, CheckSpec, Observation, Param
+
 
 def parse_initial_state(text: str) -> bool:
+    """`ready` or `unready` -> True or False."""
     value = text.strip().lower()
     if value not in ("ready", "unready"):
         raise ValueError("expected ready or unready")
@@ -5780,6 +6377,7 @@ def parse_initial_state(text: str) -> bool:
 
 
 class ManualCheck(Check):
+    """Passes while the last admin call (or `initial`) said ready."""
 
     kind = "manual"
     params = {
@@ -5794,16 +6392,18 @@ class ManualCheck(Check):
         self.ready: bool = self.config["initial"]
         self.reason = "initial=%s, until POST /v1/become-%s" % (
             "ready" if self.ready else "unready", "unready" if self.ready else "ready")
-        self.changed_at: Optional[float] = None
+        self.changed_at: Optional[float] = None  # wall time of the last admin call
 
     def target(self) -> str:
         return "POST /v1/become-ready, /v1/become-unready"
 
     def set_ready(self, ready: bool, by: str, wall: float) -> None:
+        """Record an admin call: `by` names it in the reason, e.g. `POST /v1/become-ready`."""
         self.ready, self.changed_at = ready, wall
         self.reason = "%s at %s" % (by, format_timestamp(wall))
 
     def current(self) -> Observation:
+        """The state as an observation; not ready is hard evidence (no fail-after)."""
         detail: Any = {"ready": self.ready}
         if self.changed_at is not None:
             detail["changed"] = format_timestamp(self.changed_at)
@@ -5812,42 +6412,58 @@ class ManualCheck(Check):
 
     async def observe(self) -> Observation:
         return self.current()
+''')
 
-
-# ============================================================
-# probed/checks/metric.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/metric.py: its lines 1-304 are lines 6421-6724 here (file line = module line + 6420)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/metric.py', 6421, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
+
+Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
+one scrape per interval. `observe` reduces the body to numbers; `judge` applies thresholds, so a
+probe can ask `/readyz?queue.max=5` of the cached numbers.
 """
 
 import re
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..expfmt import AGGREGATIONS, Selector, aggregate, parse_selector
+from ..scrape import MetricsSource, selected
+from ..values import ConfigError, format_duration, parse_duration, parse_http_url, parse_number
+from .base import Check, CheckResources, CheckSpec, Observation, Param
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings, status_hint
+
 
 def parse_selector_param(text: str) -> Selector:
+    """A series selector, e.g. `vllm:num_requests_waiting{model_name="m"}`."""
     return parse_selector(text)
 
 
 def parse_aggregation(text: str) -> str:
+    """One of sum, max, min, avg, count."""
     if text not in AGGREGATIONS:
         raise ValueError("expected one of %s" % ", ".join(AGGREGATIONS))
     return text
 
 
 def parse_missing(text: str) -> str:
+    """What a missing series means: pass or fail."""
     if text not in ("pass", "fail"):
         raise ValueError("expected pass or fail")
     return text
 
 
 def format_value(value: float) -> str:
+    """A metric value the way a person reads it: 4, 0.93, 1.2e+06, NaN, +Inf."""
     if value != value or value in (float("inf"), float("-inf")):
         return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
     return "%d" % value if value == int(value) and abs(value) < 1e15 else "%.4g" % value
 
 
 class ScrapeResult:
+    """What one scrape said about a list of selectors: values per selector, or an error."""
 
     __slots__ = ("series", "error", "empty", "refused", "headers")
 
@@ -5858,14 +6474,17 @@ class ScrapeResult:
         self.error = error
         self.empty = empty
         self.refused = refused
-        self.headers = headers or {}
+        self.headers = headers or {}  # the scrape reply's headers, lower-case names
 
     def failure(self) -> Observation:
+        """The failed observation for a scrape that went wrong (refusals marked as such)."""
         return Observation(False, self.error, refused=self.refused)
 
 
 def metrics_source(check: Check, url: str, selectors: Sequence[Selector],
                    settings: HTTPRequestSettings) -> MetricsSource:
+    """The shared source of `url`, with `check` registered as a reader of `selectors` (call it
+    when the check is built, so the first scrape already selects for every reader)."""
     source = check.resources.scrapes.source(url, settings.identity(), settings.headers,
                                             settings.tls)
     source.add_reader(check, selectors, check.spec.interval)
@@ -5875,6 +6494,8 @@ def metrics_source(check: Check, url: str, selectors: Sequence[Selector],
 async def scrape_selectors(check: Check, url: str, selectors: Sequence[Selector],
                            settings: HTTPRequestSettings,
                            max_age: Optional[float] = None) -> ScrapeResult:
+    """Every selector's series from the shared scrape of `url`: one no older than `max_age`,
+    by default the source's reuse window (about the fastest reader's interval)."""
     source = metrics_source(check, url, selectors, settings)
     reading = await source.read(check, check.spec.timeout, settings.request_headers,
                                 max_age, check.resources.resolver)
@@ -5891,16 +6512,20 @@ _SCRAPE_STATUS = re.compile(r": HTTP (\d{3})$")
 
 
 def scrape_error(result: ScrapeResult) -> str:
+    """A failed scrape's error, with the known cause of its status (401: the server wants the
+    API key; 501: llama-server without --metrics) said where the reason is read."""
     found = _SCRAPE_STATUS.search(result.error)
     return result.error + status_hint(int(found.group(1))) if found else result.error
 
 
 def scrape_failure(result: ScrapeResult) -> Observation:
+    """The failed observation of a scrape that went wrong (refusals marked as such)."""
     return Observation(False, scrape_error(result), refused=result.refused)
 
 
 def first_present(selectors: Sequence[Selector], found: Sequence[Sequence[Any]]
                   ) -> Tuple[Optional[Selector], Sequence[Any]]:
+    """The first selector (of fallbacks) with series, and its series; (None, []) if none."""
     for selector, series in zip(selectors, found):
         if series:
             return selector, series
@@ -5908,6 +6533,8 @@ def first_present(selectors: Sequence[Selector], found: Sequence[Sequence[Any]]
 
 
 def absent_note(selectors: Sequence[Selector], result: ScrapeResult) -> str:
+    """For a body that parsed but has none of `selectors`: the reason suffix that makes the
+    drift visible (a renamed or removed metric would otherwise pass as missing forever)."""
     if result.empty:
         return ""
     return "; absent from the body: %s" % " | ".join(s.name for s in selectors)
@@ -5930,8 +6557,9 @@ METRIC_PARAMS: Dict[str, Param] = dict(HTTP_COMMON_PARAMS, **{
 
 def judge_bounds(value: float, label: str, config: Mapping[str, Any],
                  was_ok: bool) -> Tuple[bool, str]:
+    """Apply max/min, with `recover` as the hysteresis band under max."""
     shown = "%s = %s" % (label, format_value(value))
-    if value != value:
+    if value != value:  # NaN says "no number", so it follows the missing policy
         return config["missing"] == "pass", "%s (not a number: missing=%s)" % (
             shown, config["missing"])
     high, low, recover = config.get("max"), config.get("min"), config.get("recover")
@@ -5947,6 +6575,7 @@ def judge_bounds(value: float, label: str, config: Mapping[str, Any],
 
 
 class MetricCheck(HTTPPollingCheck):
+    """An aggregated metric within bounds; the observed value is shown and exported."""
 
     kind = "metric"
     params = METRIC_PARAMS
@@ -5991,14 +6620,19 @@ class MetricCheck(HTTPPollingCheck):
                 what, config["missing"], obs.reason)
         value = obs.value if config["agg"] == self.config["agg"] else aggregate(
             values, config["agg"])
-        return judge_bounds(value, label, config, was_ok)
+        return judge_bounds(value, label, config, was_ok)  # type: ignore[arg-type]
 
 
 PROGRESS_RUNNING = "vllm:num_requests_running"
+# vLLM counts generated tokens every engine step. Measured on vLLM 0.32 (CPU): during decode
+# vllm:iteration_tokens_total_count rises exactly as often (once per step that output tokens),
+# and during a chunked prefill (301 prompt tokens in 16-token steps) neither moved until the
+# first token came out, so the step histogram is no better heartbeat than this counter.
 PROGRESS_COUNTER = "vllm:generation_tokens_total"
 
 
 class ProgressCheck(HTTPPollingCheck):
+    """Fails when requests are running but the token counter has stopped rising."""
 
     kind = "progress"
     default_probes = frozenset(("live",))
@@ -6019,7 +6653,7 @@ class ProgressCheck(HTTPPollingCheck):
                        list(self.config["running"]) + list(self.config["counter"]), self.request)
         self.last_counter: Optional[float] = None
         self.flat_since = 0.0
-        self.counter_name = self.config["counter"][0].name
+        self.counter_name = self.config["counter"][0].name  # the one the last reading used
 
     def target(self) -> str:
         return "%s %s vs %s" % (self.config["url"], " | ".join(map(str, self.config["running"])),
@@ -6029,7 +6663,7 @@ class ProgressCheck(HTTPPollingCheck):
         running_sels, counter_sels = self.config["running"], self.config["counter"]
         result = await scrape_selectors(self, self.config["url"],
                                         list(running_sels) + list(counter_sels), self.request)
-        if result.error:
+        if result.error:  # a slow or failed scrape is no stall: live fails only on evidence
             return Observation(True, "progress unknown: " + scrape_error(result),
                                refused=result.refused)
         running_sel, running_series = first_present(running_sels,
@@ -6042,18 +6676,19 @@ class ProgressCheck(HTTPPollingCheck):
                 shown, absent_note(counter_sels, result)), detail={
                     "absent": [s.name for s in counter_sels]} if not result.empty else None)
         if counter_sel.name != self.counter_name:
-            self.counter_name, self.last_counter = counter_sel.name, None
+            self.counter_name, self.last_counter = counter_sel.name, None  # a fallback: new history
         running = sum(v for _, v in running_series)
         counter = sum(v for _, v in counter_series)
         obs = self.note(running, counter, time.monotonic())
-        if running_sel is None and obs.detail is not None:
+        if running_sel is None and obs.detail is not None:  # never running: never a stall
             obs.detail["absent"] = [s.name for s in running_sels]
         return obs
 
     def note(self, running: float, counter: float, now: float) -> Observation:
+        """Fold one (running, counter) reading in; a counter reset starts a new history."""
         last = self.last_counter
         if last is None or counter < last or counter > last or running <= 0:
-            self.flat_since = now
+            self.flat_since = now  # first reading, a restart, progress, or idle: no stall
         if last is not None and counter > last:
             self.resources.progress.note(self.config["url"], now)
         self.last_counter = counter
@@ -6068,6 +6703,7 @@ class ProgressCheck(HTTPPollingCheck):
         self.last_counter = None
 
     def on_deadline(self, timeout: float) -> Observation:
+        # A slow scrape is no stall: live fails only on evidence.
         return Observation(True, "progress unknown: no reading within %s" % format_duration(
             timeout))
 
@@ -6086,17 +6722,41 @@ class ProgressCheck(HTTPPollingCheck):
             return True, "%s running, %s at %s" % (format_value(running), self.counter_name,
                                                    format_value(obs.detail["counter"]))
         return True, "idle"
+''')
 
-
-# ============================================================
-# probed/checks/awake.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/awake.py: its lines 1-174 are lines 6731-6904 here (file line = module line + 6730)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/awake.py', 6731, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
+
+The gauge `vllm:engine_sleep_state{sleep_state="awake"}` (min over engines: one sleeping rank
+is enough to be unready) is the source. A paused engine (`POST /pause`, for weight updates)
+still reads awake; only `/is_paused` tells, and servers without the gauge only `/is_sleeping`.
+Both exist only in vLLM's dev mode (VLLM_SERVER_DEV_MODE=1), and both are calls into the engine
+that a real vLLM 0.32 never answers when the engine dies while one is in flight: its API server
+then waits for them and never exits, so the pod is never restarted. They are asked only with
+`ask-engine=true` (the preset's --vllm-dev-mode). A 404 there means "cannot tell", not
+"asleep"; a 404 from /is_paused is remembered until the backend restarts.
+
+Idle sleep (vLLM `--sleep-idle-ttl`, llama.cpp `--sleep-idle-seconds`) wakes on the next request,
+so such a pod stays ready: with `idle-sleep=true` a sleeping engine passes. vLLM shows nothing
+that tells its own idle sleep from a manual `/sleep` (its idle-sleep manager keeps that to
+itself; the gauge and /is_sleeping read the same), so the operator says which one the server
+does; a manual /sleep on a server declared idle-sleeping reads ready too.
 """
 
 import asyncio
 from typing import Any, Mapping, Optional, Tuple, Union
+
+from ..blocking import Resolver
+from ..client import FetchError, fetch
+from ..expfmt import parse_selector
+from ..values import parse_bool, parse_http_url
+from .base import CheckResources, CheckSpec, Observation, Param
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, HTTPRequestSettings
+from .metric import metrics_source, scrape_failure, scrape_selectors
 
 AWAKE_SELECTOR = parse_selector('vllm:engine_sleep_state{sleep_state="awake"}')
 IDLE_SLEEP_NOTE = "idle sleep: wakes on the next request"
@@ -6104,6 +6764,8 @@ IDLE_SLEEP_NOTE = "idle sleep: wakes on the next request"
 
 async def ask_flag(url: str, field: str, settings: HTTPRequestSettings, timeout: float,
                    resolver: Optional[Resolver] = None) -> Optional[bool]:
+    """The boolean `field` of the JSON at `url` (vLLM's /is_sleeping, /is_paused); None on
+    404 (a route that only dev mode has); ValueError on any other answer; FetchError."""
     resp = await fetch(url, headers=settings.request_headers(), timeout=timeout,
                        tls=settings.tls, resolver=resolver)
     if resp.status == 404:
@@ -6118,6 +6780,8 @@ async def ask_flag(url: str, field: str, settings: HTTPRequestSettings, timeout:
 
 
 class PauseRoute:
+    """vLLM's `/is_paused` at `url`: asked until it answers 404 (no dev mode) or something
+    that is not vLLM's reply, then not again until `forget()` (a restarted server may have it)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -6125,6 +6789,8 @@ class PauseRoute:
 
     async def paused(self, settings: HTTPRequestSettings, timeout: float,
                      resolver: Optional[Resolver] = None) -> Optional[bool]:
+        """True/False, or None when the server cannot tell (no such route: a 404, or a reply
+        that is not vLLM's); raises FetchError when the request fails."""
         if self.missing:
             return None
         try:
@@ -6136,6 +6802,7 @@ class PauseRoute:
 
     async def state(self, settings: HTTPRequestSettings, timeout: float,
                     resolver: Optional[Resolver] = None) -> Union[Optional[bool], FetchError]:
+        """`paused()`, with a failed request returned instead of raised (for gather)."""
         try:
             return await self.paused(settings, timeout, resolver)
         except FetchError as exc:
@@ -6146,10 +6813,12 @@ class PauseRoute:
 
 
 async def no_pause() -> Optional[bool]:
+    """No pause route asked: the server cannot tell."""
     return None
 
 
 def with_pause(awake: Observation, paused: Union[Optional[bool], FetchError]) -> Observation:
+    """An awake engine may still be paused; a pause state we cannot read is only noted."""
     if isinstance(paused, FetchError):
         awake.reason += "; pause state unknown: /is_paused: %s" % paused
         return awake
@@ -6160,6 +6829,7 @@ def with_pause(awake: Observation, paused: Union[Optional[bool], FetchError]) ->
 
 
 class AwakeCheck(HTTPPollingCheck):
+    """Passes while every engine is awake and not paused (or when the server cannot tell)."""
 
     kind = "awake"
     default_probes = frozenset(("ready",))
@@ -6184,6 +6854,7 @@ class AwakeCheck(HTTPPollingCheck):
     async def observe(self) -> Observation:
         base = self.config["url"].rstrip("/")
         ask = self.config["ask-engine"]
+        # Both at once: a busy API server answers each slowly, and they share one deadline.
         result, paused = await asyncio.gather(
             scrape_selectors(self, base + "/metrics", [AWAKE_SELECTOR], self.request),
             self.pause.state(self.request, self.spec.timeout, self.resources.resolver) if ask
@@ -6207,6 +6878,7 @@ class AwakeCheck(HTTPPollingCheck):
         return with_pause(obs, paused)
 
     async def ask_is_sleeping(self, base: str) -> Observation:
+        """Fallback for servers without the gauge: /is_sleeping (dev mode only)."""
         try:
             sleeping = await ask_flag(base + "/is_sleeping", "is_sleeping", self.request,
                                       self.spec.timeout, self.resources.resolver)
@@ -6230,22 +6902,44 @@ class AwakeCheck(HTTPPollingCheck):
         if asleep and config["idle-sleep"]:
             return True, "%s; %s" % (obs.reason, IDLE_SLEEP_NOTE)
         return obs.ok, obs.reason
+''')
 
-
-# ============================================================
-# probed/checks/inflight.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/inflight.py: its lines 1-81 are lines 6911-6991 here (file line = module line + 6910)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/inflight.py', 6911, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
+
+It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
+it, polling fast, to return once the server has nothing left in flight. Every selector's
+series are summed (running and waiting over every engine), unlike `metric`'s fallbacks.
+
+A sleeping or paused vLLM engine holds the requests sent to it where /metrics does not count
+them (running and waiting read 0), so a drain would end at once and the kubelet would kill
+requests still held. With `awake-metric` (a gauge that is below 1 while the engine sleeps) and
+`paused-url` (vLLM's /is_paused, dev mode only; an engine call, see checks/awake.py) the count
+is reported unknown instead, and the drain waits: this is the limit of what the server shows,
+not a count of the held requests.
 """
 
 import asyncio
 from typing import List, Optional
 
-INFLIGHT_MAX_AGE = 0.0
+from ..client import FetchError
+from ..expfmt import Selector
+from ..values import parse_http_url
+from .awake import PauseRoute, no_pause
+from .base import CheckResources, CheckSpec, Observation, Param
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
+from .metric import (format_value, metrics_source, parse_selector_param, scrape_failure,
+                     scrape_selectors)
+
+INFLIGHT_MAX_AGE = 0.0  # a drain decision needs a reading taken after it was asked for
 HELD_NOTE = "the requests it holds are not counted in /metrics"
 
 
 class InflightCheck(HTTPPollingCheck):
+    """The sum of every selected series: requests the server is still working on."""
 
     kind = "inflight"
     default_probes = frozenset()
@@ -6266,6 +6960,7 @@ class InflightCheck(HTTPPollingCheck):
         self.pause = PauseRoute(paused_url) if paused_url else None
 
     def selectors(self) -> List[Selector]:
+        """The series it adds up, then the sleep gauge when it reads one."""
         awake_sel = self.config.get("awake-metric")
         return list(self.config["metric"]) + ([awake_sel] if awake_sel is not None else [])
 
@@ -6294,22 +6989,40 @@ class InflightCheck(HTTPPollingCheck):
     def forget(self) -> None:
         if self.pause is not None:
             self.pause.forget()
+''')
 
-
-# ============================================================
-# probed/checks/process.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/process.py: its lines 1-72 are lines 6998-7069 here (file line = module line + 6997)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/process.py', 6998, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
+
+It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
+SGLang have it) from the shared scrape.
+
+llama-server has no such gauge; its /metrics replies
+carry a `Process-Start-Time-Unix` header whose value, despite the name, is monotonic
+microseconds (about the machine's uptime at the process start): no time, but a per-process
+identity, reported as an opaque incarnation string. A new value means the server restarted,
+even when the restart was faster than one poll and no connection was ever refused. It belongs
+to no group by default: its job is to tell the engine, which unlatches `started`.
 """
 
 from typing import Optional
 
+from ..expfmt import parse_selector
+from ..values import format_timestamp, parse_http_url
+from .base import CheckResources, CheckSpec, Observation, Param
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
+from .metric import metrics_source, parse_selector_param, scrape_failure, scrape_selectors
+
 PROCESS_START = "process_start_time_seconds"
-PROCESS_HEADER = "Process-Start-Time-Unix"
-PROCESS_HEADER_MAX = 64
+PROCESS_HEADER = "Process-Start-Time-Unix"  # llama-server
+PROCESS_HEADER_MAX = 64  # characters of the header value kept as the identity
 
 
 class ProcessCheck(HTTPPollingCheck):
+    """Reports the backend's process start time (or identity header) as its incarnation."""
 
     kind = "process"
     default_probes = frozenset()
@@ -6325,7 +7038,7 @@ class ProcessCheck(HTTPPollingCheck):
     def __init__(self, spec: CheckSpec, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
         metrics_source(self, self.config["url"], [self.config["metric"]], self.request)
-        self.fresh = False
+        self.fresh = False  # after a restart: no scrape the other checks took before it
 
     def target(self) -> str:
         return "%s %s | header %s" % (self.config["url"], self.config["metric"],
@@ -6335,6 +7048,8 @@ class ProcessCheck(HTTPPollingCheck):
         self.fresh = True
 
     async def observe(self) -> Observation:
+        # A shared scrape up to 1 s old may come from the process that just died: read right
+        # after a restart, its identity would look like yet another restart.
         result = await scrape_selectors(self, self.config["url"], [self.config["metric"]],
                                         self.request, max_age=0.0 if self.fresh else None)
         if result.error:
@@ -6352,26 +7067,38 @@ class ProcessCheck(HTTPPollingCheck):
             return Observation(True, "process " + shown, incarnation=shown)
         return Observation(True, "no %s: restarts show only as refusals and counter resets"
                            % self.config["metric"].name)
+''')
 
-
-# ============================================================
-# probed/checks/relay.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/relay.py: its lines 1-49 are lines 7076-7124 here (file line = module line + 7075)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/relay.py', 7076, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
+
+Passes on any 2xx; the reason carries the remote body's first line. Only `ready` by default: a
+remote pod's state must never restart this container, nor hold up its start. Must never follow
+a redirect.
 """
 
-RELAY_MAX_BODY = 64 * 1024
-RELAY_LINE_CHARS = 200
+from ..client import FetchError, fetch
+from ..values import parse_http_url
+from .base import Check, Observation, Param
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck
+
+RELAY_MAX_BODY = 64 * 1024  # a probe reply is a line or a small JSON document
+RELAY_LINE_CHARS = 200  # of the remote's first line, in reasons and logs
 
 
 def first_body_line(body: bytes) -> str:
+    """The first non-empty line of a body, printable characters only, capped in length."""
     line = body.decode("utf-8", "replace").strip().split("\n", 1)[0]
     line = "".join(c if c.isprintable() else " " for c in line).strip()
     return line[:RELAY_LINE_CHARS] + ("..." if len(line) > RELAY_LINE_CHARS else "")
 
 
 class RelayCheck(HTTPPollingCheck):
+    """Passes while the remote endpoint answers 2xx."""
 
     kind = "relay"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -6395,18 +7122,23 @@ class RelayCheck(HTTPPollingCheck):
         reason = "remote HTTP %d%s" % (resp.status, ": " + line if line else "")
         return Observation(200 <= resp.status < 300, reason, float(resp.status),
                            detail={"status": resp.status, "body": line})
+''')
 
-
-# ============================================================
-# probed/checks/tcp.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/tcp.py: its lines 1-46 are lines 7131-7176 here (file line = module line + 7130)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/tcp.py', 7131, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
 from typing import Any
 
+from ..values import parse_host_port
+from .base import Check, Observation, Param
+
 
 def parse_tcp_addr(text: str) -> Any:
+    """`host:port` or `[v6]:port` with a host (unlike --addr, the host is required here)."""
     host, port = parse_host_port(text)
     if not host or not port:
         raise ValueError("expected host:port")
@@ -6414,6 +7146,7 @@ def parse_tcp_addr(text: str) -> Any:
 
 
 async def tcp_connect(host: str, port: int) -> None:
+    """Open and close one connection; raises OSError on failure."""
     _reader, writer = await asyncio.open_connection(host, port)
     writer.close()
     try:
@@ -6423,6 +7156,7 @@ async def tcp_connect(host: str, port: int) -> None:
 
 
 class TCPCheck(Check):
+    """Connect succeeds: the port is open (all a tcpSocket probe would learn)."""
 
     kind = "tcp"
     params = {"addr": Param(parse_tcp_addr, required=True, help="host:port to connect to")}
@@ -6435,42 +7169,63 @@ class TCPCheck(Check):
         host, port = self.config["addr"]
         try:
             await tcp_connect(host, port)
-        except ConnectionRefusedError:
+        except ConnectionRefusedError:  # loading, or after a pass a restart, as for http
             return Observation(False, "connection refused", refused=True)
         except OSError as exc:
             return Observation(False, "connect failed: %s" % (exc.strerror or exc))
         return Observation(True, "connected")
+''')
 
-
-# ============================================================
-# probed/checks/ray.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/ray.py: its lines 1-326 are lines 7183-7508 here (file line = module line + 7182)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/ray.py', 7183, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
+
+`ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
+their GPUs in the state API. It never reads `/nodes?view=summary`: that reply is cached and can be
+minutes old. With the GCS down the node list hangs, so both requests run at once and a 503 from
+the health endpoint ends the poll at once. `ray-gcs` only connects to the GCS port, for Ray
+installed without a dashboard (plain `pip install ray`).
+Must never do I/O outside `observe`: judging is pure, so a cached observation can be re-judged
+with per-request overrides such as `/readyz?ray.nodes=3`.
 """
 
 import asyncio
 from typing import Any, Awaitable, Dict, List, Mapping, Optional, Tuple
 
+from ..client import FetchError, Response, fetch
+from ..values import parse_count, parse_http_url
+from .base import CheckResources, Observation, Param
+from .http import HTTP_COMMON_PARAMS, HTTPPollingCheck, body_snippet
+from .tcp import TCPCheck, parse_tcp_addr
+
 RAY_GCS_HEALTH_PATH = "/api/gcs_healthz"
+# 10000 is the state API's largest limit by default (RAY_MAX_LIMIT_FROM_API_SERVER); DEAD nodes
+# stay listed (the GCS keeps up to 1000), so a small limit could cut ALIVE ones off the list.
 RAY_NODES_PATH = "/api/v0/nodes?detail=1&limit=10000"
-RAY_NODES_MAX_BODY = 8 << 20
-RAY_AGENT_HEALTH_PATH = "/api/healthz"
-RAY_AGENT_LEGACY_PATH = "/api/local_raylet_healthz"
+RAY_NODES_MAX_BODY = 8 << 20  # about 600 bytes per listed node
+RAY_AGENT_HEALTH_PATH = "/api/healthz"  # Ray >= 2.53: raylet and GCS
+RAY_AGENT_LEGACY_PATH = "/api/local_raylet_healthz"  # older Ray: raylet only
 RAY_AGENT_MAX_BODY = 64 << 10
-RAY_HEALTH_MAX_BODY = 1 << 20
+RAY_HEALTH_MAX_BODY = 1 << 20  # fetch's default
+# Each request gets this share of the check's timeout, so a hang is reported as what it is
+# ("node list did not answer within 1.8s") before the engine's own deadline cancels the poll.
 RAY_DEADLINE_SHARE = 0.9
 RAY_MIN_FETCH_TIMEOUT = 0.05
-RAY_DEAD_SHOWN = 3
-RAY_REASON_MAX = 200
+RAY_DEAD_SHOWN = 3  # dead nodes named in a failure reason; the rest are counted
+RAY_REASON_MAX = 200  # characters of agent text quoted in a reason
 RAY_NO_DASHBOARD_NOTE = "GCS port reachable (no dashboard: only reachability is known)"
 
 
 def ray_fetch_timeout(check_timeout: Optional[float], fallback: float) -> float:
+    """The deadline of one request inside a poll bounded by `check_timeout` seconds."""
     total = check_timeout if check_timeout else fallback
     return max(RAY_MIN_FETCH_TIMEOUT, total * RAY_DEADLINE_SHARE)
 
 
 def ray_fetch_problem(what: str, exc: FetchError, timeout: float) -> str:
+    """Words for a failed request to `what` (a URL or a name)."""
     if exc.kind == "refused":
         return "%s refused the connection" % what
     if exc.kind == "timeout":
@@ -6479,15 +7234,16 @@ def ray_fetch_problem(what: str, exc: FetchError, timeout: float) -> str:
 
 
 def ray_gcs_health_problem(status: int, body: bytes) -> str:
+    """'' when `/api/gcs_healthz` says the GCS is healthy, else why not."""
     text = body_snippet(body)
     if status == 200 and text == "success":
         return ""
-    if text.startswith("%d: " % status):
+    if text.startswith("%d: " % status):  # aiohttp's error bodies repeat the status
         text = text[len("%d: " % status):]
     return "GCS unhealthy: HTTP %d%s" % (status, (": " + text) if text else "")
 
 
-def _ray_node_gpus(node: Mapping[str, Any]) -> float:
+def _node_gpus(node: Mapping[str, Any]) -> float:
     resources = node.get("resources_total") or {}
     try:
         return float(resources.get("GPU", 0.0))
@@ -6495,7 +7251,8 @@ def _ray_node_gpus(node: Mapping[str, Any]) -> float:
         return 0.0
 
 
-def _ray_node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
+def _node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
+    """(total, nodes) of a state API reply; ValueError when it is not a node list."""
     try:
         if payload.get("result") is False:
             raise ValueError("state API error: %s" % (payload.get("msg") or "no message"))
@@ -6510,14 +7267,19 @@ def _ray_node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
 
 
 def ray_nodes_summary(payload: Any) -> Dict[str, Any]:
-    total, nodes = _ray_node_list(payload)
+    """Summarise a parsed `/api/v0/nodes?detail=1` reply; ValueError when it is not one.
+
+    `alive`: every ALIVE node. `dead`: DEAD nodes whose IP has no ALIVE node (a re-joined node
+    leaves its old DEAD entry behind), newest per IP, newest first.
+    """
+    total, nodes = _node_list(payload)
     alive: List[Dict[str, Any]] = []
     newest_dead: Dict[str, Dict[str, Any]] = {}
     for node in nodes:
         ip = str(node.get("node_ip") or node.get("node_name") or "?")
         node_id = str(node.get("node_id") or "")[:12]
         if node.get("state") == "ALIVE":
-            alive.append({"ip": ip, "id": node_id, "gpus": _ray_node_gpus(node),
+            alive.append({"ip": ip, "id": node_id, "gpus": _node_gpus(node),
                           "head": bool(node.get("is_head_node"))})
             continue
         ended = node.get("end_time_ms")
@@ -6532,13 +7294,14 @@ def ray_nodes_summary(payload: Any) -> Dict[str, Any]:
             "listed": len(nodes), "total": total}
 
 
-def _ray_dead_words(dead: List[Dict[str, Any]]) -> str:
+def _dead_words(dead: List[Dict[str, Any]]) -> str:
     shown = ["%s (%s)" % (d["ip"], d["message"]) for d in dead[:RAY_DEAD_SHOWN]]
     more = len(dead) - RAY_DEAD_SHOWN
     return ", ".join(shown) + (" and %d more" % more if more > 0 else "")
 
 
 def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tuple[bool, str]:
+    """Pass when at least `nodes` nodes are ALIVE and they hold at least `gpus` GPUs."""
     alive = summary["alive"]
     have_gpus = sum(n["gpus"] for n in alive)
     short: List[str] = []
@@ -6550,13 +7313,14 @@ def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tupl
         return True, "%d nodes alive, %g GPUs" % (len(alive), have_gpus)
     reason = ", ".join(short)
     if summary["dead"]:
-        reason += "; dead: " + _ray_dead_words(summary["dead"])
+        reason += "; dead: " + _dead_words(summary["dead"])
     if summary.get("listed", 0) < summary.get("total", 0):
         reason += " (node list truncated: %d of %d)" % (summary["listed"], summary["total"])
     return False, reason
 
 
 class _RayDashboardCheck(HTTPPollingCheck):
+    """What `ray` and `ray-agent` share: an HTTP base URL and its request settings."""
 
     default_timeout = 2.0
     default_interval = 5.0
@@ -6567,6 +7331,7 @@ class _RayDashboardCheck(HTTPPollingCheck):
 
     def _fetch(self, path: str, timeout: float, max_body: int,
                headers: Optional[Dict[str, str]] = None) -> Awaitable[Response]:
+        """GET base + path; `headers` default to fresh ones (a rotated token applies)."""
         if headers is None:
             headers = self.request.request_headers()
         return fetch(self.base + path, headers=headers, timeout=timeout, max_body=max_body,
@@ -6574,6 +7339,7 @@ class _RayDashboardCheck(HTTPPollingCheck):
 
 
 class RayClusterCheck(_RayDashboardCheck):
+    """GCS healthy, at least `nodes` ALIVE nodes and `gpus` GPUs on them (run it on the leader)."""
 
     kind = "ray"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -6596,7 +7362,7 @@ class RayClusterCheck(_RayDashboardCheck):
         listing = asyncio.ensure_future(
             self._fetch(RAY_NODES_PATH, timeout, RAY_NODES_MAX_BODY, headers))
         for task in (health, listing):
-            task.add_done_callback(_ray_forget_task)
+            task.add_done_callback(_forget_task)
         try:
             problem, hard = await self._gcs_problem(health, timeout)
             if problem:
@@ -6609,6 +7375,7 @@ class RayClusterCheck(_RayDashboardCheck):
 
     async def _gcs_problem(self, health: "asyncio.Future[Any]", timeout: float
                            ) -> Tuple[str, bool]:
+        """('', False) when the GCS is healthy, else (reason, whether Ray said so itself)."""
         try:
             resp = await health
         except FetchError as exc:
@@ -6639,30 +7406,39 @@ class RayClusterCheck(_RayDashboardCheck):
 
     @staticmethod
     def judge_summary(summary: Mapping[str, Any], config: Mapping[str, Any]) -> Tuple[bool, str]:
+        """Judge a node summary under `config` (which may carry per-request overrides)."""
         return judge_ray_cluster(summary, config.get("nodes", 1), config.get("gpus", 0))
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if not obs.detail or "alive" not in obs.detail:
-            return False, obs.reason
+            return False, obs.reason  # GCS unhealthy or no node list: nothing to count
         return self.judge_summary(obs.detail, config)
 
 
-def _ray_forget_task(task: "asyncio.Future[Any]") -> None:
+def _forget_task(task: "asyncio.Future[Any]") -> None:
+    # An unwanted result (the poll ended early) must not log "exception was never retrieved".
     if not task.cancelled():
         task.exception()
 
 
-def _ray_agent_line_ok(line: str) -> bool:
+def _agent_line_ok(line: str) -> bool:
+    # `success`, `raylet: success`, `gcs: success (no local gcs)`
     return line.partition(": ")[2 if ": " in line else 0].startswith("success")
 
 
 def ray_agent_verdict(status: int, body: bytes, path: str) -> Tuple[bool, str, bool]:
+    """(passes, reason, hard) from a dashboard agent's health reply.
+
+    `/api/healthz` answers `raylet: success` and `gcs: success[ (no local gcs)]`, 503 when one
+    fails; `/api/local_raylet_healthz` answers `success` or 503 `Local Raylet failed`. A failed
+    raylet line is the agent's own word (hard); other failures go through fail-after.
+    """
     text = body.decode("utf-8", "replace").strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if status == 200 and lines and all(_ray_agent_line_ok(line) for line in lines):
+    if status == 200 and lines and all(_agent_line_ok(line) for line in lines):
         note = "" if path == RAY_AGENT_HEALTH_PATH else "raylet ok (Ray < 2.53: GCS not checked)"
         return True, note, False
-    failed = [line for line in lines if not _ray_agent_line_ok(line)] or lines
+    failed = [line for line in lines if not _agent_line_ok(line)] or lines
     said = "; ".join(failed)[:RAY_REASON_MAX] if failed else "empty body"
     if path == RAY_AGENT_LEGACY_PATH:
         raylet_failed = status == 503
@@ -6673,6 +7449,11 @@ def ray_agent_verdict(status: int, body: bytes, path: str) -> Tuple[bool, str, b
 
 
 class RayAgentCheck(_RayDashboardCheck):
+    """This node's raylet (and, on Ray >= 2.53, its GCS connection) per its dashboard agent.
+
+    In every group by default, like KubeRay's own probes: a node whose raylet the GCS has
+    declared dead never recovers by itself; a restart re-joins it.
+    """
 
     kind = "ray-agent"
     params = dict(HTTP_COMMON_PARAMS, **{
@@ -6683,7 +7464,7 @@ class RayAgentCheck(_RayDashboardCheck):
 
     def __init__(self, spec: Any, resources: Optional[CheckResources] = None) -> None:
         super().__init__(spec, resources)
-        self.path = RAY_AGENT_HEALTH_PATH
+        self.path = RAY_AGENT_HEALTH_PATH  # switches to the legacy path after a 404
 
     def target(self) -> str:
         return self.base + self.path
@@ -6695,6 +7476,7 @@ class RayAgentCheck(_RayDashboardCheck):
         try:
             resp = await self._fetch(self.path, timeout, RAY_AGENT_MAX_BODY)
             if resp.status == 404:
+                # Ray < 2.53 has no /api/healthz; a 404 on the legacy path means an upgrade.
                 other = RAY_AGENT_LEGACY_PATH if self.path == RAY_AGENT_HEALTH_PATH \
                     else RAY_AGENT_HEALTH_PATH
                 left = max(RAY_MIN_FETCH_TIMEOUT, deadline - loop.time())
@@ -6712,6 +7494,7 @@ class RayAgentCheck(_RayDashboardCheck):
 
 
 class RayGCSCheck(TCPCheck):
+    """A TCP connect to the GCS port, for Ray without a dashboard: reachability, nothing more."""
 
     kind = "ray-gcs"
     params = {"addr": Param(parse_tcp_addr, required=True, help="GCS host:port, e.g. head:6379")}
@@ -6723,150 +7506,70 @@ class RayGCSCheck(TCPCheck):
         if obs.ok:
             return Observation(True, RAY_NO_DASHBOARD_NOTE)
         return Observation(False, "GCS port %s: %s" % (self.target(), obs.reason))
+''')
 
-
-# ============================================================
-# probed/checks/__init__.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/checks/__init__.py: its lines 1-23 are lines 7515-7537 here (file line = module line + 7514)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/__init__.py', 7515, r'''
 """Check kinds, and the table that names them for `--check KIND ...` and config files."""
 
 from typing import Dict, Type
+
+from .awake import AwakeCheck
+from .base import Check
+from .exec import ExecCheck
+from .gpu import GPUCheck
+from .heartbeat import HeartbeatCheck
+from .http import HTTPCheck
+from .inference import InferenceCheck, ModelsCheck
+from .inflight import InflightCheck
+from .manual import ManualCheck
+from .metric import MetricCheck, ProgressCheck
+from .process import ProcessCheck
+from .ray import RayAgentCheck, RayClusterCheck, RayGCSCheck
+from .relay import RelayCheck
+from .tcp import TCPCheck
 
 CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
     AwakeCheck, ExecCheck, GPUCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck,
     ManualCheck, MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck,
     RayClusterCheck, RayGCSCheck, RelayCheck, TCPCheck)}
+''')
 
+# ==============================================================================
+# Layer 6 of 10: pod: the lifecycle truth: check states, groups, drains, events; no I/O
+#   hygiene.py, checkstate.py, podevents.py, pod.py
+# ==============================================================================
 
-# ============================================================
-# probed/eventlog.py
-# ============================================================
-"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
-"""
-
-import json
-import queue
-import sys
-import threading
-import time
-from typing import Any, Optional, TextIO
-
-LOG_FORMATS = ("text", "json")
-LOG_QUEUE_LINES = 1000
-LOG_FIELD_CHARS = 2000
-LOG_CLOSE_SECONDS = 1.0
-
-
-def _logfmt_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        text = "%.3f" % value
-    else:
-        text = printable(str(value), LOG_FIELD_CHARS)
-    if text and not any(c in text for c in ' ="\\\t'):
-        return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-class StderrWriter:
-
-    def __init__(self, max_lines: int = LOG_QUEUE_LINES) -> None:
-        self.lines: "queue.Queue[Optional[str]]" = queue.Queue(max_lines)
-        self.dropped = 0
-        self.thread = threading.Thread(target=self._run, name="probed-log", daemon=True)
-        self.thread.start()
-
-    def put(self, line: str) -> None:
-        try:
-            self.lines.put_nowait(line)
-        except queue.Full:
-            self.dropped += 1
-
-    def _run(self) -> None:
-        while True:
-            line = self.lines.get()
-            if line is None:
-                return
-            dropped, self.dropped = self.dropped, 0
-            try:
-                if dropped:
-                    sys.stderr.write("time=%s level=warn msg=\"log lines dropped\" count=%d "
-                                     "reason=\"stderr was not read\"\n" % (
-                                         format_timestamp(time.time(), millis=True), dropped))
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
-
-    def close(self, timeout: float = LOG_CLOSE_SECONDS) -> None:
-        try:
-            self.lines.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self.thread.join(timeout)
-
-
-class EventLog:
-
-    def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None) -> None:
-        self.fmt = fmt
-        self.stream = stream
-        self.writer: Optional[StderrWriter] = None
-
-    def emit(self, level: str, msg: str, **fields: Any) -> None:
-        wall = time.time()
-        if self.fmt == "json":
-            record = {"time": format_timestamp(wall, millis=True), "level": level, "msg": msg}
-            record.update((k, printable(v, LOG_FIELD_CHARS) if isinstance(v, str) else v)
-                          for k, v in fields.items())
-            line = json.dumps(record, default=str)
-        else:
-            parts = ["time=" + format_timestamp(wall, millis=True), "level=" + level,
-                     "msg=" + _logfmt_value(msg)]
-            parts.extend("%s=%s" % (k, _logfmt_value(v)) for k, v in fields.items())
-            line = " ".join(parts)
-        if self.stream is None:
-            if self.writer is None:
-                self.writer = StderrWriter()
-            self.writer.put(line + "\n")
-            return
-        try:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def info(self, msg: str, **fields: Any) -> None:
-        self.emit("info", msg, **fields)
-
-    def warn(self, msg: str, **fields: Any) -> None:
-        self.emit("warn", msg, **fields)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-# ============================================================
-# probed/hygiene.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/hygiene.py: its lines 1-68 are lines 7549-7616 here (file line = module line + 7548)
+# ------------------------------------------------------------------------------
+modules.add('probed/hygiene.py', 7549, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
+
+Why here and not in each renderer: a reason reaches the unauthenticated plain `/readyz` body,
+`?verbose`, `?format=json` and the log, and a backend chooses its bytes (an error page that
+echoes our Authorization header, a terminal escape in a file name, 40k model ids).
 """
 
 from typing import Any, Iterable, List, Tuple
 
-REASON_MAX_CHARS = 300
-DETAIL_MAX_CHARS = 300
-DETAIL_MAX_ITEMS = 32
-DETAIL_MAX_DEPTH = 6
-SECRET_MIN_CHARS = 4
+from .checks.base import Observation
+from .values import printable, redact_userinfo
+
+REASON_MAX_CHARS = 300  # a reason: one probe reply line and one log field
+DETAIL_MAX_CHARS = 300  # one string inside a JSON detail
+DETAIL_MAX_ITEMS = 32  # items of one list (or keys of one object) inside a JSON detail
+DETAIL_MAX_DEPTH = 6  # nesting kept inside a JSON detail (gpu: gpus[].faults[].fields)
+SECRET_MIN_CHARS = 4  # shorter "secrets" would redact ordinary words
 REDACTED = "<redacted>"
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every known secret and URL credential replaced by <redacted>."""
     for secret in secrets:
         if len(secret) >= SECRET_MIN_CHARS and secret in text:
             text = text.replace(secret, REDACTED)
@@ -6874,10 +7577,13 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 def clean_text(text: str, secrets: Tuple[str, ...], limit: int) -> str:
+    """Redacted, control characters escaped, at most `limit` characters."""
     return printable(redact(text, secrets), limit)
 
 
 def clean_detail(value: Any, secrets: Tuple[str, ...], depth: int = 0) -> Any:
+    """A JSON-able detail with strings cleaned and lists and objects cut to their first items
+    (a note says how many were left out)."""
     if isinstance(value, str):
         return clean_text(value, secrets, DETAIL_MAX_CHARS)
     if depth >= DETAIL_MAX_DEPTH and isinstance(value, (list, tuple, dict)):
@@ -6900,33 +7606,2511 @@ def clean_detail(value: Any, secrets: Tuple[str, ...], depth: int = 0) -> Any:
 
 
 def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation:
+    """The observation with its reason and detail fit to show (in place; returned for chaining).
+    `raw` is left alone: judge() reads it, nothing renders it."""
     obs.reason = clean_text(obs.reason, secrets, REASON_MAX_CHARS)
     if obs.detail is not None:
         obs.detail = clean_detail(obs.detail, secrets)
     if isinstance(obs.incarnation, str):
         obs.incarnation = clean_text(obs.incarnation, secrets, DETAIL_MAX_CHARS)
     return obs
+''')
+
+# ------------------------------------------------------------------------------
+# probed/checkstate.py: its lines 1-143 are lines 7623-7765 here (file line = module line + 7622)
+# ------------------------------------------------------------------------------
+modules.add('probed/checkstate.py', 7623, r'''
+"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
+
+A `CheckState` turns a stream of judged observations into an effective verdict with
+`fail-after`/`pass-after` hysteresis, hard evidence and staleness. Times are passed in (monotonic
+`now`, Unix `wall`), so the pod's tests drive them directly. The pod owns one per check.
+"""
+
+from typing import Any, Mapping, Optional, Tuple
+
+from .checks.base import Check, Observation
+from .hygiene import REASON_MAX_CHARS
+from .values import format_duration, printable
+
+PENDING_REASON = "no result yet"
 
 
-# ============================================================
-# probed/checkspecs.py
-# ============================================================
+class CheckState:
+    """Everything known about one check: last observation, effective verdict, streaks, times."""
+
+    __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
+                 "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
+                 "last_success_wall", "polls", "passed_at", "reset_at", "doubtful")
+
+    def __init__(self, check: Check, now: float, wall: float) -> None:
+        self.check = check
+        self.ok: Optional[bool] = None  # None: pending, no verdict yet
+        self.reason = PENDING_REASON
+        self.obs: Optional[Observation] = None
+        self.obs_at = 0.0
+        self.obs_wall = 0.0
+        self.latency = 0.0
+        self.streak = 0
+        self.streak_ok = False
+        self.since = now
+        self.since_wall = wall
+        self.stale = False
+        self.generation = 0
+        self.transitions = 0
+        self.last_success_wall = 0.0
+        self.polls = 0
+        self.passed_at: Optional[float] = None  # first pass in this backend incarnation
+        self.reset_at = now  # results of polls that began before this belong to the past
+        # A pass not confirmed since the result went stale: a fresh failure after staleness
+        # counts toward fail-after (the evidence), yet the pass no longer stands for `ready`.
+        self.doubtful = False
+
+    @property
+    def passing(self) -> bool:
+        """The verdict ready and started use: pending, stale and doubtful count as failed."""
+        return bool(self.ok) and not self.stale and not self.doubtful
+
+    @property
+    def unsure(self) -> bool:
+        """Stale, or doubtful since it was: only fresh evidence can say more (live waits)."""
+        return self.stale or self.doubtful
+
+    @property
+    def pending(self) -> bool:
+        """No verdict yet (and not stale): nothing is known about this check."""
+        return self.ok is None and not self.stale
+
+    @property
+    def shown_reason(self) -> str:
+        """The reason as users see it, staleness first."""
+        if self.stale:
+            return "stale: no result within %s (last: %s)" % (
+                format_duration(self.check.spec.stale_after), self.reason or "ok")
+        return self.reason
+
+    def record(self, obs: Observation, latency: float, now: float, wall: float) -> bool:
+        """Fold one observation in; returns True when the state (pass/fail/pending) changed."""
+        spec = self.check.spec
+        before = self.state_word()
+        ok, reason = self.check.judge(obs, self.check.config, bool(self.ok))
+        self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
+        self.polls += 1
+        self.generation += 1
+        was_stale, self.stale = self.stale, False
+        if ok:
+            self.last_success_wall = wall
+            self.doubtful = False
+            if self.passed_at is None:
+                self.passed_at = now
+        elif was_stale and self.ok:
+            self.doubtful = True  # a stale pass plus a fresh failure never turns back to pass
+        if self.streak and ok == self.streak_ok:
+            self.streak += 1
+        else:
+            self.streak, self.streak_ok = 1, ok
+        if ok:
+            flip = self.ok is not True and self.streak >= spec.pass_after
+        else:
+            flip = self.ok is not False and (
+                self.ok is None or obs.hard or self.streak >= spec.fail_after)
+        if flip:
+            self.ok = ok
+            self.doubtful = False
+        if self.ok == ok or self.doubtful:
+            self.reason = printable(reason, REASON_MAX_CHARS)
+        return self._note_change(before, now, wall)
+
+    def expire(self, now: float, wall: float) -> bool:
+        """Mark the result stale; returns True when the verdict changed."""
+        if self.stale:
+            return False
+        before = self.state_word()
+        self.stale = True
+        return self._note_change(before, now, wall)
+
+    def stale_at(self) -> Optional[float]:
+        """When the current result goes stale, or None (no result, or stale already)."""
+        if self.obs is None or self.stale:
+            return None
+        return self.obs_at + self.check.spec.stale_after
+
+    def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
+        """Forget every result (a new backend incarnation): back to pending."""
+        before = self.state_word()
+        self.ok, self.reason, self.obs, self.stale, self.doubtful = None, reason, None, False, False
+        self.streak, self.passed_at, self.reset_at = 0, None, now
+        self.generation += 1
+        return self._note_change(before, now, wall)
+
+    def _note_change(self, word_before: str, now: float, wall: float) -> bool:
+        if self.state_word() == word_before:
+            return False
+        self.since, self.since_wall = now, wall
+        self.transitions += 1
+        return True
+
+    def state_word(self) -> str:
+        """pass, fail or pending, as JSON and metrics name it."""
+        if self.pending:
+            return "pending"
+        return "pass" if self.passing else "fail"
+
+    def judged_with(self, overrides: Mapping[str, Any]) -> Tuple[bool, str]:
+        """Re-judge the cached observation under per-request overrides (no backend contact)."""
+        if self.obs is None or self.stale or not overrides:
+            return self.passing, self.shown_reason
+        config = dict(self.check.config)
+        config.update(overrides)
+        return self.check.judge(self.obs, config, bool(self.ok))
+''')
+
+# ------------------------------------------------------------------------------
+# probed/podevents.py: its lines 1-101 are lines 7772-7872 here (file line = module line + 7771)
+# ------------------------------------------------------------------------------
+modules.add('probed/podevents.py', 7772, r'''
+"""What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
+
+The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
+self-metrics); `log_line` says how each reads in the log: one line per state change, at `warn`
+when a group turns to fail (so `level>=warn` finds what took a pod out or killed it).
+"""
+
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+
+from .checks.base import Incarnation
+from .values import format_duration, format_timestamp
+
+
+class CheckChanged(NamedTuple):
+    """A check went between pending, pass and fail."""
+    check: str
+    kind: str
+    before: str
+    after: str
+    reason: str
+    streak: int
+    lasted: float  # seconds in the state it left
+
+
+class GroupChanged(NamedTuple):
+    """A group's verdict flipped."""
+    group: str
+    ok: bool
+    reason: str
+
+
+class Started(NamedTuple):
+    """`started` latched for this backend incarnation."""
+    after: float  # seconds since probed started, or since the backend restarted
+
+
+class Restarted(NamedTuple):
+    """A new backend incarnation: every check starts over."""
+    why: str
+    old: Incarnation
+    new: Incarnation  # None until a check sees the new process (then IncarnationSeen)
+
+
+class IncarnationSeen(NamedTuple):
+    """After a restart seen without a start time, the new process's identity is known."""
+    value: Incarnation
+
+
+class Unlatched(NamedTuple):
+    """`started` fails again: the kubelet runs the startup probe of the new process."""
+    why: str
+
+
+class DrainChanged(NamedTuple):
+    """A drain source was set or cleared; `active` is what fails ready now."""
+    source: str
+    on: bool
+    active: Tuple[str, ...]
+
+
+Event = Union[CheckChanged, GroupChanged, Started, Restarted, IncarnationSeen, Unlatched,
+              DrainChanged]
+
+
+def describe_incarnation(value: Incarnation) -> str:
+    """An incarnation for logs and JSON: a start time as RFC 3339, an identity as is."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, str):
+        return value
+    return format_timestamp(value, millis=True)
+
+
+def log_line(event: Event) -> Optional[Tuple[str, str, Dict[str, Any]]]:
+    """(level, message, fields) of the one log line an event deserves, or None."""
+    if isinstance(event, CheckChanged):
+        return "info", "check changed", {
+            "check": event.check, "kind": event.kind, "from": event.before, "to": event.after,
+            "reason": event.reason, "consecutive": event.streak,
+            "after": format_duration(round(event.lasted, 3))}
+    if isinstance(event, GroupChanged):
+        fields: Dict[str, Any] = {"group": event.group, "to": "pass" if event.ok else "fail",
+                                  "reason": event.reason}
+        return ("info" if event.ok else "warn"), "group changed", fields
+    if isinstance(event, Started):
+        return "info", "started", {"after": format_duration(round(event.after, 3))}
+    if isinstance(event, Restarted):
+        return "warn", "backend restarted", {
+            "reason": event.why, "old_start": describe_incarnation(event.old),
+            "new_start": describe_incarnation(event.new)}
+    if isinstance(event, IncarnationSeen):
+        return "info", "backend process seen", {"start": describe_incarnation(event.value)}
+    if isinstance(event, Unlatched):
+        return "info", "started unlatched", {"reason": event.why}
+    return "info", "drain %s" % ("set" if event.on else "cleared"), {
+        "source": event.source, "active": ",".join(event.active) or "none"}
+
+
+def group_changes(events: List[Event]) -> List[GroupChanged]:
+    """The group flips among `events`, in order (what gated ports and watchers follow)."""
+    return [e for e in events if isinstance(e, GroupChanged)]
+''')
+
+# ------------------------------------------------------------------------------
+# probed/pod.py: its lines 1-366 are lines 7879-8244 here (file line = module line + 7878)
+# ------------------------------------------------------------------------------
+modules.add('probed/pod.py', 7879, r'''
+"""The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
+
+`Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
+and the set of active drains. Inputs carry the time they happened (`now`: monotonic seconds,
+`wall`: Unix seconds): `observe` (a poll's result), `tick` (time passed: staleness, the start-up
+grace), `drain` and `undrain`. Each returns the events it caused (podevents.py); `verdicts` holds
+the three group verdicts the probe replies read. The rules are the two tables below; every
+incident question ("why was /livez 200 while...") ends in this module.
+"""
+
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from .checks.base import Check, Incarnation, Observation
+from .checkstate import CheckState
+from .groups import GROUPS
+from .podevents import (CheckChanged, DrainChanged, Event, GroupChanged, IncarnationSeen,
+                        Restarted, Started, Unlatched, describe_incarnation)
+from .values import format_duration
+
+class GroupRule(NamedTuple):
+    """How one group turns its checks' states into a verdict."""
+    pending_passes: bool  # a check with no result yet counts as passing
+    stale_keeps_last: bool  # a stale result (and a doubtful one after it) keeps its last
+    # verdict until fresh evidence decides (else it fails)
+    before_start: str  # "phase": fail naming the start-up phase; "grace": pass until
+    # --startup-timeout runs out; "wait": fail "not started"
+    latches: bool  # once passed, holds for the backend incarnation
+    drains: bool  # an active drain fails it
+    includes: Tuple[str, ...]  # after start, these groups' checks count too, by their own rule
+
+
+# live fails only on evidence: pending is no evidence, and a late poller is probed's own fault
+# (probed's own /probed/livez reports it), so a stale result keeps its last verdict there.
+# ready needs live: a server that is being restarted (a stall, a failed inference, a dead
+# engine) can serve nothing, so traffic leaves it before the kubelet's restart does.
+GROUP_RULES: Dict[str, GroupRule] = {
+    "started": GroupRule(pending_passes=False, stale_keeps_last=False, before_start="phase",
+                         latches=True, drains=False, includes=()),
+    "live": GroupRule(pending_passes=True, stale_keeps_last=True, before_start="grace",
+                      latches=False, drains=False, includes=()),
+    "ready": GroupRule(pending_passes=False, stale_keeps_last=False, before_start="wait",
+                       latches=False, drains=True, includes=("live",)),
+}
+
+
+class DrainRule(NamedTuple):
+    """One source of a drain: what ready says, whether POST /undrain may clear it, and whether
+    a new backend incarnation ends it."""
+    reason: str
+    undoable: bool
+    ends_on_restart: bool
+
+
+# A preStop wait drains because the kubelet stops the server container; the new process that a
+# restart brings must be able to turn ready, so that drain ends with the incarnation. An
+# operator's drain stays until they undo it. SIGTERM means probed itself is going away.
+DRAIN_RULES: Dict[str, DrainRule] = {
+    "shutdown": DrainRule("shutting down", undoable=False, ends_on_restart=False),
+    "prestop": DrainRule("draining", undoable=True, ends_on_restart=True),
+    "admin": DrainRule("draining (admin)", undoable=True, ends_on_restart=False),
+}
+
+PHASES = ("loading", "starting", "warming", "started")
+# These groups watch this pod's own backend, so their refusal after a pass means it restarted;
+# a ready-only check (a relay to another pod) refused says nothing of the sort.
+BACKEND_GROUPS = frozenset(("started", "live"))
+FAST_UNTIL_READY = frozenset(("started", "ready"))  # polled at --start-interval until the pod
+# has been ready once since the last (re)start, so it turns ready soon after the model loads
+STARTED_ONLY = frozenset(("started",))
+JITTER = 0.1  # +-10% of the interval, so checks and pods do not poll a backend in step
+STUCK_FACTOR = 2.0  # no result for this many stale-afters: the poller itself is stuck
+RESTART_REASON = "no result since the backend restarted"
+
+Row = Tuple[CheckState, bool, str]  # (state, passes in this verdict, reason)
+Overrides = Mapping[str, Mapping[str, object]]
+
+
+class GroupVerdict:
+    """One group's answer: pass/fail, a short reason, and (state, passes, reason) per check."""
+
+    __slots__ = ("group", "ok", "reason", "checks")
+
+    def __init__(self, group: str, ok: bool, reason: str, checks: List[Row]) -> None:
+        self.group = group
+        self.ok = ok
+        self.reason = reason
+        self.checks = checks
+
+
+def first_failure(rows: Sequence[Row]) -> str:
+    """`name: reason` of the first failing row, or ''."""
+    for st, ok, reason in rows:
+        if not ok:
+            return "%s: %s" % (st.check.name, reason)
+    return ""
+
+
+def startup_phase(states: Sequence[CheckState], started: bool) -> str:
+    """Where a backend that has not started is: loading, starting or warming."""
+    if started:
+        return "started"
+    if any(st.obs is not None and st.obs.refused and not st.passing for st in states):
+        return "loading"
+    waiting = [st for st in states if not st.passing]
+    if waiting and all(st.check.kind == "inference" for st in waiting):
+        return "warming"
+    return "starting"
+
+
+class Pod:
+    """Check states, the `started` latch, incarnation, phase, drains, and the group verdicts."""
+
+    def __init__(self, checks: Sequence[Check], now: float, wall: float,
+                 startup_timeout: Optional[float] = None, start_interval: float = 0.5) -> None:
+        self.states: Dict[str, CheckState] = {c.name: CheckState(c, now, wall) for c in checks}
+        self.members: Dict[str, List[CheckState]] = {
+            g: [s for s in self.states.values() if g in s.check.spec.probes] for g in GROUPS}
+        self.startup_timeout = startup_timeout
+        self.start_interval = start_interval
+        self.started = False
+        self.started_at: Optional[float] = None
+        self.starting_since = now
+        self.ready_seen = False  # ready has passed since the (re)start: polling slows down
+        self.incarnation: Incarnation = None
+        self.start_time_seen = False  # some check reports the process start time
+        self.awaiting_incarnation = False  # restarted, the new process not seen yet
+        self.phase, self.phase_since, self.phase_since_wall = "starting", now, wall
+        self.drains: Dict[str, float] = {}  # active drain source -> since (monotonic)
+        self.version = 0  # bumped on every verdict change; reply caches key on it
+        self.verdicts: Dict[str, GroupVerdict] = {}
+        self._refresh(now, wall, [])
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def observe(self, name: str, obs: Observation, latency: float, polled_at: float,
+                now: float, wall: float) -> List[Event]:
+        """Fold in the result of a poll of `name` that began at `polled_at`."""
+        st = self.states[name]
+        if polled_at < st.reset_at:
+            return []  # began before the backend restarted: it speaks of the old process
+        events: List[Event] = []
+        self._note_incarnation(st, obs, polled_at, now, wall, events)
+        before, since = st.state_word(), st.since
+        if st.record(obs, latency, now, wall):
+            events.append(self._changed(st, before, now - since))
+        self._refresh(now, wall, events)
+        return events
+
+    def tick(self, now: float, wall: float) -> List[Event]:
+        """Time passed: results older than their stale-after go stale; the grace may end."""
+        events: List[Event] = []
+        for st in self.states.values():
+            due = st.stale_at()
+            if due is not None and due <= now and not self.dormant(st.check.name):
+                before, since = st.state_word(), st.since
+                if st.expire(now, wall):
+                    events.append(self._changed(st, before, now - since))
+        self._refresh(now, wall, events)
+        return events
+
+    def drain(self, source: str, now: float, wall: float) -> List[Event]:
+        """Fail ready because of `source` (a key of DRAIN_RULES) until it is cleared."""
+        if source in self.drains:
+            return []
+        self.drains[source] = now
+        events: List[Event] = [DrainChanged(source, True, self.active_drains())]
+        self._refresh(now, wall, events)
+        return events
+
+    def undrain(self, source: str, now: float, wall: float) -> List[Event]:
+        """Clear one drain source (nothing happens when it is not active)."""
+        if self.drains.pop(source, None) is None:
+            return []
+        events: List[Event] = [DrainChanged(source, False, self.active_drains())]
+        self._refresh(now, wall, events)
+        return events
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def active_drains(self) -> Tuple[str, ...]:
+        """Active drain sources, in DRAIN_RULES order."""
+        return tuple(s for s in DRAIN_RULES if s in self.drains)
+
+    def drain_reason(self) -> str:
+        """Why ready fails because of drains ('' when none is active)."""
+        return " + ".join(DRAIN_RULES[s].reason for s in self.active_drains())
+
+    def member_names(self, group: str) -> List[str]:
+        """Names of the checks a group's verdict reads once started (includes counted)."""
+        names = [st.check.name for st in self.members[group]]
+        for other in GROUP_RULES[group].includes:
+            names += [st.check.name for st in self.members[other] if st.check.name not in names]
+        return names
+
+    def dormant(self, name: str) -> bool:
+        """A check only `started` reads has nothing to tell once started has latched."""
+        return self.started and self.states[name].check.spec.probes == STARTED_ONLY
+
+    def poll_delay(self, name: str, jitter: float) -> Optional[float]:
+        """Seconds until the next poll of `name` (None: dormant, poll when woken). `jitter` in
+        [-1, 1] spreads polls; started and ready checks poll at the start interval until the
+        pod has been ready once since its last (re)start."""
+        if self.dormant(name):
+            return None
+        spec = self.states[name].check.spec
+        base = spec.interval
+        if not self.ready_seen and spec.probes & FAST_UNTIL_READY:
+            base = min(base, spec.start_interval if spec.start_interval is not None
+                       else self.start_interval)
+        return base * (1.0 + JITTER * jitter)
+
+    def next_deadline(self) -> Optional[float]:
+        """When `tick` next has something to do (a result going stale, the grace ending)."""
+        times = [st.stale_at() for st in self.states.values() if not self.dormant(st.check.name)]
+        if not self.started and self.startup_timeout is not None:
+            times.append(self.starting_since + self.startup_timeout)
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    def self_check(self, now: float) -> Tuple[bool, str]:
+        """probed's own liveness: every poller delivers (else restart probed, not the server)."""
+        for st in self.states.values():
+            if self.dormant(st.check.name) or not st.check.scheduled:
+                continue
+            last = st.obs_at if st.obs is not None else st.reset_at
+            limit = STUCK_FACTOR * st.check.spec.stale_after
+            if now - last > limit:
+                return False, "poller of %s stuck: no result for %s (limit %s)" % (
+                    st.check.name, format_duration(round(now - last)), format_duration(limit))
+        return True, "ok"
+
+    def verdict(self, group: str, now: float, exclude: Sequence[str] = (),
+                overrides: Optional[Overrides] = None) -> GroupVerdict:
+        """A group's verdict now, optionally excluding checks or re-judging with overrides."""
+        rule = GROUP_RULES[group]
+        rows = self._rows(group, exclude, overrides)
+        if not self.started:
+            if rule.before_start == "phase":
+                rows = self._with_phase(rows, now)
+                failure = first_failure(rows)
+                return GroupVerdict(group, not failure, failure or "ok", rows)
+            waiting = first_failure(self._rows("started", exclude, overrides)) or "starting"
+            if rule.before_start == "grace":
+                return self._grace(rows, waiting, now)
+            return GroupVerdict(group, False, "not started: " + waiting, rows)
+        if rule.latches:
+            return GroupVerdict(group, True, "started", rows)
+        seen = {st.check.name for st, _, _ in rows}
+        for other in rule.includes:
+            rows += [r for r in self._rows(other, exclude, overrides)
+                     if r[0].check.name not in seen]
+        if rule.drains and self.drains:
+            return GroupVerdict(group, False, self.drain_reason(), rows)
+        failure = first_failure(rows)
+        return GroupVerdict(group, not failure, failure or "ok", rows)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _rows(self, group: str, exclude: Sequence[str],
+              overrides: Optional[Overrides]) -> List[Row]:
+        rule = GROUP_RULES[group]
+        rows: List[Row] = []
+        for st in self.members[group]:
+            if st.check.name in exclude:
+                continue
+            own = overrides.get(st.check.name) if overrides else None
+            ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
+            if st.pending and rule.pending_passes:
+                ok = True
+            elif st.unsure and rule.stale_keeps_last:
+                ok = bool(st.ok)
+            rows.append((st, ok, reason))
+        return rows
+
+    def _with_phase(self, rows: List[Row], now: float) -> List[Row]:
+        # "loading for 312s (connection refused)": how long the backend has been in its phase.
+        since = int(now - self.phase_since)
+        return [(st, ok, reason if ok else "%s for %ds (%s)" % (self.phase, since, reason))
+                for st, ok, reason in rows]
+
+    def _grace(self, rows: List[Row], waiting: str, now: float) -> GroupVerdict:
+        # Loading must not be killed: live passes until --startup-timeout runs out.
+        elapsed = now - self.starting_since
+        if self.startup_timeout is not None and elapsed >= self.startup_timeout:
+            return GroupVerdict("live", False, "not started within %s: %s" % (
+                format_duration(self.startup_timeout), waiting), rows)
+        return GroupVerdict("live", True, "starting for %ds" % elapsed, rows)
+
+    def _changed(self, st: CheckState, before: str, lasted: float) -> CheckChanged:
+        return CheckChanged(st.check.name, st.check.kind, before, st.state_word(),
+                            st.shown_reason, st.streak, lasted)
+
+    def _note_incarnation(self, st: CheckState, obs: Observation, polled_at: float,
+                          now: float, wall: float, events: List[Event]) -> None:
+        """Restart detection, before the observation is folded in (see the Observation fields).
+        A refusal counts only from a poll that began after the check had passed in this
+        incarnation: a refusal from the loading phase that arrives late is no restart."""
+        if obs.incarnation is not None:
+            self.start_time_seen = True
+            old = self.incarnation
+            if old is None:
+                self.incarnation = obs.incarnation
+                if self.awaiting_incarnation:
+                    self.awaiting_incarnation = False
+                    events.append(IncarnationSeen(obs.incarnation))
+            elif obs.incarnation != old:
+                what = "identity" if isinstance(obs.incarnation, str) else "start time"
+                self._restart("process %s changed from %s to %s" % (
+                    what, describe_incarnation(old), describe_incarnation(obs.incarnation)),
+                    obs.incarnation, now, wall, events)
+            return
+        why = ""
+        if obs.restart and not self.start_time_seen:  # the start time is the better witness
+            why = obs.restart
+        elif self.started and st.check.spec.probes & BACKEND_GROUPS:
+            if obs.refused and st.passed_at is not None and polled_at >= st.passed_at:
+                why = "%s refused connections after passing" % st.check.name
+            elif obs.loading:
+                why = "%s says the server is loading after it had served" % st.check.name
+        if why:
+            self._restart(why, None, now, wall, events)
+
+    def _restart(self, why: str, new: Incarnation, now: float, wall: float,
+                 events: List[Event]) -> None:
+        """A new backend incarnation: forget every result, unlatch, end restart-bound drains."""
+        events.append(Restarted(why, self.incarnation, new))
+        self.incarnation, self.awaiting_incarnation = new, new is None
+        for st in self.states.values():
+            st.reset(now, wall, RESTART_REASON)
+        self.ready_seen = False
+        self.starting_since = now
+        for source in self.active_drains():
+            if DRAIN_RULES[source].ends_on_restart:
+                del self.drains[source]
+                events.append(DrainChanged(source, False, self.active_drains()))
+        if self.started:
+            self.started, self.started_at = False, None
+            events.append(Unlatched(why))
+
+    def _refresh(self, now: float, wall: float, events: List[Event]) -> None:
+        """Latch `started`, follow the phase, recompute the verdicts, note group flips."""
+        phase = startup_phase(self.members["started"], self.started)
+        if not self.started and self.verdict("started", now).ok:
+            self.started, self.started_at = True, now
+            events.append(Started(now - self.starting_since))
+            phase = "started"
+            self._forget_loading_results(now, wall)
+        if phase != self.phase:
+            self.phase, self.phase_since, self.phase_since_wall = phase, now, wall
+        previous = self.verdicts
+        self.verdicts = {g: self.verdict(g, now) for g in GROUPS}
+        self.ready_seen = self.ready_seen or self.verdicts["ready"].ok
+        if any(g not in previous or (previous[g].ok, previous[g].reason) != (v.ok, v.reason)
+               for g, v in self.verdicts.items()):
+            self.version += 1  # cached replies carry the reason, so they go stale too
+        for group, verdict in self.verdicts.items():
+            old = previous.get(group)
+            if old is not None and old.ok != verdict.ok:
+                events.append(GroupChanged(group, verdict.ok, verdict.reason))
+
+    def _forget_loading_results(self, now: float, wall: float) -> None:
+        # What a live-only check saw while the model loaded (refusals, empty metrics) is no
+        # evidence against the started server: it starts over, and pending counts as alive.
+        for st in self.members["live"]:
+            if "started" not in st.check.spec.probes and not st.passing:
+                st.reset(now, wall)
+''')
+
+# ==============================================================================
+# Layer 7 of 10: scheduler: polls the checks, routes the pod's events
+#   scheduler.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/scheduler.py: its lines 1-173 are lines 8256-8428 here (file line = module line + 8255)
+# ------------------------------------------------------------------------------
+modules.add('probed/scheduler.py', 8256, r'''
+"""The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
+
+One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
+until the pod has been ready once, dormant when only `started` reads it and it has latched); one
+timer tells the pod when time alone changes something (staleness, the end of the start-up
+grace). Every event the pod returns goes to the sinks the daemon handed in (the log, gated ports,
+gRPC watchers); nothing else reads or writes the pod's state behind its back.
+"""
+
+import asyncio
+import random
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .checks.base import Check, Observation
+from .eventlog import EventLog
+from .hygiene import clean_observation
+from .pod import Pod
+from .podevents import Event, Restarted, Unlatched, log_line
+
+# The hard deadline trails the check's own timeout, so a check that bounds its I/O with the same
+# timeout (the HTTP client does) reports what stalled before the scheduler cuts in, even when the
+# loop runs late; past it the check's own `on_deadline` says what the overrun means.
+DEADLINE_GRACE = 0.5
+DEADLINE_GRACE_SHARE = 0.25  # of the timeout, when that is more than DEADLINE_GRACE
+FIRST_POLL_SPREAD = 0.5  # seconds over which the first polls of all checks are spread
+
+EventSink = Callable[[Sequence[Event]], None]
+PollSink = Callable[[str, float], None]  # (check name, seconds the poll took)
+
+
+def log_events(log: EventLog) -> EventSink:
+    """A sink that writes each event's one log line."""
+    def sink(events: Sequence[Event]) -> None:
+        for event in events:
+            line = log_line(event)
+            if line is not None:
+                log.emit(line[0], line[1], **line[2])
+    return sink
+
+
+async def poll_once(check: Check) -> Tuple[Observation, float]:
+    """Run one observation under the check's hard deadline; never raises (but cancellation)."""
+    t0 = time.monotonic()
+    timeout = check.spec.timeout
+    try:
+        obs = await asyncio.wait_for(check.observe(), timeout + max(
+            DEADLINE_GRACE, DEADLINE_GRACE_SHARE * timeout))
+    except asyncio.TimeoutError:
+        obs = check.on_deadline(timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        obs = Observation(False, "%s: %s" % (type(exc).__name__, exc))
+    return clean_observation(obs, check.secrets()), time.monotonic() - t0
+
+
+class Scheduler:
+    """Polls the checks of a `Pod` and hands every event to `sinks`."""
+
+    def __init__(self, pod: Pod, checks: Sequence[Check], log: EventLog,
+                 sinks: Sequence[EventSink], on_poll: Optional[PollSink] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0)) -> None:
+        self.pod = pod
+        self.log = log  # for the scheduler's own troubles; events go to the sinks
+        self.checks: Dict[str, Check] = {c.name: c for c in checks if c.scheduled}
+        self.sinks = list(sinks)
+        self.on_poll = on_poll
+        self.clock, self.wall, self.jitter = clock, wall, jitter
+        self._tasks: List["asyncio.Task[None]"] = []
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._wake: Optional[asyncio.Event] = None
+
+    # --- inputs that do not come from polls ----------------------------------------------------
+
+    def record(self, name: str, obs: Observation, latency: float = 0.0) -> None:
+        """An observation from outside the pollers (an admin call sets a manual check)."""
+        now = self.clock()
+        self._route(self.pod.observe(name, obs, latency, now, now, self.wall()))
+
+    def drain(self, source: str) -> None:
+        """Fail ready because of `source` until `undrain(source)`."""
+        self._route(self.pod.drain(source, self.clock(), self.wall()))
+
+    def undrain(self, source: str) -> None:
+        """Clear one drain source."""
+        self._route(self.pod.undrain(source, self.clock(), self.wall()))
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one polling task per check, first polls spread (call inside the running loop)."""
+        loop = asyncio.get_running_loop()
+        count = len(self.checks)
+        for i, name in enumerate(self.checks):
+            first = FIRST_POLL_SPREAD * i / count  # not all at once against one backend
+            self._tasks.append(loop.create_task(self._poll_forever(name, first)))
+        self._arm()
+
+    async def stop(self) -> None:
+        """Cancel every polling task and the timer, and wait for the tasks to finish."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def _poll_forever(self, name: str, first: float) -> None:
+        check = self.checks[name]
+        await self._sleep(first)
+        while True:
+            delay = self.pod.poll_delay(name, self.jitter())
+            if delay is None:  # dormant: wait for a restart to wake us
+                await self._sleep(None)
+                continue
+            polled_at = self.clock()
+            obs, latency = await poll_once(check)
+            try:
+                now = self.clock()
+                self._route(self.pod.observe(name, obs, latency, polled_at, now, self.wall()))
+                if self.on_poll is not None:
+                    self.on_poll(name, latency)
+            except Exception as exc:  # a bug in one check must not stop the others
+                self.log.warn("check bookkeeping failed", check=name, error=repr(exc))
+            delay = self.pod.poll_delay(name, self.jitter())
+            if delay is not None:
+                await self._sleep(delay)
+
+    def _route(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if isinstance(event, Restarted):
+                for check in self.checks.values():
+                    check.forget()  # counters and rates of the old process mean nothing now
+            if isinstance(event, (Restarted, Unlatched)):
+                self._wake_pollers()
+        if events:
+            for sink in self.sinks:
+                sink(events)
+        self._arm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._route(self.pod.tick(self.clock(), self.wall()))
+
+    def _arm(self) -> None:
+        """One timer for the pod's next deadline (staleness, the start-up grace)."""
+        due = self.pod.next_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if due is None or not self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, due - self.clock()) + 0.001, self._on_timer)
+
+    async def _sleep(self, delay: Optional[float]) -> None:
+        """Sleep `delay` (None: until woken), or less when a restart wakes every poller."""
+        wake = self._wake
+        if wake is None:
+            self._wake = wake = asyncio.Event()
+        try:
+            await asyncio.wait_for(wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    def _wake_pollers(self) -> None:
+        """A new incarnation: poll now at the start pace, not after the old long sleeps."""
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None  # sleepers from now on wait on a fresh event
+''')
+
+# ==============================================================================
+# Layer 8 of 10: server and router: the probe port: parse, route, answer from the pod; drain
+#   render.py, router.py, connection.py, fdlimit.py, listeners.py, h2server.py, server.py, selfmetrics.py, drain.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/render.py: its lines 1-79 are lines 8440-8518 here (file line = module line + 8439)
+# ------------------------------------------------------------------------------
+modules.add('probed/render.py', 8440, r'''
+"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
+
+The verbose form is the one Kubernetes operators read every day from kube-apiserver:
+`[+]name ok` / `[-]name failed: reason`, then `<path> check passed|failed`.
+"""
+
+import json
+from typing import Any, Dict, List, Optional, Sequence
+
+from .checkstate import CheckState
+from .groups import GROUP_PATHS
+from .pod import GroupVerdict
+from .values import format_timestamp
+
+
+
+def render_plain(verdict: GroupVerdict) -> bytes:
+    """`ok` or `<path> failed: <reason>`, one line."""
+    if verdict.ok:
+        return b"ok\n"
+    return ("%s failed: %s\n" % (GROUP_PATHS[verdict.group], verdict.reason)).encode("utf-8")
+
+
+def render_verbose(verdict: GroupVerdict, excluded: Sequence[str] = ()) -> bytes:
+    """kube-apiserver style: one `[+]`/`[-]` line per check, then the group's outcome. A passing
+    line also says what was seen (`[+]vllm-queue ok: sum(...) = 3 <= max 32`), so a healthy pod
+    reads at a glance."""
+    lines: List[str] = []
+    for st, ok, reason in verdict.checks:
+        if ok:
+            lines.append("[+]%s ok%s" % (st.check.name, ": " + reason if reason else ""))
+        else:
+            lines.append("[-]%s failed: %s" % (st.check.name, reason))
+    for name in excluded:
+        lines.append("[+]%s excluded: ok" % name)
+    path = GROUP_PATHS[verdict.group]
+    if verdict.ok:
+        note = "" if not verdict.checks or verdict.reason in ("ok", "started") else (
+            " (%s)" % verdict.reason)
+        lines.append("%s check passed%s" % (path, note))
+    else:
+        lines.append("%s check failed: %s" % (path, verdict.reason))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def check_json(st: CheckState, ok: bool, reason: str, now: float) -> Dict[str, Any]:
+    """One check as JSON: state, reason, value, latency, age, streak and since when."""
+    obs = st.obs
+    row: Dict[str, Any] = {
+        "name": st.check.name,
+        "kind": st.check.kind,
+        "status": st.state_word() if ok == st.passing else ("pass" if ok else "fail"),
+        "reason": reason,
+        "value": obs.value if obs is not None else None,
+        "latency_seconds": round(st.latency, 6) if obs is not None else None,
+        "age_seconds": round(now - st.obs_at, 3) if obs is not None else None,
+        "consecutive": st.streak,
+        "since": format_timestamp(st.since_wall) if st.since_wall else None,
+        "polls": st.polls,
+    }
+    if obs is not None and obs.detail:
+        row["detail"] = obs.detail
+    return row
+
+
+def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any]] = None,
+                excluded: Sequence[str] = ()) -> bytes:
+    """The group and every check as one JSON object (`?format=json`)."""
+    doc: Dict[str, Any] = {
+        "group": verdict.group,
+        "status": "pass" if verdict.ok else "fail",
+        "reason": verdict.reason,
+    }
+    if extra:
+        doc.update(extra)
+    doc["checks"] = [check_json(st, ok, reason, now) for st, ok, reason in verdict.checks]
+    if excluded:
+        doc["excluded"] = list(excluded)
+    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
+''')
+
+# ------------------------------------------------------------------------------
+# probed/router.py: its lines 1-257 are lines 8525-8781 here (file line = module line + 8524)
+# ------------------------------------------------------------------------------
+modules.add('probed/router.py', 8525, r'''
+"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
+
+Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
+served from a dict; anything with a query (verbose, JSON, exclude, overrides) is rendered on
+demand from the pod's cached state, which still never touches a backend.
+"""
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .httpproto import (
+    HTTPError,
+    PreparedResponse,
+    Request,
+    build_error_response,
+    build_response,
+    connection_mode,
+)
+from .pod import GroupVerdict, Pod, first_failure
+from .podevents import describe_incarnation
+from .groups import GROUP_PATHS
+from .render import render_json, render_plain, render_verbose
+from .values import ConfigError, format_timestamp, printable
+
+JSON_TYPE = "application/json"
+METRICS_CACHE_SECONDS = 0.005  # shared by a pipelined batch, fresh for every real scrape
+PROBE_METHODS = "GET, HEAD"
+SELF_PATH = "/probed/livez"  # probed's own liveness, for probed's own container
+SHOWN_PATH_CHARS = 100  # of an unknown path echoed in a 404
+
+Bodies = Optional[Tuple[bytes, bytes]]  # (when passing, when failing); None: the standard ones
+Route = Tuple[str, Bodies, int]  # (group, bodies, status when failing)
+
+GROUP_ROUTES: Dict[str, Route] = {
+    "/livez": ("live", None, 503),
+    "/readyz": ("ready", None, 503),
+    "/startupz": ("started", None, 503),
+    "/healthz": ("live", None, 503),  # Multi Node Prober path
+    "/health": ("ready", (b"Healthy", b"Unhealthy"), 503),  # LLM Healthchecker compatible
+    "/ready": ("ready", (b"OK", b"Not Ready"), 503),  # llm-d requester compatible
+}
+
+# With --vllm-endpoint, the Multi Node Prober's own bodies and codes (its liveness and startup
+# handlers fail with 500); the kubelet treats both alike, scripts that grep may not.
+MULTINODE_PROBER_ROUTES: Dict[str, Route] = {
+    "/healthz": ("live", (b"Liveness check passed\n", b"Liveness check failed\n"), 500),
+    "/readyz": ("ready", (b"Readiness check passed\n", b"Readiness check failed\n"), 503),
+    "/startupz": ("started", (b"Startup check passed\n", b"Startup check failed\n"), 500),
+}
+
+
+class GroupQuery:
+    """What a query string asked of a group reply."""
+
+    __slots__ = ("verbose", "json", "exclude", "overrides")
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.json = False
+        self.exclude: List[str] = []
+        self.overrides: Dict[str, Dict[str, Any]] = {}
+
+
+class Router:
+    """Answers the probe port: group verdicts, single checks, probed's own liveness, the index
+    and /metrics, from the pod's cached state (the clock only counts phase seconds)."""
+
+    def __init__(self, pod: Pod, metrics: Optional[Callable[[], bytes]] = None,
+                 routes: Optional[Dict[str, Route]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pod = pod
+        self.clock = clock
+        self.metrics = metrics
+        self.routes = dict(GROUP_ROUTES, **(routes or {}))
+        self._metrics_cache: Optional[Tuple[float, bytes]] = None
+        self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
+        self._cache_version = -1
+        self.check_routes = check_routes(pod)
+
+
+
+    def respond(self, req: Request) -> PreparedResponse:
+        """The reply to one request; errors become 4xx replies that close the connection."""
+        head = req.method == "HEAD"
+        try:
+            if req.method not in ("GET", "HEAD"):
+                self._known_path_or_404(req.path)
+                raise HTTPError(405, "method %s not allowed" % req.method, allow=PROBE_METHODS)
+            mode = connection_mode(req)
+            if not req.query and JSON_TYPE not in req.headers.get("accept", ""):
+                key = (req.path, head, mode)
+                if self._cache_version == self.pod.version:
+                    cached = self._cache.get(key)
+                    if cached is not None:
+                        return cached
+                else:
+                    self._cache.clear()
+                    self._cache_version = self.pod.version
+                reply = self._route(req, head, mode)
+                if req.path in self.routes and reply.status in (200, 500, 503):
+                    self._cache[key] = reply
+                return reply
+            return self._route(req, head, mode)
+        except HTTPError as err:
+            return build_error_response(err, head)
+
+    def _known_path_or_404(self, path: str) -> None:
+        if path in self.routes or path in self.check_routes or path in ("/", "/metrics",
+                                                                         SELF_PATH):
+            return
+        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
+
+    def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        path = req.path
+        route = self.routes.get(path)
+        if route is not None:
+            return self._group_reply(req, route, head, mode)
+        single = self.check_routes.get(path)
+        if single is not None:
+            return self._check_reply(req, single[0], single[1], head, mode)
+        if path == "/":
+            return build_response(200, self.index().encode("utf-8"), head=head, mode=mode)
+        if path == "/metrics" and self.metrics is not None:
+            return build_response(200, self.metrics_body(), "text/plain; version=0.0.4; "
+                                  "charset=utf-8", head=head, mode=mode)
+        if path == SELF_PATH:
+            return self._self_reply(req, head, mode)
+        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
+
+    def _self_reply(self, req: Request, head: bool, mode: int) -> PreparedResponse:
+        # Whether probed itself works (its pollers deliver): what probed's own container's
+        # liveness probe reads. It says nothing of the backend, so it never restarts the server.
+        if req.query:
+            raise HTTPError(400, "%s takes no query parameters" % SELF_PATH)
+        ok, reason = self.pod.self_check(self.clock())
+        body = b"ok\n" if ok else ("probed failed: %s\n" % reason).encode("utf-8")
+        return build_response(200 if ok else 503, body, head=head, mode=mode)
+
+    def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
+        group, bodies, fail_status = route
+        query = self.parse_query(req, group, None)
+        if query.exclude or query.overrides or query.verbose or query.json:
+            # evaluated now, so "loading for 312s" counts the seconds up to this request
+            verdict = self.pod.verdict(group, self.clock(), query.exclude, query.overrides)
+        else:
+            verdict = self.pod.verdicts[group]
+        return self._reply(verdict, query, bodies, head, mode, fail_status)
+
+    def _check_reply(self, req: Request, group: str, name: str, head: bool,
+                     mode: int) -> PreparedResponse:
+        query = self.parse_query(req, group, name)
+        st = self.pod.states[name]
+        own = query.overrides.get(name)
+        ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
+        rows = [(st, ok, reason)]
+        failure = first_failure(rows)
+        return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
+                           head, mode)
+
+    def _reply(self, verdict: GroupVerdict, query: GroupQuery, alias: Bodies, head: bool,
+               mode: int, fail_status: int = 503) -> PreparedResponse:
+        status = 200 if verdict.ok else fail_status
+        if query.json:
+            pod = self.pod
+            extra = {"started": pod.started, "draining": pod.drain_reason() or None,
+                     "drains": list(pod.active_drains()),
+                     "phase": pod.phase, "phase_since": format_timestamp(pod.phase_since_wall),
+                     "incarnation": describe_incarnation(pod.incarnation)
+                     if pod.incarnation is not None else None}
+            body = render_json(verdict, self.clock(), extra, query.exclude)
+            return build_response(status, body, JSON_TYPE, head=head, mode=mode)
+        if query.verbose:
+            body = render_verbose(verdict, query.exclude)
+        elif alias is not None:
+            body = alias[0] if verdict.ok else alias[1]
+        else:
+            body = render_plain(verdict)
+        return build_response(status, body, head=head, mode=mode)
+
+    def metrics_body(self) -> bytes:
+        """/metrics, rendered at most once per METRICS_CACHE_SECONDS: a client pipelining
+        scrapes must not turn the render into a way to stall the event loop."""
+        now = time.monotonic()
+        if self._metrics_cache is None or now - self._metrics_cache[0] >= METRICS_CACHE_SECONDS:
+            assert self.metrics is not None
+            self._metrics_cache = (now, self.metrics())
+        return self._metrics_cache[1]
+
+    def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
+        """verbose, format=json, exclude=NAME, NAME.KEY=VALUE; anything else is a 400."""
+        query = GroupQuery()
+        query.json = JSON_TYPE in req.headers.get("accept", "")
+        members = set(self.pod.member_names(group))
+        for key, value in req.query_pairs():
+            if key == "verbose":
+                query.verbose = value.lower() not in ("0", "false", "no")
+            elif key == "format":
+                if value not in ("json", "text"):
+                    raise HTTPError(400, "format=%s: expected json or text" % value)
+                query.json = value == "json"
+            elif key == "exclude":
+                if value not in members:
+                    raise HTTPError(400, "exclude=%s: no such check in %s (have: %s)" % (
+                        value, group, ", ".join(sorted(members)) or "none"))
+                query.exclude.append(value)
+            elif "." in key:
+                self._add_override(query, key, value, members if only is None else {only})
+            else:
+                raise HTTPError(400, "unknown query parameter %r (expected verbose, format, "
+                                     "exclude or NAME.KEY=VALUE)" % key)
+        return query
+
+    def _add_override(self, query: GroupQuery, key: str, value: str, members: Any) -> None:
+        name, _, param = key.partition(".")
+        if name not in members:
+            raise HTTPError(400, "%s: no such check here (have: %s)" % (
+                key, ", ".join(sorted(members)) or "none"))
+        try:
+            parsed = self.pod.states[name].check.parse_override(param, value)
+        except ConfigError as exc:
+            raise HTTPError(400, str(exc)) from None
+        query.overrides.setdefault(name, {})[param] = parsed
+
+    def index(self) -> str:
+        """The `/` page: endpoints, then every check with its groups and target."""
+        lines = ["probed: probe endpoints for this pod", ""]
+        for path, (group, _, _) in self.routes.items():
+            verdict = self.pod.verdicts[group]
+            lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
+        ok, _ = self.pod.self_check(self.clock())
+        lines.append("%-10s %-7s %s" % (SELF_PATH, "pass" if ok else "fail",
+                                        "probed itself (its own container's liveness probe)"))
+        lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",
+                  "checks:"]
+        for st in self.pod.states.values():
+            spec = st.check.spec
+            lines.append("  %-20s %-8s %-7s probes=%s %s" % (
+                st.check.name, st.check.kind, st.state_word() if st.check.scheduled else "on-demand",
+                ",".join(sorted(spec.probes)) or "-", st.check.target()))
+        return "\n".join(lines) + "\n"
+
+
+def shown_path(path: str) -> str:
+    """A client's path as an error may echo it: short and with control characters escaped."""
+    return printable(path, SHOWN_PATH_CHARS)
+
+
+def check_routes(pod: Pod) -> Dict[str, Tuple[str, str]]:
+    """`/readyz/NAME` and the like for every check: path -> (group, check name)."""
+    return {"/%s/%s" % (path, name): (group, name)
+            for group, path in GROUP_PATHS.items() for name in pod.member_names(group)}
+
+
+def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[str]:
+    """Every path a Router over `pod` answers: the only `path` labels /metrics may show."""
+    return (list(GROUP_ROUTES) + list(routes or {}) + list(check_routes(pod))
+            + ["/", "/metrics", SELF_PATH])
+''')
+
+# ------------------------------------------------------------------------------
+# probed/connection.py: its lines 1-115 are lines 8788-8902 here (file line = module line + 8787)
+# ------------------------------------------------------------------------------
+modules.add('probed/connection.py', 8788, r'''
+"""One client connection's state, the server's counters, and the rules over open connections
+that need no socket: which one gives way at the cap, and which ones are past their deadline.
+
+Pure logic over plain objects (no I/O, no clock reads): the server passes the time in.
+"""
+
+import asyncio
+import socket
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
+
+from .httpproto import PreparedResponse
+
+PRESSURE_TIMEOUT = 1.0  # at the cap, idle and silent connections get this long
+MAX_INPUT_BUFFER = 256 * 1024  # unparsed input one client may leave with us
+# Requests are counted by (path, status); paths outside `counted_paths` share this label so a
+# client cannot grow the counter dict (statuses are the few the router produces).
+OTHER_PATH_LABEL = "other"
+
+# OPENED: accepted, not a byte yet (its first bytes go to the server's first-bytes check);
+# READING: a request is (partly) here; IDLE: between keep-alive requests; WRITING: output
+# waits for the client to read; LINGERING: after the last reply, input is drained and dropped.
+OPENED, READING, IDLE, WRITING, LINGERING = 0, 1, 2, 3, 4
+
+
+class Connection:
+    """One client connection: its socket, input not yet parsed, unsent output, and a deadline.
+
+    `buf[pos:]` is the input not parsed yet (`buf` is empty when there is none).
+    `reading`/`writing` say whether the loop watches the socket, so every
+    change of interest goes through one place; `waiting` holds the future of a deferred reply.
+    """
+
+    __slots__ = ("sock", "fd", "buf", "pos", "out", "phase", "deadline", "close_after",
+                 "reading", "writing", "waiting", "linger")
+
+    def __init__(self, sock: socket.SocketType, deadline: float, phase: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = b""
+        self.pos = 0
+        self.out = b""
+        self.phase = phase
+        self.deadline = deadline
+        self.close_after = False
+        self.reading = False
+        self.writing = False
+        self.waiting: Optional["asyncio.Future[PreparedResponse]"] = None
+        self.linger = False  # an error reply: shut down writing and drain before closing
+
+    def holds_nothing(self) -> bool:
+        """Idle or silent: no input, no output, no reply being waited for."""
+        return self.waiting is None and not self.buf and not self.out
+
+    def append(self, data: bytes) -> bool:
+        """Keep `data` after the input not parsed yet (one copy per read, never one per
+        request); False, keeping nothing, when that would pass MAX_INPUT_BUFFER."""
+        unparsed = len(self.buf) - self.pos
+        if unparsed + len(data) > MAX_INPUT_BUFFER:
+            return False
+        self.buf = self.buf[self.pos:] + data if unparsed else data
+        self.pos = 0
+        return True
+
+    def consumed(self, pos: int) -> None:
+        """Input up to `pos` is parsed: `buf` is emptied once nothing is left."""
+        if pos >= len(self.buf):
+            self.buf, self.pos = b"", 0
+        else:
+            self.pos = pos
+
+    def await_next(self, now: float, read_timeout: float, idle_timeout: float) -> None:
+        """A reply is out: the next request is partly here (read deadline) or not (idle)."""
+        self.phase = READING if self.buf else IDLE
+        self.deadline = now + (read_timeout if self.buf else idle_timeout)
+
+
+class ServerStats:
+    """Counters the /metrics page reads. Requests are counted by the paths in `counted_paths`
+    (the router's own); any other path is OTHER_PATH_LABEL, so clients cannot add series."""
+
+    __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "open", "requests",
+                 "counted_paths")
+
+    def __init__(self, counted_paths: Iterable[str] = ()) -> None:
+        self.accepted = 0
+        self.refused_at_cap = 0  # at the cap with nothing to evict (every slot a long poll)
+        self.evicted_at_cap = 0  # closed at the cap to make room for a new connection
+        self.open = 0  # accepted and not closed yet, answered on the fast path or not
+        self.requests: Dict[Tuple[str, int], int] = {}
+        self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
+
+    def count(self, path: str, status: int) -> None:
+        """One request answered with `status`."""
+        key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+
+def pick_eviction(oldest_first: Iterable[Connection]) -> Optional[Connection]:
+    """The connection that gives way at the cap: the one that has gone longest without a
+    request answered (idle, silent, half-sent, or not reading its reply). A connection
+    waiting on a deferred reply is kept; None when every one is."""
+    for conn in oldest_first:
+        if conn.waiting is None:
+            return conn
+    return None
+
+
+def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Connection]:
+    """Connections past their deadline at `now`. Under `pressure` (the cap was reached since
+    the last look), those holding nothing get at most PRESSURE_TIMEOUT from now first."""
+    if pressure:
+        for conn in conns:
+            if conn.holds_nothing():
+                conn.deadline = min(conn.deadline, now + PRESSURE_TIMEOUT)
+    return [c for c in conns if c.deadline < now]
+''')
+
+# ------------------------------------------------------------------------------
+# probed/fdlimit.py: its lines 1-47 are lines 8909-8955 here (file line = module line + 8908)
+# ------------------------------------------------------------------------------
+modules.add('probed/fdlimit.py', 8909, r'''
+"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
+
+Every client connection is a file descriptor, and so is every backend poll, token-file read,
+exec check pipe and log write. A connection cap above the limit lets a flood of clients take
+the last descriptors, and the checks then fail with "Too many open files" and flip verdicts.
+So at start the soft limit is raised toward the hard one (as Go's runtime does) and, if that
+is not enough, the cap is lowered to leave FD_RESERVE descriptors for everything else.
+"""
+
+import resource
+from typing import NamedTuple
+
+FD_RESERVE = 128  # descriptors kept for pollers, the admin listener's 64, listeners and logs
+
+
+class ConnectionCap(NamedTuple):
+    """The cap a server uses, and how it came from the one asked for."""
+
+    requested: int
+    cap: int
+    soft_limit: int  # RLIMIT_NOFILE after any raise (-1: unlimited)
+    hard_limit: int
+    reserve: int
+
+    @property
+    def lowered(self) -> bool:
+        """Whether the open-file limit forced a cap below the one asked for."""
+        return self.cap < self.requested
+
+
+def fit_connection_cap(requested: int) -> ConnectionCap:
+    """The connection cap that leaves FD_RESERVE descriptors free (half the limit when the
+    limit is smaller than twice that), raising the soft limit first when the hard one allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = requested + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (OSError, ValueError):
+                pass  # keep the limit we have and fit the cap to it
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return ConnectionCap(requested, requested, soft, hard, FD_RESERVE)
+    reserve = min(FD_RESERVE, soft // 2)
+    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/listeners.py: its lines 1-60 are lines 8962-9021 here (file line = module line + 8961)
+# ------------------------------------------------------------------------------
+modules.add('probed/listeners.py', 8962, r'''
+"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
+
+Kept apart from the server so the server holds only the connection logic; the daemon, the
+admin listener and the gated ports all bind through `bind_listener`.
+"""
+
+import asyncio
+import errno
+import socket
+from typing import Any, Callable, Dict, Optional
+
+from .values import ConfigError
+
+ACCEPT_PAUSE = 0.1  # seconds a listener is not watched after accept ran out of descriptors
+
+
+def bind_listener(host: str, port: int, flag: str) -> socket.socket:
+    """A non-blocking listening socket; an empty host means dual-stack all interfaces."""
+    where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
+    families = [socket.AF_INET6, socket.AF_INET] if not host else [
+        socket.AF_INET6 if ":" in host else socket.AF_INET]
+    last: Optional[OSError] = None
+    for family in families:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and not host:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                break
+    assert last is not None
+    if last.errno == errno.EADDRINUSE:
+        raise ConfigError("%s: port %d is already in use" % (where, port))
+    if last.errno == errno.EACCES:
+        raise ConfigError("%s: permission denied (ports below 1024 need privileges)" % where)
+    raise ConfigError("%s: cannot listen: %s" % (where, last.strerror or last))
+
+
+def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: OSError,
+                    listeners: Dict[int, socket.socket],
+                    on_accept: Callable[[socket.socket], Any]) -> None:
+    """Out of file descriptors (or kernel memory): stop watching the listener for
+    ACCEPT_PAUSE rather than spin on it; it is watched again if it is still listening."""
+    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        return
+    fd = lsock.fileno()
+    loop.remove_reader(fd)
+
+    def resume() -> None:
+        if listeners.get(fd) is lsock:
+            loop.add_reader(fd, on_accept, lsock)
+
+    loop.call_later(ACCEPT_PAUSE, resume)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/h2server.py: its lines 1-218 are lines 9028-9245 here (file line = module line + 9027)
+# ------------------------------------------------------------------------------
+modules.add('probed/h2server.py', 9028, r'''
+"""HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
+
+Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
+go to the gRPC health calls (grpchealth). Like server.py it watches raw non-blocking sockets on
+the asyncio loop, and one sweep timer, running only while connections are open, applies the
+machine's deadlines and the write timeout. Nothing here logs per request.
+"""
+
+import asyncio
+import socket
+import time
+from typing import Dict, List, Optional
+
+from .grpchealth import GrpcHealthService, HealthCalls
+from .h2frames import NO_ERROR, H2Event
+from .h2proto import H2Connection
+
+H2_SWEEP_INTERVAL = 0.25  # how often deadlines are checked, as for HTTP/1.1
+H2_RECV_SIZE = 65536
+H2_OUTPUT_LIMIT = 64 * 1024  # unsent bytes one connection may hold; beyond, it is not read
+H2_LINGER_SECONDS = 2.0  # after GOAWAY, read and drop input this long so it is not an RST
+
+
+class H2Link:
+    """One handed-over connection: socket, machine, calls, unsent output and timers."""
+
+    __slots__ = ("sock", "fd", "h2", "calls", "out", "reading", "writing", "write_deadline",
+                 "linger_until", "shed_at", "resuming", "closed")
+
+    def __init__(self, sock: socket.SocketType, h2: H2Connection) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.h2 = h2
+        self.calls: Optional[HealthCalls] = None
+        self.out = b""
+        self.reading = self.writing = False
+        self.write_deadline: Optional[float] = None  # output waiting since + write timeout
+        self.linger_until: Optional[float] = None  # set once GOAWAY is out and writing shut
+        self.shed_at: Optional[float] = None  # at the connection cap: close then, if idle
+        self.resuming = False  # a turn to handle frames left over is scheduled
+        self.closed = False
+
+
+class H2Server:
+    """Serves gRPC health calls on the connections given to `adopt`."""
+
+    def __init__(self, service: GrpcHealthService, read_timeout: float = 10.0,
+                 write_timeout: float = 10.0, idle_timeout: float = 120.0) -> None:
+        self.service = service
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        self.links: Dict[int, H2Link] = {}
+        self.huffman_cache: Dict[bytes, bytes] = {}  # shared by the connections' decoders
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+
+    @property
+    def open(self) -> int:
+        """Connections held (they count against the probe server's --max-connections)."""
+        return len(self.links)
+
+    def adopt(self, sock: socket.SocketType, data: bytes) -> None:
+        """Take over a connected non-blocking socket whose first bytes (`data`) start with
+        the HTTP/2 client preface."""
+        loop = self._loop = asyncio.get_running_loop()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames, at once
+        except OSError:
+            pass
+        link = H2Link(sock, H2Connection(time.monotonic(), self.read_timeout, self.idle_timeout,
+                                         self.huffman_cache))
+        link.calls = HealthCalls(self.service, link.h2, lambda: self._flush(link))
+        self.links[link.fd] = link
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(H2_SWEEP_INTERVAL, self._sweep)
+        self._feed(link, data)
+
+    def _feed(self, link: H2Link, data: bytes) -> None:
+        self._handle(link, link.h2.receive(data, time.monotonic()))
+
+    def _handle(self, link: H2Link, events: List[H2Event]) -> None:
+        calls = link.calls
+        assert calls is not None
+        for event in events:
+            calls.handle(event)
+        self._flush(link)
+
+    def _watch(self, link: H2Link, read: Optional[bool] = None,
+               write: Optional[bool] = None) -> None:
+        loop = self._loop
+        assert loop is not None
+        if read is not None and read != link.reading:
+            link.reading = read
+            if read:
+                loop.add_reader(link.fd, self._on_readable, link)
+            else:
+                loop.remove_reader(link.fd)
+        if write is not None and write != link.writing:
+            link.writing = write
+            if write:
+                loop.add_writer(link.fd, self._on_writable, link)
+            else:
+                loop.remove_writer(link.fd)
+
+    def _on_readable(self, link: H2Link) -> None:
+        try:
+            data = link.sock.recv(H2_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(link)
+        elif link.linger_until is None:
+            self._feed(link, data)
+
+    def _flush(self, link: H2Link) -> None:
+        """Send what the machine queued; then read, wait for the socket, or finish."""
+        if link.closed or link.linger_until is not None:
+            return
+        data = link.h2.data_to_send()
+        if data and not link.out:
+            try:
+                sent = link.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(link)
+                return
+            link.out = data[sent:]
+        elif data:
+            link.out += data
+        h2 = link.h2
+        if link.out:
+            if link.write_deadline is None:
+                link.write_deadline = time.monotonic() + self.write_timeout
+            self._watch(link, write=True)
+        else:
+            link.write_deadline = None
+            self._watch(link, write=False)
+            if h2.ended:
+                self._finish(link)
+                return
+        room = len(link.out) <= H2_OUTPUT_LIMIT  # a client that does not read is not read
+        self._watch(link, read=room and not h2.more and not h2.ended)
+        if room and h2.more and not link.resuming:
+            link.resuming = True  # fairness: leftover frames wait behind other connections
+            self._loop.call_soon(self._resume, link)  # type: ignore[union-attr]
+
+    def _resume(self, link: H2Link) -> None:
+        link.resuming = False
+        if not link.closed:
+            self._feed(link, b"")
+
+    def _on_writable(self, link: H2Link) -> None:
+        try:
+            sent = link.sock.send(link.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(link)
+            return
+        link.out = link.out[sent:]
+        if not link.out:
+            self._flush(link)
+
+    def _finish(self, link: H2Link) -> None:
+        """GOAWAY is out: stop writing, drain the client's input a while, then close."""
+        try:
+            link.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(link)
+            return
+        link.linger_until = time.monotonic() + H2_LINGER_SECONDS
+        self._watch(link, read=True, write=False)
+        assert link.calls is not None
+        link.calls.close()
+
+    def _close(self, link: H2Link) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        self._watch(link, read=False, write=False)
+        link.sock.close()
+        self.links.pop(link.fd, None)
+        assert link.calls is not None
+        link.calls.close()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for link in list(self.links.values()):
+            if link.linger_until is not None:
+                if now >= link.linger_until:
+                    self._close(link)
+            elif link.write_deadline is not None and now >= link.write_deadline:
+                self._close(link)  # the client reads nothing: nothing more can reach it
+            elif link.shed_at is not None and now >= link.shed_at and link.h2.idle:
+                self._handle(link, link.h2.shutdown(NO_ERROR, "server at its connection limit"))
+            elif now >= link.h2.next_deadline():
+                self._handle(link, link.h2.expire(now))
+        loop = self._loop
+        assert loop is not None
+        self._sweeper = loop.call_later(H2_SWEEP_INTERVAL, self._sweep) if self.links else None
+
+    def shed_idle(self, deadline: float) -> None:
+        """The probe server is at its connection cap: idle connections go at `deadline`."""
+        for link in self.links.values():
+            if link.h2.idle:
+                link.shed_at = deadline if link.shed_at is None else min(link.shed_at, deadline)
+
+    def close(self) -> None:
+        """Close every connection (the daemon is stopping)."""
+        for link in list(self.links.values()):
+            self._close(link)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+''')
+
+# ------------------------------------------------------------------------------
+# probed/server.py: its lines 1-453 are lines 9252-9704 here (file line = module line + 9251)
+# ------------------------------------------------------------------------------
+modules.add('probed/server.py', 9252, r'''
+"""Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
+
+The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
+(`add_reader`), a new connection is read at once (a kubelet's request is usually already
+there), answered with one `send`, and closed, without a Connection object or a selector
+registration. Anything else (keep-alive, pipelining, slow or partial input, long polls) is a
+small Connection object; deadlines are checked by one sweep timer instead of a timer per
+connection. Nothing here logs per request. Gated ports listen only while their group passes.
+"""
+
+import asyncio
+import os
+import socket
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from .connection import (IDLE, LINGERING, OPENED, OTHER_PATH_LABEL, PRESSURE_TIMEOUT, READING,
+                         WRITING, Connection, ServerStats, expired, pick_eviction)
+from .fdlimit import fit_connection_cap
+from .h2frames import H2_PREFACE
+from .h2server import H2Server
+from .httpproto import (DateCache, HTTPError, PreparedResponse, RequestParser,
+                        build_error_response, is_head_request)
+from .listeners import bind_listener, pause_accepting
+
+
+ACCEPTS_PER_WAKEUP = 64  # bounded so one busy listener cannot starve the pollers
+RECV_SIZE = 65536
+SWEEP_INTERVAL = 0.25  # how often deadlines are checked; timeouts are this coarse
+LINGER_SECONDS = 2.0  # after an error reply, read and drop input this long before closing
+PIPELINE_BATCH = 16  # requests answered per wakeup; the rest wait their turn behind others
+TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, version 3.x: a ClientHello
+# Accepted sockets stay in blocking mode (CPython's accept4 sets only SOCK_CLOEXEC; switching
+# costs an ioctl per connection), so every recv and send here passes MSG_DONTWAIT.
+NOWAIT = socket.MSG_DONTWAIT
+# With the connection closing right after, MSG_MORE holds the reply until close() adds the FIN
+# to the same segment: one packet fewer per probe for both ends.
+LAST_REPLY = socket.MSG_DONTWAIT | socket.MSG_MORE
+
+
+class ProbeServer:
+    """Serves `respond(request)` on any number of listening sockets.
+
+    `respond` returns a PreparedResponse, or an asyncio.Future of one for a reply that must
+    wait (the admin listener's /wait-for-drain); the probe port only ever returns the former.
+    At `max_connections` (lowered at start to what the open-file limit allows) a new connection
+    is let in by closing the one that has gone longest without a request answered, so held or
+    half-sent connections can never lock a kubelet out.
+    """
+
+    def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
+                 write_timeout: float = 10.0, idle_timeout: float = 120.0,
+                 max_connections: int = 1024, max_body: int = 0,
+                 stats: Optional[ServerStats] = None, h2: Optional[H2Server] = None) -> None:
+        self.respond = respond
+        self.h2 = h2  # takes connections that start with the HTTP/2 preface (gRPC probes)
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        self.cap = fit_connection_cap(max_connections)
+        self.max_connections = self.cap.cap
+        self.parser = RequestParser(max_body) if max_body else RequestParser()
+        # Oldest first: accepted, or moved to the end when a request is answered (eviction order)
+        self.conns: Dict[int, Connection] = {}
+        self.listeners: Dict[int, socket.socket] = {}
+        self.stats = stats if stats is not None else ServerStats()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+        self._dates = DateCache()
+        self._under_pressure = False  # the cap was reached since the last sweep
+
+    # --- listeners -----------------------------------------------------------------------------
+
+    def add_listener(self, sock: socket.socket) -> None:
+        """Start accepting on `sock` (already bound and listening)."""
+        loop = self._loop_or_start()
+        self.listeners[sock.fileno()] = sock
+        loop.add_reader(sock.fileno(), self._on_accept, sock)
+
+    def remove_listener(self, sock: socket.socket) -> None:
+        """Stop accepting on `sock` and close it; open connections are left to finish."""
+        fd = sock.fileno()
+        if self.listeners.pop(fd, None) is not None and self._loop is not None:
+            self._loop.remove_reader(fd)
+        sock.close()
+
+    def _loop_or_start(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return self._loop
+
+    def close(self) -> None:
+        """Close every listener and connection."""
+        for sock in list(self.listeners.values()):
+            self.remove_listener(sock)
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        if self.h2 is not None:
+            self.h2.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # --- accept and the first bytes ------------------------------------------------------------
+
+    def _on_accept(self, lsock: socket.socket) -> None:
+        # The C socket type's accept, without the Python wrapper's work per connection.
+        accept = lsock._accept  # type: ignore[attr-defined]
+        family, conns, stats = lsock.family, self.conns, self.stats
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                fd, _addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                assert self._loop is not None
+                pause_accepting(self._loop, lsock, exc, self.listeners, self._on_accept)
+                return
+            try:
+                sock = socket.SocketType(family, socket.SOCK_STREAM, 0, fd)
+            except OSError:
+                os.close(fd)
+                continue
+            held = len(conns) + (self.h2.open if self.h2 is not None else 0)
+            if held >= self.max_connections and not self._make_room():
+                stats.refused_at_cap += 1
+                sock.close()
+                continue
+            stats.accepted += 1
+            stats.open += 1
+            self._open(sock)
+
+    def _open(self, sock: socket.SocketType) -> None:
+        """Read a new connection at once: a kubelet's request is usually here already."""
+        try:
+            data = sock.recv(RECV_SIZE, NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            self._watch(self._adopt(sock, OPENED), read=True)
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._first_bytes(sock, data)
+        else:
+            self.stats.open -= 1
+            sock.close()  # a tcpSocket probe: connect and close, the normal case
+
+    def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
+        """The one place that looks at what a connection sends first and decides how to serve
+        it (a protocol detector, such as HTTP/2's preface, belongs here). The connection has
+        no Connection object at this point; the general path makes one when needed."""
+        if data[:1] == b"P" and self.h2 is not None and H2_PREFACE.startswith(
+                data[:len(H2_PREFACE)]):
+            self._hand_over_h2(sock, data)
+        elif data.startswith(TLS_HANDSHAKE):
+            # A TLS client on the plain port. A 400 starting with "HTTP/" lets Go clients (the
+            # kubelet) report "server gave HTTP response to HTTPS client"; others fail the
+            # handshake at once either way, instead of holding the slot for the read timeout.
+            conn = self._adopt(sock, READING)
+            conn.linger = True
+            self._count(OTHER_PATH_LABEL, 400)
+            self._send(conn, self._wire(build_error_response(HTTPError(
+                400, "this port speaks plain HTTP, and a TLS handshake arrived"))), True)
+        elif not self._answer_at_once(sock, data):
+            self._take(self._adopt(sock, READING), data)
+
+    def _hand_over_h2(self, sock: socket.SocketType, data: bytes) -> None:
+        """HTTP/2 with prior knowledge (the kubelet's grpc probe): once the whole client
+        preface is here the connection moves to the HTTP/2 server, still counted against the
+        cap; while only a part of it is, it waits as an OPENED connection holding those bytes."""
+        if len(data) < len(H2_PREFACE):
+            conn = self._adopt(sock, OPENED)
+            conn.buf = data
+            self._watch(conn, read=True)
+            return
+        self.stats.open -= 1  # the HTTP/2 server counts it from here
+        sock.setblocking(False)  # the HTTP/2 server reads and writes on readiness
+        self.h2.adopt(sock, data)  # type: ignore[union-attr]
+
+    def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
+        """The kubelet's case start to finish, without a Connection: one whole request that
+        closes the connection. False, having done nothing, for anything else."""
+        try:
+            request, used = self.parser.parse(data)
+        except HTTPError:
+            return False
+        if request is None or used != len(data) or request.keep_alive or request.body_pending:
+            return False
+        reply = self.respond(request)
+        if not isinstance(reply, PreparedResponse):  # a reply that waits: a Connection holds it
+            self._defer(self._adopt(sock, READING), reply, [])
+            return True
+        self._count(request.path, reply.status)
+        wire = self._wire(reply)
+        try:
+            sent = sock.send(wire, LAST_REPLY if reply.close else NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(wire)  # the client is gone: nothing more to do than close
+        if sent == len(wire) and reply.close:
+            self.stats.open -= 1
+            sock.close()
+            return True
+        conn = self._adopt(sock, READING)
+        self._send(conn, wire[sent:], reply.close)
+        self._after_serve(conn, False)
+        return True
+
+    def _adopt(self, sock: socket.SocketType, phase: int) -> Connection:
+        conn = Connection(sock, time.monotonic() + self.read_timeout, phase)
+        self.conns[conn.fd] = conn
+        return conn
+
+    def _make_room(self) -> bool:
+        """At the cap: close the connection `pick_eviction` names; False when none may go."""
+        self._under_pressure = True
+        victim = pick_eviction(self.conns.values())
+        if victim is None:
+            if self.h2 is not None:  # every HTTP/1.1 slot waits on a reply: idle gRPC goes soon
+                self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
+            return False
+        self.stats.evicted_at_cap += 1
+        self._close(victim)
+        return True
+
+    # --- read and serve ------------------------------------------------------------------------
+
+    def _watch(self, conn: Connection, read: Optional[bool] = None,
+               write: Optional[bool] = None) -> None:
+        """Start or stop watching `conn` for reading and writing (idempotent)."""
+        loop = self._loop
+        assert loop is not None
+        if read is not None and read != conn.reading:
+            conn.reading = read
+            if read:
+                loop.add_reader(conn.fd, self._on_readable, conn)
+            else:
+                loop.remove_reader(conn.fd)
+        if write is not None and write != conn.writing:
+            conn.writing = write
+            if write:
+                loop.add_writer(conn.fd, self._on_writable, conn)
+            else:
+                loop.remove_writer(conn.fd)
+
+    def _on_readable(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE, NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # tcpSocket probes end here: normal; a long poll's caller gave up
+            if conn.waiting is not None:
+                conn.waiting.cancel()
+            self._close(conn)
+        elif conn.phase == LINGERING:
+            return
+        elif conn.phase == OPENED:  # its first bytes: from here as if they came with the accept
+            held, conn.buf = conn.buf, b""  # a part of an HTTP/2 preface may wait here
+            self._release(conn)
+            self._first_bytes(conn.sock, held + data if held else data)
+        else:
+            self._take(conn, data)
+
+    def _take(self, conn: Connection, data: bytes) -> None:
+        """Input for a connection: kept after what is not parsed yet, served when it can be."""
+        if not conn.append(data):
+            self._close(conn)  # parser limits bound one request; this bounds a pipeline
+            return
+        if conn.phase == IDLE:
+            conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
+        if conn.waiting is None and not conn.writing:
+            self._serve(conn)
+
+    def _serve(self, conn: Connection) -> None:
+        """Answer up to PIPELINE_BATCH complete requests from the buffer, parsing each from
+        its offset (re-slicing the buffer per request would cost its length every time)."""
+        out: List[bytes] = []
+        close = more = False
+        buf, pos = conn.buf, conn.pos
+        for _ in range(PIPELINE_BATCH):
+            if pos >= len(buf):
+                break
+            try:
+                request, end = self.parser.parse(buf, pos)
+            except HTTPError as err:
+                self._count(OTHER_PATH_LABEL, err.status)
+                out.append(self._wire(build_error_response(err, is_head_request(buf, pos))))
+                close, conn.linger, pos = True, True, len(buf)
+                break
+            if request is None:
+                break
+            pos = end
+            conn.linger = conn.linger or request.body_pending > 0  # the body is drained, unread
+            reply = self.respond(request)
+            if not isinstance(reply, PreparedResponse):
+                conn.consumed(pos)
+                self._defer(conn, reply, out)
+                return
+            self._count(request.path, reply.status)
+            out.append(self._wire(reply))
+            if reply.close:
+                close = True
+                break
+        else:
+            more = pos < len(buf)
+        conn.consumed(pos)
+        if out:
+            if not close:  # a request answered: this connection goes last in eviction order
+                del self.conns[conn.fd]
+                self.conns[conn.fd] = conn
+            self._send(conn, b"".join(out) if len(out) > 1 else out[0], close)
+        self._after_serve(conn, more)
+
+    def _after_serve(self, conn: Connection, more: bool) -> None:
+        if self.conns.get(conn.fd) is not conn or conn.writing or conn.phase == LINGERING:
+            return  # closed, or the writer resumes us when the output is gone
+        if more:  # fairness: finish this pipeline later, reading nothing more meanwhile
+            self._watch(conn, read=False)
+            self._loop.call_soon(self._resume, conn)  # type: ignore[union-attr]
+        else:
+            self._watch(conn, read=True)
+
+    def _resume(self, conn: Connection) -> None:
+        if self.conns.get(conn.fd) is conn and not conn.writing and conn.waiting is None:
+            self._serve(conn)
+
+    def _count(self, path: str, status: int) -> None:
+        self.stats.count(path, status)
+
+    def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
+               earlier: List[bytes]) -> None:
+        """A reply that comes later (a long poll such as /wait-for-drain). Replies to earlier
+        pipelined requests go first; the socket stays watched so a caller that hangs up
+        cancels the wait instead of holding it (and probed's shutdown) open."""
+        conn.waiting = future
+        conn.deadline = float("inf")  # the future bounds its own wait
+        if earlier:
+            self._send(conn, b"".join(earlier), False)
+        if self.conns.get(conn.fd) is conn and not conn.writing:
+            self._watch(conn, read=True)
+        future.add_done_callback(lambda done: self._deferred_ready(conn, done))
+
+    def _deferred_ready(self, conn: Connection, future: "asyncio.Future[PreparedResponse]") -> None:
+        if self.conns.get(conn.fd) is not conn:
+            return  # closed while waiting
+        conn.waiting = None
+        if future.cancelled() or future.exception() is not None:
+            self._close(conn)
+            return
+        reply = future.result()
+        self._send(conn, self._wire(reply), reply.close)
+        if self.conns.get(conn.fd) is conn and not conn.writing and conn.phase != LINGERING:
+            self._serve_or_listen(conn)
+
+    def _wire(self, reply: PreparedResponse) -> bytes:
+        return reply.wire(self._dates.at(time.time()))
+
+    # --- write and close -----------------------------------------------------------------------
+
+    def _send(self, conn: Connection, data: bytes, close: bool) -> None:
+        if conn.out:
+            conn.out += data
+        else:
+            try:
+                sent = conn.sock.send(data, NOWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            conn.out = data[sent:]
+        conn.close_after = conn.close_after or close
+        if conn.out:  # backpressure: read no more until this is sent
+            conn.phase, conn.deadline = WRITING, time.monotonic() + self.write_timeout
+            self._watch(conn, read=False, write=True)
+        elif conn.close_after:
+            self._finish(conn)
+        elif conn.waiting is None:
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
+
+    def _serve_or_listen(self, conn: Connection) -> None:
+        if conn.buf:
+            self._serve(conn)
+        else:
+            self._watch(conn, read=True)
+
+    def _on_writable(self, conn: Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.out, NOWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if conn.out:
+            return
+        self._watch(conn, write=False)
+        if conn.close_after:
+            self._finish(conn)
+        elif conn.waiting is not None:
+            conn.deadline = float("inf")  # still waiting for the deferred reply
+            self._watch(conn, read=True)
+        else:
+            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
+            self._serve_or_listen(conn)
+
+    def _finish(self, conn: Connection) -> None:
+        """Close after the last reply; linger when unread input could turn into an RST."""
+        if not conn.linger and not conn.buf:
+            self._close(conn)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.phase, conn.buf, conn.pos = LINGERING, b"", 0
+        conn.deadline = time.monotonic() + LINGER_SECONDS
+        self._watch(conn, read=True)
+
+    def _release(self, conn: Connection) -> bool:
+        """Forget `conn` (the socket stays open); False if it was already gone."""
+        if self.conns.pop(conn.fd, None) is None:
+            return False
+        if conn.reading or conn.writing:
+            self._watch(conn, read=False, write=False)
+        return True
+
+    def _close(self, conn: Connection) -> None:
+        if self._release(conn):
+            self.stats.open -= 1
+            conn.sock.close()
+
+    def _sweep(self) -> None:
+        pressure, self._under_pressure = self._under_pressure, False
+        if pressure and self.h2 is not None:
+            self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
+        for conn in expired(list(self.conns.values()), time.monotonic(), pressure):
+            if conn.phase == READING and conn.buf:
+                self._count(OTHER_PATH_LABEL, 408)
+                try:  # a request that started but never finished gets told why
+                    conn.sock.send(self._wire(build_error_response(
+                        HTTPError(408, "request not complete within the read timeout"))), NOWAIT)
+                except OSError:
+                    pass
+            self._close(conn)
+        loop = self._loop
+        assert loop is not None
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/selfmetrics.py: its lines 1-219 are lines 9711-9929 here (file line = module line + 9710)
+# ------------------------------------------------------------------------------
+modules.add('probed/selfmetrics.py', 9711, r'''
+"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
+
+Rendering is pure over the state the daemon already keeps and runs only when /metrics is
+scraped; the only per-poll work is one histogram observation. Must never: touch a backend,
+block, or render series whose label values a client chooses (the server folds request paths).
+"""
+
+import asyncio
+import sys
+import time
+from bisect import bisect_left
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .groups import GROUPS
+from .pod import Pod
+from .server import ServerStats
+
+# Probe polls take from under a millisecond (a local TCP connect) to a check's whole timeout
+# (an inference call, 30 s at most in practice): 1 ms .. 30 s, about 2.5x apart.
+CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                          5.0, 10.0, 30.0)
+# Lag is a histogram, not a last-sample gauge: a scrape every 15 s would show one sample in 30
+# and miss the stall that made a kubelet probe (1 s timeout) fail; the histogram counts them all.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_SAMPLE_INTERVAL = 0.5  # seconds between lag samples: ~30 per 15 s scrape
+
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
+
+
+class Histogram:
+    """Bucket counts (non-cumulative; made cumulative when rendered), sum and count."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        """Count one value; `le` buckets are inclusive, as Prometheus defines them."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+def escape_label_value(value: str) -> str:
+    """A label value as the text format needs it: backslash, double quote and newline escaped."""
+    return value.translate(_LABEL_ESCAPES)
+
+
+def format_sample_value(value: float) -> str:
+    """A sample value: integers without a dot, floats round-trip exact, NaN and +-Inf spelled."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
+                                  and abs(value) < 1e15):
+        return str(int(value))
+    return repr(float(value))
+
+
+class MetricsPage:
+    """Accumulates families; each gets its HELP and TYPE lines once, before its samples."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def family(self, name: str, kind: str, text: str) -> None:
+        """Start a family: HELP and TYPE name it as its samples do (the 0.0.4 text format)."""
+        self.lines.append("# HELP %s %s" % (name, text.translate(_HELP_ESCAPES)))
+        self.lines.append("# TYPE %s %s" % (name, kind))
+
+    def sample(self, name: str, labels: Sequence[Tuple[str, str]], value: float) -> None:
+        """One series line."""
+        shown = ",".join('%s="%s"' % (k, escape_label_value(v)) for k, v in labels)
+        self.lines.append("%s%s %s" % (name, "{%s}" % shown if labels else "",
+                                       format_sample_value(value)))
+
+    def histogram(self, name: str, labels: Sequence[Tuple[str, str]], hist: Histogram) -> None:
+        """The _bucket (cumulative, ending at +Inf), _sum and _count lines of one histogram."""
+        running = 0
+        for bound, count in zip(hist.bounds + (float("inf"),), hist.counts):
+            running += count
+            le = "+Inf" if bound == float("inf") else "%g" % bound
+            self.sample(name + "_bucket", tuple(labels) + (("le", le),), running)
+        self.sample(name + "_sum", labels, hist.sum)
+        self.sample(name + "_count", labels, hist.count)
+
+    def body(self) -> bytes:
+        """The page as bytes, newline-terminated."""
+        return ("\n".join(self.lines) + "\n").encode("utf-8")
+
+
+def render_check_families(page: MetricsPage, pod: Pod,
+                          durations: Dict[str, Histogram]) -> None:
+    """Per-check and per-group families, from the pod's cached state only."""
+    states = list(pod.states.values())
+    page.family("probed_check_up", "gauge",
+                "1 when the check passes now (pending and stale count as 0).")
+    for st in states:
+        page.sample("probed_check_up", (("check", st.check.name), ("kind", st.check.kind)),
+                    1 if st.passing else 0)
+    page.family("probed_check_duration_seconds", "histogram", "Time one poll of the check took.")
+    for st in states:
+        if st.check.name in durations:
+            page.histogram("probed_check_duration_seconds", (("check", st.check.name),),
+                           durations[st.check.name])
+    for name, kind, text, values in (
+            ("probed_check_last_success_timestamp_seconds", "gauge",
+             "Unix time of the check's last passing poll (0: never).",
+             [(st, st.last_success_wall) for st in states]),
+            ("probed_check_transitions_total", "counter",
+             "Changes of the check's state between pending, pass and fail.",
+             [(st, st.transitions) for st in states]),
+            ("probed_check_value", "gauge",
+             "The number the check's last verdict used (queue depth, nodes alive...).",
+             [(st, float(st.obs.value)) for st in states
+              if st.obs is not None and st.obs.value is not None])):
+        page.family(name, kind, text)
+        for st, value in values:
+            page.sample(name, (("check", st.check.name),), value)
+    page.family("probed_check_metric_absent", "gauge", "1 when a metric the check is configured "
+                "to read was absent from a body that parsed (renamed or removed upstream?).")
+    for st in states:
+        absent = st.obs.detail.get("absent") if st.obs is not None and st.obs.detail else None
+        if absent is not None or st.check.kind in ("metric", "progress"):
+            page.sample("probed_check_metric_absent", (("check", st.check.name),),
+                        1 if absent else 0)
+    page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
+    for group in GROUPS:
+        verdict = pod.verdicts.get(group)
+        page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
+    page.family("probed_startup_seconds", "gauge", "Seconds from probed's start, or from the "
+                "backend's last restart, to started; absent until started.")
+    if pod.started_at is not None:
+        page.sample("probed_startup_seconds", (), round(pod.started_at - pod.starting_since, 3))
+
+
+def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
+    """Probe-port counters: requests by path and code, connections open and refused."""
+    page.family("probed_probe_requests_total", "counter", "Requests answered on the probe "
+                "port, by path (unknown paths as \"other\") and status code.")
+    for (path, code), count in sorted(stats.requests.items()):
+        page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
+    for name, kind, text, value in (
+            ("probed_open_connections", "gauge", "Client connections open on the probe port.",
+             stats.open),
+            ("probed_connections_accepted_total", "counter",
+             "Client connections accepted on the probe port.", stats.accepted),
+            ("probed_connections_refused_total", "counter",
+             "Client connections closed at once because --max-connections were open.",
+             stats.refused_at_cap),
+            ("probed_connections_evicted_total", "counter",
+             "Open connections closed at --max-connections to let a new one in (the one "
+             "longest without a request answered).", stats.evicted_at_cap)):
+        page.family(name, kind, text)
+        page.sample(name, (), value)
+
+
+def render_metrics(pod: Pod, stats: ServerStats, durations: Dict[str, Histogram],
+                   lag: Histogram, build: Tuple[str, str]) -> bytes:
+    """The whole /metrics page; pure over the objects given."""
+    page = MetricsPage()
+    render_check_families(page, pod, durations)
+    render_server_families(page, stats)
+    page.family("probed_event_loop_lag_seconds", "histogram",
+                "How late the event loop ran a timer; probe replies wait this long too.")
+    page.histogram("probed_event_loop_lag_seconds", (), lag)
+    page.family("probed_build_info", "gauge", "probed's version and the Python running it.")
+    page.sample("probed_build_info", (("version", build[0]), ("python", build[1])), 1)
+    return page.body()
+
+
+class SelfMetrics:
+    """Feeds the histograms (polls, loop lag) and renders the page on demand."""
+
+    def __init__(self, pod: Pod, stats: ServerStats) -> None:
+        self.pod = pod
+        self.stats = stats
+        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in pod.states}
+        self.lag = Histogram(LAG_BUCKETS)
+        self.build = (__version__, "%d.%d.%d" % sys.version_info[:3])
+        self._sampler: Optional["asyncio.Task[None]"] = None
+
+    def on_poll(self, name: str, latency: float) -> None:
+        """The scheduler calls this after every poll: O(1)."""
+        hist = self.durations.get(name)
+        if hist is not None:
+            hist.observe(latency)
+
+    def render(self) -> bytes:
+        """The /metrics body now."""
+        return render_metrics(self.pod, self.stats, self.durations, self.lag, self.build)
+
+    def start(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+        """Start the lag sampler (inside the running loop)."""
+        self._sampler = asyncio.get_running_loop().create_task(
+            sample_event_loop_lag(self.lag, interval))
+
+    async def stop(self) -> None:
+        """Stop the lag sampler."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+            self._sampler = None
+
+
+async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+    """Forever: sleep `interval`, observe how much later than asked the loop woke us."""
+    while True:
+        asked = time.monotonic() + interval
+        await asyncio.sleep(interval)
+        # asyncio may run a timer up to one clock tick early: that is no lag.
+        hist.observe(max(0.0, time.monotonic() - asked))
+''')
+
+# ------------------------------------------------------------------------------
+# probed/drain.py: its lines 1-139 are lines 9936-10074 here (file line = module line + 9935)
+# ------------------------------------------------------------------------------
+modules.add('probed/drain.py', 9936, r'''
+"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
+`probed drain --wait DURATION` for an exec preStop hook.
+
+The call fails `ready` at once (reason `draining`), then polls the `inflight` checks every
+half second and returns when the backend has nothing left in flight, or when the timeout
+passes: 200 either way, the body says which, how long it took and what was left. GET,
+because a kubelet preStop `httpGet` can only GET. While a wait is open, a SIGTERM to probed
+does not end it: the daemon keeps serving until every wait has returned.
+"""
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any, List, Sequence, Tuple
+from urllib.parse import quote
+
+from .checks.base import Check
+from .checks.inflight import InflightCheck
+from .client import FetchError, fetch
+from .eventlog import EventLog
+from .httpproto import HTTPError, PreparedResponse, Request, build_response
+from .pod import Pod
+from .scheduler import Scheduler, poll_once
+from .values import format_duration, parse_duration
+
+DRAIN_POLL = 0.5  # seconds between in-flight readings while draining
+DRAIN_DEFAULT_TIMEOUT = 60.0
+DRAIN_MAX_TIMEOUT = 3600.0
+
+
+class DrainWaiter:
+    """Answers /wait-for-drain; `active` counts the waits still open. Its drain is the pod's
+    `prestop` source: POST /undrain ends it (and every open wait, at its next reading), and so
+    does a new backend incarnation."""
+
+    def __init__(self, pod: Pod, control: Scheduler, checks: Sequence[Check],
+                 log: EventLog) -> None:
+        self.pod = pod
+        self.control = control
+        self.log = log
+        self.checks: List[InflightCheck] = [c for c in checks if isinstance(c, InflightCheck)]
+        self.active = 0
+
+    def handle(self, req: Request, head: bool, mode: int) -> "asyncio.Future[PreparedResponse]":
+        """Start one wait; the server sends the reply when the future completes."""
+        timeout = DRAIN_DEFAULT_TIMEOUT
+        for key, value in req.query_pairs():
+            if key != "timeout":
+                raise HTTPError(400, "unknown query parameter %r (expected timeout)" % key)
+            try:
+                timeout = parse_duration(value)
+            except ValueError as exc:
+                raise HTTPError(400, "timeout=%s: %s" % (value, exc)) from None
+            if timeout > DRAIN_MAX_TIMEOUT:
+                raise HTTPError(400, "timeout=%s: at most %s" % (
+                    value, format_duration(DRAIN_MAX_TIMEOUT)))
+        self.active += 1
+        self.control.drain("prestop")
+        self.log.info("draining", timeout=format_duration(timeout), inflight_checks=len(
+            self.checks))
+        return asyncio.ensure_future(self._reply(timeout, head, mode))
+
+    async def _reply(self, timeout: float, head: bool, mode: int) -> PreparedResponse:
+        try:
+            text = await self.wait(timeout)
+        finally:
+            self.active -= 1
+        self.log.info("drain wait returned", result=text)
+        return build_response(200, (text + "\n").encode("utf-8"), head=head, mode=mode)
+
+    async def wait(self, timeout: float) -> str:
+        """Poll in-flight requests until 0 or `timeout`; the sentence the caller gets."""
+        t0 = time.monotonic()
+        if not self.checks:
+            return ("drained at once: no inflight check configured (use --vllm, --sglang, "
+                    "--tgi or --llamacpp, or add an inflight check), so nothing to wait for")
+        left, note = await self.inflight()
+        while left and time.monotonic() - t0 < timeout and "prestop" in self.pod.drains:
+            await asyncio.sleep(min(DRAIN_POLL, max(0.0, timeout - (time.monotonic() - t0))))
+            left, note = await self.inflight()
+        took = format_duration(round(time.monotonic() - t0, 1))
+        if left and "prestop" not in self.pod.drains:
+            return "ended after %s without draining: the drain was undone (POST /undrain) or " \
+                   "the backend restarted; %s" % (took, note)
+        if not left:
+            return "drained after %s: nothing in flight (%s)" % (took, note)
+        return "timed out after %s: %s" % (took, note)
+
+    async def inflight(self) -> Tuple[float, str]:
+        """(requests in flight, how we know); a refused backend has nothing in flight, and
+        an unreadable one counts as not drained."""
+        total, unknown, notes = 0.0, False, []
+        for check in self.checks:
+            obs, _ = await poll_once(check)
+            if obs.ok and obs.value is not None:
+                total += obs.value
+                notes.append("%s: %s" % (check.name, obs.reason))
+            elif obs.refused:
+                notes.append("%s: backend gone (%s)" % (check.name, obs.reason))
+            else:
+                unknown = True
+                notes.append("%s: unknown (%s)" % (check.name, obs.reason))
+        return (max(total, 1.0) if unknown else total), "; ".join(notes)
+
+
+def drain_main(argv: Sequence[str], out: Any = None) -> int:
+    """`probed drain --wait 120s [--admin URL]`: exit 0 once drained or timed out, 1 on an
+    error reply, 2 usage, 3 admin listener unreachable."""
+    parser = argparse.ArgumentParser(
+        prog="probed drain", description="preStop drain: fail ready, then wait until the "
+        "server has no request in flight (GET /wait-for-drain on the admin listener).")
+    parser.add_argument("--wait", default="60s", help="longest wait (default 60s)")
+    parser.add_argument("--admin", default="http://127.0.0.1:9090",
+                        help="admin listener URL (default http://127.0.0.1:9090)")
+    parser.add_argument("--token-file", help="file with the admin token")
+    args = parser.parse_args(list(argv))
+    out = out or sys.stdout
+    try:
+        wait = parse_duration(args.wait)
+    except ValueError as exc:
+        parser.error("--wait %s: %s" % (args.wait, exc))
+    headers = {}
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                headers["Authorization"] = "Bearer " + fh.read().strip()
+        except OSError as exc:
+            parser.error("--token-file %s: %s" % (args.token_file, exc.strerror or exc))
+    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), quote(args.wait))
+    try:
+        resp = asyncio.run(fetch(url, headers=headers, timeout=wait + 10.0))
+    except FetchError as exc:
+        print("probed drain: %s: %s" % (args.admin, exc), file=sys.stderr)
+        return 3
+    except ValueError as exc:
+        parser.error("--admin %s: %s" % (args.admin, exc))
+    print(resp.body.decode("utf-8", "replace").rstrip(), file=out)
+    return 0 if resp.status == 200 else 1
+''')
+
+# ==============================================================================
+# Layer 9 of 10: daemon: settings and presets in, the admin listener and a serving process out
+#   checkspecs.py, presets.py, flags.py, settings.py, admin.py, pushbeat.py, reaper.py, daemon.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/checkspecs.py: its lines 1-226 are lines 10086-10311 here (file line = module line + 10085)
+# ------------------------------------------------------------------------------
+modules.add('probed/checkspecs.py', 10086, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
+
+Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
+value and what was expected, before the daemon starts. Secrets are masked in every rendering.
 """
 
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from .checks import CHECK_KINDS
+from .checks.base import COMMON_PARAMS, Check, CheckResources, CheckSpec, Param
+from .hygiene import REDACTED
+from .values import ConfigError, format_duration, redact_userinfo
+
 RawValue = Union[str, List[str]]
-SECRET_KEYS = ("header",)
+SECRET_KEYS = ("header",)  # values that may hold credentials (also masked in errors below)
 CHECK_QUOTING = ('quote the whole check for the shell; a selector keeps its own quotes: '
                  '--check \'metric url=http://h:8000/metrics '
                  'metric=vllm:num_requests_waiting{model_name="m"} max=8\'')
-MIN_INTERVAL = 0.1
+MIN_INTERVAL = 0.1  # seconds: the floor of every poll interval (a backend is not to be hammered)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
 
 
 def split_check_words(text: str) -> List[str]:
+    """Split a check's text the way a POSIX shell splits words (quotes group and go, a backslash
+    escapes), except inside a selector's braces outside quotes, where everything is kept as
+    typed: `metric=vllm:x{model_name="m"}` keeps its quotes, as users type it. Quoted text
+    follows the shell's rules. ValueError for an open quote or brace."""
     words: List[str] = []
     word: List[str] = []
     quote, depth, escaped, started = "", 0, False, False
@@ -6934,7 +10118,7 @@ def split_check_words(text: str) -> List[str]:
         if escaped:
             word.append(char)
             escaped = False
-        elif depth:
+        elif depth:  # inside {...}: literal, quotes included
             word.append(char)
             depth += {"{": 1, "}": -1}.get(char, 0)
         elif quote:
@@ -6966,9 +10150,10 @@ def split_check_words(text: str) -> List[str]:
 
 
 def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
+    """`http url=... probes=live` -> {"kind": "http", "url": ..., "probes": ...} (raw strings)."""
     try:
         tokens = split_check_words(text)
-    except ValueError as exc:
+    except ValueError as exc:  # the text is not echoed: it may hold a header with a token
         raise ConfigError("%s: %s (check the quoting: %s)" % (origin, exc, CHECK_QUOTING)) \
             from None
     if not tokens:
@@ -6978,7 +10163,7 @@ def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
     for token in tokens[1:]:
         key, eq, value = token.partition("=")
         if not eq or not key:
-            if last_key in SECRET_KEYS:
+            if last_key in SECRET_KEYS:  # `header=X-Api-Key: SECRET` unquoted: never echo it
                 raise ConfigError("%s: a word after %s= is not key=value: quote the whole "
                                   "value, e.g. 'header=X-Api-Key: VALUE'" % (origin, last_key))
             raise ConfigError("%s: %r is not key=value (%s)" % (origin, token, CHECK_QUOTING))
@@ -6994,12 +10179,13 @@ def split_check_text(text: str, origin: str) -> Dict[str, RawValue]:
 
 
 def json_check_to_raw(obj: Any, origin: str) -> Dict[str, RawValue]:
+    """A JSON check object: the same keys as `--check`; numbers, booleans and lists allowed."""
     if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
         raise ConfigError("%s: expected an object with a \"kind\" string" % origin)
     raw: Dict[str, RawValue] = {}
     for key, value in obj.items():
         if key == "from":
-            continue
+            continue  # where --print-config says a check came from: informational
         if isinstance(value, list):
             items = [_json_scalar(v, origin, key) for v in value]
             raw[key] = ",".join(items) if key == "probes" else items
@@ -7033,6 +10219,7 @@ def _parse_value(param: Param, key: str, value: RawValue, where: str) -> Any:
 
 
 def build_spec(raw: Mapping[str, RawValue], origin: str) -> CheckSpec:
+    """Validate one raw check against its kind's keys and the common keys."""
     kind = raw.get("kind")
     cls = CHECK_KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -7093,6 +10280,8 @@ def _spec_from(cls: Any, common: Dict[str, Any], params: Dict[str, Any],
 
 def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str],
                  resources: Optional[CheckResources] = None) -> List[Check]:
+    """Checks from raw specs, all sharing `resources` (one set is made when none is given);
+    names must be unique."""
     shared = resources if resources is not None else CheckResources()
     checks: List[Check] = []
     seen: Dict[str, str] = {}
@@ -7107,6 +10296,7 @@ def build_checks(raws: Sequence[Dict[str, RawValue]], origins: Sequence[str],
 
 
 def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
+    """A check as the JSON object `--config` accepts, secrets replaced by <redacted>."""
     out: Dict[str, Any] = {
         "kind": spec.kind, "name": spec.name, "probes": ",".join(sorted(spec.probes)),
         "interval": format_duration(spec.interval), "timeout": format_duration(spec.timeout),
@@ -7119,614 +10309,55 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
     if spec.origin:
         out["from"] = spec.origin
     return out
-
-
-# ============================================================
-# probed/checkstate.py
-# ============================================================
-"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
-"""
-
-from typing import Any, Mapping, Optional, Tuple
-
-PENDING_REASON = "no result yet"
-
-
-class CheckState:
-
-    __slots__ = ("check", "ok", "reason", "obs", "obs_at", "obs_wall", "latency", "streak",
-                 "streak_ok", "since", "since_wall", "stale", "generation", "transitions",
-                 "last_success_wall", "polls", "passed_at", "reset_at", "doubtful")
-
-    def __init__(self, check: Check, now: float, wall: float) -> None:
-        self.check = check
-        self.ok: Optional[bool] = None
-        self.reason = PENDING_REASON
-        self.obs: Optional[Observation] = None
-        self.obs_at = 0.0
-        self.obs_wall = 0.0
-        self.latency = 0.0
-        self.streak = 0
-        self.streak_ok = False
-        self.since = now
-        self.since_wall = wall
-        self.stale = False
-        self.generation = 0
-        self.transitions = 0
-        self.last_success_wall = 0.0
-        self.polls = 0
-        self.passed_at: Optional[float] = None
-        self.reset_at = now
-        self.doubtful = False
-
-    @property
-    def passing(self) -> bool:
-        return bool(self.ok) and not self.stale and not self.doubtful
-
-    @property
-    def unsure(self) -> bool:
-        return self.stale or self.doubtful
-
-    @property
-    def pending(self) -> bool:
-        return self.ok is None and not self.stale
-
-    @property
-    def shown_reason(self) -> str:
-        if self.stale:
-            return "stale: no result within %s (last: %s)" % (
-                format_duration(self.check.spec.stale_after), self.reason or "ok")
-        return self.reason
-
-    def record(self, obs: Observation, latency: float, now: float, wall: float) -> bool:
-        spec = self.check.spec
-        before = self.state_word()
-        ok, reason = self.check.judge(obs, self.check.config, bool(self.ok))
-        self.obs, self.obs_at, self.obs_wall, self.latency = obs, now, wall, latency
-        self.polls += 1
-        self.generation += 1
-        was_stale, self.stale = self.stale, False
-        if ok:
-            self.last_success_wall = wall
-            self.doubtful = False
-            if self.passed_at is None:
-                self.passed_at = now
-        elif was_stale and self.ok:
-            self.doubtful = True
-        if self.streak and ok == self.streak_ok:
-            self.streak += 1
-        else:
-            self.streak, self.streak_ok = 1, ok
-        if ok:
-            flip = self.ok is not True and self.streak >= spec.pass_after
-        else:
-            flip = self.ok is not False and (
-                self.ok is None or obs.hard or self.streak >= spec.fail_after)
-        if flip:
-            self.ok = ok
-            self.doubtful = False
-        if self.ok == ok or self.doubtful:
-            self.reason = printable(reason, REASON_MAX_CHARS)
-        return self._note_change(before, now, wall)
-
-    def expire(self, now: float, wall: float) -> bool:
-        if self.stale:
-            return False
-        before = self.state_word()
-        self.stale = True
-        return self._note_change(before, now, wall)
-
-    def stale_at(self) -> Optional[float]:
-        if self.obs is None or self.stale:
-            return None
-        return self.obs_at + self.check.spec.stale_after
-
-    def reset(self, now: float, wall: float, reason: str = PENDING_REASON) -> bool:
-        before = self.state_word()
-        self.ok, self.reason, self.obs, self.stale, self.doubtful = None, reason, None, False, False
-        self.streak, self.passed_at, self.reset_at = 0, None, now
-        self.generation += 1
-        return self._note_change(before, now, wall)
-
-    def _note_change(self, word_before: str, now: float, wall: float) -> bool:
-        if self.state_word() == word_before:
-            return False
-        self.since, self.since_wall = now, wall
-        self.transitions += 1
-        return True
-
-    def state_word(self) -> str:
-        if self.pending:
-            return "pending"
-        return "pass" if self.passing else "fail"
-
-    def judged_with(self, overrides: Mapping[str, Any]) -> Tuple[bool, str]:
-        if self.obs is None or self.stale or not overrides:
-            return self.passing, self.shown_reason
-        config = dict(self.check.config)
-        config.update(overrides)
-        return self.check.judge(self.obs, config, bool(self.ok))
-
-
-# ============================================================
-# probed/listeners.py
-# ============================================================
-"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
-"""
-
-import asyncio
-import errno
-import socket
-from typing import Any, Callable, Dict, Optional
-
-ACCEPT_PAUSE = 0.1
-
-
-def bind_listener(host: str, port: int, flag: str) -> socket.socket:
-    where = "%s %s" % (flag, ("[%s]:%d" if ":" in host else "%s:%d") % (host, port))
-    families = [socket.AF_INET6, socket.AF_INET] if not host else [
-        socket.AF_INET6 if ":" in host else socket.AF_INET]
-    last: Optional[OSError] = None
-    for family in families:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and not host:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                break
-    assert last is not None
-    if last.errno == errno.EADDRINUSE:
-        raise ConfigError("%s: port %d is already in use" % (where, port))
-    if last.errno == errno.EACCES:
-        raise ConfigError("%s: permission denied (ports below 1024 need privileges)" % where)
-    raise ConfigError("%s: cannot listen: %s" % (where, last.strerror or last))
-
-
-def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: OSError,
-                    listeners: Dict[int, socket.socket],
-                    on_accept: Callable[[socket.socket], Any]) -> None:
-    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-        return
-    fd = lsock.fileno()
-    loop.remove_reader(fd)
-
-    def resume() -> None:
-        if listeners.get(fd) is lsock:
-            loop.add_reader(fd, on_accept, lsock)
-
-    loop.call_later(ACCEPT_PAUSE, resume)
-
-
-# ============================================================
-# probed/podevents.py
-# ============================================================
-"""What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
-"""
-
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
-
-
-class CheckChanged(NamedTuple):
-    check: str
-    kind: str
-    before: str
-    after: str
-    reason: str
-    streak: int
-    lasted: float
-
-
-class GroupChanged(NamedTuple):
-    group: str
-    ok: bool
-    reason: str
-
-
-class Started(NamedTuple):
-    after: float
-
-
-class Restarted(NamedTuple):
-    why: str
-    old: Incarnation
-    new: Incarnation
-
-
-class IncarnationSeen(NamedTuple):
-    value: Incarnation
-
-
-class Unlatched(NamedTuple):
-    why: str
-
-
-class DrainChanged(NamedTuple):
-    source: str
-    on: bool
-    active: Tuple[str, ...]
-
-
-Event = Union[CheckChanged, GroupChanged, Started, Restarted, IncarnationSeen, Unlatched,
-              DrainChanged]
-
-
-def describe_incarnation(value: Incarnation) -> str:
-    if value is None:
-        return "unknown"
-    if isinstance(value, str):
-        return value
-    return format_timestamp(value, millis=True)
-
-
-def log_line(event: Event) -> Optional[Tuple[str, str, Dict[str, Any]]]:
-    if isinstance(event, CheckChanged):
-        return "info", "check changed", {
-            "check": event.check, "kind": event.kind, "from": event.before, "to": event.after,
-            "reason": event.reason, "consecutive": event.streak,
-            "after": format_duration(round(event.lasted, 3))}
-    if isinstance(event, GroupChanged):
-        fields: Dict[str, Any] = {"group": event.group, "to": "pass" if event.ok else "fail",
-                                  "reason": event.reason}
-        return ("info" if event.ok else "warn"), "group changed", fields
-    if isinstance(event, Started):
-        return "info", "started", {"after": format_duration(round(event.after, 3))}
-    if isinstance(event, Restarted):
-        return "warn", "backend restarted", {
-            "reason": event.why, "old_start": describe_incarnation(event.old),
-            "new_start": describe_incarnation(event.new)}
-    if isinstance(event, IncarnationSeen):
-        return "info", "backend process seen", {"start": describe_incarnation(event.value)}
-    if isinstance(event, Unlatched):
-        return "info", "started unlatched", {"reason": event.why}
-    return "info", "drain %s" % ("set" if event.on else "cleared"), {
-        "source": event.source, "active": ",".join(event.active) or "none"}
-
-
-def group_changes(events: List[Event]) -> List[GroupChanged]:
-    return [e for e in events if isinstance(e, GroupChanged)]
-
-
-# ============================================================
-# probed/pod.py
-# ============================================================
-"""The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
-"""
-
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
-
-class GroupRule(NamedTuple):
-    pending_passes: bool
-    stale_keeps_last: bool
-    before_start: str
-    latches: bool
-    drains: bool
-    includes: Tuple[str, ...]
-
-
-GROUP_RULES: Dict[str, GroupRule] = {
-    "started": GroupRule(pending_passes=False, stale_keeps_last=False, before_start="phase",
-                         latches=True, drains=False, includes=()),
-    "live": GroupRule(pending_passes=True, stale_keeps_last=True, before_start="grace",
-                      latches=False, drains=False, includes=()),
-    "ready": GroupRule(pending_passes=False, stale_keeps_last=False, before_start="wait",
-                       latches=False, drains=True, includes=("live",)),
-}
-
-
-class DrainRule(NamedTuple):
-    reason: str
-    undoable: bool
-    ends_on_restart: bool
-
-
-DRAIN_RULES: Dict[str, DrainRule] = {
-    "shutdown": DrainRule("shutting down", undoable=False, ends_on_restart=False),
-    "prestop": DrainRule("draining", undoable=True, ends_on_restart=True),
-    "admin": DrainRule("draining (admin)", undoable=True, ends_on_restart=False),
-}
-
-PHASES = ("loading", "starting", "warming", "started")
-BACKEND_GROUPS = frozenset(("started", "live"))
-FAST_UNTIL_READY = frozenset(("started", "ready"))
-STARTED_ONLY = frozenset(("started",))
-JITTER = 0.1
-STUCK_FACTOR = 2.0
-RESTART_REASON = "no result since the backend restarted"
-
-Row = Tuple[CheckState, bool, str]
-Overrides = Mapping[str, Mapping[str, object]]
-
-
-class GroupVerdict:
-
-    __slots__ = ("group", "ok", "reason", "checks")
-
-    def __init__(self, group: str, ok: bool, reason: str, checks: List[Row]) -> None:
-        self.group = group
-        self.ok = ok
-        self.reason = reason
-        self.checks = checks
-
-
-def first_failure(rows: Sequence[Row]) -> str:
-    for st, ok, reason in rows:
-        if not ok:
-            return "%s: %s" % (st.check.name, reason)
-    return ""
-
-
-def startup_phase(states: Sequence[CheckState], started: bool) -> str:
-    if started:
-        return "started"
-    if any(st.obs is not None and st.obs.refused and not st.passing for st in states):
-        return "loading"
-    waiting = [st for st in states if not st.passing]
-    if waiting and all(st.check.kind == "inference" for st in waiting):
-        return "warming"
-    return "starting"
-
-
-class Pod:
-
-    def __init__(self, checks: Sequence[Check], now: float, wall: float,
-                 startup_timeout: Optional[float] = None, start_interval: float = 0.5) -> None:
-        self.states: Dict[str, CheckState] = {c.name: CheckState(c, now, wall) for c in checks}
-        self.members: Dict[str, List[CheckState]] = {
-            g: [s for s in self.states.values() if g in s.check.spec.probes] for g in GROUPS}
-        self.startup_timeout = startup_timeout
-        self.start_interval = start_interval
-        self.started = False
-        self.started_at: Optional[float] = None
-        self.starting_since = now
-        self.ready_seen = False
-        self.incarnation: Incarnation = None
-        self.start_time_seen = False
-        self.awaiting_incarnation = False
-        self.phase, self.phase_since, self.phase_since_wall = "starting", now, wall
-        self.drains: Dict[str, float] = {}
-        self.version = 0
-        self.verdicts: Dict[str, GroupVerdict] = {}
-        self._refresh(now, wall, [])
-
-    def observe(self, name: str, obs: Observation, latency: float, polled_at: float,
-                now: float, wall: float) -> List[Event]:
-        st = self.states[name]
-        if polled_at < st.reset_at:
-            return []
-        events: List[Event] = []
-        self._note_incarnation(st, obs, polled_at, now, wall, events)
-        before, since = st.state_word(), st.since
-        if st.record(obs, latency, now, wall):
-            events.append(self._changed(st, before, now - since))
-        self._refresh(now, wall, events)
-        return events
-
-    def tick(self, now: float, wall: float) -> List[Event]:
-        events: List[Event] = []
-        for st in self.states.values():
-            due = st.stale_at()
-            if due is not None and due <= now and not self.dormant(st.check.name):
-                before, since = st.state_word(), st.since
-                if st.expire(now, wall):
-                    events.append(self._changed(st, before, now - since))
-        self._refresh(now, wall, events)
-        return events
-
-    def drain(self, source: str, now: float, wall: float) -> List[Event]:
-        if source in self.drains:
-            return []
-        self.drains[source] = now
-        events: List[Event] = [DrainChanged(source, True, self.active_drains())]
-        self._refresh(now, wall, events)
-        return events
-
-    def undrain(self, source: str, now: float, wall: float) -> List[Event]:
-        if self.drains.pop(source, None) is None:
-            return []
-        events: List[Event] = [DrainChanged(source, False, self.active_drains())]
-        self._refresh(now, wall, events)
-        return events
-
-    def active_drains(self) -> Tuple[str, ...]:
-        return tuple(s for s in DRAIN_RULES if s in self.drains)
-
-    def drain_reason(self) -> str:
-        return " + ".join(DRAIN_RULES[s].reason for s in self.active_drains())
-
-    def member_names(self, group: str) -> List[str]:
-        names = [st.check.name for st in self.members[group]]
-        for other in GROUP_RULES[group].includes:
-            names += [st.check.name for st in self.members[other] if st.check.name not in names]
-        return names
-
-    def dormant(self, name: str) -> bool:
-        return self.started and self.states[name].check.spec.probes == STARTED_ONLY
-
-    def poll_delay(self, name: str, jitter: float) -> Optional[float]:
-        if self.dormant(name):
-            return None
-        spec = self.states[name].check.spec
-        base = spec.interval
-        if not self.ready_seen and spec.probes & FAST_UNTIL_READY:
-            base = min(base, spec.start_interval if spec.start_interval is not None
-                       else self.start_interval)
-        return base * (1.0 + JITTER * jitter)
-
-    def next_deadline(self) -> Optional[float]:
-        times = [st.stale_at() for st in self.states.values() if not self.dormant(st.check.name)]
-        if not self.started and self.startup_timeout is not None:
-            times.append(self.starting_since + self.startup_timeout)
-        due = [t for t in times if t is not None]
-        return min(due) if due else None
-
-    def self_check(self, now: float) -> Tuple[bool, str]:
-        for st in self.states.values():
-            if self.dormant(st.check.name) or not st.check.scheduled:
-                continue
-            last = st.obs_at if st.obs is not None else st.reset_at
-            limit = STUCK_FACTOR * st.check.spec.stale_after
-            if now - last > limit:
-                return False, "poller of %s stuck: no result for %s (limit %s)" % (
-                    st.check.name, format_duration(round(now - last)), format_duration(limit))
-        return True, "ok"
-
-    def verdict(self, group: str, now: float, exclude: Sequence[str] = (),
-                overrides: Optional[Overrides] = None) -> GroupVerdict:
-        rule = GROUP_RULES[group]
-        rows = self._rows(group, exclude, overrides)
-        if not self.started:
-            if rule.before_start == "phase":
-                rows = self._with_phase(rows, now)
-                failure = first_failure(rows)
-                return GroupVerdict(group, not failure, failure or "ok", rows)
-            waiting = first_failure(self._rows("started", exclude, overrides)) or "starting"
-            if rule.before_start == "grace":
-                return self._grace(rows, waiting, now)
-            return GroupVerdict(group, False, "not started: " + waiting, rows)
-        if rule.latches:
-            return GroupVerdict(group, True, "started", rows)
-        seen = {st.check.name for st, _, _ in rows}
-        for other in rule.includes:
-            rows += [r for r in self._rows(other, exclude, overrides)
-                     if r[0].check.name not in seen]
-        if rule.drains and self.drains:
-            return GroupVerdict(group, False, self.drain_reason(), rows)
-        failure = first_failure(rows)
-        return GroupVerdict(group, not failure, failure or "ok", rows)
-
-    def _rows(self, group: str, exclude: Sequence[str],
-              overrides: Optional[Overrides]) -> List[Row]:
-        rule = GROUP_RULES[group]
-        rows: List[Row] = []
-        for st in self.members[group]:
-            if st.check.name in exclude:
-                continue
-            own = overrides.get(st.check.name) if overrides else None
-            ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
-            if st.pending and rule.pending_passes:
-                ok = True
-            elif st.unsure and rule.stale_keeps_last:
-                ok = bool(st.ok)
-            rows.append((st, ok, reason))
-        return rows
-
-    def _with_phase(self, rows: List[Row], now: float) -> List[Row]:
-        since = int(now - self.phase_since)
-        return [(st, ok, reason if ok else "%s for %ds (%s)" % (self.phase, since, reason))
-                for st, ok, reason in rows]
-
-    def _grace(self, rows: List[Row], waiting: str, now: float) -> GroupVerdict:
-        elapsed = now - self.starting_since
-        if self.startup_timeout is not None and elapsed >= self.startup_timeout:
-            return GroupVerdict("live", False, "not started within %s: %s" % (
-                format_duration(self.startup_timeout), waiting), rows)
-        return GroupVerdict("live", True, "starting for %ds" % elapsed, rows)
-
-    def _changed(self, st: CheckState, before: str, lasted: float) -> CheckChanged:
-        return CheckChanged(st.check.name, st.check.kind, before, st.state_word(),
-                            st.shown_reason, st.streak, lasted)
-
-    def _note_incarnation(self, st: CheckState, obs: Observation, polled_at: float,
-                          now: float, wall: float, events: List[Event]) -> None:
-        if obs.incarnation is not None:
-            self.start_time_seen = True
-            old = self.incarnation
-            if old is None:
-                self.incarnation = obs.incarnation
-                if self.awaiting_incarnation:
-                    self.awaiting_incarnation = False
-                    events.append(IncarnationSeen(obs.incarnation))
-            elif obs.incarnation != old:
-                what = "identity" if isinstance(obs.incarnation, str) else "start time"
-                self._restart("process %s changed from %s to %s" % (
-                    what, describe_incarnation(old), describe_incarnation(obs.incarnation)),
-                    obs.incarnation, now, wall, events)
-            return
-        why = ""
-        if obs.restart and not self.start_time_seen:
-            why = obs.restart
-        elif self.started and st.check.spec.probes & BACKEND_GROUPS:
-            if obs.refused and st.passed_at is not None and polled_at >= st.passed_at:
-                why = "%s refused connections after passing" % st.check.name
-            elif obs.loading:
-                why = "%s says the server is loading after it had served" % st.check.name
-        if why:
-            self._restart(why, None, now, wall, events)
-
-    def _restart(self, why: str, new: Incarnation, now: float, wall: float,
-                 events: List[Event]) -> None:
-        events.append(Restarted(why, self.incarnation, new))
-        self.incarnation, self.awaiting_incarnation = new, new is None
-        for st in self.states.values():
-            st.reset(now, wall, RESTART_REASON)
-        self.ready_seen = False
-        self.starting_since = now
-        for source in self.active_drains():
-            if DRAIN_RULES[source].ends_on_restart:
-                del self.drains[source]
-                events.append(DrainChanged(source, False, self.active_drains()))
-        if self.started:
-            self.started, self.started_at = False, None
-            events.append(Unlatched(why))
-
-    def _refresh(self, now: float, wall: float, events: List[Event]) -> None:
-        phase = startup_phase(self.members["started"], self.started)
-        if not self.started and self.verdict("started", now).ok:
-            self.started, self.started_at = True, now
-            events.append(Started(now - self.starting_since))
-            phase = "started"
-            self._forget_loading_results(now, wall)
-        if phase != self.phase:
-            self.phase, self.phase_since, self.phase_since_wall = phase, now, wall
-        previous = self.verdicts
-        self.verdicts = {g: self.verdict(g, now) for g in GROUPS}
-        self.ready_seen = self.ready_seen or self.verdicts["ready"].ok
-        if any(g not in previous or (previous[g].ok, previous[g].reason) != (v.ok, v.reason)
-               for g, v in self.verdicts.items()):
-            self.version += 1
-        for group, verdict in self.verdicts.items():
-            old = previous.get(group)
-            if old is not None and old.ok != verdict.ok:
-                events.append(GroupChanged(group, verdict.ok, verdict.reason))
-
-    def _forget_loading_results(self, now: float, wall: float) -> None:
-        for st in self.members["live"]:
-            if "started" not in st.check.spec.probes and not st.passing:
-                st.reset(now, wall)
-
-
-# ============================================================
-# probed/presets.py
-# ============================================================
+''')
+
+# ------------------------------------------------------------------------------
+# probed/presets.py: its lines 1-381 are lines 10318-10698 here (file line = module line + 10317)
+# ------------------------------------------------------------------------------
+modules.add('probed/presets.py', 10318, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
+
+Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
+here knows how checks run. The mapping to groups: saturation and sleep touch
+`ready` only; death, stalls and failed inferences touch `live`; `started` needs the server
+healthy, the model listed and one successful inference.
 """
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .gpufaults import parse_device_list
+from .values import (
+    ConfigError,
+    parse_bool,
+    parse_count,
+    format_duration,
+    parse_duration,
+    parse_http_url,
+    parse_number,
+    redact_userinfo,
+)
 
 RawCheck = Dict[str, Any]
 
 
 def parse_fraction(text: str) -> float:
+    """A KV-cache share between 0 and 1 (vLLM reports 0.0-1.0, not percent)."""
     value = parse_number(text)
     if not 0 < value <= 1:
         raise ValueError("expected a fraction in (0, 1], e.g. 0.95")
     return value
 
 
+# API paths people copy along with a base URL (the OpenAI base URL ends in /v1): a preset adds
+# these itself, so `--vllm http://h:8000/v1` would poll /v1/health and /v1/v1/models.
 KNOWN_API_SUFFIXES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1", "/health",
                       "/metrics", "/generate")
 BASE_URL_FLAGS = ("vllm", "tgi", "sglang", "llamacpp", "ray", "ray_agent")
 
 
 def parse_base_url(text: str) -> str:
+    """A server base URL (scheme, host, port, and a path prefix when the server sits behind
+    one), without a trailing slash or a known API path (see preset_notes)."""
     url = parse_http_url(text).rstrip("/")
     scheme, _, rest = url.partition("://")
     host, slash, path = rest.partition("/")
@@ -7739,6 +10370,7 @@ def parse_base_url(text: str) -> str:
 
 
 def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]:
+    """One line per base URL the presets changed from what the user gave (logged at start)."""
     notes = []
     for name in BASE_URL_FLAGS:
         text = given.get(name)
@@ -7750,10 +10382,12 @@ def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]
 
 
 def parse_gpu_option(text: str) -> str:
+    """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
     parse_device_list(text)
     return text.strip()
 
 
+# (flag, parser, default, help): read like every serve flag (flag, env, config file).
 PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--vllm", parse_base_url, None, "vLLM server base URL: health, model, sleep, queue, "
                                      "KV cache, progress and inference checks"),
@@ -7792,13 +10426,17 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
      "listed GPUs (0,1 or GPU-8f3e...): faults a restart fixes fail live (with a --vllm, "
      "--sglang, --tgi or --vllm-endpoint server), the others ready"),
 ]
+# Servers whose restarts probed sees (a new process start time, or the port refused while the
+# model loads): only with one of them can live fail on a fault a restart fixes, since only then
+# does probed know when that restart happened and stop failing.
 GPU_RESTART_VISIBLE = ("vllm", "sglang", "tgi", "vllm_endpoint")
 
 
-Names = Tuple[str, ...]
+Names = Tuple[str, ...]  # metric names, fallbacks in order: the first present wins
 
 
 class BackendFlavour:
+    """What differs between servers: metric names and which signals exist."""
 
     def __init__(self, name: str, queue: Names, running: Names, counter: Names,
                  kv_cache: Names = (), hard_status: str = "", models: bool = True,
@@ -7814,16 +10452,20 @@ class BackendFlavour:
         self.models = models
         self.inference_api = inference_api
         self.sleep = sleep
-        self.process = process
-        self.key_envs = key_envs
+        self.process = process  # tells its process apart (start time gauge or identity header)
+        self.key_envs = key_envs  # where the server's API key is found when no file is given
         self.health_timeout = health_timeout
 
 
 OPENAI_KEY_ENVS = ("OPENAI_API_KEY",)
+# The API server answers slowly while it is busy (a real vLLM on 2 CPU cores took 1-3 s for
+# /metrics and /v1/models during a burst): a slow reply is no news about the model, sleep,
+# queue or progress. /health keeps the 1 s default: its fail-after 3 absorbs slow replies.
 PRESET_API_TIMEOUT = "5s"
 
 
 def sglang_names(suffix: str) -> Names:
+    """SGLang exports `sglang:` names, and `sglang_` ones behind its router: both, colon first."""
     return ("sglang:" + suffix, "sglang_" + suffix)
 
 
@@ -7833,12 +10475,20 @@ FLAVOURS = {
                            ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
                            hard_status="503", sleep=True,
                            key_envs=("VLLM_API_KEY",) + OPENAI_KEY_ENVS),
+    # TGI: the port opens only when warm; /health 503 means unhealthy; counters lack _total.
     "tgi": BackendFlavour("tgi", ("tgi_queue_size",), ("tgi_batch_current_size",), (),
                           models=False, inference_api="tgi", process=False),
+    # SGLang: /health is 503 while starting, so it is not hard evidence of death; it runs a
+    # 1-token generation with a 20 s internal timeout, so its poll gets longer than that.
     "sglang": BackendFlavour("sglang", sglang_names("num_queue_reqs"),
                              sglang_names("num_running_reqs"),
                              sglang_names("generation_tokens_total"), sglang_names("token_usage"),
                              key_envs=OPENAI_KEY_ENVS, health_timeout="25s"),
+    # llama.cpp: /health 503 "Loading model" means not started yet, never dead. Its
+    # tokens_predicted_total rises only when a request finishes (one long generation looks
+    # flat); n_decode_total rises every decode step. --api-key covers /metrics too. Its idle
+    # sleep (--sleep-idle-seconds) is the only sleep it has and wakes on the next request, so
+    # it needs no awake check: such a pod stays ready.
     "llamacpp": BackendFlavour("llamacpp", ("llamacpp:requests_deferred",),
                                ("llamacpp:requests_processing",),
                                ("llamacpp:n_decode_total", "llamacpp:tokens_predicted_total"),
@@ -7847,20 +10497,25 @@ FLAVOURS = {
 
 
 def listed(names: Names) -> Any:
+    """One name as a string, fallbacks as a list (what --print-config then shows)."""
     return names[0] if len(names) == 1 else list(names)
 
 
 def server_key(flavour: BackendFlavour, opts: Mapping[str, Any]) -> Dict[str, str]:
+    """The API key source every check but /health sends: --api-key-file, else the variables."""
     if opts.get("api_key_file"):
         return {"token-file": opts["api_key_file"]}
     return {"token-env": ",".join(flavour.key_envs)} if flavour.key_envs else {}
 
 
 def scraping(token: Dict[str, str]) -> Dict[str, str]:
+    """The keys of a check that reads the API (/metrics, /v1/models, /is_paused): the API key
+    and a timeout that fits a busy server."""
     return dict(token, timeout=PRESET_API_TIMEOUT)
 
 
 def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    """The named checks one backend flag expands into."""
     n = flavour.name
     token = server_key(flavour, opts)
     scrape = scraping(token)
@@ -7901,6 +10556,8 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
 
 def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str],
                    dev_mode: bool) -> RawCheck:
+    """Requests in flight for the preStop drain; a sleeping or paused vLLM engine holds
+    requests /metrics does not count, so there the count is unknown (the drain waits)."""
     check: RawCheck = dict(kind="inflight", name=flavour.name + "-inflight",
                            url=base + "/metrics", metric=list(flavour.running + flavour.queue),
                            probes="", **token)
@@ -7913,6 +10570,7 @@ def inflight_check(flavour: BackendFlavour, base: str, token: Dict[str, str],
 
 def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],
                     token: Dict[str, str]) -> RawCheck:
+    """One synthetic inference: part of `started`, and of `live` with --inference-every."""
     every = opts.get("inference_every")
     check: RawCheck = dict(kind="inference", name=flavour.name + "-inference",
                            timeout=format_duration(opts.get("inference_timeout") or 30.0),
@@ -7932,6 +10590,10 @@ def inference_check(flavour: BackendFlavour, base: str, opts: Mapping[str, Any],
 
 
 def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[RawCheck]:
+    """--vllm-endpoint: the Multi Node Prober's /healthz, /readyz (vLLM /health) and /startupz
+    (a chat completion), with its 100 s inference timeout unless --inference-timeout is given."""
+    # Go's prober GETs endpoint + "/health": a base URL works there, and its README's /health
+    # URL (which never worked in Go) is taken as given.
     trimmed = health_url.rstrip("/")
     base = trimmed[:-len("/health")] if trimmed.endswith("/health") else trimmed
     return [
@@ -7943,11 +10605,14 @@ def multinode_prober_checks(health_url: str, opts: Mapping[str, Any]) -> List[Ra
 
 
 def worker_ranks_check(ranks: int, window: float) -> RawCheck:
+    """--worker-ranks N: the leader of a multi-node vLLM without Ray is ready only while all N
+    worker ranks beat (pushed to its admin listener by each worker's `--beat-to`)."""
     return dict(kind="heartbeat", name="ranks", expect=str(ranks),
                 window=format_duration(window), probes="ready")
 
 
 def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
+    """The LLM Healthchecker's environment: one metric against a threshold on /health."""
     url = env.get("METRICS_ENDPOINT")
     metric = env.get("METRIC_TO_CHECK")
     if not url and not metric:
@@ -7972,6 +10637,7 @@ def healthchecker_checks(env: Mapping[str, str]) -> List[RawCheck]:
 
 
 def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple[RawCheck, str]]:
+    """Every check the preset flags and compatibility variables ask for, with its origin."""
     out: List[Tuple[RawCheck, str]] = []
     for name, flavour in FLAVOURS.items():
         base = opts.get(name)
@@ -7996,6 +10662,8 @@ def preset_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[Tuple
 
 
 def gpu_checks(opts: Mapping[str, Any]) -> List[RawCheck]:
+    """--gpu: gpu-live (faults a restart fixes) and gpu-ready (every fault) sharing one NVML
+    reader; without a server whose restarts probed sees, gpu-ready alone, on node-level faults."""
     devices = opts.get("gpu")
     if not devices:
         return []
@@ -8007,6 +10675,8 @@ def gpu_checks(opts: Mapping[str, Any]) -> List[RawCheck]:
 
 
 def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck]:
+    """--ray: the cluster check in ready/started; with --ray-grace, the same check in live
+    with enough fail-after to cover the grace (a lost worker then recreates the group)."""
     url = opts.get("ray")
     if not url:
         return []
@@ -8026,13 +10696,17 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
                            interval=format_duration(interval),
                            **{"fail-after": str(int(grace // interval) + 1)}))
     return checks
+''')
 
-
-# ============================================================
-# probed/flags.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/flags.py: its lines 1-289 are lines 10705-10993 here (file line = module line + 10704)
+# ------------------------------------------------------------------------------
+modules.add('probed/flags.py', 10705, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
+
+Every flag is a row of one table (flag, parser, default, metavar, help), so --help, the
+environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` never disagree.
 """
 
 import argparse
@@ -8040,11 +10714,29 @@ import difflib
 import textwrap
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-ADMIN_DEFAULT_HOST = "127.0.0.1"
-MIN_TIMER = 0.1
+from . import __version__
+from .checks import CHECK_KINDS
+from .checks.http import HTTP_COMMON_PARAMS
+from .checkspecs import CHECK_QUOTING, MIN_INTERVAL
+from .eventlog import LOG_FORMATS
+from .presets import PRESET_OPTIONS
+from .beatregistry import parse_beat_name
+from .groups import GROUPS
+from .values import (
+    ConfigError,
+    format_duration,
+    parse_duration,
+    parse_host_port,
+    parse_http_url,
+    parse_positive_count,
+)
+
+ADMIN_DEFAULT_HOST = "127.0.0.1"  # `--admin-addr :9090` listens on loopback only
+MIN_TIMER = 0.1  # seconds: the floor of the read, write and idle timeouts
 
 
 class Option(NamedTuple):
+    """One daemon flag: how its value is parsed, its default, what it is, what it does."""
     flag: str
     parse: Callable[[str], Any]
     default: Any
@@ -8053,6 +10745,7 @@ class Option(NamedTuple):
 
 
 def parse_port(text: str) -> int:
+    """A TCP port, 1-65535."""
     value = parse_positive_count(text)
     if value > 65535:
         raise ValueError("expected a port between 1 and 65535")
@@ -8060,6 +10753,7 @@ def parse_port(text: str) -> int:
 
 
 def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
+    """`:9090` -> ("127.0.0.1", 9090); `0.0.0.0:9090` as given; `off` or empty -> None."""
     if text.strip().lower() in ("", "off", "none"):
         return None
     host, port = parse_host_port(text, ADMIN_DEFAULT_HOST)
@@ -8069,22 +10763,26 @@ def parse_admin_addr(text: str) -> Optional[Tuple[str, int]]:
 
 
 def parse_admin_url(text: str) -> str:
+    """An admin listener's base URL: http://host:9090 (no path)."""
     return parse_http_url(text).rstrip("/")
 
 
 def parse_group(text: str) -> str:
+    """live, ready or started."""
     if text not in GROUPS:
         raise ValueError("expected live, ready or started")
     return text
 
 
 def parse_log_format(text: str) -> str:
+    """text or json."""
     if text not in LOG_FORMATS:
         raise ValueError("expected text or json")
     return text
 
 
 def parse_interval(text: str) -> float:
+    """A poll interval: a duration of at least MIN_INTERVAL."""
     value = parse_duration(text)
     if value < MIN_INTERVAL:
         raise ValueError("expected at least %s (a shorter interval hammers the backend)"
@@ -8093,6 +10791,7 @@ def parse_interval(text: str) -> float:
 
 
 def parse_timer(text: str) -> float:
+    """A connection timeout: a duration of at least MIN_TIMER."""
     value = parse_duration(text)
     if value < MIN_TIMER:
         raise ValueError("expected at least %s" % format_duration(MIN_TIMER))
@@ -8100,14 +10799,17 @@ def parse_timer(text: str) -> float:
 
 
 def parse_optional_duration(text: str) -> Optional[float]:
+    """A duration, or off (0, off, none): no limit."""
     return None if text.strip().lower() in ("", "0", "off", "none") else parse_duration(text)
 
 
 def parse_optional_interval(text: str) -> Optional[float]:
+    """An interval, or off: each check keeps its own."""
     return None if text.strip().lower() in ("", "0", "off", "none") else parse_interval(text)
 
 
 def parse_exit_rule(text: str) -> Dict[str, int]:
+    """`live=75` or `live=75,gpu-live=76`: which failures end probed with which exit code."""
     rules: Dict[str, int] = {}
     for part in text.split(","):
         name, eq, code = part.strip().partition("=")
@@ -8175,19 +10877,22 @@ SERVE_OPTIONS: List[Option] = DAEMON_OPTIONS + [
     Option(flag, parse, default, PRESET_METAVARS.get(flag, "VALUE"), text)
     for flag, parse, default, text in PRESET_OPTIONS]
 PRESET_FLAGS = frozenset(flag for flag, _, _, _ in PRESET_OPTIONS)
-SWITCHES = ("--print-config", "--allow-no-checks", "--version", "--help")
+SWITCHES = ("--print-config", "--allow-no-checks", "--version", "--help")  # take no value
 VALUE_FLAGS = frozenset([o.flag for o in SERVE_OPTIONS] + ["--check", "--config"])
 
 
 def dest(flag: str) -> str:
+    """`--read-timeout` -> `read_timeout` (the Settings field and argparse dest)."""
     return flag.lstrip("-").replace("-", "_")
 
 
 def env_name(flag: str) -> str:
+    """`--read-timeout` -> `PROBED_READ_TIMEOUT`."""
     return "PROBED_" + dest(flag).upper()
 
 
 def show_default(value: Any) -> str:
+    """A default as --help and --print-config show it."""
     if isinstance(value, tuple):
         return "%s:%d" % value
     if isinstance(value, float):
@@ -8196,6 +10901,9 @@ def show_default(value: Any) -> str:
 
 
 def normalize_argv(argv: Sequence[str]) -> List[str]:
+    """Go's flag package spellings too (`-addr=:8080`, `-addr :8080`, `--addr=:8080`), so the
+    container args of a working Multi Node Prober deployment work unchanged; an unknown flag is
+    one line with a did-you-mean."""
     known = VALUE_FLAGS | set(SWITCHES)
     out: List[str] = []
     expect_value = False
@@ -8217,18 +10925,22 @@ def normalize_argv(argv: Sequence[str]) -> List[str]:
 
 
 def unknown_flag(given: str, known: Iterable[str]) -> str:
+    """`unknown flag --vlm (did you mean --vllm?)`, one line."""
     close = difflib.get_close_matches("--" + given.lstrip("-"), sorted(known), n=1, cutoff=0.6)
     hint = " (did you mean %s?)" % close[0] if close else ""
     return "unknown flag %s%s; probed --help lists them" % (given, hint)
 
 
 class FlagParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one ConfigError line (exit 2), not 14 lines of usage."""
 
     def error(self, message: str) -> Any:
         raise ConfigError(message)
 
 
 def epilog() -> str:
+    """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
+    subcommands (a one-file user has no README)."""
     lines = []
     for kind in sorted(CHECK_KINDS):
         own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
@@ -8262,6 +10974,7 @@ subcommands (each has --help):
 
 
 def build_serve_parser() -> FlagParser:
+    """The `probed [serve]` argument parser (defaults are applied after parsing)."""
     parser = FlagParser(
         prog="probed", description="Kubernetes probes for LLM inference servers, answered "
         "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
@@ -8278,1351 +10991,39 @@ def build_serve_parser() -> FlagParser:
         shown = "" if option.default is None else " (default: %s)" % show_default(option.default)
         parser.add_argument(option.flag, metavar=option.metavar, help=option.help + shown)
     return parser
-
-
-# ============================================================
-# probed/pushbeat.py
-# ============================================================
-"""`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
-"""
-
-import asyncio
-from typing import Dict, Optional
-
-BEAT_TIMEOUT = 2.0
-BEAT_MAX_REPLY = 64 * 1024
-
-
-async def push_beat(base_url: str, name: str, token_file: Optional[str], timeout: float,
-                    remove: bool = False) -> str:
-    headers: Dict[str, str] = {}
-    try:
-        token = read_bearer_token(token_file) if token_file else None
-    except ValueError as exc:
-        raise OSError(str(exc)) from None
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    resp = await fetch(base_url + "/heartbeat/" + name, method="DELETE" if remove else "POST",
-                       headers=headers, timeout=timeout, max_body=BEAT_MAX_REPLY)
-    text = resp.body.decode("utf-8", "replace").strip()
-    if not 200 <= resp.status < 300:
-        raise RuntimeError("%s: HTTP %d%s" % (base_url, resp.status,
-                                              ": " + text.splitlines()[0] if text else ""))
-    return text
-
-
-class BeatPusher:
-
-    def __init__(self, url: str, name: str, every: float, token_file: Optional[str], group: str,
-                 pod: Pod, log: EventLog) -> None:
-        self.url, self.name, self.every, self.token_file = url, name, every, token_file
-        self.group, self.pod, self.log = group, pod, log
-        self.state = ""
-        self._task: Optional["asyncio.Task[None]"] = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self.once()
-            await asyncio.sleep(self.every)
-
-    async def once(self) -> None:
-        verdict = self.pod.verdicts[self.group]
-        if not verdict.ok:
-            self._note("held", "heartbeat held", reason="%s fails: %s" % (
-                self.group, verdict.reason))
-            return
-        try:
-            await push_beat(self.url, self.name, self.token_file, BEAT_TIMEOUT)
-        except Exception as exc:
-            self._note("failed", "heartbeat not delivered", error=str(exc))
-            return
-        self._note("beating", "heartbeat delivered")
-
-    def _note(self, state: str, msg: str, **fields: object) -> None:
-        if state != self.state:
-            self.state = state
-            emit = self.log.info if state == "beating" else self.log.warn
-            emit(msg, to=self.url, name=self.name, **fields)
-
-
-# ============================================================
-# probed/beat.py
-# ============================================================
-"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
-"""
-
-import argparse
-import asyncio
-import os
-import sys
-from typing import Dict, Optional, Sequence
-
-BEAT_EXIT_OK, BEAT_EXIT_FAILED, BEAT_EXIT_USAGE = 0, 1, 2
-BEAT_DEFAULT_TIMEOUT = 2.0
-BEAT_ENV_DIR = "PROBED_BEAT_DIR"
-BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
-BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"
-
-
-def _beat_name(text: str) -> str:
-    try:
-        return parse_beat_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("%r: %s" % (text, exc)) from None
-
-
-def _beat_timeout(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
-    return value
-
-
-def admin_base_url(text: str) -> str:
-    value = text.strip().rstrip("/")
-    if "://" not in value:
-        value = "http://" + ("127.0.0.1" + value if value.startswith(":") else value)
-    return value
-
-
-def build_beat_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="probed beat", description="Send one worker heartbeat: touch DIR/NAME, or POST "
-        "/heartbeat/NAME to probed's admin listener. Exit 0 done, 1 failed, 2 usage error.")
-    parser.add_argument("name", type=_beat_name, help="worker name: letters, digits, . _ -")
-    parser.add_argument("--dir", help="touch DIR/NAME (env %s)" % BEAT_ENV_DIR)
-    parser.add_argument("--admin", metavar="URL", help="POST to the admin listener, e.g. :9090 "
-                        "or http://127.0.0.1:9090 (env %s)" % BEAT_ENV_ADMIN)
-    parser.add_argument("--admin-token-file", metavar="FILE",
-                        help="Bearer token for the admin listener (env %s)" % BEAT_ENV_TOKEN_FILE)
-    parser.add_argument("--timeout", type=_beat_timeout, default=BEAT_DEFAULT_TIMEOUT,
-                        metavar="DURATION", help="deadline of an admin call (default 2s)")
-    parser.add_argument("--remove", action="store_true",
-                        help="the worker leaves: delete its file, or DELETE its name")
-    return parser
-
-
-def touch_beat(directory: str, name: str, remove: bool = False) -> None:
-    if not os.path.isdir(directory):
-        raise OSError("%s: no such directory (is the shared volume mounted?)" % directory)
-    path = os.path.join(directory, name)
-    if remove:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
-        return
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
-    os.utime(path, None)
-
-
-def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
-    environ = dict(os.environ) if env is None else env
-    parser = build_beat_parser()
-    args = parser.parse_args(list(argv))
-    directory = args.dir or ("" if args.admin else environ.get(BEAT_ENV_DIR, ""))
-    admin = args.admin or ("" if args.dir else environ.get(BEAT_ENV_ADMIN, ""))
-    if bool(directory) == bool(admin):
-        print("probed beat: error: give exactly one of --dir DIR (env %s) or --admin URL "
-              "(env %s)" % (BEAT_ENV_DIR, BEAT_ENV_ADMIN), file=sys.stderr)
-        return BEAT_EXIT_USAGE
-    try:
-        if directory:
-            touch_beat(directory, args.name, args.remove)
-        else:
-            token_file = args.admin_token_file or environ.get(BEAT_ENV_TOKEN_FILE)
-            asyncio.run(push_beat(admin_base_url(admin), args.name, token_file, args.timeout,
-                                  args.remove))
-    except ValueError as exc:
-        print("probed beat: error: %s" % exc, file=sys.stderr)
-        return BEAT_EXIT_USAGE
-    except (OSError, FetchError, RuntimeError) as exc:
-        print("probed beat: %s" % exc, file=sys.stderr)
-        return BEAT_EXIT_FAILED
-    return BEAT_EXIT_OK
-
-
-# ============================================================
-# probed/render.py
-# ============================================================
-"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
-"""
-
-import json
-from typing import Any, Dict, List, Optional, Sequence
-
-
-def render_plain(verdict: GroupVerdict) -> bytes:
-    if verdict.ok:
-        return b"ok\n"
-    return ("%s failed: %s\n" % (GROUP_PATHS[verdict.group], verdict.reason)).encode("utf-8")
-
-
-def render_verbose(verdict: GroupVerdict, excluded: Sequence[str] = ()) -> bytes:
-    lines: List[str] = []
-    for st, ok, reason in verdict.checks:
-        if ok:
-            lines.append("[+]%s ok%s" % (st.check.name, ": " + reason if reason else ""))
-        else:
-            lines.append("[-]%s failed: %s" % (st.check.name, reason))
-    for name in excluded:
-        lines.append("[+]%s excluded: ok" % name)
-    path = GROUP_PATHS[verdict.group]
-    if verdict.ok:
-        note = "" if not verdict.checks or verdict.reason in ("ok", "started") else (
-            " (%s)" % verdict.reason)
-        lines.append("%s check passed%s" % (path, note))
-    else:
-        lines.append("%s check failed: %s" % (path, verdict.reason))
-    return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def check_json(st: CheckState, ok: bool, reason: str, now: float) -> Dict[str, Any]:
-    obs = st.obs
-    row: Dict[str, Any] = {
-        "name": st.check.name,
-        "kind": st.check.kind,
-        "status": st.state_word() if ok == st.passing else ("pass" if ok else "fail"),
-        "reason": reason,
-        "value": obs.value if obs is not None else None,
-        "latency_seconds": round(st.latency, 6) if obs is not None else None,
-        "age_seconds": round(now - st.obs_at, 3) if obs is not None else None,
-        "consecutive": st.streak,
-        "since": format_timestamp(st.since_wall) if st.since_wall else None,
-        "polls": st.polls,
-    }
-    if obs is not None and obs.detail:
-        row["detail"] = obs.detail
-    return row
-
-
-def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any]] = None,
-                excluded: Sequence[str] = ()) -> bytes:
-    doc: Dict[str, Any] = {
-        "group": verdict.group,
-        "status": "pass" if verdict.ok else "fail",
-        "reason": verdict.reason,
-    }
-    if extra:
-        doc.update(extra)
-    doc["checks"] = [check_json(st, ok, reason, now) for st, ok, reason in verdict.checks]
-    if excluded:
-        doc["excluded"] = list(excluded)
-    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
-
-
-# ============================================================
-# probed/router.py
-# ============================================================
-"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
-"""
-
-import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
-
-JSON_TYPE = "application/json"
-METRICS_CACHE_SECONDS = 0.005
-PROBE_METHODS = "GET, HEAD"
-SELF_PATH = "/probed/livez"
-SHOWN_PATH_CHARS = 100
-
-Bodies = Optional[Tuple[bytes, bytes]]
-Route = Tuple[str, Bodies, int]
-
-GROUP_ROUTES: Dict[str, Route] = {
-    "/livez": ("live", None, 503),
-    "/readyz": ("ready", None, 503),
-    "/startupz": ("started", None, 503),
-    "/healthz": ("live", None, 503),
-    "/health": ("ready", (b"Healthy", b"Unhealthy"), 503),
-    "/ready": ("ready", (b"OK", b"Not Ready"), 503),
-}
-
-MULTINODE_PROBER_ROUTES: Dict[str, Route] = {
-    "/healthz": ("live", (b"Liveness check passed\n", b"Liveness check failed\n"), 500),
-    "/readyz": ("ready", (b"Readiness check passed\n", b"Readiness check failed\n"), 503),
-    "/startupz": ("started", (b"Startup check passed\n", b"Startup check failed\n"), 500),
-}
-
-
-class GroupQuery:
-
-    __slots__ = ("verbose", "json", "exclude", "overrides")
-
-    def __init__(self) -> None:
-        self.verbose = False
-        self.json = False
-        self.exclude: List[str] = []
-        self.overrides: Dict[str, Dict[str, Any]] = {}
-
-
-class Router:
-
-    def __init__(self, pod: Pod, metrics: Optional[Callable[[], bytes]] = None,
-                 routes: Optional[Dict[str, Route]] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.pod = pod
-        self.clock = clock
-        self.metrics = metrics
-        self.routes = dict(GROUP_ROUTES, **(routes or {}))
-        self._metrics_cache: Optional[Tuple[float, bytes]] = None
-        self._cache: Dict[Tuple[str, bool, int], PreparedResponse] = {}
-        self._cache_version = -1
-        self.check_routes = check_routes(pod)
-
-
-
-    def respond(self, req: Request) -> PreparedResponse:
-        head = req.method == "HEAD"
-        try:
-            if req.method not in ("GET", "HEAD"):
-                self._known_path_or_404(req.path)
-                raise HTTPError(405, "method %s not allowed" % req.method, allow=PROBE_METHODS)
-            mode = connection_mode(req)
-            if not req.query and JSON_TYPE not in req.headers.get("accept", ""):
-                key = (req.path, head, mode)
-                if self._cache_version == self.pod.version:
-                    cached = self._cache.get(key)
-                    if cached is not None:
-                        return cached
-                else:
-                    self._cache.clear()
-                    self._cache_version = self.pod.version
-                reply = self._route(req, head, mode)
-                if req.path in self.routes and reply.status in (200, 500, 503):
-                    self._cache[key] = reply
-                return reply
-            return self._route(req, head, mode)
-        except HTTPError as err:
-            return build_error_response(err, head)
-
-    def _known_path_or_404(self, path: str) -> None:
-        if path in self.routes or path in self.check_routes or path in ("/", "/metrics",
-                                                                         SELF_PATH):
-            return
-        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
-
-    def _route(self, req: Request, head: bool, mode: int) -> PreparedResponse:
-        path = req.path
-        route = self.routes.get(path)
-        if route is not None:
-            return self._group_reply(req, route, head, mode)
-        single = self.check_routes.get(path)
-        if single is not None:
-            return self._check_reply(req, single[0], single[1], head, mode)
-        if path == "/":
-            return build_response(200, self.index().encode("utf-8"), head=head, mode=mode)
-        if path == "/metrics" and self.metrics is not None:
-            return build_response(200, self.metrics_body(), "text/plain; version=0.0.4; "
-                                  "charset=utf-8", head=head, mode=mode)
-        if path == SELF_PATH:
-            return self._self_reply(req, head, mode)
-        raise HTTPError(404, "no such path %s (see / for the index)" % shown_path(path))
-
-    def _self_reply(self, req: Request, head: bool, mode: int) -> PreparedResponse:
-        if req.query:
-            raise HTTPError(400, "%s takes no query parameters" % SELF_PATH)
-        ok, reason = self.pod.self_check(self.clock())
-        body = b"ok\n" if ok else ("probed failed: %s\n" % reason).encode("utf-8")
-        return build_response(200 if ok else 503, body, head=head, mode=mode)
-
-    def _group_reply(self, req: Request, route: Route, head: bool, mode: int) -> PreparedResponse:
-        group, bodies, fail_status = route
-        query = self.parse_query(req, group, None)
-        if query.exclude or query.overrides or query.verbose or query.json:
-            verdict = self.pod.verdict(group, self.clock(), query.exclude, query.overrides)
-        else:
-            verdict = self.pod.verdicts[group]
-        return self._reply(verdict, query, bodies, head, mode, fail_status)
-
-    def _check_reply(self, req: Request, group: str, name: str, head: bool,
-                     mode: int) -> PreparedResponse:
-        query = self.parse_query(req, group, name)
-        st = self.pod.states[name]
-        own = query.overrides.get(name)
-        ok, reason = st.judged_with(own) if own else (st.passing, st.shown_reason)
-        rows = [(st, ok, reason)]
-        failure = first_failure(rows)
-        return self._reply(GroupVerdict(group, not failure, failure or "ok", rows), query, None,
-                           head, mode)
-
-    def _reply(self, verdict: GroupVerdict, query: GroupQuery, alias: Bodies, head: bool,
-               mode: int, fail_status: int = 503) -> PreparedResponse:
-        status = 200 if verdict.ok else fail_status
-        if query.json:
-            pod = self.pod
-            extra = {"started": pod.started, "draining": pod.drain_reason() or None,
-                     "drains": list(pod.active_drains()),
-                     "phase": pod.phase, "phase_since": format_timestamp(pod.phase_since_wall),
-                     "incarnation": describe_incarnation(pod.incarnation)
-                     if pod.incarnation is not None else None}
-            body = render_json(verdict, self.clock(), extra, query.exclude)
-            return build_response(status, body, JSON_TYPE, head=head, mode=mode)
-        if query.verbose:
-            body = render_verbose(verdict, query.exclude)
-        elif alias is not None:
-            body = alias[0] if verdict.ok else alias[1]
-        else:
-            body = render_plain(verdict)
-        return build_response(status, body, head=head, mode=mode)
-
-    def metrics_body(self) -> bytes:
-        now = time.monotonic()
-        if self._metrics_cache is None or now - self._metrics_cache[0] >= METRICS_CACHE_SECONDS:
-            assert self.metrics is not None
-            self._metrics_cache = (now, self.metrics())
-        return self._metrics_cache[1]
-
-    def parse_query(self, req: Request, group: str, only: Optional[str]) -> GroupQuery:
-        query = GroupQuery()
-        query.json = JSON_TYPE in req.headers.get("accept", "")
-        members = set(self.pod.member_names(group))
-        for key, value in req.query_pairs():
-            if key == "verbose":
-                query.verbose = value.lower() not in ("0", "false", "no")
-            elif key == "format":
-                if value not in ("json", "text"):
-                    raise HTTPError(400, "format=%s: expected json or text" % value)
-                query.json = value == "json"
-            elif key == "exclude":
-                if value not in members:
-                    raise HTTPError(400, "exclude=%s: no such check in %s (have: %s)" % (
-                        value, group, ", ".join(sorted(members)) or "none"))
-                query.exclude.append(value)
-            elif "." in key:
-                self._add_override(query, key, value, members if only is None else {only})
-            else:
-                raise HTTPError(400, "unknown query parameter %r (expected verbose, format, "
-                                     "exclude or NAME.KEY=VALUE)" % key)
-        return query
-
-    def _add_override(self, query: GroupQuery, key: str, value: str, members: Any) -> None:
-        name, _, param = key.partition(".")
-        if name not in members:
-            raise HTTPError(400, "%s: no such check here (have: %s)" % (
-                key, ", ".join(sorted(members)) or "none"))
-        try:
-            parsed = self.pod.states[name].check.parse_override(param, value)
-        except ConfigError as exc:
-            raise HTTPError(400, str(exc)) from None
-        query.overrides.setdefault(name, {})[param] = parsed
-
-    def index(self) -> str:
-        lines = ["probed: probe endpoints for this pod", ""]
-        for path, (group, _, _) in self.routes.items():
-            verdict = self.pod.verdicts[group]
-            lines.append("%-10s %-7s %s" % (path, "pass" if verdict.ok else "fail", group))
-        ok, _ = self.pod.self_check(self.clock())
-        lines.append("%-10s %-7s %s" % (SELF_PATH, "pass" if ok else "fail",
-                                        "probed itself (its own container's liveness probe)"))
-        lines += ["", "query: ?verbose  ?format=json  ?exclude=NAME  ?NAME.KEY=VALUE", "",
-                  "checks:"]
-        for st in self.pod.states.values():
-            spec = st.check.spec
-            lines.append("  %-20s %-8s %-7s probes=%s %s" % (
-                st.check.name, st.check.kind, st.state_word() if st.check.scheduled else "on-demand",
-                ",".join(sorted(spec.probes)) or "-", st.check.target()))
-        return "\n".join(lines) + "\n"
-
-
-def shown_path(path: str) -> str:
-    return printable(path, SHOWN_PATH_CHARS)
-
-
-def check_routes(pod: Pod) -> Dict[str, Tuple[str, str]]:
-    return {"/%s/%s" % (path, name): (group, name)
-            for group, path in GROUP_PATHS.items() for name in pod.member_names(group)}
-
-
-def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[str]:
-    return (list(GROUP_ROUTES) + list(routes or {}) + list(check_routes(pod))
-            + ["/", "/metrics", SELF_PATH])
-
-
-# ============================================================
-# probed/scheduler.py
-# ============================================================
-"""The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
-"""
-
-import asyncio
-import random
-import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
-
-DEADLINE_GRACE = 0.5
-DEADLINE_GRACE_SHARE = 0.25
-FIRST_POLL_SPREAD = 0.5
-
-EventSink = Callable[[Sequence[Event]], None]
-PollSink = Callable[[str, float], None]
-
-
-def log_events(log: EventLog) -> EventSink:
-    def sink(events: Sequence[Event]) -> None:
-        for event in events:
-            line = log_line(event)
-            if line is not None:
-                log.emit(line[0], line[1], **line[2])
-    return sink
-
-
-async def poll_once(check: Check) -> Tuple[Observation, float]:
-    t0 = time.monotonic()
-    timeout = check.spec.timeout
-    try:
-        obs = await asyncio.wait_for(check.observe(), timeout + max(
-            DEADLINE_GRACE, DEADLINE_GRACE_SHARE * timeout))
-    except asyncio.TimeoutError:
-        obs = check.on_deadline(timeout)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        obs = Observation(False, "%s: %s" % (type(exc).__name__, exc))
-    return clean_observation(obs, check.secrets()), time.monotonic() - t0
-
-
-class Scheduler:
-
-    def __init__(self, pod: Pod, checks: Sequence[Check], log: EventLog,
-                 sinks: Sequence[EventSink], on_poll: Optional[PollSink] = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time,
-                 jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0)) -> None:
-        self.pod = pod
-        self.log = log
-        self.checks: Dict[str, Check] = {c.name: c for c in checks if c.scheduled}
-        self.sinks = list(sinks)
-        self.on_poll = on_poll
-        self.clock, self.wall, self.jitter = clock, wall, jitter
-        self._tasks: List["asyncio.Task[None]"] = []
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._wake: Optional[asyncio.Event] = None
-
-    def record(self, name: str, obs: Observation, latency: float = 0.0) -> None:
-        now = self.clock()
-        self._route(self.pod.observe(name, obs, latency, now, now, self.wall()))
-
-    def drain(self, source: str) -> None:
-        self._route(self.pod.drain(source, self.clock(), self.wall()))
-
-    def undrain(self, source: str) -> None:
-        self._route(self.pod.undrain(source, self.clock(), self.wall()))
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        count = len(self.checks)
-        for i, name in enumerate(self.checks):
-            first = FIRST_POLL_SPREAD * i / count
-            self._tasks.append(loop.create_task(self._poll_forever(name, first)))
-        self._arm()
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        if self._timer is not None:
-            self._timer.cancel()
-
-    async def _poll_forever(self, name: str, first: float) -> None:
-        check = self.checks[name]
-        await self._sleep(first)
-        while True:
-            delay = self.pod.poll_delay(name, self.jitter())
-            if delay is None:
-                await self._sleep(None)
-                continue
-            polled_at = self.clock()
-            obs, latency = await poll_once(check)
-            try:
-                now = self.clock()
-                self._route(self.pod.observe(name, obs, latency, polled_at, now, self.wall()))
-                if self.on_poll is not None:
-                    self.on_poll(name, latency)
-            except Exception as exc:
-                self.log.warn("check bookkeeping failed", check=name, error=repr(exc))
-            delay = self.pod.poll_delay(name, self.jitter())
-            if delay is not None:
-                await self._sleep(delay)
-
-    def _route(self, events: Sequence[Event]) -> None:
-        for event in events:
-            if isinstance(event, Restarted):
-                for check in self.checks.values():
-                    check.forget()
-            if isinstance(event, (Restarted, Unlatched)):
-                self._wake_pollers()
-        if events:
-            for sink in self.sinks:
-                sink(events)
-        self._arm()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._route(self.pod.tick(self.clock(), self.wall()))
-
-    def _arm(self) -> None:
-        due = self.pod.next_deadline()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if due is None or not self._tasks:
-            return
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, due - self.clock()) + 0.001, self._on_timer)
-
-    async def _sleep(self, delay: Optional[float]) -> None:
-        wake = self._wake
-        if wake is None:
-            self._wake = wake = asyncio.Event()
-        try:
-            await asyncio.wait_for(wake.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
-
-    def _wake_pollers(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
-
-
-# ============================================================
-# probed/drain.py
-# ============================================================
-"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
-`probed drain --wait DURATION` for an exec preStop hook.
-"""
-
-import argparse
-import asyncio
-import sys
-import time
-from typing import Any, List, Sequence, Tuple
-from urllib.parse import quote
-
-DRAIN_POLL = 0.5
-DRAIN_DEFAULT_TIMEOUT = 60.0
-DRAIN_MAX_TIMEOUT = 3600.0
-
-
-class DrainWaiter:
-
-    def __init__(self, pod: Pod, control: Scheduler, checks: Sequence[Check],
-                 log: EventLog) -> None:
-        self.pod = pod
-        self.control = control
-        self.log = log
-        self.checks: List[InflightCheck] = [c for c in checks if isinstance(c, InflightCheck)]
-        self.active = 0
-
-    def handle(self, req: Request, head: bool, mode: int) -> "asyncio.Future[PreparedResponse]":
-        timeout = DRAIN_DEFAULT_TIMEOUT
-        for key, value in req.query_pairs():
-            if key != "timeout":
-                raise HTTPError(400, "unknown query parameter %r (expected timeout)" % key)
-            try:
-                timeout = parse_duration(value)
-            except ValueError as exc:
-                raise HTTPError(400, "timeout=%s: %s" % (value, exc)) from None
-            if timeout > DRAIN_MAX_TIMEOUT:
-                raise HTTPError(400, "timeout=%s: at most %s" % (
-                    value, format_duration(DRAIN_MAX_TIMEOUT)))
-        self.active += 1
-        self.control.drain("prestop")
-        self.log.info("draining", timeout=format_duration(timeout), inflight_checks=len(
-            self.checks))
-        return asyncio.ensure_future(self._reply(timeout, head, mode))
-
-    async def _reply(self, timeout: float, head: bool, mode: int) -> PreparedResponse:
-        try:
-            text = await self.wait(timeout)
-        finally:
-            self.active -= 1
-        self.log.info("drain wait returned", result=text)
-        return build_response(200, (text + "\n").encode("utf-8"), head=head, mode=mode)
-
-    async def wait(self, timeout: float) -> str:
-        t0 = time.monotonic()
-        if not self.checks:
-            return ("drained at once: no inflight check configured (use --vllm, --sglang, "
-                    "--tgi or --llamacpp, or add an inflight check), so nothing to wait for")
-        left, note = await self.inflight()
-        while left and time.monotonic() - t0 < timeout and "prestop" in self.pod.drains:
-            await asyncio.sleep(min(DRAIN_POLL, max(0.0, timeout - (time.monotonic() - t0))))
-            left, note = await self.inflight()
-        took = format_duration(round(time.monotonic() - t0, 1))
-        if left and "prestop" not in self.pod.drains:
-            return "ended after %s without draining: the drain was undone (POST /undrain) or " \
-                   "the backend restarted; %s" % (took, note)
-        if not left:
-            return "drained after %s: nothing in flight (%s)" % (took, note)
-        return "timed out after %s: %s" % (took, note)
-
-    async def inflight(self) -> Tuple[float, str]:
-        total, unknown, notes = 0.0, False, []
-        for check in self.checks:
-            obs, _ = await poll_once(check)
-            if obs.ok and obs.value is not None:
-                total += obs.value
-                notes.append("%s: %s" % (check.name, obs.reason))
-            elif obs.refused:
-                notes.append("%s: backend gone (%s)" % (check.name, obs.reason))
-            else:
-                unknown = True
-                notes.append("%s: unknown (%s)" % (check.name, obs.reason))
-        return (max(total, 1.0) if unknown else total), "; ".join(notes)
-
-
-def drain_main(argv: Sequence[str], out: Any = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="probed drain", description="preStop drain: fail ready, then wait until the "
-        "server has no request in flight (GET /wait-for-drain on the admin listener).")
-    parser.add_argument("--wait", default="60s", help="longest wait (default 60s)")
-    parser.add_argument("--admin", default="http://127.0.0.1:9090",
-                        help="admin listener URL (default http://127.0.0.1:9090)")
-    parser.add_argument("--token-file", help="file with the admin token")
-    args = parser.parse_args(list(argv))
-    out = out or sys.stdout
-    try:
-        wait = parse_duration(args.wait)
-    except ValueError as exc:
-        parser.error("--wait %s: %s" % (args.wait, exc))
-    headers = {}
-    if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as fh:
-                headers["Authorization"] = "Bearer " + fh.read().strip()
-        except OSError as exc:
-            parser.error("--token-file %s: %s" % (args.token_file, exc.strerror or exc))
-    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), quote(args.wait))
-    try:
-        resp = asyncio.run(fetch(url, headers=headers, timeout=wait + 10.0))
-    except FetchError as exc:
-        print("probed drain: %s: %s" % (args.admin, exc), file=sys.stderr)
-        return 3
-    except ValueError as exc:
-        parser.error("--admin %s: %s" % (args.admin, exc))
-    print(resp.body.decode("utf-8", "replace").rstrip(), file=out)
-    return 0 if resp.status == 200 else 1
-
-
-# ============================================================
-# probed/server.py
-# ============================================================
-"""Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
-"""
-
-import asyncio
-import os
-import socket
-import time
-from typing import Any, Callable, Dict, List, Optional
-
-
-ACCEPTS_PER_WAKEUP = 64
-RECV_SIZE = 65536
-SWEEP_INTERVAL = 0.25
-LINGER_SECONDS = 2.0
-PIPELINE_BATCH = 16
-TLS_HANDSHAKE = b"\x16\x03"
-NOWAIT = socket.MSG_DONTWAIT
-LAST_REPLY = socket.MSG_DONTWAIT | socket.MSG_MORE
-
-
-class ProbeServer:
-
-    def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
-                 write_timeout: float = 10.0, idle_timeout: float = 120.0,
-                 max_connections: int = 1024, max_body: int = 0,
-                 stats: Optional[ServerStats] = None, h2: Optional[H2Server] = None) -> None:
-        self.respond = respond
-        self.h2 = h2
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
-        self.idle_timeout = idle_timeout
-        self.cap = fit_connection_cap(max_connections)
-        self.max_connections = self.cap.cap
-        self.parser = RequestParser(max_body) if max_body else RequestParser()
-        self.conns: Dict[int, Connection] = {}
-        self.listeners: Dict[int, socket.socket] = {}
-        self.stats = stats if stats is not None else ServerStats()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._sweeper: Optional[asyncio.TimerHandle] = None
-        self._dates = DateCache()
-        self._under_pressure = False
-
-    def add_listener(self, sock: socket.socket) -> None:
-        loop = self._loop_or_start()
-        self.listeners[sock.fileno()] = sock
-        loop.add_reader(sock.fileno(), self._on_accept, sock)
-
-    def remove_listener(self, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        if self.listeners.pop(fd, None) is not None and self._loop is not None:
-            self._loop.remove_reader(fd)
-        sock.close()
-
-    def _loop_or_start(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
-        return self._loop
-
-    def close(self) -> None:
-        for sock in list(self.listeners.values()):
-            self.remove_listener(sock)
-        for conn in list(self.conns.values()):
-            self._close(conn)
-        if self.h2 is not None:
-            self.h2.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-
-    def _on_accept(self, lsock: socket.socket) -> None:
-        accept = lsock._accept
-        family, conns, stats = lsock.family, self.conns, self.stats
-        for _ in range(ACCEPTS_PER_WAKEUP):
-            try:
-                fd, _addr = accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                assert self._loop is not None
-                pause_accepting(self._loop, lsock, exc, self.listeners, self._on_accept)
-                return
-            try:
-                sock = socket.SocketType(family, socket.SOCK_STREAM, 0, fd)
-            except OSError:
-                os.close(fd)
-                continue
-            held = len(conns) + (self.h2.open if self.h2 is not None else 0)
-            if held >= self.max_connections and not self._make_room():
-                stats.refused_at_cap += 1
-                sock.close()
-                continue
-            stats.accepted += 1
-            stats.open += 1
-            self._open(sock)
-
-    def _open(self, sock: socket.SocketType) -> None:
-        try:
-            data = sock.recv(RECV_SIZE, NOWAIT)
-        except (BlockingIOError, InterruptedError):
-            self._watch(self._adopt(sock, OPENED), read=True)
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._first_bytes(sock, data)
-        else:
-            self.stats.open -= 1
-            sock.close()
-
-    def _first_bytes(self, sock: socket.SocketType, data: bytes) -> None:
-        if data[:1] == b"P" and self.h2 is not None and H2_PREFACE.startswith(
-                data[:len(H2_PREFACE)]):
-            self._hand_over_h2(sock, data)
-        elif data.startswith(TLS_HANDSHAKE):
-            conn = self._adopt(sock, READING)
-            conn.linger = True
-            self._count(OTHER_PATH_LABEL, 400)
-            self._send(conn, self._wire(build_error_response(HTTPError(
-                400, "this port speaks plain HTTP, and a TLS handshake arrived"))), True)
-        elif not self._answer_at_once(sock, data):
-            self._take(self._adopt(sock, READING), data)
-
-    def _hand_over_h2(self, sock: socket.SocketType, data: bytes) -> None:
-        if len(data) < len(H2_PREFACE):
-            conn = self._adopt(sock, OPENED)
-            conn.buf = data
-            self._watch(conn, read=True)
-            return
-        self.stats.open -= 1
-        sock.setblocking(False)
-        self.h2.adopt(sock, data)
-
-    def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
-        try:
-            request, used = self.parser.parse(data)
-        except HTTPError:
-            return False
-        if request is None or used != len(data) or request.keep_alive or request.body_pending:
-            return False
-        reply = self.respond(request)
-        if not isinstance(reply, PreparedResponse):
-            self._defer(self._adopt(sock, READING), reply, [])
-            return True
-        self._count(request.path, reply.status)
-        wire = self._wire(reply)
-        try:
-            sent = sock.send(wire, LAST_REPLY if reply.close else NOWAIT)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = len(wire)
-        if sent == len(wire) and reply.close:
-            self.stats.open -= 1
-            sock.close()
-            return True
-        conn = self._adopt(sock, READING)
-        self._send(conn, wire[sent:], reply.close)
-        self._after_serve(conn, False)
-        return True
-
-    def _adopt(self, sock: socket.SocketType, phase: int) -> Connection:
-        conn = Connection(sock, time.monotonic() + self.read_timeout, phase)
-        self.conns[conn.fd] = conn
-        return conn
-
-    def _make_room(self) -> bool:
-        self._under_pressure = True
-        victim = pick_eviction(self.conns.values())
-        if victim is None:
-            if self.h2 is not None:
-                self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
-            return False
-        self.stats.evicted_at_cap += 1
-        self._close(victim)
-        return True
-
-    def _watch(self, conn: Connection, read: Optional[bool] = None,
-               write: Optional[bool] = None) -> None:
-        loop = self._loop
-        assert loop is not None
-        if read is not None and read != conn.reading:
-            conn.reading = read
-            if read:
-                loop.add_reader(conn.fd, self._on_readable, conn)
-            else:
-                loop.remove_reader(conn.fd)
-        if write is not None and write != conn.writing:
-            conn.writing = write
-            if write:
-                loop.add_writer(conn.fd, self._on_writable, conn)
-            else:
-                loop.remove_writer(conn.fd)
-
-    def _on_readable(self, conn: Connection) -> None:
-        try:
-            data = conn.sock.recv(RECV_SIZE, NOWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            if conn.waiting is not None:
-                conn.waiting.cancel()
-            self._close(conn)
-        elif conn.phase == LINGERING:
-            return
-        elif conn.phase == OPENED:
-            held, conn.buf = conn.buf, b""
-            self._release(conn)
-            self._first_bytes(conn.sock, held + data if held else data)
-        else:
-            self._take(conn, data)
-
-    def _take(self, conn: Connection, data: bytes) -> None:
-        if not conn.append(data):
-            self._close(conn)
-            return
-        if conn.phase == IDLE:
-            conn.phase, conn.deadline = READING, time.monotonic() + self.read_timeout
-        if conn.waiting is None and not conn.writing:
-            self._serve(conn)
-
-    def _serve(self, conn: Connection) -> None:
-        out: List[bytes] = []
-        close = more = False
-        buf, pos = conn.buf, conn.pos
-        for _ in range(PIPELINE_BATCH):
-            if pos >= len(buf):
-                break
-            try:
-                request, end = self.parser.parse(buf, pos)
-            except HTTPError as err:
-                self._count(OTHER_PATH_LABEL, err.status)
-                out.append(self._wire(build_error_response(err, is_head_request(buf, pos))))
-                close, conn.linger, pos = True, True, len(buf)
-                break
-            if request is None:
-                break
-            pos = end
-            conn.linger = conn.linger or request.body_pending > 0
-            reply = self.respond(request)
-            if not isinstance(reply, PreparedResponse):
-                conn.consumed(pos)
-                self._defer(conn, reply, out)
-                return
-            self._count(request.path, reply.status)
-            out.append(self._wire(reply))
-            if reply.close:
-                close = True
-                break
-        else:
-            more = pos < len(buf)
-        conn.consumed(pos)
-        if out:
-            if not close:
-                del self.conns[conn.fd]
-                self.conns[conn.fd] = conn
-            self._send(conn, b"".join(out) if len(out) > 1 else out[0], close)
-        self._after_serve(conn, more)
-
-    def _after_serve(self, conn: Connection, more: bool) -> None:
-        if self.conns.get(conn.fd) is not conn or conn.writing or conn.phase == LINGERING:
-            return
-        if more:
-            self._watch(conn, read=False)
-            self._loop.call_soon(self._resume, conn)
-        else:
-            self._watch(conn, read=True)
-
-    def _resume(self, conn: Connection) -> None:
-        if self.conns.get(conn.fd) is conn and not conn.writing and conn.waiting is None:
-            self._serve(conn)
-
-    def _count(self, path: str, status: int) -> None:
-        self.stats.count(path, status)
-
-    def _defer(self, conn: Connection, future: "asyncio.Future[PreparedResponse]",
-               earlier: List[bytes]) -> None:
-        conn.waiting = future
-        conn.deadline = float("inf")
-        if earlier:
-            self._send(conn, b"".join(earlier), False)
-        if self.conns.get(conn.fd) is conn and not conn.writing:
-            self._watch(conn, read=True)
-        future.add_done_callback(lambda done: self._deferred_ready(conn, done))
-
-    def _deferred_ready(self, conn: Connection, future: "asyncio.Future[PreparedResponse]") -> None:
-        if self.conns.get(conn.fd) is not conn:
-            return
-        conn.waiting = None
-        if future.cancelled() or future.exception() is not None:
-            self._close(conn)
-            return
-        reply = future.result()
-        self._send(conn, self._wire(reply), reply.close)
-        if self.conns.get(conn.fd) is conn and not conn.writing and conn.phase != LINGERING:
-            self._serve_or_listen(conn)
-
-    def _wire(self, reply: PreparedResponse) -> bytes:
-        return reply.wire(self._dates.at(time.time()))
-
-    def _send(self, conn: Connection, data: bytes, close: bool) -> None:
-        if conn.out:
-            conn.out += data
-        else:
-            try:
-                sent = conn.sock.send(data, NOWAIT)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._close(conn)
-                return
-            conn.out = data[sent:]
-        conn.close_after = conn.close_after or close
-        if conn.out:
-            conn.phase, conn.deadline = WRITING, time.monotonic() + self.write_timeout
-            self._watch(conn, read=False, write=True)
-        elif conn.close_after:
-            self._finish(conn)
-        elif conn.waiting is None:
-            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
-
-    def _serve_or_listen(self, conn: Connection) -> None:
-        if conn.buf:
-            self._serve(conn)
-        else:
-            self._watch(conn, read=True)
-
-    def _on_writable(self, conn: Connection) -> None:
-        try:
-            sent = conn.sock.send(conn.out, NOWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(conn)
-            return
-        conn.out = conn.out[sent:]
-        if conn.out:
-            return
-        self._watch(conn, write=False)
-        if conn.close_after:
-            self._finish(conn)
-        elif conn.waiting is not None:
-            conn.deadline = float("inf")
-            self._watch(conn, read=True)
-        else:
-            conn.await_next(time.monotonic(), self.read_timeout, self.idle_timeout)
-            self._serve_or_listen(conn)
-
-    def _finish(self, conn: Connection) -> None:
-        if not conn.linger and not conn.buf:
-            self._close(conn)
-            return
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(conn)
-            return
-        conn.phase, conn.buf, conn.pos = LINGERING, b"", 0
-        conn.deadline = time.monotonic() + LINGER_SECONDS
-        self._watch(conn, read=True)
-
-    def _release(self, conn: Connection) -> bool:
-        if self.conns.pop(conn.fd, None) is None:
-            return False
-        if conn.reading or conn.writing:
-            self._watch(conn, read=False, write=False)
-        return True
-
-    def _close(self, conn: Connection) -> None:
-        if self._release(conn):
-            self.stats.open -= 1
-            conn.sock.close()
-
-    def _sweep(self) -> None:
-        pressure, self._under_pressure = self._under_pressure, False
-        if pressure and self.h2 is not None:
-            self.h2.shed_idle(time.monotonic() + PRESSURE_TIMEOUT)
-        for conn in expired(list(self.conns.values()), time.monotonic(), pressure):
-            if conn.phase == READING and conn.buf:
-                self._count(OTHER_PATH_LABEL, 408)
-                try:
-                    conn.sock.send(self._wire(build_error_response(
-                        HTTPError(408, "request not complete within the read timeout"))), NOWAIT)
-                except OSError:
-                    pass
-            self._close(conn)
-        loop = self._loop
-        assert loop is not None
-        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
-
-
-# ============================================================
-# probed/selfmetrics.py
-# ============================================================
-"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
-"""
-
-import asyncio
-import sys
-import time
-from bisect import bisect_left
-from typing import Dict, List, Optional, Sequence, Tuple
-
-CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                          5.0, 10.0, 30.0)
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-LAG_SAMPLE_INTERVAL = 0.5
-
-_SELFMETRICS_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
-_SELFMETRICS_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
-
-
-class Histogram:
-
-    __slots__ = ("bounds", "counts", "sum", "count")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-
-def escape_label_value(value: str) -> str:
-    return value.translate(_SELFMETRICS_LABEL_ESCAPES)
-
-
-def format_sample_value(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()
-                                  and abs(value) < 1e15):
-        return str(int(value))
-    return repr(float(value))
-
-
-class MetricsPage:
-
-    def __init__(self) -> None:
-        self.lines: List[str] = []
-
-    def family(self, name: str, kind: str, text: str) -> None:
-        self.lines.append("# HELP %s %s" % (name, text.translate(_SELFMETRICS_HELP_ESCAPES)))
-        self.lines.append("# TYPE %s %s" % (name, kind))
-
-    def sample(self, name: str, labels: Sequence[Tuple[str, str]], value: float) -> None:
-        shown = ",".join('%s="%s"' % (k, escape_label_value(v)) for k, v in labels)
-        self.lines.append("%s%s %s" % (name, "{%s}" % shown if labels else "",
-                                       format_sample_value(value)))
-
-    def histogram(self, name: str, labels: Sequence[Tuple[str, str]], hist: Histogram) -> None:
-        running = 0
-        for bound, count in zip(hist.bounds + (float("inf"),), hist.counts):
-            running += count
-            le = "+Inf" if bound == float("inf") else "%g" % bound
-            self.sample(name + "_bucket", tuple(labels) + (("le", le),), running)
-        self.sample(name + "_sum", labels, hist.sum)
-        self.sample(name + "_count", labels, hist.count)
-
-    def body(self) -> bytes:
-        return ("\n".join(self.lines) + "\n").encode("utf-8")
-
-
-def render_check_families(page: MetricsPage, pod: Pod,
-                          durations: Dict[str, Histogram]) -> None:
-    states = list(pod.states.values())
-    page.family("probed_check_up", "gauge",
-                "1 when the check passes now (pending and stale count as 0).")
-    for st in states:
-        page.sample("probed_check_up", (("check", st.check.name), ("kind", st.check.kind)),
-                    1 if st.passing else 0)
-    page.family("probed_check_duration_seconds", "histogram", "Time one poll of the check took.")
-    for st in states:
-        if st.check.name in durations:
-            page.histogram("probed_check_duration_seconds", (("check", st.check.name),),
-                           durations[st.check.name])
-    for name, kind, text, values in (
-            ("probed_check_last_success_timestamp_seconds", "gauge",
-             "Unix time of the check's last passing poll (0: never).",
-             [(st, st.last_success_wall) for st in states]),
-            ("probed_check_transitions_total", "counter",
-             "Changes of the check's state between pending, pass and fail.",
-             [(st, st.transitions) for st in states]),
-            ("probed_check_value", "gauge",
-             "The number the check's last verdict used (queue depth, nodes alive...).",
-             [(st, float(st.obs.value)) for st in states
-              if st.obs is not None and st.obs.value is not None])):
-        page.family(name, kind, text)
-        for st, value in values:
-            page.sample(name, (("check", st.check.name),), value)
-    page.family("probed_check_metric_absent", "gauge", "1 when a metric the check is configured "
-                "to read was absent from a body that parsed (renamed or removed upstream?).")
-    for st in states:
-        absent = st.obs.detail.get("absent") if st.obs is not None and st.obs.detail else None
-        if absent is not None or st.check.kind in ("metric", "progress"):
-            page.sample("probed_check_metric_absent", (("check", st.check.name),),
-                        1 if absent else 0)
-    page.family("probed_group_up", "gauge", "1 when the probe group (live, ready, started) passes.")
-    for group in GROUPS:
-        verdict = pod.verdicts.get(group)
-        page.sample("probed_group_up", (("group", group),), 1 if verdict and verdict.ok else 0)
-    page.family("probed_startup_seconds", "gauge", "Seconds from probed's start, or from the "
-                "backend's last restart, to started; absent until started.")
-    if pod.started_at is not None:
-        page.sample("probed_startup_seconds", (), round(pod.started_at - pod.starting_since, 3))
-
-
-def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
-    page.family("probed_probe_requests_total", "counter", "Requests answered on the probe "
-                "port, by path (unknown paths as \"other\") and status code.")
-    for (path, code), count in sorted(stats.requests.items()):
-        page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
-    for name, kind, text, value in (
-            ("probed_open_connections", "gauge", "Client connections open on the probe port.",
-             stats.open),
-            ("probed_connections_accepted_total", "counter",
-             "Client connections accepted on the probe port.", stats.accepted),
-            ("probed_connections_refused_total", "counter",
-             "Client connections closed at once because --max-connections were open.",
-             stats.refused_at_cap),
-            ("probed_connections_evicted_total", "counter",
-             "Open connections closed at --max-connections to let a new one in (the one "
-             "longest without a request answered).", stats.evicted_at_cap)):
-        page.family(name, kind, text)
-        page.sample(name, (), value)
-
-
-def render_metrics(pod: Pod, stats: ServerStats, durations: Dict[str, Histogram],
-                   lag: Histogram, build: Tuple[str, str]) -> bytes:
-    page = MetricsPage()
-    render_check_families(page, pod, durations)
-    render_server_families(page, stats)
-    page.family("probed_event_loop_lag_seconds", "histogram",
-                "How late the event loop ran a timer; probe replies wait this long too.")
-    page.histogram("probed_event_loop_lag_seconds", (), lag)
-    page.family("probed_build_info", "gauge", "probed's version and the Python running it.")
-    page.sample("probed_build_info", (("version", build[0]), ("python", build[1])), 1)
-    return page.body()
-
-
-class SelfMetrics:
-
-    def __init__(self, pod: Pod, stats: ServerStats) -> None:
-        self.pod = pod
-        self.stats = stats
-        self.durations = {name: Histogram(CHECK_DURATION_BUCKETS) for name in pod.states}
-        self.lag = Histogram(LAG_BUCKETS)
-        self.build = (__version__, "%d.%d.%d" % sys.version_info[:3])
-        self._sampler: Optional["asyncio.Task[None]"] = None
-
-    def on_poll(self, name: str, latency: float) -> None:
-        hist = self.durations.get(name)
-        if hist is not None:
-            hist.observe(latency)
-
-    def render(self) -> bytes:
-        return render_metrics(self.pod, self.stats, self.durations, self.lag, self.build)
-
-    def start(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
-        self._sampler = asyncio.get_running_loop().create_task(
-            sample_event_loop_lag(self.lag, interval))
-
-    async def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            await asyncio.gather(self._sampler, return_exceptions=True)
-            self._sampler = None
-
-
-async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_INTERVAL) -> None:
-    while True:
-        asked = time.monotonic() + interval
-        await asyncio.sleep(interval)
-        hist.observe(max(0.0, time.monotonic() - asked))
-
-
-# ============================================================
-# probed/settings.py
-# ============================================================
+''')
+
+# ------------------------------------------------------------------------------
+# probed/settings.py: its lines 1-204 are lines 11000-11203 here (file line = module line + 10999)
+# ------------------------------------------------------------------------------
+modules.add('probed/settings.py', 11000, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
+
+Precedence for every setting: command line, then environment, then config file, then the
+default. Checks add up from all three (and from the preset flags). Every mistake raises a
+ConfigError naming the flag, variable or key, the bad value and what was expected; a
+configuration that would leave a pod broken without a word (no checks at all) is refused.
 """
 
 import argparse
 import json
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-CONFIG_MAX_BYTES = 1 << 20
-MULTINODE_PROBER_PORT = 8081
+from .checkspecs import describe_spec, json_check_to_raw, split_check_text
+from .files import read_small_text
+from .flags import (DAEMON_OPTIONS, PRESET_FLAGS, SERVE_OPTIONS, dest, env_name, parse_port,
+                    show_default)
+from .presets import RawCheck, preset_checks, preset_notes
+from .values import ConfigError, format_duration, redact_userinfo
+
+CONFIG_MAX_BYTES = 1 << 20  # a --config file; a bigger one is a wrong path (or /dev/zero)
+MULTINODE_PROBER_PORT = 8081  # the Multi Node Prober's default --addr
 
 
 
 class Settings(NamedTuple):
+    """Everything the daemon reads, typed. Preset flags are not here: they became checks."""
     addr: Tuple[str, int]
     read_timeout: float
     write_timeout: float
@@ -9645,12 +11046,14 @@ class Settings(NamedTuple):
     beat_every: float
     beat_on: str
     beat_token_file: Optional[str]
-    multinode_prober: bool = False
-    notes: Tuple[str, ...] = ()
+    multinode_prober: bool = False  # --vllm-endpoint: the Go prober's reply bodies and codes
+    notes: Tuple[str, ...] = ()  # what resolution changed on the user's behalf: logged at start
 
 
 def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
                      ) -> Tuple[Settings, List[Tuple[RawCheck, str]]]:
+    """Apply command line > environment > config file > default to every setting; returns the
+    settings and every raw check with its origin."""
     config_path = getattr(ns, "config", None) or env.get("PROBED_CONFIG")
     file_data = load_config_file(config_path) if config_path else {}
     values: Dict[str, Any] = {}
@@ -9665,9 +11068,9 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
         except ValueError as exc:
             raise ConfigError("%s=%s: %s" % (where, redact_userinfo(text), exc)) from None
     addr_given = _given_text(ns, env, file_data, config_path, "--addr") is not None
-    if "APP_PORT" in env and not addr_given:
+    if "APP_PORT" in env and not addr_given:  # the LLM Healthchecker's port; --addr wins
         values["addr"] = ("", _env_port(env, "APP_PORT"))
-    elif values["vllm_endpoint"] and not addr_given:
+    elif values["vllm_endpoint"] and not addr_given:  # drop-in for the Go prober's manifests
         values["addr"] = ("", MULTINODE_PROBER_PORT)
     presets = {dest(f): values[dest(f)] for f in PRESET_FLAGS}
     raws = _collect_checks(ns, env, file_data, config_path) + preset_checks(presets, env)
@@ -9700,6 +11103,7 @@ def _env_port(env: Mapping[str, str], name: str) -> int:
 
 def _given_text(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
                 config_path: Optional[str], flag: str) -> Optional[Tuple[str, str]]:
+    """(where, text) of the value a flag was given, by precedence; None when not given."""
     name = dest(flag)
     if hasattr(ns, name):
         return flag, getattr(ns, name)
@@ -9718,6 +11122,7 @@ def _given_text(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[
 
 def _given_presets(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
                    config_path: Optional[str]) -> Dict[str, str]:
+    """The preset flags as the user typed them (for notes on what was changed)."""
     given = {}
     for flag in PRESET_FLAGS:
         found = _given_text(ns, env, file_data, config_path, flag)
@@ -9736,6 +11141,8 @@ def _no_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
+    """The `--config` JSON object; ConfigError for anything else (refused file types, size,
+    syntax, nesting, duplicate keys, unknown keys)."""
     try:
         text = read_small_text(path, CONFIG_MAX_BYTES, "--config")
     except OSError as exc:
@@ -9776,6 +11183,9 @@ def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: D
 
 
 def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, Any]:
+    """The effective configuration as the JSON `--config` accepts, secrets redacted. Preset
+    flags are left out: the checks they expanded into are listed, so feeding this back as
+    --config gives the same daemon."""
     out: Dict[str, Any] = {}
     for option in DAEMON_OPTIONS:
         value = getattr(settings, dest(option.flag))
@@ -9791,30 +11201,53 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
     out["checks"] = [describe_spec(c.spec) for c in checks]
     return out
 
+''')
 
-# ============================================================
-# probed/admin.py
-# ============================================================
+# ------------------------------------------------------------------------------
+# probed/admin.py: its lines 1-307 are lines 11210-11516 here (file line = module line + 11209)
+# ------------------------------------------------------------------------------
+modules.add('probed/admin.py', 11210, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
+
+A separate router on a separate port (loopback unless a host is given), so nothing here is ever
+reachable on the probe port. With `--admin-token-file`, every call needs a Bearer token, re-read
+when the file changes (a rotated Secret applies). Handlers only flip in-memory state and answer
+at once. Must never: log or echo the token, answer without checking it, or log per request.
 """
 
 import asyncio
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-ADMIN_MAX_BODY = 4096
+from .checks.base import Check
+from .beatregistry import HeartbeatRegistry, HeartbeatRegistryFull, parse_beat_name
+from .checks.heartbeat import HeartbeatCheck
+from .checks.manual import ManualCheck
+from .client import read_bearer_token
+from .drain import DrainWaiter
+from .eventlog import EventLog
+from .httpproto import (CONN_CLOSE, HTTPError, PreparedResponse, Request, build_error_response,
+                        build_response, connection_mode)
+from .pod import DRAIN_RULES, Pod
+from .scheduler import Scheduler
+from .server import ProbeServer, bind_listener
+from .settings import Settings
+from .values import ConfigError
+
+ADMIN_MAX_BODY = 4096  # admin calls carry no body worth reading; bigger is a 413
 ADMIN_MAX_CONNECTIONS = 64
 ADMIN_HEARTBEAT_PREFIX = "/heartbeat/"
-ADMIN_SHOWN_NAME_CHARS = 64
+ADMIN_SHOWN_NAME_CHARS = 64  # of a rejected heartbeat name echoed in the error
 ADMIN_REALM = 'Bearer realm="probed admin"'
 ADMIN_UNAUTHORIZED = (b"401 Unauthorized: admin calls need Authorization: Bearer <token from "
                       b"--admin-token-file>\n")
 
 AdminReply = Union[PreparedResponse, "asyncio.Future[PreparedResponse]"]
-AdminHandler = Callable[[Request, bool, int], AdminReply]
+AdminHandler = Callable[[Request, bool, int], AdminReply]  # (request, head, connection mode)
 
 
 class AdminToken:
+    """The Bearer token in `--admin-token-file`, re-read whenever the file changes."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -9823,12 +11256,13 @@ class AdminToken:
         self._problem = ""
 
     def digest(self) -> bytes:
-        import hashlib
+        """SHA-256 of the current token; HTTPError 503 when the file is unreadable or empty."""
+        import hashlib  # only with a token file: keeps OpenSSL's hashes out of a plain run
 
         try:
             st = os.stat(self.path)
             signature = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-            if signature != self._signature:
+            if signature != self._signature:  # a Secret rotates by swapping a symlink
                 token = read_bearer_token(self.path)
                 self._digest = hashlib.sha256(token.encode("utf-8")).digest() if token else None
                 self._problem = "" if token else "is empty"
@@ -9842,22 +11276,26 @@ class AdminToken:
         return self._digest
 
     def validate(self) -> None:
+        """At start: ConfigError unless the file holds a token."""
         try:
             self.digest()
         except HTTPError:
             raise ConfigError("--admin-token-file %s %s" % (self.path, self._problem)) from None
 
     def allows(self, authorization: str) -> bool:
+        """Whether an Authorization header carries the token (constant-time compare)."""
         import hashlib
         import hmac
 
         expected = self.digest()
         scheme, _, value = authorization.strip().partition(" ")
         given = hashlib.sha256(value.strip().encode("latin-1")).digest()
+        # Digests have one length, so compare_digest leaks neither content nor length.
         return hmac.compare_digest(given, expected) and scheme.lower() == "bearer"
 
 
 class AdminRoute(NamedTuple):
+    """One admin path: the methods it takes, its handler, one line for the index."""
 
     methods: Tuple[str, ...]
     handler: AdminHandler
@@ -9865,6 +11303,9 @@ class AdminRoute(NamedTuple):
 
 
 class AdminRouter:
+    """Answers the admin listener: `/drain`, `/undrain`, `/heartbeat/NAME`, `/v1/become-*` and,
+    with a drain waiter, `/wait-for-drain`. It reads the pod; every change goes through the
+    scheduler, which routes the pod's events like any other."""
 
     def __init__(self, pod: Pod, control: Scheduler, registry: HeartbeatRegistry,
                  log: EventLog, token: Optional[AdminToken] = None,
@@ -9878,7 +11319,7 @@ class AdminRouter:
         checks = [st.check for st in pod.states.values()]
         self.manual: List[ManualCheck] = [c for c in checks if isinstance(c, ManualCheck)]
         self.reads_pushed_beats = any(isinstance(c, HeartbeatCheck) and c.pushed for c in checks)
-        self._refusing_names = False
+        self._refusing_names = False  # the registry-full warning is logged once per episode
         self.routes: Dict[str, AdminRoute] = {}
         self.add_route("/", ("GET", "HEAD"), self._index, "this list")
         self.add_route("/drain", ("POST",), self._drain, "ready fails with reason \"%s\" until "
@@ -9897,9 +11338,11 @@ class AdminRouter:
 
     def add_route(self, path: str, methods: Sequence[str], handler: AdminHandler,
                   help: str) -> None:
+        """Serve `path`; the handler may return a Future for a reply that must wait."""
         self.routes[path] = AdminRoute(tuple(methods), handler, help)
 
     def respond(self, req: Request) -> AdminReply:
+        """The reply to one admin request: authorization first, then path, then method."""
         head = req.method == "HEAD"
         try:
             if self.token is not None and not self.token.allows(
@@ -9918,6 +11361,8 @@ class AdminRouter:
         except HTTPError as err:
             return build_error_response(err, head)
 
+    # --- handlers --------------------------------------------------------------------------------
+
     def _index(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
         lines = ["probed admin listener", ""]
@@ -9935,7 +11380,7 @@ class AdminRouter:
 
     def _drain(self, req: Request, head: bool, mode: int) -> PreparedResponse:
         admin_reject_query(req)
-        self.control.drain("admin")
+        self.control.drain("admin")  # recorded on its own, whatever else drains the pod
         others = [s for s in self.pod.active_drains() if s != "admin"]
         return admin_text("draining: ready fails until POST /undrain%s" % (
             " (also active: %s)" % ", ".join(others) if others else ""), head, mode)
@@ -9946,7 +11391,7 @@ class AdminRouter:
         for source in undone:
             self.control.undrain(source)
         left = self.pod.active_drains()
-        if left:
+        if left:  # only SIGTERM's: probed itself is on its way out
             raise HTTPError(409, "cannot undrain: probed is shutting down (it got SIGTERM, "
                                  "SIGINT or SIGHUP) and exits after --drain-seconds; a probed "
                                  "that starts again starts undrained%s" % (
@@ -9997,22 +11442,25 @@ class AdminRouter:
                 if changed:
                     self.log.info("admin set manual check", check=check.name,
                                   to="ready" if ready else "unready")
-            return admin_text("OK", head, mode)
+            return admin_text("OK", head, mode)  # the body llm-d's requester answers
 
         return handler
 
 
 def admin_text(text: str, head: bool, mode: int) -> PreparedResponse:
+    """A plain-text 200 admin reply."""
     return build_response(200, (text + "\n").encode("utf-8"), head=head, mode=mode)
 
 
 def admin_reject_query(req: Request) -> None:
+    """These endpoints take no query parameters: anything there is a mistake, a 400."""
     if req.query:
         raise HTTPError(400, "%s takes no query parameters (got %r)" % (
             req.path[:200], req.query[:200]))
 
 
 class AdminListener:
+    """The admin router served by its own ProbeServer on `--admin-addr`."""
 
     def __init__(self, router: AdminRouter, addr: Tuple[str, int],
                  settings: Settings) -> None:
@@ -10023,20 +11471,25 @@ class AdminListener:
                                   ADMIN_MAX_BODY)
 
     def start(self) -> str:
+        """Bind and serve (inside the running loop); returns the address it listens on."""
         sock = bind_listener(self.addr[0], self.addr[1], "--admin-addr")
         self.server.add_listener(sock)
         host, port = sock.getsockname()[:2]
         return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
     def close(self) -> None:
+        """Stop listening and close every admin connection."""
         self.server.close()
 
     def waits_open(self) -> int:
+        """preStop waits still open (probed must not exit before they are answered)."""
         return self.router.waiter.active if self.router.waiter is not None else 0
 
 
 def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequence[Check],
                 log: EventLog, registry: HeartbeatRegistry) -> Optional[AdminListener]:
+    """The admin listener `settings` ask for, or None; ConfigError for a configuration that
+    needs one but has none (push heartbeats, manual checks) or an unusable token file."""
     addr = settings.admin_addr
     token_file = settings.admin_token_file
     if addr is None:
@@ -10061,12 +11514,182 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
                  "anyone who reaches it can drain this pod", addr="%s:%d" % addr)
     waiter = DrainWaiter(pod, control, checks, log)
     return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/pushbeat.py: its lines 1-85 are lines 11523-11607 here (file line = module line + 11522)
+# ------------------------------------------------------------------------------
+modules.add('probed/pushbeat.py', 11523, r'''
+"""`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
+
+Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
+each worker pod's probed watches its own worker process and, while its `ready` group passes,
+POSTs `/heartbeat/NAME` to the leader's admin listener every `--beat-every`; the leader's
+`heartbeat` check (`--worker-ranks N`) then fails the group's readiness when a rank goes quiet.
+A worker that drains (preStop) or whose process died stops beating at once. Logs one line per
+change between beating and not, never per beat.
+"""
+
+import asyncio
+from typing import Dict, Optional
+
+from .client import fetch, read_bearer_token
+from .eventlog import EventLog
+from .pod import Pod
+
+BEAT_TIMEOUT = 2.0  # deadline of one push; a slower leader misses this beat, not the next
+BEAT_MAX_REPLY = 64 * 1024  # an admin reply is a line
 
 
-# ============================================================
-# probed/daemon.py
-# ============================================================
+async def push_beat(base_url: str, name: str, token_file: Optional[str], timeout: float,
+                    remove: bool = False) -> str:
+    """POST (or DELETE) /heartbeat/NAME; returns the reply's text, raises on a non-2xx."""
+    headers: Dict[str, str] = {}
+    try:
+        token = read_bearer_token(token_file) if token_file else None
+    except ValueError as exc:  # not a token: the setup failed, not the usage
+        raise OSError(str(exc)) from None
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    resp = await fetch(base_url + "/heartbeat/" + name, method="DELETE" if remove else "POST",
+                       headers=headers, timeout=timeout, max_body=BEAT_MAX_REPLY)
+    text = resp.body.decode("utf-8", "replace").strip()
+    if not 200 <= resp.status < 300:
+        raise RuntimeError("%s: HTTP %d%s" % (base_url, resp.status,
+                                              ": " + text.splitlines()[0] if text else ""))
+    return text
+
+
+class BeatPusher:
+    """Pushes this pod's heartbeat to a leader while `group` passes."""
+
+    def __init__(self, url: str, name: str, every: float, token_file: Optional[str], group: str,
+                 pod: Pod, log: EventLog) -> None:
+        self.url, self.name, self.every, self.token_file = url, name, every, token_file
+        self.group, self.pod, self.log = group, pod, log
+        self.state = ""  # "beating", "held" (the group fails) or "failed": logged on change
+        self._task: Optional["asyncio.Task[None]"] = None
+
+    def start(self) -> None:
+        """Start beating (inside the running loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop beating (a leader sees this pod go silent after its window)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.once()
+            await asyncio.sleep(self.every)
+
+    async def once(self) -> None:
+        """One beat if the group passes; the outcome is logged when it differs from the last."""
+        verdict = self.pod.verdicts[self.group]
+        if not verdict.ok:
+            self._note("held", "heartbeat held", reason="%s fails: %s" % (
+                self.group, verdict.reason))
+            return
+        try:
+            await push_beat(self.url, self.name, self.token_file, BEAT_TIMEOUT)
+        except Exception as exc:  # any failure is one line; the next beat tries again
+            self._note("failed", "heartbeat not delivered", error=str(exc))
+            return
+        self._note("beating", "heartbeat delivered")
+
+    def _note(self, state: str, msg: str, **fields: object) -> None:
+        if state != self.state:
+            self.state = state
+            emit = self.log.info if state == "beating" else self.log.warn
+            emit(msg, to=self.url, name=self.name, **fields)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/reaper.py: its lines 1-68 are lines 11614-11681 here (file line = module line + 11613)
+# ------------------------------------------------------------------------------
+modules.add('probed/reaper.py', 11614, r'''
+"""Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
+
+The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
+leave children that outlive it (`sleep 60 &`), and as zombies they would pile up forever. Every
+REAP_INTERVAL the reaper looks for zombie children in /proc and reaps those that are not an exec
+check's own child (asyncio reaps those, and must find their status). Nothing runs unless probed
+is PID 1.
+"""
+
+import asyncio
+import os
+from typing import List, Optional, Set
+
+REAP_INTERVAL = 2.0  # seconds between looks; a zombie costs a process-table slot, not CPU
+REAP_MAX_SCAN = 4096  # /proc entries looked at per round: a container has far fewer
+
+
+def zombie_children(parent: int, proc: str = "/proc") -> List[int]:
+    """PIDs of `parent`'s children that have exited and not been reaped."""
+    found: List[int] = []
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return found
+    for entry in entries[:REAP_MAX_SCAN]:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "stat"), "rb") as handle:
+                stat = handle.read(512)
+        except OSError:
+            continue  # gone between listing and reading
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after it
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) >= 2 and fields[0] == b"Z" and int(fields[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
+class OrphanReaper:
+    """Reaps zombie children that no exec check owns (`owned`: PIDs asyncio is waiting for)."""
+
+    def __init__(self, owned: Set[int]) -> None:
+        self.owned = owned
+        self.reaped = 0
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def start(self) -> None:
+        """Start reaping, only when this process is PID 1 (inside the running loop)."""
+        if os.getpid() == 1:
+            self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
+
+    def stop(self) -> None:
+        """Stop reaping."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _round(self) -> None:
+        for pid in zombie_children(os.getpid()):
+            if pid in self.owned:
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    self.reaped += 1
+            except ChildProcessError:
+                pass  # reaped by someone else meanwhile
+        self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/daemon.py: its lines 1-265 are lines 11688-11952 here (file line = module line + 11687)
+# ------------------------------------------------------------------------------
+modules.add('probed/daemon.py', 11688, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
+
+Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
+the router and servers that answer from it, and the sinks its events go to (the log, the gated
+ports). No piece knows another except through what this module hands it at construction.
 """
 
 import asyncio
@@ -10075,29 +11698,52 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .admin import build_admin
+from .checks.base import Check, CheckResources
+from .eventlog import EventLog
+from .grpchealth import SERVICE_GROUPS, GrpcHealthService
+from .h2server import H2Server
+from .pod import Pod
+from .pushbeat import BeatPusher
+from .reaper import OrphanReaper
+from .podevents import CheckChanged, Event, GroupChanged, Restarted, group_changes
+from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
+from .scheduler import EventSink, Scheduler, log_events
+from .scrape import ScrapeHub
+from .selfmetrics import SelfMetrics
+from .server import ProbeServer, ServerStats, bind_listener
+from .settings import Settings
+from .values import ConfigError, format_duration
+
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
+# SIGHUP drains like SIGTERM: it means the terminal or supervisor went away, and a probe daemon
+# has no configuration worth reloading in place (a changed manifest restarts the container).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class GatedPorts:
+    """Listens on a group's port only while that group passes, so tcpSocket carries a verdict."""
 
     def __init__(self, server: ProbeServer, ports: Dict[str, int], log: EventLog,
                  host: str = "") -> None:
         self.server = server
         self.ports = ports
         self.log = log
-        self.host = host
+        self.host = host  # the --addr host: gated ports listen where the probe port does
         self.open: Dict[str, socket.socket] = {}
 
     def check_bindable(self) -> None:
+        """Fail at start (not at the first verdict change) when a gated port is taken."""
         for group, port in self.ports.items():
             bind_listener(self.host, port, GATE_FLAGS[group]).close()
 
     def on_events(self, events: Sequence[Event]) -> None:
+        """Scheduler sink: follow every group flip."""
         for change in group_changes(list(events)):
             self.set(change.group, change.ok)
 
     def set(self, group: str, passing: bool) -> None:
+        """Open or close `group`'s port to match its verdict."""
         port = self.ports.get(group)
         if port is None:
             return
@@ -10114,6 +11760,9 @@ class GatedPorts:
 
 
 class PodRestarter:
+    """--restart-pod-on: when a group (or one check) has failed for --restart-pod-after, probed
+    exits with the rule's code, so the pod's restartPolicyRules (Kubernetes 1.35+,
+    RestartAllContainers) restart every container in place, keeping the pod, its IP, its GPUs."""
 
     def __init__(self, rules: Dict[str, int], after: float, pod: Pod, log: EventLog,
                  stop: Callable[[int], None]) -> None:
@@ -10126,6 +11775,7 @@ class PodRestarter:
         self.timers: Dict[str, asyncio.TimerHandle] = {}
 
     def failing(self, name: str) -> bool:
+        """Whether the rule's group or check fails now (a pending check does not)."""
         verdict = self.pod.verdicts.get(name)
         if verdict is not None:
             return not verdict.ok
@@ -10133,6 +11783,7 @@ class PodRestarter:
         return not state.pending and not state.passing
 
     def on_events(self, events: Sequence[Event]) -> None:
+        """Scheduler sink: arm a rule's timer when it starts failing, disarm when it passes."""
         for name in self.rules:
             failing = self.failing(name)
             if failing and name not in self.timers:
@@ -10142,6 +11793,7 @@ class PodRestarter:
                 self.timers.pop(name).cancel()
 
     def fire(self, name: str) -> None:
+        """The failure lasted: say why in one line, then exit with the rule's code."""
         self.timers.pop(name, None)
         if not self.failing(name):
             return
@@ -10153,6 +11805,7 @@ class PodRestarter:
 
 
 class Daemon:
+    """One probed process: settings in, serve until a signal and the drain are done."""
 
     def __init__(self, settings: Settings, checks: List[Check], log: EventLog,
                  resources: CheckResources) -> None:
@@ -10180,11 +11833,11 @@ class Daemon:
         if settings.restart_pod_on:
             sinks.append(PodRestarter(settings.restart_pod_on, settings.restart_pod_after,
                                       self.pod, log, self.exit_now).on_events)
-        self.absent: Dict[str, Tuple[str, ...]] = {}
+        self.absent: Dict[str, Tuple[str, ...]] = {}  # per check: configured metrics last absent
         self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.after_poll)
         self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
-                                 resources.beats)
-        self.reaper = OrphanReaper(resources.children)
+                                 resources.beats)  # None: --admin-addr off
+        self.reaper = OrphanReaper(resources.children)  # works only as PID 1
         self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
                                 settings.beat_every, settings.beat_token_file, settings.beat_on,
                                 self.pod, log) if settings.beat_to else None
@@ -10193,6 +11846,7 @@ class Daemon:
         self.exit_code = 0
 
     async def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
         host, port = self.settings.addr
         listener = bind_listener(host, port, "--addr")
         self.gates.check_bindable()
@@ -10229,11 +11883,14 @@ class Daemon:
         return self.exit_code
 
     def exit_now(self, code: int) -> None:
+        """Stop at once with `code` (a --restart-pod-on rule fired)."""
         assert self.stopping is not None
         self.exit_code = code
         self.stopping.set()
 
     def grpc_verdict(self, service: str) -> Optional[bool]:
+        """What a gRPC health service name reports: a group's verdict, else one check's own
+        (as /readyz/NAME answers it); None for a name that is neither."""
         group = SERVICE_GROUPS.get(service)
         if group is not None:
             return self.pod.verdicts[group].ok
@@ -10241,6 +11898,8 @@ class Daemon:
         return None if state is None else state.passing
 
     def after_poll(self, name: str, latency: float) -> None:
+        """After every poll: its duration to /metrics, and metric drift named once in the log
+        (a renamed or removed metric would otherwise pass as `missing` forever)."""
         self.selfmetrics.on_poll(name, latency)
         obs = self.pod.states[name].obs
         absent = tuple(obs.detail.get("absent") or ()) if obs and obs.detail else ()
@@ -10253,10 +11912,12 @@ class Daemon:
                 self.log.info("metric present again", check=name)
 
     def tell_watchers(self, events: Sequence[Event]) -> None:
+        """Scheduler sink: gRPC Watch streams hear each group flip and each check's own."""
         if any(isinstance(e, (GroupChanged, CheckChanged)) for e in events):
             self.grpc.changed()
 
     def on_signal(self, signum: int) -> None:
+        """First signal: fail ready, keep answering for --drain-seconds. Second: stop now."""
         assert self.stopping is not None
         self.signals += 1
         name = signal.Signals(signum).name
@@ -10270,6 +11931,7 @@ class Daemon:
         asyncio.get_running_loop().call_later(drain, self.stop_when_waits_return)
 
     def stop_when_waits_return(self) -> None:
+        """Stop, unless a preStop /wait-for-drain is still open: it must get its answer."""
         assert self.stopping is not None
         if self.admin is not None and self.admin.waits_open():
             asyncio.get_running_loop().call_later(0.2, self.stop_when_waits_return)
@@ -10278,6 +11940,7 @@ class Daemon:
 
 
 def forget_scrapes_on_restart(hub: ScrapeHub) -> EventSink:
+    """A sink that drops every cached /metrics body when the backend restarts."""
     def sink(events: Sequence[Event]) -> None:
         if any(isinstance(e, Restarted) for e in events):
             hub.forget()
@@ -10287,12 +11950,404 @@ def forget_scrapes_on_restart(hub: ScrapeHub) -> EventSink:
 def _show_addr(sockname: Tuple[Any, ...]) -> str:
     host, port = sockname[0], sockname[1]
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+''')
+
+# ==============================================================================
+# Layer 10 of 10: cli: the command line and its subcommands
+#   checkcmd.py, probebench.py, beat.py, cli.py
+# ==============================================================================
+
+# ------------------------------------------------------------------------------
+# probed/checkcmd.py: its lines 1-102 are lines 11964-12065 here (file line = module line + 11963)
+# ------------------------------------------------------------------------------
+modules.add('probed/checkcmd.py', 11964, r'''
+"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
+
+Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
+HTTP response came within --timeout (refused, reset, timed out, TLS or protocol failure).
+It uses the daemon's own client (one deadline over the whole request, https through ssl), so
+what it reports is what a poller would see. Must never: retry, follow a redirect, or print
+request headers (they may carry a bearer token).
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Dict, Sequence
+
+from .client import FetchError, Response, TLSOptions, fetch
+from .values import parse_duration
+
+CHECK_EXIT_PASS, CHECK_EXIT_FAIL, CHECK_EXIT_USAGE, CHECK_EXIT_UNREACHABLE = 0, 1, 2, 3
+CHECK_DEFAULT_TIMEOUT = 1.0  # seconds; the kubelet's default probe timeout
+CHECK_MAX_BODY = 16 << 20  # larger bodies are refused rather than held in memory
+CHECK_FAIL_STATUS = 400  # this status and above fail
 
 
-# ============================================================
-# probed/cli.py
-# ============================================================
+def _timeout_arg(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("%s (e.g. 1s, 500ms, 2.5)" % exc) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
+    return value
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    """The `probed check` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="probed check", description="GET a URL once; the exit code is the verdict: "
+        "0 pass (status < 400), 1 fail (status >= 400), 2 usage error, 3 unreachable or "
+        "timed out.")
+    parser.add_argument("url", help="http:// or https:// URL, e.g. "
+                                    "http://127.0.0.1:8080/readyz")
+    parser.add_argument("--timeout", type=_timeout_arg, default=CHECK_DEFAULT_TIMEOUT,
+                        metavar="DURATION", help="deadline for the whole request (default 1s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the body too")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="extra request header (repeatable)")
+    parser.add_argument("-k", "--insecure", action="store_true",
+                        help="https: do not verify the server certificate")
+    parser.add_argument("--ca-file", metavar="PEM", help="https: trust this CA bundle")
+    return parser
+
+
+def _header_args(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
+    headers: Dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            parser.error("-H %r: expected 'Name: value'" % item)
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def print_check_result(response: Response, verbose: bool) -> None:
+    """`STATUS REASON` on stdout, then the body when verbose."""
+    print(("%d %s" % (response.status, response.reason)).rstrip())
+    if verbose and response.body:
+        sys.stdout.flush()
+        out = getattr(sys.stdout, "buffer", None)
+        if out is not None:
+            out.write(response.body)
+            if not response.body.endswith(b"\n"):
+                out.write(b"\n")
+            out.flush()
+        else:  # a text-only stream (tests capturing stdout)
+            text = response.body.decode("utf-8", "replace")
+            print(text, end="" if text.endswith("\n") else "\n")
+
+
+def check_main(argv: Sequence[str]) -> int:
+    """Command line of `probed check`; returns the exit code (argparse exits 2 on bad usage)."""
+    parser = build_check_parser()
+    args = parser.parse_args(list(argv))
+    headers = _header_args(parser, args.header)
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        parser.error("--ca-file %s: no such file" % args.ca_file)
+    tls = TLSOptions(args.ca_file, args.insecure) if args.ca_file or args.insecure else None
+    try:
+        response = asyncio.run(fetch(args.url, headers=headers, timeout=args.timeout,
+                                     max_body=CHECK_MAX_BODY, tls=tls))
+    except ValueError as exc:  # a bad URL or header: the caller's mistake
+        print("probed check: error: %s: %s" % (args.url, exc), file=sys.stderr)
+        return CHECK_EXIT_USAGE
+    except FetchError as exc:
+        print("probed check: %s: %s" % (args.url, exc), file=sys.stderr)
+        return CHECK_EXIT_UNREACHABLE
+    except OSError as exc:  # anything the client did not map; still no response
+        print("probed check: %s: %s" % (args.url, exc.strerror or exc), file=sys.stderr)
+        return CHECK_EXIT_UNREACHABLE
+    print_check_result(response, args.verbose)
+    return CHECK_EXIT_FAIL if response.status >= CHECK_FAIL_STATUS else CHECK_EXIT_PASS
+
+''')
+
+# ------------------------------------------------------------------------------
+# probed/probebench.py: its lines 1-155 are lines 12072-12226 here (file line = module line + 12071)
+# ------------------------------------------------------------------------------
+modules.add('probed/probebench.py', 12072, r'''
+"""`probed bench URL`: probe latency the way the kubelet sees it.
+
+Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
+headers, timed from connect to the end of the reply; `--mode tcp` times a bare connect as a
+`tcpSocket` probe does. Blocking sockets in threads keep the client simple and its own cost
+constant across the servers being compared; results are percentiles, never a verdict.
+"""
+
+import argparse
+import collections
+import json
+import socket
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .client import split_url
+
+KUBELET_USER_AGENT = "kube-probe/1.31"
+BENCH_RECV = 65536
+
+
+def kubelet_request(host: str, port: int, path: str) -> bytes:
+    """The request bytes a kubelet httpGet probe sends."""
+    hostport = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+    return ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: */*\r\n"
+            "Connection: close\r\n\r\n" % (path, hostport, KUBELET_USER_AGENT)).encode("ascii")
+
+
+def probe_once(addr: Tuple[str, int], request: Optional[bytes], timeout: float) -> Tuple[float, int]:
+    """One probe on a new connection: (seconds, HTTP status or 0 for a bare TCP probe)."""
+    t0 = time.perf_counter()
+    with socket.create_connection(addr, timeout=timeout) as sock:
+        if request is None:
+            return time.perf_counter() - t0, 0
+        sock.sendall(request)
+        chunks = []
+        while True:
+            data = sock.recv(BENCH_RECV)
+            if not data:
+                break
+            chunks.append(data)
+    elapsed = time.perf_counter() - t0
+    head = b"".join(chunks)[:16]
+    if not head.startswith(b"HTTP/1."):
+        raise OSError("no HTTP status line in the reply")
+    return elapsed, int(head[9:12])
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> Optional[float]:
+    """Nearest-rank percentile of an ascending list (q in 0..100); None for no values."""
+    if not sorted_values:
+        return None
+    rank = max(1, int(round(q / 100.0 * len(sorted_values) + 0.4999)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def run_bench(url: str, n: int = 2000, concurrency: int = 1, mode: str = "http",
+              warmup: int = 100, timeout: float = 2.0) -> Dict[str, Any]:
+    """Send `warmup` then `n` probes from `concurrency` threads; summarize the latencies."""
+    _scheme, host, port, path = split_url(url)
+    request = kubelet_request(host, port, path) if mode == "http" else None
+    addr = (host, port)
+    for _ in range(warmup):
+        try:
+            probe_once(addr, request, timeout)
+        except OSError:
+            pass
+    shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+    results: List[Tuple[List[float], "collections.Counter[int]", int]] = []
+    first_error: List[str] = []
+
+    def worker(count: int) -> None:
+        mine: List[float] = []
+        seen: "collections.Counter[int]" = collections.Counter()
+        failed = 0
+        for _ in range(count):
+            try:
+                elapsed, status = probe_once(addr, request, timeout)
+            except OSError as exc:
+                failed += 1
+                if not first_error:
+                    first_error.append(exc.strerror or str(exc) or type(exc).__name__)
+                continue
+            mine.append(elapsed)
+            seen[status] += 1
+        results.append((mine, seen, failed))  # merged after the timed part: no lock in it
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - t0
+    latencies = [elapsed for mine, _, _ in results for elapsed in mine]
+    statuses = sum((seen for _, seen, _ in results), collections.Counter())
+    errors = sum(failed for _, _, failed in results)
+    result = summarize(url, mode, concurrency, latencies, statuses, errors, wall)
+    result["first_error"] = first_error[0] if first_error else None
+    return result
+
+
+def summarize(url: str, mode: str, concurrency: int, latencies: List[float],
+              statuses: Dict[int, int], errors: int, wall: float) -> Dict[str, Any]:
+    """Percentiles in microseconds and probes per second."""
+    ordered = sorted(latencies)
+
+    def us(seconds: Optional[float]) -> Optional[float]:
+        return None if seconds is None else round(seconds * 1e6, 1)
+
+    return {
+        "url": url, "mode": mode, "concurrency": concurrency, "probes": len(ordered),
+        "errors": errors, "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "p50_us": us(percentile(ordered, 50)), "p90_us": us(percentile(ordered, 90)),
+        "p99_us": us(percentile(ordered, 99)), "max_us": us(ordered[-1]) if ordered else None,
+        "probes_per_second": round(len(ordered) / wall, 1) if wall > 0 else None,
+    }
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    """Command line of `probed bench`."""
+    parser = argparse.ArgumentParser(prog="probed bench", description=__doc__.split("\n")[0])
+    parser.add_argument("url", help="probe URL, e.g. http://127.0.0.1:8080/readyz")
+    parser.add_argument("-n", type=int, default=2000, help="probes to time (default 2000)")
+    parser.add_argument("-c", type=int, default=1, help="concurrent clients (default 1)")
+    parser.add_argument("--mode", choices=("http", "tcp"), default="http")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed probes first")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per probe")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    args = parser.parse_args(list(argv))
+    if args.n < 1 or args.c < 1 or args.warmup < 0:
+        parser.error("-n and -c must be >= 1, --warmup >= 0")
+    try:
+        result = run_bench(args.url, args.n, args.c, args.mode, args.warmup, args.timeout)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(bench_text(result))
+    return 0 if result["probes"] else 3
+
+
+def bench_text(result: Dict[str, Any]) -> str:
+    """The result for a person: latencies and statuses, or why no probe was answered."""
+    head = "%(url)s mode=%(mode)s c=%(concurrency)d probes=%(probes)d errors=%(errors)d" % result
+    if not result["probes"]:
+        return "%s\nno probe was answered: %s" % (head, result.get("first_error") or "no reply")
+    statuses = ", ".join("%s x%d" % kv for kv in result["statuses"].items()) or "none (tcp)"
+    lines = [head, "p50 %(p50_us)sus  p90 %(p90_us)sus  p99 %(p99_us)sus  max %(max_us)sus  "
+                   "%(probes_per_second)s probes/s" % result, "statuses: " + statuses]
+    if result["errors"]:
+        lines.append("first error: %s" % result.get("first_error"))
+    return "\n".join(lines)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/beat.py: its lines 1-108 are lines 12233-12340 here (file line = module line + 12232)
+# ------------------------------------------------------------------------------
+modules.add('probed/beat.py', 12233, r'''
+"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
+
+`--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
+admin listener; `--remove` takes a worker that stops on purpose out. Exit 0 done, 1 failed,
+2 usage. Must never: retry, write anything into the file, print the token.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Dict, Optional, Sequence
+
+from .beatregistry import parse_beat_name
+from .client import FetchError
+from .pushbeat import push_beat
+from .values import parse_duration
+
+BEAT_EXIT_OK, BEAT_EXIT_FAILED, BEAT_EXIT_USAGE = 0, 1, 2
+BEAT_DEFAULT_TIMEOUT = 2.0
+BEAT_ENV_DIR = "PROBED_BEAT_DIR"
+BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
+BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"  # the same variable the daemon reads
+
+
+def _name_arg(text: str) -> str:
+    try:
+        return parse_beat_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("%r: %s" % (text, exc)) from None
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a duration above 0, got %r" % text)
+    return value
+
+
+def admin_base_url(text: str) -> str:
+    """`http://host:9090`, `host:9090` or `:9090` (loopback) -> a base URL without a slash."""
+    value = text.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + ("127.0.0.1" + value if value.startswith(":") else value)
+    return value
+
+
+def build_beat_parser() -> argparse.ArgumentParser:
+    """The `probed beat` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="probed beat", description="Send one worker heartbeat: touch DIR/NAME, or POST "
+        "/heartbeat/NAME to probed's admin listener. Exit 0 done, 1 failed, 2 usage error.")
+    parser.add_argument("name", type=_name_arg, help="worker name: letters, digits, . _ -")
+    parser.add_argument("--dir", help="touch DIR/NAME (env %s)" % BEAT_ENV_DIR)
+    parser.add_argument("--admin", metavar="URL", help="POST to the admin listener, e.g. :9090 "
+                        "or http://127.0.0.1:9090 (env %s)" % BEAT_ENV_ADMIN)
+    parser.add_argument("--admin-token-file", metavar="FILE",
+                        help="Bearer token for the admin listener (env %s)" % BEAT_ENV_TOKEN_FILE)
+    parser.add_argument("--timeout", type=_timeout_arg, default=BEAT_DEFAULT_TIMEOUT,
+                        metavar="DURATION", help="deadline of an admin call (default 2s)")
+    parser.add_argument("--remove", action="store_true",
+                        help="the worker leaves: delete its file, or DELETE its name")
+    return parser
+
+
+def touch_beat(directory: str, name: str, remove: bool = False) -> None:
+    """Set DIR/NAME's mtime to now (creating it), or delete it; OSError on failure."""
+    if not os.path.isdir(directory):
+        raise OSError("%s: no such directory (is the shared volume mounted?)" % directory)
+    path = os.path.join(directory, name)
+    if remove:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass  # already gone: the outcome the caller wants
+        return
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    os.utime(path, None)
+
+
+def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
+    """Command line of `probed beat`; returns the exit code (argparse exits 2 on bad usage)."""
+    environ = dict(os.environ) if env is None else env
+    parser = build_beat_parser()
+    args = parser.parse_args(list(argv))
+    directory = args.dir or ("" if args.admin else environ.get(BEAT_ENV_DIR, ""))
+    admin = args.admin or ("" if args.dir else environ.get(BEAT_ENV_ADMIN, ""))
+    if bool(directory) == bool(admin):
+        print("probed beat: error: give exactly one of --dir DIR (env %s) or --admin URL "
+              "(env %s)" % (BEAT_ENV_DIR, BEAT_ENV_ADMIN), file=sys.stderr)
+        return BEAT_EXIT_USAGE
+    try:
+        if directory:
+            touch_beat(directory, args.name, args.remove)
+        else:
+            token_file = args.admin_token_file or environ.get(BEAT_ENV_TOKEN_FILE)
+            asyncio.run(push_beat(admin_base_url(admin), args.name, token_file, args.timeout,
+                                  args.remove))
+    except ValueError as exc:  # a malformed --admin URL
+        print("probed beat: error: %s" % exc, file=sys.stderr)
+        return BEAT_EXIT_USAGE
+    except (OSError, FetchError, RuntimeError) as exc:
+        print("probed beat: %s" % exc, file=sys.stderr)
+        return BEAT_EXIT_FAILED
+    return BEAT_EXIT_OK
+''')
+
+# ------------------------------------------------------------------------------
+# probed/cli.py: its lines 1-75 are lines 12347-12421 here (file line = module line + 12346)
+# ------------------------------------------------------------------------------
+modules.add('probed/cli.py', 12347, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
+
+Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr
+and exit code 2, before anything listens.
 """
 
 import asyncio
@@ -10301,8 +12356,21 @@ import os
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from .beat import beat_main
+from .checkcmd import check_main
+from .checks.base import CheckResources
+from .checkspecs import build_checks
+from .daemon import Daemon
+from .drain import drain_main
+from .eventlog import EventLog
+from .probebench import bench_main
+from .flags import build_serve_parser, normalize_argv
+from .settings import describe_settings, resolve_settings
+from .values import ConfigError
+
 
 def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`probed [serve] ...`: validate everything, then run the daemon."""
     ns = build_serve_parser().parse_args(normalize_argv(argv))
     settings, raws = resolve_settings(ns, env)
     resources = CheckResources()
@@ -10318,7 +12386,7 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
 
 
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
-    "serve": lambda args: 0,
+    "serve": lambda args: 0,  # handled in main(): it needs the environment
     "bench": bench_main,
     "check": check_main,
     "beat": beat_main,
@@ -10326,11 +12394,13 @@ SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
 }
 
 
-PACKAGE_ONLY = ("demo", "sim")
+PACKAGE_ONLY = ("demo", "sim")  # registered by __main__.py: not in the single file
 
 
 def main(argv: Optional[Sequence[str]] = None,
          subcommands: Optional[Mapping[str, Callable[[List[str]], int]]] = None) -> int:
+    """Entry point of `probed`, `python -m probed` and `python3 probed.py`; `subcommands`
+    replaces the table (the package adds its own: demo, sim)."""
     table = SUBCOMMANDS if subcommands is None else subcommands
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in PACKAGE_ONLY and args[0] not in table:
@@ -10349,10 +12419,10 @@ def main(argv: Optional[Sequence[str]] = None,
         return 2
     except KeyboardInterrupt:
         return 130
+''')
 
-
-# ============================================================
-# entry point, added by probed.bundle (`python3 -m probed` calls the same function)
-# ============================================================
+# ==============================================================================
+# Entry point, added by probed.bundle (`python3 -m probed` runs the same main())
+# ==============================================================================
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(modules.run("probed.cli", "main", sys.argv[1:]))

@@ -5,8 +5,8 @@ vLLM simulator and the demo built on it stay out of the single file to keep it s
 """
 
 from .cli import SUBCOMMANDS, main
-from .demo import demo_main
-from .vllmsim_cli import sim_main
+from .sim.cli import sim_main
+from .sim.demo import demo_main
 
 
 def entry() -> int:

@@ -23,14 +23,14 @@ BEAT_ENV_ADMIN = "PROBED_BEAT_ADMIN"
 BEAT_ENV_TOKEN_FILE = "PROBED_ADMIN_TOKEN_FILE"  # the same variable the daemon reads
 
 
-def _beat_name(text: str) -> str:
+def _name_arg(text: str) -> str:
     try:
         return parse_beat_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError("%r: %s" % (text, exc)) from None
 
 
-def _beat_timeout(text: str) -> float:
+def _timeout_arg(text: str) -> float:
     try:
         value = parse_duration(text)
     except ValueError as exc:
@@ -53,13 +53,13 @@ def build_beat_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probed beat", description="Send one worker heartbeat: touch DIR/NAME, or POST "
         "/heartbeat/NAME to probed's admin listener. Exit 0 done, 1 failed, 2 usage error.")
-    parser.add_argument("name", type=_beat_name, help="worker name: letters, digits, . _ -")
+    parser.add_argument("name", type=_name_arg, help="worker name: letters, digits, . _ -")
     parser.add_argument("--dir", help="touch DIR/NAME (env %s)" % BEAT_ENV_DIR)
     parser.add_argument("--admin", metavar="URL", help="POST to the admin listener, e.g. :9090 "
                         "or http://127.0.0.1:9090 (env %s)" % BEAT_ENV_ADMIN)
     parser.add_argument("--admin-token-file", metavar="FILE",
                         help="Bearer token for the admin listener (env %s)" % BEAT_ENV_TOKEN_FILE)
-    parser.add_argument("--timeout", type=_beat_timeout, default=BEAT_DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=_timeout_arg, default=BEAT_DEFAULT_TIMEOUT,
                         metavar="DURATION", help="deadline of an admin call (default 2s)")
     parser.add_argument("--remove", action="store_true",
                         help="the worker leaves: delete its file, or DELETE its name")

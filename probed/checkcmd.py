@@ -22,7 +22,7 @@ CHECK_MAX_BODY = 16 << 20  # larger bodies are refused rather than held in memor
 CHECK_FAIL_STATUS = 400  # this status and above fail
 
 
-def _check_timeout(text: str) -> float:
+def _timeout_arg(text: str) -> float:
     try:
         value = parse_duration(text)
     except ValueError as exc:
@@ -40,7 +40,7 @@ def build_check_parser() -> argparse.ArgumentParser:
         "timed out.")
     parser.add_argument("url", help="http:// or https:// URL, e.g. "
                                     "http://127.0.0.1:8080/readyz")
-    parser.add_argument("--timeout", type=_check_timeout, default=CHECK_DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=_timeout_arg, default=CHECK_DEFAULT_TIMEOUT,
                         metavar="DURATION", help="deadline for the whole request (default 1s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print the body too")
     parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -51,7 +51,7 @@ def build_check_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_headers(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
+def _header_args(parser: argparse.ArgumentParser, items: Sequence[str]) -> Dict[str, str]:
     headers: Dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition(":")
@@ -81,7 +81,7 @@ def check_main(argv: Sequence[str]) -> int:
     """Command line of `probed check`; returns the exit code (argparse exits 2 on bad usage)."""
     parser = build_check_parser()
     args = parser.parse_args(list(argv))
-    headers = _check_headers(parser, args.header)
+    headers = _header_args(parser, args.header)
     if args.ca_file and not os.path.isfile(args.ca_file):
         parser.error("--ca-file %s: no such file" % args.ca_file)
     tls = TLSOptions(args.ca_file, args.insecure) if args.ca_file or args.insecure else None

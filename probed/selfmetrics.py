@@ -25,8 +25,8 @@ CHECK_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG_SAMPLE_INTERVAL = 0.5  # seconds between lag samples: ~30 per 15 s scrape
 
-_SELFMETRICS_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
-_SELFMETRICS_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+_HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
 
 
 class Histogram:
@@ -49,7 +49,7 @@ class Histogram:
 
 def escape_label_value(value: str) -> str:
     """A label value as the text format needs it: backslash, double quote and newline escaped."""
-    return value.translate(_SELFMETRICS_LABEL_ESCAPES)
+    return value.translate(_LABEL_ESCAPES)
 
 
 def format_sample_value(value: float) -> str:
@@ -72,7 +72,7 @@ class MetricsPage:
 
     def family(self, name: str, kind: str, text: str) -> None:
         """Start a family: HELP and TYPE name it as its samples do (the 0.0.4 text format)."""
-        self.lines.append("# HELP %s %s" % (name, text.translate(_SELFMETRICS_HELP_ESCAPES)))
+        self.lines.append("# HELP %s %s" % (name, text.translate(_HELP_ESCAPES)))
         self.lines.append("# TYPE %s %s" % (name, kind))
 
     def sample(self, name: str, labels: Sequence[Tuple[str, str]], value: float) -> None:

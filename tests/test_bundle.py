@@ -1,14 +1,17 @@
-"""The bundler (probed/bundle.py): order, deletions, refusals, --check, and the committed file.
+"""The bundler (probed/bundle.py, bundlerules.py) and the loader it writes (singlefile.py): layers,
+order, verbatim modules, line numbers, refusals, --where, --check, and the committed file.
 
-Most tests bundle small synthetic packages written to tmp dirs, so they pin the bundler's rules
-whatever the real package contains; the last ones hold the real probed/ to them.
+Most tests bundle small synthetic packages written to tmp dirs with layers of their own, so they
+pin the bundler's rules whatever the real package contains; the last ones hold the real probed/
+to them. tests/test_single_file.py runs the real file on every Python.
 """
 
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -17,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from probed import bundle  # noqa: E402  (after making the repo importable under plain `pytest`)
-from probed.bundle import BundleError  # noqa: E402
+from probed.bundle import BundleError, Layer  # noqa: E402
 
 RUN_TIMEOUT = 60.0
 
@@ -42,6 +45,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 '''
 
+# Layers for the synthetic packages: the package, everything the tests name, the command line.
+MIDDLE = ("values.py", "a.py", "b.py", "c.py", "one.py", "two.py", "user.py", "lazy.py",
+          "boom.py", "checks/")
+LAYERS = (Layer("package", "the version", ("__init__.py",)),
+          Layer("middle", "what the tests add", MIDDLE),
+          Layer("cli", "the command line", ("cli.py",)))
+
 
 def make_package(root: Path, files: Dict[str, str], name: str = "pkg") -> Path:
     """Write a package under `root` with a default __init__ and cli; `files` adds or replaces."""
@@ -53,11 +63,20 @@ def make_package(root: Path, files: Dict[str, str], name: str = "pkg") -> Path:
     return package
 
 
-def module_order(text: str) -> list:
-    """The module paths named by the banners of a bundle, in order."""
-    lines = text.splitlines()
-    return [lines[i + 1][2:] for i, line in enumerate(lines[:-1])
-            if line == bundle.BANNER_RULE and lines[i + 1].endswith(".py")]
+def build(root: Path, files: Dict[str, str], layers: Sequence[Layer] = LAYERS) -> str:
+    return bundle.build_bundle(make_package(root, files), layers)
+
+
+def write(root: Path, files: Dict[str, str], layers: Sequence[Layer] = LAYERS) -> Path:
+    """Bundle a synthetic package into root/pkg.py and return its path."""
+    out = root / "pkg.py"
+    out.write_text(build(root, files, layers), encoding="utf-8")
+    return out
+
+
+def module_order(text: str) -> List[str]:
+    """The module paths embedded in a bundle, in file order."""
+    return [path for path, _, _ in bundle.embedded_sources(text)]
 
 
 def run_bundle(path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -66,182 +85,305 @@ def run_bundle(path: Path, *args: str) -> subprocess.CompletedProcess:
                           universal_newlines=True, timeout=RUN_TIMEOUT)
 
 
-def build_error(tmp_path: Path, files: Dict[str, str]) -> str:
+def build_error(tmp_path: Path, files: Dict[str, str], layers: Sequence[Layer] = LAYERS) -> str:
     """The BundleError message a package with `files` gets."""
     with pytest.raises(BundleError) as caught:
-        bundle.build_bundle(make_package(tmp_path, files))
+        build(tmp_path, files, layers)
     return str(caught.value)
 
 
-def test_modules_come_in_dependency_order_with_sorted_ties(tmp_path: Path) -> None:
-    package = make_package(tmp_path, {
+# --- layers and order ----------------------------------------------------------------------------
+
+def test_layers_in_declared_order_dependencies_first_ties_as_listed(tmp_path: Path) -> None:
+    layers = (Layer("package", "v", ("__init__.py",)),
+              Layer("low", "l", ("zeta.py", "beta.py", "gamma.py")),
+              Layer("high", "h", ("alpha.py", "cli.py")))
+    text = build(tmp_path, {
         "alpha.py": "from .zeta import Z\nA = Z + 1\n",
         "zeta.py": "from .beta import B\nZ = B + 1\n",
         "beta.py": "B = 1\n",
         "gamma.py": "G = 1\n",
-    })
-    text = bundle.build_bundle(package)
-    assert module_order(text) == ["pkg/__init__.py", "pkg/beta.py", "pkg/cli.py",
-                                  "pkg/gamma.py", "pkg/zeta.py", "pkg/alpha.py"]
+    }, layers)
+    # zeta is listed first but needs beta; gamma keeps its listed place after them.
+    assert module_order(text) == ["pkg/__init__.py", "pkg/beta.py", "pkg/zeta.py",
+                                  "pkg/gamma.py", "pkg/alpha.py", "pkg/cli.py"]
+    banners = [line for line in text.splitlines() if line.startswith("# Layer ")]
+    assert banners == ["# Layer 1 of 3: package: v", "# Layer 2 of 3: low: l",
+                       "# Layer 3 of 3: high: h"]
 
 
-def test_build_is_deterministic_and_independent_of_location(tmp_path: Path) -> None:
-    files = {"b.py": "B = 2\n", "a.py": "from .b import B\nA = B\n", "sub/__init__.py": "",
-             "sub/c.py": "from ..a import A\nC = A\n"}
-    first = bundle.build_bundle(make_package(tmp_path / "one", files))
-    reordered = dict(reversed(list(files.items())))
-    second = bundle.build_bundle(make_package(tmp_path / "two" / "deeper", reordered))
-    assert first == second
-    assert bundle.build_bundle(make_package(tmp_path / "one", files)) == first
-    assert str(tmp_path) not in first
+def test_a_module_in_no_layer_is_refused_naming_it_and_the_fix(tmp_path: Path) -> None:
+    message = build_error(tmp_path, {"stray.py": "S = 1\n"})
+    assert "pkg/stray.py is in no layer" in message
+    assert "add 'stray.py'" in message and "LAYERS in bundle.py" in message
 
 
-def test_header_says_generated_how_to_regenerate_and_the_version(tmp_path: Path) -> None:
-    text = bundle.build_bundle(make_package(tmp_path, {}))
-    first = text.splitlines()[0]
-    assert first.startswith("# pkg.py: GENERATED by `python3 -m pkg.bundle`")
-    assert "Do not edit" in first
-    header = text[: text.index(bundle.BANNER_RULE)]
-    assert "9.8.7" in header
-    assert "`python3 -m pkg.bundle --check`" in header
-    assert all(line.startswith("#") or not line for line in header.splitlines())
-
-
-def test_project_imports_deleted_stdlib_kept_and_the_file_runs(tmp_path: Path) -> None:
-    package = make_package(tmp_path, {
-        "values.py": '''\
-            """Values."""
-
-            import json
-
-            LIMIT = 3
-
-
-            def double(x: int) -> int:
-                return x * 2
-            ''',
-        "checks/__init__.py": '"""Registers the kinds."""\n\nfrom .http import HttpCheck\n',
-        "checks/base.py": "KINDS = []\n\n\ndef register(cls):\n    KINDS.append(cls.kind)\n"
-                          "    return cls\n",
-        "checks/http.py": '''\
-            from ..values import (
-                LIMIT,
-                double,
-            )
-            from .base import register
-
-
-            @register
-            class HttpCheck:
-                kind = "http"
-                limit = double(LIMIT)
-            ''',
-        "cli.py": '''\
-            import json
-            from typing import List, Optional
-
-            from . import __version__
-            from .checks import HttpCheck
-            from .checks.base import KINDS
-
-
-            def main(argv: Optional[List[str]] = None) -> int:
-                print(json.dumps([__version__, KINDS, HttpCheck.limit]))
-                return 3
-            ''',
-    })
-    out = tmp_path / "pkg.py"
-    bundle.write_bundle(package, out)
-    text = out.read_text(encoding="utf-8")
-    assert "from ." not in text and "LIMIT,\n" not in text
-    assert text.count("import json\n") == 2
-    assert module_order(text) == ["pkg/__init__.py", "pkg/checks/base.py", "pkg/values.py",
-                                  "pkg/checks/http.py", "pkg/checks/__init__.py", "pkg/cli.py"]
-    done = run_bundle(out)
-    assert done.stdout == '["9.8.7", ["http"], 6]\n', done.stderr
-    assert done.returncode == 3  # main()'s return value is the exit status
-
-
-def test_blank_lines_around_a_deleted_import_fold_to_the_larger_run(tmp_path: Path) -> None:
-    package = make_package(tmp_path, {
-        "a.py": "A = 1\n",
-        "b.py": '"""B."""\n\nimport os\n\nfrom .a import A\n\n\nB = A\n',
-    })
-    text = bundle.build_bundle(package)
-    body = text.split("# pkg/b.py\n" + bundle.BANNER_RULE + "\n")[1].split("\n\n\n" + "#")[0]
-    assert body == '"""B."""\n\nimport os\n\n\nB = A'
-
-
-def test_excluded_files_are_not_bundled(tmp_path: Path) -> None:
-    package = make_package(tmp_path, {
-        "bundle.py": "def main():\n    pass\n",
-        "__main__.py": "from .cli import main\n\nif __name__ == '__main__':\n    main()\n",
-    })
-    text = bundle.build_bundle(package)
-    assert module_order(text) == ["pkg/__init__.py", "pkg/cli.py"]
-    assert text.endswith('if __name__ == "__main__":\n    raise SystemExit(main())\n')
-
-
-@pytest.mark.parametrize("first, second", [
-    ("def handle():\n    pass\n", "def handle():\n    pass\n"),
-    ("class handle:\n    pass\n", "handle = 1\n"),
-    ("handle: int = 1\n", "if True:\n    handle = 2\n"),
-    ("handle, other = 1, 2\n", "for handle in ():\n    pass\n"),
-    ("from os import path as handle\n", "def handle():\n    pass\n"),
-    ("from os import path as handle\n", "from sys import path as handle\n"),
-    ("import json as handle\n", "try:\n    pass\nexcept Exception:\n    handle = None\n"),
+@pytest.mark.parametrize("source", [
+    "from .cli import main\n",
+    "def later():\n    from .cli import main\n    return main\n",  # a lazy import counts too
+    "import pkg.cli\n",
 ])
-def test_a_name_bound_by_two_modules_is_refused(tmp_path: Path, first: str,
-                                                second: str) -> None:
-    message = build_error(tmp_path, {"one.py": first, "two.py": second})
-    assert "'handle'" in message
-    assert "pkg/one.py" in message and "pkg/two.py" in message
+def test_an_import_from_a_later_layer_is_refused(tmp_path: Path, source: str) -> None:
+    message = build_error(tmp_path, {"values.py": source})
+    assert re.search(r"pkg/values\.py line \d imports from pkg/cli\.py, which is in layer 3, "
+                     r"after pkg/values\.py's layer 2", message), message
 
 
-def test_the_same_stdlib_import_in_two_modules_is_fine(tmp_path: Path) -> None:
-    package = make_package(tmp_path, {"one.py": "import os\nfrom typing import List\n",
-                                      "two.py": "import os\nfrom typing import List\n"})
-    assert "pkg/two.py" in bundle.build_bundle(package)
+def test_a_module_in_two_layers_is_refused(tmp_path: Path) -> None:
+    layers = LAYERS + (Layer("again", "twice", ("values.py",)),)
+    assert "pkg/values.py is in 2 layers" in build_error(tmp_path, {"values.py": "V = 1\n"},
+                                                         layers)
 
 
-def test_a_name_shadowing_a_builtin_is_refused(tmp_path: Path) -> None:
-    message = build_error(tmp_path, {"one.py": "from asyncio import TimeoutError\n"})
-    assert "'TimeoutError'" in message and "pkg/one.py" in message and "builtin" in message
+def test_listed_modules_that_do_not_exist_yet_are_skipped(tmp_path: Path) -> None:
+    text = build(tmp_path, {})  # LAYERS lists values.py, checks/ ... none of which exist here
+    assert module_order(text) == ["pkg/__init__.py", "pkg/cli.py"]
+    assert "Layer 2" not in text  # an empty layer gets no banner
 
 
 def test_an_import_cycle_is_refused_naming_it(tmp_path: Path) -> None:
     message = build_error(tmp_path, {"a.py": "from .b import B\nA = 1\n",
                                      "b.py": "from .c import C\nB = 1\n",
-                                     "c.py": "from .a import A\nC = 1\n"})
+                                     "c.py": "def f():\n    from .a import A\n    return A\nC = 1\n"})
     assert "import cycle: pkg/a.py -> pkg/b.py -> pkg/c.py -> pkg/a.py" in message
 
 
-def test_a_future_import_is_refused(tmp_path: Path) -> None:
-    message = build_error(tmp_path, {"a.py": "from __future__ import annotations\nA = 1\n"})
-    assert "__future__" in message and "pkg/a.py line 1" in message
+# --- the file: header, contents, verbatim modules ----------------------------------------------
 
+def test_build_is_deterministic_and_independent_of_location(tmp_path: Path) -> None:
+    files = {"b.py": "B = 2\n", "a.py": "from .b import B\nA = B\n", "checks/__init__.py": "",
+             "checks/c.py": "from ..a import A\nC = A\n"}
+    first = build(tmp_path / "one", files)
+    reordered = dict(reversed(list(files.items())))
+    assert build(tmp_path / "two" / "deeper", reordered) == first
+    assert build(tmp_path / "one", files) == first
+    assert str(tmp_path) not in first
+
+
+def test_header_says_generated_how_to_regenerate_the_version_and_where(tmp_path: Path) -> None:
+    text = build(tmp_path, {})
+    first = text.splitlines()[0]
+    assert first.startswith("# pkg.py: GENERATED by `python3 -m pkg.bundle`")
+    assert "Do not edit" in first
+    header = text[: text.index('"""')]
+    assert "9.8.7" in header
+    assert "`python3 -m pkg.bundle --check`" in header
+    assert "python3 pkg.py --where N" in header
+    assert all(line.startswith("#") or not line for line in header.splitlines())
+
+
+def test_contents_give_the_line_each_module_begins_on(tmp_path: Path) -> None:
+    files = {"values.py": '"""Values."""\nV = 1\n', "checks/__init__.py": '"""Checks."""\n',
+             "checks/base.py": '"""Base."""\nfrom ..values import V\n'}
+    text = build(tmp_path, files)
+    lines = text.split("\n")
+    rows = re.findall(r"^#\s+(\S.*?) \.+ +(\d+)$", text, flags=re.M)
+    assert [label for label, _ in rows] == [
+        "the loader (singlefile.py, verbatim)", "pkg/__init__.py", "pkg/values.py",
+        "pkg/checks/__init__.py", "pkg/checks/base.py", "pkg/cli.py", "entry point"]
+    table = dict(rows)
+    assert lines[int(table["the loader (singlefile.py, verbatim)"]) - 1].startswith(
+        '"""The loader at the top of probed.py')
+    package = tmp_path / "pkg"
+    for path in ("pkg/__init__.py", "pkg/values.py", "pkg/checks/base.py", "pkg/cli.py"):
+        first_line = (package.parent / path).read_text(encoding="utf-8").split("\n")[0]
+        assert lines[int(table[path]) - 1] == first_line, path
+    assert lines[int(table["entry point"])].startswith("# Entry point")
+
+
+def test_every_module_reads_back_verbatim_at_its_banner_offset(tmp_path: Path) -> None:
+    tricky = ('"""Tricky: a backslash at the end\\\\ and quotes ""\\" \' "."""\n\n'
+              "import re\n\n"
+              "PATTERN = re.compile(r'\\d+\\\\')  # a raw string ending in a backslash\n"
+              "TABS = '\\t'\t# a real tab before this comment\n"
+              "UNICODE = 'µs – ✓'\n")
+    text = build(tmp_path, {"values.py": tricky})
+    embedded = {path: (first, source) for path, first, source in bundle.embedded_sources(text)}
+    first, source = embedded["pkg/values.py"]
+    assert source == tricky
+    lines = text.split("\n")
+    assert lines[first - 1: first - 1 + source.count("\n")] == source.split("\n")[:-1]
+    offset = first - 1
+    assert ("# pkg/values.py: its lines 1-%d are lines %d-%d here (file line = module line "
+            "+ %d)" % (source.count("\n"), first, first + source.count("\n") - 1, offset)) in text
+    for path in ("pkg/__init__.py", "pkg/cli.py"):
+        assert embedded[path][1] == (tmp_path / path).read_text(encoding="utf-8")
+
+
+def test_excluded_files_and_directories_are_not_bundled(tmp_path: Path) -> None:
+    text = build(tmp_path, {
+        "bundle.py": "def main():\n    pass\n",
+        "__main__.py": "from .cli import main\n\nif __name__ == '__main__':\n    main()\n",
+        "sim/__init__.py": '"""The simulator."""\n', "sim/engine.py": "E = 1\n",
+        "sim/demo.py": "D = 1\n",
+    })
+    assert module_order(text) == ["pkg/__init__.py", "pkg/cli.py"]
+    assert text.endswith('if __name__ == "__main__":\n'
+                         '    raise SystemExit(modules.run("pkg.cli", "main", sys.argv[1:]))\n')
+
+
+@pytest.mark.parametrize("source, left_out", [
+    ("from .sim.engine import E\n", "pkg.sim.engine"),
+    ("from .sim import engine\n", "pkg.sim"),
+    ("from .sim.demo import D\n", "pkg.sim.demo"),
+])
+def test_importing_what_the_file_leaves_out_is_refused(tmp_path: Path, source: str,
+                                                       left_out: str) -> None:
+    message = build_error(tmp_path, {"sim/__init__.py": "", "sim/engine.py": "E = 1\n",
+                                     "sim/demo.py": "D = 1\n", "values.py": source})
+    assert "pkg/values.py line 1 imports %s, which is left out of the single file" % left_out \
+        in message
+
+
+# --- the file runs as the package would --------------------------------------------------------
+
+def test_each_module_keeps_its_own_namespace(tmp_path: Path) -> None:
+    """Two modules may bind the same name: no prefixes, no renaming, nothing to refuse."""
+    out = write(tmp_path, {
+        "one.py": '''\
+            from __future__ import annotations  # compiled on its own, so this is allowed
+
+            REDACTED = "<one>"
+
+
+            def _parse(text: str) -> int:
+                return int(text)
+            ''',
+        "two.py": '''\
+            import json as TimeoutError  # shadows a builtin, in this module only
+            from .one import _parse as parse_one
+
+            REDACTED = "<two>"
+
+
+            def _parse(text: str) -> int:
+                return parse_one(text) * 2
+
+
+            if __name__ == "__main__":
+                raise SystemExit("a module's main block must not run in the single file")
+            ''',
+        "cli.py": '''\
+            import builtins
+
+            import pkg.two
+            from . import one
+            from .two import *  # noqa: F403 (public names only: REDACTED, TimeoutError...)
+
+
+            def main() -> int:
+                print(one.REDACTED, pkg.two.REDACTED, REDACTED, one._parse("3"),
+                      pkg.two._parse("3"), TimeoutError.__name__, builtins.TimeoutError.__name__)
+                return 0
+            ''',
+    })
+    done = run_bundle(out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "<one> <two> <two> 3 6 json TimeoutError\n"
+
+
+def test_a_module_is_compiled_only_when_first_imported(tmp_path: Path) -> None:
+    out = write(tmp_path, {
+        "lazy.py": 'print("lazy compiled")\nNAME = "lazy"\n',
+        "cli.py": '''\
+            import sys
+
+
+            def main() -> int:
+                if sys.argv[1:] == ["use"]:
+                    from .lazy import NAME
+                    print("used", NAME)
+                print("done", sorted(m for m in sys.modules if m.startswith("pkg")))
+                return 0
+            ''',
+    })
+    done = run_bundle(out)
+    assert done.stdout == "done ['pkg', 'pkg.cli']\n", done.stderr
+    done = run_bundle(out, "use")
+    assert done.stdout == ("lazy compiled\nused lazy\ndone ['pkg', 'pkg.cli', 'pkg.lazy']\n"), \
+        done.stderr
+
+
+BOOM = '''\
+"""A module whose function fails on purpose."""
+
+
+class Thrower:
+    """Raises from a known line."""
+
+    def boom(self) -> None:
+        """Fail."""
+        raise ValueError("boom from a known line")
+'''
+BOOM_LINE = 9  # the raise, in BOOM
+CLI_BOOM = '''\
+from .boom import Thrower
+
+
+def main() -> int:
+    Thrower().boom()
+    return 0
+'''
+
+
+def traceback_frames(stderr: str) -> List[Tuple[str, int, str]]:
+    """(file, line, function) of each frame of a traceback."""
+    return [(f, int(n), fn) for f, n, fn in re.findall(
+        r'^  File "([^"]+)", line (\d+), in (\S+)$', stderr, flags=re.M)]
+
+
+def test_a_traceback_names_this_file_and_where_maps_it_back(tmp_path: Path) -> None:
+    out = write(tmp_path, {"boom.py": BOOM, "cli.py": CLI_BOOM})
+    done = run_bundle(out)
+    assert done.returncode == 1 and "ValueError: boom from a known line" in done.stderr
+    path, line, function = traceback_frames(done.stderr)[-1]
+    assert (Path(path), function) == (out, "boom")
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[line - 1].strip() == 'raise ValueError("boom from a known line")'
+    assert 'raise ValueError("boom from a known line")' in done.stderr  # linecache found it
+    where = run_bundle(out, "--where", str(line))
+    assert where.returncode == 0, where.stderr
+    assert where.stdout == ('pkg.py:%d is pkg/boom.py:%d, in Thrower.boom\n'
+                            '    raise ValueError("boom from a known line")\n' % (
+                                line, BOOM_LINE))
+    back = run_bundle(out, "--where", "boom.py:%d" % BOOM_LINE)
+    assert back.stdout.startswith("pkg.py:%d is pkg/boom.py:%d" % (line, BOOM_LINE))
+    first = bundle.embedded_sources(out.read_text(encoding="utf-8"))[1][1]
+    assert run_bundle(out, "--where", str(first + 2)).stdout.startswith(
+        "pkg.py:%d is pkg/boom.py:3\n" % (first + 2))  # module level: no function named
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["1"], "line 1 is outside every embedded module"),
+    (["nope.py:3"], "nope.py matches no module"),
+    (["boom.py:999"], "pkg/boom.py has 9 lines"),
+    (["pod"], "expected LINE or MODULE.py:LINE"),
+    ([], "give one LINE"),
+])
+def test_where_explains_what_it_cannot_map(tmp_path: Path, args: List[str],
+                                           expected: str) -> None:
+    out = write(tmp_path, {"boom.py": BOOM, "cli.py": CLI_BOOM})
+    done = run_bundle(out, "--where", *args)
+    assert done.returncode == 2 and expected in done.stderr, done.stderr
+
+
+# --- refusals --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, expected", [
-    ("from . import values\n", "imports module 'values'"),
-    ("import pkg.values\n", "absolute import of 'pkg'"),
-    ("from pkg.values import V\n", "absolute import of 'pkg'"),
-    ("from .values import V as W\n", "renames 'V' to 'W'"),
-    ("from .values import *\n", "star import"),
-    ("def f():\n    from .values import V\n", "must be at module top level"),
-    ("try:\n    from .values import V\nexcept ImportError:\n    pass\n",
-     "must be at module top level"),
+    ("X = 1\nDOC = '''three quotes'''\n", "pkg/user.py line 2 contains '''"),
+    ("HERE = __file__\n", "pkg/user.py line 1 uses __file__"),
     ("from .missing import V\n", "pkg.missing, which is not a module of the package"),
-    ("from .bundle import V\n", "pkg.bundle, which is not bundled"),
-    ("from .values import NOPE\n", "imports 'NOPE' from pkg/values.py, which does not bind it"),
-    ("from .values import V; import os\n", "on lines of its own"),
-    ("if __name__ == '__main__':\n    pass\n", "`if __name__ ...` block"),
+    ("from .values import NOPE\n", "pkg/user.py line 1 imports 'NOPE' from pkg/values.py, "
+                                   "which does not bind it"),
+    ("def f():\n    from .values import NOPE\n", "line 2 imports 'NOPE'"),
 ])
-def test_imports_a_single_file_cannot_honour_are_refused(tmp_path: Path, source: str,
-                                                         expected: str) -> None:
-    message = build_error(tmp_path, {"values.py": "V = 1\n", "bundle.py": "V = 1\n",
-                                     "user.py": source})
-    assert expected in message
-    assert "pkg/user.py" in message
+def test_what_a_single_file_cannot_hold_is_refused(tmp_path: Path, source: str,
+                                                   expected: str) -> None:
+    package = make_package(tmp_path, {"values.py": "V = 1\n"})
+    (package / "user.py").write_bytes(source.encode("utf-8"))  # as is: no newline translation
+    with pytest.raises(BundleError) as caught:
+        bundle.build_bundle(package, LAYERS)
+    assert expected in str(caught.value)
 
 
 def test_an_entry_point_and_a_version_are_required(tmp_path: Path) -> None:
@@ -249,6 +391,8 @@ def test_an_entry_point_and_a_version_are_required(tmp_path: Path) -> None:
         tmp_path / "a", {"cli.py": "def run():\n    pass\n"})
     assert "__version__" in build_error(tmp_path / "b", {"__init__.py": '"""No version."""\n'})
 
+
+# --- command line ------------------------------------------------------------------------------
 
 def test_command_line_writes_then_checks(tmp_path: Path) -> None:
     package = make_package(tmp_path, {"values.py": "V = 1\n"})
@@ -263,7 +407,7 @@ def test_command_line_writes_then_checks(tmp_path: Path) -> None:
 
     done = cli("--check")
     assert done.returncode == 1 and "pkg.py does not exist" in done.stdout
-    done = cli()
+    done = cli()  # the real LAYERS: values.py and cli.py are in them, __init__.py too
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8") == bundle.build_bundle(package)
     done = cli("--check")
@@ -274,24 +418,48 @@ def test_command_line_writes_then_checks(tmp_path: Path) -> None:
     assert "pkg.py is stale" in done.stdout
     assert "\n-V = 1\n+V = 2\n" in done.stdout
     assert "run `python3 -m pkg.bundle`" in done.stdout
-    (package / "values.py").write_text("V = 1\nV += 1\n", encoding="utf-8")
-    (package / "other.py").write_text("V = 3\n", encoding="utf-8")
+    (package / "stray.py").write_text("S = 3\n", encoding="utf-8")
     done = cli()
-    assert done.returncode == 2 and "bundle: error: top-level name 'V'" in done.stderr
+    assert done.returncode == 2 and "bundle: error: pkg/stray.py is in no layer" in done.stderr
 
 
 def test_the_stale_report_shows_only_the_first_diff_lines(tmp_path: Path) -> None:
     body = "".join("N%d = %d\n" % (i, i) for i in range(200))
     package = make_package(tmp_path, {"values.py": body})
     out = tmp_path / "pkg.py"
-    bundle.write_bundle(package, out)
+    out.write_text(bundle.build_bundle(package, LAYERS), encoding="utf-8")
     (package / "values.py").write_text(body.replace(" = ", " == 0 or "), encoding="utf-8")
-    fresh, report = bundle.check_bundle(package, out)
+    fresh, report = bundle.check_bundle(package, out, LAYERS)
     assert not fresh
     assert len(report.splitlines()) == bundle.CHECK_DIFF_LINES + 3
     assert "more diff lines" in report
 
 
+def test_writing_over_the_budget_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    package = make_package(tmp_path, {"values.py": "V = 1\n"})
+    monkeypatch.setattr(bundle, "SIZE_BUDGET_BYTES", 100)
+    assert bundle.main(["--package", str(package), "--output", str(tmp_path / "pkg.py")]) == 0
+    assert "over the 100 byte budget" in capsys.readouterr().err
+
+
+# --- the real package --------------------------------------------------------------------------
+
 def test_committed_probed_py_is_up_to_date() -> None:
     fresh, report = bundle.check_bundle(REPO / "probed", REPO / "probed.py")
     assert fresh, report
+
+
+def test_probed_layers_come_in_the_declared_reading_order() -> None:
+    assert [layer.name for layer in bundle.LAYERS] == [
+        "package", "wire format", "values", "client and shared resources", "checks", "pod",
+        "scheduler", "server and router", "daemon", "cli"]
+    text = (REPO / "probed.py").read_text(encoding="utf-8")
+    order = module_order(text)
+    assert order[0] == "probed/__init__.py" and order[-1] == "probed/cli.py"
+    assert order.index("probed/httpproto.py") < order.index("probed/values.py") \
+        < order.index("probed/checks/base.py") < order.index("probed/pod.py") \
+        < order.index("probed/scheduler.py") < order.index("probed/server.py") \
+        < order.index("probed/daemon.py")
+    assert not any(path.startswith("probed/sim/")
+                   for path in order)

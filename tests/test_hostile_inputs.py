@@ -172,9 +172,14 @@ def test_what_a_reply_carries_is_capped(start_daemon: Any) -> None:
     ids = [{"id": "model-%05d" % i, "object": "model"} for i in range(20000)]
     with Backend() as backend:
         backend.serve(200, json.dumps({"data": ids}).encode())
-        daemon = start_daemon(["--check", "models name=models url=%s model=absent "
+        daemon = start_daemon(["--check", "models name=models url=%s model=absent timeout=5s "
                                "interval=200ms" % backend.url])
-        reply = wait_status(daemon.port, "/readyz", 503)
+        deadline = time.monotonic() + 20
+        reply = kubelet_probe(daemon.port, "/readyz")
+        while b"not served" not in reply.body and time.monotonic() < deadline:
+            time.sleep(0.1)
+            reply = kubelet_probe(daemon.port, "/readyz")
+        assert reply.status == 503 and b"model 'absent' not served" in reply.body, reply.body
         assert len(reply.body) < 1000, len(reply.body)
         doc = json.loads(kubelet_probe(daemon.port, "/readyz?format=json").body)
         row = doc["checks"][0]

@@ -23,10 +23,10 @@ import pytest
 
 from probed.client import FetchError, Response, fetch
 from probed.expfmt import parse_samples, select_series
-from probed.vllmsim import VLLMSimulator
-from probed.vllmsim_api import (SIM_STATES, SimEngineValues, SimMetricsSnapshot,
+from probed.sim.vllm import VLLMSimulator
+from probed.sim.api import (SIM_STATES, SimEngineValues, SimMetricsSnapshot,
                                 render_sim_metrics, sim_go_float, sim_state_params)
-from probed.vllmsim_cli import sim_main
+from probed.sim.cli import sim_main
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -535,7 +535,7 @@ def _read_line(proc: "subprocess.Popen[bytes]", timeout: float) -> str:
 
 
 def test_sim_main_runs_until_sigterm() -> None:
-    code = "import sys; from probed.vllmsim_cli import sim_main; sys.exit(sim_main(sys.argv[1:]))"
+    code = "import sys; from probed.sim.cli import sim_main; sys.exit(sim_main(sys.argv[1:]))"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--port", "0", "--control-port", "0", "--state", "loading",

@@ -61,7 +61,7 @@ def ray_gcs_health_problem(status: int, body: bytes) -> str:
     return "GCS unhealthy: HTTP %d%s" % (status, (": " + text) if text else "")
 
 
-def _ray_node_gpus(node: Mapping[str, Any]) -> float:
+def _node_gpus(node: Mapping[str, Any]) -> float:
     resources = node.get("resources_total") or {}
     try:
         return float(resources.get("GPU", 0.0))
@@ -69,7 +69,7 @@ def _ray_node_gpus(node: Mapping[str, Any]) -> float:
         return 0.0
 
 
-def _ray_node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
+def _node_list(payload: Any) -> Tuple[int, List[Mapping[str, Any]]]:
     """(total, nodes) of a state API reply; ValueError when it is not a node list."""
     try:
         if payload.get("result") is False:
@@ -90,14 +90,14 @@ def ray_nodes_summary(payload: Any) -> Dict[str, Any]:
     `alive`: every ALIVE node. `dead`: DEAD nodes whose IP has no ALIVE node (a re-joined node
     leaves its old DEAD entry behind), newest per IP, newest first.
     """
-    total, nodes = _ray_node_list(payload)
+    total, nodes = _node_list(payload)
     alive: List[Dict[str, Any]] = []
     newest_dead: Dict[str, Dict[str, Any]] = {}
     for node in nodes:
         ip = str(node.get("node_ip") or node.get("node_name") or "?")
         node_id = str(node.get("node_id") or "")[:12]
         if node.get("state") == "ALIVE":
-            alive.append({"ip": ip, "id": node_id, "gpus": _ray_node_gpus(node),
+            alive.append({"ip": ip, "id": node_id, "gpus": _node_gpus(node),
                           "head": bool(node.get("is_head_node"))})
             continue
         ended = node.get("end_time_ms")
@@ -112,7 +112,7 @@ def ray_nodes_summary(payload: Any) -> Dict[str, Any]:
             "listed": len(nodes), "total": total}
 
 
-def _ray_dead_words(dead: List[Dict[str, Any]]) -> str:
+def _dead_words(dead: List[Dict[str, Any]]) -> str:
     shown = ["%s (%s)" % (d["ip"], d["message"]) for d in dead[:RAY_DEAD_SHOWN]]
     more = len(dead) - RAY_DEAD_SHOWN
     return ", ".join(shown) + (" and %d more" % more if more > 0 else "")
@@ -131,7 +131,7 @@ def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tupl
         return True, "%d nodes alive, %g GPUs" % (len(alive), have_gpus)
     reason = ", ".join(short)
     if summary["dead"]:
-        reason += "; dead: " + _ray_dead_words(summary["dead"])
+        reason += "; dead: " + _dead_words(summary["dead"])
     if summary.get("listed", 0) < summary.get("total", 0):
         reason += " (node list truncated: %d of %d)" % (summary["listed"], summary["total"])
     return False, reason
@@ -180,7 +180,7 @@ class RayClusterCheck(_RayDashboardCheck):
         listing = asyncio.ensure_future(
             self._fetch(RAY_NODES_PATH, timeout, RAY_NODES_MAX_BODY, headers))
         for task in (health, listing):
-            task.add_done_callback(_ray_forget_task)
+            task.add_done_callback(_forget_task)
         try:
             problem, hard = await self._gcs_problem(health, timeout)
             if problem:
@@ -233,13 +233,13 @@ class RayClusterCheck(_RayDashboardCheck):
         return self.judge_summary(obs.detail, config)
 
 
-def _ray_forget_task(task: "asyncio.Future[Any]") -> None:
+def _forget_task(task: "asyncio.Future[Any]") -> None:
     # An unwanted result (the poll ended early) must not log "exception was never retrieved".
     if not task.cancelled():
         task.exception()
 
 
-def _ray_agent_line_ok(line: str) -> bool:
+def _agent_line_ok(line: str) -> bool:
     # `success`, `raylet: success`, `gcs: success (no local gcs)`
     return line.partition(": ")[2 if ": " in line else 0].startswith("success")
 
@@ -253,10 +253,10 @@ def ray_agent_verdict(status: int, body: bytes, path: str) -> Tuple[bool, str, b
     """
     text = body.decode("utf-8", "replace").strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if status == 200 and lines and all(_ray_agent_line_ok(line) for line in lines):
+    if status == 200 and lines and all(_agent_line_ok(line) for line in lines):
         note = "" if path == RAY_AGENT_HEALTH_PATH else "raylet ok (Ray < 2.53: GCS not checked)"
         return True, note, False
-    failed = [line for line in lines if not _ray_agent_line_ok(line)] or lines
+    failed = [line for line in lines if not _agent_line_ok(line)] or lines
     said = "; ".join(failed)[:RAY_REASON_MAX] if failed else "empty body"
     if path == RAY_AGENT_LEGACY_PATH:
         raylet_failed = status == 503

@@ -1,4 +1,4 @@
-"""`probed sim`: run the vLLM simulator (probed/vllmsim.py) as a process, until SIGTERM.
+"""`probed sim`: run the vLLM simulator (probed/sim/vllm.py) as a process, until SIGTERM.
 
 Prints `vllmsim port=N control_port=M` to stdout once both ports are bound (so a parent that
 asked for port 0 learns them), logs state changes to stderr, exits 0 on SIGTERM/SIGINT. Must
@@ -12,8 +12,8 @@ import signal
 import sys
 from typing import Any, Dict, List, Optional
 
-from .vllmsim import VLLMSimulator
-from .vllmsim_api import SIM_METRIC_STYLES, SIM_STATES
+from .vllm import VLLMSimulator
+from .api import SIM_METRIC_STYLES, SIM_STATES
 
 
 def _sim_arg_parser() -> argparse.ArgumentParser:

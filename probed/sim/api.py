@@ -1,4 +1,4 @@
-"""What the vLLM simulator (probed/vllmsim.py) says, as bytes: states, OpenAI bodies, /metrics.
+"""What the vLLM simulator (probed/sim/vllm.py) says, as bytes: states, OpenAI bodies, /metrics.
 
 Pure functions and tables, no I/O and no clock (callers pass timestamps in). The shapes follow
 vLLM's OpenAI server: errors are `{"error": {"message", "type", "param", "code"}}`

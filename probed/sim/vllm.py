@@ -4,7 +4,7 @@ It behaves on the wire like vLLM in each state a probe must tell apart (as a rea
 did in tests/fixtures/real-servers): the port refuses connections while the model loads
 (`loading`, `restart`, and after a dead engine exits), `/health` is 200 with an empty body
 until the engine dies (then 503, and the process "exits" 0-4 s later), sleeping, paused and
-hung engines still answer 200, and `/metrics` is vLLM V1 exposition (probed/vllmsim_api.py).
+hung engines still answer 200, and `/metrics` is vLLM V1 exposition (probed/sim/api.py).
 A sleeping, paused or hung engine holds new requests without counting them in running or
 waiting (a hung one freezes its gauges). Closing the port is real: the listening socket
 is closed, and a bound socket that does not listen holds the port so connects are refused.
@@ -21,8 +21,8 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional
 
-from .httpproto import Request
-from .vllmsim_api import (
+from ..httpproto import Request
+from .api import (
     SIM_CLOSED_STATES,
     SIM_ENGINE_DEAD_MESSAGE,
     SIM_METRIC_STYLES,
@@ -38,7 +38,7 @@ from .vllmsim_api import (
     sim_split,
     sim_state_params,
 )
-from .vllmsim_net import SimListener, SimReply, sim_reply
+from .net import SimListener, SimReply, sim_reply
 
 SIM_DEAD_REQUEST_EXIT = 0.1  # vLLM's error handler sets should_exit at once; uvicorn then stops
 SIM_SATURATED_SLOWDOWN = 4.0  # a saturated server's requests take this many times longer

@@ -1,4 +1,4 @@
-"""Sockets of the vLLM simulator (probed/vllmsim.py): a port that listens or merely holds.
+"""Sockets of the vLLM simulator (probed/sim/vllm.py): a port that listens or merely holds.
 
 A `SimListener` owns one TCP port. Open, it accepts on the event loop, reads one request, hands
 it to an async dispatch function and writes uvicorn-style response bytes. Closed, it keeps a
@@ -12,7 +12,7 @@ import socket
 import time
 from typing import Any, Awaitable, Callable, List, Optional, Set, Tuple
 
-from .httpproto import REASONS, HTTPError, Request, http_date, parse_request
+from ..httpproto import REASONS, HTTPError, Request, http_date, parse_request
 
 SIM_BACKLOG = 128
 SIM_ACCEPTS_PER_WAKEUP = 64  # bounded so one busy port cannot starve the loop

@@ -12,13 +12,13 @@ import socket
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .flags import build_serve_parser
-from .settings import resolve_settings
-from .checks.base import CheckResources
-from .checkspecs import build_checks
-from .daemon import Daemon
-from .eventlog import EventLog
-from .vllmsim import VLLMSimulator
+from ..flags import build_serve_parser
+from ..settings import resolve_settings
+from ..checks.base import CheckResources
+from ..checkspecs import build_checks
+from ..daemon import Daemon
+from ..eventlog import EventLog
+from .vllm import VLLMSimulator
 
 # (state, simulator parameters, seconds to hold, (livez, readyz, startupz) codes, what happens)
 DEMO_STAGES: List[Tuple[str, Dict[str, Any], float, Tuple[int, int, int], str]] = [

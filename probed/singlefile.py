@@ -1,0 +1,149 @@
+"""The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
+whole and line for line, and each is compiled when it is first imported, as `python3 -m probed`
+would import it from disk. No I/O here beyond what a traceback or `--where` reads.
+
+Why text and not one body of code: Python compiles a script whole before it runs its first line,
+and the parser's peak memory for a big file stays in the process afterwards (freed, but held by
+malloc): as one 360 KB body of code, probed.py idled at 40 MB on CPython 3.11, 22 MB compiled a
+module at a time. Each module also keeps its own namespace, as in the package, so the single file
+and the package cannot disagree about what a name means, and no name needs a module prefix.
+
+Each module is compiled as if it stood at its lines in this file, so a traceback's
+`probed.py, line N` is line N of this file (linecache, editors and `less +N` show the right line),
+and `python3 probed.py --where N` names the module, its line and the enclosing function.
+
+bundle.py copies this file into probed.py verbatim, above the embedded modules, and writes the
+calls that fill and run it; the package never imports it.
+"""
+
+import os
+import sys
+from importlib.machinery import ModuleSpec
+from types import CodeType, ModuleType
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple, cast
+
+if TYPE_CHECKING:  # importlib.abc costs 6 ms and several modules on 3.11: its name is enough
+    from importlib.abc import Loader
+
+WHERE_FLAG = "--where"  # `python3 probed.py --where LINE`: handled here, before any module loads
+
+
+class EmbeddedModules:
+    """An import hook (finder and loader) that serves the package from the sources embedded in
+    this file; `add` registers them, `run` starts the entry point, `where` maps lines."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = os.path.abspath(filename)  # what tracebacks name; linecache reads it
+        self.sources: Dict[str, Tuple[str, int, str]] = {}  # dotted name -> (path, line 1, text)
+        self.packages: Set[str] = set()
+        self.ssl_deferred = False  # run() kept ssl out; probed/__init__.py asks its loader this
+
+    def add(self, path: str, first_line: int, text: str) -> None:
+        """Register the module `path` (probed/pod.py), whose line 1 is line `first_line` here.
+
+        `text` starts with the newline that ends the line calling add(), so it compiles at the
+        right line numbers behind `first_line - 2` blank lines.
+        """
+        parts = path[:-len(".py")].split("/")
+        if parts[-1] == "__init__":
+            parts.pop()
+            self.packages.add(".".join(parts))
+        self.sources[".".join(parts)] = (path, first_line, text)
+
+    def find_spec(self, name: str, path: Optional[Sequence[str]] = None,
+                  target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:
+        """importlib's finder protocol: a spec for an embedded module, None for anything else."""
+        if name not in self.sources:
+            return None
+        origin = "%s line %d" % (self.filename, self.sources[name][1])
+        return ModuleSpec(name, cast("Loader", self), origin=origin,
+                          is_package=name in self.packages)
+
+    def create_module(self, spec: ModuleSpec) -> Optional[ModuleType]:
+        """importlib's loader protocol: None asks for a plain module object."""
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        """importlib's loader protocol: compile the module's text now and run it."""
+        exec(self.compile(module.__name__), module.__dict__)
+
+    def compile(self, name: str) -> CodeType:
+        """The code of embedded module `name`, with this file's name and line numbers."""
+        _, first_line, text = self.sources[name]
+        return compile("\n" * (first_line - 2) + text, self.filename, "exec", dont_inherit=True)
+
+    def install(self) -> None:
+        """Make `import probed...` load the embedded modules (before any other finder)."""
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def run(self, entry_module: str, entry_function: str, argv: Sequence[str]) -> int:
+        """Run the single file: `--where`, or the entry point with ssl kept out until needed."""
+        if list(argv[:1]) == [WHERE_FLAG]:
+            return self.where_main(list(argv[1:]))
+        if "ssl" not in sys.modules:
+            # asyncio imports ssl when it can (about 4 MB of RSS); probed needs it only for https
+            # URLs, and probed.import_ssl() lifts this mark when a check really uses one.
+            sys.modules["ssl"] = None  # type: ignore[assignment]
+            self.ssl_deferred = True
+        self.install()
+        module = __import__(entry_module, fromlist=[entry_function])
+        return int(getattr(module, entry_function)())
+
+    def where_main(self, args: List[str]) -> int:
+        """`--where LINE` or `--where [probed/]MODULE.py:LINE`: print the other side; 2 if bad."""
+        try:
+            if len(args) != 1:
+                raise ValueError("give one LINE of probed.py, or MODULE.py:LINE")
+            print(self.where(args[0]))
+            return 0
+        except ValueError as exc:
+            print("probed.py: %s %s: %s" % (WHERE_FLAG, " ".join(args), exc), file=sys.stderr)
+            return 2
+
+    def where(self, arg: str) -> str:
+        """Map a line of this file to its module's line, or `MODULE.py:LINE` to this file's."""
+        if arg.isdigit():
+            line = int(arg)
+            for path, first, text in self.sources.values():
+                count = text.count("\n") - 1  # text starts and ends with a newline
+                if first <= line < first + count:
+                    return self.describe(path, line - first + 1, line)
+            raise ValueError("line %d is outside every embedded module (the header, the loader "
+                             "or the entry point: read it in this file)" % line)
+        path, _, number = arg.rpartition(":")
+        if not number.isdigit() or not path.endswith(".py"):
+            raise ValueError("expected LINE or MODULE.py:LINE, e.g. 4512 or pod.py:138")
+        found = [p for p, _, _ in self.sources.values() if ("/" + p).endswith("/" + path)]
+        if len(found) != 1:
+            raise ValueError("%s matches %s" % (path, ", ".join(sorted(found)) or "no module"))
+        first = next(f for p, f, _ in self.sources.values() if p == found[0])
+        return self.describe(found[0], int(number), first + int(number) - 1)
+
+    def describe(self, path: str, line: int, file_line: int) -> str:
+        """`probed.py:4512 is probed/pod.py:113, in Pod.observe` and the line's text."""
+        text = next(t for p, _, t in self.sources.values() if p == path)
+        lines = text.split("\n")[1:]
+        if not 1 <= line < len(lines):
+            raise ValueError("%s has %d lines" % (path, len(lines) - 1))
+        scope = enclosing_definition(text[1:], line)
+        return "%s:%d is %s:%d%s\n    %s" % (os.path.basename(self.filename), file_line, path,
+                                            line, ", in " + scope if scope else "",
+                                            lines[line - 1].strip() or "(a blank line)")
+
+
+def enclosing_definition(source: str, line: int) -> str:
+    """The dotted name of the innermost function or class around `line` ("" at module level)."""
+    import ast  # only `--where` needs it
+
+    names: List[str] = []
+    body = ast.parse(source).body
+    while True:
+        for node in body:
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                    and node.lineno <= line <= (node.end_lineno or node.lineno)):
+                names.append(node.name)
+                body = node.body
+                break
+        else:
+            return ".".join(names)
