@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -926,3 +927,122 @@ def test_non_root_and_small_probed(where: str, tpl: Dict[str, Any]) -> None:
     assert 2 * PROBED_IDLE_RSS_MI <= memory_mi(requests["memory"]) <= memory_mi(
         limits["memory"]) <= MAX_PROBED_MEMORY_MI
     assert "cpu" not in limits, "a CPU limit would throttle probe answers"
+
+
+# ---------------------------------------------------------------- the recipes' probed, running
+
+GRPC_PROBES = [("%s %s %s" % (w, c["name"], kind), tpl, c[kind]["grpc"]["service"])
+               for w, tpl in TEMPLATES for c in tpl["spec"]["containers"]
+               for kind in PROBE_KINDS if "grpc" in c.get(kind, {})]
+
+
+def local_argv(argv: List[str], mapping: Dict[str, str]) -> List[str]:
+    """A probed container's arguments for a run on loopback: --addr dropped (the test picks
+    the port), cluster names, ports and mounted paths swapped for local ones."""
+    out = []
+    for word in argv:
+        if word.startswith("--addr="):
+            continue
+        for old, new in mapping.items():
+            word = word.replace(old, new)
+        out.append(word)
+    return out
+
+
+@pytest.mark.parametrize("where,tpl,service", GRPC_PROBES, ids=[w for w, _, _ in GRPC_PROBES])
+def test_grpc_probe_services_are_known_to_the_recipes_probed(where: str, tpl: Dict[str, Any],
+                                                             service: str,
+                                                             start_daemon: Any) -> None:
+    """The kubelet's grpc probe with the recipe's service name, against probed.py started with
+    the recipe's arguments: a known service (SERVING or NOT_SERVING), never NOT_FOUND."""
+    grpc = pytest.importorskip("grpc", reason="grpcio is a test dependency (tests/run.sh)")
+    health = pytest.importorskip("grpc_health.v1.health_pb2")
+    stub_mod = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
+    daemon = start_daemon(local_argv(PodModel(tpl, where).argv, {}),
+                          script=str(REPO / "probed.py"))
+    with grpc.insecure_channel("127.0.0.1:%d" % daemon.port) as channel:
+        reply = stub_mod.HealthStub(channel).Check(
+            health.HealthCheckRequest(service=service), timeout=5)
+    assert reply.status in (health.HealthCheckResponse.SERVING,
+                            health.HealthCheckResponse.NOT_SERVING), reply
+
+
+def http_status(port: int, path: str) -> Tuple[int, str]:
+    """GET http://127.0.0.1:PORT/PATH once: (status, body)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=2) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode("utf-8", "replace")
+
+
+def wait_status(port: int, path: str, status: int, deadline: float) -> float:
+    """Seconds until PATH answers STATUS (polled every 0.2 s), or fail after DEADLINE s."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline:
+        if http_status(port, path)[0] == status:
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise AssertionError("%s did not answer %d within %gs: %r" % (
+        path, status, deadline, http_status(port, path)))
+
+
+HEADLESS = [(w, d) for w, d in LWS_DOCS if any(
+    c["name"] == "ranks" for c in PodModel(
+        d["spec"]["leaderWorkerTemplate"]["leaderTemplate"], w).config["checks"])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where,doc", HEADLESS, ids=doc_ids(HEADLESS))
+def test_headless_group_leaves_ready_when_a_rank_loses_its_workers(
+        where: str, doc: Dict[str, Any], start_daemon: Any, tmp_path: Path) -> None:
+    """Recipe (i) on loopback with its own arguments: the worker's probed counts real processes
+    titled as vLLM's workers and checks the leader's store port, beats with the token to the
+    leader's admin listener, and the leader's `ranks` passes; when one worker process dies the
+    worker's live fails (the kubelet would restart it and LWS recreate the group) and the
+    leader's ready loses the rank within the README's arithmetic (10 + 15 + 2 s)."""
+    lwt = doc["spec"]["leaderWorkerTemplate"]
+    leader = PodModel(lwt["leaderTemplate"], where)
+    worker = PodModel(lwt["workerTemplate"], where)
+    (check, argv, script), = exec_scripts(lwt["workerTemplate"])
+    script_path = tmp_path / "vllm_workers.py"
+    script_path.write_text(script, encoding="utf-8")
+    token = tmp_path / "token"
+    token.write_text("s3cret-admin-token\n", encoding="utf-8")
+    store = socket.socket()  # stands for rank 0's torch.distributed store on the leader
+    store.bind(("127.0.0.1", 0))
+    store.listen(8)
+    admin_port, need = free_port(), int(argv[-1])
+    already = int(subprocess.run([sys.executable, "-I", "-S", str(script_path), "0"],
+                                 stdout=subprocess.PIPE, universal_newlines=True,
+                                 timeout=RUN_TIMEOUT).stdout.split()[0])
+    leader_host = SAMPLE_ENV["LWS_LEADER_ADDRESS"]
+    mapping = {leader.admin or "": "127.0.0.1:%d" % admin_port,
+               "%s:%d" % (leader_host, port_of(leader.admin or "")): "127.0.0.1:%d" % admin_port,
+               "%s:29501" % leader_host: "127.0.0.1:%d" % store.getsockname()[1],
+               leader.admin_token or "": str(token),
+               worker.config["beat-token-file"]: str(token),
+               " ".join(argv[-2:]): "%s %d" % (script_path, already + need)}
+    workers = [vllm_worker("VLLM::Worker_PP1_TP%d" % i) for i in range(need)]
+    try:
+        for proc in workers:
+            wait_title(proc.pid)
+        lead = start_daemon(local_argv(leader.argv, mapping), script=str(REPO / "probed.py"))
+        wait_listening("127.0.0.1", admin_port)
+        rank = start_daemon(local_argv(worker.argv, mapping), script=str(REPO / "probed.py"),
+                            env={"LWS_WORKER_INDEX": "1"})
+        wait_status(lead.port, "/readyz/ranks", 200, 30)
+        assert http_status(rank.port, "/readyz")[0] == 200, "a worker beats while ready"
+        workers[0].kill()
+        workers[0].wait(timeout=10)
+        lost = wait_status(lead.port, "/readyz/ranks", 503, 10 + 15 + 2 + 15)
+        print("rank lost on the leader %.1f s after a worker process died" % lost)
+        assert http_status(rank.port, "/livez")[0] == 503, "the worker's live fails too"
+        assert "rank-1" in http_status(lead.port, "/readyz/ranks?verbose")[1]
+    finally:
+        store.close()
+        for proc in workers:
+            proc.kill()
+            proc.wait(timeout=10)
