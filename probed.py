@@ -15,82 +15,83 @@
 # or subtract the offset printed in the module's banner.
 #
 # Contents                                                                  line
-#   the loader (singlefile.py, verbatim) ................................     96
+#   the loader (singlefile.py, verbatim) ................................     97
 #   1. package
-#        probed/__init__.py .............................................    260
+#        probed/__init__.py .............................................    261
 #   2. wire format
-#        probed/httpproto.py ............................................    298
-#        probed/clientproto.py ..........................................    701
-#        probed/promselector.py .........................................    822
-#        probed/exprules.py .............................................    975
-#        probed/expfmt.py ...............................................   1320
-#        probed/hpack.py ................................................   1627
-#        probed/h2frames.py .............................................   1892
-#        probed/h2output.py .............................................   2005
-#        probed/h2proto.py ..............................................   2149
-#        probed/grpchealth.py ...........................................   2633
+#        probed/urlcodec.py .............................................    299
+#        probed/httpproto.py ............................................    354
+#        probed/clientproto.py ..........................................    758
+#        probed/promselector.py .........................................    903
+#        probed/exprules.py .............................................   1056
+#        probed/expfmt.py ...............................................   1401
+#        probed/hpack.py ................................................   1708
+#        probed/h2frames.py .............................................   1973
+#        probed/h2output.py .............................................   2086
+#        probed/h2proto.py ..............................................   2230
+#        probed/grpchealth.py ...........................................   2714
 #   3. values
-#        probed/groups.py ...............................................   2933
-#        probed/values.py ...............................................   2943
-#        probed/files.py ................................................   3137
+#        probed/groups.py ...............................................   3014
+#        probed/values.py ...............................................   3024
+#        probed/files.py ................................................   3218
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3206
-#        probed/clientchan.py ...........................................   3299
-#        probed/client.py ...............................................   3479
-#        probed/scrape.py ...............................................   3829
-#        probed/beatregistry.py .........................................   4073
-#        probed/eventlog.py .............................................   4147
-#        probed/nvml.py .................................................   4274
-#        probed/gpufaults.py ............................................   4533
-#        probed/gpureader.py ............................................   4832
+#        probed/blocking.py .............................................   3287
+#        probed/clientchan.py ...........................................   3381
+#        probed/client.py ...............................................   3561
+#        probed/scrape.py ...............................................   3917
+#        probed/beatregistry.py .........................................   4161
+#        probed/eventlog.py .............................................   4235
+#        probed/nvml.py .................................................   4362
+#        probed/gpufaults.py ............................................   4621
+#        probed/gpureader.py ............................................   4920
 #   5. checks
-#        probed/checks/base.py ..........................................   5252
-#        probed/checks/exec.py ..........................................   5476
-#        probed/checks/gpu.py ...........................................   5612
-#        probed/checks/heartbeat.py .....................................   5723
-#        probed/checks/http.py ..........................................   5956
-#        probed/checks/inference.py .....................................   6128
-#        probed/checks/manual.py ........................................   6358
-#        probed/checks/metric.py ........................................   6421
-#        probed/checks/awake.py .........................................   6731
-#        probed/checks/inflight.py ......................................   6911
-#        probed/checks/process.py .......................................   6998
-#        probed/checks/relay.py .........................................   7076
-#        probed/checks/tcp.py ...........................................   7131
-#        probed/checks/ray.py ...........................................   7183
-#        probed/checks/__init__.py ......................................   7515
+#        probed/checks/base.py ..........................................   5340
+#        probed/checks/exec.py ..........................................   5564
+#        probed/checks/gpu.py ...........................................   5700
+#        probed/checks/heartbeat.py .....................................   5811
+#        probed/checks/http.py ..........................................   6044
+#        probed/checks/inference.py .....................................   6216
+#        probed/checks/manual.py ........................................   6446
+#        probed/checks/metric.py ........................................   6509
+#        probed/checks/awake.py .........................................   6819
+#        probed/checks/inflight.py ......................................   6999
+#        probed/checks/process.py .......................................   7086
+#        probed/checks/relay.py .........................................   7164
+#        probed/checks/tcp.py ...........................................   7219
+#        probed/checks/ray.py ...........................................   7271
+#        probed/checks/__init__.py ......................................   7603
 #   6. pod
-#        probed/hygiene.py ..............................................   7549
-#        probed/checkstate.py ...........................................   7623
-#        probed/podevents.py ............................................   7772
-#        probed/pod.py ..................................................   7879
+#        probed/hygiene.py ..............................................   7637
+#        probed/checkstate.py ...........................................   7711
+#        probed/podevents.py ............................................   7860
+#        probed/pod.py ..................................................   7967
 #   7. scheduler
-#        probed/scheduler.py ............................................   8256
+#        probed/scheduler.py ............................................   8344
 #   8. server and router
-#        probed/render.py ...............................................   8440
-#        probed/router.py ...............................................   8525
-#        probed/connection.py ...........................................   8788
-#        probed/fdlimit.py ..............................................   8909
-#        probed/listeners.py ............................................   8962
-#        probed/h2server.py .............................................   9028
-#        probed/server.py ...............................................   9252
-#        probed/selfmetrics.py ..........................................   9711
-#        probed/drain.py ................................................   9936
+#        probed/render.py ...............................................   8545
+#        probed/router.py ...............................................   8630
+#        probed/connection.py ...........................................   8893
+#        probed/fdlimit.py ..............................................   9014
+#        probed/listeners.py ............................................   9067
+#        probed/h2server.py .............................................   9133
+#        probed/server.py ...............................................   9357
+#        probed/selfmetrics.py ..........................................   9816
+#        probed/drain.py ................................................  10041
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10086
-#        probed/presets.py ..............................................  10318
-#        probed/flags.py ................................................  10705
-#        probed/settings.py .............................................  11000
-#        probed/admin.py ................................................  11210
-#        probed/pushbeat.py .............................................  11523
-#        probed/reaper.py ...............................................  11614
-#        probed/daemon.py ...............................................  11688
+#        probed/checkspecs.py ...........................................  10191
+#        probed/presets.py ..............................................  10423
+#        probed/flags.py ................................................  10810
+#        probed/settings.py .............................................  11115
+#        probed/admin.py ................................................  11325
+#        probed/pushbeat.py .............................................  11638
+#        probed/reaper.py ...............................................  11729
+#        probed/daemon.py ...............................................  11803
 #   10. cli
-#        probed/checkcmd.py .............................................  11964
-#        probed/probebench.py ...........................................  12072
-#        probed/beat.py .................................................  12233
-#        probed/cli.py ..................................................  12347
-#   entry point .........................................................  12424
+#        probed/checkcmd.py .............................................  12079
+#        probed/probebench.py ...........................................  12187
+#        probed/beat.py .................................................  12348
+#        probed/cli.py ..................................................  12462
+#   entry point .........................................................  12539
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -254,9 +255,9 @@ modules = EmbeddedModules(globals().get("__file__", "probed.py"))
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/__init__.py: its lines 1-27 are lines 260-286 here (file line = module line + 259)
+# probed/__init__.py: its lines 1-27 are lines 261-287 here (file line = module line + 260)
 # ------------------------------------------------------------------------------
-modules.add('probed/__init__.py', 260, r'''
+modules.add('probed/__init__.py', 261, r'''
 """probed: a Kubernetes probe daemon for LLM inference servers.
 
 The package is the source; `probed.py` at the top of the repository is generated from it by
@@ -288,13 +289,68 @@ def import_ssl() -> ModuleType:
 
 # ==============================================================================
 # Layer 2 of 10: wire format: bytes in, events out: HTTP/1.1, Prometheus text, HTTP/2, gRPC; no I/O
-#   httpproto.py, clientproto.py, promselector.py, exprules.py, expfmt.py, hpack.py, h2frames.py, h2output.py, h2proto.py, grpchealth.py
+#   urlcodec.py, httpproto.py, clientproto.py, promselector.py, exprules.py, expfmt.py, hpack.py, h2frames.py, h2output.py, h2proto.py, grpchealth.py
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/httpproto.py: its lines 1-397 are lines 298-694 here (file line = module line + 297)
+# probed/urlcodec.py: its lines 1-49 are lines 299-347 here (file line = module line + 298)
 # ------------------------------------------------------------------------------
-modules.add('probed/httpproto.py', 298, r'''
+modules.add('probed/urlcodec.py', 299, r'''
+"""Percent-encoding, percent-decoding and query strings (RFC 3986 and HTML forms). Pure.
+
+What probed needs of urllib.parse, in a few lines: that module imports ipaddress at start and
+together they cost about 0.4 MB of a process whose whole budget over the interpreter is 4 MB.
+"""
+
+import re
+from typing import List, Tuple
+
+_URL_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_URL_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def percent_encode(text: str, safe: str) -> str:
+    """`text` with every character outside the unreserved set and `safe` percent-encoded as
+    its UTF-8 bytes (what urllib.parse.quote does)."""
+    allowed = _URL_UNRESERVED.union(safe)
+    if all(c in allowed for c in text):
+        return text
+    out: List[str] = []
+    for char in text:
+        if char in allowed:
+            out.append(char)
+        else:
+            out.extend("%%%02X" % b for b in char.encode("utf-8"))
+    return "".join(out)
+
+
+def percent_decode(raw: bytes) -> bytes:
+    """`%XX` escapes decoded; anything else (a lone `%`) kept as is."""
+    if b"%" not in raw:
+        return raw
+    return _URL_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), raw)
+
+
+def query_pairs(query: str) -> List[Tuple[str, str]]:
+    """`a=1&b&c=x+y` -> [("a", "1"), ("b", ""), ("c", "x y")]; UnicodeDecodeError when an
+    escape is not UTF-8. Only `&` separates (as urllib.parse does since Python 3.9.2)."""
+    pairs: List[Tuple[str, str]] = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        pairs.append((_form_decode(key), _form_decode(value)))
+    return pairs
+
+
+def _form_decode(text: str) -> str:
+    return percent_decode(text.replace("+", " ").encode("latin-1")).decode("utf-8")
+''')
+
+# ------------------------------------------------------------------------------
+# probed/httpproto.py: its lines 1-398 are lines 354-751 here (file line = module line + 353)
+# ------------------------------------------------------------------------------
+modules.add('probed/httpproto.py', 354, r'''
 """HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
 
 The server hands this module its receive buffer and gets back a `Request` (or "need more
@@ -306,7 +362,8 @@ re-rendering anything. Every limit is a named constant below; h11 is the model.
 import re
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
-from urllib.parse import parse_qsl, unquote_to_bytes
+
+from .urlcodec import percent_decode, query_pairs
 
 MAX_REQUEST_LINE = 8 * 1024  # longer -> 414
 MAX_HEADER_BYTES = 32 * 1024  # header block beyond the request line; longer -> 431
@@ -380,7 +437,7 @@ class Request:
         if not self.query:
             return []
         try:
-            return parse_qsl(self.query, keep_blank_values=True, errors="strict")
+            return query_pairs(self.query)
         except UnicodeDecodeError:
             raise HTTPError(400, "query is not valid UTF-8 after percent-decoding") from None
 
@@ -596,7 +653,7 @@ def _split_target(target: bytes) -> Tuple[str, str]:
     raw_path = raw_path.partition(b"#")[0]
     if b"%" in raw_path:
         try:
-            path = unquote_to_bytes(raw_path).decode("utf-8")
+            path = percent_decode(raw_path).decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPError(400, "path is not valid UTF-8 after percent-decoding") from None
     else:
@@ -695,9 +752,9 @@ def http_date(epoch_seconds: float) -> bytes:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/clientproto.py: its lines 1-115 are lines 701-815 here (file line = module line + 700)
+# probed/clientproto.py: its lines 1-139 are lines 758-896 here (file line = module line + 757)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientproto.py', 701, r'''
+modules.add('probed/clientproto.py', 758, r'''
 """The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
 
 The client (client.py) moves bytes between a socket and these functions, the way the server
@@ -707,7 +764,8 @@ into an error message.
 
 import re
 from typing import Dict, Mapping, Optional, Tuple
-from urllib.parse import quote, urlsplit
+
+from .urlcodec import percent_encode
 
 CLIENT_USER_AGENT = "probed"
 CLIENT_MAX_LINE_BYTES = 8 * 1024  # the status line; one chunk-size line with its extensions
@@ -717,6 +775,8 @@ _CLIENT_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _CLIENT_LINE_END = re.compile(rb"\r?\n")
 _CLIENT_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
 _CLIENT_SAFE_TARGET = "!#$%&'()*+,/:;=?@[]~"
+_CLIENT_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?\Z",
+                         re.S)
 _CLIENT_OWNED_HEADERS = ("connection", "content-length", "transfer-encoding")
 
 
@@ -736,24 +796,45 @@ def split_url(url: str) -> Tuple[str, str, int, str]:
 
     The host comes without IPv6 brackets; the target is percent-encoded and "/" at least.
     """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
+    match = _CLIENT_URL.match(url.strip())
+    if match is None:
+        raise ValueError("expected an http:// or https:// URL, got %r" % url.strip()[:80])
+    given, netloc, path, query = match.groups()
+    scheme = given.lower()
     if scheme not in ("http", "https"):
-        raise ValueError("expected an http:// or https:// URL, got scheme %r" % parts.scheme)
-    if "@" in parts.netloc:
+        raise ValueError("expected an http:// or https:// URL, got scheme %r" % given)
+    if "@" in netloc:
         raise ValueError("credentials in the URL are not supported; send a header instead")
-    host = parts.hostname or ""
+    host, port_text = _client_split_netloc(netloc)
     if not host:
         raise ValueError("expected a host after %s://" % scheme)
-    port = parts.port  # ValueError for a bad or out-of-range port
-    if port is None:
+    if port_text:
+        if not port_text.isdigit() or not port_text.isascii():
+            raise ValueError("Port could not be cast to integer value as %r" % port_text)
+        port = int(port_text)
+        if port > 65535:
+            raise ValueError("Port out of range 0-65535")
+    else:
         port = 443 if scheme == "https" else 80
     if not host.isascii():
         host = host.encode("idna").decode("ascii")
-    target = quote(parts.path or "/", safe=_CLIENT_SAFE_TARGET)
-    if parts.query:
-        target += "?" + quote(parts.query, safe=_CLIENT_SAFE_TARGET)
+    target = percent_encode(path or "/", _CLIENT_SAFE_TARGET)
+    if query:
+        target += "?" + percent_encode(query, _CLIENT_SAFE_TARGET)
     return scheme, host, port, target
+
+
+def _client_split_netloc(netloc: str) -> Tuple[str, str]:
+    """(host, port text) of `host:port` or `[v6]:port`, the host lower-case."""
+    if netloc.startswith("["):
+        host, bracket, rest = netloc[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("Invalid IPv6 URL")
+        return host.lower(), rest[1:]
+    host, _, port = netloc.partition(":")
+    if ":" in port:
+        raise ValueError("Port could not be cast to integer value as %r" % port)
+    return host.lower(), port
 
 
 def _client_build_request(method: str, scheme: str, host: str, port: int, target: str,
@@ -816,9 +897,9 @@ def _client_parse_status_line(line: bytes) -> Tuple[int, str]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/promselector.py: its lines 1-147 are lines 822-968 here (file line = module line + 821)
+# probed/promselector.py: its lines 1-147 are lines 903-1049 here (file line = module line + 902)
 # ------------------------------------------------------------------------------
-modules.add('probed/promselector.py', 822, r'''
+modules.add('probed/promselector.py', 903, r'''
 """PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
 syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
 
@@ -969,9 +1050,9 @@ def aggregate(values: Sequence[float], how: str) -> Optional[float]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/exprules.py: its lines 1-339 are lines 975-1313 here (file line = module line + 974)
+# probed/exprules.py: its lines 1-339 are lines 1056-1394 here (file line = module line + 1055)
 # ------------------------------------------------------------------------------
-modules.add('probed/exprules.py', 975, r'''
+modules.add('probed/exprules.py', 1056, r'''
 """The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
 OpenMetrics, one line at a time.
 
@@ -1314,9 +1395,9 @@ def _expfmt_line(state: _ExpfmtFamilies, line: str, lineno: int,
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/expfmt.py: its lines 1-301 are lines 1320-1620 here (file line = module line + 1319)
+# probed/expfmt.py: its lines 1-301 are lines 1401-1701 here (file line = module line + 1400)
 # ------------------------------------------------------------------------------
-modules.add('probed/expfmt.py', 1320, r'''
+modules.add('probed/expfmt.py', 1401, r'''
 """Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
 
 Sans-I/O: bytes in, samples out; no sockets, files, clocks or logging here. Bad input raises only
@@ -1621,9 +1702,9 @@ def select_series(body: bytes, selectors: Sequence[Selector], openmetrics: Optio
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/hpack.py: its lines 1-259 are lines 1627-1885 here (file line = module line + 1626)
+# probed/hpack.py: its lines 1-259 are lines 1708-1966 here (file line = module line + 1707)
 # ------------------------------------------------------------------------------
-modules.add('probed/hpack.py', 1627, r'''
+modules.add('probed/hpack.py', 1708, r'''
 """HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
 
 Decoding covers all a client may send: indexed fields, literals with and without indexing,
@@ -1886,9 +1967,9 @@ def encode_table_size_update(size: int) -> bytes:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-107 are lines 1892-1998 here (file line = module line + 1891)
+# probed/h2frames.py: its lines 1-107 are lines 1973-2079 here (file line = module line + 1972)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2frames.py', 1892, r'''
+modules.add('probed/h2frames.py', 1973, r'''
 """HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
 header, the events the connection machine emits, and what makes a request's fields malformed.
 
@@ -1999,9 +2080,9 @@ def request_fields_valid(fields: HeaderList) -> bool:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 2005-2142 here (file line = module line + 2004)
+# probed/h2output.py: its lines 1-138 are lines 2086-2223 here (file line = module line + 2085)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 2005, r'''
+modules.add('probed/h2output.py', 2086, r'''
 """What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 
@@ -2143,9 +2224,9 @@ class H2Output:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 2149-2626 here (file line = module line + 2148)
+# probed/h2proto.py: its lines 1-478 are lines 2230-2707 here (file line = module line + 2229)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 2149, r'''
+modules.add('probed/h2proto.py', 2230, r'''
 """HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 
 The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2627,9 +2708,9 @@ class H2Connection:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-289 are lines 2633-2921 here (file line = module line + 2632)
+# probed/grpchealth.py: its lines 1-289 are lines 2714-3002 here (file line = module line + 2713)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2633, r'''
+modules.add('probed/grpchealth.py', 2714, r'''
 """The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 
 `Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -2927,9 +3008,9 @@ class HealthCalls:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 2933-2936 here (file line = module line + 2932)
+# probed/groups.py: its lines 1-4 are lines 3014-3017 here (file line = module line + 3013)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 2933, r'''
+modules.add('probed/groups.py', 3014, r'''
 """The three probe groups, the kubelet probe each answers, and the path it is served on."""
 
 GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
@@ -2937,9 +3018,9 @@ GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 2943-3130 here (file line = module line + 2942)
+# probed/values.py: its lines 1-188 are lines 3024-3211 here (file line = module line + 3023)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 2943, r'''
+modules.add('probed/values.py', 3024, r'''
 """Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 
 Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3131,9 +3212,9 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3137-3194 here (file line = module line + 3136)
+# probed/files.py: its lines 1-58 are lines 3218-3275 here (file line = module line + 3217)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3137, r'''
+modules.add('probed/files.py', 3218, r'''
 """Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 a device.
 
@@ -3200,9 +3281,9 @@ def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-87 are lines 3206-3292 here (file line = module line + 3205)
+# probed/blocking.py: its lines 1-88 are lines 3287-3374 here (file line = module line + 3286)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3206, r'''
+modules.add('probed/blocking.py', 3287, r'''
 """Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 file scans, each kind with its own small cap.
 
@@ -3285,7 +3366,8 @@ class Resolver:
         """Addresses for a TCP connection; FetchError("dns") when every lookup slot is taken
         (lookups hang when DNS does not answer), socket.gaierror when the name does not resolve."""
         try:
-            return await self.runner.run(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+            name = host.encode("ascii") if host.isascii() else host  # no idna codec (0.3 MB)
+            return await self.runner.run(socket.getaddrinfo, name, port, 0, socket.SOCK_STREAM)
         except BlockingBusy:
             raise FetchError("dns", "cannot resolve host %r: %d lookups are already waiting for "
                              "the resolver (is DNS answering?)" % (host, self.runner.limit)
@@ -3293,9 +3375,9 @@ class Resolver:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3299-3472 here (file line = module line + 3298)
+# probed/clientchan.py: its lines 1-174 are lines 3381-3554 here (file line = module line + 3380)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3299, r'''
+modules.add('probed/clientchan.py', 3381, r'''
 """One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 buffer, and reads paced so that a fast peer never holds the event loop.
 
@@ -3473,9 +3555,9 @@ class ClientChannel:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-344 are lines 3479-3822 here (file line = module line + 3478)
+# probed/client.py: its lines 1-350 are lines 3561-3910 here (file line = module line + 3560)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3479, r'''
+modules.add('probed/client.py', 3561, r'''
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 
 One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3684,11 +3766,17 @@ async def _client_read_body(chan: ClientChannel, method: str, status: int,
     return await (chan.read_to_eof(max_body) if size is None else chan.read_exact(size))
 
 
+def host_bytes(host: str) -> Any:
+    """An ASCII host as bytes for getaddrinfo, which otherwise encodes every str host with the
+    idna codec (importing it, and unicodedata, costs about 0.3 MB for nothing)."""
+    return host.encode("ascii") if host.isascii() else host
+
+
 async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
                           resolver: Optional[Resolver]) -> List[Any]:
     """getaddrinfo results; IP literals never touch a resolver thread."""
     try:
-        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+        return socket.getaddrinfo(host_bytes(host), port, type=socket.SOCK_STREAM,
                                   flags=socket.AI_NUMERICHOST)
     except (socket.gaierror, UnicodeError):
         pass
@@ -3696,7 +3784,7 @@ async def _client_resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
         if resolver is not None:
             infos = await resolver.resolve(host, port)
         else:  # callers outside the daemon: asyncio's default executor
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await loop.getaddrinfo(host_bytes(host), port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchError("dns", "cannot resolve host %r: %s" % (
             host, getattr(exc, "strerror", None) or exc)) from None
@@ -3823,9 +3911,9 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3829-4066 here (file line = module line + 3828)
+# probed/scrape.py: its lines 1-238 are lines 3917-4154 here (file line = module line + 3916)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3829, r'''
+modules.add('probed/scrape.py', 3917, r'''
 """One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 
 A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4067,9 +4155,9 @@ def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[Sel
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4073-4140 here (file line = module line + 4072)
+# probed/beatregistry.py: its lines 1-68 are lines 4161-4228 here (file line = module line + 4160)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4073, r'''
+modules.add('probed/beatregistry.py', 4161, r'''
 """Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 
 One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4141,9 +4229,9 @@ class HeartbeatRegistry:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4147-4267 here (file line = module line + 4146)
+# probed/eventlog.py: its lines 1-121 are lines 4235-4355 here (file line = module line + 4234)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4147, r'''
+modules.add('probed/eventlog.py', 4235, r'''
 """One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 
 Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4268,9 +4356,9 @@ class EventLog:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4274-4526 here (file line = module line + 4273)
+# probed/nvml.py: its lines 1-253 are lines 4362-4614 here (file line = module line + 4361)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4274, r'''
+modules.add('probed/nvml.py', 4362, r'''
 """NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 
 ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4527,9 +4615,9 @@ class NVMLLibrary:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4533-4825 here (file line = module line + 4532)
+# probed/gpufaults.py: its lines 1-293 are lines 4621-4913 here (file line = module line + 4620)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4533, r'''
+modules.add('probed/gpufaults.py', 4621, r'''
 """GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4826,9 +4914,9 @@ def device_json(d: DeviceFacts) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4832-5240 here (file line = module line + 4831)
+# probed/gpureader.py: its lines 1-409 are lines 4920-5328 here (file line = module line + 4919)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4832, r'''
+modules.add('probed/gpureader.py', 4920, r'''
 """The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 gpu checks of one daemon (through `CheckResources.gpus`).
 
@@ -5246,9 +5334,9 @@ class GPUReaders:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-218 are lines 5252-5469 here (file line = module line + 5251)
+# probed/checks/base.py: its lines 1-218 are lines 5340-5557 here (file line = module line + 5339)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5252, r'''
+modules.add('probed/checks/base.py', 5340, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
 
 A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
@@ -5470,9 +5558,9 @@ class Check:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5476-5605 here (file line = module line + 5475)
+# probed/checks/exec.py: its lines 1-130 are lines 5564-5693 here (file line = module line + 5563)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5476, r'''
+modules.add('probed/checks/exec.py', 5564, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 
 For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5606,9 +5694,9 @@ class ExecCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5612-5716 here (file line = module line + 5611)
+# probed/checks/gpu.py: its lines 1-105 are lines 5700-5804 here (file line = module line + 5699)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5612, r'''
+modules.add('probed/checks/gpu.py', 5700, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 
 A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5717,9 +5805,9 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-227 are lines 5723-5949 here (file line = module line + 5722)
+# probed/checks/heartbeat.py: its lines 1-227 are lines 5811-6037 here (file line = module line + 5810)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5723, r'''
+modules.add('probed/checks/heartbeat.py', 5811, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -5950,9 +6038,9 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-166 are lines 5956-6121 here (file line = module line + 5955)
+# probed/checks/http.py: its lines 1-166 are lines 6044-6209 here (file line = module line + 6043)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 5956, r'''
+modules.add('probed/checks/http.py', 6044, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6122,9 +6210,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6128-6351 here (file line = module line + 6127)
+# probed/checks/inference.py: its lines 1-224 are lines 6216-6439 here (file line = module line + 6215)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6128, r'''
+modules.add('probed/checks/inference.py', 6216, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6352,9 +6440,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6358-6414 here (file line = module line + 6357)
+# probed/checks/manual.py: its lines 1-57 are lines 6446-6502 here (file line = module line + 6445)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6358, r'''
+modules.add('probed/checks/manual.py', 6446, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6415,9 +6503,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-304 are lines 6421-6724 here (file line = module line + 6420)
+# probed/checks/metric.py: its lines 1-304 are lines 6509-6812 here (file line = module line + 6508)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6421, r'''
+modules.add('probed/checks/metric.py', 6509, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6725,9 +6813,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6731-6904 here (file line = module line + 6730)
+# probed/checks/awake.py: its lines 1-174 are lines 6819-6992 here (file line = module line + 6818)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6731, r'''
+modules.add('probed/checks/awake.py', 6819, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -6905,9 +6993,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 6911-6991 here (file line = module line + 6910)
+# probed/checks/inflight.py: its lines 1-81 are lines 6999-7079 here (file line = module line + 6998)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 6911, r'''
+modules.add('probed/checks/inflight.py', 6999, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -6992,9 +7080,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 6998-7069 here (file line = module line + 6997)
+# probed/checks/process.py: its lines 1-72 are lines 7086-7157 here (file line = module line + 7085)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 6998, r'''
+modules.add('probed/checks/process.py', 7086, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7070,9 +7158,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7076-7124 here (file line = module line + 7075)
+# probed/checks/relay.py: its lines 1-49 are lines 7164-7212 here (file line = module line + 7163)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7076, r'''
+modules.add('probed/checks/relay.py', 7164, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7125,9 +7213,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7131-7176 here (file line = module line + 7130)
+# probed/checks/tcp.py: its lines 1-46 are lines 7219-7264 here (file line = module line + 7218)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7131, r'''
+modules.add('probed/checks/tcp.py', 7219, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7177,9 +7265,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-326 are lines 7183-7508 here (file line = module line + 7182)
+# probed/checks/ray.py: its lines 1-326 are lines 7271-7596 here (file line = module line + 7270)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7183, r'''
+modules.add('probed/checks/ray.py', 7271, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7509,9 +7597,9 @@ class RayGCSCheck(TCPCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-23 are lines 7515-7537 here (file line = module line + 7514)
+# probed/checks/__init__.py: its lines 1-23 are lines 7603-7625 here (file line = module line + 7602)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 7515, r'''
+modules.add('probed/checks/__init__.py', 7603, r'''
 """Check kinds, and the table that names them for `--check KIND ...` and config files."""
 
 from typing import Dict, Type
@@ -7543,9 +7631,9 @@ CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7549-7616 here (file line = module line + 7548)
+# probed/hygiene.py: its lines 1-68 are lines 7637-7704 here (file line = module line + 7636)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7549, r'''
+modules.add('probed/hygiene.py', 7637, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7617,9 +7705,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7623-7765 here (file line = module line + 7622)
+# probed/checkstate.py: its lines 1-143 are lines 7711-7853 here (file line = module line + 7710)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7623, r'''
+modules.add('probed/checkstate.py', 7711, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7766,9 +7854,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7772-7872 here (file line = module line + 7771)
+# probed/podevents.py: its lines 1-101 are lines 7860-7960 here (file line = module line + 7859)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7772, r'''
+modules.add('probed/podevents.py', 7860, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -7873,9 +7961,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 7879-8244 here (file line = module line + 7878)
+# probed/pod.py: its lines 1-366 are lines 7967-8332 here (file line = module line + 7966)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 7879, r'''
+modules.add('probed/pod.py', 7967, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8250,9 +8338,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-173 are lines 8256-8428 here (file line = module line + 8255)
+# probed/scheduler.py: its lines 1-190 are lines 8344-8533 here (file line = module line + 8343)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8256, r'''
+modules.add('probed/scheduler.py', 8344, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8263,7 +8351,7 @@ gRPC watchers); nothing else reads or writes the pod's state behind its back.
 """
 
 import asyncio
-import random
+import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -8310,6 +8398,22 @@ async def poll_once(check: Check) -> Tuple[Observation, float]:
     return clean_observation(obs, check.secrets()), time.monotonic() - t0
 
 
+class Jitter:
+    """Numbers spread over [-1, 1] to offset polls (xorshift64): statistics need nothing better,
+    and the `random` module costs 0.3 MB of memory at start."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = (seed & 0xFFFFFFFFFFFFFFFF) or 1
+
+    def __call__(self) -> float:
+        x = self.state
+        x ^= (x << 13) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 7
+        x ^= (x << 17) & 0xFFFFFFFFFFFFFFFF
+        self.state = x
+        return x / 0x7FFFFFFFFFFFFFFF - 1.0
+
+
 class Scheduler:
     """Polls the checks of a `Pod` and hands every event to `sinks`."""
 
@@ -8317,13 +8421,14 @@ class Scheduler:
                  sinks: Sequence[EventSink], on_poll: Optional[PollSink] = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 jitter: Callable[[], float] = lambda: random.uniform(-1.0, 1.0)) -> None:
+                 jitter: Optional[Callable[[], float]] = None) -> None:
         self.pod = pod
         self.log = log  # for the scheduler's own troubles; events go to the sinks
         self.checks: Dict[str, Check] = {c.name: c for c in checks if c.scheduled}
         self.sinks = list(sinks)
         self.on_poll = on_poll
-        self.clock, self.wall, self.jitter = clock, wall, jitter
+        self.clock, self.wall = clock, wall
+        self.jitter = jitter if jitter is not None else Jitter(os.getpid() ^ time.monotonic_ns())
         self._tasks: List["asyncio.Task[None]"] = []
         self._timer: Optional[asyncio.TimerHandle] = None
         self._wake: Optional[asyncio.Event] = None
@@ -8434,9 +8539,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8440-8518 here (file line = module line + 8439)
+# probed/render.py: its lines 1-79 are lines 8545-8623 here (file line = module line + 8544)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8440, r'''
+modules.add('probed/render.py', 8545, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8519,9 +8624,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8525-8781 here (file line = module line + 8524)
+# probed/router.py: its lines 1-257 are lines 8630-8886 here (file line = module line + 8629)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8525, r'''
+modules.add('probed/router.py', 8630, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8782,9 +8887,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8788-8902 here (file line = module line + 8787)
+# probed/connection.py: its lines 1-115 are lines 8893-9007 here (file line = module line + 8892)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8788, r'''
+modules.add('probed/connection.py', 8893, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -8903,9 +9008,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 8909-8955 here (file line = module line + 8908)
+# probed/fdlimit.py: its lines 1-47 are lines 9014-9060 here (file line = module line + 9013)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 8909, r'''
+modules.add('probed/fdlimit.py', 9014, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -8956,9 +9061,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 8962-9021 here (file line = module line + 8961)
+# probed/listeners.py: its lines 1-60 are lines 9067-9126 here (file line = module line + 9066)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 8962, r'''
+modules.add('probed/listeners.py', 9067, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9022,9 +9127,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9028-9245 here (file line = module line + 9027)
+# probed/h2server.py: its lines 1-218 are lines 9133-9350 here (file line = module line + 9132)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9028, r'''
+modules.add('probed/h2server.py', 9133, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9246,9 +9351,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-453 are lines 9252-9704 here (file line = module line + 9251)
+# probed/server.py: its lines 1-453 are lines 9357-9809 here (file line = module line + 9356)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9252, r'''
+modules.add('probed/server.py', 9357, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9705,9 +9810,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9711-9929 here (file line = module line + 9710)
+# probed/selfmetrics.py: its lines 1-219 are lines 9816-10034 here (file line = module line + 9815)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9711, r'''
+modules.add('probed/selfmetrics.py', 9816, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -9930,9 +10035,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-139 are lines 9936-10074 here (file line = module line + 9935)
+# probed/drain.py: its lines 1-139 are lines 10041-10179 here (file line = module line + 10040)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 9936, r'''
+modules.add('probed/drain.py', 10041, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -9948,7 +10053,6 @@ import asyncio
 import sys
 import time
 from typing import Any, List, Sequence, Tuple
-from urllib.parse import quote
 
 from .checks.base import Check
 from .checks.inflight import InflightCheck
@@ -9957,6 +10061,7 @@ from .eventlog import EventLog
 from .httpproto import HTTPError, PreparedResponse, Request, build_response
 from .pod import Pod
 from .scheduler import Scheduler, poll_once
+from .urlcodec import percent_encode
 from .values import format_duration, parse_duration
 
 DRAIN_POLL = 0.5  # seconds between in-flight readings while draining
@@ -10062,7 +10167,7 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
                 headers["Authorization"] = "Bearer " + fh.read().strip()
         except OSError as exc:
             parser.error("--token-file %s: %s" % (args.token_file, exc.strerror or exc))
-    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), quote(args.wait))
+    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), percent_encode(args.wait, ""))
     try:
         resp = asyncio.run(fetch(url, headers=headers, timeout=wait + 10.0))
     except FetchError as exc:
@@ -10080,9 +10185,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10086-10311 here (file line = module line + 10085)
+# probed/checkspecs.py: its lines 1-226 are lines 10191-10416 here (file line = module line + 10190)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10086, r'''
+modules.add('probed/checkspecs.py', 10191, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10312,9 +10417,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-381 are lines 10318-10698 here (file line = module line + 10317)
+# probed/presets.py: its lines 1-381 are lines 10423-10803 here (file line = module line + 10422)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10318, r'''
+modules.add('probed/presets.py', 10423, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10699,9 +10804,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-289 are lines 10705-10993 here (file line = module line + 10704)
+# probed/flags.py: its lines 1-299 are lines 10810-11108 here (file line = module line + 10809)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10705, r'''
+modules.add('probed/flags.py', 10810, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -10710,7 +10815,6 @@ environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` n
 """
 
 import argparse
-import difflib
 import textwrap
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -10732,6 +10836,7 @@ from .values import (
 )
 
 ADMIN_DEFAULT_HOST = "127.0.0.1"  # `--admin-addr :9090` listens on loopback only
+HELP_WIDTH = 100  # columns of --help
 MIN_TIMER = 0.1  # seconds: the floor of the read, write and idle timeouts
 
 
@@ -10926,9 +11031,19 @@ def normalize_argv(argv: Sequence[str]) -> List[str]:
 
 def unknown_flag(given: str, known: Iterable[str]) -> str:
     """`unknown flag --vlm (did you mean --vllm?)`, one line."""
+    import difflib  # only on this mistake: a plain start does without it
+
     close = difflib.get_close_matches("--" + given.lstrip("-"), sorted(known), n=1, cutoff=0.6)
     hint = " (did you mean %s?)" % close[0] if close else ""
     return "unknown flag %s%s; probed --help lists them" % (given, hint)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, at a fixed width: asking the terminal's width imports shutil (with bz2 and
+    lzma, about 0.6 MB), and argparse builds a formatter for every flag it adds."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=HELP_WIDTH)
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -10978,7 +11093,7 @@ def build_serve_parser() -> FlagParser:
     parser = FlagParser(
         prog="probed", description="Kubernetes probes for LLM inference servers, answered "
         "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+        formatter_class=HelpFormatter, argument_default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="probed " + __version__)
     parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
                         help="a check (repeatable); kinds below")
@@ -10994,9 +11109,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11000-11203 here (file line = module line + 10999)
+# probed/settings.py: its lines 1-204 are lines 11115-11318 here (file line = module line + 11114)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11000, r'''
+modules.add('probed/settings.py', 11115, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11204,9 +11319,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11210-11516 here (file line = module line + 11209)
+# probed/admin.py: its lines 1-307 are lines 11325-11631 here (file line = module line + 11324)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11210, r'''
+modules.add('probed/admin.py', 11325, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11517,9 +11632,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11523-11607 here (file line = module line + 11522)
+# probed/pushbeat.py: its lines 1-85 are lines 11638-11722 here (file line = module line + 11637)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11523, r'''
+modules.add('probed/pushbeat.py', 11638, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11608,9 +11723,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11614-11681 here (file line = module line + 11613)
+# probed/reaper.py: its lines 1-68 are lines 11729-11796 here (file line = module line + 11728)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11614, r'''
+modules.add('probed/reaper.py', 11729, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11682,9 +11797,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-265 are lines 11688-11952 here (file line = module line + 11687)
+# probed/daemon.py: its lines 1-265 are lines 11803-12067 here (file line = module line + 11802)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11688, r'''
+modules.add('probed/daemon.py', 11803, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -11958,9 +12073,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 11964-12065 here (file line = module line + 11963)
+# probed/checkcmd.py: its lines 1-102 are lines 12079-12180 here (file line = module line + 12078)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 11964, r'''
+modules.add('probed/checkcmd.py', 12079, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12066,9 +12181,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12072-12226 here (file line = module line + 12071)
+# probed/probebench.py: its lines 1-155 are lines 12187-12341 here (file line = module line + 12186)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12072, r'''
+modules.add('probed/probebench.py', 12187, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12227,9 +12342,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12233-12340 here (file line = module line + 12232)
+# probed/beat.py: its lines 1-108 are lines 12348-12455 here (file line = module line + 12347)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12233, r'''
+modules.add('probed/beat.py', 12348, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12341,9 +12456,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-75 are lines 12347-12421 here (file line = module line + 12346)
+# probed/cli.py: its lines 1-75 are lines 12462-12536 here (file line = module line + 12461)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12347, r'''
+modules.add('probed/cli.py', 12462, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -84,7 +84,7 @@ class Layer(NamedTuple):
 LAYERS: Tuple[Layer, ...] = (
     Layer("package", "the version, and how the single file keeps ssl out", ("__init__.py",)),
     Layer("wire format", "bytes in, events out: HTTP/1.1, Prometheus text, HTTP/2, gRPC; no I/O",
-          ("httpproto.py", "clientproto.py", "promselector.py", "exprules.py", "expfmt.py",
+          ("urlcodec.py", "httpproto.py", "clientproto.py", "promselector.py", "exprules.py", "expfmt.py",
            "hpack.py", "h2frames.py", "h2output.py", "h2proto.py", "grpchealth.py")),
     Layer("values", "what flags and config files hold: parsers, groups, limits",
           ("groups.py", "values.py", "files.py")),

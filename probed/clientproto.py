@@ -7,7 +7,8 @@ into an error message.
 
 import re
 from typing import Dict, Mapping, Optional, Tuple
-from urllib.parse import quote, urlsplit
+
+from .urlcodec import percent_encode
 
 CLIENT_USER_AGENT = "probed"
 CLIENT_MAX_LINE_BYTES = 8 * 1024  # the status line; one chunk-size line with its extensions
@@ -17,6 +18,8 @@ _CLIENT_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _CLIENT_LINE_END = re.compile(rb"\r?\n")
 _CLIENT_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
 _CLIENT_SAFE_TARGET = "!#$%&'()*+,/:;=?@[]~"
+_CLIENT_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?\Z",
+                         re.S)
 _CLIENT_OWNED_HEADERS = ("connection", "content-length", "transfer-encoding")
 
 
@@ -36,24 +39,45 @@ def split_url(url: str) -> Tuple[str, str, int, str]:
 
     The host comes without IPv6 brackets; the target is percent-encoded and "/" at least.
     """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
+    match = _CLIENT_URL.match(url.strip())
+    if match is None:
+        raise ValueError("expected an http:// or https:// URL, got %r" % url.strip()[:80])
+    given, netloc, path, query = match.groups()
+    scheme = given.lower()
     if scheme not in ("http", "https"):
-        raise ValueError("expected an http:// or https:// URL, got scheme %r" % parts.scheme)
-    if "@" in parts.netloc:
+        raise ValueError("expected an http:// or https:// URL, got scheme %r" % given)
+    if "@" in netloc:
         raise ValueError("credentials in the URL are not supported; send a header instead")
-    host = parts.hostname or ""
+    host, port_text = _client_split_netloc(netloc)
     if not host:
         raise ValueError("expected a host after %s://" % scheme)
-    port = parts.port  # ValueError for a bad or out-of-range port
-    if port is None:
+    if port_text:
+        if not port_text.isdigit() or not port_text.isascii():
+            raise ValueError("Port could not be cast to integer value as %r" % port_text)
+        port = int(port_text)
+        if port > 65535:
+            raise ValueError("Port out of range 0-65535")
+    else:
         port = 443 if scheme == "https" else 80
     if not host.isascii():
         host = host.encode("idna").decode("ascii")
-    target = quote(parts.path or "/", safe=_CLIENT_SAFE_TARGET)
-    if parts.query:
-        target += "?" + quote(parts.query, safe=_CLIENT_SAFE_TARGET)
+    target = percent_encode(path or "/", _CLIENT_SAFE_TARGET)
+    if query:
+        target += "?" + percent_encode(query, _CLIENT_SAFE_TARGET)
     return scheme, host, port, target
+
+
+def _client_split_netloc(netloc: str) -> Tuple[str, str]:
+    """(host, port text) of `host:port` or `[v6]:port`, the host lower-case."""
+    if netloc.startswith("["):
+        host, bracket, rest = netloc[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("Invalid IPv6 URL")
+        return host.lower(), rest[1:]
+    host, _, port = netloc.partition(":")
+    if ":" in port:
+        raise ValueError("Port could not be cast to integer value as %r" % port)
+    return host.lower(), port
 
 
 def _client_build_request(method: str, scheme: str, host: str, port: int, target: str,

@@ -13,7 +13,6 @@ import asyncio
 import sys
 import time
 from typing import Any, List, Sequence, Tuple
-from urllib.parse import quote
 
 from .checks.base import Check
 from .checks.inflight import InflightCheck
@@ -22,6 +21,7 @@ from .eventlog import EventLog
 from .httpproto import HTTPError, PreparedResponse, Request, build_response
 from .pod import Pod
 from .scheduler import Scheduler, poll_once
+from .urlcodec import percent_encode
 from .values import format_duration, parse_duration
 
 DRAIN_POLL = 0.5  # seconds between in-flight readings while draining
@@ -127,7 +127,7 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
                 headers["Authorization"] = "Bearer " + fh.read().strip()
         except OSError as exc:
             parser.error("--token-file %s: %s" % (args.token_file, exc.strerror or exc))
-    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), quote(args.wait))
+    url = "%s/wait-for-drain?timeout=%s" % (args.admin.rstrip("/"), percent_encode(args.wait, ""))
     try:
         resp = asyncio.run(fetch(url, headers=headers, timeout=wait + 10.0))
     except FetchError as exc:

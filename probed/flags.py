@@ -6,7 +6,6 @@ environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` n
 """
 
 import argparse
-import difflib
 import textwrap
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -28,6 +27,7 @@ from .values import (
 )
 
 ADMIN_DEFAULT_HOST = "127.0.0.1"  # `--admin-addr :9090` listens on loopback only
+HELP_WIDTH = 100  # columns of --help
 MIN_TIMER = 0.1  # seconds: the floor of the read, write and idle timeouts
 
 
@@ -222,9 +222,19 @@ def normalize_argv(argv: Sequence[str]) -> List[str]:
 
 def unknown_flag(given: str, known: Iterable[str]) -> str:
     """`unknown flag --vlm (did you mean --vllm?)`, one line."""
+    import difflib  # only on this mistake: a plain start does without it
+
     close = difflib.get_close_matches("--" + given.lstrip("-"), sorted(known), n=1, cutoff=0.6)
     hint = " (did you mean %s?)" % close[0] if close else ""
     return "unknown flag %s%s; probed --help lists them" % (given, hint)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, at a fixed width: asking the terminal's width imports shutil (with bz2 and
+    lzma, about 0.6 MB), and argparse builds a formatter for every flag it adds."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=HELP_WIDTH)
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -274,7 +284,7 @@ def build_serve_parser() -> FlagParser:
     parser = FlagParser(
         prog="probed", description="Kubernetes probes for LLM inference servers, answered "
         "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+        formatter_class=HelpFormatter, argument_default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="probed " + __version__)
     parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
                         help="a check (repeatable); kinds below")

@@ -9,7 +9,8 @@ re-rendering anything. Every limit is a named constant below; h11 is the model.
 import re
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
-from urllib.parse import parse_qsl, unquote_to_bytes
+
+from .urlcodec import percent_decode, query_pairs
 
 MAX_REQUEST_LINE = 8 * 1024  # longer -> 414
 MAX_HEADER_BYTES = 32 * 1024  # header block beyond the request line; longer -> 431
@@ -83,7 +84,7 @@ class Request:
         if not self.query:
             return []
         try:
-            return parse_qsl(self.query, keep_blank_values=True, errors="strict")
+            return query_pairs(self.query)
         except UnicodeDecodeError:
             raise HTTPError(400, "query is not valid UTF-8 after percent-decoding") from None
 
@@ -299,7 +300,7 @@ def _split_target(target: bytes) -> Tuple[str, str]:
     raw_path = raw_path.partition(b"#")[0]
     if b"%" in raw_path:
         try:
-            path = unquote_to_bytes(raw_path).decode("utf-8")
+            path = percent_decode(raw_path).decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPError(400, "path is not valid UTF-8 after percent-decoding") from None
     else:

@@ -77,7 +77,8 @@ def test_hung_dns_fails_fast_past_its_cap_and_heartbeat_scans_go_on(tmp_path: Pa
 
     def hanging(host: Any, *args: Any, **kwargs: Any) -> Any:
         numeric = kwargs.get("flags", 0) & socket.AI_NUMERICHOST  # never goes to a resolver
-        if not numeric and isinstance(host, str) and host.endswith(".hang.invalid"):
+        name = host.decode("ascii") if isinstance(host, bytes) else host  # probed passes bytes
+        if not numeric and isinstance(name, str) and name.endswith(".hang.invalid"):
             release.wait(30)  # a resolver that never answers (until the test ends)
         return real(host, *args, **kwargs)
 
