@@ -49,49 +49,49 @@
 #        probed/checks/exec.py ..........................................   5564
 #        probed/checks/gpu.py ...........................................   5700
 #        probed/checks/heartbeat.py .....................................   5811
-#        probed/checks/http.py ..........................................   6044
-#        probed/checks/inference.py .....................................   6216
-#        probed/checks/manual.py ........................................   6446
-#        probed/checks/metric.py ........................................   6509
-#        probed/checks/awake.py .........................................   6819
-#        probed/checks/inflight.py ......................................   6999
-#        probed/checks/process.py .......................................   7086
-#        probed/checks/relay.py .........................................   7164
-#        probed/checks/tcp.py ...........................................   7219
-#        probed/checks/ray.py ...........................................   7271
-#        probed/checks/__init__.py ......................................   7603
+#        probed/checks/http.py ..........................................   6047
+#        probed/checks/inference.py .....................................   6219
+#        probed/checks/manual.py ........................................   6449
+#        probed/checks/metric.py ........................................   6512
+#        probed/checks/awake.py .........................................   6827
+#        probed/checks/inflight.py ......................................   7007
+#        probed/checks/process.py .......................................   7094
+#        probed/checks/relay.py .........................................   7172
+#        probed/checks/tcp.py ...........................................   7227
+#        probed/checks/ray.py ...........................................   7279
+#        probed/checks/__init__.py ......................................   7612
 #   6. pod
-#        probed/hygiene.py ..............................................   7637
-#        probed/checkstate.py ...........................................   7711
-#        probed/podevents.py ............................................   7860
-#        probed/pod.py ..................................................   7967
+#        probed/hygiene.py ..............................................   7646
+#        probed/checkstate.py ...........................................   7720
+#        probed/podevents.py ............................................   7869
+#        probed/pod.py ..................................................   7976
 #   7. scheduler
-#        probed/scheduler.py ............................................   8344
+#        probed/scheduler.py ............................................   8353
 #   8. server and router
-#        probed/render.py ...............................................   8545
-#        probed/router.py ...............................................   8630
-#        probed/connection.py ...........................................   8893
-#        probed/fdlimit.py ..............................................   9014
-#        probed/listeners.py ............................................   9067
-#        probed/h2server.py .............................................   9133
-#        probed/server.py ...............................................   9357
-#        probed/selfmetrics.py ..........................................   9816
-#        probed/drain.py ................................................  10041
+#        probed/render.py ...............................................   8554
+#        probed/router.py ...............................................   8639
+#        probed/connection.py ...........................................   8902
+#        probed/fdlimit.py ..............................................   9023
+#        probed/listeners.py ............................................   9076
+#        probed/h2server.py .............................................   9142
+#        probed/server.py ...............................................   9366
+#        probed/selfmetrics.py ..........................................   9825
+#        probed/drain.py ................................................  10050
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10191
-#        probed/presets.py ..............................................  10423
-#        probed/flags.py ................................................  10810
-#        probed/settings.py .............................................  11115
-#        probed/admin.py ................................................  11325
-#        probed/pushbeat.py .............................................  11638
-#        probed/reaper.py ...............................................  11729
-#        probed/daemon.py ...............................................  11803
+#        probed/checkspecs.py ...........................................  10200
+#        probed/presets.py ..............................................  10432
+#        probed/flags.py ................................................  10819
+#        probed/settings.py .............................................  11124
+#        probed/admin.py ................................................  11334
+#        probed/pushbeat.py .............................................  11647
+#        probed/reaper.py ...............................................  11738
+#        probed/daemon.py ...............................................  11812
 #   10. cli
-#        probed/checkcmd.py .............................................  12079
-#        probed/probebench.py ...........................................  12187
-#        probed/beat.py .................................................  12348
-#        probed/cli.py ..................................................  12462
-#   entry point .........................................................  12539
+#        probed/checkcmd.py .............................................  12088
+#        probed/probebench.py ...........................................  12196
+#        probed/beat.py .................................................  12357
+#        probed/cli.py ..................................................  12471
+#   entry point .........................................................  12548
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -5805,7 +5805,7 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-227 are lines 5811-6037 here (file line = module line + 5810)
+# probed/checks/heartbeat.py: its lines 1-230 are lines 5811-6040 here (file line = module line + 5810)
 # ------------------------------------------------------------------------------
 modules.add('probed/checks/heartbeat.py', 5811, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
@@ -6032,15 +6032,18 @@ class HeartbeatCheck(Check):
             wants.append("need %d" % floor)
         note = heartbeat_unreadable_note((obs.detail or {}).get("unreadable", ()))
         if not wants:
-            return True, summary + note
+            need = (["need %d" % min_fresh] if min_fresh is not None else []) + (
+                ["at most %d silent" % max_silent if max_silent else "none silent"]
+                if max_silent is not None else [])
+            return True, "%s (%s)%s" % (summary, ", ".join(need), note)
         return False, "%s (%s): %s%s" % (summary, ", ".join(wants),
                                          heartbeat_roster(silent, fresh, missing), note)
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-166 are lines 6044-6209 here (file line = module line + 6043)
+# probed/checks/http.py: its lines 1-166 are lines 6047-6212 here (file line = module line + 6046)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6044, r'''
+modules.add('probed/checks/http.py', 6047, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6210,9 +6213,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6216-6439 here (file line = module line + 6215)
+# probed/checks/inference.py: its lines 1-224 are lines 6219-6442 here (file line = module line + 6218)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6216, r'''
+modules.add('probed/checks/inference.py', 6219, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6440,9 +6443,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6446-6502 here (file line = module line + 6445)
+# probed/checks/manual.py: its lines 1-57 are lines 6449-6505 here (file line = module line + 6448)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6446, r'''
+modules.add('probed/checks/manual.py', 6449, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6503,9 +6506,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-304 are lines 6509-6812 here (file line = module line + 6508)
+# probed/checks/metric.py: its lines 1-309 are lines 6512-6820 here (file line = module line + 6511)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6509, r'''
+modules.add('probed/checks/metric.py', 6512, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6651,15 +6654,19 @@ def judge_bounds(value: float, label: str, config: Mapping[str, Any],
         return config["missing"] == "pass", "%s (not a number: missing=%s)" % (
             shown, config["missing"])
     high, low, recover = config.get("max"), config.get("min"), config.get("recover")
+    bounds = []  # a pass names its bounds too, so a healthy pod reads at a glance
     if high is not None:
         limit = high if was_ok or recover is None else min(recover, high)
         if value > limit:
             if limit == high:
                 return False, "%s > max %s" % (shown, format_value(high))
             return False, "%s, not yet back to recover %s" % (shown, format_value(limit))
-    if low is not None and value < low:
-        return False, "%s < min %s" % (shown, format_value(low))
-    return True, shown
+        bounds.append(" <= %s %s" % ("max" if limit == high else "recover", format_value(limit)))
+    if low is not None:
+        if value < low:
+            return False, "%s < min %s" % (shown, format_value(low))
+        bounds.append(" >= min %s" % format_value(low))
+    return True, shown + ",".join(bounds)
 
 
 class MetricCheck(HTTPPollingCheck):
@@ -6807,15 +6814,16 @@ class ProgressCheck(HTTPPollingCheck):
                 format_value(running), self.counter_name, format_duration(
                     round(obs.value)))
         if running > 0:
-            return True, "%s running, %s at %s" % (format_value(running), self.counter_name,
-                                                   format_value(obs.detail["counter"]))
+            return True, "%s running, %s at %s (stall after %s flat)" % (
+                format_value(running), self.counter_name, format_value(obs.detail["counter"]),
+                format_duration(config["stall-after"]))
         return True, "idle"
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6819-6992 here (file line = module line + 6818)
+# probed/checks/awake.py: its lines 1-174 are lines 6827-7000 here (file line = module line + 6826)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6819, r'''
+modules.add('probed/checks/awake.py', 6827, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -6993,9 +7001,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 6999-7079 here (file line = module line + 6998)
+# probed/checks/inflight.py: its lines 1-81 are lines 7007-7087 here (file line = module line + 7006)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 6999, r'''
+modules.add('probed/checks/inflight.py', 7007, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7080,9 +7088,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7086-7157 here (file line = module line + 7085)
+# probed/checks/process.py: its lines 1-72 are lines 7094-7165 here (file line = module line + 7093)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7086, r'''
+modules.add('probed/checks/process.py', 7094, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7158,9 +7166,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7164-7212 here (file line = module line + 7163)
+# probed/checks/relay.py: its lines 1-49 are lines 7172-7220 here (file line = module line + 7171)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7164, r'''
+modules.add('probed/checks/relay.py', 7172, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7213,9 +7221,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7219-7264 here (file line = module line + 7218)
+# probed/checks/tcp.py: its lines 1-46 are lines 7227-7272 here (file line = module line + 7226)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7219, r'''
+modules.add('probed/checks/tcp.py', 7227, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7265,9 +7273,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-326 are lines 7271-7596 here (file line = module line + 7270)
+# probed/checks/ray.py: its lines 1-327 are lines 7279-7605 here (file line = module line + 7278)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7271, r'''
+modules.add('probed/checks/ray.py', 7279, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7398,7 +7406,8 @@ def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tupl
     if have_gpus < gpus:
         short.append("%g/%d GPUs on %d alive nodes" % (have_gpus, gpus, len(alive)))
     if not short:
-        return True, "%d nodes alive, %g GPUs" % (len(alive), have_gpus)
+        return True, "%d nodes alive (need %d), %g GPUs (need %d)" % (
+            len(alive), nodes, have_gpus, gpus)
     reason = ", ".join(short)
     if summary["dead"]:
         reason += "; dead: " + _dead_words(summary["dead"])
@@ -7597,9 +7606,9 @@ class RayGCSCheck(TCPCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-23 are lines 7603-7625 here (file line = module line + 7602)
+# probed/checks/__init__.py: its lines 1-23 are lines 7612-7634 here (file line = module line + 7611)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 7603, r'''
+modules.add('probed/checks/__init__.py', 7612, r'''
 """Check kinds, and the table that names them for `--check KIND ...` and config files."""
 
 from typing import Dict, Type
@@ -7631,9 +7640,9 @@ CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7637-7704 here (file line = module line + 7636)
+# probed/hygiene.py: its lines 1-68 are lines 7646-7713 here (file line = module line + 7645)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7637, r'''
+modules.add('probed/hygiene.py', 7646, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7705,9 +7714,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7711-7853 here (file line = module line + 7710)
+# probed/checkstate.py: its lines 1-143 are lines 7720-7862 here (file line = module line + 7719)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7711, r'''
+modules.add('probed/checkstate.py', 7720, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7854,9 +7863,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7860-7960 here (file line = module line + 7859)
+# probed/podevents.py: its lines 1-101 are lines 7869-7969 here (file line = module line + 7868)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7860, r'''
+modules.add('probed/podevents.py', 7869, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -7961,9 +7970,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 7967-8332 here (file line = module line + 7966)
+# probed/pod.py: its lines 1-366 are lines 7976-8341 here (file line = module line + 7975)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 7967, r'''
+modules.add('probed/pod.py', 7976, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8338,9 +8347,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8344-8533 here (file line = module line + 8343)
+# probed/scheduler.py: its lines 1-190 are lines 8353-8542 here (file line = module line + 8352)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8344, r'''
+modules.add('probed/scheduler.py', 8353, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8539,9 +8548,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8545-8623 here (file line = module line + 8544)
+# probed/render.py: its lines 1-79 are lines 8554-8632 here (file line = module line + 8553)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8545, r'''
+modules.add('probed/render.py', 8554, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8624,9 +8633,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8630-8886 here (file line = module line + 8629)
+# probed/router.py: its lines 1-257 are lines 8639-8895 here (file line = module line + 8638)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8630, r'''
+modules.add('probed/router.py', 8639, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8887,9 +8896,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8893-9007 here (file line = module line + 8892)
+# probed/connection.py: its lines 1-115 are lines 8902-9016 here (file line = module line + 8901)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8893, r'''
+modules.add('probed/connection.py', 8902, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9008,9 +9017,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9014-9060 here (file line = module line + 9013)
+# probed/fdlimit.py: its lines 1-47 are lines 9023-9069 here (file line = module line + 9022)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9014, r'''
+modules.add('probed/fdlimit.py', 9023, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9061,9 +9070,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9067-9126 here (file line = module line + 9066)
+# probed/listeners.py: its lines 1-60 are lines 9076-9135 here (file line = module line + 9075)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9067, r'''
+modules.add('probed/listeners.py', 9076, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9127,9 +9136,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9133-9350 here (file line = module line + 9132)
+# probed/h2server.py: its lines 1-218 are lines 9142-9359 here (file line = module line + 9141)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9133, r'''
+modules.add('probed/h2server.py', 9142, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9351,9 +9360,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-453 are lines 9357-9809 here (file line = module line + 9356)
+# probed/server.py: its lines 1-453 are lines 9366-9818 here (file line = module line + 9365)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9357, r'''
+modules.add('probed/server.py', 9366, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9810,9 +9819,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9816-10034 here (file line = module line + 9815)
+# probed/selfmetrics.py: its lines 1-219 are lines 9825-10043 here (file line = module line + 9824)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9816, r'''
+modules.add('probed/selfmetrics.py', 9825, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10035,9 +10044,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-139 are lines 10041-10179 here (file line = module line + 10040)
+# probed/drain.py: its lines 1-139 are lines 10050-10188 here (file line = module line + 10049)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10041, r'''
+modules.add('probed/drain.py', 10050, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10185,9 +10194,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10191-10416 here (file line = module line + 10190)
+# probed/checkspecs.py: its lines 1-226 are lines 10200-10425 here (file line = module line + 10199)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10191, r'''
+modules.add('probed/checkspecs.py', 10200, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10417,9 +10426,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-381 are lines 10423-10803 here (file line = module line + 10422)
+# probed/presets.py: its lines 1-381 are lines 10432-10812 here (file line = module line + 10431)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10423, r'''
+modules.add('probed/presets.py', 10432, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10804,9 +10813,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-299 are lines 10810-11108 here (file line = module line + 10809)
+# probed/flags.py: its lines 1-299 are lines 10819-11117 here (file line = module line + 10818)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10810, r'''
+modules.add('probed/flags.py', 10819, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11109,9 +11118,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11115-11318 here (file line = module line + 11114)
+# probed/settings.py: its lines 1-204 are lines 11124-11327 here (file line = module line + 11123)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11115, r'''
+modules.add('probed/settings.py', 11124, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11319,9 +11328,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11325-11631 here (file line = module line + 11324)
+# probed/admin.py: its lines 1-307 are lines 11334-11640 here (file line = module line + 11333)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11325, r'''
+modules.add('probed/admin.py', 11334, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11632,9 +11641,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11638-11722 here (file line = module line + 11637)
+# probed/pushbeat.py: its lines 1-85 are lines 11647-11731 here (file line = module line + 11646)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11638, r'''
+modules.add('probed/pushbeat.py', 11647, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11723,9 +11732,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11729-11796 here (file line = module line + 11728)
+# probed/reaper.py: its lines 1-68 are lines 11738-11805 here (file line = module line + 11737)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11729, r'''
+modules.add('probed/reaper.py', 11738, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11797,9 +11806,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-265 are lines 11803-12067 here (file line = module line + 11802)
+# probed/daemon.py: its lines 1-265 are lines 11812-12076 here (file line = module line + 11811)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11803, r'''
+modules.add('probed/daemon.py', 11812, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12073,9 +12082,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12079-12180 here (file line = module line + 12078)
+# probed/checkcmd.py: its lines 1-102 are lines 12088-12189 here (file line = module line + 12087)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12079, r'''
+modules.add('probed/checkcmd.py', 12088, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12181,9 +12190,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12187-12341 here (file line = module line + 12186)
+# probed/probebench.py: its lines 1-155 are lines 12196-12350 here (file line = module line + 12195)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12187, r'''
+modules.add('probed/probebench.py', 12196, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12342,9 +12351,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12348-12455 here (file line = module line + 12347)
+# probed/beat.py: its lines 1-108 are lines 12357-12464 here (file line = module line + 12356)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12348, r'''
+modules.add('probed/beat.py', 12357, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12456,9 +12465,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-75 are lines 12462-12536 here (file line = module line + 12461)
+# probed/cli.py: its lines 1-75 are lines 12471-12545 here (file line = module line + 12470)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12462, r'''
+modules.add('probed/cli.py', 12471, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -79,7 +79,7 @@ def test_directory_of_beat_files_counts_fresh_and_names_the_silent(tmp_path: Pat
     check = make_check(path=str(tmp_path), expect="4", window="60s", min_fresh="2")
     obs = observe(check)
     assert obs.value == 2.0
-    assert verdict(check, obs) == (True, "2 of 4 workers beat within 1m")
+    assert verdict(check, obs) == (True, "2 of 4 workers beat within 1m (need 2)")
     ok, reason = verdict(check, obs, min_fresh="3")
     assert not ok
     assert reason.startswith("2 of 4 workers beat within 1m (need 3): silent: w3 ")
@@ -103,7 +103,7 @@ def test_touching_a_file_is_a_beat(tmp_path: Path) -> None:
     check = make_check(path=str(tmp_path), window="30s")
     assert not verdict(check, observe(check))[0]
     (tmp_path / "w0").touch()  # what `touch /beats/w0` does in a shell worker
-    assert verdict(check, observe(check)) == (True, "1 of 1 workers beat within 30s")
+    assert verdict(check, observe(check)) == (True, "1 of 1 workers beat within 30s (none silent)")
 
 
 def test_glob_names_are_relative_to_its_fixed_part(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_dotfiles_directories_and_match_are_left_out(tmp_path: Path) -> None:
 def test_a_single_file_is_a_pool_of_one(tmp_path: Path) -> None:
     beat_files(tmp_path, {"alive": 2})
     check = make_check(path=str(tmp_path / "alive"))
-    assert verdict(check, observe(check)) == (True, "1 of 1 workers beat within 1m")
+    assert verdict(check, observe(check)) == (True, "1 of 1 workers beat within 1m (none silent)")
 
 
 def test_a_missing_path_fails_and_says_so(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_an_unreadable_entry_is_skipped_and_named_not_fatal_to_the_pool(tmp_path
     assert [w[0] for w in obs.raw] == ["w0", "w1"]  # the verdict comes from the readable ones
     loop = os.strerror(errno.ELOOP)  # "Too many levels of symbolic links"
     assert obs.detail["unreadable"] == [{"name": n, "error": loop} for n in ("w2", "w3a", "w3b")]
-    assert verdict(check, obs) == (True, "2 of 2 workers beat within 1m; unreadable, skipped: "
+    assert verdict(check, obs) == (True, "2 of 2 workers beat within 1m (none silent); unreadable, skipped: "
                                          "w2 (%s), w3a (%s), w3b (%s)" % (loop, loop, loop))
     # With `expect`, a worker that cannot be read counts as missing.
     ok, reason = verdict(check, obs, expect="3")
@@ -242,7 +242,7 @@ def test_push_beats_age_on_the_registry_clock() -> None:
     registry.beat("w2")
     clock.now += 20
     registry.beat("w3")
-    assert verdict(check, observe(check)) == (True, "3 of 3 workers beat within 30s")
+    assert verdict(check, observe(check)) == (True, "3 of 3 workers beat within 30s (need 2)")
     clock.now += 15  # w1 and w2 now 35 s old, w3 15 s
     ok, reason = verdict(check, observe(check))
     assert not ok
@@ -423,7 +423,7 @@ def test_idle_worker_beating_on_every_poll_stays_healthy(tmp_path: Path) -> None
     with pytest.raises(WorkerStopped):
         exec(compile(code, "README.md", "exec"), {"jobs": jobs, "handle": handled.append})
     assert handled == []  # the queue stayed empty the whole time
-    assert jobs.verdicts == [(True, "1 of 1 workers beat within 1m")] * 5
+    assert jobs.verdicts == [(True, "1 of 1 workers beat within 1m (none silent)")] * 5
 
 
 def test_worker_beating_only_after_jobs_looks_dead_while_idle(tmp_path: Path) -> None:

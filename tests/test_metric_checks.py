@@ -131,7 +131,7 @@ def test_real_vllm_body_gives_each_selected_value(backend: Backend) -> None:
     obs = observe(queue)
     assert obs.value == 0.0
     assert obs.detail is not None and obs.detail["series"] == 1
-    assert verdict(queue, obs) == (True, "sum(vllm:num_requests_waiting) = 0")
+    assert verdict(queue, obs) == (True, "sum(vllm:num_requests_waiting) = 0 <= max 0")
 
     tokens = make("metric url=%s max=500 "
                   "'metric=vllm:generation_tokens_total{model_name=\"qwen2.5-1.5b\"}'" % url)
@@ -140,7 +140,7 @@ def test_real_vllm_body_gives_each_selected_value(backend: Backend) -> None:
     assert verdict(tokens, obs) == (
         False, 'sum(vllm:generation_tokens_total{model_name="qwen2.5-1.5b"}) = 584 > max 500')
     assert verdict(tokens, obs, max="584") == (
-        True, 'sum(vllm:generation_tokens_total{model_name="qwen2.5-1.5b"}) = 584')
+        True, 'sum(vllm:generation_tokens_total{model_name="qwen2.5-1.5b"}) = 584 <= max 584')
 
     start = make("metric url=%s metric=process_start_time_seconds" % url)
     assert observe(start).value == 1.78990180866e+09
@@ -153,7 +153,7 @@ def test_real_vllm_body_gives_each_selected_value(backend: Backend) -> None:
               "agg=max max=0.9" % url)
     obs = observe(kv)
     assert obs.value == 0.0
-    assert verdict(kv, obs) == (True, "max(vllm:kv_cache_usage_perc) = 0")
+    assert verdict(kv, obs) == (True, "max(vllm:kv_cache_usage_perc) = 0 <= max 0.9")
 
 
 def test_real_vllm_body_awake_and_idle(backend: Backend) -> None:
@@ -179,7 +179,7 @@ def test_real_llamacpp_body() -> None:
         assert observe(cached).value == 7.77887e+06
         deferred = make("metric url=%s metric=llamacpp:requests_deferred max=0" % url)
         obs = observe(deferred)
-        assert verdict(deferred, obs) == (True, "sum(llamacpp:requests_deferred) = 0")
+        assert verdict(deferred, obs) == (True, "sum(llamacpp:requests_deferred) = 0 <= max 0")
         assert verdict(deferred, obs, min="1") == (
             False, "sum(llamacpp:requests_deferred) = 0 < min 1")
         progress = make("progress url=%s running=llamacpp:requests_processing "
@@ -203,9 +203,9 @@ def test_eight_engines_queue_sums_and_kv_cache_takes_the_max() -> None:
         assert obs.detail is not None and obs.detail["series"] == 8
         assert verdict(queue, obs) == (False, "sum(vllm:num_requests_waiting) = 28 > max 27")
         assert verdict(queue, obs, max="28")[0] is True
-        assert verdict(queue, obs, agg="max") == (True, "max(vllm:num_requests_waiting) = 7")
+        assert verdict(queue, obs, agg="max") == (True, "max(vllm:num_requests_waiting) = 7 <= max 27")
         assert verdict(queue, obs, agg="count", max="8") == (
-            True, "count(vllm:num_requests_waiting) = 8")
+            True, "count(vllm:num_requests_waiting) = 8 <= max 8")
         one = make("metric url=%s 'metric=vllm:num_requests_waiting{engine=\"5\"}'" % url)
         assert observe(one).value == 5.0
         others = make("metric url=%s 'metric=vllm:num_requests_waiting{engine!=\"5\"}'" % url)
@@ -249,7 +249,7 @@ def test_the_first_present_selector_wins_over_later_fallbacks() -> None:
                      "metric=vllm:gpu_cache_usage_perc agg=max max=0.95" % (
                          unique(b.url) + "/metrics"))
         obs = observe(cache)
-        assert verdict(cache, obs) == (True, "max(vllm:kv_cache_usage_perc) = 0.2")
+        assert verdict(cache, obs) == (True, "max(vllm:kv_cache_usage_perc) = 0.2 <= max 0.95")
 
 
 # --- awake: the /is_sleeping fallback when the gauge is absent -----------------------------------
@@ -307,15 +307,15 @@ def test_recover_band_is_hysteresis_under_max() -> None:
         return Observation(True, "", value, detail={"metric": "q", "series": 1,
                                                     "values": [value]})
 
-    assert verdict(check, obs(10), was_ok=True) == (True, "sum(q) = 10")
+    assert verdict(check, obs(10), was_ok=True) == (True, "sum(q) = 10 <= max 10")
     assert verdict(check, obs(11), was_ok=True) == (False, "sum(q) = 11 > max 10")
     assert verdict(check, obs(8), was_ok=False) == (
         False, "sum(q) = 8, not yet back to recover 5")
-    assert verdict(check, obs(5), was_ok=False) == (True, "sum(q) = 5")
-    assert verdict(check, obs(8), was_ok=True) == (True, "sum(q) = 8")
+    assert verdict(check, obs(5), was_ok=False) == (True, "sum(q) = 5 <= recover 5")
+    assert verdict(check, obs(8), was_ok=True) == (True, "sum(q) = 8 <= max 10")
     assert verdict(check, obs(12), was_ok=False)[0] is False
     # the band is overridable per request, like max
-    assert verdict(check, obs(8), was_ok=False, recover="8") == (True, "sum(q) = 8")
+    assert verdict(check, obs(8), was_ok=False, recover="8") == (True, "sum(q) = 8 <= recover 8")
     assert verdict(check, obs(8), was_ok=False, max="20")[0] is False  # recover 5 still holds
 
 
@@ -504,7 +504,7 @@ def test_progress_rising_tokens_pass() -> None:
     for i in range(20):
         obs = check.note(running=4, counter=100.0 + i * 50, now=1000.0 + i * 5)
         assert verdict(check, obs) == (
-            True, "4 running, vllm:generation_tokens_total at %d" % (100 + i * 50))
+            True, "4 running, vllm:generation_tokens_total at %d (stall after 10s flat)" % (100 + i * 50))
     assert obs.value == 0.0
 
 
@@ -524,7 +524,7 @@ def test_progress_flat_tokens_while_running_stall_after_stall_after() -> None:
     assert verdict(check, check.note(2, 500.0, 1200.0), stall_after="1m")[0] is False
     # tokens move again: the stall is over at once
     assert verdict(check, check.note(2, 501.0, 1201.0)) == (
-        True, "2 running, vllm:generation_tokens_total at 501")
+        True, "2 running, vllm:generation_tokens_total at 501 (stall after 2m flat)")
 
 
 def test_progress_idle_is_never_a_stall() -> None:
@@ -534,7 +534,7 @@ def test_progress_idle_is_never_a_stall() -> None:
         assert verdict(check, obs) == (True, "idle")
     # work arrives after the long idle spell: flat time counts from the last idle poll
     assert verdict(check, check.note(1, 42.0, 1500.0)) == (
-        True, "1 running, vllm:generation_tokens_total at 42")
+        True, "1 running, vllm:generation_tokens_total at 42 (stall after 10s flat)")
     assert verdict(check, check.note(1, 42.0, 1504.0))[0] is True
     assert verdict(check, check.note(1, 42.0, 1505.0))[0] is False
 
@@ -566,14 +566,14 @@ def test_progress_in_real_time_against_a_backend() -> None:
         check = make("progress url=%s stall-after=500ms interval=100ms timeout=2s" % (
             unique(b.url) + "/metrics"))
         assert verdict(check, observe(check)) == (
-            True, "2 running, vllm:generation_tokens_total at 700")
+            True, "2 running, vllm:generation_tokens_total at 700 (stall after 500ms flat)")
         time.sleep(0.6)
         ok, reason = verdict(check, observe(check))
         assert not ok and reason.startswith("stalled: 2 running"), reason
         b.serve(200, progress_body(2, 701))
         time.sleep(0.06)  # past the scrape cache (max_age = interval / 2)
         assert verdict(check, observe(check)) == (
-            True, "2 running, vllm:generation_tokens_total at 701")
+            True, "2 running, vllm:generation_tokens_total at 701 (stall after 500ms flat)")
         b.serve(200, progress_body(0, 701))
         time.sleep(0.6)
         assert verdict(check, observe(check)) == (True, "idle")

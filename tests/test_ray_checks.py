@@ -188,7 +188,7 @@ def test_rejoined_nodes_leave_dead_entries_that_do_not_count() -> None:
     assert states.count("DEAD") == 2 and payload["data"]["result"]["total"] == 5
     summary = ray_nodes_summary(payload)
     assert summary["dead_total"] == 2
-    assert judge_ray_cluster(summary, 3, 3) == (True, "3 nodes alive, 3 GPUs")
+    assert judge_ray_cluster(summary, 3, 3) == (True, "3 nodes alive (need 3), 3 GPUs (need 3)")
     assert judge_ray_cluster(summary, 4, 0) == (False, "3/4 nodes alive")
 
 
@@ -205,7 +205,7 @@ def test_killed_worker_reason_names_node_and_ray_message() -> None:
         False, "2/3 nodes alive; dead: 127.0.0.3 (%s)" % HEARTBEATS)
     assert judge_ray_cluster(summary, 2, 3) == (
         False, "2/3 GPUs on 2 alive nodes; dead: 127.0.0.3 (%s)" % HEARTBEATS)
-    assert judge_ray_cluster(summary, 2, 2) == (True, "2 nodes alive, 2 GPUs")
+    assert judge_ray_cluster(summary, 2, 2) == (True, "2 nodes alive (need 2), 2 GPUs (need 2)")
 
 
 def test_hung_raylet_once_declared_dead_lists_both_dead_workers() -> None:
@@ -267,15 +267,15 @@ def dashboard_routes(scenario: str) -> Dict[str, Route]:
 
 
 @pytest.mark.parametrize("scenario,nodes,gpus,ok,reason", [
-    ("01_healthy_head_plus_2_workers", 3, 3, True, "3 nodes alive, 3 GPUs"),
+    ("01_healthy_head_plus_2_workers", 3, 3, True, "3 nodes alive (need 3), 3 GPUs (need 3)"),
     ("02_worker1_raylet_sigkill", 3, 3, False,
      "2/3 nodes alive, 2/3 GPUs on 2 alive nodes; dead: 127.0.0.3 (%s)" % HEARTBEATS),
     ("03_worker2_raylet_sigstop_hang", 2, 0, False,
      "1/2 nodes alive; dead: 127.0.0.4 (%s), 127.0.0.3 (%s)" % (HEARTBEATS, HEARTBEATS)),
-    ("04_workers_restarted_rejoined", 3, 3, True, "3 nodes alive, 3 GPUs"),
+    ("04_workers_restarted_rejoined", 3, 3, True, "3 nodes alive (need 3), 3 GPUs (need 3)"),
     ("05_worker2_raylet_sigterm_graceful", 3, 2, False, "2/3 nodes alive; dead: 127.0.0.4 (%s)"
      % SIGTERM),
-    ("06a_before_gcs_kill", 3, 3, True, "3 nodes alive, 3 GPUs"),
+    ("06a_before_gcs_kill", 3, 3, True, "3 nodes alive (need 3), 3 GPUs (need 3)"),
 ])
 def test_ray_check_on_captured_cluster(scenario: str, nodes: int, gpus: int, ok: bool,
                                        reason: str) -> None:
@@ -293,7 +293,7 @@ def test_overrides_rejudge_the_cached_observation() -> None:
     check, obs, _ = observe_served("ray", dashboard_routes("02_worker1_raylet_sigkill"),
                                    nodes=3, gpus=3)
     assert not obs.ok
-    assert judged(check, obs, nodes=2, gpus=2) == (True, "2 nodes alive, 2 GPUs")
+    assert judged(check, obs, nodes=2, gpus=2) == (True, "2 nodes alive (need 2), 2 GPUs (need 2)")
     assert judged(check, obs, nodes=check.parse_override("nodes", "2"), gpus=3)[0] is False
     assert check.parse_override("gpus", "8") == 8
     with pytest.raises(ConfigError):

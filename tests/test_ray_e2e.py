@@ -130,7 +130,7 @@ def daemon(cluster: RayCluster, start_daemon: Any, tmp_path: Path) -> Any:
 def test_ray_checks_follow_a_real_cluster(cluster: RayCluster, daemon: Any) -> None:
     ray = make_check("ray", url=cluster.dashboard_url, nodes=2, gpus=2)
     worker = cluster.nodes[-1]
-    assert poll(ray) == (True, "2 nodes alive, 2 GPUs")
+    assert poll(ray) == (True, "2 nodes alive (need 2), 2 GPUs (need 2)")
     assert poll(make_check("ray-agent", url=worker.agent_url)) == (True, "")
     assert poll(make_check("ray-agent", url=cluster.head.agent_url)) == (True, "")
     gcs = make_check("ray-gcs", addr=("127.0.0.2", cluster.gcs_port))
@@ -172,7 +172,7 @@ def _rejoin_worker(cluster: RayCluster, ray: Check, port: int) -> None:
     new = cluster.start_worker("127.0.0.3", name="worker-again")
     joined = time.monotonic() - since
     polls, seconds, reason = poll_until(ray, True, since)
-    assert reason == "2 nodes alive, 2 GPUs"
+    assert reason == "2 nodes alive (need 2), 2 GPUs (need 2)"
     print("ray-e2e: re-join: worker ALIVE %.2fs after ray start, check passes at %.2fs (poll %d)"
           % (joined, seconds, polls))
     obs_detail = _observe_detail(ray)

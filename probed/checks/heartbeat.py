@@ -222,6 +222,9 @@ class HeartbeatCheck(Check):
             wants.append("need %d" % floor)
         note = heartbeat_unreadable_note((obs.detail or {}).get("unreadable", ()))
         if not wants:
-            return True, summary + note
+            need = (["need %d" % min_fresh] if min_fresh is not None else []) + (
+                ["at most %d silent" % max_silent if max_silent else "none silent"]
+                if max_silent is not None else [])
+            return True, "%s (%s)%s" % (summary, ", ".join(need), note)
         return False, "%s (%s): %s%s" % (summary, ", ".join(wants),
                                          heartbeat_roster(silent, fresh, missing), note)

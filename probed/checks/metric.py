@@ -143,15 +143,19 @@ def judge_bounds(value: float, label: str, config: Mapping[str, Any],
         return config["missing"] == "pass", "%s (not a number: missing=%s)" % (
             shown, config["missing"])
     high, low, recover = config.get("max"), config.get("min"), config.get("recover")
+    bounds = []  # a pass names its bounds too, so a healthy pod reads at a glance
     if high is not None:
         limit = high if was_ok or recover is None else min(recover, high)
         if value > limit:
             if limit == high:
                 return False, "%s > max %s" % (shown, format_value(high))
             return False, "%s, not yet back to recover %s" % (shown, format_value(limit))
-    if low is not None and value < low:
-        return False, "%s < min %s" % (shown, format_value(low))
-    return True, shown
+        bounds.append(" <= %s %s" % ("max" if limit == high else "recover", format_value(limit)))
+    if low is not None:
+        if value < low:
+            return False, "%s < min %s" % (shown, format_value(low))
+        bounds.append(" >= min %s" % format_value(low))
+    return True, shown + ",".join(bounds)
 
 
 class MetricCheck(HTTPPollingCheck):
@@ -299,6 +303,7 @@ class ProgressCheck(HTTPPollingCheck):
                 format_value(running), self.counter_name, format_duration(
                     round(obs.value)))
         if running > 0:
-            return True, "%s running, %s at %s" % (format_value(running), self.counter_name,
-                                                   format_value(obs.detail["counter"]))
+            return True, "%s running, %s at %s (stall after %s flat)" % (
+                format_value(running), self.counter_name, format_value(obs.detail["counter"]),
+                format_duration(config["stall-after"]))
         return True, "idle"

@@ -128,7 +128,8 @@ def judge_ray_cluster(summary: Mapping[str, Any], nodes: int, gpus: int) -> Tupl
     if have_gpus < gpus:
         short.append("%g/%d GPUs on %d alive nodes" % (have_gpus, gpus, len(alive)))
     if not short:
-        return True, "%d nodes alive, %g GPUs" % (len(alive), have_gpus)
+        return True, "%d nodes alive (need %d), %g GPUs (need %d)" % (
+            len(alive), nodes, have_gpus, gpus)
     reason = ", ".join(short)
     if summary["dead"]:
         reason += "; dead: " + _dead_words(summary["dead"])
