@@ -81,17 +81,17 @@
 #        probed/checkspecs.py ...........................................  10200
 #        probed/presets.py ..............................................  10432
 #        probed/flags.py ................................................  10819
-#        probed/settings.py .............................................  11124
-#        probed/admin.py ................................................  11334
-#        probed/pushbeat.py .............................................  11647
-#        probed/reaper.py ...............................................  11738
-#        probed/daemon.py ...............................................  11812
+#        probed/settings.py .............................................  11127
+#        probed/admin.py ................................................  11337
+#        probed/pushbeat.py .............................................  11650
+#        probed/reaper.py ...............................................  11741
+#        probed/daemon.py ...............................................  11815
 #   10. cli
-#        probed/checkcmd.py .............................................  12088
-#        probed/probebench.py ...........................................  12196
-#        probed/beat.py .................................................  12357
-#        probed/cli.py ..................................................  12471
-#   entry point .........................................................  12548
+#        probed/checkcmd.py .............................................  12091
+#        probed/probebench.py ...........................................  12199
+#        probed/beat.py .................................................  12360
+#        probed/cli.py ..................................................  12474
+#   entry point .........................................................  12551
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -10813,7 +10813,7 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-299 are lines 10819-11117 here (file line = module line + 10818)
+# probed/flags.py: its lines 1-302 are lines 10819-11120 here (file line = module line + 10818)
 # ------------------------------------------------------------------------------
 modules.add('probed/flags.py', 10819, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
@@ -10985,6 +10985,7 @@ PRESET_METAVARS = {
     "--inference-timeout": "DURATION", "--stall-after": "DURATION", "--ray": "URL",
     "--ray-nodes": "N", "--ray-gpus": "N", "--ray-grace": "DURATION", "--ray-agent": "URL",
     "--gpu": "GPUS", "--worker-ranks": "N", "--worker-window": "DURATION",
+    "--vllm-dev-mode": "BOOL", "--idle-sleep": "BOOL",
 }
 
 SERVE_OPTIONS: List[Option] = DAEMON_OPTIONS + [
@@ -11009,6 +11010,8 @@ def show_default(value: Any) -> str:
     """A default as --help and --print-config show it."""
     if isinstance(value, tuple):
         return "%s:%d" % value
+    if isinstance(value, bool):  # as the flag takes it (true/false), not Python's spelling
+        return "true" if value else "false"
     if isinstance(value, float):
         return format_duration(value)
     return str(value)
@@ -11118,9 +11121,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11124-11327 here (file line = module line + 11123)
+# probed/settings.py: its lines 1-204 are lines 11127-11330 here (file line = module line + 11126)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11124, r'''
+modules.add('probed/settings.py', 11127, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11328,9 +11331,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11334-11640 here (file line = module line + 11333)
+# probed/admin.py: its lines 1-307 are lines 11337-11643 here (file line = module line + 11336)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11334, r'''
+modules.add('probed/admin.py', 11337, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11641,9 +11644,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11647-11731 here (file line = module line + 11646)
+# probed/pushbeat.py: its lines 1-85 are lines 11650-11734 here (file line = module line + 11649)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11647, r'''
+modules.add('probed/pushbeat.py', 11650, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11732,9 +11735,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11738-11805 here (file line = module line + 11737)
+# probed/reaper.py: its lines 1-68 are lines 11741-11808 here (file line = module line + 11740)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11738, r'''
+modules.add('probed/reaper.py', 11741, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11806,9 +11809,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-265 are lines 11812-12076 here (file line = module line + 11811)
+# probed/daemon.py: its lines 1-265 are lines 11815-12079 here (file line = module line + 11814)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11812, r'''
+modules.add('probed/daemon.py', 11815, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12082,9 +12085,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12088-12189 here (file line = module line + 12087)
+# probed/checkcmd.py: its lines 1-102 are lines 12091-12192 here (file line = module line + 12090)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12088, r'''
+modules.add('probed/checkcmd.py', 12091, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12190,9 +12193,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12196-12350 here (file line = module line + 12195)
+# probed/probebench.py: its lines 1-155 are lines 12199-12353 here (file line = module line + 12198)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12196, r'''
+modules.add('probed/probebench.py', 12199, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12351,9 +12354,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12357-12464 here (file line = module line + 12356)
+# probed/beat.py: its lines 1-108 are lines 12360-12467 here (file line = module line + 12359)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12357, r'''
+modules.add('probed/beat.py', 12360, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12465,9 +12468,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-75 are lines 12471-12545 here (file line = module line + 12470)
+# probed/cli.py: its lines 1-75 are lines 12474-12548 here (file line = module line + 12473)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12471, r'''
+modules.add('probed/cli.py', 12474, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -167,6 +167,7 @@ PRESET_METAVARS = {
     "--inference-timeout": "DURATION", "--stall-after": "DURATION", "--ray": "URL",
     "--ray-nodes": "N", "--ray-gpus": "N", "--ray-grace": "DURATION", "--ray-agent": "URL",
     "--gpu": "GPUS", "--worker-ranks": "N", "--worker-window": "DURATION",
+    "--vllm-dev-mode": "BOOL", "--idle-sleep": "BOOL",
 }
 
 SERVE_OPTIONS: List[Option] = DAEMON_OPTIONS + [
@@ -191,6 +192,8 @@ def show_default(value: Any) -> str:
     """A default as --help and --print-config show it."""
     if isinstance(value, tuple):
         return "%s:%d" % value
+    if isinstance(value, bool):  # as the flag takes it (true/false), not Python's spelling
+        return "true" if value else "false"
     if isinstance(value, float):
         return format_duration(value)
     return str(value)
