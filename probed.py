@@ -78,20 +78,20 @@
 #        probed/selfmetrics.py ..........................................   9825
 #        probed/drain.py ................................................  10050
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10200
-#        probed/presets.py ..............................................  10432
-#        probed/flags.py ................................................  10819
-#        probed/settings.py .............................................  11127
-#        probed/admin.py ................................................  11337
-#        probed/pushbeat.py .............................................  11650
-#        probed/reaper.py ...............................................  11741
-#        probed/daemon.py ...............................................  11815
+#        probed/checkspecs.py ...........................................  10201
+#        probed/presets.py ..............................................  10433
+#        probed/flags.py ................................................  10820
+#        probed/settings.py .............................................  11128
+#        probed/admin.py ................................................  11338
+#        probed/pushbeat.py .............................................  11651
+#        probed/reaper.py ...............................................  11742
+#        probed/daemon.py ...............................................  11816
 #   10. cli
-#        probed/checkcmd.py .............................................  12091
-#        probed/probebench.py ...........................................  12199
-#        probed/beat.py .................................................  12360
-#        probed/cli.py ..................................................  12474
-#   entry point .........................................................  12551
+#        probed/checkcmd.py .............................................  12092
+#        probed/probebench.py ...........................................  12200
+#        probed/beat.py .................................................  12363
+#        probed/cli.py ..................................................  12477
+#   entry point .........................................................  12554
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -10044,7 +10044,7 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-139 are lines 10050-10188 here (file line = module line + 10049)
+# probed/drain.py: its lines 1-140 are lines 10050-10189 here (file line = module line + 10049)
 # ------------------------------------------------------------------------------
 modules.add('probed/drain.py', 10050, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
@@ -10159,10 +10159,11 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
     parser = argparse.ArgumentParser(
         prog="probed drain", description="preStop drain: fail ready, then wait until the "
         "server has no request in flight (GET /wait-for-drain on the admin listener).")
-    parser.add_argument("--wait", default="60s", help="longest wait (default 60s)")
-    parser.add_argument("--admin", default="http://127.0.0.1:9090",
+    parser.add_argument("--wait", default="60s", metavar="DURATION",
+                        help="longest wait (default 60s)")
+    parser.add_argument("--admin", default="http://127.0.0.1:9090", metavar="URL",
                         help="admin listener URL (default http://127.0.0.1:9090)")
-    parser.add_argument("--token-file", help="file with the admin token")
+    parser.add_argument("--token-file", metavar="FILE", help="file with the admin token")
     args = parser.parse_args(list(argv))
     out = out or sys.stdout
     try:
@@ -10194,9 +10195,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10200-10425 here (file line = module line + 10199)
+# probed/checkspecs.py: its lines 1-226 are lines 10201-10426 here (file line = module line + 10200)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10200, r'''
+modules.add('probed/checkspecs.py', 10201, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10426,9 +10427,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-381 are lines 10432-10812 here (file line = module line + 10431)
+# probed/presets.py: its lines 1-381 are lines 10433-10813 here (file line = module line + 10432)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10432, r'''
+modules.add('probed/presets.py', 10433, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10813,9 +10814,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-302 are lines 10819-11120 here (file line = module line + 10818)
+# probed/flags.py: its lines 1-302 are lines 10820-11121 here (file line = module line + 10819)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10819, r'''
+modules.add('probed/flags.py', 10820, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11121,9 +11122,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11127-11330 here (file line = module line + 11126)
+# probed/settings.py: its lines 1-204 are lines 11128-11331 here (file line = module line + 11127)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11127, r'''
+modules.add('probed/settings.py', 11128, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11331,9 +11332,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11337-11643 here (file line = module line + 11336)
+# probed/admin.py: its lines 1-307 are lines 11338-11644 here (file line = module line + 11337)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11337, r'''
+modules.add('probed/admin.py', 11338, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11644,9 +11645,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11650-11734 here (file line = module line + 11649)
+# probed/pushbeat.py: its lines 1-85 are lines 11651-11735 here (file line = module line + 11650)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11650, r'''
+modules.add('probed/pushbeat.py', 11651, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11735,9 +11736,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11741-11808 here (file line = module line + 11740)
+# probed/reaper.py: its lines 1-68 are lines 11742-11809 here (file line = module line + 11741)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11741, r'''
+modules.add('probed/reaper.py', 11742, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11809,9 +11810,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-265 are lines 11815-12079 here (file line = module line + 11814)
+# probed/daemon.py: its lines 1-265 are lines 11816-12080 here (file line = module line + 11815)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11815, r'''
+modules.add('probed/daemon.py', 11816, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12085,9 +12086,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12091-12192 here (file line = module line + 12090)
+# probed/checkcmd.py: its lines 1-102 are lines 12092-12193 here (file line = module line + 12091)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12091, r'''
+modules.add('probed/checkcmd.py', 12092, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12193,9 +12194,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12199-12353 here (file line = module line + 12198)
+# probed/probebench.py: its lines 1-157 are lines 12200-12356 here (file line = module line + 12199)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12199, r'''
+modules.add('probed/probebench.py', 12200, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12320,11 +12321,13 @@ def bench_main(argv: Sequence[str]) -> int:
     """Command line of `probed bench`."""
     parser = argparse.ArgumentParser(prog="probed bench", description=__doc__.split("\n")[0])
     parser.add_argument("url", help="probe URL, e.g. http://127.0.0.1:8080/readyz")
-    parser.add_argument("-n", type=int, default=2000, help="probes to time (default 2000)")
-    parser.add_argument("-c", type=int, default=1, help="concurrent clients (default 1)")
+    parser.add_argument("-n", type=int, metavar="N", default=2000, help="probes to time (default 2000)")
+    parser.add_argument("-c", type=int, metavar="N", default=1, help="concurrent clients (default 1)")
     parser.add_argument("--mode", choices=("http", "tcp"), default="http")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed probes first")
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per probe")
+    parser.add_argument("--warmup", type=int, default=100, metavar="N",
+                        help="untimed probes first (default 100)")
+    parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="deadline of one probe (default 2)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args(list(argv))
     if args.n < 1 or args.c < 1 or args.warmup < 0:
@@ -12354,9 +12357,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12360-12467 here (file line = module line + 12359)
+# probed/beat.py: its lines 1-108 are lines 12363-12470 here (file line = module line + 12362)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12360, r'''
+modules.add('probed/beat.py', 12363, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12468,9 +12471,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-75 are lines 12474-12548 here (file line = module line + 12473)
+# probed/cli.py: its lines 1-75 are lines 12477-12551 here (file line = module line + 12476)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12474, r'''
+modules.add('probed/cli.py', 12477, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -110,10 +110,11 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
     parser = argparse.ArgumentParser(
         prog="probed drain", description="preStop drain: fail ready, then wait until the "
         "server has no request in flight (GET /wait-for-drain on the admin listener).")
-    parser.add_argument("--wait", default="60s", help="longest wait (default 60s)")
-    parser.add_argument("--admin", default="http://127.0.0.1:9090",
+    parser.add_argument("--wait", default="60s", metavar="DURATION",
+                        help="longest wait (default 60s)")
+    parser.add_argument("--admin", default="http://127.0.0.1:9090", metavar="URL",
                         help="admin listener URL (default http://127.0.0.1:9090)")
-    parser.add_argument("--token-file", help="file with the admin token")
+    parser.add_argument("--token-file", metavar="FILE", help="file with the admin token")
     args = parser.parse_args(list(argv))
     out = out or sys.stdout
     try:

@@ -122,11 +122,13 @@ def bench_main(argv: Sequence[str]) -> int:
     """Command line of `probed bench`."""
     parser = argparse.ArgumentParser(prog="probed bench", description=__doc__.split("\n")[0])
     parser.add_argument("url", help="probe URL, e.g. http://127.0.0.1:8080/readyz")
-    parser.add_argument("-n", type=int, default=2000, help="probes to time (default 2000)")
-    parser.add_argument("-c", type=int, default=1, help="concurrent clients (default 1)")
+    parser.add_argument("-n", type=int, metavar="N", default=2000, help="probes to time (default 2000)")
+    parser.add_argument("-c", type=int, metavar="N", default=1, help="concurrent clients (default 1)")
     parser.add_argument("--mode", choices=("http", "tcp"), default="http")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed probes first")
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per probe")
+    parser.add_argument("--warmup", type=int, default=100, metavar="N",
+                        help="untimed probes first (default 100)")
+    parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="deadline of one probe (default 2)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args(list(argv))
     if args.n < 1 or args.c < 1 or args.warmup < 0:
