@@ -27,71 +27,71 @@
 #        probed/expfmt.py ...............................................   1401
 #        probed/hpack.py ................................................   1708
 #        probed/h2frames.py .............................................   1973
-#        probed/h2output.py .............................................   2086
-#        probed/h2proto.py ..............................................   2230
-#        probed/grpchealth.py ...........................................   2714
+#        probed/h2output.py .............................................   2087
+#        probed/h2proto.py ..............................................   2231
+#        probed/grpchealth.py ...........................................   2715
 #   3. values
-#        probed/groups.py ...............................................   3014
-#        probed/values.py ...............................................   3024
-#        probed/files.py ................................................   3218
+#        probed/groups.py ...............................................   3015
+#        probed/values.py ...............................................   3025
+#        probed/files.py ................................................   3219
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3287
-#        probed/clientchan.py ...........................................   3381
-#        probed/client.py ...............................................   3561
-#        probed/scrape.py ...............................................   3917
-#        probed/beatregistry.py .........................................   4161
-#        probed/eventlog.py .............................................   4235
-#        probed/nvml.py .................................................   4362
-#        probed/gpufaults.py ............................................   4621
-#        probed/gpureader.py ............................................   4920
+#        probed/blocking.py .............................................   3288
+#        probed/clientchan.py ...........................................   3382
+#        probed/client.py ...............................................   3562
+#        probed/scrape.py ...............................................   3918
+#        probed/beatregistry.py .........................................   4162
+#        probed/eventlog.py .............................................   4236
+#        probed/nvml.py .................................................   4363
+#        probed/gpufaults.py ............................................   4622
+#        probed/gpureader.py ............................................   4921
 #   5. checks
-#        probed/checks/base.py ..........................................   5340
-#        probed/checks/exec.py ..........................................   5564
-#        probed/checks/gpu.py ...........................................   5700
-#        probed/checks/heartbeat.py .....................................   5811
-#        probed/checks/http.py ..........................................   6044
-#        probed/checks/inference.py .....................................   6216
-#        probed/checks/manual.py ........................................   6446
-#        probed/checks/metric.py ........................................   6509
-#        probed/checks/awake.py .........................................   6819
-#        probed/checks/inflight.py ......................................   6999
-#        probed/checks/process.py .......................................   7086
-#        probed/checks/relay.py .........................................   7164
-#        probed/checks/tcp.py ...........................................   7219
-#        probed/checks/ray.py ...........................................   7271
-#        probed/checks/__init__.py ......................................   7603
+#        probed/checks/base.py ..........................................   5341
+#        probed/checks/exec.py ..........................................   5565
+#        probed/checks/gpu.py ...........................................   5701
+#        probed/checks/heartbeat.py .....................................   5812
+#        probed/checks/http.py ..........................................   6045
+#        probed/checks/inference.py .....................................   6217
+#        probed/checks/manual.py ........................................   6447
+#        probed/checks/metric.py ........................................   6510
+#        probed/checks/awake.py .........................................   6820
+#        probed/checks/inflight.py ......................................   7000
+#        probed/checks/process.py .......................................   7087
+#        probed/checks/relay.py .........................................   7165
+#        probed/checks/tcp.py ...........................................   7220
+#        probed/checks/ray.py ...........................................   7272
+#        probed/checks/__init__.py ......................................   7604
 #   6. pod
-#        probed/hygiene.py ..............................................   7637
-#        probed/checkstate.py ...........................................   7711
-#        probed/podevents.py ............................................   7860
-#        probed/pod.py ..................................................   7967
+#        probed/hygiene.py ..............................................   7638
+#        probed/checkstate.py ...........................................   7712
+#        probed/podevents.py ............................................   7861
+#        probed/pod.py ..................................................   7968
 #   7. scheduler
-#        probed/scheduler.py ............................................   8344
+#        probed/scheduler.py ............................................   8345
 #   8. server and router
-#        probed/render.py ...............................................   8545
-#        probed/router.py ...............................................   8630
-#        probed/connection.py ...........................................   8893
-#        probed/fdlimit.py ..............................................   9014
-#        probed/listeners.py ............................................   9067
-#        probed/h2server.py .............................................   9133
-#        probed/server.py ...............................................   9357
-#        probed/selfmetrics.py ..........................................   9816
-#        probed/drain.py ................................................  10041
+#        probed/render.py ...............................................   8546
+#        probed/router.py ...............................................   8631
+#        probed/connection.py ...........................................   8894
+#        probed/fdlimit.py ..............................................   9015
+#        probed/listeners.py ............................................   9068
+#        probed/h2server.py .............................................   9134
+#        probed/server.py ...............................................   9358
+#        probed/selfmetrics.py ..........................................   9826
+#        probed/drain.py ................................................  10051
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10191
-#        probed/presets.py ..............................................  10423
-#        probed/flags.py ................................................  10810
-#        probed/settings.py .............................................  11115
-#        probed/admin.py ................................................  11325
-#        probed/pushbeat.py .............................................  11638
-#        probed/reaper.py ...............................................  11729
-#        probed/daemon.py ...............................................  11803
+#        probed/checkspecs.py ...........................................  10201
+#        probed/presets.py ..............................................  10433
+#        probed/flags.py ................................................  10820
+#        probed/settings.py .............................................  11125
+#        probed/admin.py ................................................  11335
+#        probed/pushbeat.py .............................................  11648
+#        probed/reaper.py ...............................................  11739
+#        probed/daemon.py ...............................................  11813
 #   10. cli
-#        probed/checkcmd.py .............................................  12079
-#        probed/probebench.py ...........................................  12187
-#        probed/beat.py .................................................  12348
-#        probed/cli.py ..................................................  12462
-#   entry point .........................................................  12539
+#        probed/checkcmd.py .............................................  12104
+#        probed/probebench.py ...........................................  12212
+#        probed/beat.py .................................................  12373
+#        probed/cli.py ..................................................  12487
+#   entry point .........................................................  12590
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -1967,7 +1967,7 @@ def encode_table_size_update(size: int) -> bytes:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-107 are lines 1973-2079 here (file line = module line + 1972)
+# probed/h2frames.py: its lines 1-108 are lines 1973-2080 here (file line = module line + 1972)
 # ------------------------------------------------------------------------------
 modules.add('probed/h2frames.py', 1973, r'''
 """HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
@@ -1976,9 +1976,10 @@ header, the events the connection machine emits, and what makes a request's fiel
 No I/O; h2proto.py holds the connection state machine that speaks it.
 """
 
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-from .hpack import HeaderList
+if TYPE_CHECKING:  # the name only: the probe server imports this module for H2_PREFACE, and
+    from .hpack import HeaderList  # hpack's tables are built when a gRPC client first connects
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -2005,7 +2006,7 @@ class RequestReceived:
 
     __slots__ = ("stream_id", "headers", "end_stream")
 
-    def __init__(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+    def __init__(self, stream_id: int, headers: "HeaderList", end_stream: bool) -> None:
         self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
 
 
@@ -2061,7 +2062,7 @@ def build_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> 
             stream_id.to_bytes(4, "big") + payload)
 
 
-def request_fields_valid(fields: HeaderList) -> bool:
+def request_fields_valid(fields: "HeaderList") -> bool:
     """RFC 9113 §8.2-8.3: pseudo-fields first, once each, the three a request needs; names in
     lower case; no connection-specific fields; `te` only as "trailers"."""
     pseudo = set()
@@ -2080,9 +2081,9 @@ def request_fields_valid(fields: HeaderList) -> bool:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 2086-2223 here (file line = module line + 2085)
+# probed/h2output.py: its lines 1-138 are lines 2087-2224 here (file line = module line + 2086)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 2086, r'''
+modules.add('probed/h2output.py', 2087, r'''
 """What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 
@@ -2224,9 +2225,9 @@ class H2Output:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 2230-2707 here (file line = module line + 2229)
+# probed/h2proto.py: its lines 1-478 are lines 2231-2708 here (file line = module line + 2230)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 2230, r'''
+modules.add('probed/h2proto.py', 2231, r'''
 """HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 
 The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2708,9 +2709,9 @@ class H2Connection:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-289 are lines 2714-3002 here (file line = module line + 2713)
+# probed/grpchealth.py: its lines 1-289 are lines 2715-3003 here (file line = module line + 2714)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2714, r'''
+modules.add('probed/grpchealth.py', 2715, r'''
 """The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 
 `Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -3008,9 +3009,9 @@ class HealthCalls:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 3014-3017 here (file line = module line + 3013)
+# probed/groups.py: its lines 1-4 are lines 3015-3018 here (file line = module line + 3014)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 3014, r'''
+modules.add('probed/groups.py', 3015, r'''
 """The three probe groups, the kubelet probe each answers, and the path it is served on."""
 
 GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
@@ -3018,9 +3019,9 @@ GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 3024-3211 here (file line = module line + 3023)
+# probed/values.py: its lines 1-188 are lines 3025-3212 here (file line = module line + 3024)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 3024, r'''
+modules.add('probed/values.py', 3025, r'''
 """Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 
 Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3212,9 +3213,9 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3218-3275 here (file line = module line + 3217)
+# probed/files.py: its lines 1-58 are lines 3219-3276 here (file line = module line + 3218)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3218, r'''
+modules.add('probed/files.py', 3219, r'''
 """Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 a device.
 
@@ -3281,9 +3282,9 @@ def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-88 are lines 3287-3374 here (file line = module line + 3286)
+# probed/blocking.py: its lines 1-88 are lines 3288-3375 here (file line = module line + 3287)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3287, r'''
+modules.add('probed/blocking.py', 3288, r'''
 """Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 file scans, each kind with its own small cap.
 
@@ -3375,9 +3376,9 @@ class Resolver:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3381-3554 here (file line = module line + 3380)
+# probed/clientchan.py: its lines 1-174 are lines 3382-3555 here (file line = module line + 3381)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3381, r'''
+modules.add('probed/clientchan.py', 3382, r'''
 """One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 buffer, and reads paced so that a fast peer never holds the event loop.
 
@@ -3555,9 +3556,9 @@ class ClientChannel:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-350 are lines 3561-3910 here (file line = module line + 3560)
+# probed/client.py: its lines 1-350 are lines 3562-3911 here (file line = module line + 3561)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3561, r'''
+modules.add('probed/client.py', 3562, r'''
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 
 One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3911,9 +3912,9 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3917-4154 here (file line = module line + 3916)
+# probed/scrape.py: its lines 1-238 are lines 3918-4155 here (file line = module line + 3917)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3917, r'''
+modules.add('probed/scrape.py', 3918, r'''
 """One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 
 A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4155,9 +4156,9 @@ def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[Sel
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4161-4228 here (file line = module line + 4160)
+# probed/beatregistry.py: its lines 1-68 are lines 4162-4229 here (file line = module line + 4161)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4161, r'''
+modules.add('probed/beatregistry.py', 4162, r'''
 """Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 
 One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4229,9 +4230,9 @@ class HeartbeatRegistry:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4235-4355 here (file line = module line + 4234)
+# probed/eventlog.py: its lines 1-121 are lines 4236-4356 here (file line = module line + 4235)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4235, r'''
+modules.add('probed/eventlog.py', 4236, r'''
 """One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 
 Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4356,9 +4357,9 @@ class EventLog:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4362-4614 here (file line = module line + 4361)
+# probed/nvml.py: its lines 1-253 are lines 4363-4615 here (file line = module line + 4362)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4362, r'''
+modules.add('probed/nvml.py', 4363, r'''
 """NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 
 ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4615,9 +4616,9 @@ class NVMLLibrary:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4621-4913 here (file line = module line + 4620)
+# probed/gpufaults.py: its lines 1-293 are lines 4622-4914 here (file line = module line + 4621)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4621, r'''
+modules.add('probed/gpufaults.py', 4622, r'''
 """GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4914,9 +4915,9 @@ def device_json(d: DeviceFacts) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4920-5328 here (file line = module line + 4919)
+# probed/gpureader.py: its lines 1-409 are lines 4921-5329 here (file line = module line + 4920)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4920, r'''
+modules.add('probed/gpureader.py', 4921, r'''
 """The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 gpu checks of one daemon (through `CheckResources.gpus`).
 
@@ -5334,9 +5335,9 @@ class GPUReaders:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-218 are lines 5340-5557 here (file line = module line + 5339)
+# probed/checks/base.py: its lines 1-218 are lines 5341-5558 here (file line = module line + 5340)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5340, r'''
+modules.add('probed/checks/base.py', 5341, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
 
 A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
@@ -5558,9 +5559,9 @@ class Check:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5564-5693 here (file line = module line + 5563)
+# probed/checks/exec.py: its lines 1-130 are lines 5565-5694 here (file line = module line + 5564)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5564, r'''
+modules.add('probed/checks/exec.py', 5565, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 
 For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5694,9 +5695,9 @@ class ExecCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5700-5804 here (file line = module line + 5699)
+# probed/checks/gpu.py: its lines 1-105 are lines 5701-5805 here (file line = module line + 5700)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5700, r'''
+modules.add('probed/checks/gpu.py', 5701, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 
 A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5805,9 +5806,9 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-227 are lines 5811-6037 here (file line = module line + 5810)
+# probed/checks/heartbeat.py: its lines 1-227 are lines 5812-6038 here (file line = module line + 5811)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5811, r'''
+modules.add('probed/checks/heartbeat.py', 5812, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6038,9 +6039,9 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-166 are lines 6044-6209 here (file line = module line + 6043)
+# probed/checks/http.py: its lines 1-166 are lines 6045-6210 here (file line = module line + 6044)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6044, r'''
+modules.add('probed/checks/http.py', 6045, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6210,9 +6211,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6216-6439 here (file line = module line + 6215)
+# probed/checks/inference.py: its lines 1-224 are lines 6217-6440 here (file line = module line + 6216)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6216, r'''
+modules.add('probed/checks/inference.py', 6217, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6440,9 +6441,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6446-6502 here (file line = module line + 6445)
+# probed/checks/manual.py: its lines 1-57 are lines 6447-6503 here (file line = module line + 6446)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6446, r'''
+modules.add('probed/checks/manual.py', 6447, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6503,9 +6504,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-304 are lines 6509-6812 here (file line = module line + 6508)
+# probed/checks/metric.py: its lines 1-304 are lines 6510-6813 here (file line = module line + 6509)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6509, r'''
+modules.add('probed/checks/metric.py', 6510, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6813,9 +6814,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6819-6992 here (file line = module line + 6818)
+# probed/checks/awake.py: its lines 1-174 are lines 6820-6993 here (file line = module line + 6819)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6819, r'''
+modules.add('probed/checks/awake.py', 6820, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -6993,9 +6994,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 6999-7079 here (file line = module line + 6998)
+# probed/checks/inflight.py: its lines 1-81 are lines 7000-7080 here (file line = module line + 6999)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 6999, r'''
+modules.add('probed/checks/inflight.py', 7000, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7080,9 +7081,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7086-7157 here (file line = module line + 7085)
+# probed/checks/process.py: its lines 1-72 are lines 7087-7158 here (file line = module line + 7086)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7086, r'''
+modules.add('probed/checks/process.py', 7087, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7158,9 +7159,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7164-7212 here (file line = module line + 7163)
+# probed/checks/relay.py: its lines 1-49 are lines 7165-7213 here (file line = module line + 7164)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7164, r'''
+modules.add('probed/checks/relay.py', 7165, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7213,9 +7214,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7219-7264 here (file line = module line + 7218)
+# probed/checks/tcp.py: its lines 1-46 are lines 7220-7265 here (file line = module line + 7219)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7219, r'''
+modules.add('probed/checks/tcp.py', 7220, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7265,9 +7266,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-326 are lines 7271-7596 here (file line = module line + 7270)
+# probed/checks/ray.py: its lines 1-326 are lines 7272-7597 here (file line = module line + 7271)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7271, r'''
+modules.add('probed/checks/ray.py', 7272, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7597,9 +7598,9 @@ class RayGCSCheck(TCPCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-23 are lines 7603-7625 here (file line = module line + 7602)
+# probed/checks/__init__.py: its lines 1-23 are lines 7604-7626 here (file line = module line + 7603)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 7603, r'''
+modules.add('probed/checks/__init__.py', 7604, r'''
 """Check kinds, and the table that names them for `--check KIND ...` and config files."""
 
 from typing import Dict, Type
@@ -7631,9 +7632,9 @@ CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7637-7704 here (file line = module line + 7636)
+# probed/hygiene.py: its lines 1-68 are lines 7638-7705 here (file line = module line + 7637)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7637, r'''
+modules.add('probed/hygiene.py', 7638, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7705,9 +7706,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7711-7853 here (file line = module line + 7710)
+# probed/checkstate.py: its lines 1-143 are lines 7712-7854 here (file line = module line + 7711)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7711, r'''
+modules.add('probed/checkstate.py', 7712, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7854,9 +7855,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7860-7960 here (file line = module line + 7859)
+# probed/podevents.py: its lines 1-101 are lines 7861-7961 here (file line = module line + 7860)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7860, r'''
+modules.add('probed/podevents.py', 7861, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -7961,9 +7962,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 7967-8332 here (file line = module line + 7966)
+# probed/pod.py: its lines 1-366 are lines 7968-8333 here (file line = module line + 7967)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 7967, r'''
+modules.add('probed/pod.py', 7968, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8338,9 +8339,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8344-8533 here (file line = module line + 8343)
+# probed/scheduler.py: its lines 1-190 are lines 8345-8534 here (file line = module line + 8344)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8344, r'''
+modules.add('probed/scheduler.py', 8345, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8539,9 +8540,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8545-8623 here (file line = module line + 8544)
+# probed/render.py: its lines 1-79 are lines 8546-8624 here (file line = module line + 8545)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8545, r'''
+modules.add('probed/render.py', 8546, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8624,9 +8625,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8630-8886 here (file line = module line + 8629)
+# probed/router.py: its lines 1-257 are lines 8631-8887 here (file line = module line + 8630)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8630, r'''
+modules.add('probed/router.py', 8631, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8887,9 +8888,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8893-9007 here (file line = module line + 8892)
+# probed/connection.py: its lines 1-115 are lines 8894-9008 here (file line = module line + 8893)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8893, r'''
+modules.add('probed/connection.py', 8894, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9008,9 +9009,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9014-9060 here (file line = module line + 9013)
+# probed/fdlimit.py: its lines 1-47 are lines 9015-9061 here (file line = module line + 9014)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9014, r'''
+modules.add('probed/fdlimit.py', 9015, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9061,9 +9062,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9067-9126 here (file line = module line + 9066)
+# probed/listeners.py: its lines 1-60 are lines 9068-9127 here (file line = module line + 9067)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9067, r'''
+modules.add('probed/listeners.py', 9068, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9127,9 +9128,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9133-9350 here (file line = module line + 9132)
+# probed/h2server.py: its lines 1-218 are lines 9134-9351 here (file line = module line + 9133)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9133, r'''
+modules.add('probed/h2server.py', 9134, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9351,9 +9352,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-453 are lines 9357-9809 here (file line = module line + 9356)
+# probed/server.py: its lines 1-462 are lines 9358-9819 here (file line = module line + 9357)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9357, r'''
+modules.add('probed/server.py', 9358, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9368,16 +9369,18 @@ import asyncio
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .connection import (IDLE, LINGERING, OPENED, OTHER_PATH_LABEL, PRESSURE_TIMEOUT, READING,
                          WRITING, Connection, ServerStats, expired, pick_eviction)
 from .fdlimit import fit_connection_cap
 from .h2frames import H2_PREFACE
-from .h2server import H2Server
 from .httpproto import (DateCache, HTTPError, PreparedResponse, RequestParser,
                         build_error_response, is_head_request)
 from .listeners import bind_listener, pause_accepting
+
+if TYPE_CHECKING:  # the name only: the HTTP/2 server is built when a gRPC client first connects
+    from .h2server import H2Server
 
 
 ACCEPTS_PER_WAKEUP = 64  # bounded so one busy listener cannot starve the pollers
@@ -9407,9 +9410,13 @@ class ProbeServer:
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
                  max_connections: int = 1024, max_body: int = 0,
-                 stats: Optional[ServerStats] = None, h2: Optional[H2Server] = None) -> None:
+                 stats: Optional[ServerStats] = None,
+                 make_h2: Optional[Callable[[], "H2Server"]] = None) -> None:
         self.respond = respond
-        self.h2 = h2  # takes connections that start with the HTTP/2 preface (gRPC probes)
+        # Takes connections that start with the HTTP/2 preface (gRPC probes). Built at the first
+        # one: the HTTP/2 stack is about 0.4 MB that most pods, probed over HTTP/1.1, never use.
+        self.make_h2 = make_h2
+        self.h2: Optional["H2Server"] = None
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
@@ -9505,7 +9512,7 @@ class ProbeServer:
         """The one place that looks at what a connection sends first and decides how to serve
         it (a protocol detector, such as HTTP/2's preface, belongs here). The connection has
         no Connection object at this point; the general path makes one when needed."""
-        if data[:1] == b"P" and self.h2 is not None and H2_PREFACE.startswith(
+        if data[:1] == b"P" and self.make_h2 is not None and H2_PREFACE.startswith(
                 data[:len(H2_PREFACE)]):
             self._hand_over_h2(sock, data)
         elif data.startswith(TLS_HANDSHAKE):
@@ -9531,7 +9538,10 @@ class ProbeServer:
             return
         self.stats.open -= 1  # the HTTP/2 server counts it from here
         sock.setblocking(False)  # the HTTP/2 server reads and writes on readiness
-        self.h2.adopt(sock, data)  # type: ignore[union-attr]
+        if self.h2 is None:
+            assert self.make_h2 is not None  # _first_bytes hands over only when it is set
+            self.h2 = self.make_h2()
+        self.h2.adopt(sock, data)
 
     def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
         """The kubelet's case start to finish, without a Connection: one whole request that
@@ -9810,9 +9820,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9816-10034 here (file line = module line + 9815)
+# probed/selfmetrics.py: its lines 1-219 are lines 9826-10044 here (file line = module line + 9825)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9816, r'''
+modules.add('probed/selfmetrics.py', 9826, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10035,9 +10045,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-139 are lines 10041-10179 here (file line = module line + 10040)
+# probed/drain.py: its lines 1-139 are lines 10051-10189 here (file line = module line + 10050)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10041, r'''
+modules.add('probed/drain.py', 10051, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10185,9 +10195,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10191-10416 here (file line = module line + 10190)
+# probed/checkspecs.py: its lines 1-226 are lines 10201-10426 here (file line = module line + 10200)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10191, r'''
+modules.add('probed/checkspecs.py', 10201, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10417,9 +10427,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-381 are lines 10423-10803 here (file line = module line + 10422)
+# probed/presets.py: its lines 1-381 are lines 10433-10813 here (file line = module line + 10432)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10423, r'''
+modules.add('probed/presets.py', 10433, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10804,9 +10814,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-299 are lines 10810-11108 here (file line = module line + 10809)
+# probed/flags.py: its lines 1-299 are lines 10820-11118 here (file line = module line + 10819)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10810, r'''
+modules.add('probed/flags.py', 10820, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11109,9 +11119,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11115-11318 here (file line = module line + 11114)
+# probed/settings.py: its lines 1-204 are lines 11125-11328 here (file line = module line + 11124)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11115, r'''
+modules.add('probed/settings.py', 11125, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11319,9 +11329,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11325-11631 here (file line = module line + 11324)
+# probed/admin.py: its lines 1-307 are lines 11335-11641 here (file line = module line + 11334)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11325, r'''
+modules.add('probed/admin.py', 11335, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11632,9 +11642,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11638-11722 here (file line = module line + 11637)
+# probed/pushbeat.py: its lines 1-85 are lines 11648-11732 here (file line = module line + 11647)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11638, r'''
+modules.add('probed/pushbeat.py', 11648, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11723,9 +11733,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11729-11796 here (file line = module line + 11728)
+# probed/reaper.py: its lines 1-68 are lines 11739-11806 here (file line = module line + 11738)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11729, r'''
+modules.add('probed/reaper.py', 11739, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11797,9 +11807,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-265 are lines 11803-12067 here (file line = module line + 11802)
+# probed/daemon.py: its lines 1-280 are lines 11813-12092 here (file line = module line + 11812)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11803, r'''
+modules.add('probed/daemon.py', 11813, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -11811,13 +11821,11 @@ import asyncio
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .admin import build_admin
 from .checks.base import Check, CheckResources
 from .eventlog import EventLog
-from .grpchealth import SERVICE_GROUPS, GrpcHealthService
-from .h2server import H2Server
 from .pod import Pod
 from .pushbeat import BeatPusher
 from .reaper import OrphanReaper
@@ -11829,6 +11837,10 @@ from .selfmetrics import SelfMetrics
 from .server import ProbeServer, ServerStats, bind_listener
 from .settings import Settings
 from .values import ConfigError, format_duration
+
+if TYPE_CHECKING:  # the names only: build_h2() imports the gRPC stack at the first gRPC client
+    from .grpchealth import GrpcHealthService
+    from .h2server import H2Server
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
 # SIGHUP drains like SIGTERM: it means the terminal or supervisor went away, and a probe daemon
@@ -11932,10 +11944,10 @@ class Daemon:
         stats = ServerStats(router_paths(self.pod, routes))
         self.selfmetrics = SelfMetrics(self.pod, stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
-        timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
-        self.grpc = GrpcHealthService(self.grpc_verdict)
-        self.server = ProbeServer(self.router.respond, *timeouts, settings.max_connections,
-                                  stats=stats, h2=H2Server(self.grpc, *timeouts))
+        self.timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
+        self.grpc: Optional["GrpcHealthService"] = None  # built with the HTTP/2 server
+        self.server = ProbeServer(self.router.respond, *self.timeouts, settings.max_connections,
+                                  stats=stats, make_h2=self.build_h2)
         cap = self.server.cap
         if cap.lowered:
             log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
@@ -12003,9 +12015,21 @@ class Daemon:
         self.exit_code = code
         self.stopping.set()
 
+    def build_h2(self) -> "H2Server":
+        """The gRPC health service and its HTTP/2 server, which the probe server builds at its
+        first HTTP/2 connection."""
+        # Imported here, not at the top: about 0.4 MB of RSS that HTTP/1.1-only pods never use.
+        from .grpchealth import GrpcHealthService
+        from .h2server import H2Server
+
+        self.grpc = GrpcHealthService(self.grpc_verdict)
+        return H2Server(self.grpc, *self.timeouts)
+
     def grpc_verdict(self, service: str) -> Optional[bool]:
         """What a gRPC health service name reports: a group's verdict, else one check's own
         (as /readyz/NAME answers it); None for a name that is neither."""
+        from .grpchealth import SERVICE_GROUPS  # loaded by build_h2(), the only way here (RSS)
+
         group = SERVICE_GROUPS.get(service)
         if group is not None:
             return self.pod.verdicts[group].ok
@@ -12028,7 +12052,8 @@ class Daemon:
 
     def tell_watchers(self, events: Sequence[Event]) -> None:
         """Scheduler sink: gRPC Watch streams hear each group flip and each check's own."""
-        if any(isinstance(e, (GroupChanged, CheckChanged)) for e in events):
+        if self.grpc is not None and any(isinstance(e, (GroupChanged, CheckChanged))
+                                         for e in events):
             self.grpc.changed()
 
     def on_signal(self, signum: int) -> None:
@@ -12073,9 +12098,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12079-12180 here (file line = module line + 12078)
+# probed/checkcmd.py: its lines 1-102 are lines 12104-12205 here (file line = module line + 12103)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12079, r'''
+modules.add('probed/checkcmd.py', 12104, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12181,9 +12206,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12187-12341 here (file line = module line + 12186)
+# probed/probebench.py: its lines 1-155 are lines 12212-12366 here (file line = module line + 12211)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12187, r'''
+modules.add('probed/probebench.py', 12212, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12342,9 +12367,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12348-12455 here (file line = module line + 12347)
+# probed/beat.py: its lines 1-108 are lines 12373-12480 here (file line = module line + 12372)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12348, r'''
+modules.add('probed/beat.py', 12373, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12456,9 +12481,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-75 are lines 12462-12536 here (file line = module line + 12461)
+# probed/cli.py: its lines 1-101 are lines 12487-12587 here (file line = module line + 12486)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12462, r'''
+modules.add('probed/cli.py', 12487, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr
@@ -12471,14 +12496,10 @@ import os
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .beat import beat_main
-from .checkcmd import check_main
 from .checks.base import CheckResources
 from .checkspecs import build_checks
 from .daemon import Daemon
-from .drain import drain_main
 from .eventlog import EventLog
-from .probebench import bench_main
 from .flags import build_serve_parser, normalize_argv
 from .settings import describe_settings, resolve_settings
 from .values import ConfigError
@@ -12500,12 +12521,42 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
         log.close()
 
 
+# Each subcommand imports its module when it runs, not at the top of this one: the daemon
+# (`probed [serve]`) would otherwise carry their code, about 0.2 MB of RSS, for nothing.
+def bench_command(args: List[str]) -> int:
+    """`probed bench URL`: probe latency the way the kubelet sees it."""
+    from .probebench import bench_main  # only this subcommand needs it (RSS)
+
+    return bench_main(args)
+
+
+def check_command(args: List[str]) -> int:
+    """`probed check URL`: one HTTP GET whose exit code is the verdict."""
+    from .checkcmd import check_main  # only this subcommand needs it (RSS)
+
+    return check_main(args)
+
+
+def beat_command(args: List[str]) -> int:
+    """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers."""
+    from .beat import beat_main  # only this subcommand needs it (RSS)
+
+    return beat_main(args)
+
+
+def drain_command(args: List[str]) -> int:
+    """`probed drain`: the preStop drain against the admin listener."""
+    from .drain import drain_main  # the daemon loads drain.py too, but not through here (RSS)
+
+    return drain_main(args)
+
+
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "serve": lambda args: 0,  # handled in main(): it needs the environment
-    "bench": bench_main,
-    "check": check_main,
-    "beat": beat_main,
-    "drain": drain_main,
+    "bench": bench_command,
+    "check": check_command,
+    "beat": beat_command,
+    "drain": drain_command,
 }
 
 
