@@ -46,52 +46,52 @@
 #        probed/gpureader.py ............................................   4921
 #   5. checks
 #        probed/checks/base.py ..........................................   5341
-#        probed/checks/exec.py ..........................................   5565
-#        probed/checks/gpu.py ...........................................   5701
-#        probed/checks/heartbeat.py .....................................   5812
-#        probed/checks/http.py ..........................................   6045
-#        probed/checks/inference.py .....................................   6217
-#        probed/checks/manual.py ........................................   6447
-#        probed/checks/metric.py ........................................   6510
-#        probed/checks/awake.py .........................................   6820
-#        probed/checks/inflight.py ......................................   7000
-#        probed/checks/process.py .......................................   7087
-#        probed/checks/relay.py .........................................   7165
-#        probed/checks/tcp.py ...........................................   7220
-#        probed/checks/ray.py ...........................................   7272
-#        probed/checks/__init__.py ......................................   7604
+#        probed/checks/__init__.py ......................................   5576
+#        probed/checks/exec.py ..........................................   5634
+#        probed/checks/gpu.py ...........................................   5770
+#        probed/checks/heartbeat.py .....................................   5881
+#        probed/checks/http.py ..........................................   6114
+#        probed/checks/inference.py .....................................   6286
+#        probed/checks/manual.py ........................................   6516
+#        probed/checks/metric.py ........................................   6579
+#        probed/checks/awake.py .........................................   6889
+#        probed/checks/inflight.py ......................................   7069
+#        probed/checks/process.py .......................................   7156
+#        probed/checks/relay.py .........................................   7234
+#        probed/checks/tcp.py ...........................................   7289
+#        probed/checks/ray.py ...........................................   7341
 #   6. pod
-#        probed/hygiene.py ..............................................   7638
-#        probed/checkstate.py ...........................................   7712
-#        probed/podevents.py ............................................   7861
-#        probed/pod.py ..................................................   7968
+#        probed/hygiene.py ..............................................   7678
+#        probed/checkstate.py ...........................................   7752
+#        probed/podevents.py ............................................   7901
+#        probed/pod.py ..................................................   8008
 #   7. scheduler
-#        probed/scheduler.py ............................................   8345
+#        probed/scheduler.py ............................................   8385
 #   8. server and router
-#        probed/render.py ...............................................   8546
-#        probed/router.py ...............................................   8631
-#        probed/connection.py ...........................................   8894
-#        probed/fdlimit.py ..............................................   9015
-#        probed/listeners.py ............................................   9068
-#        probed/h2server.py .............................................   9134
-#        probed/server.py ...............................................   9358
-#        probed/selfmetrics.py ..........................................   9826
-#        probed/drain.py ................................................  10051
+#        probed/render.py ...............................................   8586
+#        probed/router.py ...............................................   8671
+#        probed/connection.py ...........................................   8934
+#        probed/fdlimit.py ..............................................   9055
+#        probed/listeners.py ............................................   9108
+#        probed/h2server.py .............................................   9174
+#        probed/server.py ...............................................   9398
+#        probed/selfmetrics.py ..........................................   9866
+#        probed/drain.py ................................................  10091
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10201
-#        probed/presets.py ..............................................  10433
-#        probed/flags.py ................................................  10820
-#        probed/settings.py .............................................  11125
-#        probed/admin.py ................................................  11335
-#        probed/pushbeat.py .............................................  11648
-#        probed/reaper.py ...............................................  11739
-#        probed/daemon.py ...............................................  11813
+#        probed/checkspecs.py ...........................................  10241
+#        probed/presets.py ..............................................  10473
+#        probed/flags.py ................................................  10861
+#        probed/settings.py .............................................  11175
+#        probed/admin.py ................................................  11385
+#        probed/pushbeat.py .............................................  11698
+#        probed/reaper.py ...............................................  11789
+#        probed/daemon.py ...............................................  11863
 #   10. cli
-#        probed/checkcmd.py .............................................  12104
-#        probed/probebench.py ...........................................  12212
-#        probed/beat.py .................................................  12373
-#        probed/cli.py ..................................................  12487
-#   entry point .........................................................  12590
+#        probed/checkcmd.py .............................................  12154
+#        probed/probebench.py ...........................................  12262
+#        probed/beat.py .................................................  12423
+#        probed/cli.py ..................................................  12537
+#   entry point .........................................................  12640
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -5331,11 +5331,11 @@ class GPUReaders:
 
 # ==============================================================================
 # Layer 5 of 10: checks: one Check shape for every kind, and the table of kinds
-#   checks/base.py, checks/exec.py, checks/gpu.py, checks/heartbeat.py, checks/http.py, checks/inference.py, checks/manual.py, checks/metric.py, checks/awake.py, checks/inflight.py, checks/process.py, checks/relay.py, checks/tcp.py, checks/ray.py, checks/__init__.py
+#   checks/base.py, checks/__init__.py, checks/exec.py, checks/gpu.py, checks/heartbeat.py, checks/http.py, checks/inference.py, checks/manual.py, checks/metric.py, checks/awake.py, checks/inflight.py, checks/process.py, checks/relay.py, checks/tcp.py, checks/ray.py
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-218 are lines 5341-5558 here (file line = module line + 5340)
+# probed/checks/base.py: its lines 1-229 are lines 5341-5569 here (file line = module line + 5340)
 # ------------------------------------------------------------------------------
 modules.add('probed/checks/base.py', 5341, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
@@ -5347,12 +5347,11 @@ an observation into a verdict in `judge()` (pure, so per-request overrides such 
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
-from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Set, Tuple,
-                    Union)
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional,
+                    Set, Tuple, Union)
 
 from ..beatregistry import HeartbeatRegistry
 from ..blocking import BLOCKING_SCANS, BlockingRunner, Resolver
-from ..gpureader import GPUReaders
 from ..scrape import ProgressBoard, ScrapeHub
 from ..values import (
     ConfigError,
@@ -5361,6 +5360,9 @@ from ..values import (
     parse_positive_count,
     parse_probes,
 )
+
+if TYPE_CHECKING:  # the name only: CheckResources.gpus imports it for the first gpu check
+    from ..gpureader import GPUReaders
 
 
 Incarnation = Optional[Union[float, str]]  # see Observation.incarnation
@@ -5484,22 +5486,31 @@ class CheckResources:
     its own, unshared. `resolver` (DNS) and `scans` (heartbeat file scans) run blocking calls
     on threads of their own, each kind capped, so a hung resolver cannot delay a scan."""
 
-    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans", "children")
+    __slots__ = ("scrapes", "progress", "beats", "_gpus", "resolver", "scans", "children")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
                  beats: Optional[HeartbeatRegistry] = None,
-                 gpus: Optional[GPUReaders] = None,
+                 gpus: Optional["GPUReaders"] = None,
                  resolver: Optional[Resolver] = None,
                  scans: Optional[BlockingRunner] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
-        self.gpus = gpus if gpus is not None else GPUReaders()  # NVML readers, made on use
+        self._gpus = gpus  # NVML readers: made by the first gpu check (see `gpus`)
         self.resolver = resolver if resolver is not None else Resolver()
         self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
         self.children: Set[int] = set()  # PIDs of exec checks' running commands (the reaper
         # leaves those to asyncio, which waits for their status)
+
+    @property
+    def gpus(self) -> "GPUReaders":
+        """The NVML readers the gpu checks share, made when the first one asks."""
+        if self._gpus is None:
+            from ..gpureader import GPUReaders  # here: NVML's reader is RSS only gpu checks need
+
+            self._gpus = GPUReaders()
+        return self._gpus
 
 
 class Check:
@@ -5559,9 +5570,67 @@ class Check:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5565-5694 here (file line = module line + 5564)
+# probed/checks/__init__.py: its lines 1-52 are lines 5576-5627 here (file line = module line + 5575)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5565, r'''
+modules.add('probed/checks/__init__.py', 5576, r'''
+"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
+
+from typing import Dict, Iterator, Mapping, Tuple, Type
+
+from .base import Check
+
+# Kind -> (its module in this package, its class). A kind's module is imported when a check of
+# that kind is built, or its keys are asked for (--help): a daemon loads only the kinds it runs,
+# so the gpu kind's NVML reader, Ray's, exec's and the others' code cost a pod that uses none of
+# them no RSS (issue 18). tests/test_config.py checks every row against its class.
+CHECK_MODULES: Dict[str, Tuple[str, str]] = {
+    "awake": ("awake", "AwakeCheck"),
+    "exec": ("exec", "ExecCheck"),
+    "gpu": ("gpu", "GPUCheck"),
+    "heartbeat": ("heartbeat", "HeartbeatCheck"),
+    "http": ("http", "HTTPCheck"),
+    "inference": ("inference", "InferenceCheck"),
+    "inflight": ("inflight", "InflightCheck"),
+    "manual": ("manual", "ManualCheck"),
+    "metric": ("metric", "MetricCheck"),
+    "models": ("inference", "ModelsCheck"),
+    "process": ("process", "ProcessCheck"),
+    "progress": ("metric", "ProgressCheck"),
+    "ray": ("ray", "RayClusterCheck"),
+    "ray-agent": ("ray", "RayAgentCheck"),
+    "ray-gcs": ("ray", "RayGCSCheck"),
+    "relay": ("relay", "RelayCheck"),
+    "tcp": ("tcp", "TCPCheck"),
+}
+
+
+class CheckKinds(Mapping[str, Type[Check]]):
+    """The kinds by name, as a read-only mapping whose lookup imports the kind's module."""
+
+    def __init__(self, modules: Mapping[str, Tuple[str, str]]) -> None:
+        self.modules = modules
+
+    def __getitem__(self, kind: str) -> Type[Check]:
+        module, name = self.modules[kind]
+        # `from .MODULE import NAME` as a call: the import statement's own machinery, so that
+        # -X importtime shows it (importlib.import_module's pure-Python path is not timed).
+        cls: Type[Check] = getattr(__import__(module, globals(), None, (name,), 1), name)
+        return cls
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/checks/exec.py: its lines 1-130 are lines 5634-5763 here (file line = module line + 5633)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/exec.py', 5634, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 
 For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5695,9 +5764,9 @@ class ExecCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5701-5805 here (file line = module line + 5700)
+# probed/checks/gpu.py: its lines 1-105 are lines 5770-5874 here (file line = module line + 5769)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5701, r'''
+modules.add('probed/checks/gpu.py', 5770, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 
 A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5806,9 +5875,9 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-227 are lines 5812-6038 here (file line = module line + 5811)
+# probed/checks/heartbeat.py: its lines 1-227 are lines 5881-6107 here (file line = module line + 5880)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5812, r'''
+modules.add('probed/checks/heartbeat.py', 5881, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6039,9 +6108,9 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-166 are lines 6045-6210 here (file line = module line + 6044)
+# probed/checks/http.py: its lines 1-166 are lines 6114-6279 here (file line = module line + 6113)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6045, r'''
+modules.add('probed/checks/http.py', 6114, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6211,9 +6280,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6217-6440 here (file line = module line + 6216)
+# probed/checks/inference.py: its lines 1-224 are lines 6286-6509 here (file line = module line + 6285)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6217, r'''
+modules.add('probed/checks/inference.py', 6286, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6441,9 +6510,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6447-6503 here (file line = module line + 6446)
+# probed/checks/manual.py: its lines 1-57 are lines 6516-6572 here (file line = module line + 6515)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6447, r'''
+modules.add('probed/checks/manual.py', 6516, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6504,9 +6573,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-304 are lines 6510-6813 here (file line = module line + 6509)
+# probed/checks/metric.py: its lines 1-304 are lines 6579-6882 here (file line = module line + 6578)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6510, r'''
+modules.add('probed/checks/metric.py', 6579, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6814,9 +6883,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6820-6993 here (file line = module line + 6819)
+# probed/checks/awake.py: its lines 1-174 are lines 6889-7062 here (file line = module line + 6888)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6820, r'''
+modules.add('probed/checks/awake.py', 6889, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -6994,9 +7063,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7000-7080 here (file line = module line + 6999)
+# probed/checks/inflight.py: its lines 1-81 are lines 7069-7149 here (file line = module line + 7068)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7000, r'''
+modules.add('probed/checks/inflight.py', 7069, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7081,9 +7150,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7087-7158 here (file line = module line + 7086)
+# probed/checks/process.py: its lines 1-72 are lines 7156-7227 here (file line = module line + 7155)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7087, r'''
+modules.add('probed/checks/process.py', 7156, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7159,9 +7228,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7165-7213 here (file line = module line + 7164)
+# probed/checks/relay.py: its lines 1-49 are lines 7234-7282 here (file line = module line + 7233)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7165, r'''
+modules.add('probed/checks/relay.py', 7234, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7214,9 +7283,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7220-7265 here (file line = module line + 7219)
+# probed/checks/tcp.py: its lines 1-46 are lines 7289-7334 here (file line = module line + 7288)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7220, r'''
+modules.add('probed/checks/tcp.py', 7289, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7266,9 +7335,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-326 are lines 7272-7597 here (file line = module line + 7271)
+# probed/checks/ray.py: its lines 1-326 are lines 7341-7666 here (file line = module line + 7340)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7272, r'''
+modules.add('probed/checks/ray.py', 7341, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7597,44 +7666,15 @@ class RayGCSCheck(TCPCheck):
         return Observation(False, "GCS port %s: %s" % (self.target(), obs.reason))
 ''')
 
-# ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-23 are lines 7604-7626 here (file line = module line + 7603)
-# ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 7604, r'''
-"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
-
-from typing import Dict, Type
-
-from .awake import AwakeCheck
-from .base import Check
-from .exec import ExecCheck
-from .gpu import GPUCheck
-from .heartbeat import HeartbeatCheck
-from .http import HTTPCheck
-from .inference import InferenceCheck, ModelsCheck
-from .inflight import InflightCheck
-from .manual import ManualCheck
-from .metric import MetricCheck, ProgressCheck
-from .process import ProcessCheck
-from .ray import RayAgentCheck, RayClusterCheck, RayGCSCheck
-from .relay import RelayCheck
-from .tcp import TCPCheck
-
-CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
-    AwakeCheck, ExecCheck, GPUCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck,
-    ManualCheck, MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck,
-    RayClusterCheck, RayGCSCheck, RelayCheck, TCPCheck)}
-''')
-
 # ==============================================================================
 # Layer 6 of 10: pod: the lifecycle truth: check states, groups, drains, events; no I/O
 #   hygiene.py, checkstate.py, podevents.py, pod.py
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7638-7705 here (file line = module line + 7637)
+# probed/hygiene.py: its lines 1-68 are lines 7678-7745 here (file line = module line + 7677)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7638, r'''
+modules.add('probed/hygiene.py', 7678, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7706,9 +7746,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7712-7854 here (file line = module line + 7711)
+# probed/checkstate.py: its lines 1-143 are lines 7752-7894 here (file line = module line + 7751)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7712, r'''
+modules.add('probed/checkstate.py', 7752, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7855,9 +7895,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7861-7961 here (file line = module line + 7860)
+# probed/podevents.py: its lines 1-101 are lines 7901-8001 here (file line = module line + 7900)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7861, r'''
+modules.add('probed/podevents.py', 7901, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -7962,9 +8002,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 7968-8333 here (file line = module line + 7967)
+# probed/pod.py: its lines 1-366 are lines 8008-8373 here (file line = module line + 8007)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 7968, r'''
+modules.add('probed/pod.py', 8008, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8339,9 +8379,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8345-8534 here (file line = module line + 8344)
+# probed/scheduler.py: its lines 1-190 are lines 8385-8574 here (file line = module line + 8384)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8345, r'''
+modules.add('probed/scheduler.py', 8385, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8540,9 +8580,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8546-8624 here (file line = module line + 8545)
+# probed/render.py: its lines 1-79 are lines 8586-8664 here (file line = module line + 8585)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8546, r'''
+modules.add('probed/render.py', 8586, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8625,9 +8665,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8631-8887 here (file line = module line + 8630)
+# probed/router.py: its lines 1-257 are lines 8671-8927 here (file line = module line + 8670)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8631, r'''
+modules.add('probed/router.py', 8671, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8888,9 +8928,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8894-9008 here (file line = module line + 8893)
+# probed/connection.py: its lines 1-115 are lines 8934-9048 here (file line = module line + 8933)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8894, r'''
+modules.add('probed/connection.py', 8934, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9009,9 +9049,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9015-9061 here (file line = module line + 9014)
+# probed/fdlimit.py: its lines 1-47 are lines 9055-9101 here (file line = module line + 9054)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9015, r'''
+modules.add('probed/fdlimit.py', 9055, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9062,9 +9102,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9068-9127 here (file line = module line + 9067)
+# probed/listeners.py: its lines 1-60 are lines 9108-9167 here (file line = module line + 9107)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9068, r'''
+modules.add('probed/listeners.py', 9108, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9128,9 +9168,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9134-9351 here (file line = module line + 9133)
+# probed/h2server.py: its lines 1-218 are lines 9174-9391 here (file line = module line + 9173)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9134, r'''
+modules.add('probed/h2server.py', 9174, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9352,9 +9392,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9358-9819 here (file line = module line + 9357)
+# probed/server.py: its lines 1-462 are lines 9398-9859 here (file line = module line + 9397)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9358, r'''
+modules.add('probed/server.py', 9398, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9820,9 +9860,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9826-10044 here (file line = module line + 9825)
+# probed/selfmetrics.py: its lines 1-219 are lines 9866-10084 here (file line = module line + 9865)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9826, r'''
+modules.add('probed/selfmetrics.py', 9866, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10045,9 +10085,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-139 are lines 10051-10189 here (file line = module line + 10050)
+# probed/drain.py: its lines 1-139 are lines 10091-10229 here (file line = module line + 10090)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10051, r'''
+modules.add('probed/drain.py', 10091, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10195,9 +10235,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10201-10426 here (file line = module line + 10200)
+# probed/checkspecs.py: its lines 1-226 are lines 10241-10466 here (file line = module line + 10240)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10201, r'''
+modules.add('probed/checkspecs.py', 10241, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10427,9 +10467,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-381 are lines 10433-10813 here (file line = module line + 10432)
+# probed/presets.py: its lines 1-382 are lines 10473-10854 here (file line = module line + 10472)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10433, r'''
+modules.add('probed/presets.py', 10473, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10440,7 +10480,6 @@ healthy, the model listed and one successful inference.
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .gpufaults import parse_device_list
 from .values import (
     ConfigError,
     parse_bool,
@@ -10498,6 +10537,8 @@ def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]
 
 def parse_gpu_option(text: str) -> str:
     """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
+    from .gpufaults import parse_device_list  # only with --gpu: the GPU code is RSS (issue 18)
+
     parse_device_list(text)
     return text.strip()
 
@@ -10814,9 +10855,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-299 are lines 10820-11118 here (file line = module line + 10819)
+# probed/flags.py: its lines 1-308 are lines 10861-11168 here (file line = module line + 10860)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10820, r'''
+modules.add('probed/flags.py', 10861, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11063,6 +11104,15 @@ class FlagParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+class ServeParser(FlagParser):
+    """The serve parser: its epilog is written when help is shown, not when the parser is built
+    (it lists every check kind's keys, which imports every kind: RSS a daemon never needs)."""
+
+    def format_help(self) -> str:
+        self.epilog = epilog()
+        return super().format_help()
+
+
 def epilog() -> str:
     """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
     subcommands (a one-file user has no README)."""
@@ -11100,9 +11150,9 @@ subcommands (each has --help):
 
 def build_serve_parser() -> FlagParser:
     """The `probed [serve]` argument parser (defaults are applied after parsing)."""
-    parser = FlagParser(
+    parser = ServeParser(
         prog="probed", description="Kubernetes probes for LLM inference servers, answered "
-        "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
+        "from cached verdicts.", allow_abbrev=False,
         formatter_class=HelpFormatter, argument_default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="probed " + __version__)
     parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
@@ -11119,9 +11169,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11125-11328 here (file line = module line + 11124)
+# probed/settings.py: its lines 1-204 are lines 11175-11378 here (file line = module line + 11174)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11125, r'''
+modules.add('probed/settings.py', 11175, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11329,9 +11379,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11335-11641 here (file line = module line + 11334)
+# probed/admin.py: its lines 1-307 are lines 11385-11691 here (file line = module line + 11384)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11335, r'''
+modules.add('probed/admin.py', 11385, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11642,9 +11692,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11648-11732 here (file line = module line + 11647)
+# probed/pushbeat.py: its lines 1-85 are lines 11698-11782 here (file line = module line + 11697)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11648, r'''
+modules.add('probed/pushbeat.py', 11698, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11733,9 +11783,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11739-11806 here (file line = module line + 11738)
+# probed/reaper.py: its lines 1-68 are lines 11789-11856 here (file line = module line + 11788)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11739, r'''
+modules.add('probed/reaper.py', 11789, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11807,9 +11857,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-280 are lines 11813-12092 here (file line = module line + 11812)
+# probed/daemon.py: its lines 1-280 are lines 11863-12142 here (file line = module line + 11862)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11813, r'''
+modules.add('probed/daemon.py', 11863, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12098,9 +12148,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12104-12205 here (file line = module line + 12103)
+# probed/checkcmd.py: its lines 1-102 are lines 12154-12255 here (file line = module line + 12153)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12104, r'''
+modules.add('probed/checkcmd.py', 12154, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12206,9 +12256,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12212-12366 here (file line = module line + 12211)
+# probed/probebench.py: its lines 1-155 are lines 12262-12416 here (file line = module line + 12261)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12212, r'''
+modules.add('probed/probebench.py', 12262, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12367,9 +12417,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12373-12480 here (file line = module line + 12372)
+# probed/beat.py: its lines 1-108 are lines 12423-12530 here (file line = module line + 12422)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12373, r'''
+modules.add('probed/beat.py', 12423, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12481,9 +12531,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12487-12587 here (file line = module line + 12486)
+# probed/cli.py: its lines 1-101 are lines 12537-12637 here (file line = module line + 12536)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12487, r'''
+modules.add('probed/cli.py', 12537, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr
