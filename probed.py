@@ -87,11 +87,11 @@
 #        probed/reaper.py ...............................................  11789
 #        probed/daemon.py ...............................................  11863
 #   10. cli
-#        probed/checkcmd.py .............................................  12154
-#        probed/probebench.py ...........................................  12262
-#        probed/beat.py .................................................  12423
-#        probed/cli.py ..................................................  12537
-#   entry point .........................................................  12640
+#        probed/checkcmd.py .............................................  12166
+#        probed/probebench.py ...........................................  12274
+#        probed/beat.py .................................................  12435
+#        probed/cli.py ..................................................  12549
+#   entry point .........................................................  12652
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -11857,7 +11857,7 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-280 are lines 11863-12142 here (file line = module line + 11862)
+# probed/daemon.py: its lines 1-292 are lines 11863-12154 here (file line = module line + 11862)
 # ------------------------------------------------------------------------------
 modules.add('probed/daemon.py', 11863, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
@@ -11873,11 +11873,9 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .admin import build_admin
 from .checks.base import Check, CheckResources
 from .eventlog import EventLog
 from .pod import Pod
-from .pushbeat import BeatPusher
 from .reaper import OrphanReaper
 from .podevents import CheckChanged, Event, GroupChanged, Restarted, group_changes
 from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
@@ -11888,14 +11886,19 @@ from .server import ProbeServer, ServerStats, bind_listener
 from .settings import Settings
 from .values import ConfigError, format_duration
 
-if TYPE_CHECKING:  # the names only: build_h2() imports the gRPC stack at the first gRPC client
+if TYPE_CHECKING:  # the names only: their modules are imported where they are needed
+    from .admin import AdminListener
     from .grpchealth import GrpcHealthService
     from .h2server import H2Server
+    from .pushbeat import BeatPusher
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
 # SIGHUP drains like SIGTERM: it means the terminal or supervisor went away, and a probe daemon
 # has no configuration worth reloading in place (a changed manifest restarts the container).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# The check kinds admin.build_admin() refuses without --admin-addr (manual, and heartbeat read
+# from pushed beats): with none of them and no admin flag, admin.py is not even imported.
+ADMIN_CHECK_KINDS = ("manual", "heartbeat")
 
 
 class GatedPorts:
@@ -12012,12 +12015,21 @@ class Daemon:
                                       self.pod, log, self.exit_now).on_events)
         self.absent: Dict[str, Tuple[str, ...]] = {}  # per check: configured metrics last absent
         self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.after_poll)
-        self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
-                                 resources.beats)  # None: --admin-addr off
+        self.admin: Optional["AdminListener"] = None  # --admin-addr off
+        if (settings.admin_addr is not None or settings.admin_token_file
+                or any(c.kind in ADMIN_CHECK_KINDS for c in checks)):
+            from .admin import build_admin  # here: admin and drain code is RSS most pods skip
+
+            self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
+                                     resources.beats)
         self.reaper = OrphanReaper(resources.children)  # works only as PID 1
-        self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
-                                settings.beat_every, settings.beat_token_file, settings.beat_on,
-                                self.pod, log) if settings.beat_to else None
+        self.beats: Optional["BeatPusher"] = None
+        if settings.beat_to:
+            from .pushbeat import BeatPusher  # only with --beat-to (RSS)
+
+            self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
+                                    settings.beat_every, settings.beat_token_file,
+                                    settings.beat_on, self.pod, log)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
         self.exit_code = 0
@@ -12148,9 +12160,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12154-12255 here (file line = module line + 12153)
+# probed/checkcmd.py: its lines 1-102 are lines 12166-12267 here (file line = module line + 12165)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12154, r'''
+modules.add('probed/checkcmd.py', 12166, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12256,9 +12268,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12262-12416 here (file line = module line + 12261)
+# probed/probebench.py: its lines 1-155 are lines 12274-12428 here (file line = module line + 12273)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12262, r'''
+modules.add('probed/probebench.py', 12274, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12417,9 +12429,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12423-12530 here (file line = module line + 12422)
+# probed/beat.py: its lines 1-108 are lines 12435-12542 here (file line = module line + 12434)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12423, r'''
+modules.add('probed/beat.py', 12435, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12531,9 +12543,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12537-12637 here (file line = module line + 12536)
+# probed/cli.py: its lines 1-101 are lines 12549-12649 here (file line = module line + 12548)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12537, r'''
+modules.add('probed/cli.py', 12549, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

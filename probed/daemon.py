@@ -11,11 +11,9 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .admin import build_admin
 from .checks.base import Check, CheckResources
 from .eventlog import EventLog
 from .pod import Pod
-from .pushbeat import BeatPusher
 from .reaper import OrphanReaper
 from .podevents import CheckChanged, Event, GroupChanged, Restarted, group_changes
 from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
@@ -26,14 +24,19 @@ from .server import ProbeServer, ServerStats, bind_listener
 from .settings import Settings
 from .values import ConfigError, format_duration
 
-if TYPE_CHECKING:  # the names only: build_h2() imports the gRPC stack at the first gRPC client
+if TYPE_CHECKING:  # the names only: their modules are imported where they are needed
+    from .admin import AdminListener
     from .grpchealth import GrpcHealthService
     from .h2server import H2Server
+    from .pushbeat import BeatPusher
 
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
 # SIGHUP drains like SIGTERM: it means the terminal or supervisor went away, and a probe daemon
 # has no configuration worth reloading in place (a changed manifest restarts the container).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# The check kinds admin.build_admin() refuses without --admin-addr (manual, and heartbeat read
+# from pushed beats): with none of them and no admin flag, admin.py is not even imported.
+ADMIN_CHECK_KINDS = ("manual", "heartbeat")
 
 
 class GatedPorts:
@@ -150,12 +153,21 @@ class Daemon:
                                       self.pod, log, self.exit_now).on_events)
         self.absent: Dict[str, Tuple[str, ...]] = {}  # per check: configured metrics last absent
         self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.after_poll)
-        self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
-                                 resources.beats)  # None: --admin-addr off
+        self.admin: Optional["AdminListener"] = None  # --admin-addr off
+        if (settings.admin_addr is not None or settings.admin_token_file
+                or any(c.kind in ADMIN_CHECK_KINDS for c in checks)):
+            from .admin import build_admin  # here: admin and drain code is RSS most pods skip
+
+            self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
+                                     resources.beats)
         self.reaper = OrphanReaper(resources.children)  # works only as PID 1
-        self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
-                                settings.beat_every, settings.beat_token_file, settings.beat_on,
-                                self.pod, log) if settings.beat_to else None
+        self.beats: Optional["BeatPusher"] = None
+        if settings.beat_to:
+            from .pushbeat import BeatPusher  # only with --beat-to (RSS)
+
+            self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
+                                    settings.beat_every, settings.beat_token_file,
+                                    settings.beat_on, self.pod, log)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
         self.exit_code = 0

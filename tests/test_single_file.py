@@ -50,6 +50,9 @@ GPU_ONLY_MODULES = ("ctypes", "_ctypes")
 UNUSED_KIND_MODULES = ("probed.checks.gpu", "probed.gpureader", "probed.nvml", "probed.gpufaults",
                        "probed.checks.exec", "probed.checks.ray", "probed.checks.relay",
                        "probed.checks.tcp")
+# Without --admin-addr, --beat-to and the kinds that need the admin listener (manual, heartbeat).
+ADMIN_ONLY_MODULES = ("probed.admin", "probed.drain", "probed.pushbeat", "probed.checks.manual",
+                      "probed.checks.heartbeat")
 # Built when first needed, never by a daemon that has not seen one (issue 18, idle RSS): the
 # HTTP/2 and gRPC stack at the first connection sending the HTTP/2 preface, and the subcommands'
 # modules when that subcommand runs.
@@ -485,4 +488,4 @@ def test_a_plain_vllm_run_loads_no_ssl_ctypes_grpc_or_subcommand(
     names = {name for _, name in rows}
     assert {"asyncio", "probed.client", "probed.checks.metric"} <= names, daemon.output[-2000:]
     assert_not_loaded(rows, LAZY_ONLY_MODULES + GPU_ONLY_MODULES + GRPC_ONLY_MODULES
-                      + SUBCOMMAND_ONLY_MODULES + UNUSED_KIND_MODULES)
+                      + SUBCOMMAND_ONLY_MODULES + UNUSED_KIND_MODULES + ADMIN_ONLY_MODULES)
