@@ -81,17 +81,17 @@
 #        probed/checkspecs.py ...........................................  10241
 #        probed/presets.py ..............................................  10473
 #        probed/flags.py ................................................  10861
-#        probed/settings.py .............................................  11175
-#        probed/admin.py ................................................  11385
-#        probed/pushbeat.py .............................................  11698
-#        probed/reaper.py ...............................................  11789
-#        probed/daemon.py ...............................................  11863
+#        probed/settings.py .............................................  11176
+#        probed/admin.py ................................................  11386
+#        probed/pushbeat.py .............................................  11699
+#        probed/reaper.py ...............................................  11790
+#        probed/daemon.py ...............................................  11864
 #   10. cli
-#        probed/checkcmd.py .............................................  12166
-#        probed/probebench.py ...........................................  12274
-#        probed/beat.py .................................................  12435
-#        probed/cli.py ..................................................  12549
-#   entry point .........................................................  12652
+#        probed/checkcmd.py .............................................  12167
+#        probed/probebench.py ...........................................  12275
+#        probed/beat.py .................................................  12436
+#        probed/cli.py ..................................................  12550
+#   entry point .........................................................  12653
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -10855,7 +10855,7 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-308 are lines 10861-11168 here (file line = module line + 10860)
+# probed/flags.py: its lines 1-309 are lines 10861-11169 here (file line = module line + 10860)
 # ------------------------------------------------------------------------------
 modules.add('probed/flags.py', 10861, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
@@ -10866,7 +10866,6 @@ environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` n
 """
 
 import argparse
-import textwrap
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import __version__
@@ -11116,6 +11115,8 @@ class ServeParser(FlagParser):
 def epilog() -> str:
     """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
     subcommands (a one-file user has no README)."""
+    import textwrap  # only --help wraps text: the daemon never pays for the module (RSS)
+
     lines = []
     for kind in sorted(CHECK_KINDS):
         own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
@@ -11169,9 +11170,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11175-11378 here (file line = module line + 11174)
+# probed/settings.py: its lines 1-204 are lines 11176-11379 here (file line = module line + 11175)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11175, r'''
+modules.add('probed/settings.py', 11176, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11379,9 +11380,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11385-11691 here (file line = module line + 11384)
+# probed/admin.py: its lines 1-307 are lines 11386-11692 here (file line = module line + 11385)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11385, r'''
+modules.add('probed/admin.py', 11386, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11692,9 +11693,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11698-11782 here (file line = module line + 11697)
+# probed/pushbeat.py: its lines 1-85 are lines 11699-11783 here (file line = module line + 11698)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11698, r'''
+modules.add('probed/pushbeat.py', 11699, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11783,9 +11784,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11789-11856 here (file line = module line + 11788)
+# probed/reaper.py: its lines 1-68 are lines 11790-11857 here (file line = module line + 11789)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11789, r'''
+modules.add('probed/reaper.py', 11790, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11857,9 +11858,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11863-12154 here (file line = module line + 11862)
+# probed/daemon.py: its lines 1-292 are lines 11864-12155 here (file line = module line + 11863)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11863, r'''
+modules.add('probed/daemon.py', 11864, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12160,9 +12161,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12166-12267 here (file line = module line + 12165)
+# probed/checkcmd.py: its lines 1-102 are lines 12167-12268 here (file line = module line + 12166)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12166, r'''
+modules.add('probed/checkcmd.py', 12167, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12268,9 +12269,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12274-12428 here (file line = module line + 12273)
+# probed/probebench.py: its lines 1-155 are lines 12275-12429 here (file line = module line + 12274)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12274, r'''
+modules.add('probed/probebench.py', 12275, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12429,9 +12430,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12435-12542 here (file line = module line + 12434)
+# probed/beat.py: its lines 1-108 are lines 12436-12543 here (file line = module line + 12435)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12435, r'''
+modules.add('probed/beat.py', 12436, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12543,9 +12544,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12549-12649 here (file line = module line + 12548)
+# probed/cli.py: its lines 1-101 are lines 12550-12650 here (file line = module line + 12549)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12549, r'''
+modules.add('probed/cli.py', 12550, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -6,7 +6,6 @@ environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` n
 """
 
 import argparse
-import textwrap
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import __version__
@@ -256,6 +255,8 @@ class ServeParser(FlagParser):
 def epilog() -> str:
     """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
     subcommands (a one-file user has no README)."""
+    import textwrap  # only --help wraps text: the daemon never pays for the module (RSS)
+
     lines = []
     for kind in sorted(CHECK_KINDS):
         own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
