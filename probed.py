@@ -46,52 +46,52 @@
 #        probed/gpureader.py ............................................   4921
 #   5. checks
 #        probed/checks/base.py ..........................................   5341
-#        probed/checks/__init__.py ......................................   5576
-#        probed/checks/exec.py ..........................................   5634
-#        probed/checks/gpu.py ...........................................   5770
-#        probed/checks/heartbeat.py .....................................   5881
-#        probed/checks/http.py ..........................................   6114
-#        probed/checks/inference.py .....................................   6286
-#        probed/checks/manual.py ........................................   6516
-#        probed/checks/metric.py ........................................   6579
-#        probed/checks/awake.py .........................................   6889
-#        probed/checks/inflight.py ......................................   7069
-#        probed/checks/process.py .......................................   7156
-#        probed/checks/relay.py .........................................   7234
-#        probed/checks/tcp.py ...........................................   7289
-#        probed/checks/ray.py ...........................................   7341
+#        probed/checks/__init__.py ......................................   5577
+#        probed/checks/exec.py ..........................................   5635
+#        probed/checks/gpu.py ...........................................   5771
+#        probed/checks/heartbeat.py .....................................   5882
+#        probed/checks/http.py ..........................................   6115
+#        probed/checks/inference.py .....................................   6287
+#        probed/checks/manual.py ........................................   6517
+#        probed/checks/metric.py ........................................   6580
+#        probed/checks/awake.py .........................................   6890
+#        probed/checks/inflight.py ......................................   7070
+#        probed/checks/process.py .......................................   7157
+#        probed/checks/relay.py .........................................   7235
+#        probed/checks/tcp.py ...........................................   7290
+#        probed/checks/ray.py ...........................................   7342
 #   6. pod
-#        probed/hygiene.py ..............................................   7678
-#        probed/checkstate.py ...........................................   7752
-#        probed/podevents.py ............................................   7901
-#        probed/pod.py ..................................................   8008
+#        probed/hygiene.py ..............................................   7679
+#        probed/checkstate.py ...........................................   7753
+#        probed/podevents.py ............................................   7902
+#        probed/pod.py ..................................................   8009
 #   7. scheduler
-#        probed/scheduler.py ............................................   8385
+#        probed/scheduler.py ............................................   8386
 #   8. server and router
-#        probed/render.py ...............................................   8586
-#        probed/router.py ...............................................   8671
-#        probed/connection.py ...........................................   8934
-#        probed/fdlimit.py ..............................................   9055
-#        probed/listeners.py ............................................   9108
-#        probed/h2server.py .............................................   9174
-#        probed/server.py ...............................................   9398
-#        probed/selfmetrics.py ..........................................   9866
-#        probed/drain.py ................................................  10091
+#        probed/render.py ...............................................   8587
+#        probed/router.py ...............................................   8672
+#        probed/connection.py ...........................................   8935
+#        probed/fdlimit.py ..............................................   9056
+#        probed/listeners.py ............................................   9109
+#        probed/h2server.py .............................................   9175
+#        probed/server.py ...............................................   9399
+#        probed/selfmetrics.py ..........................................   9867
+#        probed/drain.py ................................................  10092
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10241
-#        probed/presets.py ..............................................  10473
-#        probed/flags.py ................................................  10861
-#        probed/settings.py .............................................  11176
-#        probed/admin.py ................................................  11386
-#        probed/pushbeat.py .............................................  11699
-#        probed/reaper.py ...............................................  11790
-#        probed/daemon.py ...............................................  11864
+#        probed/checkspecs.py ...........................................  10242
+#        probed/presets.py ..............................................  10474
+#        probed/flags.py ................................................  10862
+#        probed/settings.py .............................................  11177
+#        probed/admin.py ................................................  11387
+#        probed/pushbeat.py .............................................  11700
+#        probed/reaper.py ...............................................  11791
+#        probed/daemon.py ...............................................  11865
 #   10. cli
-#        probed/checkcmd.py .............................................  12167
-#        probed/probebench.py ...........................................  12275
-#        probed/beat.py .................................................  12436
-#        probed/cli.py ..................................................  12550
-#   entry point .........................................................  12653
+#        probed/checkcmd.py .............................................  12168
+#        probed/probebench.py ...........................................  12276
+#        probed/beat.py .................................................  12437
+#        probed/cli.py ..................................................  12551
+#   entry point .........................................................  12654
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -5335,15 +5335,16 @@ class GPUReaders:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-229 are lines 5341-5569 here (file line = module line + 5340)
+# probed/checks/base.py: its lines 1-230 are lines 5341-5570 here (file line = module line + 5340)
 # ------------------------------------------------------------------------------
 modules.add('probed/checks/base.py', 5341, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
 
-A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
-`Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
-an observation into a verdict in `judge()` (pure, so per-request overrides such as
-`/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
+A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
+kind name (`checks.CHECK_KINDS[kind]` imports it). It declares its keys as `Param`s, gathers one
+`Observation` per poll in `observe()` (the only place with I/O), and turns an observation into a
+verdict in `judge()` (pure, so per-request overrides such as `/readyz?queue.max=5` can re-judge
+the cached observation without touching a backend).
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
@@ -5570,9 +5571,9 @@ class Check:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-52 are lines 5576-5627 here (file line = module line + 5575)
+# probed/checks/__init__.py: its lines 1-52 are lines 5577-5628 here (file line = module line + 5576)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 5576, r'''
+modules.add('probed/checks/__init__.py', 5577, r'''
 """Check kinds, and the table that names them for `--check KIND ...` and config files."""
 
 from typing import Dict, Iterator, Mapping, Tuple, Type
@@ -5628,9 +5629,9 @@ CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5634-5763 here (file line = module line + 5633)
+# probed/checks/exec.py: its lines 1-130 are lines 5635-5764 here (file line = module line + 5634)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5634, r'''
+modules.add('probed/checks/exec.py', 5635, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 
 For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5764,9 +5765,9 @@ class ExecCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5770-5874 here (file line = module line + 5769)
+# probed/checks/gpu.py: its lines 1-105 are lines 5771-5875 here (file line = module line + 5770)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5770, r'''
+modules.add('probed/checks/gpu.py', 5771, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 
 A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5875,9 +5876,9 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-227 are lines 5881-6107 here (file line = module line + 5880)
+# probed/checks/heartbeat.py: its lines 1-227 are lines 5882-6108 here (file line = module line + 5881)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5881, r'''
+modules.add('probed/checks/heartbeat.py', 5882, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6108,9 +6109,9 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-166 are lines 6114-6279 here (file line = module line + 6113)
+# probed/checks/http.py: its lines 1-166 are lines 6115-6280 here (file line = module line + 6114)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6114, r'''
+modules.add('probed/checks/http.py', 6115, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6280,9 +6281,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6286-6509 here (file line = module line + 6285)
+# probed/checks/inference.py: its lines 1-224 are lines 6287-6510 here (file line = module line + 6286)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6286, r'''
+modules.add('probed/checks/inference.py', 6287, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6510,9 +6511,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6516-6572 here (file line = module line + 6515)
+# probed/checks/manual.py: its lines 1-57 are lines 6517-6573 here (file line = module line + 6516)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6516, r'''
+modules.add('probed/checks/manual.py', 6517, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6573,9 +6574,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-304 are lines 6579-6882 here (file line = module line + 6578)
+# probed/checks/metric.py: its lines 1-304 are lines 6580-6883 here (file line = module line + 6579)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6579, r'''
+modules.add('probed/checks/metric.py', 6580, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6883,9 +6884,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6889-7062 here (file line = module line + 6888)
+# probed/checks/awake.py: its lines 1-174 are lines 6890-7063 here (file line = module line + 6889)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6889, r'''
+modules.add('probed/checks/awake.py', 6890, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -7063,9 +7064,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7069-7149 here (file line = module line + 7068)
+# probed/checks/inflight.py: its lines 1-81 are lines 7070-7150 here (file line = module line + 7069)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7069, r'''
+modules.add('probed/checks/inflight.py', 7070, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7150,9 +7151,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7156-7227 here (file line = module line + 7155)
+# probed/checks/process.py: its lines 1-72 are lines 7157-7228 here (file line = module line + 7156)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7156, r'''
+modules.add('probed/checks/process.py', 7157, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7228,9 +7229,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7234-7282 here (file line = module line + 7233)
+# probed/checks/relay.py: its lines 1-49 are lines 7235-7283 here (file line = module line + 7234)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7234, r'''
+modules.add('probed/checks/relay.py', 7235, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7283,9 +7284,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7289-7334 here (file line = module line + 7288)
+# probed/checks/tcp.py: its lines 1-46 are lines 7290-7335 here (file line = module line + 7289)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7289, r'''
+modules.add('probed/checks/tcp.py', 7290, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7335,9 +7336,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-326 are lines 7341-7666 here (file line = module line + 7340)
+# probed/checks/ray.py: its lines 1-326 are lines 7342-7667 here (file line = module line + 7341)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7341, r'''
+modules.add('probed/checks/ray.py', 7342, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7672,9 +7673,9 @@ class RayGCSCheck(TCPCheck):
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7678-7745 here (file line = module line + 7677)
+# probed/hygiene.py: its lines 1-68 are lines 7679-7746 here (file line = module line + 7678)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7678, r'''
+modules.add('probed/hygiene.py', 7679, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7746,9 +7747,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7752-7894 here (file line = module line + 7751)
+# probed/checkstate.py: its lines 1-143 are lines 7753-7895 here (file line = module line + 7752)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7752, r'''
+modules.add('probed/checkstate.py', 7753, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7895,9 +7896,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7901-8001 here (file line = module line + 7900)
+# probed/podevents.py: its lines 1-101 are lines 7902-8002 here (file line = module line + 7901)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7901, r'''
+modules.add('probed/podevents.py', 7902, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8002,9 +8003,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 8008-8373 here (file line = module line + 8007)
+# probed/pod.py: its lines 1-366 are lines 8009-8374 here (file line = module line + 8008)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8008, r'''
+modules.add('probed/pod.py', 8009, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8379,9 +8380,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8385-8574 here (file line = module line + 8384)
+# probed/scheduler.py: its lines 1-190 are lines 8386-8575 here (file line = module line + 8385)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8385, r'''
+modules.add('probed/scheduler.py', 8386, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8580,9 +8581,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8586-8664 here (file line = module line + 8585)
+# probed/render.py: its lines 1-79 are lines 8587-8665 here (file line = module line + 8586)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8586, r'''
+modules.add('probed/render.py', 8587, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8665,9 +8666,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8671-8927 here (file line = module line + 8670)
+# probed/router.py: its lines 1-257 are lines 8672-8928 here (file line = module line + 8671)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8671, r'''
+modules.add('probed/router.py', 8672, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8928,9 +8929,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8934-9048 here (file line = module line + 8933)
+# probed/connection.py: its lines 1-115 are lines 8935-9049 here (file line = module line + 8934)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8934, r'''
+modules.add('probed/connection.py', 8935, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9049,9 +9050,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9055-9101 here (file line = module line + 9054)
+# probed/fdlimit.py: its lines 1-47 are lines 9056-9102 here (file line = module line + 9055)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9055, r'''
+modules.add('probed/fdlimit.py', 9056, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9102,9 +9103,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9108-9167 here (file line = module line + 9107)
+# probed/listeners.py: its lines 1-60 are lines 9109-9168 here (file line = module line + 9108)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9108, r'''
+modules.add('probed/listeners.py', 9109, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9168,9 +9169,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9174-9391 here (file line = module line + 9173)
+# probed/h2server.py: its lines 1-218 are lines 9175-9392 here (file line = module line + 9174)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9174, r'''
+modules.add('probed/h2server.py', 9175, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9392,9 +9393,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9398-9859 here (file line = module line + 9397)
+# probed/server.py: its lines 1-462 are lines 9399-9860 here (file line = module line + 9398)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9398, r'''
+modules.add('probed/server.py', 9399, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9860,9 +9861,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9866-10084 here (file line = module line + 9865)
+# probed/selfmetrics.py: its lines 1-219 are lines 9867-10085 here (file line = module line + 9866)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9866, r'''
+modules.add('probed/selfmetrics.py', 9867, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10085,9 +10086,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-139 are lines 10091-10229 here (file line = module line + 10090)
+# probed/drain.py: its lines 1-139 are lines 10092-10230 here (file line = module line + 10091)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10091, r'''
+modules.add('probed/drain.py', 10092, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10235,9 +10236,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10241-10466 here (file line = module line + 10240)
+# probed/checkspecs.py: its lines 1-226 are lines 10242-10467 here (file line = module line + 10241)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10241, r'''
+modules.add('probed/checkspecs.py', 10242, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10467,9 +10468,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-382 are lines 10473-10854 here (file line = module line + 10472)
+# probed/presets.py: its lines 1-382 are lines 10474-10855 here (file line = module line + 10473)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10473, r'''
+modules.add('probed/presets.py', 10474, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10855,9 +10856,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-309 are lines 10861-11169 here (file line = module line + 10860)
+# probed/flags.py: its lines 1-309 are lines 10862-11170 here (file line = module line + 10861)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10861, r'''
+modules.add('probed/flags.py', 10862, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11170,9 +11171,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11176-11379 here (file line = module line + 11175)
+# probed/settings.py: its lines 1-204 are lines 11177-11380 here (file line = module line + 11176)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11176, r'''
+modules.add('probed/settings.py', 11177, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11380,9 +11381,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11386-11692 here (file line = module line + 11385)
+# probed/admin.py: its lines 1-307 are lines 11387-11693 here (file line = module line + 11386)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11386, r'''
+modules.add('probed/admin.py', 11387, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11693,9 +11694,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11699-11783 here (file line = module line + 11698)
+# probed/pushbeat.py: its lines 1-85 are lines 11700-11784 here (file line = module line + 11699)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11699, r'''
+modules.add('probed/pushbeat.py', 11700, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11784,9 +11785,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11790-11857 here (file line = module line + 11789)
+# probed/reaper.py: its lines 1-68 are lines 11791-11858 here (file line = module line + 11790)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11790, r'''
+modules.add('probed/reaper.py', 11791, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11858,9 +11859,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11864-12155 here (file line = module line + 11863)
+# probed/daemon.py: its lines 1-292 are lines 11865-12156 here (file line = module line + 11864)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11864, r'''
+modules.add('probed/daemon.py', 11865, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12161,9 +12162,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12167-12268 here (file line = module line + 12166)
+# probed/checkcmd.py: its lines 1-102 are lines 12168-12269 here (file line = module line + 12167)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12167, r'''
+modules.add('probed/checkcmd.py', 12168, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12269,9 +12270,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-155 are lines 12275-12429 here (file line = module line + 12274)
+# probed/probebench.py: its lines 1-155 are lines 12276-12430 here (file line = module line + 12275)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12275, r'''
+modules.add('probed/probebench.py', 12276, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12430,9 +12431,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12436-12543 here (file line = module line + 12435)
+# probed/beat.py: its lines 1-108 are lines 12437-12544 here (file line = module line + 12436)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12436, r'''
+modules.add('probed/beat.py', 12437, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12544,9 +12545,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12550-12650 here (file line = module line + 12549)
+# probed/cli.py: its lines 1-101 are lines 12551-12651 here (file line = module line + 12550)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12550, r'''
+modules.add('probed/cli.py', 12551, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

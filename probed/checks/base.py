@@ -1,9 +1,10 @@
 """The one contract every check kind follows (kube-apiserver healthz style).
 
-A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
-`Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
-an observation into a verdict in `judge()` (pure, so per-request overrides such as
-`/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
+A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
+kind name (`checks.CHECK_KINDS[kind]` imports it). It declares its keys as `Param`s, gathers one
+`Observation` per poll in `observe()` (the only place with I/O), and turns an observation into a
+verdict in `judge()` (pure, so per-request overrides such as `/readyz?queue.max=5` can re-judge
+the cached observation without touching a backend).
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
