@@ -27,71 +27,71 @@
 #        probed/expfmt.py ...............................................   1401
 #        probed/hpack.py ................................................   1708
 #        probed/h2frames.py .............................................   1973
-#        probed/h2output.py .............................................   2086
-#        probed/h2proto.py ..............................................   2230
-#        probed/grpchealth.py ...........................................   2714
+#        probed/h2output.py .............................................   2087
+#        probed/h2proto.py ..............................................   2231
+#        probed/grpchealth.py ...........................................   2715
 #   3. values
-#        probed/groups.py ...............................................   3014
-#        probed/values.py ...............................................   3024
-#        probed/files.py ................................................   3218
+#        probed/groups.py ...............................................   3015
+#        probed/values.py ...............................................   3025
+#        probed/files.py ................................................   3219
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3287
-#        probed/clientchan.py ...........................................   3381
-#        probed/client.py ...............................................   3561
-#        probed/scrape.py ...............................................   3917
-#        probed/beatregistry.py .........................................   4161
-#        probed/eventlog.py .............................................   4235
-#        probed/nvml.py .................................................   4362
-#        probed/gpufaults.py ............................................   4621
-#        probed/gpureader.py ............................................   4920
+#        probed/blocking.py .............................................   3288
+#        probed/clientchan.py ...........................................   3382
+#        probed/client.py ...............................................   3562
+#        probed/scrape.py ...............................................   3918
+#        probed/beatregistry.py .........................................   4162
+#        probed/eventlog.py .............................................   4236
+#        probed/nvml.py .................................................   4363
+#        probed/gpufaults.py ............................................   4622
+#        probed/gpureader.py ............................................   4921
 #   5. checks
-#        probed/checks/base.py ..........................................   5340
-#        probed/checks/exec.py ..........................................   5564
-#        probed/checks/gpu.py ...........................................   5700
-#        probed/checks/heartbeat.py .....................................   5811
-#        probed/checks/http.py ..........................................   6047
-#        probed/checks/inference.py .....................................   6219
-#        probed/checks/manual.py ........................................   6449
-#        probed/checks/metric.py ........................................   6512
-#        probed/checks/awake.py .........................................   6827
-#        probed/checks/inflight.py ......................................   7007
-#        probed/checks/process.py .......................................   7094
-#        probed/checks/relay.py .........................................   7172
-#        probed/checks/tcp.py ...........................................   7227
-#        probed/checks/ray.py ...........................................   7279
-#        probed/checks/__init__.py ......................................   7612
+#        probed/checks/base.py ..........................................   5341
+#        probed/checks/__init__.py ......................................   5577
+#        probed/checks/exec.py ..........................................   5635
+#        probed/checks/gpu.py ...........................................   5771
+#        probed/checks/heartbeat.py .....................................   5882
+#        probed/checks/http.py ..........................................   6118
+#        probed/checks/inference.py .....................................   6290
+#        probed/checks/manual.py ........................................   6520
+#        probed/checks/metric.py ........................................   6583
+#        probed/checks/awake.py .........................................   6898
+#        probed/checks/inflight.py ......................................   7078
+#        probed/checks/process.py .......................................   7165
+#        probed/checks/relay.py .........................................   7243
+#        probed/checks/tcp.py ...........................................   7298
+#        probed/checks/ray.py ...........................................   7350
 #   6. pod
-#        probed/hygiene.py ..............................................   7646
-#        probed/checkstate.py ...........................................   7720
-#        probed/podevents.py ............................................   7869
-#        probed/pod.py ..................................................   7976
+#        probed/hygiene.py ..............................................   7688
+#        probed/checkstate.py ...........................................   7762
+#        probed/podevents.py ............................................   7911
+#        probed/pod.py ..................................................   8018
 #   7. scheduler
-#        probed/scheduler.py ............................................   8353
+#        probed/scheduler.py ............................................   8395
 #   8. server and router
-#        probed/render.py ...............................................   8554
-#        probed/router.py ...............................................   8639
-#        probed/connection.py ...........................................   8902
-#        probed/fdlimit.py ..............................................   9023
-#        probed/listeners.py ............................................   9076
-#        probed/h2server.py .............................................   9142
-#        probed/server.py ...............................................   9366
-#        probed/selfmetrics.py ..........................................   9825
-#        probed/drain.py ................................................  10050
+#        probed/render.py ...............................................   8596
+#        probed/router.py ...............................................   8681
+#        probed/connection.py ...........................................   8944
+#        probed/fdlimit.py ..............................................   9065
+#        probed/listeners.py ............................................   9118
+#        probed/h2server.py .............................................   9184
+#        probed/server.py ...............................................   9408
+#        probed/selfmetrics.py ..........................................   9876
+#        probed/drain.py ................................................  10101
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10201
-#        probed/presets.py ..............................................  10433
-#        probed/flags.py ................................................  10820
-#        probed/settings.py .............................................  11128
-#        probed/admin.py ................................................  11338
-#        probed/pushbeat.py .............................................  11651
-#        probed/reaper.py ...............................................  11742
-#        probed/daemon.py ...............................................  11816
+#        probed/checkspecs.py ...........................................  10252
+#        probed/presets.py ..............................................  10484
+#        probed/flags.py ................................................  10872
+#        probed/settings.py .............................................  11190
+#        probed/admin.py ................................................  11400
+#        probed/pushbeat.py .............................................  11713
+#        probed/reaper.py ...............................................  11804
+#        probed/daemon.py ...............................................  11878
 #   10. cli
-#        probed/checkcmd.py .............................................  12092
-#        probed/probebench.py ...........................................  12200
-#        probed/beat.py .................................................  12363
-#        probed/cli.py ..................................................  12477
-#   entry point .........................................................  12554
+#        probed/checkcmd.py .............................................  12181
+#        probed/probebench.py ...........................................  12289
+#        probed/beat.py .................................................  12452
+#        probed/cli.py ..................................................  12566
+#   entry point .........................................................  12669
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -1967,7 +1967,7 @@ def encode_table_size_update(size: int) -> bytes:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-107 are lines 1973-2079 here (file line = module line + 1972)
+# probed/h2frames.py: its lines 1-108 are lines 1973-2080 here (file line = module line + 1972)
 # ------------------------------------------------------------------------------
 modules.add('probed/h2frames.py', 1973, r'''
 """HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
@@ -1976,9 +1976,10 @@ header, the events the connection machine emits, and what makes a request's fiel
 No I/O; h2proto.py holds the connection state machine that speaks it.
 """
 
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-from .hpack import HeaderList
+if TYPE_CHECKING:  # the name only: the probe server imports this module for H2_PREFACE, and
+    from .hpack import HeaderList  # hpack's tables are built when a gRPC client first connects
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -2005,7 +2006,7 @@ class RequestReceived:
 
     __slots__ = ("stream_id", "headers", "end_stream")
 
-    def __init__(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+    def __init__(self, stream_id: int, headers: "HeaderList", end_stream: bool) -> None:
         self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
 
 
@@ -2061,7 +2062,7 @@ def build_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> 
             stream_id.to_bytes(4, "big") + payload)
 
 
-def request_fields_valid(fields: HeaderList) -> bool:
+def request_fields_valid(fields: "HeaderList") -> bool:
     """RFC 9113 §8.2-8.3: pseudo-fields first, once each, the three a request needs; names in
     lower case; no connection-specific fields; `te` only as "trailers"."""
     pseudo = set()
@@ -2080,9 +2081,9 @@ def request_fields_valid(fields: HeaderList) -> bool:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 2086-2223 here (file line = module line + 2085)
+# probed/h2output.py: its lines 1-138 are lines 2087-2224 here (file line = module line + 2086)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 2086, r'''
+modules.add('probed/h2output.py', 2087, r'''
 """What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 
@@ -2224,9 +2225,9 @@ class H2Output:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 2230-2707 here (file line = module line + 2229)
+# probed/h2proto.py: its lines 1-478 are lines 2231-2708 here (file line = module line + 2230)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 2230, r'''
+modules.add('probed/h2proto.py', 2231, r'''
 """HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 
 The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2708,9 +2709,9 @@ class H2Connection:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-289 are lines 2714-3002 here (file line = module line + 2713)
+# probed/grpchealth.py: its lines 1-289 are lines 2715-3003 here (file line = module line + 2714)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2714, r'''
+modules.add('probed/grpchealth.py', 2715, r'''
 """The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 
 `Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -3008,9 +3009,9 @@ class HealthCalls:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 3014-3017 here (file line = module line + 3013)
+# probed/groups.py: its lines 1-4 are lines 3015-3018 here (file line = module line + 3014)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 3014, r'''
+modules.add('probed/groups.py', 3015, r'''
 """The three probe groups, the kubelet probe each answers, and the path it is served on."""
 
 GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
@@ -3018,9 +3019,9 @@ GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 3024-3211 here (file line = module line + 3023)
+# probed/values.py: its lines 1-188 are lines 3025-3212 here (file line = module line + 3024)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 3024, r'''
+modules.add('probed/values.py', 3025, r'''
 """Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 
 Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3212,9 +3213,9 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3218-3275 here (file line = module line + 3217)
+# probed/files.py: its lines 1-58 are lines 3219-3276 here (file line = module line + 3218)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3218, r'''
+modules.add('probed/files.py', 3219, r'''
 """Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 a device.
 
@@ -3281,9 +3282,9 @@ def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-88 are lines 3287-3374 here (file line = module line + 3286)
+# probed/blocking.py: its lines 1-88 are lines 3288-3375 here (file line = module line + 3287)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3287, r'''
+modules.add('probed/blocking.py', 3288, r'''
 """Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 file scans, each kind with its own small cap.
 
@@ -3375,9 +3376,9 @@ class Resolver:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3381-3554 here (file line = module line + 3380)
+# probed/clientchan.py: its lines 1-174 are lines 3382-3555 here (file line = module line + 3381)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3381, r'''
+modules.add('probed/clientchan.py', 3382, r'''
 """One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 buffer, and reads paced so that a fast peer never holds the event loop.
 
@@ -3555,9 +3556,9 @@ class ClientChannel:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-350 are lines 3561-3910 here (file line = module line + 3560)
+# probed/client.py: its lines 1-350 are lines 3562-3911 here (file line = module line + 3561)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3561, r'''
+modules.add('probed/client.py', 3562, r'''
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 
 One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3911,9 +3912,9 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3917-4154 here (file line = module line + 3916)
+# probed/scrape.py: its lines 1-238 are lines 3918-4155 here (file line = module line + 3917)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3917, r'''
+modules.add('probed/scrape.py', 3918, r'''
 """One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 
 A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4155,9 +4156,9 @@ def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[Sel
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4161-4228 here (file line = module line + 4160)
+# probed/beatregistry.py: its lines 1-68 are lines 4162-4229 here (file line = module line + 4161)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4161, r'''
+modules.add('probed/beatregistry.py', 4162, r'''
 """Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 
 One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4229,9 +4230,9 @@ class HeartbeatRegistry:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4235-4355 here (file line = module line + 4234)
+# probed/eventlog.py: its lines 1-121 are lines 4236-4356 here (file line = module line + 4235)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4235, r'''
+modules.add('probed/eventlog.py', 4236, r'''
 """One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 
 Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4356,9 +4357,9 @@ class EventLog:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4362-4614 here (file line = module line + 4361)
+# probed/nvml.py: its lines 1-253 are lines 4363-4615 here (file line = module line + 4362)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4362, r'''
+modules.add('probed/nvml.py', 4363, r'''
 """NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 
 ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4615,9 +4616,9 @@ class NVMLLibrary:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4621-4913 here (file line = module line + 4620)
+# probed/gpufaults.py: its lines 1-293 are lines 4622-4914 here (file line = module line + 4621)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4621, r'''
+modules.add('probed/gpufaults.py', 4622, r'''
 """GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4914,9 +4915,9 @@ def device_json(d: DeviceFacts) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4920-5328 here (file line = module line + 4919)
+# probed/gpureader.py: its lines 1-409 are lines 4921-5329 here (file line = module line + 4920)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4920, r'''
+modules.add('probed/gpureader.py', 4921, r'''
 """The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 gpu checks of one daemon (through `CheckResources.gpus`).
 
@@ -5330,28 +5331,28 @@ class GPUReaders:
 
 # ==============================================================================
 # Layer 5 of 10: checks: one Check shape for every kind, and the table of kinds
-#   checks/base.py, checks/exec.py, checks/gpu.py, checks/heartbeat.py, checks/http.py, checks/inference.py, checks/manual.py, checks/metric.py, checks/awake.py, checks/inflight.py, checks/process.py, checks/relay.py, checks/tcp.py, checks/ray.py, checks/__init__.py
+#   checks/base.py, checks/__init__.py, checks/exec.py, checks/gpu.py, checks/heartbeat.py, checks/http.py, checks/inference.py, checks/manual.py, checks/metric.py, checks/awake.py, checks/inflight.py, checks/process.py, checks/relay.py, checks/tcp.py, checks/ray.py
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-218 are lines 5340-5557 here (file line = module line + 5339)
+# probed/checks/base.py: its lines 1-230 are lines 5341-5570 here (file line = module line + 5340)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5340, r'''
+modules.add('probed/checks/base.py', 5341, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
 
-A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
-`Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
-an observation into a verdict in `judge()` (pure, so per-request overrides such as
-`/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
+A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
+kind name (`checks.CHECK_KINDS[kind]` imports it). It declares its keys as `Param`s, gathers one
+`Observation` per poll in `observe()` (the only place with I/O), and turns an observation into a
+verdict in `judge()` (pure, so per-request overrides such as `/readyz?queue.max=5` can re-judge
+the cached observation without touching a backend).
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
-from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Set, Tuple,
-                    Union)
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional,
+                    Set, Tuple, Union)
 
 from ..beatregistry import HeartbeatRegistry
 from ..blocking import BLOCKING_SCANS, BlockingRunner, Resolver
-from ..gpureader import GPUReaders
 from ..scrape import ProgressBoard, ScrapeHub
 from ..values import (
     ConfigError,
@@ -5360,6 +5361,9 @@ from ..values import (
     parse_positive_count,
     parse_probes,
 )
+
+if TYPE_CHECKING:  # the name only: CheckResources.gpus imports it for the first gpu check
+    from ..gpureader import GPUReaders
 
 
 Incarnation = Optional[Union[float, str]]  # see Observation.incarnation
@@ -5483,22 +5487,31 @@ class CheckResources:
     its own, unshared. `resolver` (DNS) and `scans` (heartbeat file scans) run blocking calls
     on threads of their own, each kind capped, so a hung resolver cannot delay a scan."""
 
-    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans", "children")
+    __slots__ = ("scrapes", "progress", "beats", "_gpus", "resolver", "scans", "children")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
                  beats: Optional[HeartbeatRegistry] = None,
-                 gpus: Optional[GPUReaders] = None,
+                 gpus: Optional["GPUReaders"] = None,
                  resolver: Optional[Resolver] = None,
                  scans: Optional[BlockingRunner] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
-        self.gpus = gpus if gpus is not None else GPUReaders()  # NVML readers, made on use
+        self._gpus = gpus  # NVML readers: made by the first gpu check (see `gpus`)
         self.resolver = resolver if resolver is not None else Resolver()
         self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
         self.children: Set[int] = set()  # PIDs of exec checks' running commands (the reaper
         # leaves those to asyncio, which waits for their status)
+
+    @property
+    def gpus(self) -> "GPUReaders":
+        """The NVML readers the gpu checks share, made when the first one asks."""
+        if self._gpus is None:
+            from ..gpureader import GPUReaders  # here: NVML's reader is RSS only gpu checks need
+
+            self._gpus = GPUReaders()
+        return self._gpus
 
 
 class Check:
@@ -5558,9 +5571,67 @@ class Check:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5564-5693 here (file line = module line + 5563)
+# probed/checks/__init__.py: its lines 1-52 are lines 5577-5628 here (file line = module line + 5576)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5564, r'''
+modules.add('probed/checks/__init__.py', 5577, r'''
+"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
+
+from typing import Dict, Iterator, Mapping, Tuple, Type
+
+from .base import Check
+
+# Kind -> (its module in this package, its class). A kind's module is imported when a check of
+# that kind is built, or its keys are asked for (--help): a daemon loads only the kinds it runs,
+# so the gpu kind's NVML reader, Ray's, exec's and the others' code cost a pod that uses none of
+# them no RSS (issue 18). tests/test_config.py checks every row against its class.
+CHECK_MODULES: Dict[str, Tuple[str, str]] = {
+    "awake": ("awake", "AwakeCheck"),
+    "exec": ("exec", "ExecCheck"),
+    "gpu": ("gpu", "GPUCheck"),
+    "heartbeat": ("heartbeat", "HeartbeatCheck"),
+    "http": ("http", "HTTPCheck"),
+    "inference": ("inference", "InferenceCheck"),
+    "inflight": ("inflight", "InflightCheck"),
+    "manual": ("manual", "ManualCheck"),
+    "metric": ("metric", "MetricCheck"),
+    "models": ("inference", "ModelsCheck"),
+    "process": ("process", "ProcessCheck"),
+    "progress": ("metric", "ProgressCheck"),
+    "ray": ("ray", "RayClusterCheck"),
+    "ray-agent": ("ray", "RayAgentCheck"),
+    "ray-gcs": ("ray", "RayGCSCheck"),
+    "relay": ("relay", "RelayCheck"),
+    "tcp": ("tcp", "TCPCheck"),
+}
+
+
+class CheckKinds(Mapping[str, Type[Check]]):
+    """The kinds by name, as a read-only mapping whose lookup imports the kind's module."""
+
+    def __init__(self, modules: Mapping[str, Tuple[str, str]]) -> None:
+        self.modules = modules
+
+    def __getitem__(self, kind: str) -> Type[Check]:
+        module, name = self.modules[kind]
+        # `from .MODULE import NAME` as a call: the import statement's own machinery, so that
+        # -X importtime shows it (importlib.import_module's pure-Python path is not timed).
+        cls: Type[Check] = getattr(__import__(module, globals(), None, (name,), 1), name)
+        return cls
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
+''')
+
+# ------------------------------------------------------------------------------
+# probed/checks/exec.py: its lines 1-130 are lines 5635-5764 here (file line = module line + 5634)
+# ------------------------------------------------------------------------------
+modules.add('probed/checks/exec.py', 5635, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 
 For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5694,9 +5765,9 @@ class ExecCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5700-5804 here (file line = module line + 5699)
+# probed/checks/gpu.py: its lines 1-105 are lines 5771-5875 here (file line = module line + 5770)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5700, r'''
+modules.add('probed/checks/gpu.py', 5771, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 
 A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5805,9 +5876,9 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-230 are lines 5811-6040 here (file line = module line + 5810)
+# probed/checks/heartbeat.py: its lines 1-230 are lines 5882-6111 here (file line = module line + 5881)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5811, r'''
+modules.add('probed/checks/heartbeat.py', 5882, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6041,9 +6112,9 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-166 are lines 6047-6212 here (file line = module line + 6046)
+# probed/checks/http.py: its lines 1-166 are lines 6118-6283 here (file line = module line + 6117)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6047, r'''
+modules.add('probed/checks/http.py', 6118, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6213,9 +6284,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6219-6442 here (file line = module line + 6218)
+# probed/checks/inference.py: its lines 1-224 are lines 6290-6513 here (file line = module line + 6289)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6219, r'''
+modules.add('probed/checks/inference.py', 6290, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6443,9 +6514,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6449-6505 here (file line = module line + 6448)
+# probed/checks/manual.py: its lines 1-57 are lines 6520-6576 here (file line = module line + 6519)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6449, r'''
+modules.add('probed/checks/manual.py', 6520, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6506,9 +6577,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-309 are lines 6512-6820 here (file line = module line + 6511)
+# probed/checks/metric.py: its lines 1-309 are lines 6583-6891 here (file line = module line + 6582)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6512, r'''
+modules.add('probed/checks/metric.py', 6583, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6821,9 +6892,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6827-7000 here (file line = module line + 6826)
+# probed/checks/awake.py: its lines 1-174 are lines 6898-7071 here (file line = module line + 6897)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6827, r'''
+modules.add('probed/checks/awake.py', 6898, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -7001,9 +7072,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7007-7087 here (file line = module line + 7006)
+# probed/checks/inflight.py: its lines 1-81 are lines 7078-7158 here (file line = module line + 7077)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7007, r'''
+modules.add('probed/checks/inflight.py', 7078, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7088,9 +7159,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7094-7165 here (file line = module line + 7093)
+# probed/checks/process.py: its lines 1-72 are lines 7165-7236 here (file line = module line + 7164)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7094, r'''
+modules.add('probed/checks/process.py', 7165, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7166,9 +7237,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7172-7220 here (file line = module line + 7171)
+# probed/checks/relay.py: its lines 1-49 are lines 7243-7291 here (file line = module line + 7242)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7172, r'''
+modules.add('probed/checks/relay.py', 7243, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7221,9 +7292,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7227-7272 here (file line = module line + 7226)
+# probed/checks/tcp.py: its lines 1-46 are lines 7298-7343 here (file line = module line + 7297)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7227, r'''
+modules.add('probed/checks/tcp.py', 7298, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7273,9 +7344,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-327 are lines 7279-7605 here (file line = module line + 7278)
+# probed/checks/ray.py: its lines 1-327 are lines 7350-7676 here (file line = module line + 7349)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7279, r'''
+modules.add('probed/checks/ray.py', 7350, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7605,44 +7676,15 @@ class RayGCSCheck(TCPCheck):
         return Observation(False, "GCS port %s: %s" % (self.target(), obs.reason))
 ''')
 
-# ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-23 are lines 7612-7634 here (file line = module line + 7611)
-# ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 7612, r'''
-"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
-
-from typing import Dict, Type
-
-from .awake import AwakeCheck
-from .base import Check
-from .exec import ExecCheck
-from .gpu import GPUCheck
-from .heartbeat import HeartbeatCheck
-from .http import HTTPCheck
-from .inference import InferenceCheck, ModelsCheck
-from .inflight import InflightCheck
-from .manual import ManualCheck
-from .metric import MetricCheck, ProgressCheck
-from .process import ProcessCheck
-from .ray import RayAgentCheck, RayClusterCheck, RayGCSCheck
-from .relay import RelayCheck
-from .tcp import TCPCheck
-
-CHECK_KINDS: Dict[str, Type[Check]] = {cls.kind: cls for cls in (
-    AwakeCheck, ExecCheck, GPUCheck, HeartbeatCheck, HTTPCheck, InferenceCheck, InflightCheck,
-    ManualCheck, MetricCheck, ModelsCheck, ProcessCheck, ProgressCheck, RayAgentCheck,
-    RayClusterCheck, RayGCSCheck, RelayCheck, TCPCheck)}
-''')
-
 # ==============================================================================
 # Layer 6 of 10: pod: the lifecycle truth: check states, groups, drains, events; no I/O
 #   hygiene.py, checkstate.py, podevents.py, pod.py
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7646-7713 here (file line = module line + 7645)
+# probed/hygiene.py: its lines 1-68 are lines 7688-7755 here (file line = module line + 7687)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7646, r'''
+modules.add('probed/hygiene.py', 7688, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7714,9 +7756,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7720-7862 here (file line = module line + 7719)
+# probed/checkstate.py: its lines 1-143 are lines 7762-7904 here (file line = module line + 7761)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7720, r'''
+modules.add('probed/checkstate.py', 7762, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7863,9 +7905,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7869-7969 here (file line = module line + 7868)
+# probed/podevents.py: its lines 1-101 are lines 7911-8011 here (file line = module line + 7910)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7869, r'''
+modules.add('probed/podevents.py', 7911, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -7970,9 +8012,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 7976-8341 here (file line = module line + 7975)
+# probed/pod.py: its lines 1-366 are lines 8018-8383 here (file line = module line + 8017)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 7976, r'''
+modules.add('probed/pod.py', 8018, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8347,9 +8389,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8353-8542 here (file line = module line + 8352)
+# probed/scheduler.py: its lines 1-190 are lines 8395-8584 here (file line = module line + 8394)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8353, r'''
+modules.add('probed/scheduler.py', 8395, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8548,9 +8590,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8554-8632 here (file line = module line + 8553)
+# probed/render.py: its lines 1-79 are lines 8596-8674 here (file line = module line + 8595)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8554, r'''
+modules.add('probed/render.py', 8596, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8633,9 +8675,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8639-8895 here (file line = module line + 8638)
+# probed/router.py: its lines 1-257 are lines 8681-8937 here (file line = module line + 8680)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8639, r'''
+modules.add('probed/router.py', 8681, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8896,9 +8938,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8902-9016 here (file line = module line + 8901)
+# probed/connection.py: its lines 1-115 are lines 8944-9058 here (file line = module line + 8943)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8902, r'''
+modules.add('probed/connection.py', 8944, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9017,9 +9059,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9023-9069 here (file line = module line + 9022)
+# probed/fdlimit.py: its lines 1-47 are lines 9065-9111 here (file line = module line + 9064)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9023, r'''
+modules.add('probed/fdlimit.py', 9065, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9070,9 +9112,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9076-9135 here (file line = module line + 9075)
+# probed/listeners.py: its lines 1-60 are lines 9118-9177 here (file line = module line + 9117)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9076, r'''
+modules.add('probed/listeners.py', 9118, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9136,9 +9178,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9142-9359 here (file line = module line + 9141)
+# probed/h2server.py: its lines 1-218 are lines 9184-9401 here (file line = module line + 9183)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9142, r'''
+modules.add('probed/h2server.py', 9184, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9360,9 +9402,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-453 are lines 9366-9818 here (file line = module line + 9365)
+# probed/server.py: its lines 1-462 are lines 9408-9869 here (file line = module line + 9407)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9366, r'''
+modules.add('probed/server.py', 9408, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9377,16 +9419,18 @@ import asyncio
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .connection import (IDLE, LINGERING, OPENED, OTHER_PATH_LABEL, PRESSURE_TIMEOUT, READING,
                          WRITING, Connection, ServerStats, expired, pick_eviction)
 from .fdlimit import fit_connection_cap
 from .h2frames import H2_PREFACE
-from .h2server import H2Server
 from .httpproto import (DateCache, HTTPError, PreparedResponse, RequestParser,
                         build_error_response, is_head_request)
 from .listeners import bind_listener, pause_accepting
+
+if TYPE_CHECKING:  # the name only: the HTTP/2 server is built when a gRPC client first connects
+    from .h2server import H2Server
 
 
 ACCEPTS_PER_WAKEUP = 64  # bounded so one busy listener cannot starve the pollers
@@ -9416,9 +9460,13 @@ class ProbeServer:
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
                  max_connections: int = 1024, max_body: int = 0,
-                 stats: Optional[ServerStats] = None, h2: Optional[H2Server] = None) -> None:
+                 stats: Optional[ServerStats] = None,
+                 make_h2: Optional[Callable[[], "H2Server"]] = None) -> None:
         self.respond = respond
-        self.h2 = h2  # takes connections that start with the HTTP/2 preface (gRPC probes)
+        # Takes connections that start with the HTTP/2 preface (gRPC probes). Built at the first
+        # one: the HTTP/2 stack is about 0.4 MB that most pods, probed over HTTP/1.1, never use.
+        self.make_h2 = make_h2
+        self.h2: Optional["H2Server"] = None
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
@@ -9514,7 +9562,7 @@ class ProbeServer:
         """The one place that looks at what a connection sends first and decides how to serve
         it (a protocol detector, such as HTTP/2's preface, belongs here). The connection has
         no Connection object at this point; the general path makes one when needed."""
-        if data[:1] == b"P" and self.h2 is not None and H2_PREFACE.startswith(
+        if data[:1] == b"P" and self.make_h2 is not None and H2_PREFACE.startswith(
                 data[:len(H2_PREFACE)]):
             self._hand_over_h2(sock, data)
         elif data.startswith(TLS_HANDSHAKE):
@@ -9540,7 +9588,10 @@ class ProbeServer:
             return
         self.stats.open -= 1  # the HTTP/2 server counts it from here
         sock.setblocking(False)  # the HTTP/2 server reads and writes on readiness
-        self.h2.adopt(sock, data)  # type: ignore[union-attr]
+        if self.h2 is None:
+            assert self.make_h2 is not None  # _first_bytes hands over only when it is set
+            self.h2 = self.make_h2()
+        self.h2.adopt(sock, data)
 
     def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
         """The kubelet's case start to finish, without a Connection: one whole request that
@@ -9819,9 +9870,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9825-10043 here (file line = module line + 9824)
+# probed/selfmetrics.py: its lines 1-219 are lines 9876-10094 here (file line = module line + 9875)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9825, r'''
+modules.add('probed/selfmetrics.py', 9876, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10044,9 +10095,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-140 are lines 10050-10189 here (file line = module line + 10049)
+# probed/drain.py: its lines 1-140 are lines 10101-10240 here (file line = module line + 10100)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10050, r'''
+modules.add('probed/drain.py', 10101, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10195,9 +10246,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10201-10426 here (file line = module line + 10200)
+# probed/checkspecs.py: its lines 1-226 are lines 10252-10477 here (file line = module line + 10251)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10201, r'''
+modules.add('probed/checkspecs.py', 10252, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10427,9 +10478,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-381 are lines 10433-10813 here (file line = module line + 10432)
+# probed/presets.py: its lines 1-382 are lines 10484-10865 here (file line = module line + 10483)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10433, r'''
+modules.add('probed/presets.py', 10484, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10440,7 +10491,6 @@ healthy, the model listed and one successful inference.
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .gpufaults import parse_device_list
 from .values import (
     ConfigError,
     parse_bool,
@@ -10498,6 +10548,8 @@ def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]
 
 def parse_gpu_option(text: str) -> str:
     """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
+    from .gpufaults import parse_device_list  # only with --gpu: the GPU code is RSS (issue 18)
+
     parse_device_list(text)
     return text.strip()
 
@@ -10814,9 +10866,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-302 are lines 10820-11121 here (file line = module line + 10819)
+# probed/flags.py: its lines 1-312 are lines 10872-11183 here (file line = module line + 10871)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10820, r'''
+modules.add('probed/flags.py', 10872, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -10825,7 +10877,6 @@ environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` n
 """
 
 import argparse
-import textwrap
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import __version__
@@ -11066,9 +11117,20 @@ class FlagParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+class ServeParser(FlagParser):
+    """The serve parser: its epilog is written when help is shown, not when the parser is built
+    (it lists every check kind's keys, which imports every kind: RSS a daemon never needs)."""
+
+    def format_help(self) -> str:
+        self.epilog = epilog()
+        return super().format_help()
+
+
 def epilog() -> str:
     """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
     subcommands (a one-file user has no README)."""
+    import textwrap  # only --help wraps text: the daemon never pays for the module (RSS)
+
     lines = []
     for kind in sorted(CHECK_KINDS):
         own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
@@ -11103,9 +11165,9 @@ subcommands (each has --help):
 
 def build_serve_parser() -> FlagParser:
     """The `probed [serve]` argument parser (defaults are applied after parsing)."""
-    parser = FlagParser(
+    parser = ServeParser(
         prog="probed", description="Kubernetes probes for LLM inference servers, answered "
-        "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
+        "from cached verdicts.", allow_abbrev=False,
         formatter_class=HelpFormatter, argument_default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="probed " + __version__)
     parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
@@ -11122,9 +11184,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11128-11331 here (file line = module line + 11127)
+# probed/settings.py: its lines 1-204 are lines 11190-11393 here (file line = module line + 11189)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11128, r'''
+modules.add('probed/settings.py', 11190, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11332,9 +11394,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11338-11644 here (file line = module line + 11337)
+# probed/admin.py: its lines 1-307 are lines 11400-11706 here (file line = module line + 11399)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11338, r'''
+modules.add('probed/admin.py', 11400, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11645,9 +11707,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11651-11735 here (file line = module line + 11650)
+# probed/pushbeat.py: its lines 1-85 are lines 11713-11797 here (file line = module line + 11712)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11651, r'''
+modules.add('probed/pushbeat.py', 11713, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11736,9 +11798,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11742-11809 here (file line = module line + 11741)
+# probed/reaper.py: its lines 1-68 are lines 11804-11871 here (file line = module line + 11803)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11742, r'''
+modules.add('probed/reaper.py', 11804, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11810,9 +11872,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-265 are lines 11816-12080 here (file line = module line + 11815)
+# probed/daemon.py: its lines 1-292 are lines 11878-12169 here (file line = module line + 11877)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11816, r'''
+modules.add('probed/daemon.py', 11878, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -11824,15 +11886,11 @@ import asyncio
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .admin import build_admin
 from .checks.base import Check, CheckResources
 from .eventlog import EventLog
-from .grpchealth import SERVICE_GROUPS, GrpcHealthService
-from .h2server import H2Server
 from .pod import Pod
-from .pushbeat import BeatPusher
 from .reaper import OrphanReaper
 from .podevents import CheckChanged, Event, GroupChanged, Restarted, group_changes
 from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
@@ -11843,10 +11901,19 @@ from .server import ProbeServer, ServerStats, bind_listener
 from .settings import Settings
 from .values import ConfigError, format_duration
 
+if TYPE_CHECKING:  # the names only: their modules are imported where they are needed
+    from .admin import AdminListener
+    from .grpchealth import GrpcHealthService
+    from .h2server import H2Server
+    from .pushbeat import BeatPusher
+
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
 # SIGHUP drains like SIGTERM: it means the terminal or supervisor went away, and a probe daemon
 # has no configuration worth reloading in place (a changed manifest restarts the container).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# The check kinds admin.build_admin() refuses without --admin-addr (manual, and heartbeat read
+# from pushed beats): with none of them and no admin flag, admin.py is not even imported.
+ADMIN_CHECK_KINDS = ("manual", "heartbeat")
 
 
 class GatedPorts:
@@ -11945,10 +12012,10 @@ class Daemon:
         stats = ServerStats(router_paths(self.pod, routes))
         self.selfmetrics = SelfMetrics(self.pod, stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
-        timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
-        self.grpc = GrpcHealthService(self.grpc_verdict)
-        self.server = ProbeServer(self.router.respond, *timeouts, settings.max_connections,
-                                  stats=stats, h2=H2Server(self.grpc, *timeouts))
+        self.timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
+        self.grpc: Optional["GrpcHealthService"] = None  # built with the HTTP/2 server
+        self.server = ProbeServer(self.router.respond, *self.timeouts, settings.max_connections,
+                                  stats=stats, make_h2=self.build_h2)
         cap = self.server.cap
         if cap.lowered:
             log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
@@ -11963,12 +12030,21 @@ class Daemon:
                                       self.pod, log, self.exit_now).on_events)
         self.absent: Dict[str, Tuple[str, ...]] = {}  # per check: configured metrics last absent
         self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.after_poll)
-        self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
-                                 resources.beats)  # None: --admin-addr off
+        self.admin: Optional["AdminListener"] = None  # --admin-addr off
+        if (settings.admin_addr is not None or settings.admin_token_file
+                or any(c.kind in ADMIN_CHECK_KINDS for c in checks)):
+            from .admin import build_admin  # here: admin and drain code is RSS most pods skip
+
+            self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
+                                     resources.beats)
         self.reaper = OrphanReaper(resources.children)  # works only as PID 1
-        self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
-                                settings.beat_every, settings.beat_token_file, settings.beat_on,
-                                self.pod, log) if settings.beat_to else None
+        self.beats: Optional["BeatPusher"] = None
+        if settings.beat_to:
+            from .pushbeat import BeatPusher  # only with --beat-to (RSS)
+
+            self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
+                                    settings.beat_every, settings.beat_token_file,
+                                    settings.beat_on, self.pod, log)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
         self.exit_code = 0
@@ -12016,9 +12092,21 @@ class Daemon:
         self.exit_code = code
         self.stopping.set()
 
+    def build_h2(self) -> "H2Server":
+        """The gRPC health service and its HTTP/2 server, which the probe server builds at its
+        first HTTP/2 connection."""
+        # Imported here, not at the top: about 0.4 MB of RSS that HTTP/1.1-only pods never use.
+        from .grpchealth import GrpcHealthService
+        from .h2server import H2Server
+
+        self.grpc = GrpcHealthService(self.grpc_verdict)
+        return H2Server(self.grpc, *self.timeouts)
+
     def grpc_verdict(self, service: str) -> Optional[bool]:
         """What a gRPC health service name reports: a group's verdict, else one check's own
         (as /readyz/NAME answers it); None for a name that is neither."""
+        from .grpchealth import SERVICE_GROUPS  # loaded by build_h2(), the only way here (RSS)
+
         group = SERVICE_GROUPS.get(service)
         if group is not None:
             return self.pod.verdicts[group].ok
@@ -12041,7 +12129,8 @@ class Daemon:
 
     def tell_watchers(self, events: Sequence[Event]) -> None:
         """Scheduler sink: gRPC Watch streams hear each group flip and each check's own."""
-        if any(isinstance(e, (GroupChanged, CheckChanged)) for e in events):
+        if self.grpc is not None and any(isinstance(e, (GroupChanged, CheckChanged))
+                                         for e in events):
             self.grpc.changed()
 
     def on_signal(self, signum: int) -> None:
@@ -12086,9 +12175,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12092-12193 here (file line = module line + 12091)
+# probed/checkcmd.py: its lines 1-102 are lines 12181-12282 here (file line = module line + 12180)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12092, r'''
+modules.add('probed/checkcmd.py', 12181, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12194,9 +12283,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12200-12356 here (file line = module line + 12199)
+# probed/probebench.py: its lines 1-157 are lines 12289-12445 here (file line = module line + 12288)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12200, r'''
+modules.add('probed/probebench.py', 12289, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12357,9 +12446,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12363-12470 here (file line = module line + 12362)
+# probed/beat.py: its lines 1-108 are lines 12452-12559 here (file line = module line + 12451)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12363, r'''
+modules.add('probed/beat.py', 12452, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12471,9 +12560,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-75 are lines 12477-12551 here (file line = module line + 12476)
+# probed/cli.py: its lines 1-101 are lines 12566-12666 here (file line = module line + 12565)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12477, r'''
+modules.add('probed/cli.py', 12566, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr
@@ -12486,14 +12575,10 @@ import os
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .beat import beat_main
-from .checkcmd import check_main
 from .checks.base import CheckResources
 from .checkspecs import build_checks
 from .daemon import Daemon
-from .drain import drain_main
 from .eventlog import EventLog
-from .probebench import bench_main
 from .flags import build_serve_parser, normalize_argv
 from .settings import describe_settings, resolve_settings
 from .values import ConfigError
@@ -12515,12 +12600,42 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
         log.close()
 
 
+# Each subcommand imports its module when it runs, not at the top of this one: the daemon
+# (`probed [serve]`) would otherwise carry their code, about 0.2 MB of RSS, for nothing.
+def bench_command(args: List[str]) -> int:
+    """`probed bench URL`: probe latency the way the kubelet sees it."""
+    from .probebench import bench_main  # only this subcommand needs it (RSS)
+
+    return bench_main(args)
+
+
+def check_command(args: List[str]) -> int:
+    """`probed check URL`: one HTTP GET whose exit code is the verdict."""
+    from .checkcmd import check_main  # only this subcommand needs it (RSS)
+
+    return check_main(args)
+
+
+def beat_command(args: List[str]) -> int:
+    """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers."""
+    from .beat import beat_main  # only this subcommand needs it (RSS)
+
+    return beat_main(args)
+
+
+def drain_command(args: List[str]) -> int:
+    """`probed drain`: the preStop drain against the admin listener."""
+    from .drain import drain_main  # the daemon loads drain.py too, but not through here (RSS)
+
+    return drain_main(args)
+
+
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "serve": lambda args: 0,  # handled in main(): it needs the environment
-    "bench": bench_main,
-    "check": check_main,
-    "beat": beat_main,
-    "drain": drain_main,
+    "bench": bench_command,
+    "check": check_command,
+    "beat": beat_command,
+    "drain": drain_command,
 }
 
 

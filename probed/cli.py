@@ -10,14 +10,10 @@ import os
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .beat import beat_main
-from .checkcmd import check_main
 from .checks.base import CheckResources
 from .checkspecs import build_checks
 from .daemon import Daemon
-from .drain import drain_main
 from .eventlog import EventLog
-from .probebench import bench_main
 from .flags import build_serve_parser, normalize_argv
 from .settings import describe_settings, resolve_settings
 from .values import ConfigError
@@ -39,12 +35,42 @@ def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
         log.close()
 
 
+# Each subcommand imports its module when it runs, not at the top of this one: the daemon
+# (`probed [serve]`) would otherwise carry their code, about 0.2 MB of RSS, for nothing.
+def bench_command(args: List[str]) -> int:
+    """`probed bench URL`: probe latency the way the kubelet sees it."""
+    from .probebench import bench_main  # only this subcommand needs it (RSS)
+
+    return bench_main(args)
+
+
+def check_command(args: List[str]) -> int:
+    """`probed check URL`: one HTTP GET whose exit code is the verdict."""
+    from .checkcmd import check_main  # only this subcommand needs it (RSS)
+
+    return check_main(args)
+
+
+def beat_command(args: List[str]) -> int:
+    """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers."""
+    from .beat import beat_main  # only this subcommand needs it (RSS)
+
+    return beat_main(args)
+
+
+def drain_command(args: List[str]) -> int:
+    """`probed drain`: the preStop drain against the admin listener."""
+    from .drain import drain_main  # the daemon loads drain.py too, but not through here (RSS)
+
+    return drain_main(args)
+
+
 SUBCOMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "serve": lambda args: 0,  # handled in main(): it needs the environment
-    "bench": bench_main,
-    "check": check_main,
-    "beat": beat_main,
-    "drain": drain_main,
+    "bench": bench_command,
+    "check": check_command,
+    "beat": beat_command,
+    "drain": drain_command,
 }
 
 

@@ -9,15 +9,11 @@ import asyncio
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .admin import build_admin
 from .checks.base import Check, CheckResources
 from .eventlog import EventLog
-from .grpchealth import SERVICE_GROUPS, GrpcHealthService
-from .h2server import H2Server
 from .pod import Pod
-from .pushbeat import BeatPusher
 from .reaper import OrphanReaper
 from .podevents import CheckChanged, Event, GroupChanged, Restarted, group_changes
 from .router import MULTINODE_PROBER_ROUTES, Router, router_paths
@@ -28,10 +24,19 @@ from .server import ProbeServer, ServerStats, bind_listener
 from .settings import Settings
 from .values import ConfigError, format_duration
 
+if TYPE_CHECKING:  # the names only: their modules are imported where they are needed
+    from .admin import AdminListener
+    from .grpchealth import GrpcHealthService
+    from .h2server import H2Server
+    from .pushbeat import BeatPusher
+
 GATE_FLAGS = {"live": "--tcp-live", "ready": "--tcp-ready", "started": "--tcp-started"}
 # SIGHUP drains like SIGTERM: it means the terminal or supervisor went away, and a probe daemon
 # has no configuration worth reloading in place (a changed manifest restarts the container).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# The check kinds admin.build_admin() refuses without --admin-addr (manual, and heartbeat read
+# from pushed beats): with none of them and no admin flag, admin.py is not even imported.
+ADMIN_CHECK_KINDS = ("manual", "heartbeat")
 
 
 class GatedPorts:
@@ -130,10 +135,10 @@ class Daemon:
         stats = ServerStats(router_paths(self.pod, routes))
         self.selfmetrics = SelfMetrics(self.pod, stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
-        timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
-        self.grpc = GrpcHealthService(self.grpc_verdict)
-        self.server = ProbeServer(self.router.respond, *timeouts, settings.max_connections,
-                                  stats=stats, h2=H2Server(self.grpc, *timeouts))
+        self.timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
+        self.grpc: Optional["GrpcHealthService"] = None  # built with the HTTP/2 server
+        self.server = ProbeServer(self.router.respond, *self.timeouts, settings.max_connections,
+                                  stats=stats, make_h2=self.build_h2)
         cap = self.server.cap
         if cap.lowered:
             log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
@@ -148,12 +153,21 @@ class Daemon:
                                       self.pod, log, self.exit_now).on_events)
         self.absent: Dict[str, Tuple[str, ...]] = {}  # per check: configured metrics last absent
         self.scheduler = Scheduler(self.pod, checks, log, sinks, on_poll=self.after_poll)
-        self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
-                                 resources.beats)  # None: --admin-addr off
+        self.admin: Optional["AdminListener"] = None  # --admin-addr off
+        if (settings.admin_addr is not None or settings.admin_token_file
+                or any(c.kind in ADMIN_CHECK_KINDS for c in checks)):
+            from .admin import build_admin  # here: admin and drain code is RSS most pods skip
+
+            self.admin = build_admin(settings, self.pod, self.scheduler, checks, log,
+                                     resources.beats)
         self.reaper = OrphanReaper(resources.children)  # works only as PID 1
-        self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
-                                settings.beat_every, settings.beat_token_file, settings.beat_on,
-                                self.pod, log) if settings.beat_to else None
+        self.beats: Optional["BeatPusher"] = None
+        if settings.beat_to:
+            from .pushbeat import BeatPusher  # only with --beat-to (RSS)
+
+            self.beats = BeatPusher(settings.beat_to, settings.beat_name or "worker",
+                                    settings.beat_every, settings.beat_token_file,
+                                    settings.beat_on, self.pod, log)
         self.stopping: Optional[asyncio.Event] = None
         self.signals = 0
         self.exit_code = 0
@@ -201,9 +215,21 @@ class Daemon:
         self.exit_code = code
         self.stopping.set()
 
+    def build_h2(self) -> "H2Server":
+        """The gRPC health service and its HTTP/2 server, which the probe server builds at its
+        first HTTP/2 connection."""
+        # Imported here, not at the top: about 0.4 MB of RSS that HTTP/1.1-only pods never use.
+        from .grpchealth import GrpcHealthService
+        from .h2server import H2Server
+
+        self.grpc = GrpcHealthService(self.grpc_verdict)
+        return H2Server(self.grpc, *self.timeouts)
+
     def grpc_verdict(self, service: str) -> Optional[bool]:
         """What a gRPC health service name reports: a group's verdict, else one check's own
         (as /readyz/NAME answers it); None for a name that is neither."""
+        from .grpchealth import SERVICE_GROUPS  # loaded by build_h2(), the only way here (RSS)
+
         group = SERVICE_GROUPS.get(service)
         if group is not None:
             return self.pod.verdicts[group].ok
@@ -226,7 +252,8 @@ class Daemon:
 
     def tell_watchers(self, events: Sequence[Event]) -> None:
         """Scheduler sink: gRPC Watch streams hear each group flip and each check's own."""
-        if any(isinstance(e, (GroupChanged, CheckChanged)) for e in events):
+        if self.grpc is not None and any(isinstance(e, (GroupChanged, CheckChanged))
+                                         for e in events):
             self.grpc.changed()
 
     def on_signal(self, signum: int) -> None:

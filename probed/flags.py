@@ -6,7 +6,6 @@ environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` n
 """
 
 import argparse
-import textwrap
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import __version__
@@ -247,9 +246,20 @@ class FlagParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+class ServeParser(FlagParser):
+    """The serve parser: its epilog is written when help is shown, not when the parser is built
+    (it lists every check kind's keys, which imports every kind: RSS a daemon never needs)."""
+
+    def format_help(self) -> str:
+        self.epilog = epilog()
+        return super().format_help()
+
+
 def epilog() -> str:
     """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
     subcommands (a one-file user has no README)."""
+    import textwrap  # only --help wraps text: the daemon never pays for the module (RSS)
+
     lines = []
     for kind in sorted(CHECK_KINDS):
         own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
@@ -284,9 +294,9 @@ subcommands (each has --help):
 
 def build_serve_parser() -> FlagParser:
     """The `probed [serve]` argument parser (defaults are applied after parsing)."""
-    parser = FlagParser(
+    parser = ServeParser(
         prog="probed", description="Kubernetes probes for LLM inference servers, answered "
-        "from cached verdicts.", epilog=epilog(), allow_abbrev=False,
+        "from cached verdicts.", allow_abbrev=False,
         formatter_class=HelpFormatter, argument_default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="probed " + __version__)
     parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',

@@ -4,9 +4,10 @@ header, the events the connection machine emits, and what makes a request's fiel
 No I/O; h2proto.py holds the connection state machine that speaks it.
 """
 
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-from .hpack import HeaderList
+if TYPE_CHECKING:  # the name only: the probe server imports this module for H2_PREFACE, and
+    from .hpack import HeaderList  # hpack's tables are built when a gRPC client first connects
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -33,7 +34,7 @@ class RequestReceived:
 
     __slots__ = ("stream_id", "headers", "end_stream")
 
-    def __init__(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+    def __init__(self, stream_id: int, headers: "HeaderList", end_stream: bool) -> None:
         self.stream_id, self.headers, self.end_stream = stream_id, headers, end_stream
 
 
@@ -89,7 +90,7 @@ def build_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> 
             stream_id.to_bytes(4, "big") + payload)
 
 
-def request_fields_valid(fields: HeaderList) -> bool:
+def request_fields_valid(fields: "HeaderList") -> bool:
     """RFC 9113 §8.2-8.3: pseudo-fields first, once each, the three a request needs; names in
     lower case; no connection-specific fields; `te` only as "trailers"."""
     pseudo = set()

@@ -8,7 +8,6 @@ healthy, the model listed and one successful inference.
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .gpufaults import parse_device_list
 from .values import (
     ConfigError,
     parse_bool,
@@ -66,6 +65,8 @@ def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]
 
 def parse_gpu_option(text: str) -> str:
     """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
+    from .gpufaults import parse_device_list  # only with --gpu: the GPU code is RSS (issue 18)
+
     parse_device_list(text)
     return text.strip()
 

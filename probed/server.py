@@ -12,16 +12,18 @@ import asyncio
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .connection import (IDLE, LINGERING, OPENED, OTHER_PATH_LABEL, PRESSURE_TIMEOUT, READING,
                          WRITING, Connection, ServerStats, expired, pick_eviction)
 from .fdlimit import fit_connection_cap
 from .h2frames import H2_PREFACE
-from .h2server import H2Server
 from .httpproto import (DateCache, HTTPError, PreparedResponse, RequestParser,
                         build_error_response, is_head_request)
 from .listeners import bind_listener, pause_accepting
+
+if TYPE_CHECKING:  # the name only: the HTTP/2 server is built when a gRPC client first connects
+    from .h2server import H2Server
 
 
 ACCEPTS_PER_WAKEUP = 64  # bounded so one busy listener cannot starve the pollers
@@ -51,9 +53,13 @@ class ProbeServer:
     def __init__(self, respond: Callable[..., Any], read_timeout: float = 10.0,
                  write_timeout: float = 10.0, idle_timeout: float = 120.0,
                  max_connections: int = 1024, max_body: int = 0,
-                 stats: Optional[ServerStats] = None, h2: Optional[H2Server] = None) -> None:
+                 stats: Optional[ServerStats] = None,
+                 make_h2: Optional[Callable[[], "H2Server"]] = None) -> None:
         self.respond = respond
-        self.h2 = h2  # takes connections that start with the HTTP/2 preface (gRPC probes)
+        # Takes connections that start with the HTTP/2 preface (gRPC probes). Built at the first
+        # one: the HTTP/2 stack is about 0.4 MB that most pods, probed over HTTP/1.1, never use.
+        self.make_h2 = make_h2
+        self.h2: Optional["H2Server"] = None
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
@@ -149,7 +155,7 @@ class ProbeServer:
         """The one place that looks at what a connection sends first and decides how to serve
         it (a protocol detector, such as HTTP/2's preface, belongs here). The connection has
         no Connection object at this point; the general path makes one when needed."""
-        if data[:1] == b"P" and self.h2 is not None and H2_PREFACE.startswith(
+        if data[:1] == b"P" and self.make_h2 is not None and H2_PREFACE.startswith(
                 data[:len(H2_PREFACE)]):
             self._hand_over_h2(sock, data)
         elif data.startswith(TLS_HANDSHAKE):
@@ -175,7 +181,10 @@ class ProbeServer:
             return
         self.stats.open -= 1  # the HTTP/2 server counts it from here
         sock.setblocking(False)  # the HTTP/2 server reads and writes on readiness
-        self.h2.adopt(sock, data)  # type: ignore[union-attr]
+        if self.h2 is None:
+            assert self.make_h2 is not None  # _first_bytes hands over only when it is set
+            self.h2 = self.make_h2()
+        self.h2.adopt(sock, data)
 
     def _answer_at_once(self, sock: socket.SocketType, data: bytes) -> bool:
         """The kubelet's case start to finish, without a Connection: one whole request that

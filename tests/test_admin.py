@@ -336,6 +336,19 @@ def test_cli_exits_2_when_a_manual_check_has_no_admin_listener(capsys: pytest.Ca
     assert "--admin-addr is off" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--check", "heartbeat"], "without path= reads beats POSTed"),
+    (["--admin-token-file", "/x", "--check", "tcp addr=127.0.0.1:9"],
+     "no effect without --admin-addr"),
+])
+def test_the_daemon_still_refuses_what_needs_the_admin_listener(
+        argv: List[str], needle: str, capsys: pytest.CaptureFixture) -> None:
+    """The daemon imports admin.py only when a flag or a check kind may need it (idle RSS):
+    every configuration build_admin refuses must still reach it."""
+    assert cli_main(["--addr", "127.0.0.1:0"] + argv) == 2
+    assert needle in capsys.readouterr().err
+
+
 def test_cli_takes_the_admin_flags() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "probed", "--admin-addr", ":9090", "--admin-token-file", "/t",

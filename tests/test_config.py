@@ -167,3 +167,29 @@ def test_checks_that_can_never_pass_are_config_errors():
         with pytest.raises(ConfigError) as info:
             build_checks([split_check_text(text, "--check #1")], ["--check #1"])
         assert needle in str(info.value)
+
+
+def test_the_kinds_table_names_every_check_class_by_its_kind():
+    """checks/__init__.py names each kind's module and class as text (the module is imported
+    when a check of that kind is built): every row must lead to a Check of that kind, and
+    every Check kind defined under probed/checks/ must have its row."""
+    import importlib
+    import pkgutil
+
+    import probed.checks
+    from probed.checks import CHECK_KINDS, CHECK_MODULES
+    from probed.checks.base import Check
+
+    defined = {}
+    for info in pkgutil.iter_modules(probed.checks.__path__):
+        module = importlib.import_module("probed.checks." + info.name)
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, Check) and value.kind
+                    and value.__module__ == module.__name__):
+                defined[value.kind] = (info.name, value.__name__)
+    assert defined == CHECK_MODULES
+    for kind in CHECK_MODULES:
+        assert CHECK_KINDS[kind].kind == kind
+    assert sorted(CHECK_KINDS) == sorted(CHECK_MODULES) and len(CHECK_KINDS) == len(defined)
+    with pytest.raises(KeyError):
+        CHECK_KINDS["no-such-kind"]

@@ -44,6 +44,21 @@ PROBE_TIMEOUT = 5.0  # seconds for one probe, like a kubelet probe's timeoutSeco
 LAZY_ONLY_MODULES = ("_ssl",)
 # Never loaded by a run that uses no GPU: ctypes is for NVML only (the gpu check, --gpu).
 GPU_ONLY_MODULES = ("ctypes", "_ctypes")
+# Check kinds a --vllm run does not use (gpu, exec, ray, relay, tcp) and the code only they
+# import: a kind's module loads when a check of that kind is built (issue 18, idle RSS). --help
+# loads them all: it lists every kind's keys.
+UNUSED_KIND_MODULES = ("probed.checks.gpu", "probed.gpureader", "probed.nvml", "probed.gpufaults",
+                       "probed.checks.exec", "probed.checks.ray", "probed.checks.relay",
+                       "probed.checks.tcp")
+# Without --admin-addr, --beat-to and the kinds that need the admin listener (manual, heartbeat).
+ADMIN_ONLY_MODULES = ("probed.admin", "probed.drain", "probed.pushbeat", "probed.checks.manual",
+                      "probed.checks.heartbeat")
+# Built when first needed, never by a daemon that has not seen one (issue 18, idle RSS): the
+# HTTP/2 and gRPC stack at the first connection sending the HTTP/2 preface, and the subcommands'
+# modules when that subcommand runs.
+GRPC_ONLY_MODULES = ("probed.hpack", "probed.h2proto", "probed.h2output", "probed.grpchealth",
+                     "probed.h2server")
+SUBCOMMAND_ONLY_MODULES = ("probed.checkcmd", "probed.probebench", "probed.beat")
 
 
 def _version_of(executable: str) -> Optional[str]:
@@ -456,7 +471,7 @@ def closed_port() -> Iterator[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", PYTHONS)
-def test_a_plain_vllm_run_loads_neither_ssl_nor_ctypes(
+def test_a_plain_vllm_run_loads_no_ssl_ctypes_grpc_or_subcommand(
         version: str, single_file: Path, elsewhere: Path, closed_port: int) -> None:
     """The footprint guard that is not a timing: what a --vllm run (the bench's run) loads."""
     python = python_or_skip(version)
@@ -472,4 +487,5 @@ def test_a_plain_vllm_run_loads_neither_ssl_nor_ctypes(
     rows = importtime_tree(daemon.output)
     names = {name for _, name in rows}
     assert {"asyncio", "probed.client", "probed.checks.metric"} <= names, daemon.output[-2000:]
-    assert_not_loaded(rows, LAZY_ONLY_MODULES + GPU_ONLY_MODULES)
+    assert_not_loaded(rows, LAZY_ONLY_MODULES + GPU_ONLY_MODULES + GRPC_ONLY_MODULES
+                      + SUBCOMMAND_ONLY_MODULES + UNUSED_KIND_MODULES + ADMIN_ONLY_MODULES)

@@ -1,18 +1,18 @@
 """The one contract every check kind follows (kube-apiserver healthz style).
 
-A check kind is a `Check` subclass listed in `checks.CHECK_KINDS` under its kind name. It declares its keys as
-`Param`s, gathers one `Observation` per poll in `observe()` (the only place with I/O), and turns
-an observation into a verdict in `judge()` (pure, so per-request overrides such as
-`/readyz?queue.max=5` can re-judge the cached observation without touching a backend).
+A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
+kind name (`checks.CHECK_KINDS[kind]` imports it). It declares its keys as `Param`s, gathers one
+`Observation` per poll in `observe()` (the only place with I/O), and turns an observation into a
+verdict in `judge()` (pure, so per-request overrides such as `/readyz?queue.max=5` can re-judge
+the cached observation without touching a backend).
 The engine owns timing, deadlines, hysteresis and staleness; a check never sleeps or retries.
 """
 
-from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Set, Tuple,
-                    Union)
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional,
+                    Set, Tuple, Union)
 
 from ..beatregistry import HeartbeatRegistry
 from ..blocking import BLOCKING_SCANS, BlockingRunner, Resolver
-from ..gpureader import GPUReaders
 from ..scrape import ProgressBoard, ScrapeHub
 from ..values import (
     ConfigError,
@@ -21,6 +21,9 @@ from ..values import (
     parse_positive_count,
     parse_probes,
 )
+
+if TYPE_CHECKING:  # the name only: CheckResources.gpus imports it for the first gpu check
+    from ..gpureader import GPUReaders
 
 
 Incarnation = Optional[Union[float, str]]  # see Observation.incarnation
@@ -144,22 +147,31 @@ class CheckResources:
     its own, unshared. `resolver` (DNS) and `scans` (heartbeat file scans) run blocking calls
     on threads of their own, each kind capped, so a hung resolver cannot delay a scan."""
 
-    __slots__ = ("scrapes", "progress", "beats", "gpus", "resolver", "scans", "children")
+    __slots__ = ("scrapes", "progress", "beats", "_gpus", "resolver", "scans", "children")
 
     def __init__(self, scrapes: Optional[ScrapeHub] = None,
                  progress: Optional[ProgressBoard] = None,
                  beats: Optional[HeartbeatRegistry] = None,
-                 gpus: Optional[GPUReaders] = None,
+                 gpus: Optional["GPUReaders"] = None,
                  resolver: Optional[Resolver] = None,
                  scans: Optional[BlockingRunner] = None) -> None:
         self.scrapes = scrapes if scrapes is not None else ScrapeHub()
         self.progress = progress if progress is not None else ProgressBoard()
         self.beats = beats if beats is not None else HeartbeatRegistry()
-        self.gpus = gpus if gpus is not None else GPUReaders()  # NVML readers, made on use
+        self._gpus = gpus  # NVML readers: made by the first gpu check (see `gpus`)
         self.resolver = resolver if resolver is not None else Resolver()
         self.scans = scans if scans is not None else BlockingRunner("scan", BLOCKING_SCANS)
         self.children: Set[int] = set()  # PIDs of exec checks' running commands (the reaper
         # leaves those to asyncio, which waits for their status)
+
+    @property
+    def gpus(self) -> "GPUReaders":
+        """The NVML readers the gpu checks share, made when the first one asks."""
+        if self._gpus is None:
+            from ..gpureader import GPUReaders  # here: NVML's reader is RSS only gpu checks need
+
+            self._gpus = GPUReaders()
+        return self._gpus
 
 
 class Check:
