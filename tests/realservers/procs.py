@@ -11,10 +11,12 @@ import os
 import signal
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 METER_STEP = 0.05  # the meter's sleep; a wake-up later than this is a stall of this process
+STALL_KEPT = 0.3  # stalls longer than this are kept with their times (they may explain a probe
+# that got no reply: the control process itself was not running)
 
 
 def _stat_fields(pid: int) -> Optional[List[str]]:
@@ -116,6 +118,7 @@ class LatenessMeter:
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.stalls: List[Tuple[float, float]] = []  # (from, to) of each stall over STALL_KEPT
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -123,9 +126,12 @@ class LatenessMeter:
         while not self._stop.is_set():
             before = time.monotonic()
             time.sleep(METER_STEP)
-            late = time.monotonic() - before - METER_STEP
+            after = time.monotonic()
+            late = after - before - METER_STEP
             if late > self.worst:
                 self.worst = late
+            if late > STALL_KEPT:
+                self.stalls.append((before + METER_STEP, after))
 
     def reset(self) -> None:
         """Start a new window."""

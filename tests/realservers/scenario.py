@@ -81,9 +81,11 @@ def assert_detected(timeline: Timeline, group: str, ok: bool, since: float, nomi
 def never(timeline: Timeline, group: str, since: float, until: float, what: str,
           frozen: bool = False) -> None:
     """`group` answered 200 the whole window (every probe, not only the first and last).
-    `frozen`: the test stopped probed itself in the window, so probes without a reply are
-    expected; only a 503 counts."""
-    bad = [a for a in timeline.failures(group, since, until) if a.ok is False or not frozen]
+    A probe without a reply counts too, unless a stall outside probed's control covers it
+    (Timeline.stall_covering: the machine froze, not probed's verdict); `frozen`: the test
+    stopped probed itself in the window, so only a 503 counts."""
+    bad = [a for a in timeline.failures(group, since, until)
+           if a.ok is False or not (frozen or timeline.stall_covering(a))]
     assert not bad, "%s: %s failed %d times in the window, first: %s\n%s" % (
         what, group, len(bad), bad[0], timeline.lines(since))
 

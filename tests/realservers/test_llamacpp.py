@@ -72,7 +72,7 @@ def test_loading_then_started(start_daemon: Any, big: LlamaServer) -> None:
     three pass, and no restart is seen right after the first start (issue 16.10)."""
     big.stop()
     probed = probed_for(start_daemon, big)
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         tl.wait("started", False, t0, 10)
         big.start()
@@ -104,7 +104,7 @@ def test_idle_reports_its_process_identity(start_daemon: Any, tiny: LlamaServer)
     """Idle: all pass; the incarnation is the Process-Start-Time-Unix header (issue 16.3):
     monotonic microseconds, shown as an opaque identity, never as a date."""
     probed = probed_for(start_daemon, tiny)
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         wait_ready(tl, t0)
         _, headers, _ = request(tiny.url + "/metrics")
@@ -128,7 +128,7 @@ def test_one_long_generation_is_progress_not_a_stall(start_daemon: Any, big: Lla
     seconds = 20.0
     n_predict = int(seconds / per_token_seconds(big))
     probed = probed_for(start_daemon, big, "--stall-after", "4s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         with Load(lambda: big.complete(n_predict=n_predict, timeout=300)) as load:
             t0 = time.monotonic()
@@ -154,7 +154,7 @@ def test_saturated_fails_ready_only(start_daemon: Any, tiny: LlamaServer) -> Non
     """--parallel 1 and a burst: deferred requests fail ready (--max-waiting 0), never live."""
     n_predict = int(1.5 / per_token_seconds(tiny))
     probed = probed_for(start_daemon, tiny, "--max-waiting", "0", "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         with Load(lambda: tiny.complete(n_predict=min(n_predict, 3500), timeout=300),
                   count=8) as load:
@@ -174,7 +174,7 @@ def test_hung_server_fails_live_after_fail_after(start_daemon: Any, tiny: LlamaS
     """SIGSTOP: connections are accepted and never answered; /health times out 3 times (the
     preset's fail-after) before live fails; SIGCONT heals it."""
     probed = probed_for(start_daemon, tiny, "--interval", "2s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         t0 = time.monotonic()
         send(tiny.pid, signal.SIGSTOP)
@@ -198,7 +198,7 @@ def test_killed_then_restarted_slow(start_daemon: Any, tiny: LlamaServer) -> Non
     """SIGKILL: the port refuses; that is a restart, not death (the kubelet restarts the
     container): started unlatches, live passes while it loads; then the new process starts."""
     probed = probed_for(start_daemon, tiny, "--interval", "2s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         t0 = time.monotonic()
         tiny.kill(signal.SIGKILL)
@@ -227,7 +227,7 @@ def handover(llama_servers: Callable[..., LlamaServer], tiny_gguf: str,
     old = llama_servers(tiny_gguf, extra=["--reuse-port"])
     old.start().wait_ready()
     probed = probed_for(start_daemon_module, old, "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         before = group_json(probed.port, "ready")["incarnation"]
         new = llama_servers(tiny_gguf, port=old.port, extra=["--reuse-port"])
@@ -268,7 +268,7 @@ def fast_restart(big: LlamaServer, start_daemon_module: Any) -> Dict[str, Any]:
     Loading model for seconds."""
     big.ensure_ready()
     probed = probed_for(start_daemon_module, big, "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         t0 = time.monotonic()
         closed = big.crash_and_restart(0.2)
@@ -306,7 +306,7 @@ def test_drain_waits_for_the_running_generation(start_daemon: Any, big: LlamaSer
     big.ensure_ready()
     n_predict = int(8.0 / per_token_seconds(big))
     probed = probed_for(start_daemon, big)
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         with Load(lambda: big.complete(n_predict=n_predict, timeout=300)) as load:
             deadline = time.monotonic() + 10
@@ -338,7 +338,7 @@ def test_probed_frozen_is_no_evidence_against_the_server(start_daemon: Any,
     Staleness may fail ready; live needs evidence. (Today: stale, then the first timeout
     confirms the stale failure, and live fails.)"""
     probed = probed_for(start_daemon, tiny, "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         send(probed.pid, signal.SIGSTOP)
         try:

@@ -39,7 +39,7 @@ def test_api_key_covers_metrics(start_daemon: Any, llama_servers: Callable[..., 
     key_file.write_text(KEY + "\n")
     probed = probed_for(start_daemon, server, "--api-key-file", str(key_file),
                         "--max-waiting", "4", "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         wait_ready(tl, t0)
         time.sleep(2)
@@ -48,7 +48,7 @@ def test_api_key_covers_metrics(start_daemon: Any, llama_servers: Callable[..., 
     never(tl, "ready", tl.first("ready", True, t0).at, t_end, "with the key")
     record_row("llama.cpp", "--api-key, probed has --api-key-file", tl, t0, t_end, "-")
     probed = probed_for(start_daemon, server, "--max-waiting", "4", "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         time.sleep(4)
         t_end = time.monotonic()
@@ -68,7 +68,7 @@ def test_without_metrics_the_reason_says_so(start_daemon: Any,
     server = llama_servers(tiny_gguf, metrics=False)
     server.start().wait_ready()
     probed = probed_for(start_daemon, server, "--max-waiting", "4", "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         tl.wait("started", True, t0, 30)
         time.sleep(3)
@@ -93,7 +93,7 @@ def test_idle_sleep_stays_ready_and_asleep(start_daemon: Any,
     def sleeping() -> bool:
         return json.loads(request(server.url + "/props")[2])["is_sleeping"] is True
 
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         wait_ready(tl, time.monotonic())
         deadline = time.monotonic() + 30
         while not sleeping():

@@ -66,7 +66,7 @@ def ready_probed(start_daemon: Any, server: VLLMServer, key_file: str, *args: st
     """A probed that has seen the (running) server ready."""
     server.ensure_ready()
     probed = probed_for(start_daemon, server, key_file, *args)
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         for group in ("started", "ready"):
             tl.wait(group, True, t0, 60)
@@ -97,7 +97,7 @@ def test_loading_then_started(start_daemon: Any, vllm: VLLMServer, key_file: str
     restart is seen after the first start (issue 16.10)."""
     vllm.stop()
     probed = probed_for(start_daemon, vllm, key_file)
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         vllm.start()
         vllm.wait_ready()
@@ -128,7 +128,7 @@ def test_idle(start_daemon: Any, vllm: VLLMServer, key_file: str) -> None:
     assert check_row(probed.port, "ready", "vllm-awake")["reason"] == \
         "awake (vllm:engine_sleep_state)"
     assert check_row(probed.port, "live", "vllm-progress")["reason"] == "idle"
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         time.sleep(2)
         t_end = time.monotonic()
@@ -145,7 +145,7 @@ def test_without_the_key_the_reason_says_so(start_daemon: Any, vllm: VLLMServer)
     vllm.ensure_ready()
     probed = start_probed(start_daemon, ["--vllm", vllm.url])
     hint = "HTTP 401 (the server wants an API key: --api-key-file)"
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         # the first polls are spread over half a second: from the first answer that says so,
         # every one does
         t0 = tl.wait_reason("started", hint, time.monotonic(), 10).at
@@ -164,7 +164,7 @@ def test_saturated_fails_ready_only(start_daemon: Any, vllm: VLLMServer, key_fil
     On this small machine the busy API server answers probed's polls late, so the first failure
     may be a timed-out poll; the queue must show within the bound all the same."""
     probed = ready_probed(start_daemon, vllm, key_file, "--max-waiting", "1", "--interval", "2s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         with Load(lambda: long_completion(vllm), count=4) as load:
             t0 = time.monotonic()
             first = tl.wait("ready", False, t0, 120)
@@ -187,7 +187,7 @@ def test_sleeping_fails_ready(start_daemon: Any, vllm: VLLMServer, key_file: str
     the drain cannot count what a sleeping engine holds, so it says unknown."""
     probed = ready_probed(start_daemon, vllm, key_file, "--interval", "2s")
     drainer = ready_probed(start_daemon, vllm, key_file)  # a drain lasts until a restart
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         status, _, body = request(vllm.url + "/sleep?level=1", method="POST", timeout=60)
         assert status == 200, body
@@ -213,7 +213,7 @@ def test_paused_fails_ready_and_the_drain_waits(start_daemon: Any, vllm: VLLMSer
     probed = ready_probed(start_daemon, vllm, key_file, "--interval", "2s",
                           "--vllm-dev-mode", "true")
     drainer = ready_probed(start_daemon, vllm, key_file, "--vllm-dev-mode", "true")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         t0 = time.monotonic()
         status, _, body = request(vllm.url + "/pause?mode=keep", method="POST", timeout=60)
         assert status == 200, body
@@ -242,7 +242,7 @@ def test_drain_waits_for_running_requests(start_daemon: Any, vllm: VLLMServer,
     """/wait-for-drain while requests run: ready fails at once, the reply comes when the last
     request finished, never before."""
     probed = ready_probed(start_daemon, vllm, key_file)
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         with Load(lambda: long_completion(vllm), count=2) as load:
             wait_running(vllm)
             t0 = time.monotonic()
@@ -271,7 +271,7 @@ def hung(start_daemon_module: Any, vllm: VLLMServer, key_file: str) -> Dict[str,
     (running 1, tokens flat). probed runs with --stall-after 6s; SIGCONT after live failed."""
     vllm.ensure_ready()
     probed = probed_for(start_daemon_module, vllm, key_file, "--stall-after", "6s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         for group in ("started", "ready"):
             tl.wait(group, True, time.monotonic(), 60)
         with Load(lambda: long_completion(vllm)) as load:
@@ -335,7 +335,7 @@ def test_a_timed_out_scrape_is_no_evidence(start_daemon: Any, vllm: VLLMServer) 
         vllm.url,
         "--check", "progress name=progress url=%s interval=1s timeout=3s stall-after=60s" %
         metrics])
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         tl.wait("live", True, time.monotonic(), 30)
         time.sleep(2)
         t0 = time.monotonic()
@@ -367,7 +367,7 @@ def died(start_daemon_module: Any, vllm: VLLMServer, key_file: str) -> Dict[str,
     refuses; then the server is started again (a slow restart: the port refuses while it loads)."""
     vllm.ensure_ready()
     probed = probed_for(start_daemon_module, vllm, key_file, "--interval", "1s")
-    with Timeline(probed.port) as tl:
+    with Timeline(probed.port, probed.pid) as tl:
         for group in ("started", "ready"):
             tl.wait(group, True, time.monotonic(), 60)
         old_pid = vllm.pid

@@ -4,7 +4,11 @@ keeps every answer with its monotonic time. Scenario tests then ask questions of
 when did ready first fail after the fault, did live ever fail in this window, what was the reason.
 
 A LatenessMeter (procs.py) runs beside it, so detection bounds can allow for the times this
-process itself got no CPU (the probes of a frozen process are answered late, not wrong).
+process itself got no CPU (the probes of a frozen process are answered late, not wrong). On this
+2-core VM other processes were seen frozen for seconds while vLLM generates, so every round also
+reads the evidence of a stall outside this process: probed's own wait for a CPU
+(/proc/PID/schedstat) and the kernel's machine-wide "full" I/O and memory stall time
+(/proc/pressure). A probe without a reply is excused only when such evidence covers it.
 """
 
 import http.client
@@ -18,6 +22,29 @@ from .procs import LatenessMeter
 GROUP_PATHS = {"live": "/livez", "ready": "/readyz", "started": "/startupz"}
 TIMELINE_STEP = 0.2
 PROBE_TIMEOUT = 2.0  # a reply slower than this is recorded as an error: replies never wait
+STALL_EVIDENCE = 1.0  # seconds of stall (probed runnable without a CPU, or the machine stalled
+# on I/O or memory) within a probe's window that explain its missing reply: half its timeout
+PRESSURE_FILES = ("/proc/pressure/io", "/proc/pressure/memory")
+
+
+def stall_seconds(pid: Optional[int]) -> float:
+    """Seconds probed has waited for a CPU, plus the machine's "full" I/O and memory stall
+    time, all cumulative (a growth between two readings is a stall in between)."""
+    total = 0.0
+    paths = ["/proc/%d/schedstat" % pid] if pid else []
+    for path in paths + list(PRESSURE_FILES):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        if path.endswith("schedstat"):
+            total += int(text.split()[1]) / 1e9  # run delay, ns
+        else:
+            for line in text.splitlines():
+                if line.startswith("full "):
+                    total += int(line.rsplit("total=", 1)[1]) / 1e6  # microseconds
+    return total
 
 
 class Answer(NamedTuple):
@@ -25,6 +52,7 @@ class Answer(NamedTuple):
     group: str
     ok: Optional[bool]  # None: no reply (connection error, timeout)
     reason: str
+    stalled_before: Optional[float] = None  # stall_seconds() just before the request was sent
 
 
 def probe_group(port: int, group: str, timeout: float = PROBE_TIMEOUT) -> Answer:
@@ -62,9 +90,10 @@ def check_row(port: int, group: str, name: str) -> Dict[str, Any]:
 class Timeline:
     """Polls probed's three groups in a thread until stopped; a context manager."""
 
-    def __init__(self, port: int, step: float = TIMELINE_STEP) -> None:
-        self.port, self.step = port, step
+    def __init__(self, port: int, pid: Optional[int] = None, step: float = TIMELINE_STEP) -> None:
+        self.port, self.pid, self.step = port, pid, step
         self.answers: List[Answer] = []
+        self.stall_readings: List[Tuple[float, float]] = []  # (time, stall_seconds(pid))
         self.meter = LatenessMeter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -72,8 +101,26 @@ class Timeline:
 
     @property
     def worst_lateness(self) -> float:
-        """The longest this process got no CPU while the timeline ran (seconds)."""
-        return self.meter.worst
+        """The longest stall while the timeline ran (seconds): this process getting no CPU, or
+        the evidence of a stall outside it between two readings (see stall_seconds)."""
+        with self._lock:
+            readings = list(self.stall_readings)
+        outside = [b[1] - a[1] for a, b in zip(readings, readings[1:])]
+        return max([self.meter.worst] + outside)
+
+    def stall_covering(self, answer: Answer) -> Optional[str]:
+        """Why `answer` (a probe without a reply) is no evidence against probed, or None: this
+        process stalled within its window, or probed or the machine stalled (STALL_EVIDENCE)."""
+        start = answer.at - PROBE_TIMEOUT - 0.05  # the earliest its request was sent
+        for a, b in self.meter.stalls:
+            if a < answer.at and b > start and b - a >= STALL_EVIDENCE:
+                return "this process stalled %.1fs" % (b - a)
+        with self._lock:
+            after = [r for r in self.stall_readings if r[0] >= answer.at]
+        if answer.stalled_before is not None and after and (
+                after[0][1] - answer.stalled_before >= STALL_EVIDENCE):
+            return "probed or the machine stalled %.1fs" % (after[0][1] - answer.stalled_before)
+        return None
 
     def __enter__(self) -> "Timeline":
         self.meter.__enter__()
@@ -87,9 +134,12 @@ class Timeline:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            got = [probe_group(self.port, g) for g in GROUP_PATHS]
-            with self._lock:
-                self.answers.extend(got)
+            for group in GROUP_PATHS:  # a reading before each probe brackets every answer
+                reading = (time.monotonic(), stall_seconds(self.pid))
+                answer = probe_group(self.port, group)._replace(stalled_before=reading[1])
+                with self._lock:
+                    self.stall_readings.append(reading)
+                    self.answers.append(answer)
             time.sleep(self.step)
 
     def snapshot(self, group: str, since: float = 0.0, until: float = float("inf")
