@@ -22,8 +22,8 @@ def test_every_serve_flag_is_documented():
     assert not missing, "flags in --help but not in README.md: %s" % missing
 
 
-def test_every_documented_daemon_flag_exists():
-    section = README[README.index("## Daemon flags"):README.index("## Migrating")]
+def test_every_documented_flag_exists():
+    section = README[README.index("## Flags"):README.index("## Migrating")]
     rows = [line for line in section.splitlines() if line.startswith("| `--")]
     documented = set(re.findall(r"`(--[a-z][a-z-]+)", "\n".join(rows)))
     assert len(documented) > 10
@@ -31,7 +31,7 @@ def test_every_documented_daemon_flag_exists():
 
 
 def test_every_check_kind_is_in_the_reference():
-    section = README[README.index("## Checks"):README.index("## Daemon flags")]
+    section = README[README.index("## Checks"):README.index("## Flags")]
     missing = sorted(k for k in CHECK_KINDS if "| `%s` |" % k not in section)
     assert not missing, "check kinds without a README row: %s" % missing
 
