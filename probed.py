@@ -51,47 +51,47 @@
 #        probed/checks/gpu.py ...........................................   5771
 #        probed/checks/heartbeat.py .....................................   5882
 #        probed/checks/http.py ..........................................   6118
-#        probed/checks/inference.py .....................................   6290
-#        probed/checks/manual.py ........................................   6520
-#        probed/checks/metric.py ........................................   6583
-#        probed/checks/awake.py .........................................   6898
-#        probed/checks/inflight.py ......................................   7078
-#        probed/checks/process.py .......................................   7165
-#        probed/checks/relay.py .........................................   7243
-#        probed/checks/tcp.py ...........................................   7298
-#        probed/checks/ray.py ...........................................   7350
+#        probed/checks/inference.py .....................................   6297
+#        probed/checks/manual.py ........................................   6527
+#        probed/checks/metric.py ........................................   6590
+#        probed/checks/awake.py .........................................   6905
+#        probed/checks/inflight.py ......................................   7085
+#        probed/checks/process.py .......................................   7172
+#        probed/checks/relay.py .........................................   7250
+#        probed/checks/tcp.py ...........................................   7305
+#        probed/checks/ray.py ...........................................   7357
 #   6. pod
-#        probed/hygiene.py ..............................................   7688
-#        probed/checkstate.py ...........................................   7762
-#        probed/podevents.py ............................................   7911
-#        probed/pod.py ..................................................   8018
+#        probed/hygiene.py ..............................................   7695
+#        probed/checkstate.py ...........................................   7769
+#        probed/podevents.py ............................................   7918
+#        probed/pod.py ..................................................   8025
 #   7. scheduler
-#        probed/scheduler.py ............................................   8395
+#        probed/scheduler.py ............................................   8402
 #   8. server and router
-#        probed/render.py ...............................................   8596
-#        probed/router.py ...............................................   8681
-#        probed/connection.py ...........................................   8944
-#        probed/fdlimit.py ..............................................   9065
-#        probed/listeners.py ............................................   9118
-#        probed/h2server.py .............................................   9184
-#        probed/server.py ...............................................   9408
-#        probed/selfmetrics.py ..........................................   9876
-#        probed/drain.py ................................................  10101
+#        probed/render.py ...............................................   8603
+#        probed/router.py ...............................................   8688
+#        probed/connection.py ...........................................   8951
+#        probed/fdlimit.py ..............................................   9072
+#        probed/listeners.py ............................................   9125
+#        probed/h2server.py .............................................   9191
+#        probed/server.py ...............................................   9415
+#        probed/selfmetrics.py ..........................................   9883
+#        probed/drain.py ................................................  10108
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10252
-#        probed/presets.py ..............................................  10484
-#        probed/flags.py ................................................  10872
-#        probed/settings.py .............................................  11190
-#        probed/admin.py ................................................  11400
-#        probed/pushbeat.py .............................................  11713
-#        probed/reaper.py ...............................................  11804
-#        probed/daemon.py ...............................................  11878
+#        probed/checkspecs.py ...........................................  10259
+#        probed/presets.py ..............................................  10491
+#        probed/flags.py ................................................  10882
+#        probed/settings.py .............................................  11200
+#        probed/admin.py ................................................  11410
+#        probed/pushbeat.py .............................................  11723
+#        probed/reaper.py ...............................................  11814
+#        probed/daemon.py ...............................................  11888
 #   10. cli
-#        probed/checkcmd.py .............................................  12181
-#        probed/probebench.py ...........................................  12289
-#        probed/beat.py .................................................  12452
-#        probed/cli.py ..................................................  12566
-#   entry point .........................................................  12669
+#        probed/checkcmd.py .............................................  12191
+#        probed/probebench.py ...........................................  12299
+#        probed/beat.py .................................................  12462
+#        probed/cli.py ..................................................  12576
+#   entry point .........................................................  12679
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -6112,7 +6112,7 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-166 are lines 6118-6283 here (file line = module line + 6117)
+# probed/checks/http.py: its lines 1-173 are lines 6118-6290 here (file line = module line + 6117)
 # ------------------------------------------------------------------------------
 modules.add('probed/checks/http.py', 6118, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
@@ -6247,6 +6247,8 @@ class HTTPCheck(HTTPPollingCheck):
         "contains": Param(str, overridable=True, help="text the body must contain"),
         "hard": Param(parse_status_ranges, help="statuses that are the backend declaring itself "
                                                 "dead (vLLM: 503): fail at once, no fail-after"),
+        "loading": Param(str, help="text of a failing reply that says the server is loading "
+                                   "(llama.cpp: Loading model): after start, a new incarnation"),
     })
 
     def target(self) -> str:
@@ -6265,8 +6267,13 @@ class HTTPCheck(HTTPPollingCheck):
                                refused=exc.kind == "refused")
         detail = {"status": resp.status, "body": body_snippet(resp.body)}
         hard = bool(self.config.get("hard")) and status_in(resp.status, self.config["hard"])
+        # A server that restarts faster than a poll interval is never seen refusing: its "I am
+        # loading" reply is then the only sign that a new process answers (llama-server).
+        says_loading: str = self.config.get("loading") or ""
+        loading = bool(says_loading) and not status_in(resp.status, self.config["expect"]) and (
+            says_loading.encode("utf-8") in resp.body)
         return Observation(True, "HTTP %d" % resp.status, float(resp.status), hard=hard,
-                           detail=detail, raw=resp.body)
+                           detail=detail, raw=resp.body, loading=loading)
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if obs.value is None or obs.detail is None:
@@ -6284,9 +6291,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6290-6513 here (file line = module line + 6289)
+# probed/checks/inference.py: its lines 1-224 are lines 6297-6520 here (file line = module line + 6296)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6290, r'''
+modules.add('probed/checks/inference.py', 6297, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6514,9 +6521,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6520-6576 here (file line = module line + 6519)
+# probed/checks/manual.py: its lines 1-57 are lines 6527-6583 here (file line = module line + 6526)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6520, r'''
+modules.add('probed/checks/manual.py', 6527, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6577,9 +6584,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-309 are lines 6583-6891 here (file line = module line + 6582)
+# probed/checks/metric.py: its lines 1-309 are lines 6590-6898 here (file line = module line + 6589)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6583, r'''
+modules.add('probed/checks/metric.py', 6590, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6892,9 +6899,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6898-7071 here (file line = module line + 6897)
+# probed/checks/awake.py: its lines 1-174 are lines 6905-7078 here (file line = module line + 6904)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6898, r'''
+modules.add('probed/checks/awake.py', 6905, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -7072,9 +7079,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7078-7158 here (file line = module line + 7077)
+# probed/checks/inflight.py: its lines 1-81 are lines 7085-7165 here (file line = module line + 7084)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7078, r'''
+modules.add('probed/checks/inflight.py', 7085, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7159,9 +7166,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7165-7236 here (file line = module line + 7164)
+# probed/checks/process.py: its lines 1-72 are lines 7172-7243 here (file line = module line + 7171)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7165, r'''
+modules.add('probed/checks/process.py', 7172, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7237,9 +7244,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7243-7291 here (file line = module line + 7242)
+# probed/checks/relay.py: its lines 1-49 are lines 7250-7298 here (file line = module line + 7249)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7243, r'''
+modules.add('probed/checks/relay.py', 7250, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7292,9 +7299,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7298-7343 here (file line = module line + 7297)
+# probed/checks/tcp.py: its lines 1-46 are lines 7305-7350 here (file line = module line + 7304)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7298, r'''
+modules.add('probed/checks/tcp.py', 7305, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7344,9 +7351,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-327 are lines 7350-7676 here (file line = module line + 7349)
+# probed/checks/ray.py: its lines 1-327 are lines 7357-7683 here (file line = module line + 7356)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7350, r'''
+modules.add('probed/checks/ray.py', 7357, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7682,9 +7689,9 @@ class RayGCSCheck(TCPCheck):
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7688-7755 here (file line = module line + 7687)
+# probed/hygiene.py: its lines 1-68 are lines 7695-7762 here (file line = module line + 7694)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7688, r'''
+modules.add('probed/hygiene.py', 7695, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7756,9 +7763,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7762-7904 here (file line = module line + 7761)
+# probed/checkstate.py: its lines 1-143 are lines 7769-7911 here (file line = module line + 7768)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7762, r'''
+modules.add('probed/checkstate.py', 7769, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7905,9 +7912,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7911-8011 here (file line = module line + 7910)
+# probed/podevents.py: its lines 1-101 are lines 7918-8018 here (file line = module line + 7917)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7911, r'''
+modules.add('probed/podevents.py', 7918, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8012,9 +8019,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 8018-8383 here (file line = module line + 8017)
+# probed/pod.py: its lines 1-366 are lines 8025-8390 here (file line = module line + 8024)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8018, r'''
+modules.add('probed/pod.py', 8025, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8389,9 +8396,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8395-8584 here (file line = module line + 8394)
+# probed/scheduler.py: its lines 1-190 are lines 8402-8591 here (file line = module line + 8401)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8395, r'''
+modules.add('probed/scheduler.py', 8402, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8590,9 +8597,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8596-8674 here (file line = module line + 8595)
+# probed/render.py: its lines 1-79 are lines 8603-8681 here (file line = module line + 8602)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8596, r'''
+modules.add('probed/render.py', 8603, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8675,9 +8682,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8681-8937 here (file line = module line + 8680)
+# probed/router.py: its lines 1-257 are lines 8688-8944 here (file line = module line + 8687)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8681, r'''
+modules.add('probed/router.py', 8688, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8938,9 +8945,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8944-9058 here (file line = module line + 8943)
+# probed/connection.py: its lines 1-115 are lines 8951-9065 here (file line = module line + 8950)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8944, r'''
+modules.add('probed/connection.py', 8951, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9059,9 +9066,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9065-9111 here (file line = module line + 9064)
+# probed/fdlimit.py: its lines 1-47 are lines 9072-9118 here (file line = module line + 9071)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9065, r'''
+modules.add('probed/fdlimit.py', 9072, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9112,9 +9119,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9118-9177 here (file line = module line + 9117)
+# probed/listeners.py: its lines 1-60 are lines 9125-9184 here (file line = module line + 9124)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9118, r'''
+modules.add('probed/listeners.py', 9125, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9178,9 +9185,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9184-9401 here (file line = module line + 9183)
+# probed/h2server.py: its lines 1-218 are lines 9191-9408 here (file line = module line + 9190)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9184, r'''
+modules.add('probed/h2server.py', 9191, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9402,9 +9409,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9408-9869 here (file line = module line + 9407)
+# probed/server.py: its lines 1-462 are lines 9415-9876 here (file line = module line + 9414)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9408, r'''
+modules.add('probed/server.py', 9415, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9870,9 +9877,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9876-10094 here (file line = module line + 9875)
+# probed/selfmetrics.py: its lines 1-219 are lines 9883-10101 here (file line = module line + 9882)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9876, r'''
+modules.add('probed/selfmetrics.py', 9883, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10095,9 +10102,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-140 are lines 10101-10240 here (file line = module line + 10100)
+# probed/drain.py: its lines 1-140 are lines 10108-10247 here (file line = module line + 10107)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10101, r'''
+modules.add('probed/drain.py', 10108, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10246,9 +10253,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10252-10477 here (file line = module line + 10251)
+# probed/checkspecs.py: its lines 1-226 are lines 10259-10484 here (file line = module line + 10258)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10252, r'''
+modules.add('probed/checkspecs.py', 10259, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10478,9 +10485,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-382 are lines 10484-10865 here (file line = module line + 10483)
+# probed/presets.py: its lines 1-385 are lines 10491-10875 here (file line = module line + 10490)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10484, r'''
+modules.add('probed/presets.py', 10491, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10609,7 +10616,7 @@ class BackendFlavour:
                  kv_cache: Names = (), hard_status: str = "", models: bool = True,
                  inference_api: str = "completions", sleep: bool = False,
                  process: bool = True, key_envs: Names = (),
-                 health_timeout: Optional[str] = None) -> None:
+                 health_timeout: Optional[str] = None, loading_text: str = "") -> None:
         self.name = name
         self.queue = queue
         self.running = running
@@ -10622,6 +10629,7 @@ class BackendFlavour:
         self.process = process  # tells its process apart (start time gauge or identity header)
         self.key_envs = key_envs  # where the server's API key is found when no file is given
         self.health_timeout = health_timeout
+        self.loading_text = loading_text  # in a failing /health: loading, a new incarnation
 
 
 OPENAI_KEY_ENVS = ("OPENAI_API_KEY",)
@@ -10659,7 +10667,8 @@ FLAVOURS = {
     "llamacpp": BackendFlavour("llamacpp", ("llamacpp:requests_deferred",),
                                ("llamacpp:requests_processing",),
                                ("llamacpp:n_decode_total", "llamacpp:tokens_predicted_total"),
-                               models=False, key_envs=("LLAMA_API_KEY",) + OPENAI_KEY_ENVS),
+                               models=False, key_envs=("LLAMA_API_KEY",) + OPENAI_KEY_ENVS,
+                               loading_text="Loading model"),
 }
 
 
@@ -10690,7 +10699,8 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
         kind="http", name=n + "-health", url=base + "/health",
         probes="live,ready,started", expect="200", **{"fail-after": "3"},
         **({"hard": flavour.hard_status} if flavour.hard_status else {}),
-        **({"timeout": flavour.health_timeout} if flavour.health_timeout else {}))]
+        **({"timeout": flavour.health_timeout} if flavour.health_timeout else {}),
+        **({"loading": flavour.loading_text} if flavour.loading_text else {}))]
     if flavour.models:
         checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
                            **({"model": opts["model"]} if opts.get("model") else {}), **scrape))
@@ -10866,9 +10876,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-312 are lines 10872-11183 here (file line = module line + 10871)
+# probed/flags.py: its lines 1-312 are lines 10882-11193 here (file line = module line + 10881)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10872, r'''
+modules.add('probed/flags.py', 10882, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11184,9 +11194,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11190-11393 here (file line = module line + 11189)
+# probed/settings.py: its lines 1-204 are lines 11200-11403 here (file line = module line + 11199)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11190, r'''
+modules.add('probed/settings.py', 11200, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11394,9 +11404,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11400-11706 here (file line = module line + 11399)
+# probed/admin.py: its lines 1-307 are lines 11410-11716 here (file line = module line + 11409)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11400, r'''
+modules.add('probed/admin.py', 11410, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11707,9 +11717,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11713-11797 here (file line = module line + 11712)
+# probed/pushbeat.py: its lines 1-85 are lines 11723-11807 here (file line = module line + 11722)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11713, r'''
+modules.add('probed/pushbeat.py', 11723, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11798,9 +11808,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11804-11871 here (file line = module line + 11803)
+# probed/reaper.py: its lines 1-68 are lines 11814-11881 here (file line = module line + 11813)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11804, r'''
+modules.add('probed/reaper.py', 11814, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11872,9 +11882,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11878-12169 here (file line = module line + 11877)
+# probed/daemon.py: its lines 1-292 are lines 11888-12179 here (file line = module line + 11887)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11878, r'''
+modules.add('probed/daemon.py', 11888, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12175,9 +12185,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12181-12282 here (file line = module line + 12180)
+# probed/checkcmd.py: its lines 1-102 are lines 12191-12292 here (file line = module line + 12190)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12181, r'''
+modules.add('probed/checkcmd.py', 12191, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12283,9 +12293,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12289-12445 here (file line = module line + 12288)
+# probed/probebench.py: its lines 1-157 are lines 12299-12455 here (file line = module line + 12298)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12289, r'''
+modules.add('probed/probebench.py', 12299, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12446,9 +12456,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12452-12559 here (file line = module line + 12451)
+# probed/beat.py: its lines 1-108 are lines 12462-12569 here (file line = module line + 12461)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12452, r'''
+modules.add('probed/beat.py', 12462, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12560,9 +12570,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12566-12666 here (file line = module line + 12565)
+# probed/cli.py: its lines 1-101 are lines 12576-12676 here (file line = module line + 12575)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12566, r'''
+modules.add('probed/cli.py', 12576, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -126,7 +126,7 @@ class BackendFlavour:
                  kv_cache: Names = (), hard_status: str = "", models: bool = True,
                  inference_api: str = "completions", sleep: bool = False,
                  process: bool = True, key_envs: Names = (),
-                 health_timeout: Optional[str] = None) -> None:
+                 health_timeout: Optional[str] = None, loading_text: str = "") -> None:
         self.name = name
         self.queue = queue
         self.running = running
@@ -139,6 +139,7 @@ class BackendFlavour:
         self.process = process  # tells its process apart (start time gauge or identity header)
         self.key_envs = key_envs  # where the server's API key is found when no file is given
         self.health_timeout = health_timeout
+        self.loading_text = loading_text  # in a failing /health: loading, a new incarnation
 
 
 OPENAI_KEY_ENVS = ("OPENAI_API_KEY",)
@@ -176,7 +177,8 @@ FLAVOURS = {
     "llamacpp": BackendFlavour("llamacpp", ("llamacpp:requests_deferred",),
                                ("llamacpp:requests_processing",),
                                ("llamacpp:n_decode_total", "llamacpp:tokens_predicted_total"),
-                               models=False, key_envs=("LLAMA_API_KEY",) + OPENAI_KEY_ENVS),
+                               models=False, key_envs=("LLAMA_API_KEY",) + OPENAI_KEY_ENVS,
+                               loading_text="Loading model"),
 }
 
 
@@ -207,7 +209,8 @@ def backend_checks(flavour: BackendFlavour, base: str, opts: Mapping[str, Any]) 
         kind="http", name=n + "-health", url=base + "/health",
         probes="live,ready,started", expect="200", **{"fail-after": "3"},
         **({"hard": flavour.hard_status} if flavour.hard_status else {}),
-        **({"timeout": flavour.health_timeout} if flavour.health_timeout else {}))]
+        **({"timeout": flavour.health_timeout} if flavour.health_timeout else {}),
+        **({"loading": flavour.loading_text} if flavour.loading_text else {}))]
     if flavour.models:
         checks.append(dict(kind="models", name=n + "-model", url=base, probes="ready,started",
                            **({"model": opts["model"]} if opts.get("model") else {}), **scrape))

@@ -130,6 +130,8 @@ class HTTPCheck(HTTPPollingCheck):
         "contains": Param(str, overridable=True, help="text the body must contain"),
         "hard": Param(parse_status_ranges, help="statuses that are the backend declaring itself "
                                                 "dead (vLLM: 503): fail at once, no fail-after"),
+        "loading": Param(str, help="text of a failing reply that says the server is loading "
+                                   "(llama.cpp: Loading model): after start, a new incarnation"),
     })
 
     def target(self) -> str:
@@ -148,8 +150,13 @@ class HTTPCheck(HTTPPollingCheck):
                                refused=exc.kind == "refused")
         detail = {"status": resp.status, "body": body_snippet(resp.body)}
         hard = bool(self.config.get("hard")) and status_in(resp.status, self.config["hard"])
+        # A server that restarts faster than a poll interval is never seen refusing: its "I am
+        # loading" reply is then the only sign that a new process answers (llama-server).
+        says_loading: str = self.config.get("loading") or ""
+        loading = bool(says_loading) and not status_in(resp.status, self.config["expect"]) and (
+            says_loading.encode("utf-8") in resp.body)
         return Observation(True, "HTTP %d" % resp.status, float(resp.status), hard=hard,
-                           detail=detail, raw=resp.body)
+                           detail=detail, raw=resp.body, loading=loading)
 
     def judge(self, obs: Observation, config: Mapping[str, Any], was_ok: bool) -> Tuple[bool, str]:
         if obs.value is None or obs.detail is None:

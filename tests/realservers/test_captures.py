@@ -90,6 +90,27 @@ def test_llamacpp_process_identity_is_the_header() -> None:
     assert pod.incarnation == second.incarnation
 
 
+def test_llamacpp_loading_reply_after_serving_is_a_new_incarnation() -> None:
+    """Issue 16.2: a llama-server restarted faster than a poll is never seen refusing; its 503
+    `Loading model` is the sign. Seen in CI: live 503 for the 3 polls of fail-after until the
+    process check saw the new identity. The health check says `loading`, the pod restarts."""
+    with Replay({"/health": captured(LLAMA_OLD + "health-ok.json")}) as server:
+        health = preset("llamacpp", server.url)["llamacpp-health"]
+        served = observe(health)
+        server.routes["/health"] = captured(LLAMA_OLD + "health-loading-503.json", 503)
+        loading = observe(health)
+        server.routes["/health"] = (503, [], b'{"error":{"message":"Service Unavailable"}}')
+        other = observe(health)
+    assert (served.loading, loading.loading, other.loading) == (False, True, False)
+    pod = Pod([health], 0.0, 0.0)
+    pod.observe(health.name, served, 0.0, 1.0, 1.0, 1.0)
+    assert pod.started
+    events = pod.observe(health.name, loading, 0.0, 2.0, 2.0, 2.0)
+    assert [e.why for e in events if isinstance(e, Restarted)] == [
+        "llamacpp-health says the server is loading after it had served"]
+    assert not pod.started and pod.verdict("live", 2.0).ok and pod.phase == "starting"
+
+
 def test_llamacpp_api_key_goes_to_every_check_but_health(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 16.4: llama-server --api-key leaves only /health open, so the metric checks send
