@@ -31,67 +31,67 @@
 #        probed/h2proto.py ..............................................   2231
 #        probed/grpchealth.py ...........................................   2715
 #   3. values
-#        probed/groups.py ...............................................   3015
-#        probed/values.py ...............................................   3025
-#        probed/files.py ................................................   3219
+#        probed/groups.py ...............................................   3030
+#        probed/values.py ...............................................   3040
+#        probed/files.py ................................................   3234
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3288
-#        probed/clientchan.py ...........................................   3382
-#        probed/client.py ...............................................   3562
-#        probed/scrape.py ...............................................   3918
-#        probed/beatregistry.py .........................................   4162
-#        probed/eventlog.py .............................................   4236
-#        probed/nvml.py .................................................   4363
-#        probed/gpufaults.py ............................................   4622
-#        probed/gpureader.py ............................................   4921
+#        probed/blocking.py .............................................   3303
+#        probed/clientchan.py ...........................................   3397
+#        probed/client.py ...............................................   3577
+#        probed/scrape.py ...............................................   3933
+#        probed/beatregistry.py .........................................   4177
+#        probed/eventlog.py .............................................   4251
+#        probed/nvml.py .................................................   4378
+#        probed/gpufaults.py ............................................   4637
+#        probed/gpureader.py ............................................   4936
 #   5. checks
-#        probed/checks/base.py ..........................................   5341
-#        probed/checks/__init__.py ......................................   5577
-#        probed/checks/exec.py ..........................................   5635
-#        probed/checks/gpu.py ...........................................   5771
-#        probed/checks/heartbeat.py .....................................   5882
-#        probed/checks/http.py ..........................................   6118
-#        probed/checks/inference.py .....................................   6297
-#        probed/checks/manual.py ........................................   6527
-#        probed/checks/metric.py ........................................   6590
-#        probed/checks/awake.py .........................................   6905
-#        probed/checks/inflight.py ......................................   7085
-#        probed/checks/process.py .......................................   7172
-#        probed/checks/relay.py .........................................   7250
-#        probed/checks/tcp.py ...........................................   7305
-#        probed/checks/ray.py ...........................................   7357
+#        probed/checks/base.py ..........................................   5356
+#        probed/checks/__init__.py ......................................   5592
+#        probed/checks/exec.py ..........................................   5650
+#        probed/checks/gpu.py ...........................................   5786
+#        probed/checks/heartbeat.py .....................................   5897
+#        probed/checks/http.py ..........................................   6133
+#        probed/checks/inference.py .....................................   6312
+#        probed/checks/manual.py ........................................   6542
+#        probed/checks/metric.py ........................................   6605
+#        probed/checks/awake.py .........................................   6920
+#        probed/checks/inflight.py ......................................   7100
+#        probed/checks/process.py .......................................   7187
+#        probed/checks/relay.py .........................................   7265
+#        probed/checks/tcp.py ...........................................   7320
+#        probed/checks/ray.py ...........................................   7372
 #   6. pod
-#        probed/hygiene.py ..............................................   7695
-#        probed/checkstate.py ...........................................   7769
-#        probed/podevents.py ............................................   7918
-#        probed/pod.py ..................................................   8025
+#        probed/hygiene.py ..............................................   7710
+#        probed/checkstate.py ...........................................   7784
+#        probed/podevents.py ............................................   7933
+#        probed/pod.py ..................................................   8040
 #   7. scheduler
-#        probed/scheduler.py ............................................   8402
+#        probed/scheduler.py ............................................   8417
 #   8. server and router
-#        probed/render.py ...............................................   8603
-#        probed/router.py ...............................................   8688
-#        probed/connection.py ...........................................   8951
-#        probed/fdlimit.py ..............................................   9072
-#        probed/listeners.py ............................................   9125
-#        probed/h2server.py .............................................   9191
-#        probed/server.py ...............................................   9415
-#        probed/selfmetrics.py ..........................................   9883
-#        probed/drain.py ................................................  10108
+#        probed/render.py ...............................................   8618
+#        probed/router.py ...............................................   8703
+#        probed/connection.py ...........................................   8966
+#        probed/fdlimit.py ..............................................   9093
+#        probed/listeners.py ............................................   9146
+#        probed/h2server.py .............................................   9212
+#        probed/server.py ...............................................   9436
+#        probed/selfmetrics.py ..........................................   9904
+#        probed/drain.py ................................................  10134
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10259
-#        probed/presets.py ..............................................  10491
-#        probed/flags.py ................................................  10882
-#        probed/settings.py .............................................  11200
-#        probed/admin.py ................................................  11410
-#        probed/pushbeat.py .............................................  11723
-#        probed/reaper.py ...............................................  11814
-#        probed/daemon.py ...............................................  11888
+#        probed/checkspecs.py ...........................................  10285
+#        probed/presets.py ..............................................  10517
+#        probed/flags.py ................................................  10908
+#        probed/settings.py .............................................  11226
+#        probed/admin.py ................................................  11436
+#        probed/pushbeat.py .............................................  11749
+#        probed/reaper.py ...............................................  11840
+#        probed/daemon.py ...............................................  11914
 #   10. cli
-#        probed/checkcmd.py .............................................  12191
-#        probed/probebench.py ...........................................  12299
-#        probed/beat.py .................................................  12462
-#        probed/cli.py ..................................................  12576
-#   entry point .........................................................  12679
+#        probed/checkcmd.py .............................................  12217
+#        probed/probebench.py ...........................................  12325
+#        probed/beat.py .................................................  12488
+#        probed/cli.py ..................................................  12602
+#   entry point .........................................................  12705
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -2709,7 +2709,7 @@ class H2Connection:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-289 are lines 2715-3003 here (file line = module line + 2714)
+# probed/grpchealth.py: its lines 1-304 are lines 2715-3018 here (file line = module line + 2714)
 # ------------------------------------------------------------------------------
 modules.add('probed/grpchealth.py', 2715, r'''
 """The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
@@ -2734,6 +2734,12 @@ GRPC_SHOWN_PATH = 200  # bytes of an unknown method's path quoted back in grpc-m
 GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED, \
     GRPC_INTERNAL = 0, 3, 5, 8, 12, 13
 SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3  # HealthCheckResponse.ServingStatus
+# Labels of probed_grpc_requests_total: a call's first answer, a bounded set whatever clients send.
+STATUS_NAMES = {SERVING: "SERVING", NOT_SERVING: "NOT_SERVING",
+                SERVICE_UNKNOWN: "SERVICE_UNKNOWN"}
+CODE_NAMES = {GRPC_INVALID_ARGUMENT: "INVALID_ARGUMENT", GRPC_NOT_FOUND: "NOT_FOUND",
+              GRPC_RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED", GRPC_UNIMPLEMENTED: "UNIMPLEMENTED",
+              GRPC_INTERNAL: "INTERNAL"}
 HEALTH_PREFIX = b"/grpc.health.v1.Health/"
 HEALTH_METHODS = {HEALTH_PREFIX + b"Check": False, HEALTH_PREFIX + b"Watch": True}  # streams?
 # Service names -> the group whose verdict they report; any other name is a check's own verdict.
@@ -2742,6 +2748,7 @@ SERVICE_GROUPS = {"": "ready", "liveness": "live", "livez": "live", "readiness":
                   "readyz": "ready", "startup": "started", "startupz": "started"}
 
 Lookup = Callable[[str], Optional[bool]]
+CountCall = Callable[[str, str], None]  # (method, answer): one call answered
 REPLY_HEADERS = encode_headers(((b":status", b"200"), (b"content-type", b"application/grpc")))
 OK_TRAILERS = encode_headers(((b"grpc-status", b"0"),))
 
@@ -2834,9 +2841,11 @@ class HealthWatcher:
 class GrpcHealthService:
     """Statuses from `lookup`, and the Watch streams that follow them (at most `limit`)."""
 
-    def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT) -> None:
+    def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT,
+                 count: CountCall = lambda method, answer: None) -> None:
         self.lookup = lookup
         self.limit = limit
+        self.count = count  # the probe port's counters (ServerStats.count_grpc)
         self.watchers: Dict[HealthWatcher, None] = {}  # in the order they came
 
     def status(self, service: str) -> int:
@@ -2908,6 +2917,9 @@ class HealthCalls:
             else:  # StreamReset
                 self._drop(sid)
         except GrpcError as err:
+            call = self.calls.get(sid)
+            self.service.count("other" if call is None else "Watch" if call.watch else "Check",
+                               CODE_NAMES.get(err.code, "INTERNAL"))
             self._drop(sid)
             self.conn.send_headers(sid, trailers_only(err.code, err.message, err.http_status),
                                    True)
@@ -2973,6 +2985,7 @@ class HealthCalls:
             status = self.service.status(call.request)
             if status == SERVICE_UNKNOWN:
                 raise GrpcError(GRPC_NOT_FOUND, "unknown service")
+            self.service.count("Check", STATUS_NAMES[status])
             del self.calls[sid]
             conn = self.conn
             conn.send_headers(sid, REPLY_HEADERS)
@@ -2984,6 +2997,8 @@ class HealthCalls:
                             self.service.limit)
         self.conn.send_headers(sid, REPLY_HEADERS)
         call.watcher = self.service.watch(call.request, lambda status: self._push(sid, status))
+        if call.watcher is not None:
+            self.service.count("Watch", STATUS_NAMES[call.watcher.sent])
         if self.calls.get(sid) is not call and call.watcher is not None:
             self.service.unwatch(call.watcher)  # the first update found the stream gone
 
@@ -3009,9 +3024,9 @@ class HealthCalls:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 3015-3018 here (file line = module line + 3014)
+# probed/groups.py: its lines 1-4 are lines 3030-3033 here (file line = module line + 3029)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 3015, r'''
+modules.add('probed/groups.py', 3030, r'''
 """The three probe groups, the kubelet probe each answers, and the path it is served on."""
 
 GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
@@ -3019,9 +3034,9 @@ GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 3025-3212 here (file line = module line + 3024)
+# probed/values.py: its lines 1-188 are lines 3040-3227 here (file line = module line + 3039)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 3025, r'''
+modules.add('probed/values.py', 3040, r'''
 """Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 
 Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3213,9 +3228,9 @@ def parse_host_port(text: str, default_host: str = "") -> Tuple[str, int]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3219-3276 here (file line = module line + 3218)
+# probed/files.py: its lines 1-58 are lines 3234-3291 here (file line = module line + 3233)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3219, r'''
+modules.add('probed/files.py', 3234, r'''
 """Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 a device.
 
@@ -3282,9 +3297,9 @@ def read_small_text(path: str, max_bytes: int, what: str = "file") -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-88 are lines 3288-3375 here (file line = module line + 3287)
+# probed/blocking.py: its lines 1-88 are lines 3303-3390 here (file line = module line + 3302)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3288, r'''
+modules.add('probed/blocking.py', 3303, r'''
 """Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 file scans, each kind with its own small cap.
 
@@ -3376,9 +3391,9 @@ class Resolver:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3382-3555 here (file line = module line + 3381)
+# probed/clientchan.py: its lines 1-174 are lines 3397-3570 here (file line = module line + 3396)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3382, r'''
+modules.add('probed/clientchan.py', 3397, r'''
 """One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 buffer, and reads paced so that a fast peer never holds the event loop.
 
@@ -3556,9 +3571,9 @@ class ClientChannel:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-350 are lines 3562-3911 here (file line = module line + 3561)
+# probed/client.py: its lines 1-350 are lines 3577-3926 here (file line = module line + 3576)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3562, r'''
+modules.add('probed/client.py', 3577, r'''
 """Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 
 One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3912,9 +3927,9 @@ async def fetch(url: str, *, method: str = "GET", headers: Optional[Mapping[str,
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3918-4155 here (file line = module line + 3917)
+# probed/scrape.py: its lines 1-238 are lines 3933-4170 here (file line = module line + 3932)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3918, r'''
+modules.add('probed/scrape.py', 3933, r'''
 """One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 
 A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4156,9 +4171,9 @@ def selected(reading: MetricsReading, selectors: Sequence[Selector]) -> List[Sel
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4162-4229 here (file line = module line + 4161)
+# probed/beatregistry.py: its lines 1-68 are lines 4177-4244 here (file line = module line + 4176)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4162, r'''
+modules.add('probed/beatregistry.py', 4177, r'''
 """Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 
 One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4230,9 +4245,9 @@ class HeartbeatRegistry:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4236-4356 here (file line = module line + 4235)
+# probed/eventlog.py: its lines 1-121 are lines 4251-4371 here (file line = module line + 4250)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4236, r'''
+modules.add('probed/eventlog.py', 4251, r'''
 """One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 
 Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4357,9 +4372,9 @@ class EventLog:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4363-4615 here (file line = module line + 4362)
+# probed/nvml.py: its lines 1-253 are lines 4378-4630 here (file line = module line + 4377)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4363, r'''
+modules.add('probed/nvml.py', 4378, r'''
 """NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 
 ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4616,9 +4631,9 @@ class NVMLLibrary:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4622-4914 here (file line = module line + 4621)
+# probed/gpufaults.py: its lines 1-293 are lines 4637-4929 here (file line = module line + 4636)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4622, r'''
+modules.add('probed/gpufaults.py', 4637, r'''
 """GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4915,9 +4930,9 @@ def device_json(d: DeviceFacts) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4921-5329 here (file line = module line + 4920)
+# probed/gpureader.py: its lines 1-409 are lines 4936-5344 here (file line = module line + 4935)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4921, r'''
+modules.add('probed/gpureader.py', 4936, r'''
 """The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 gpu checks of one daemon (through `CheckResources.gpus`).
 
@@ -5335,9 +5350,9 @@ class GPUReaders:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-230 are lines 5341-5570 here (file line = module line + 5340)
+# probed/checks/base.py: its lines 1-230 are lines 5356-5585 here (file line = module line + 5355)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5341, r'''
+modules.add('probed/checks/base.py', 5356, r'''
 """The one contract every check kind follows (kube-apiserver healthz style).
 
 A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
@@ -5571,9 +5586,9 @@ class Check:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-52 are lines 5577-5628 here (file line = module line + 5576)
+# probed/checks/__init__.py: its lines 1-52 are lines 5592-5643 here (file line = module line + 5591)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 5577, r'''
+modules.add('probed/checks/__init__.py', 5592, r'''
 """Check kinds, and the table that names them for `--check KIND ...` and config files."""
 
 from typing import Dict, Iterator, Mapping, Tuple, Type
@@ -5629,9 +5644,9 @@ CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5635-5764 here (file line = module line + 5634)
+# probed/checks/exec.py: its lines 1-130 are lines 5650-5779 here (file line = module line + 5649)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5635, r'''
+modules.add('probed/checks/exec.py', 5650, r'''
 """Check kind `exec`: runs a command; exit 0 within the timeout passes.
 
 For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5765,9 +5780,9 @@ class ExecCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5771-5875 here (file line = module line + 5770)
+# probed/checks/gpu.py: its lines 1-105 are lines 5786-5890 here (file line = module line + 5785)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5771, r'''
+modules.add('probed/checks/gpu.py', 5786, r'''
 """Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 
 A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5876,9 +5891,9 @@ class GPUCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-230 are lines 5882-6111 here (file line = module line + 5881)
+# probed/checks/heartbeat.py: its lines 1-230 are lines 5897-6126 here (file line = module line + 5896)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5882, r'''
+modules.add('probed/checks/heartbeat.py', 5897, r'''
 """Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 
 Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6112,9 +6127,9 @@ class HeartbeatCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-173 are lines 6118-6290 here (file line = module line + 6117)
+# probed/checks/http.py: its lines 1-173 are lines 6133-6305 here (file line = module line + 6132)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6118, r'''
+modules.add('probed/checks/http.py', 6133, r'''
 """Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6291,9 +6306,9 @@ class HTTPCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6297-6520 here (file line = module line + 6296)
+# probed/checks/inference.py: its lines 1-224 are lines 6312-6535 here (file line = module line + 6311)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6297, r'''
+modules.add('probed/checks/inference.py', 6312, r'''
 """Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 
@@ -6521,9 +6536,9 @@ class InferenceCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6527-6583 here (file line = module line + 6526)
+# probed/checks/manual.py: its lines 1-57 are lines 6542-6598 here (file line = module line + 6541)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6527, r'''
+modules.add('probed/checks/manual.py', 6542, r'''
 """Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 
 `POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6584,9 +6599,9 @@ class ManualCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-309 are lines 6590-6898 here (file line = module line + 6589)
+# probed/checks/metric.py: its lines 1-309 are lines 6605-6913 here (file line = module line + 6604)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6590, r'''
+modules.add('probed/checks/metric.py', 6605, r'''
 """Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 
 Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6899,9 +6914,9 @@ class ProgressCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6905-7078 here (file line = module line + 6904)
+# probed/checks/awake.py: its lines 1-174 are lines 6920-7093 here (file line = module line + 6919)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6905, r'''
+modules.add('probed/checks/awake.py', 6920, r'''
 """Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 /health says 200.
 
@@ -7079,9 +7094,9 @@ class AwakeCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7085-7165 here (file line = module line + 7084)
+# probed/checks/inflight.py: its lines 1-81 are lines 7100-7180 here (file line = module line + 7099)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7085, r'''
+modules.add('probed/checks/inflight.py', 7100, r'''
 """Check kind `inflight`: how many requests the backend still has (running + waiting).
 
 It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7166,9 +7181,9 @@ class InflightCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7172-7243 here (file line = module line + 7171)
+# probed/checks/process.py: its lines 1-72 are lines 7187-7258 here (file line = module line + 7186)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7172, r'''
+modules.add('probed/checks/process.py', 7187, r'''
 """Check kind `process`: which incarnation of the backend process is answering.
 
 It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7244,9 +7259,9 @@ class ProcessCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7250-7298 here (file line = module line + 7249)
+# probed/checks/relay.py: its lines 1-49 are lines 7265-7313 here (file line = module line + 7264)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7250, r'''
+modules.add('probed/checks/relay.py', 7265, r'''
 """Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 
@@ -7299,9 +7314,9 @@ class RelayCheck(HTTPPollingCheck):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7305-7350 here (file line = module line + 7304)
+# probed/checks/tcp.py: its lines 1-46 are lines 7320-7365 here (file line = module line + 7319)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7305, r'''
+modules.add('probed/checks/tcp.py', 7320, r'''
 """Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 
 import asyncio
@@ -7351,9 +7366,9 @@ class TCPCheck(Check):
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-327 are lines 7357-7683 here (file line = module line + 7356)
+# probed/checks/ray.py: its lines 1-327 are lines 7372-7698 here (file line = module line + 7371)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7357, r'''
+modules.add('probed/checks/ray.py', 7372, r'''
 """Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 
 `ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7689,9 +7704,9 @@ class RayGCSCheck(TCPCheck):
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7695-7762 here (file line = module line + 7694)
+# probed/hygiene.py: its lines 1-68 are lines 7710-7777 here (file line = module line + 7709)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7695, r'''
+modules.add('probed/hygiene.py', 7710, r'''
 """What an observation may carry into a reply or a log line: no secrets, no control characters,
 bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7763,9 +7778,9 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7769-7911 here (file line = module line + 7768)
+# probed/checkstate.py: its lines 1-143 are lines 7784-7926 here (file line = module line + 7783)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7769, r'''
+modules.add('probed/checkstate.py', 7784, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 
 A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7912,9 +7927,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7918-8018 here (file line = module line + 7917)
+# probed/podevents.py: its lines 1-101 are lines 7933-8033 here (file line = module line + 7932)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7918, r'''
+modules.add('probed/podevents.py', 7933, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8019,9 +8034,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 8025-8390 here (file line = module line + 8024)
+# probed/pod.py: its lines 1-366 are lines 8040-8405 here (file line = module line + 8039)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8025, r'''
+modules.add('probed/pod.py', 8040, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8396,9 +8411,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8402-8591 here (file line = module line + 8401)
+# probed/scheduler.py: its lines 1-190 are lines 8417-8606 here (file line = module line + 8416)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8402, r'''
+modules.add('probed/scheduler.py', 8417, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8597,9 +8612,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8603-8681 here (file line = module line + 8602)
+# probed/render.py: its lines 1-79 are lines 8618-8696 here (file line = module line + 8617)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8603, r'''
+modules.add('probed/render.py', 8618, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8682,9 +8697,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8688-8944 here (file line = module line + 8687)
+# probed/router.py: its lines 1-257 are lines 8703-8959 here (file line = module line + 8702)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8688, r'''
+modules.add('probed/router.py', 8703, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8945,9 +8960,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-115 are lines 8951-9065 here (file line = module line + 8950)
+# probed/connection.py: its lines 1-121 are lines 8966-9086 here (file line = module line + 8965)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8951, r'''
+modules.add('probed/connection.py', 8966, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9029,7 +9044,7 @@ class ServerStats:
     (the router's own); any other path is OTHER_PATH_LABEL, so clients cannot add series."""
 
     __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "open", "requests",
-                 "counted_paths")
+                 "counted_paths", "grpc_calls")
 
     def __init__(self, counted_paths: Iterable[str] = ()) -> None:
         self.accepted = 0
@@ -9038,11 +9053,17 @@ class ServerStats:
         self.open = 0  # accepted and not closed yet, answered on the fast path or not
         self.requests: Dict[Tuple[str, int], int] = {}
         self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
+        self.grpc_calls: Dict[Tuple[str, str], int] = {}  # (method, first answer): calls
 
     def count(self, path: str, status: int) -> None:
         """One request answered with `status`."""
         key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def count_grpc(self, method: str, answer: str) -> None:
+        """One gRPC health call answered (Check, Watch or other; its status or error code)."""
+        key = (method, answer)
+        self.grpc_calls[key] = self.grpc_calls.get(key, 0) + 1
 
 
 def pick_eviction(oldest_first: Iterable[Connection]) -> Optional[Connection]:
@@ -9066,9 +9087,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9072-9118 here (file line = module line + 9071)
+# probed/fdlimit.py: its lines 1-47 are lines 9093-9139 here (file line = module line + 9092)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9072, r'''
+modules.add('probed/fdlimit.py', 9093, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9119,9 +9140,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9125-9184 here (file line = module line + 9124)
+# probed/listeners.py: its lines 1-60 are lines 9146-9205 here (file line = module line + 9145)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9125, r'''
+modules.add('probed/listeners.py', 9146, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9185,9 +9206,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9191-9408 here (file line = module line + 9190)
+# probed/h2server.py: its lines 1-218 are lines 9212-9429 here (file line = module line + 9211)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9191, r'''
+modules.add('probed/h2server.py', 9212, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9409,9 +9430,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9415-9876 here (file line = module line + 9414)
+# probed/server.py: its lines 1-462 are lines 9436-9897 here (file line = module line + 9435)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9415, r'''
+modules.add('probed/server.py', 9436, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9877,9 +9898,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-219 are lines 9883-10101 here (file line = module line + 9882)
+# probed/selfmetrics.py: its lines 1-224 are lines 9904-10127 here (file line = module line + 9903)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9883, r'''
+modules.add('probed/selfmetrics.py', 9904, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10029,6 +10050,11 @@ def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
                 "port, by path (unknown paths as \"other\") and status code.")
     for (path, code), count in sorted(stats.requests.items()):
         page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
+    page.family("probed_grpc_requests_total", "counter", "gRPC health calls answered on the "
+                "probe port, by method and first answer (a serving status or an error code).")
+    for (method, answer), count in sorted(stats.grpc_calls.items()):
+        page.sample("probed_grpc_requests_total", (("method", method), ("answer", answer)),
+                    count)
     for name, kind, text, value in (
             ("probed_open_connections", "gauge", "Client connections open on the probe port.",
              stats.open),
@@ -10102,9 +10128,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-140 are lines 10108-10247 here (file line = module line + 10107)
+# probed/drain.py: its lines 1-140 are lines 10134-10273 here (file line = module line + 10133)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10108, r'''
+modules.add('probed/drain.py', 10134, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10253,9 +10279,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10259-10484 here (file line = module line + 10258)
+# probed/checkspecs.py: its lines 1-226 are lines 10285-10510 here (file line = module line + 10284)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10259, r'''
+modules.add('probed/checkspecs.py', 10285, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10485,9 +10511,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-385 are lines 10491-10875 here (file line = module line + 10490)
+# probed/presets.py: its lines 1-385 are lines 10517-10901 here (file line = module line + 10516)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10491, r'''
+modules.add('probed/presets.py', 10517, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10876,9 +10902,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-312 are lines 10882-11193 here (file line = module line + 10881)
+# probed/flags.py: its lines 1-312 are lines 10908-11219 here (file line = module line + 10907)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10882, r'''
+modules.add('probed/flags.py', 10908, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11194,9 +11220,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11200-11403 here (file line = module line + 11199)
+# probed/settings.py: its lines 1-204 are lines 11226-11429 here (file line = module line + 11225)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11200, r'''
+modules.add('probed/settings.py', 11226, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11404,9 +11430,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11410-11716 here (file line = module line + 11409)
+# probed/admin.py: its lines 1-307 are lines 11436-11742 here (file line = module line + 11435)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11410, r'''
+modules.add('probed/admin.py', 11436, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11717,9 +11743,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11723-11807 here (file line = module line + 11722)
+# probed/pushbeat.py: its lines 1-85 are lines 11749-11833 here (file line = module line + 11748)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11723, r'''
+modules.add('probed/pushbeat.py', 11749, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11808,9 +11834,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11814-11881 here (file line = module line + 11813)
+# probed/reaper.py: its lines 1-68 are lines 11840-11907 here (file line = module line + 11839)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11814, r'''
+modules.add('probed/reaper.py', 11840, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11882,9 +11908,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11888-12179 here (file line = module line + 11887)
+# probed/daemon.py: its lines 1-292 are lines 11914-12205 here (file line = module line + 11913)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11888, r'''
+modules.add('probed/daemon.py', 11914, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12019,13 +12045,13 @@ class Daemon:
         self.pod = Pod(checks, time.monotonic(), time.time(), settings.startup_timeout,
                        settings.start_interval)
         routes = MULTINODE_PROBER_ROUTES if settings.multinode_prober else None
-        stats = ServerStats(router_paths(self.pod, routes))
-        self.selfmetrics = SelfMetrics(self.pod, stats)
+        self.stats = ServerStats(router_paths(self.pod, routes))
+        self.selfmetrics = SelfMetrics(self.pod, self.stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
         self.timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
         self.grpc: Optional["GrpcHealthService"] = None  # built with the HTTP/2 server
         self.server = ProbeServer(self.router.respond, *self.timeouts, settings.max_connections,
-                                  stats=stats, make_h2=self.build_h2)
+                                  stats=self.stats, make_h2=self.build_h2)
         cap = self.server.cap
         if cap.lowered:
             log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
@@ -12109,7 +12135,7 @@ class Daemon:
         from .grpchealth import GrpcHealthService
         from .h2server import H2Server
 
-        self.grpc = GrpcHealthService(self.grpc_verdict)
+        self.grpc = GrpcHealthService(self.grpc_verdict, count=self.stats.count_grpc)
         return H2Server(self.grpc, *self.timeouts)
 
     def grpc_verdict(self, service: str) -> Optional[bool]:
@@ -12185,9 +12211,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12191-12292 here (file line = module line + 12190)
+# probed/checkcmd.py: its lines 1-102 are lines 12217-12318 here (file line = module line + 12216)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12191, r'''
+modules.add('probed/checkcmd.py', 12217, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12293,9 +12319,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12299-12455 here (file line = module line + 12298)
+# probed/probebench.py: its lines 1-157 are lines 12325-12481 here (file line = module line + 12324)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12299, r'''
+modules.add('probed/probebench.py', 12325, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12456,9 +12482,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12462-12569 here (file line = module line + 12461)
+# probed/beat.py: its lines 1-108 are lines 12488-12595 here (file line = module line + 12487)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12462, r'''
+modules.add('probed/beat.py', 12488, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12570,9 +12596,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12576-12676 here (file line = module line + 12575)
+# probed/cli.py: its lines 1-101 are lines 12602-12702 here (file line = module line + 12601)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12576, r'''
+modules.add('probed/cli.py', 12602, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -79,7 +79,7 @@ class ServerStats:
     (the router's own); any other path is OTHER_PATH_LABEL, so clients cannot add series."""
 
     __slots__ = ("accepted", "refused_at_cap", "evicted_at_cap", "open", "requests",
-                 "counted_paths")
+                 "counted_paths", "grpc_calls")
 
     def __init__(self, counted_paths: Iterable[str] = ()) -> None:
         self.accepted = 0
@@ -88,11 +88,17 @@ class ServerStats:
         self.open = 0  # accepted and not closed yet, answered on the fast path or not
         self.requests: Dict[Tuple[str, int], int] = {}
         self.counted_paths: FrozenSet[str] = frozenset(counted_paths)
+        self.grpc_calls: Dict[Tuple[str, str], int] = {}  # (method, first answer): calls
 
     def count(self, path: str, status: int) -> None:
         """One request answered with `status`."""
         key = (path if path in self.counted_paths else OTHER_PATH_LABEL, status)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def count_grpc(self, method: str, answer: str) -> None:
+        """One gRPC health call answered (Check, Watch or other; its status or error code)."""
+        key = (method, answer)
+        self.grpc_calls[key] = self.grpc_calls.get(key, 0) + 1
 
 
 def pick_eviction(oldest_first: Iterable[Connection]) -> Optional[Connection]:

@@ -132,13 +132,13 @@ class Daemon:
         self.pod = Pod(checks, time.monotonic(), time.time(), settings.startup_timeout,
                        settings.start_interval)
         routes = MULTINODE_PROBER_ROUTES if settings.multinode_prober else None
-        stats = ServerStats(router_paths(self.pod, routes))
-        self.selfmetrics = SelfMetrics(self.pod, stats)
+        self.stats = ServerStats(router_paths(self.pod, routes))
+        self.selfmetrics = SelfMetrics(self.pod, self.stats)
         self.router = Router(self.pod, metrics=self.selfmetrics.render, routes=routes)
         self.timeouts = (settings.read_timeout, settings.write_timeout, settings.idle_timeout)
         self.grpc: Optional["GrpcHealthService"] = None  # built with the HTTP/2 server
         self.server = ProbeServer(self.router.respond, *self.timeouts, settings.max_connections,
-                                  stats=stats, make_h2=self.build_h2)
+                                  stats=self.stats, make_h2=self.build_h2)
         cap = self.server.cap
         if cap.lowered:
             log.warn("connection cap lowered to fit the open-file limit", max_connections=cap.cap,
@@ -222,7 +222,7 @@ class Daemon:
         from .grpchealth import GrpcHealthService
         from .h2server import H2Server
 
-        self.grpc = GrpcHealthService(self.grpc_verdict)
+        self.grpc = GrpcHealthService(self.grpc_verdict, count=self.stats.count_grpc)
         return H2Server(self.grpc, *self.timeouts)
 
     def grpc_verdict(self, service: str) -> Optional[bool]:

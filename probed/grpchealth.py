@@ -20,6 +20,12 @@ GRPC_SHOWN_PATH = 200  # bytes of an unknown method's path quoted back in grpc-m
 GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED, \
     GRPC_INTERNAL = 0, 3, 5, 8, 12, 13
 SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3  # HealthCheckResponse.ServingStatus
+# Labels of probed_grpc_requests_total: a call's first answer, a bounded set whatever clients send.
+STATUS_NAMES = {SERVING: "SERVING", NOT_SERVING: "NOT_SERVING",
+                SERVICE_UNKNOWN: "SERVICE_UNKNOWN"}
+CODE_NAMES = {GRPC_INVALID_ARGUMENT: "INVALID_ARGUMENT", GRPC_NOT_FOUND: "NOT_FOUND",
+              GRPC_RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED", GRPC_UNIMPLEMENTED: "UNIMPLEMENTED",
+              GRPC_INTERNAL: "INTERNAL"}
 HEALTH_PREFIX = b"/grpc.health.v1.Health/"
 HEALTH_METHODS = {HEALTH_PREFIX + b"Check": False, HEALTH_PREFIX + b"Watch": True}  # streams?
 # Service names -> the group whose verdict they report; any other name is a check's own verdict.
@@ -28,6 +34,7 @@ SERVICE_GROUPS = {"": "ready", "liveness": "live", "livez": "live", "readiness":
                   "readyz": "ready", "startup": "started", "startupz": "started"}
 
 Lookup = Callable[[str], Optional[bool]]
+CountCall = Callable[[str, str], None]  # (method, answer): one call answered
 REPLY_HEADERS = encode_headers(((b":status", b"200"), (b"content-type", b"application/grpc")))
 OK_TRAILERS = encode_headers(((b"grpc-status", b"0"),))
 
@@ -120,9 +127,11 @@ class HealthWatcher:
 class GrpcHealthService:
     """Statuses from `lookup`, and the Watch streams that follow them (at most `limit`)."""
 
-    def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT) -> None:
+    def __init__(self, lookup: Lookup, limit: int = WATCHERS_LIMIT,
+                 count: CountCall = lambda method, answer: None) -> None:
         self.lookup = lookup
         self.limit = limit
+        self.count = count  # the probe port's counters (ServerStats.count_grpc)
         self.watchers: Dict[HealthWatcher, None] = {}  # in the order they came
 
     def status(self, service: str) -> int:
@@ -194,6 +203,9 @@ class HealthCalls:
             else:  # StreamReset
                 self._drop(sid)
         except GrpcError as err:
+            call = self.calls.get(sid)
+            self.service.count("other" if call is None else "Watch" if call.watch else "Check",
+                               CODE_NAMES.get(err.code, "INTERNAL"))
             self._drop(sid)
             self.conn.send_headers(sid, trailers_only(err.code, err.message, err.http_status),
                                    True)
@@ -259,6 +271,7 @@ class HealthCalls:
             status = self.service.status(call.request)
             if status == SERVICE_UNKNOWN:
                 raise GrpcError(GRPC_NOT_FOUND, "unknown service")
+            self.service.count("Check", STATUS_NAMES[status])
             del self.calls[sid]
             conn = self.conn
             conn.send_headers(sid, REPLY_HEADERS)
@@ -270,6 +283,8 @@ class HealthCalls:
                             self.service.limit)
         self.conn.send_headers(sid, REPLY_HEADERS)
         call.watcher = self.service.watch(call.request, lambda status: self._push(sid, status))
+        if call.watcher is not None:
+            self.service.count("Watch", STATUS_NAMES[call.watcher.sent])
         if self.calls.get(sid) is not call and call.watcher is not None:
             self.service.unwatch(call.watcher)  # the first update found the stream gone
 

@@ -147,6 +147,11 @@ def render_server_families(page: MetricsPage, stats: ServerStats) -> None:
                 "port, by path (unknown paths as \"other\") and status code.")
     for (path, code), count in sorted(stats.requests.items()):
         page.sample("probed_probe_requests_total", (("path", path), ("code", str(code))), count)
+    page.family("probed_grpc_requests_total", "counter", "gRPC health calls answered on the "
+                "probe port, by method and first answer (a serving status or an error code).")
+    for (method, answer), count in sorted(stats.grpc_calls.items()):
+        page.sample("probed_grpc_requests_total", (("method", method), ("answer", answer)),
+                    count)
     for name, kind, text, value in (
             ("probed_open_connections", "gauge", "Client connections open on the probe port.",
              stats.open),

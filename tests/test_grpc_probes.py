@@ -108,6 +108,15 @@ def test_check_answers_every_service_name_beside_http_and_tcp(start_daemon: Any,
     assert got == dict({n: NOT_SERVING for n in ("", "readiness", "readyz", "flag")},
                        liveness=SERVING, livez=SERVING, startup=SERVING, startupz=SERVING)
     assert http_status(daemon.port, "/livez") == 200
+    # every call is counted on /metrics, by method and first answer
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=1.0)
+    conn.request("GET", "/metrics")
+    page = conn.getresponse().read().decode()
+    conn.close()
+    for line in ('probed_grpc_requests_total{method="Check",answer="SERVING"} 12',
+                 'probed_grpc_requests_total{method="Check",answer="NOT_SERVING"} 4',
+                 'probed_grpc_requests_total{method="Check",answer="NOT_FOUND"} 1'):
+        assert line in page.splitlines(), page
 
 
 def test_watch_gets_each_change_as_it_happens(start_daemon: Any, flag: Path) -> None:

@@ -21,6 +21,7 @@ from probed.grpchealth import (
     percent_encode,
 )
 from probed.h2frames import DATA, END_HEADERS, END_STREAM, HEADERS, RST_STREAM, build_frame
+from probed.connection import ServerStats
 from probed.hpack import HPACKDecoder
 
 
@@ -113,7 +114,8 @@ class Call:
 
     def __init__(self, verdicts: Verdicts, limit: int = 100) -> None:
         self.client = Client()
-        self.service = GrpcHealthService(verdicts, limit)
+        self.stats = ServerStats()
+        self.service = GrpcHealthService(verdicts, limit, count=self.stats.count_grpc)
         self.pushes = 0
         self.calls = HealthCalls(self.service, self.client.conn, self.pushed)
         self.decoder = HPACKDecoder()
@@ -231,3 +233,18 @@ def test_a_connection_that_ends_drops_its_watchers() -> None:
     assert len(call.service.watchers) == 2
     call.send(build_frame(HEADERS, END_HEADERS, 2, b""))  # an even stream id: GOAWAY
     assert not call.service.watchers
+
+
+def test_calls_are_counted_by_method_and_first_answer() -> None:
+    call = Call(Verdicts(readiness=True, flag=False), limit=1)
+    call.start(1, body=request_message("readiness"))
+    call.start(3, body=request_message("flag"))
+    call.start(5, body=request_message("nope"))
+    call.start(7, b"/grpc.health.v1.Health/Watch", request_message("flag"))
+    call.start(9, b"/grpc.health.v1.Health/Watch", request_message("flag"))  # past the limit
+    call.start(11, b"/grpc.health.v1.Health/List", b"\0\0\0\0\0")
+    call.start(13, body=b"\1\0\0\0\2\x0a\0")  # compressed, no encoding
+    assert call.stats.grpc_calls == {
+        ("Check", "SERVING"): 1, ("Check", "NOT_SERVING"): 1, ("Check", "NOT_FOUND"): 1,
+        ("Watch", "NOT_SERVING"): 1, ("Watch", "RESOURCE_EXHAUSTED"): 1,
+        ("other", "UNIMPLEMENTED"): 1, ("Check", "INTERNAL"): 1}
