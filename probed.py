@@ -80,18 +80,18 @@
 #   9. daemon
 #        probed/checkspecs.py ...........................................  10285
 #        probed/presets.py ..............................................  10517
-#        probed/flags.py ................................................  10908
-#        probed/settings.py .............................................  11226
-#        probed/admin.py ................................................  11436
-#        probed/pushbeat.py .............................................  11749
-#        probed/reaper.py ...............................................  11840
-#        probed/daemon.py ...............................................  11914
+#        probed/flags.py ................................................  10926
+#        probed/settings.py .............................................  11244
+#        probed/admin.py ................................................  11457
+#        probed/pushbeat.py .............................................  11770
+#        probed/reaper.py ...............................................  11861
+#        probed/daemon.py ...............................................  11935
 #   10. cli
-#        probed/checkcmd.py .............................................  12217
-#        probed/probebench.py ...........................................  12325
-#        probed/beat.py .................................................  12488
-#        probed/cli.py ..................................................  12602
-#   entry point .........................................................  12705
+#        probed/checkcmd.py .............................................  12238
+#        probed/probebench.py ...........................................  12346
+#        probed/beat.py .................................................  12509
+#        probed/cli.py ..................................................  12623
+#   entry point .........................................................  12726
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -10511,7 +10511,7 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-385 are lines 10517-10901 here (file line = module line + 10516)
+# probed/presets.py: its lines 1-403 are lines 10517-10919 here (file line = module line + 10516)
 # ------------------------------------------------------------------------------
 modules.add('probed/presets.py', 10517, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
@@ -10579,6 +10579,24 @@ def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]
     return notes
 
 
+# Options and the server flags whose checks read them: given alone, an option would be ignored.
+OPTION_READERS = {
+    "max_waiting": ("vllm", "tgi", "sglang", "llamacpp"),
+    "max_kv_cache": ("vllm", "sglang"),  # TGI and llama.cpp export no KV-cache gauge
+    "stall_after": ("vllm", "sglang", "llamacpp"),  # TGI has no progress check
+}
+
+
+def unread_option(opts: Mapping[str, Any], given: Mapping[str, str]) -> Optional[str]:
+    """A config error for an option no given server flag reads, or None."""
+    for option, readers in OPTION_READERS.items():
+        if option in given and not any(opts.get(r) for r in readers):
+            return "--%s %s: no server flag given reads it (it is read with %s)" % (
+                option.replace("_", "-"), given[option],
+                ", ".join("--" + r for r in readers))
+    return None
+
+
 def parse_gpu_option(text: str) -> str:
     """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
     from .gpufaults import parse_device_list  # only with --gpu: the GPU code is RSS (issue 18)
@@ -10597,7 +10615,7 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: the vLLM base URL "
                                               "(or its /health URL)"),
     ("--model", str, None, "model id that must be served (default: any)"),
-    ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
+    ("--max-waiting", parse_count, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
     ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY, "
                                   "$LLAMA_API_KEY or $OPENAI_API_KEY)"),
@@ -10902,9 +10920,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-312 are lines 10908-11219 here (file line = module line + 10907)
+# probed/flags.py: its lines 1-312 are lines 10926-11237 here (file line = module line + 10925)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10908, r'''
+modules.add('probed/flags.py', 10926, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11220,9 +11238,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-204 are lines 11226-11429 here (file line = module line + 11225)
+# probed/settings.py: its lines 1-207 are lines 11244-11450 here (file line = module line + 11243)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11226, r'''
+modules.add('probed/settings.py', 11244, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11240,7 +11258,7 @@ from .checkspecs import describe_spec, json_check_to_raw, split_check_text
 from .files import read_small_text
 from .flags import (DAEMON_OPTIONS, PRESET_FLAGS, SERVE_OPTIONS, dest, env_name, parse_port,
                     show_default)
-from .presets import RawCheck, preset_checks, preset_notes
+from .presets import RawCheck, preset_checks, preset_notes, unread_option
 from .values import ConfigError, format_duration, redact_userinfo
 
 CONFIG_MAX_BYTES = 1 << 20  # a --config file; a bigger one is a wrong path (or /dev/zero)
@@ -11299,6 +11317,10 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
     elif values["vllm_endpoint"] and not addr_given:  # drop-in for the Go prober's manifests
         values["addr"] = ("", MULTINODE_PROBER_PORT)
     presets = {dest(f): values[dest(f)] for f in PRESET_FLAGS}
+    given = _given_presets(ns, env, file_data, config_path)
+    unread = unread_option(presets, given)
+    if unread:
+        raise ConfigError(unread)
     raws = _collect_checks(ns, env, file_data, config_path) + preset_checks(presets, env)
     if not raws and not getattr(ns, "allow_no_checks", False):
         raise ConfigError("no checks configured, so every probe would pass: give a preset "
@@ -11314,8 +11336,7 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
         daemon["beat_name"] = "rank-" + index if index.isdigit() else env.get("HOSTNAME") or \
             "worker"
     settings = Settings(multinode_prober=bool(values["vllm_endpoint"]),
-                        notes=tuple(preset_notes(presets, _given_presets(ns, env, file_data,
-                                                                        config_path))),
+                        notes=tuple(preset_notes(presets, given)),
                         **daemon)
     return settings, raws
 
@@ -11430,9 +11451,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11436-11742 here (file line = module line + 11435)
+# probed/admin.py: its lines 1-307 are lines 11457-11763 here (file line = module line + 11456)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11436, r'''
+modules.add('probed/admin.py', 11457, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11743,9 +11764,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11749-11833 here (file line = module line + 11748)
+# probed/pushbeat.py: its lines 1-85 are lines 11770-11854 here (file line = module line + 11769)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11749, r'''
+modules.add('probed/pushbeat.py', 11770, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11834,9 +11855,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11840-11907 here (file line = module line + 11839)
+# probed/reaper.py: its lines 1-68 are lines 11861-11928 here (file line = module line + 11860)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11840, r'''
+modules.add('probed/reaper.py', 11861, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11908,9 +11929,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11914-12205 here (file line = module line + 11913)
+# probed/daemon.py: its lines 1-292 are lines 11935-12226 here (file line = module line + 11934)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11914, r'''
+modules.add('probed/daemon.py', 11935, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12211,9 +12232,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12217-12318 here (file line = module line + 12216)
+# probed/checkcmd.py: its lines 1-102 are lines 12238-12339 here (file line = module line + 12237)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12217, r'''
+modules.add('probed/checkcmd.py', 12238, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12319,9 +12340,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12325-12481 here (file line = module line + 12324)
+# probed/probebench.py: its lines 1-157 are lines 12346-12502 here (file line = module line + 12345)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12325, r'''
+modules.add('probed/probebench.py', 12346, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12482,9 +12503,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12488-12595 here (file line = module line + 12487)
+# probed/beat.py: its lines 1-108 are lines 12509-12616 here (file line = module line + 12508)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12488, r'''
+modules.add('probed/beat.py', 12509, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12596,9 +12617,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12602-12702 here (file line = module line + 12601)
+# probed/cli.py: its lines 1-101 are lines 12623-12723 here (file line = module line + 12622)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12602, r'''
+modules.add('probed/cli.py', 12623, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -63,6 +63,24 @@ def preset_notes(opts: Mapping[str, Any], given: Mapping[str, str]) -> List[str]
     return notes
 
 
+# Options and the server flags whose checks read them: given alone, an option would be ignored.
+OPTION_READERS = {
+    "max_waiting": ("vllm", "tgi", "sglang", "llamacpp"),
+    "max_kv_cache": ("vllm", "sglang"),  # TGI and llama.cpp export no KV-cache gauge
+    "stall_after": ("vllm", "sglang", "llamacpp"),  # TGI has no progress check
+}
+
+
+def unread_option(opts: Mapping[str, Any], given: Mapping[str, str]) -> Optional[str]:
+    """A config error for an option no given server flag reads, or None."""
+    for option, readers in OPTION_READERS.items():
+        if option in given and not any(opts.get(r) for r in readers):
+            return "--%s %s: no server flag given reads it (it is read with %s)" % (
+                option.replace("_", "-"), given[option],
+                ", ".join("--" + r for r in readers))
+    return None
+
+
 def parse_gpu_option(text: str) -> str:
     """--gpu: auto, all, or GPUs, checked as the gpu check's `devices=` key checks them."""
     from .gpufaults import parse_device_list  # only with --gpu: the GPU code is RSS (issue 18)
@@ -81,7 +99,7 @@ PRESET_OPTIONS: List[Tuple[str, Callable[[str], Any], Any, str]] = [
     ("--vllm-endpoint", parse_http_url, None, "Multi Node Prober compatible: the vLLM base URL "
                                               "(or its /health URL)"),
     ("--model", str, None, "model id that must be served (default: any)"),
-    ("--max-waiting", parse_number, None, "ready fails above this many queued requests"),
+    ("--max-waiting", parse_count, None, "ready fails above this many queued requests"),
     ("--max-kv-cache", parse_fraction, None, "ready fails above this KV-cache use (0-1)"),
     ("--api-key-file", str, None, "file with the server's API key (default: $VLLM_API_KEY, "
                                   "$LLAMA_API_KEY or $OPENAI_API_KEY)"),

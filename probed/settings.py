@@ -15,7 +15,7 @@ from .checkspecs import describe_spec, json_check_to_raw, split_check_text
 from .files import read_small_text
 from .flags import (DAEMON_OPTIONS, PRESET_FLAGS, SERVE_OPTIONS, dest, env_name, parse_port,
                     show_default)
-from .presets import RawCheck, preset_checks, preset_notes
+from .presets import RawCheck, preset_checks, preset_notes, unread_option
 from .values import ConfigError, format_duration, redact_userinfo
 
 CONFIG_MAX_BYTES = 1 << 20  # a --config file; a bigger one is a wrong path (or /dev/zero)
@@ -74,6 +74,10 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
     elif values["vllm_endpoint"] and not addr_given:  # drop-in for the Go prober's manifests
         values["addr"] = ("", MULTINODE_PROBER_PORT)
     presets = {dest(f): values[dest(f)] for f in PRESET_FLAGS}
+    given = _given_presets(ns, env, file_data, config_path)
+    unread = unread_option(presets, given)
+    if unread:
+        raise ConfigError(unread)
     raws = _collect_checks(ns, env, file_data, config_path) + preset_checks(presets, env)
     if not raws and not getattr(ns, "allow_no_checks", False):
         raise ConfigError("no checks configured, so every probe would pass: give a preset "
@@ -89,8 +93,7 @@ def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
         daemon["beat_name"] = "rank-" + index if index.isdigit() else env.get("HOSTNAME") or \
             "worker"
     settings = Settings(multinode_prober=bool(values["vllm_endpoint"]),
-                        notes=tuple(preset_notes(presets, _given_presets(ns, env, file_data,
-                                                                        config_path))),
+                        notes=tuple(preset_notes(presets, given)),
                         **daemon)
     return settings, raws
 

@@ -43,6 +43,28 @@ def test_no_checks_is_refused_naming_what_to_give(capsys: pytest.CaptureFixture)
     assert json.loads(capsys.readouterr().out)["checks"] == []
 
 
+# --- preset options no given server reads -------------------------------------------------------
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--tgi", "http://h:1", "--max-kv-cache", "0.5"], "--max-kv-cache 0.5: no server flag"),
+    (["--llamacpp", "http://h:1", "--max-kv-cache", "0.5"], "--max-kv-cache 0.5: no server"),
+    (["--tgi", "http://h:1", "--stall-after", "1m"], "--stall-after 1m: no server flag"),
+    (["--vllm-endpoint", "http://h:1", "--max-waiting", "3"], "--max-waiting 3: no server"),
+    (["--vllm", "http://h:1", "--max-waiting", "-1"], "--max-waiting=-1: expected a whole"),
+    (["--vllm", "http://h:1", "--max-waiting", "2.5"], "--max-waiting=2.5: expected a whole"),
+])
+def test_an_option_that_would_be_ignored_or_never_pass_is_refused(
+        argv: List[str], needle: str, capsys: pytest.CaptureFixture) -> None:
+    assert needle in one_error_line(argv, capsys)
+
+
+def test_options_read_by_a_given_server_are_accepted() -> None:
+    _, raws = resolve(["--vllm", "http://h:1", "--tgi", "http://t:1", "--max-kv-cache", "0.9",
+                       "--stall-after", "1m", "--max-waiting", "3"])
+    names = {raw["name"] for raw, _ in raws}
+    assert {"vllm-kv-cache", "vllm-queue", "tgi-queue", "vllm-progress"} <= names
+
+
 # --- preset URLs ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("given", ["http://h:8000", "http://h:8000/", "http://h:8000/v1",
