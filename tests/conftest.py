@@ -74,9 +74,9 @@ class DaemonProcess:
         return self.proc.stderr.read().decode("utf-8", "replace")
 
 
-@pytest.fixture
-def start_daemon() -> Iterator:
-    """Factory fixture: start_daemon(args, env=None) -> DaemonProcess; all stopped at the end."""
+def daemon_factory() -> Iterator:
+    """Yields start(args, env=None, port=None) -> DaemonProcess; stops them all when resumed
+    (the body of start_daemon and of module-scoped variants)."""
     started: List[DaemonProcess] = []
 
     def start(args: List[str], env: Optional[dict] = None, **kw: object) -> DaemonProcess:
@@ -91,3 +91,9 @@ def start_daemon() -> Iterator:
         for stream in (daemon.proc.stdout, daemon.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture
+def start_daemon() -> Iterator:
+    """Factory fixture: start_daemon(args, env=None) -> DaemonProcess; all stopped at the end."""
+    yield from daemon_factory()

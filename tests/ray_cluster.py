@@ -48,7 +48,7 @@ def ray_free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _proc_stat(pid: int) -> Optional[List[str]]:
+def proc_stat(pid: int) -> Optional[List[str]]:
     """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
@@ -70,7 +70,7 @@ def proc_cmdline(pid: int) -> List[str]:
 
 def proc_alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting to be reaped)."""
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return stat is not None and stat[0] != "Z"
 
 
@@ -81,7 +81,7 @@ def live_pids(session: int, marker: Optional[str] = None) -> List[int]:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         pid = int(entry)
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if stat is None or stat[0] == "Z":
             continue
         if int(stat[3]) == session or (

@@ -4,7 +4,7 @@ temporary directory (nothing is downloaded), and the peers they need."""
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -70,20 +70,9 @@ def big_gguf(real_models: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def start_daemon_module() -> Iterator[Any]:
     """tests/conftest.py's start_daemon for module-scoped scenarios: all stopped at the end."""
-    from conftest import DaemonProcess, free_port  # tests/conftest.py (tests/ is on sys.path)
-    started: List[Any] = []
+    from conftest import daemon_factory  # tests/conftest.py (tests/ is on sys.path)
 
-    def start(args: List[str], env: Optional[dict] = None) -> Any:
-        daemon = DaemonProcess(args, free_port(), env)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
-        for stream in (daemon.proc.stdout, daemon.proc.stderr):
-            if stream is not None:
-                stream.close()
+    yield from daemon_factory()
 
 
 @pytest.fixture(scope="module")

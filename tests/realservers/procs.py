@@ -13,25 +13,17 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
+from ray_cluster import proc_stat  # tests/ is on sys.path: one /proc/PID/stat reader
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 METER_STEP = 0.05  # the meter's sleep; a wake-up later than this is a stall of this process
 STALL_KEPT = 0.3  # stalls longer than this are kept with their times (they may explain a probe
 # that got no reply: the control process itself was not running)
 
 
-def _stat_fields(pid: int) -> Optional[List[str]]:
-    """/proc/PID/stat fields after the command name: [state, ppid, pgrp, session, ...]."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    return data[data.rindex(")") + 2:].split()
-
-
 def proc_state(pid: int) -> str:
     """R, S, T (stopped), Z ...; '' when the process is gone."""
-    fields = _stat_fields(pid)
+    fields = proc_stat(pid)
     return fields[0] if fields else ""
 
 
@@ -54,7 +46,7 @@ def children_map() -> Dict[int, List[int]]:
     kids: Dict[int, List[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat_fields(int(entry))
+            fields = proc_stat(int(entry))
             if fields and fields[0] not in ("Z", "X"):
                 kids.setdefault(int(fields[1]), []).append(int(entry))
     return kids
@@ -106,7 +98,7 @@ def kill_tree(pid: int, grace: float = 5.0) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds `pid` has used so far (0.0 when gone)."""
-    fields = _stat_fields(pid)
+    fields = proc_stat(pid)
     if not fields:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
