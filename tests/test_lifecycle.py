@@ -106,8 +106,11 @@ def test_restart_faster_than_one_poll_is_caught_by_the_start_time(sim, start_dae
     s = sim("ready")
     d = start_daemon(["--vllm", s.url, "--interval", "0.5s"])
     wait_for(lambda: http_get(d.port, "/startupz")[0] == 200, 15)
-    status, body = http_get(d.port, "/startupz?format=json")
-    first = json.loads(body)["incarnation"]
+    # started can come before the process check's first reading: a start time never learned
+    # cannot be seen to change, so wait until probed knows the first one
+    wait_for(lambda: json.loads(http_get(d.port, "/startupz?format=json")[1])["incarnation"]
+             is not None, 10)
+    first = json.loads(http_get(d.port, "/startupz?format=json")[1])["incarnation"]
     s.set("restart", seconds=0)  # never refuses: only process_start_time_seconds changes
     wait_for(lambda: json.loads(http_get(d.port, "/startupz?format=json")[1])["incarnation"]
              not in (first, None), 10)
