@@ -63,35 +63,35 @@
 #   6. pod
 #        probed/hygiene.py ..............................................   7710
 #        probed/checkstate.py ...........................................   7784
-#        probed/podevents.py ............................................   7933
-#        probed/pod.py ..................................................   8040
+#        probed/podevents.py ............................................   7935
+#        probed/pod.py ..................................................   8042
 #   7. scheduler
-#        probed/scheduler.py ............................................   8417
+#        probed/scheduler.py ............................................   8420
 #   8. server and router
-#        probed/render.py ...............................................   8618
-#        probed/router.py ...............................................   8703
-#        probed/connection.py ...........................................   8966
-#        probed/fdlimit.py ..............................................   9093
-#        probed/listeners.py ............................................   9146
-#        probed/h2server.py .............................................   9212
-#        probed/server.py ...............................................   9436
-#        probed/selfmetrics.py ..........................................   9904
-#        probed/drain.py ................................................  10134
+#        probed/render.py ...............................................   8621
+#        probed/router.py ...............................................   8706
+#        probed/connection.py ...........................................   8969
+#        probed/fdlimit.py ..............................................   9096
+#        probed/listeners.py ............................................   9149
+#        probed/h2server.py .............................................   9215
+#        probed/server.py ...............................................   9439
+#        probed/selfmetrics.py ..........................................   9907
+#        probed/drain.py ................................................  10137
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10285
-#        probed/presets.py ..............................................  10517
-#        probed/flags.py ................................................  10926
-#        probed/settings.py .............................................  11244
-#        probed/admin.py ................................................  11457
-#        probed/pushbeat.py .............................................  11770
-#        probed/reaper.py ...............................................  11861
-#        probed/daemon.py ...............................................  11935
+#        probed/checkspecs.py ...........................................  10288
+#        probed/presets.py ..............................................  10520
+#        probed/flags.py ................................................  10929
+#        probed/settings.py .............................................  11247
+#        probed/admin.py ................................................  11460
+#        probed/pushbeat.py .............................................  11773
+#        probed/reaper.py ...............................................  11864
+#        probed/daemon.py ...............................................  11938
 #   10. cli
-#        probed/checkcmd.py .............................................  12238
-#        probed/probebench.py ...........................................  12346
-#        probed/beat.py .................................................  12509
-#        probed/cli.py ..................................................  12623
-#   entry point .........................................................  12726
+#        probed/checkcmd.py .............................................  12241
+#        probed/probebench.py ...........................................  12349
+#        probed/beat.py .................................................  12512
+#        probed/cli.py ..................................................  12626
+#   entry point .........................................................  12729
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
@@ -7778,7 +7778,7 @@ def clean_observation(obs: Observation, secrets: Tuple[str, ...]) -> Observation
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-143 are lines 7784-7926 here (file line = module line + 7783)
+# probed/checkstate.py: its lines 1-145 are lines 7784-7928 here (file line = module line + 7783)
 # ------------------------------------------------------------------------------
 modules.add('probed/checkstate.py', 7784, r'''
 """One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
@@ -7821,7 +7821,7 @@ class CheckState:
         self.transitions = 0
         self.last_success_wall = 0.0
         self.polls = 0
-        self.passed_at: Optional[float] = None  # first pass in this backend incarnation
+        self.passed_at: Optional[float] = None  # first pass from the server in this incarnation
         self.reset_at = now  # results of polls that began before this belong to the past
         # A pass not confirmed since the result went stale: a fresh failure after staleness
         # counts toward fail-after (the evidence), yet the pass no longer stands for `ready`.
@@ -7862,7 +7862,9 @@ class CheckState:
         if ok:
             self.last_success_wall = wall
             self.doubtful = False
-            if self.passed_at is None:
+            if self.passed_at is None and not obs.refused:
+                # a pass that could not reach the server ("progress unknown: connection
+                # refused") is no evidence this incarnation served: its refusals stay loading
                 self.passed_at = now
         elif was_stale and self.ok:
             self.doubtful = True  # a stale pass plus a fresh failure never turns back to pass
@@ -7927,9 +7929,9 @@ class CheckState:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7933-8033 here (file line = module line + 7932)
+# probed/podevents.py: its lines 1-101 are lines 7935-8035 here (file line = module line + 7934)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7933, r'''
+modules.add('probed/podevents.py', 7935, r'''
 """What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 
 The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8034,9 +8036,9 @@ def group_changes(events: List[Event]) -> List[GroupChanged]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-366 are lines 8040-8405 here (file line = module line + 8039)
+# probed/pod.py: its lines 1-367 are lines 8042-8408 here (file line = module line + 8041)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8040, r'''
+modules.add('probed/pod.py', 8042, r'''
 """The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 
 `Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8332,8 +8334,9 @@ class Pod:
     def _note_incarnation(self, st: CheckState, obs: Observation, polled_at: float,
                           now: float, wall: float, events: List[Event]) -> None:
         """Restart detection, before the observation is folded in (see the Observation fields).
-        A refusal counts only from a poll that began after the check had passed in this
-        incarnation: a refusal from the loading phase that arrives late is no restart."""
+        A refusal counts only from a poll that began after the check had passed on an answer
+        of this incarnation: a refusal from the loading phase that arrives late, or one after
+        a pass that never reached the server (progress unknown), is no restart."""
         if obs.incarnation is not None:
             self.start_time_seen = True
             old = self.incarnation
@@ -8411,9 +8414,9 @@ class Pod:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8417-8606 here (file line = module line + 8416)
+# probed/scheduler.py: its lines 1-190 are lines 8420-8609 here (file line = module line + 8419)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8417, r'''
+modules.add('probed/scheduler.py', 8420, r'''
 """The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 
 One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8612,9 +8615,9 @@ class Scheduler:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8618-8696 here (file line = module line + 8617)
+# probed/render.py: its lines 1-79 are lines 8621-8699 here (file line = module line + 8620)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8618, r'''
+modules.add('probed/render.py', 8621, r'''
 """Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 
 The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8697,9 +8700,9 @@ def render_json(verdict: GroupVerdict, now: float, extra: Optional[Dict[str, Any
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8703-8959 here (file line = module line + 8702)
+# probed/router.py: its lines 1-257 are lines 8706-8962 here (file line = module line + 8705)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8703, r'''
+modules.add('probed/router.py', 8706, r'''
 """Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 
 Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8960,9 +8963,9 @@ def router_paths(pod: Pod, routes: Optional[Dict[str, Route]] = None) -> List[st
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-121 are lines 8966-9086 here (file line = module line + 8965)
+# probed/connection.py: its lines 1-121 are lines 8969-9089 here (file line = module line + 8968)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8966, r'''
+modules.add('probed/connection.py', 8969, r'''
 """One client connection's state, the server's counters, and the rules over open connections
 that need no socket: which one gives way at the cap, and which ones are past their deadline.
 
@@ -9087,9 +9090,9 @@ def expired(conns: Iterable[Connection], now: float, pressure: bool) -> List[Con
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9093-9139 here (file line = module line + 9092)
+# probed/fdlimit.py: its lines 1-47 are lines 9096-9142 here (file line = module line + 9095)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9093, r'''
+modules.add('probed/fdlimit.py', 9096, r'''
 """How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 
 Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9140,9 +9143,9 @@ def fit_connection_cap(requested: int) -> ConnectionCap:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9146-9205 here (file line = module line + 9145)
+# probed/listeners.py: its lines 1-60 are lines 9149-9208 here (file line = module line + 9148)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9146, r'''
+modules.add('probed/listeners.py', 9149, r'''
 """Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 
 Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9206,9 +9209,9 @@ def pause_accepting(loop: asyncio.AbstractEventLoop, lsock: socket.socket, exc: 
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9212-9429 here (file line = module line + 9211)
+# probed/h2server.py: its lines 1-218 are lines 9215-9432 here (file line = module line + 9214)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9212, r'''
+modules.add('probed/h2server.py', 9215, r'''
 """HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 
 Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9430,9 +9433,9 @@ class H2Server:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9436-9897 here (file line = module line + 9435)
+# probed/server.py: its lines 1-462 are lines 9439-9900 here (file line = module line + 9438)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9436, r'''
+modules.add('probed/server.py', 9439, r'''
 """Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 
 The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9898,9 +9901,9 @@ class ProbeServer:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-224 are lines 9904-10127 here (file line = module line + 9903)
+# probed/selfmetrics.py: its lines 1-224 are lines 9907-10130 here (file line = module line + 9906)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9904, r'''
+modules.add('probed/selfmetrics.py', 9907, r'''
 """probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 
 Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10128,9 +10131,9 @@ async def sample_event_loop_lag(hist: Histogram, interval: float = LAG_SAMPLE_IN
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-140 are lines 10134-10273 here (file line = module line + 10133)
+# probed/drain.py: its lines 1-140 are lines 10137-10276 here (file line = module line + 10136)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10134, r'''
+modules.add('probed/drain.py', 10137, r'''
 """preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 `probed drain --wait DURATION` for an exec preStop hook.
 
@@ -10279,9 +10282,9 @@ def drain_main(argv: Sequence[str], out: Any = None) -> int:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10285-10510 here (file line = module line + 10284)
+# probed/checkspecs.py: its lines 1-226 are lines 10288-10513 here (file line = module line + 10287)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10285, r'''
+modules.add('probed/checkspecs.py', 10288, r'''
 """Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 
 Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10511,9 +10514,9 @@ def describe_spec(spec: CheckSpec) -> Dict[str, Any]:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-403 are lines 10517-10919 here (file line = module line + 10516)
+# probed/presets.py: its lines 1-403 are lines 10520-10922 here (file line = module line + 10519)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10517, r'''
+modules.add('probed/presets.py', 10520, r'''
 """Presets: one flag per backend that expands into named checks (shown by --print-config).
 
 Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10920,9 +10923,9 @@ def ray_checks(opts: Mapping[str, Any], env: Mapping[str, str]) -> List[RawCheck
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-312 are lines 10926-11237 here (file line = module line + 10925)
+# probed/flags.py: its lines 1-312 are lines 10929-11240 here (file line = module line + 10928)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10926, r'''
+modules.add('probed/flags.py', 10929, r'''
 """The daemon's command line: the flag table, the parser built from it, Go-style spellings,
 one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
 
@@ -11238,9 +11241,9 @@ def build_serve_parser() -> FlagParser:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-207 are lines 11244-11450 here (file line = module line + 11243)
+# probed/settings.py: its lines 1-207 are lines 11247-11453 here (file line = module line + 11246)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11244, r'''
+modules.add('probed/settings.py', 11247, r'''
 """Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 one typed `Settings` plus the raw checks they ask for.
 
@@ -11451,9 +11454,9 @@ def describe_settings(settings: Settings, checks: Sequence[Any]) -> Dict[str, An
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11457-11763 here (file line = module line + 11456)
+# probed/admin.py: its lines 1-307 are lines 11460-11766 here (file line = module line + 11459)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11457, r'''
+modules.add('probed/admin.py', 11460, r'''
 """The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 
 A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11764,9 +11767,9 @@ def build_admin(settings: Settings, pod: Pod, control: Scheduler, checks: Sequen
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11770-11854 here (file line = module line + 11769)
+# probed/pushbeat.py: its lines 1-85 are lines 11773-11857 here (file line = module line + 11772)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11770, r'''
+modules.add('probed/pushbeat.py', 11773, r'''
 """`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 
 Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11855,9 +11858,9 @@ class BeatPusher:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11861-11928 here (file line = module line + 11860)
+# probed/reaper.py: its lines 1-68 are lines 11864-11931 here (file line = module line + 11863)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11861, r'''
+modules.add('probed/reaper.py', 11864, r'''
 """Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 
 The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11929,9 +11932,9 @@ class OrphanReaper:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11935-12226 here (file line = module line + 11934)
+# probed/daemon.py: its lines 1-292 are lines 11938-12229 here (file line = module line + 11937)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11935, r'''
+modules.add('probed/daemon.py', 11938, r'''
 """The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 
 Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12232,9 +12235,9 @@ def _show_addr(sockname: Tuple[Any, ...]) -> str:
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12238-12339 here (file line = module line + 12237)
+# probed/checkcmd.py: its lines 1-102 are lines 12241-12342 here (file line = module line + 12240)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12238, r'''
+modules.add('probed/checkcmd.py', 12241, r'''
 """`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 
 Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12340,9 +12343,9 @@ def check_main(argv: Sequence[str]) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12346-12502 here (file line = module line + 12345)
+# probed/probebench.py: its lines 1-157 are lines 12349-12505 here (file line = module line + 12348)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12346, r'''
+modules.add('probed/probebench.py', 12349, r'''
 """`probed bench URL`: probe latency the way the kubelet sees it.
 
 Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12503,9 +12506,9 @@ def bench_text(result: Dict[str, Any]) -> str:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12509-12616 here (file line = module line + 12508)
+# probed/beat.py: its lines 1-108 are lines 12512-12619 here (file line = module line + 12511)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12509, r'''
+modules.add('probed/beat.py', 12512, r'''
 """`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 
 `--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12617,9 +12620,9 @@ def beat_main(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> int:
 ''')
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12623-12723 here (file line = module line + 12622)
+# probed/cli.py: its lines 1-101 are lines 12626-12726 here (file line = module line + 12625)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12623, r'''
+modules.add('probed/cli.py', 12626, r'''
 """Command line entry point: `probed [serve]` and the subcommands.
 
 Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

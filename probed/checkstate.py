@@ -38,7 +38,7 @@ class CheckState:
         self.transitions = 0
         self.last_success_wall = 0.0
         self.polls = 0
-        self.passed_at: Optional[float] = None  # first pass in this backend incarnation
+        self.passed_at: Optional[float] = None  # first pass from the server in this incarnation
         self.reset_at = now  # results of polls that began before this belong to the past
         # A pass not confirmed since the result went stale: a fresh failure after staleness
         # counts toward fail-after (the evidence), yet the pass no longer stands for `ready`.
@@ -79,7 +79,9 @@ class CheckState:
         if ok:
             self.last_success_wall = wall
             self.doubtful = False
-            if self.passed_at is None:
+            if self.passed_at is None and not obs.refused:
+                # a pass that could not reach the server ("progress unknown: connection
+                # refused") is no evidence this incarnation served: its refusals stay loading
                 self.passed_at = now
         elif was_stale and self.ok:
             self.doubtful = True  # a stale pass plus a fresh failure never turns back to pass

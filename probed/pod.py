@@ -293,8 +293,9 @@ class Pod:
     def _note_incarnation(self, st: CheckState, obs: Observation, polled_at: float,
                           now: float, wall: float, events: List[Event]) -> None:
         """Restart detection, before the observation is folded in (see the Observation fields).
-        A refusal counts only from a poll that began after the check had passed in this
-        incarnation: a refusal from the loading phase that arrives late is no restart."""
+        A refusal counts only from a poll that began after the check had passed on an answer
+        of this incarnation: a refusal from the loading phase that arrives late, or one after
+        a pass that never reached the server (progress unknown), is no restart."""
         if obs.incarnation is not None:
             self.start_time_seen = True
             old = self.incarnation

@@ -270,6 +270,28 @@ def test_a_refusal_from_a_poll_that_began_before_the_check_passed_is_no_restart(
                                                                         began=began))
 
 
+def test_a_pass_that_never_reached_the_server_is_no_evidence_it_served() -> None:
+    # CI, llama-server killed: "progress unknown: connection refused" passes while the port is
+    # closed; once the new process started, a refusal read from a scrape of the dead time
+    # restarted the pod a second time.
+    unknown = Observation(True, "progress unknown: connection refused", refused=True)
+    run = Run(FakeCheck("health", probes="live,ready,started"),
+              FakeCheck("progress", probes="live,ready"))
+    run.observe("health", OK)
+    run.observe("progress", OK)
+    assert run.at(1).observe("progress", unknown)[0] == \
+        "restarted: progress refused connections after passing"
+    run.at(1).observe("progress", unknown)
+    run.observe("health", REFUSED)
+    run.at(3).observe("health", OK)
+    assert run.pod.started
+    assert not any(w.startswith("restarted") for w in run.at(1).observe("progress", unknown))
+    assert run.pod.started
+    run.observe("progress", OK)  # now it has seen the server: its next refusal is a restart
+    assert run.at(1).observe("progress", unknown)[0] == \
+        "restarted: progress refused connections after passing"
+
+
 def test_a_server_that_says_loading_after_it_served_is_a_new_incarnation() -> None:
     # issue 16 #2: llama-server restarted in 0.2 s; no poll saw the port closed
     run = Run(FakeCheck("health", probes="live,ready,started", fail_after=3))

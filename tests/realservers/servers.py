@@ -32,6 +32,7 @@ SERVER_HTTP_TIMEOUT = 5.0
 VLLM_START_TIMEOUT = 300.0  # 40-120 s on 2 idle cores; the machine is shared, so generous
 LLAMA_START_TIMEOUT = 60.0
 ENGINE_TITLE = "VLLM::EngineCore"
+LLAMA_LOADED_LINE = "llama_server: model loaded"  # llama-server's log once it serves
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -288,6 +289,20 @@ class LlamaServer(RealServer):
 
     def auth(self) -> Dict[str, str]:
         return {"Authorization": "Bearer " + self.api_key} if self.api_key else {}
+
+    def wait_loaded(self, timeout: Optional[float] = None) -> None:
+        """Block until this process's log says its model is loaded: with --reuse-port another
+        process may answer /health, so the log is the only word of this one."""
+        limit = timeout if timeout is not None else self.start_timeout
+        t0 = time.monotonic()
+        while LLAMA_LOADED_LINE not in self.log_text():
+            if not self.running():
+                raise AssertionError("llama-server exited with %s while loading:\n%s" % (
+                    self.proc.returncode if self.proc else None, self.log_tail()))
+            if time.monotonic() - t0 > limit:
+                raise AssertionError("llama-server: no %r within %gs:\n%s" % (
+                    LLAMA_LOADED_LINE, limit, self.log_tail()))
+            time.sleep(0.1)
 
     def complete(self, n_predict: int = 8, timeout: float = 120.0,
                  prompt: str = "Hello") -> Tuple[int, Dict[str, Any]]:
