@@ -4,8 +4,8 @@
 a diff when the committed file is stale. Developers edit probed/; users copy probed.py.
 
 The file is: a header with a table of contents; the loader (singlefile.py, verbatim); every module
-of the package, whole and line for line, as a string handed to the loader, under banners by layer
-(LAYERS, below); and the entry point. The loader compiles a module when it is first imported, at
+of the package, whole and line for line behind a `#`, after a call that tells the loader where its
+bytes are, under banners by layer (LAYERS, below); and the entry point. The loader compiles a module when it is first imported, at
 its own lines in the file, in its own namespace, exactly as the package would import it: why is
 in singlefile.py. The rules checked here keep that file readable and honest: every module has a
 layer and imports only from its own layer or earlier ones, no import cycles, every imported name
@@ -45,6 +45,8 @@ ENTRY_FUNCTION = "main"
 LOADER_FILE = "singlefile.py"  # copied verbatim to the top of the file; never bundled as a module
 LOADER_VARIABLE = "modules"  # the EmbeddedModules instance the generated code fills and runs
 CHECK_DIFF_LINES = 40  # how much of the diff `--check` shows when the file is stale
+EMBED_PREFIX = "#"  # before each line of an embedded module: the parser skips comments whole
+OFFSET_WIDTH, SIZE_WIDTH, LINES_WIDTH = 7, 6, 5  # digits of the add() numbers (10 MB files)
 BANNER_RULE = "# " + "=" * 78
 MODULE_RULE = "# " + "-" * 78
 HEADER = """\
@@ -55,9 +57,10 @@ HEADER = """\
 # One file, standard library only, CPython 3.8 to 3.13. Copy it anywhere and run:
 #     python3 -I -S {package}.py --help
 #
-# Below, every module of {package}/ whole and line for line (comments and docstrings kept), as
-# text that the loader compiles when the module is first imported: a run compiles only what it
-# uses. Layers come in order and import only from themselves and the layers above them.
+# Below, every module of {package}/ whole and line for line (comments and docstrings kept), each
+# line behind a `#`: the loader reads a module's lines and compiles them when the module is first
+# imported, so a run compiles only what it uses, and the parser never holds the rest in memory.
+# Layers come in order and import only from themselves and the layers above them.
 #
 # A traceback's `{package}.py, line N` is line N of this file. Its module and function:
 #     python3 {package}.py --where N          # prints {package}/MODULE.py:LINE, in FUNCTION
@@ -133,15 +136,40 @@ def read_version(by_name: Dict[str, SourceModule], package: str) -> str:
 
 
 def module_block(mod: SourceModule, first_line: int) -> List[str]:
-    """The banner and loader call that embed one module, its line 1 at `first_line`."""
+    """The banner and loader call that embed one module, its line 1 at `first_line`; the call's
+    byte offset and size are filled in by `locate` once the whole file is laid out."""
     count = mod.text.count("\n")
     offset = first_line - 1
     return [MODULE_RULE,
             "# %s: its lines 1-%d are lines %d-%d here (file line = module line + %d)" % (
                 mod.rel, count, first_line, first_line + count - 1, offset),
             MODULE_RULE,
-            "%s.add(%r, %d, r'''" % (LOADER_VARIABLE, mod.rel, first_line)] + \
-        mod.text.split("\n")[:-1] + ["''')", ""]
+            add_call(mod.rel, first_line, 0, 0, count)] + \
+        [EMBED_PREFIX + line for line in mod.text.split("\n")[:-1]] + [""]
+
+
+def add_call(rel: str, first_line: int, offset: int, size: int, lines: int) -> str:
+    """The loader call for one module. The numbers have fixed widths, so filling them in moves
+    no byte of the file."""
+    return "%s.add(%r, %d, %*d, %*d, %*d)" % (LOADER_VARIABLE, rel, first_line, OFFSET_WIDTH,
+                                               offset, SIZE_WIDTH, size, LINES_WIDTH, lines)
+
+
+def locate(lines: List[str], where: Sequence[Placed]) -> None:
+    """Fill in each module's loader call (the line above its first line): where its bytes begin
+    (the newline ending the call) and how many there are."""
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line.encode("utf-8")) + 1)
+    for item in where:
+        first = item.first_line - 1  # index of the module's line 1
+        count = item.module.text.count("\n")
+        offset, end = starts[first] - 1, starts[first + count]
+        region = ("\n" + "".join(line + "\n" for line in lines[first:first + count])).encode(
+            "utf-8")
+        assert len(region) == end - offset
+        lines[first - 1] = add_call(item.module.rel, item.first_line, offset, len(region),
+                                    count)
 
 
 def layer_banner(index: int, layers: Sequence[Layer], members: Sequence[SourceModule]
@@ -205,18 +233,27 @@ def render(package: str, version: str, loader: str, placed: List[Tuple[SourceMod
                   LOADER_VARIABLE, package, ENTRY_MODULE, ENTRY_FUNCTION)]
     toc = render_contents(where, layers, loader_line, entry_line)
     assert len(toc) == toc_rows
-    return "\n".join(head + toc + loader_lines + body + footer) + "\n", where
+    lines = head + toc + loader_lines + body + footer
+    locate(lines, where)
+    return "\n".join(lines) + "\n", where
 
 
 def embedded_sources(text: str) -> List[Tuple[str, int, str]]:
-    """(path, first line, source) of every module a built file embeds, read back with ast."""
+    """(path, first line, source) of every module a built file embeds, read back as the loader
+    reads it: the bytes its add() call names, each of its lines behind a `#`, that `#` taken off."""
+    data = text.encode("utf-8")
     found = []
     for node in ast.parse(text).body:
         call = node.value if isinstance(node, ast.Expr) else None
         if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                and call.func.attr == "add" and len(call.args) == 3):
-            path, first, source = (ast.literal_eval(arg) for arg in call.args)
-            found.append((path, first, source[1:]))  # the string starts with the add( line's \n
+                and call.func.attr == "add" and len(call.args) == 5):
+            path, first, offset, size, count = (ast.literal_eval(arg) for arg in call.args)
+            region = data[offset:offset + size]
+            if len(region) != size or region.count(b"\n" + EMBED_PREFIX.encode()) != count:
+                raise BundleError("%s: the bytes its add() names do not hold it; this is a "
+                                  "bundler bug" % path)
+            source = region.decode("utf-8").replace("\n" + EMBED_PREFIX, "\n")
+            found.append((path, first, source[1:]))  # the region starts with the add( line's \n
     return found
 
 
@@ -234,10 +271,10 @@ def verify(text: str, where: Sequence[Placed], package: str) -> None:
     for item in where:
         mod = item.module
         if read_back.get(mod.rel) != (item.first_line, mod.text):
-            raise BundleError("%s does not read back verbatim from %s.py (a raw string cannot "
-                              "hold it: check for ''' and carriage returns)" % (mod.rel, package))
+            raise BundleError("%s does not read back verbatim from %s.py (check it for carriage "
+                              "returns)" % (mod.rel, package))
         if lines[item.first_line - 1: item.first_line - 1 + mod.text.count("\n")] != \
-                mod.text.split("\n")[:-1]:
+                [EMBED_PREFIX + line for line in mod.text.split("\n")[:-1]]:
             raise BundleError("%s is not at line %d of the file; this is a bundler bug" % (
                 mod.rel, item.first_line))
 

@@ -9,8 +9,6 @@ import ast
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Set, Tuple
 
-EMBED_QUOTES = "'''"  # probed.py holds each module in r'''...''': a module cannot contain these
-
 
 class BundleError(Exception):
     """Why the package cannot be bundled; the message names the module(s) and the fix."""
@@ -70,14 +68,9 @@ def discover_modules(package_dir: Path, excluded: Sequence[str]
 
 
 def check_embeddable(mod: SourceModule) -> None:
-    """Refuse what the single file cannot hold or give a module: ''' (the quotes around each
-    module) and `__file__` (an embedded module has no file of its own). Line ends need no
-    check: the text is read as Python reads source, with \\r\\n and \\r already made \\n."""
-    for number, line in enumerate(mod.text.split("\n"), start=1):
-        if EMBED_QUOTES in line:
-            raise BundleError("%s line %d contains %s, which ends the raw string that holds the "
-                              "module in the single file: write \"\"\" or '\\'\\'\\''" % (
-                                  mod.rel, number, EMBED_QUOTES))
+    """Refuse what the single file cannot give a module: `__file__` (an embedded module has no
+    file of its own). Line ends need no check: the text is read as Python reads source, with
+    \\r\\n and \\r already made \\n."""
     for node in ast.walk(mod.tree):
         if isinstance(node, ast.Name) and node.id == "__file__":
             raise BundleError("%s line %d uses __file__: in the single file a module has no file "

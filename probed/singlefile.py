@@ -1,21 +1,30 @@
-"""The loader at the top of probed.py: the modules of probed/ are embedded below it as text, each
-whole and line for line, and each is compiled when it is first imported, as `python3 -m probed`
-would import it from disk. No I/O here beyond what a traceback or `--where` reads.
+"""The loader at the top of probed.py: the modules of probed/ are embedded below it, each whole
+and line for line behind a `#`, and each is compiled when it is first imported, as `python3 -m
+probed` would import it from disk. It reads a module's lines from the file when the module is
+first imported, through a descriptor opened at start.
 
-Why text and not one body of code: Python compiles a script whole before it runs its first line,
-and the parser's peak memory for a big file stays in the process afterwards (freed, but held by
-malloc): as one 360 KB body of code, probed.py idled at 40 MB on CPython 3.11, 22 MB compiled a
-module at a time. Each module also keeps its own namespace, as in the package, so the single file
-and the package cannot disagree about what a name means, and no name needs a module prefix.
+Why comments and not code, nor text in string constants: Python compiles a script whole before it
+runs its first line, and the parser's peak memory for a big file stays in the process afterwards
+(freed, but held by malloc): as one 360 KB body of code, probed.py idled at 40 MB on CPython 3.11,
+22 MB compiled a module at a time from string constants, and about 1 MB less again with the
+modules in comments, which the parser skips without making an object of them. Each module also
+keeps its own namespace, as in the package, so the single file and the package cannot disagree
+about what a name means, and no name needs a module prefix.
+
+The descriptor stays open for the life of the process, so a module imported late (the gRPC stack
+at the first HTTP/2 preface) comes from the file the process started from, even after a ConfigMap
+update replaced the one at its path. Each module's bytes are checked (their length, and that they
+are its lines, each behind a `#`) before they are compiled: a file changed in place is an
+ImportError that says so.
 
 Each module is compiled as if it stood at its lines in this file, so a traceback's
-`probed.py, line N` is line N of this file (linecache, editors and `less +N` show the right line),
-and `python3 probed.py --where N` names the module, its line and the enclosing function.
+`probed.py, line N` is line N of this file (linecache, editors and `less +N` show the right line,
+behind its `#`), and `python3 probed.py --where N` names the module, its line and the enclosing
+function.
 
 bundle.py copies this file into probed.py verbatim, above the embedded modules, and writes the
 calls that fill and run it; the package never imports it.
 """
-
 import os
 import sys
 from importlib.machinery import ModuleSpec
@@ -34,21 +43,41 @@ class EmbeddedModules:
 
     def __init__(self, filename: str) -> None:
         self.filename = os.path.abspath(filename)  # what tracebacks name; linecache reads it
-        self.sources: Dict[str, Tuple[str, int, str]] = {}  # dotted name -> (path, line 1, text)
+        # dotted name -> (path, line 1, byte offset, size, lines): see add()
+        self.sources: Dict[str, Tuple[str, int, int, int, int]] = {}
         self.packages: Set[str] = set()
         self.ssl_deferred = False  # run() kept ssl out; probed/__init__.py asks its loader this
+        self.fd: Optional[int] = None
+        self.open_error = ""
+        try:
+            self.fd = os.open(self.filename, os.O_RDONLY)  # not inherited by children (PEP 446)
+        except OSError as exc:
+            self.open_error = exc.strerror or str(exc)
 
-    def add(self, path: str, first_line: int, text: str) -> None:
+    def add(self, path: str, first_line: int, offset: int, size: int, lines: int) -> None:
         """Register the module `path` (probed/pod.py), whose line 1 is line `first_line` here.
 
-        `text` starts with the newline that ends the line calling add(), so it compiles at the
-        right line numbers behind `first_line - 2` blank lines.
+        Its text is the `size` bytes at `offset` of this file: the newline that ends the line
+        calling add(), then each of its `lines` lines behind a `#`.
         """
         parts = path[:-len(".py")].split("/")
         if parts[-1] == "__init__":
             parts.pop()
             self.packages.add(".".join(parts))
-        self.sources[".".join(parts)] = (path, first_line, text)
+        self.sources[".".join(parts)] = (path, first_line, offset, size, lines)
+
+    def text(self, name: str) -> str:
+        """The source of embedded module `name`, behind one newline (as add() describes it)."""
+        path, _, offset, size, lines = self.sources[name]
+        if self.fd is None:
+            raise ImportError("cannot read %s from %s (%s): run the file itself, as in "
+                              "`python3 probed.py`" % (path, self.filename, self.open_error))
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size or not data.endswith(b"\n") or data.count(b"\n#") != lines:
+            raise ImportError("%s changed after this process started: %s is no longer at bytes "
+                              "%d-%d; restart the process" % (self.filename, path, offset,
+                                                               offset + size))
+        return data.decode("utf-8").replace("\n#", "\n")
 
     def find_spec(self, name: str, path: Optional[Sequence[str]] = None,
                   target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:
@@ -69,8 +98,9 @@ class EmbeddedModules:
 
     def compile(self, name: str) -> CodeType:
         """The code of embedded module `name`, with this file's name and line numbers."""
-        _, first_line, text = self.sources[name]
-        return compile("\n" * (first_line - 2) + text, self.filename, "exec", dont_inherit=True)
+        first_line = self.sources[name][1]
+        return compile("\n" * (first_line - 2) + self.text(name), self.filename, "exec",
+                       dont_inherit=True)
 
     def install(self) -> None:
         """Make `import probed...` load the embedded modules (before any other finder)."""
@@ -105,24 +135,25 @@ class EmbeddedModules:
         """Map a line of this file to its module's line, or `MODULE.py:LINE` to this file's."""
         if arg.isdigit():
             line = int(arg)
-            for path, first, text in self.sources.values():
-                count = text.count("\n") - 1  # text starts and ends with a newline
+            for name, (_, first, _, _, count) in self.sources.items():
                 if first <= line < first + count:
-                    return self.describe(path, line - first + 1, line)
+                    return self.describe(name, line - first + 1, line)
             raise ValueError("line %d is outside every embedded module (the header, the loader "
                              "or the entry point: read it in this file)" % line)
         path, _, number = arg.rpartition(":")
         if not number.isdigit() or not path.endswith(".py"):
             raise ValueError("expected LINE or MODULE.py:LINE, e.g. 4512 or pod.py:138")
-        found = [p for p, _, _ in self.sources.values() if ("/" + p).endswith("/" + path)]
+        found = [(name, entry[0], entry[1]) for name, entry in self.sources.items()
+                 if ("/" + entry[0]).endswith("/" + path)]
         if len(found) != 1:
-            raise ValueError("%s matches %s" % (path, ", ".join(sorted(found)) or "no module"))
-        first = next(f for p, f, _ in self.sources.values() if p == found[0])
-        return self.describe(found[0], int(number), first + int(number) - 1)
+            raise ValueError("%s matches %s" % (path, ", ".join(sorted(p for _, p, _ in found))
+                                                or "no module"))
+        name, _, first = found[0]
+        return self.describe(name, int(number), first + int(number) - 1)
 
-    def describe(self, path: str, line: int, file_line: int) -> str:
+    def describe(self, name: str, line: int, file_line: int) -> str:
         """`probed.py:4512 is probed/pod.py:113, in Pod.observe` and the line's text."""
-        text = next(t for p, _, t in self.sources.values() if p == path)
+        path, text = self.sources[name][0], self.text(name)
         lines = text.split("\n")[1:]
         if not 1 <= line < len(lines):
             raise ValueError("%s has %d lines" % (path, len(lines) - 1))

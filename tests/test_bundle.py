@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -187,13 +187,15 @@ def test_contents_give_the_line_each_module_begins_on(tmp_path: Path) -> None:
     package = tmp_path / "pkg"
     for path in ("pkg/__init__.py", "pkg/values.py", "pkg/checks/base.py", "pkg/cli.py"):
         first_line = (package.parent / path).read_text(encoding="utf-8").split("\n")[0]
-        assert lines[int(table[path]) - 1] == first_line, path
+        assert lines[int(table[path]) - 1] == "#" + first_line, path
     assert lines[int(table["entry point"])].startswith("# Entry point")
 
 
 def test_every_module_reads_back_verbatim_at_its_banner_offset(tmp_path: Path) -> None:
     tricky = ('"""Tricky: a backslash at the end\\\\ and quotes ""\\" \' "."""\n\n'
               "import re\n\n"
+              "DOC = '''three quotes'''\n"
+              "# a comment at column 0, then a blank line\n\n"
               "PATTERN = re.compile(r'\\d+\\\\')  # a raw string ending in a backslash\n"
               "TABS = '\\t'\t# a real tab before this comment\n"
               "UNICODE = 'µs – ✓'\n")
@@ -202,7 +204,8 @@ def test_every_module_reads_back_verbatim_at_its_banner_offset(tmp_path: Path) -
     first, source = embedded["pkg/values.py"]
     assert source == tricky
     lines = text.split("\n")
-    assert lines[first - 1: first - 1 + source.count("\n")] == source.split("\n")[:-1]
+    assert lines[first - 1: first - 1 + source.count("\n")] == \
+        ["#" + line for line in source.split("\n")[:-1]]
     offset = first - 1
     assert ("# pkg/values.py: its lines 1-%d are lines %d-%d here (file line = module line "
             "+ %d)" % (source.count("\n"), first, first + source.count("\n") - 1, offset)) in text
@@ -304,6 +307,41 @@ def test_a_module_is_compiled_only_when_first_imported(tmp_path: Path) -> None:
         done.stderr
 
 
+def loader_of(path: Path) -> Any:
+    """The EmbeddedModules of a built file, filled but not run (its __name__ is not __main__)."""
+    namespace: Dict[str, Any] = {"__file__": str(path), "__name__": "not_main"}
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
+    return namespace["modules"]
+
+
+def test_a_module_is_read_from_the_file_the_process_started_from(tmp_path: Path) -> None:
+    out = write(tmp_path, {"lazy.py": 'NAME = "lazy"\n'})
+    loader = loader_of(out)
+    original = out.read_bytes()
+    # A ConfigMap update swaps the file at the path: a late import still reads the first one.
+    swapped = tmp_path / "new.py"
+    swapped.write_bytes(original.replace(b'#NAME = "lazy"', b'#NAME = "LAZY"'))
+    swapped.replace(out)
+    namespace: Dict[str, Any] = {}
+    exec(loader.compile("pkg.lazy"), namespace)
+    assert namespace["NAME"] == "lazy"
+    # The same file changed in place: refused, saying so, rather than compiling other bytes.
+    fresh = loader_of(out)
+    with open(str(out), "r+b") as f:
+        f.write(original.replace(b'#NAME = "lazy"', b'NAME = "lazy"#'))
+    with pytest.raises(ImportError) as caught:
+        fresh.compile("pkg.lazy")
+    assert "changed after this process started: pkg/lazy.py is no longer at bytes" in \
+        str(caught.value)
+    # No file to read (the text piped to `python3 -`): the import says how to run it.
+    orphan = type(fresh)(str(tmp_path / "gone.py"))
+    orphan.add("pkg/lazy.py", 10, 100, 20, 1)
+    with pytest.raises(ImportError) as caught:
+        orphan.compile("pkg.lazy")
+    assert "cannot read pkg/lazy.py from %s (No such file or directory): run the file itself" % (
+        tmp_path / "gone.py") in str(caught.value)
+
+
 BOOM = '''\
 """A module whose function fails on purpose."""
 
@@ -339,7 +377,7 @@ def test_a_traceback_names_this_file_and_where_maps_it_back(tmp_path: Path) -> N
     path, line, function = traceback_frames(done.stderr)[-1]
     assert (Path(path), function) == (out, "boom")
     lines = out.read_text(encoding="utf-8").split("\n")
-    assert lines[line - 1].strip() == 'raise ValueError("boom from a known line")'
+    assert lines[line - 1] == '#        raise ValueError("boom from a known line")'
     assert 'raise ValueError("boom from a known line")' in done.stderr  # linecache found it
     where = run_bundle(out, "--where", str(line))
     assert where.returncode == 0, where.stderr
@@ -370,7 +408,6 @@ def test_where_explains_what_it_cannot_map(tmp_path: Path, args: List[str],
 # --- refusals --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source, expected", [
-    ("X = 1\nDOC = '''three quotes'''\n", "pkg/user.py line 2 contains '''"),
     ("HERE = __file__\n", "pkg/user.py line 1 uses __file__"),
     ("from .missing import V\n", "pkg.missing, which is not a module of the package"),
     ("from .values import NOPE\n", "pkg/user.py line 1 imports 'NOPE' from pkg/values.py, "
@@ -416,7 +453,7 @@ def test_command_line_writes_then_checks(tmp_path: Path) -> None:
     done = cli("--check")
     assert done.returncode == 1
     assert "pkg.py is stale" in done.stdout
-    assert "\n-V = 1\n+V = 2\n" in done.stdout
+    assert "\n-#V = 1\n+#V = 2\n" in done.stdout
     assert "run `python3 -m pkg.bundle`" in done.stdout
     (package / "stray.py").write_text("S = 3\n", encoding="utf-8")
     done = cli()
