@@ -16,83 +16,84 @@
 # or subtract the offset printed in the module's banner.
 #
 # Contents                                                                  line
-#   the loader (singlefile.py, verbatim) ................................     98
+#   the loader (singlefile.py, verbatim) ................................     99
 #   1. package
-#        probed/__init__.py .............................................    293
+#        probed/__init__.py .............................................    294
 #   2. wire format
-#        probed/urlcodec.py .............................................    330
-#        probed/httpproto.py ............................................    384
-#        probed/clientproto.py ..........................................    787
-#        probed/promselector.py .........................................    931
-#        probed/exprules.py .............................................   1083
-#        probed/expfmt.py ...............................................   1427
-#        probed/hpack.py ................................................   1733
-#        probed/h2frames.py .............................................   1997
-#        probed/h2output.py .............................................   2110
-#        probed/h2proto.py ..............................................   2253
-#        probed/grpchealth.py ...........................................   2736
+#        probed/urlcodec.py .............................................    331
+#        probed/httpproto.py ............................................    385
+#        probed/clientproto.py ..........................................    788
+#        probed/promselector.py .........................................    932
+#        probed/exprules.py .............................................   1084
+#        probed/expfmt.py ...............................................   1428
+#        probed/hpack.py ................................................   1734
+#        probed/h2frames.py .............................................   1998
+#        probed/h2output.py .............................................   2111
+#        probed/h2proto.py ..............................................   2254
+#        probed/grpchealth.py ...........................................   2737
 #   3. values
-#        probed/groups.py ...............................................   3050
-#        probed/values.py ...............................................   3059
-#        probed/files.py ................................................   3252
+#        probed/groups.py ...............................................   3051
+#        probed/values.py ...............................................   3060
+#        probed/files.py ................................................   3253
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3320
-#        probed/clientchan.py ...........................................   3413
-#        probed/client.py ...............................................   3592
-#        probed/scrape.py ...............................................   3947
-#        probed/beatregistry.py .........................................   4190
-#        probed/eventlog.py .............................................   4263
-#        probed/nvml.py .................................................   4389
-#        probed/gpufaults.py ............................................   4647
-#        probed/gpureader.py ............................................   4945
+#        probed/blocking.py .............................................   3321
+#        probed/clientchan.py ...........................................   3414
+#        probed/client.py ...............................................   3593
+#        probed/scrape.py ...............................................   3948
+#        probed/beatregistry.py .........................................   4191
+#        probed/eventlog.py .............................................   4264
+#        probed/nvml.py .................................................   4390
+#        probed/gpufaults.py ............................................   4648
+#        probed/gpureader.py ............................................   4946
 #   5. checks
-#        probed/checks/base.py ..........................................   5364
-#        probed/checks/__init__.py ......................................   5599
-#        probed/checks/exec.py ..........................................   5656
-#        probed/checks/gpu.py ...........................................   5791
-#        probed/checks/heartbeat.py .....................................   5901
-#        probed/checks/http.py ..........................................   6136
-#        probed/checks/inference.py .....................................   6314
-#        probed/checks/manual.py ........................................   6543
-#        probed/checks/metric.py ........................................   6605
-#        probed/checks/awake.py .........................................   6919
-#        probed/checks/inflight.py ......................................   7098
-#        probed/checks/process.py .......................................   7184
-#        probed/checks/relay.py .........................................   7261
-#        probed/checks/tcp.py ...........................................   7315
-#        probed/checks/ray.py ...........................................   7366
+#        probed/checks/base.py ..........................................   5365
+#        probed/checks/__init__.py ......................................   5600
+#        probed/checks/exec.py ..........................................   5657
+#        probed/checks/gpu.py ...........................................   5792
+#        probed/checks/heartbeat.py .....................................   5902
+#        probed/checks/http.py ..........................................   6137
+#        probed/checks/inference.py .....................................   6315
+#        probed/checks/manual.py ........................................   6544
+#        probed/checks/metric.py ........................................   6606
+#        probed/checks/awake.py .........................................   6920
+#        probed/checks/inflight.py ......................................   7099
+#        probed/checks/process.py .......................................   7185
+#        probed/checks/relay.py .........................................   7262
+#        probed/checks/tcp.py ...........................................   7316
+#        probed/checks/ray.py ...........................................   7367
 #   6. pod
-#        probed/hygiene.py ..............................................   7703
-#        probed/checkstate.py ...........................................   7776
-#        probed/podevents.py ............................................   7926
-#        probed/pod.py ..................................................   8032
+#        probed/hygiene.py ..............................................   7704
+#        probed/checkstate.py ...........................................   7777
+#        probed/podevents.py ............................................   7927
+#        probed/pod.py ..................................................   8033
 #   7. scheduler
-#        probed/scheduler.py ............................................   8409
+#        probed/scheduler.py ............................................   8410
 #   8. server and router
-#        probed/render.py ...............................................   8609
-#        probed/router.py ...............................................   8693
-#        probed/connection.py ...........................................   8955
-#        probed/fdlimit.py ..............................................   9081
-#        probed/listeners.py ............................................   9133
-#        probed/h2server.py .............................................   9198
-#        probed/server.py ...............................................   9421
-#        probed/selfmetrics.py ..........................................   9888
-#        probed/drain.py ................................................  10117
+#        probed/render.py ...............................................   8610
+#        probed/router.py ...............................................   8694
+#        probed/connection.py ...........................................   8956
+#        probed/fdlimit.py ..............................................   9082
+#        probed/listeners.py ............................................   9134
+#        probed/h2server.py .............................................   9199
+#        probed/server.py ...............................................   9422
+#        probed/selfmetrics.py ..........................................   9889
+#        probed/drain.py ................................................  10118
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10267
-#        probed/presets.py ..............................................  10498
-#        probed/flags.py ................................................  10906
-#        probed/settings.py .............................................  11223
-#        probed/admin.py ................................................  11435
-#        probed/pushbeat.py .............................................  11747
-#        probed/reaper.py ...............................................  11837
-#        probed/daemon.py ...............................................  11910
+#        probed/checkspecs.py ...........................................  10268
+#        probed/presets.py ..............................................  10499
+#        probed/flags.py ................................................  10907
+#        probed/flaghelp.py .............................................  11194
+#        probed/settings.py .............................................  11294
+#        probed/admin.py ................................................  11505
+#        probed/pushbeat.py .............................................  11817
+#        probed/reaper.py ...............................................  11907
+#        probed/daemon.py ...............................................  11980
 #   10. cli
-#        probed/checkcmd.py .............................................  12212
-#        probed/probebench.py ...........................................  12319
-#        probed/beat.py .................................................  12481
-#        probed/cli.py ..................................................  12594
-#   entry point .........................................................  12696
+#        probed/checkcmd.py .............................................  12282
+#        probed/probebench.py ...........................................  12389
+#        probed/beat.py .................................................  12551
+#        probed/cli.py ..................................................  12664
+#   entry point .........................................................  12775
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it, each whole
@@ -287,9 +288,9 @@ modules = EmbeddedModules(globals().get("__file__", "probed.py"))
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/__init__.py: its lines 1-27 are lines 293-319 here (file line = module line + 292)
+# probed/__init__.py: its lines 1-27 are lines 294-320 here (file line = module line + 293)
 # ------------------------------------------------------------------------------
-modules.add('probed/__init__.py', 293,   17215,   1152,    27)
+modules.add('probed/__init__.py', 294,   17296,   1152,    27)
 #"""probed: a Kubernetes probe daemon for LLM inference servers.
 #
 #The package is the source; `probed.py` at the top of the repository is generated from it by
@@ -324,9 +325,9 @@ modules.add('probed/__init__.py', 293,   17215,   1152,    27)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/urlcodec.py: its lines 1-49 are lines 330-378 here (file line = module line + 329)
+# probed/urlcodec.py: its lines 1-49 are lines 331-379 here (file line = module line + 330)
 # ------------------------------------------------------------------------------
-modules.add('probed/urlcodec.py', 330,   19097,   1856,    49)
+modules.add('probed/urlcodec.py', 331,   19178,   1856,    49)
 #"""Percent-encoding, percent-decoding and query strings (RFC 3986 and HTML forms). Pure.
 #
 #What probed needs of urllib.parse, in a few lines: that module imports ipaddress at start and
@@ -378,9 +379,9 @@ modules.add('probed/urlcodec.py', 330,   19097,   1856,    49)
 #    return percent_decode(text.replace("+", " ").encode("latin-1")).decode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/httpproto.py: its lines 1-398 are lines 384-781 here (file line = module line + 383)
+# probed/httpproto.py: its lines 1-398 are lines 385-782 here (file line = module line + 384)
 # ------------------------------------------------------------------------------
-modules.add('probed/httpproto.py', 384,   21273,  18131,   398)
+modules.add('probed/httpproto.py', 385,   21354,  18131,   398)
 #"""HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
 #
 #The server hands this module its receive buffer and gets back a `Request` (or "need more
@@ -781,9 +782,9 @@ modules.add('probed/httpproto.py', 384,   21273,  18131,   398)
 #        t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
 
 # ------------------------------------------------------------------------------
-# probed/clientproto.py: its lines 1-139 are lines 787-925 here (file line = module line + 786)
+# probed/clientproto.py: its lines 1-139 are lines 788-926 here (file line = module line + 787)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientproto.py', 787,   39728,   6493,   139)
+modules.add('probed/clientproto.py', 788,   39809,   6493,   139)
 #"""The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
 #
 #The client (client.py) moves bytes between a socket and these functions, the way the server
@@ -925,9 +926,9 @@ modules.add('probed/clientproto.py', 787,   39728,   6493,   139)
 #    return status, (match.group(2) or b"").decode("latin-1").strip()
 
 # ------------------------------------------------------------------------------
-# probed/promselector.py: its lines 1-147 are lines 931-1077 here (file line = module line + 930)
+# probed/promselector.py: its lines 1-147 are lines 932-1078 here (file line = module line + 931)
 # ------------------------------------------------------------------------------
-modules.add('probed/promselector.py', 931,   46548,   7032,   147)
+modules.add('probed/promselector.py', 932,   46629,   7032,   147)
 #"""PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
 #syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
 #
@@ -1077,9 +1078,9 @@ modules.add('probed/promselector.py', 931,   46548,   7032,   147)
 #    return float(max(numbers) if how == "max" else min(numbers))
 
 # ------------------------------------------------------------------------------
-# probed/exprules.py: its lines 1-339 are lines 1083-1421 here (file line = module line + 1082)
+# probed/exprules.py: its lines 1-339 are lines 1084-1422 here (file line = module line + 1083)
 # ------------------------------------------------------------------------------
-modules.add('probed/exprules.py', 1083,   53902,  19472,   339)
+modules.add('probed/exprules.py', 1084,   53983,  19472,   339)
 #"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
 #OpenMetrics, one line at a time.
 #
@@ -1421,9 +1422,9 @@ modules.add('probed/exprules.py', 1083,   53902,  19472,   339)
 #
 
 # ------------------------------------------------------------------------------
-# probed/expfmt.py: its lines 1-301 are lines 1427-1727 here (file line = module line + 1426)
+# probed/expfmt.py: its lines 1-301 are lines 1428-1728 here (file line = module line + 1427)
 # ------------------------------------------------------------------------------
-modules.add('probed/expfmt.py', 1427,   73692,  16213,   301)
+modules.add('probed/expfmt.py', 1428,   73773,  16213,   301)
 #"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
 #
 #Sans-I/O: bytes in, samples out; no sockets, files, clocks or logging here. Bad input raises only
@@ -1727,9 +1728,9 @@ modules.add('probed/expfmt.py', 1427,   73692,  16213,   301)
 #    return selector._result(selector._readers[0])
 
 # ------------------------------------------------------------------------------
-# probed/hpack.py: its lines 1-259 are lines 1733-1991 here (file line = module line + 1732)
+# probed/hpack.py: its lines 1-259 are lines 1734-1992 here (file line = module line + 1733)
 # ------------------------------------------------------------------------------
-modules.add('probed/hpack.py', 1733,   90221,  12409,   259)
+modules.add('probed/hpack.py', 1734,   90302,  12409,   259)
 #"""HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
 #
 #Decoding covers all a client may send: indexed fields, literals with and without indexing,
@@ -1991,9 +1992,9 @@ modules.add('probed/hpack.py', 1733,   90221,  12409,   259)
 #    return encode_integer(size, 5, 0x20)
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-108 are lines 1997-2104 here (file line = module line + 1996)
+# probed/h2frames.py: its lines 1-108 are lines 1998-2105 here (file line = module line + 1997)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2frames.py', 1997,  102952,   4477,   108)
+modules.add('probed/h2frames.py', 1998,  103033,   4477,   108)
 #"""HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
 #header, the events the connection machine emits, and what makes a request's fields malformed.
 #
@@ -2104,9 +2105,9 @@ modules.add('probed/h2frames.py', 1997,  102952,   4477,   108)
 #    return REQUIRED_PSEUDO <= pseudo
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 2110-2247 here (file line = module line + 2109)
+# probed/h2output.py: its lines 1-138 are lines 2111-2248 here (file line = module line + 2110)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 2110,  107751,   6258,   138)
+modules.add('probed/h2output.py', 2111,  107832,   6258,   138)
 #"""What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 #flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 #
@@ -2247,9 +2248,9 @@ modules.add('probed/h2output.py', 2110,  107751,   6258,   138)
 #            self.max_frame = value
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 2253-2730 here (file line = module line + 2252)
+# probed/h2proto.py: its lines 1-478 are lines 2254-2731 here (file line = module line + 2253)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 2253,  114329,  23104,   478)
+modules.add('probed/h2proto.py', 2254,  114410,  23104,   478)
 #"""HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 #
 #The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2730,9 +2731,9 @@ modules.add('probed/h2proto.py', 2253,  114329,  23104,   478)
 #        return events
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-304 are lines 2736-3039 here (file line = module line + 2735)
+# probed/grpchealth.py: its lines 1-304 are lines 2737-3040 here (file line = module line + 2736)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2736,  137759,  14583,   304)
+modules.add('probed/grpchealth.py', 2737,  137840,  14583,   304)
 #"""The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 #
 #`Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -3044,18 +3045,18 @@ modules.add('probed/grpchealth.py', 2736,  137759,  14583,   304)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 3050-3053 here (file line = module line + 3049)
+# probed/groups.py: its lines 1-4 are lines 3051-3054 here (file line = module line + 3050)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 3050,  152939,    257,     4)
+modules.add('probed/groups.py', 3051,  153020,    257,     4)
 #"""The three probe groups, the kubelet probe each answers, and the path it is served on."""
 #
 #GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
 #GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 3059-3246 here (file line = module line + 3058)
+# probed/values.py: its lines 1-188 are lines 3060-3247 here (file line = module line + 3059)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 3059,  153514,   7433,   188)
+modules.add('probed/values.py', 3060,  153595,   7433,   188)
 #"""Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 #
 #Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3246,9 +3247,9 @@ modules.add('probed/values.py', 3059,  153514,   7433,   188)
 #    return (host or default_host, number)
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3252-3309 here (file line = module line + 3251)
+# probed/files.py: its lines 1-58 are lines 3253-3310 here (file line = module line + 3252)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3252,  161262,   2671,    58)
+modules.add('probed/files.py', 3253,  161343,   2671,    58)
 #"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 #a device.
 #
@@ -3314,9 +3315,9 @@ modules.add('probed/files.py', 3252,  161262,   2671,    58)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-88 are lines 3320-3407 here (file line = module line + 3319)
+# probed/blocking.py: its lines 1-88 are lines 3321-3408 here (file line = module line + 3320)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3320,  164634,   3999,    88)
+modules.add('probed/blocking.py', 3321,  164715,   3999,    88)
 #"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 #file scans, each kind with its own small cap.
 #
@@ -3407,9 +3408,9 @@ modules.add('probed/blocking.py', 3320,  164634,   3999,    88)
 #                             ) from None
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3413-3586 here (file line = module line + 3412)
+# probed/clientchan.py: its lines 1-174 are lines 3414-3587 here (file line = module line + 3413)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3413,  168959,   8084,   174)
+modules.add('probed/clientchan.py', 3414,  169040,   8084,   174)
 #"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 #buffer, and reads paced so that a fast peer never holds the event loop.
 #
@@ -3586,9 +3587,9 @@ modules.add('probed/clientchan.py', 3413,  168959,   8084,   174)
 #        return True
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-350 are lines 3592-3941 here (file line = module line + 3591)
+# probed/client.py: its lines 1-350 are lines 3593-3942 here (file line = module line + 3592)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3592,  177361,  16560,   350)
+modules.add('probed/client.py', 3593,  177442,  16560,   350)
 #"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 #
 #One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3941,9 +3942,9 @@ modules.add('probed/client.py', 3592,  177361,  16560,   350)
 #    return Response(status, reason, fields, data, time.monotonic() - started)
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3947-4184 here (file line = module line + 3946)
+# probed/scrape.py: its lines 1-238 are lines 3948-4185 here (file line = module line + 3947)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3947,  194239,  11664,   238)
+modules.add('probed/scrape.py', 3948,  194320,  11664,   238)
 #"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 #
 #A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4184,9 +4185,9 @@ modules.add('probed/scrape.py', 3947,  194239,  11664,   238)
 #    return [reading.series[str(s)] for s in selectors]
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4190-4257 here (file line = module line + 4189)
+# probed/beatregistry.py: its lines 1-68 are lines 4191-4258 here (file line = module line + 4190)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4190,  206232,   3094,    68)
+modules.add('probed/beatregistry.py', 4191,  206313,   3094,    68)
 #"""Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 #
 #One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4257,9 +4258,9 @@ modules.add('probed/beatregistry.py', 4190,  206232,   3094,    68)
 #        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4263-4383 here (file line = module line + 4262)
+# probed/eventlog.py: its lines 1-121 are lines 4264-4384 here (file line = module line + 4263)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4263,  209648,   5042,   121)
+modules.add('probed/eventlog.py', 4264,  209729,   5042,   121)
 #"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 #
 #Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4383,9 +4384,9 @@ modules.add('probed/eventlog.py', 4263,  209648,   5042,   121)
 #            self.writer.close()
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4389-4641 here (file line = module line + 4388)
+# probed/nvml.py: its lines 1-253 are lines 4390-4642 here (file line = module line + 4389)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4389,  215004,  11654,   253)
+modules.add('probed/nvml.py', 4390,  215085,  11654,   253)
 #"""NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 #
 #ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4641,9 +4642,9 @@ modules.add('probed/nvml.py', 4389,  215004,  11654,   253)
 #        self._call("nvmlEventSetFree", self._ct.c_void_p(event_set))
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4647-4939 here (file line = module line + 4646)
+# probed/gpufaults.py: its lines 1-293 are lines 4648-4940 here (file line = module line + 4647)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4647,  226982,  14042,   293)
+modules.add('probed/gpufaults.py', 4648,  227063,  14042,   293)
 #"""GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 #is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 #no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4939,9 +4940,9 @@ modules.add('probed/gpufaults.py', 4647,  226982,  14042,   293)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4945-5353 here (file line = module line + 4944)
+# probed/gpureader.py: its lines 1-409 are lines 4946-5354 here (file line = module line + 4945)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4945,  241348,  18183,   409)
+modules.add('probed/gpureader.py', 4946,  241429,  18183,   409)
 #"""The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 #gpu checks of one daemon (through `CheckResources.gpus`).
 #
@@ -5358,9 +5359,9 @@ modules.add('probed/gpureader.py', 4945,  241348,  18183,   409)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-230 are lines 5364-5593 here (file line = module line + 5363)
+# probed/checks/base.py: its lines 1-230 are lines 5365-5594 here (file line = module line + 5364)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5364,  260369,  10819,   230)
+modules.add('probed/checks/base.py', 5365,  260450,  10819,   230)
 #"""The one contract every check kind follows (kube-apiserver healthz style).
 #
 #A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
@@ -5593,9 +5594,9 @@ modules.add('probed/checks/base.py', 5364,  260369,  10819,   230)
 #            raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-52 are lines 5599-5650 here (file line = module line + 5598)
+# probed/checks/__init__.py: its lines 1-52 are lines 5600-5651 here (file line = module line + 5599)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 5599,  271523,   2182,    52)
+modules.add('probed/checks/__init__.py', 5600,  271604,   2182,    52)
 #"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
 #
 #from typing import Dict, Iterator, Mapping, Tuple, Type
@@ -5650,9 +5651,9 @@ modules.add('probed/checks/__init__.py', 5599,  271523,   2182,    52)
 #CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5656-5785 here (file line = module line + 5655)
+# probed/checks/exec.py: its lines 1-130 are lines 5657-5786 here (file line = module line + 5656)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5656,  274033,   4987,   130)
+modules.add('probed/checks/exec.py', 5657,  274114,   4987,   130)
 #"""Check kind `exec`: runs a command; exit 0 within the timeout passes.
 #
 #For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5785,9 +5786,9 @@ modules.add('probed/checks/exec.py', 5656,  274033,   4987,   130)
 #        return code
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5791-5895 here (file line = module line + 5790)
+# probed/checks/gpu.py: its lines 1-105 are lines 5792-5896 here (file line = module line + 5791)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5791,  279346,   5325,   105)
+modules.add('probed/checks/gpu.py', 5792,  279427,   5325,   105)
 #"""Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 #
 #A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5895,9 +5896,9 @@ modules.add('probed/checks/gpu.py', 5791,  279346,   5325,   105)
 #        self.reader.forget_restart()
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-230 are lines 5901-6130 here (file line = module line + 5900)
+# probed/checks/heartbeat.py: its lines 1-230 are lines 5902-6131 here (file line = module line + 5901)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5901,  285009,  12399,   230)
+modules.add('probed/checks/heartbeat.py', 5902,  285090,  12399,   230)
 #"""Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 #
 #Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6130,9 +6131,9 @@ modules.add('probed/checks/heartbeat.py', 5901,  285009,  12399,   230)
 #                                         heartbeat_roster(silent, fresh, missing), note)
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-173 are lines 6136-6308 here (file line = module line + 6135)
+# probed/checks/http.py: its lines 1-173 are lines 6137-6309 here (file line = module line + 6136)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6136,  297736,   9063,   173)
+modules.add('probed/checks/http.py', 6137,  297817,   9063,   173)
 #"""Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 #
 #from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6308,9 +6309,9 @@ modules.add('probed/checks/http.py', 6136,  297736,   9063,   173)
 #        return True, "HTTP %d" % status
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6314-6537 here (file line = module line + 6313)
+# probed/checks/inference.py: its lines 1-224 are lines 6315-6538 here (file line = module line + 6314)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6314,  307137,  10778,   224)
+modules.add('probed/checks/inference.py', 6315,  307218,  10778,   224)
 #"""Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 #completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 #
@@ -6537,9 +6538,9 @@ modules.add('probed/checks/inference.py', 6314,  307137,  10778,   224)
 #                           detail={"status": status, "model": self.model})
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6543-6599 here (file line = module line + 6542)
+# probed/checks/manual.py: its lines 1-57 are lines 6544-6600 here (file line = module line + 6543)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6543,  318246,   2481,    57)
+modules.add('probed/checks/manual.py', 6544,  318327,   2481,    57)
 #"""Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 #
 #`POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6599,9 +6600,9 @@ modules.add('probed/checks/manual.py', 6543,  318246,   2481,    57)
 #        return self.current()
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-309 are lines 6605-6913 here (file line = module line + 6604)
+# probed/checks/metric.py: its lines 1-309 are lines 6606-6914 here (file line = module line + 6605)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6605,  321059,  16367,   309)
+modules.add('probed/checks/metric.py', 6606,  321140,  16367,   309)
 #"""Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 #
 #Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6913,9 +6914,9 @@ modules.add('probed/checks/metric.py', 6605,  321059,  16367,   309)
 #        return True, "idle"
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6919-7092 here (file line = module line + 6918)
+# probed/checks/awake.py: its lines 1-174 are lines 6920-7093 here (file line = module line + 6919)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6919,  337756,   8522,   174)
+modules.add('probed/checks/awake.py', 6920,  337837,   8522,   174)
 #"""Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 #/health says 200.
 #
@@ -7092,9 +7093,9 @@ modules.add('probed/checks/awake.py', 6919,  337756,   8522,   174)
 #        return obs.ok, obs.reason
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7098-7178 here (file line = module line + 7097)
+# probed/checks/inflight.py: its lines 1-81 are lines 7099-7179 here (file line = module line + 7098)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7098,  346613,   4181,    81)
+modules.add('probed/checks/inflight.py', 7099,  346694,   4181,    81)
 #"""Check kind `inflight`: how many requests the backend still has (running + waiting).
 #
 #It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7178,9 +7179,9 @@ modules.add('probed/checks/inflight.py', 7098,  346613,   4181,    81)
 #            self.pause.forget()
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7184-7255 here (file line = module line + 7183)
+# probed/checks/process.py: its lines 1-72 are lines 7185-7256 here (file line = module line + 7184)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7184,  351127,   3683,    72)
+modules.add('probed/checks/process.py', 7185,  351208,   3683,    72)
 #"""Check kind `process`: which incarnation of the backend process is answering.
 #
 #It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7255,9 +7256,9 @@ modules.add('probed/checks/process.py', 7184,  351127,   3683,    72)
 #                           % self.config["metric"].name)
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7261-7309 here (file line = module line + 7260)
+# probed/checks/relay.py: its lines 1-49 are lines 7262-7310 here (file line = module line + 7261)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7261,  355139,   2276,    49)
+modules.add('probed/checks/relay.py', 7262,  355220,   2276,    49)
 #"""Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 #another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 #
@@ -7309,9 +7310,9 @@ modules.add('probed/checks/relay.py', 7261,  355139,   2276,    49)
 #                           detail={"status": resp.status, "body": line})
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7315-7360 here (file line = module line + 7314)
+# probed/checks/tcp.py: its lines 1-46 are lines 7316-7361 here (file line = module line + 7315)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7315,  357740,   1636,    46)
+modules.add('probed/checks/tcp.py', 7316,  357821,   1636,    46)
 #"""Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 #
 #import asyncio
@@ -7360,9 +7361,9 @@ modules.add('probed/checks/tcp.py', 7315,  357740,   1636,    46)
 #        return Observation(True, "connected")
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-327 are lines 7366-7692 here (file line = module line + 7365)
+# probed/checks/ray.py: its lines 1-327 are lines 7367-7693 here (file line = module line + 7366)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7366,  359702,  16151,   327)
+modules.add('probed/checks/ray.py', 7367,  359783,  16151,   327)
 #"""Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 #
 #`ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7697,9 +7698,9 @@ modules.add('probed/checks/ray.py', 7366,  359702,  16151,   327)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7703-7770 here (file line = module line + 7702)
+# probed/hygiene.py: its lines 1-68 are lines 7704-7771 here (file line = module line + 7703)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7703,  376475,   3341,    68)
+modules.add('probed/hygiene.py', 7704,  376556,   3341,    68)
 #"""What an observation may carry into a reply or a log line: no secrets, no control characters,
 #bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 #the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7770,9 +7771,9 @@ modules.add('probed/hygiene.py', 7703,  376475,   3341,    68)
 #    return obs
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-145 are lines 7776-7920 here (file line = module line + 7775)
+# probed/checkstate.py: its lines 1-145 are lines 7777-7921 here (file line = module line + 7776)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7776,  380142,   6473,   145)
+modules.add('probed/checkstate.py', 7777,  380223,   6473,   145)
 #"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 #
 #A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7920,9 +7921,9 @@ modules.add('probed/checkstate.py', 7776,  380142,   6473,   145)
 #        return self.check.judge(self.obs, config, bool(self.ok))
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7926-8026 here (file line = module line + 7925)
+# probed/podevents.py: its lines 1-101 are lines 7927-8027 here (file line = module line + 7926)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7926,  386939,   3899,   101)
+modules.add('probed/podevents.py', 7927,  387020,   3899,   101)
 #"""What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 #
 #The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8026,9 +8027,9 @@ modules.add('probed/podevents.py', 7926,  386939,   3899,   101)
 #    return [e for e in events if isinstance(e, GroupChanged)]
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-367 are lines 8032-8398 here (file line = module line + 8031)
+# probed/pod.py: its lines 1-367 are lines 8033-8399 here (file line = module line + 8032)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8032,  391150,  19641,   367)
+modules.add('probed/pod.py', 8033,  391231,  19641,   367)
 #"""The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 #
 #`Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8403,9 +8404,9 @@ modules.add('probed/pod.py', 8032,  391150,  19641,   367)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8409-8598 here (file line = module line + 8408)
+# probed/scheduler.py: its lines 1-190 are lines 8410-8599 here (file line = module line + 8409)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8409,  411365,   8412,   190)
+modules.add('probed/scheduler.py', 8410,  411446,   8412,   190)
 #"""The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 #
 #One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8603,9 +8604,9 @@ modules.add('probed/scheduler.py', 8409,  411365,   8412,   190)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8609-8687 here (file line = module line + 8608)
+# probed/render.py: its lines 1-79 are lines 8610-8688 here (file line = module line + 8609)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8609,  420466,   3277,    79)
+modules.add('probed/render.py', 8610,  420547,   3277,    79)
 #"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 #
 #The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8687,9 +8688,9 @@ modules.add('probed/render.py', 8609,  420466,   3277,    79)
 #    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8693-8949 here (file line = module line + 8692)
+# probed/router.py: its lines 1-257 are lines 8694-8950 here (file line = module line + 8693)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8693,  424061,  12907,   257)
+modules.add('probed/router.py', 8694,  424142,  12907,   257)
 #"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 #
 #Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8949,9 +8950,9 @@ modules.add('probed/router.py', 8693,  424061,  12907,   257)
 #            + ["/", "/metrics", SELF_PATH])
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-121 are lines 8955-9075 here (file line = module line + 8954)
+# probed/connection.py: its lines 1-121 are lines 8956-9076 here (file line = module line + 8955)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8955,  437294,   5784,   121)
+modules.add('probed/connection.py', 8956,  437375,   5784,   121)
 #"""One client connection's state, the server's counters, and the rules over open connections
 #that need no socket: which one gives way at the cap, and which ones are past their deadline.
 #
@@ -9075,9 +9076,9 @@ modules.add('probed/connection.py', 8955,  437294,   5784,   121)
 #    return [c for c in conns if c.deadline < now]
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9081-9127 here (file line = module line + 9080)
+# probed/fdlimit.py: its lines 1-47 are lines 9082-9128 here (file line = module line + 9081)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9081,  443397,   2162,    47)
+modules.add('probed/fdlimit.py', 9082,  443478,   2162,    47)
 #"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 #
 #Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9127,9 +9128,9 @@ modules.add('probed/fdlimit.py', 9081,  443397,   2162,    47)
 #    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9133-9192 here (file line = module line + 9132)
+# probed/listeners.py: its lines 1-60 are lines 9134-9193 here (file line = module line + 9133)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9133,  445882,   2654,    60)
+modules.add('probed/listeners.py', 9134,  445963,   2654,    60)
 #"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 #
 #Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9192,9 +9193,9 @@ modules.add('probed/listeners.py', 9133,  445882,   2654,    60)
 #    loop.call_later(ACCEPT_PAUSE, resume)
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9198-9415 here (file line = module line + 9197)
+# probed/h2server.py: its lines 1-218 are lines 9199-9416 here (file line = module line + 9198)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9198,  448858,   9095,   218)
+modules.add('probed/h2server.py', 9199,  448939,   9095,   218)
 #"""HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 #
 #Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9415,9 +9416,9 @@ modules.add('probed/h2server.py', 9198,  448858,   9095,   218)
 #            self._sweeper = None
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9421-9882 here (file line = module line + 9420)
+# probed/server.py: its lines 1-462 are lines 9422-9883 here (file line = module line + 9421)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9421,  458271,  21765,   462)
+modules.add('probed/server.py', 9422,  458352,  21765,   462)
 #"""Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 #
 #The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9882,9 +9883,9 @@ modules.add('probed/server.py', 9421,  458271,  21765,   462)
 #        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-224 are lines 9888-10111 here (file line = module line + 9887)
+# probed/selfmetrics.py: its lines 1-224 are lines 9889-10112 here (file line = module line + 9888)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9888,  480365,  11387,   224)
+modules.add('probed/selfmetrics.py', 9889,  480446,  11387,   224)
 #"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 #
 #Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10111,9 +10112,9 @@ modules.add('probed/selfmetrics.py', 9888,  480365,  11387,   224)
 #        hist.observe(max(0.0, time.monotonic() - asked))
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-140 are lines 10117-10256 here (file line = module line + 10116)
+# probed/drain.py: its lines 1-140 are lines 10118-10257 here (file line = module line + 10117)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10117,  492072,   6921,   140)
+modules.add('probed/drain.py', 10118,  492153,   6921,   140)
 #"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 #`probed drain --wait DURATION` for an exec preStop hook.
 #
@@ -10257,13 +10258,13 @@ modules.add('probed/drain.py', 10117,  492072,   6921,   140)
 
 # ==============================================================================
 # Layer 9 of 10: daemon: settings and presets in, the admin listener and a serving process out
-#   checkspecs.py, presets.py, flags.py, settings.py, admin.py, pushbeat.py, reaper.py, daemon.py
+#   checkspecs.py, presets.py, flags.py, flaghelp.py, settings.py, admin.py, pushbeat.py, reaper.py, daemon.py
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10267-10492 here (file line = module line + 10266)
+# probed/checkspecs.py: its lines 1-226 are lines 10268-10493 here (file line = module line + 10267)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10267,  499679,  10503,   226)
+modules.add('probed/checkspecs.py', 10268,  499773,  10503,   226)
 #"""Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 #
 #Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10492,9 +10493,9 @@ modules.add('probed/checkspecs.py', 10267,  499679,  10503,   226)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-403 are lines 10498-10900 here (file line = module line + 10497)
+# probed/presets.py: its lines 1-403 are lines 10499-10901 here (file line = module line + 10498)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10498,  510506,  21731,   403)
+modules.add('probed/presets.py', 10499,  510600,  21731,   403)
 #"""Presets: one flag per backend that expands into named checks (shown by --print-config).
 #
 #Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10900,23 +10901,22 @@ modules.add('probed/presets.py', 10498,  510506,  21731,   403)
 #    return checks
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-312 are lines 10906-11217 here (file line = module line + 10905)
+# probed/flags.py: its lines 1-282 are lines 10907-11188 here (file line = module line + 10906)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10906,  532557,  14451,   312)
-#"""The daemon's command line: the flag table, the parser built from it, Go-style spellings,
-#one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
+modules.add('probed/flags.py', 10907,  532651,  12564,   282)
+#"""The daemon's command line: the flag table, the parser built from it, Go-style spellings and
+#one-line errors with a did-you-mean (--help is flaghelp.py's). No I/O; settings.py resolves the
+#values.
 #
 #Every flag is a row of one table (flag, parser, default, metavar, help), so --help, the
 #environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` never disagree.
 #"""
 #
-#import argparse
+#import re
+#from types import SimpleNamespace
 #from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 #
-#from . import __version__
-#from .checks import CHECK_KINDS
-#from .checks.http import HTTP_COMMON_PARAMS
-#from .checkspecs import CHECK_QUOTING, MIN_INTERVAL
+#from .checkspecs import MIN_INTERVAL
 #from .eventlog import LOG_FORMATS
 #from .presets import PRESET_OPTIONS
 #from .beatregistry import parse_beat_name
@@ -11136,6 +11136,77 @@ modules.add('probed/flags.py', 10906,  532557,  14451,   312)
 #    return "unknown flag %s%s; probed --help lists them" % (given, hint)
 #
 #
+## What argparse takes for a value although it starts with "-": a negative number, or "-" alone.
+#_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+#
+#
+#def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
+#    """The `probed [serve]` arguments, parsed as flaghelp.build_serve_parser() would: only given
+#    flags are set, the last of a repeated flag wins, `--check` collects, mistakes are one
+#    ConfigError line. It is not argparse because argparse and gettext are 0.4 MB of a daemon's
+#    RSS (1 MB on 3.8) for one call at start. `-h`/`--help` and `--version` end parsing with
+#    `help` or `version` set: the caller prints flaghelp's help or the version."""
+#    args = normalize_argv(argv)
+#    ns = SimpleNamespace()
+#    extra: List[str] = []  # words that are no flag nor a flag's value: refused at the end
+#    i = 0
+#    while i < len(args):
+#        arg, i = args[i], i + 1
+#        flag, eq, value = arg.partition("=")
+#        if flag in ("-h", "--help"):
+#            ns.help = True  # the caller prints flaghelp's help: only --help pays for argparse
+#            return ns
+#        if arg == "--":
+#            extra += args[i - 1:]
+#            break
+#        if not arg.startswith("-") or arg == "-":
+#            extra.append(arg)
+#            continue
+#        if flag in SWITCHES:
+#            if eq:
+#                raise ConfigError("argument %s: ignored explicit argument %r" % (flag, value))
+#            setattr(ns, dest(flag), True)
+#            if flag == "--version":
+#                return ns  # the caller prints it, as it prints the help
+#            continue
+#        if not eq:
+#            if i == len(args) or _takes_as_flag(args[i]):
+#                raise ConfigError("argument %s: expected one argument" % flag)
+#            value, i = args[i], i + 1
+#        if flag == "--check":
+#            ns.check = getattr(ns, "check", []) + [value]
+#        else:
+#            setattr(ns, dest(flag), value)
+#    if extra:
+#        raise ConfigError("unrecognized arguments: %s" % " ".join(extra))
+#    return ns
+#
+#
+#def _takes_as_flag(arg: str) -> bool:
+#    """Whether argparse would read `arg` as an option, not as the value before it."""
+#    return (arg.startswith("-") and arg != "-" and not _NEGATIVE_NUMBER.match(arg)
+#            and " " not in arg)
+
+# ------------------------------------------------------------------------------
+# probed/flaghelp.py: its lines 1-95 are lines 11194-11288 here (file line = module line + 11193)
+# ------------------------------------------------------------------------------
+modules.add('probed/flaghelp.py', 11194,  545540,   4694,    95)
+#"""The argparse parser of `probed [serve]`, built only to print --help: the daemon parses its
+#flags with flags.parse_serve_args, and argparse is 0.4-1 MB of RSS it never needs. The help text
+#comes from the same flag table (flags.py), so --help and the parser cannot disagree.
+#"""
+#
+#import argparse
+#from typing import Any
+#
+#from . import __version__
+#from .checks import CHECK_KINDS
+#from .checks.http import HTTP_COMMON_PARAMS
+#from .checkspecs import CHECK_QUOTING
+#from .flags import HELP_WIDTH, SERVE_OPTIONS, show_default
+#from .values import ConfigError
+#
+#
 #class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 #    """argparse's, at a fixed width: asking the terminal's width imports shutil (with bz2 and
 #    lzma, about 0.6 MB), and argparse builds a formatter for every flag it adds."""
@@ -11217,9 +11288,9 @@ modules.add('probed/flags.py', 10906,  532557,  14451,   312)
 #    return parser
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-207 are lines 11223-11429 here (file line = module line + 11222)
+# probed/settings.py: its lines 1-206 are lines 11294-11499 here (file line = module line + 11293)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11223,  547334,   9770,   207)
+modules.add('probed/settings.py', 11294,  550560,   9705,   206)
 #"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 #one typed `Settings` plus the raw checks they ask for.
 #
@@ -11229,7 +11300,6 @@ modules.add('probed/settings.py', 11223,  547334,   9770,   207)
 #configuration that would leave a pod broken without a word (no checks at all) is refused.
 #"""
 #
-#import argparse
 #import json
 #from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 #
@@ -11273,7 +11343,7 @@ modules.add('probed/settings.py', 11223,  547334,   9770,   207)
 #    notes: Tuple[str, ...] = ()  # what resolution changed on the user's behalf: logged at start
 #
 #
-#def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
+#def resolve_settings(ns: object, env: Mapping[str, str]
 #                     ) -> Tuple[Settings, List[Tuple[RawCheck, str]]]:
 #    """Apply command line > environment > config file > default to every setting; returns the
 #    settings and every raw check with its origin."""
@@ -11327,7 +11397,7 @@ modules.add('probed/settings.py', 11223,  547334,   9770,   207)
 #        raise ConfigError("%s=%s: %s" % (name, env[name], exc)) from None
 #
 #
-#def _given_text(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+#def _given_text(ns: object, env: Mapping[str, str], file_data: Dict[str, Any],
 #                config_path: Optional[str], flag: str) -> Optional[Tuple[str, str]]:
 #    """(where, text) of the value a flag was given, by precedence; None when not given."""
 #    name = dest(flag)
@@ -11346,7 +11416,7 @@ modules.add('probed/settings.py', 11223,  547334,   9770,   207)
 #    return None
 #
 #
-#def _given_presets(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+#def _given_presets(ns: object, env: Mapping[str, str], file_data: Dict[str, Any],
 #                   config_path: Optional[str]) -> Dict[str, str]:
 #    """The preset flags as the user typed them (for notes on what was changed)."""
 #    given = {}
@@ -11389,7 +11459,7 @@ modules.add('probed/settings.py', 11223,  547334,   9770,   207)
 #    return data
 #
 #
-#def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+#def _collect_checks(ns: object, env: Mapping[str, str], file_data: Dict[str, Any],
 #                    config_path: Optional[str]) -> List[Tuple[RawCheck, str]]:
 #    raws: List[Tuple[RawCheck, str]] = []
 #    checks = file_data.get("checks", [])
@@ -11429,9 +11499,9 @@ modules.add('probed/settings.py', 11223,  547334,   9770,   207)
 #
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11435-11741 here (file line = module line + 11434)
+# probed/admin.py: its lines 1-307 are lines 11505-11811 here (file line = module line + 11504)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11435,  557424,  16056,   307)
+modules.add('probed/admin.py', 11505,  560585,  16056,   307)
 #"""The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 #
 #A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11741,9 +11811,9 @@ modules.add('probed/admin.py', 11435,  557424,  16056,   307)
 #    return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11747-11831 here (file line = module line + 11746)
+# probed/pushbeat.py: its lines 1-85 are lines 11817-11901 here (file line = module line + 11816)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11747,  573805,   4021,    85)
+modules.add('probed/pushbeat.py', 11817,  576966,   4021,    85)
 #"""`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 #
 #Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11831,9 +11901,9 @@ modules.add('probed/pushbeat.py', 11747,  573805,   4021,    85)
 #            emit(msg, to=self.url, name=self.name, **fields)
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11837-11904 here (file line = module line + 11836)
+# probed/reaper.py: its lines 1-68 are lines 11907-11974 here (file line = module line + 11906)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11837,  578147,   2740,    68)
+modules.add('probed/reaper.py', 11907,  581308,   2740,    68)
 #"""Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 #
 #The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11904,9 +11974,9 @@ modules.add('probed/reaper.py', 11837,  578147,   2740,    68)
 #        self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11910-12201 here (file line = module line + 11909)
+# probed/daemon.py: its lines 1-292 are lines 11980-12271 here (file line = module line + 11979)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11910,  581209,  14757,   292)
+modules.add('probed/daemon.py', 11980,  584370,  14757,   292)
 #"""The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 #
 #Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12206,9 +12276,9 @@ modules.add('probed/daemon.py', 11910,  581209,  14757,   292)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12212-12313 here (file line = module line + 12211)
+# probed/checkcmd.py: its lines 1-102 are lines 12282-12383 here (file line = module line + 12281)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12212,  596563,   4951,   102)
+modules.add('probed/checkcmd.py', 12282,  599724,   4951,   102)
 #"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 #
 #Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12313,9 +12383,9 @@ modules.add('probed/checkcmd.py', 12212,  596563,   4951,   102)
 #
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12319-12475 here (file line = module line + 12318)
+# probed/probebench.py: its lines 1-157 are lines 12389-12545 here (file line = module line + 12388)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12319,  601844,   7255,   157)
+modules.add('probed/probebench.py', 12389,  605005,   7255,   157)
 #"""`probed bench URL`: probe latency the way the kubelet sees it.
 #
 #Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12475,9 +12545,9 @@ modules.add('probed/probebench.py', 12319,  601844,   7255,   157)
 #    return "\n".join(lines)
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12481-12588 here (file line = module line + 12480)
+# probed/beat.py: its lines 1-108 are lines 12551-12658 here (file line = module line + 12550)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12481,  609417,   4837,   108)
+modules.add('probed/beat.py', 12551,  612578,   4837,   108)
 #"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 #
 #`--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12588,9 +12658,9 @@ modules.add('probed/beat.py', 12481,  609417,   4837,   108)
 #    return BEAT_EXIT_OK
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-101 are lines 12594-12694 here (file line = module line + 12593)
+# probed/cli.py: its lines 1-110 are lines 12664-12773 here (file line = module line + 12663)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12594,  614570,   3856,   101)
+modules.add('probed/cli.py', 12664,  617731,   4119,   110)
 #"""Command line entry point: `probed [serve]` and the subcommands.
 #
 #Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr
@@ -12603,18 +12673,27 @@ modules.add('probed/cli.py', 12594,  614570,   3856,   101)
 #import sys
 #from typing import Callable, Dict, List, Mapping, Optional, Sequence
 #
+#from . import __version__
 #from .checks.base import CheckResources
 #from .checkspecs import build_checks
 #from .daemon import Daemon
 #from .eventlog import EventLog
-#from .flags import build_serve_parser, normalize_argv
+#from .flags import parse_serve_args
 #from .settings import describe_settings, resolve_settings
 #from .values import ConfigError
 #
 #
 #def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
 #    """`probed [serve] ...`: validate everything, then run the daemon."""
-#    ns = build_serve_parser().parse_args(normalize_argv(argv))
+#    ns = parse_serve_args(argv)
+#    if getattr(ns, "help", False):
+#        from .flaghelp import build_serve_parser  # only --help pays for argparse (RSS)
+#
+#        build_serve_parser().print_help()
+#        return 0
+#    if getattr(ns, "version", False):
+#        print("probed " + __version__)
+#        return 0
 #    settings, raws = resolve_settings(ns, env)
 #    resources = CheckResources()
 #    checks = build_checks([r for r, _ in raws], [o for _, o in raws], resources)

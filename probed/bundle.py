@@ -105,8 +105,8 @@ LAYERS: Tuple[Layer, ...] = (
            "h2server.py", "server.py", "selfmetrics.py", "drain.py")),
     # admin is here, not with the server: its listener is built from the typed settings.
     Layer("daemon", "settings and presets in, the admin listener and a serving process out",
-          ("checkspecs.py", "presets.py", "flags.py", "settings.py", "admin.py", "pushbeat.py",
-           "reaper.py", "daemon.py")),
+          ("checkspecs.py", "presets.py", "flags.py", "flaghelp.py", "settings.py", "admin.py",
+           "pushbeat.py", "reaper.py", "daemon.py")),
     Layer("cli", "the command line and its subcommands",
           ("checkcmd.py", "probebench.py", "beat.py", "cli.py")),
 )

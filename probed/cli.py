@@ -10,18 +10,27 @@ import os
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from . import __version__
 from .checks.base import CheckResources
 from .checkspecs import build_checks
 from .daemon import Daemon
 from .eventlog import EventLog
-from .flags import build_serve_parser, normalize_argv
+from .flags import parse_serve_args
 from .settings import describe_settings, resolve_settings
 from .values import ConfigError
 
 
 def serve(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """`probed [serve] ...`: validate everything, then run the daemon."""
-    ns = build_serve_parser().parse_args(normalize_argv(argv))
+    ns = parse_serve_args(argv)
+    if getattr(ns, "help", False):
+        from .flaghelp import build_serve_parser  # only --help pays for argparse (RSS)
+
+        build_serve_parser().print_help()
+        return 0
+    if getattr(ns, "version", False):
+        print("probed " + __version__)
+        return 0
     settings, raws = resolve_settings(ns, env)
     resources = CheckResources()
     checks = build_checks([r for r, _ in raws], [o for _, o in raws], resources)

@@ -1,17 +1,16 @@
-"""The daemon's command line: the flag table, the parser built from it, Go-style spellings,
-one-line errors with a did-you-mean, and --help. No I/O; settings.py resolves the values.
+"""The daemon's command line: the flag table, the parser built from it, Go-style spellings and
+one-line errors with a did-you-mean (--help is flaghelp.py's). No I/O; settings.py resolves the
+values.
 
 Every flag is a row of one table (flag, parser, default, metavar, help), so --help, the
 environment names (`PROBED_<FLAG>`), the config file keys and `--print-config` never disagree.
 """
 
-import argparse
+import re
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import __version__
-from .checks import CHECK_KINDS
-from .checks.http import HTTP_COMMON_PARAMS
-from .checkspecs import CHECK_QUOTING, MIN_INTERVAL
+from .checkspecs import MIN_INTERVAL
 from .eventlog import LOG_FORMATS
 from .presets import PRESET_OPTIONS
 from .beatregistry import parse_beat_name
@@ -231,82 +230,53 @@ def unknown_flag(given: str, known: Iterable[str]) -> str:
     return "unknown flag %s%s; probed --help lists them" % (given, hint)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's, at a fixed width: asking the terminal's width imports shutil (with bz2 and
-    lzma, about 0.6 MB), and argparse builds a formatter for every flag it adds."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=HELP_WIDTH)
+# What argparse takes for a value although it starts with "-": a negative number, or "-" alone.
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
 
-class FlagParser(argparse.ArgumentParser):
-    """argparse whose mistakes are one ConfigError line (exit 2), not 14 lines of usage."""
-
-    def error(self, message: str) -> Any:
-        raise ConfigError(message)
-
-
-class ServeParser(FlagParser):
-    """The serve parser: its epilog is written when help is shown, not when the parser is built
-    (it lists every check kind's keys, which imports every kind: RSS a daemon never needs)."""
-
-    def format_help(self) -> str:
-        self.epilog = epilog()
-        return super().format_help()
-
-
-def epilog() -> str:
-    """The --help text after the flags: check kinds and keys, quoting, environment, gRPC,
-    subcommands (a one-file user has no README)."""
-    import textwrap  # only --help wraps text: the daemon never pays for the module (RSS)
-
-    lines = []
-    for kind in sorted(CHECK_KINDS):
-        own = [k for k in CHECK_KINDS[kind].params if k not in HTTP_COMMON_PARAMS]
-        more = "" if len(own) == len(CHECK_KINDS[kind].params) else " (+ http keys)"
-        lines += textwrap.wrap("%-10s %s%s" % (kind, " ".join(own), more), width=96,
-                               initial_indent="  ", subsequent_indent=" " * 13,
-                               break_on_hyphens=False)
-    return EPILOG % (" ".join(HTTP_COMMON_PARAMS), "\n".join(lines), CHECK_QUOTING)
-
-
-EPILOG = """check kinds and their keys (README.md "Checks" says what each does). Every kind also
-takes name probes interval timeout fail-after pass-after stale-after start-interval; the http
-keys are %s.
-%s
-examples:
-  probed --vllm http://127.0.0.1:8000 --max-waiting 32
-  probed --check "http url=http://127.0.0.1:8000/health probes=live,ready,started"
-  %s
-Every flag also reads PROBED_<FLAG> (e.g. PROBED_READ_TIMEOUT=5s; PROBED_CHECK holds one check
-per line). Go-style -flag=value and -flag value work too (Multi Node Prober args).
-The probe port also serves grpc.health.v1 (kubelet grpc probes): service liveness, readiness,
-startup, or a check's name.
-
-subcommands (each has --help):
-  probed [serve]     the daemon (default)
-  probed check URL   one probe for exec probes: exit 0 pass, 1 fail, 2 usage, 3 unreachable
-  probed bench URL   kubelet-style probe latency: p50/p90/p99/max, probes/s
-  probed drain       preStop: fail ready, wait until nothing is in flight
-  probed beat NAME   a worker's heartbeat (file or admin listener)
-  probed demo, probed sim   the vLLM simulator and a guided demo (package only)"""
+def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
+    """The `probed [serve]` arguments, parsed as flaghelp.build_serve_parser() would: only given
+    flags are set, the last of a repeated flag wins, `--check` collects, mistakes are one
+    ConfigError line. It is not argparse because argparse and gettext are 0.4 MB of a daemon's
+    RSS (1 MB on 3.8) for one call at start. `-h`/`--help` and `--version` end parsing with
+    `help` or `version` set: the caller prints flaghelp's help or the version."""
+    args = normalize_argv(argv)
+    ns = SimpleNamespace()
+    extra: List[str] = []  # words that are no flag nor a flag's value: refused at the end
+    i = 0
+    while i < len(args):
+        arg, i = args[i], i + 1
+        flag, eq, value = arg.partition("=")
+        if flag in ("-h", "--help"):
+            ns.help = True  # the caller prints flaghelp's help: only --help pays for argparse
+            return ns
+        if arg == "--":
+            extra += args[i - 1:]
+            break
+        if not arg.startswith("-") or arg == "-":
+            extra.append(arg)
+            continue
+        if flag in SWITCHES:
+            if eq:
+                raise ConfigError("argument %s: ignored explicit argument %r" % (flag, value))
+            setattr(ns, dest(flag), True)
+            if flag == "--version":
+                return ns  # the caller prints it, as it prints the help
+            continue
+        if not eq:
+            if i == len(args) or _takes_as_flag(args[i]):
+                raise ConfigError("argument %s: expected one argument" % flag)
+            value, i = args[i], i + 1
+        if flag == "--check":
+            ns.check = getattr(ns, "check", []) + [value]
+        else:
+            setattr(ns, dest(flag), value)
+    if extra:
+        raise ConfigError("unrecognized arguments: %s" % " ".join(extra))
+    return ns
 
 
-def build_serve_parser() -> FlagParser:
-    """The `probed [serve]` argument parser (defaults are applied after parsing)."""
-    parser = ServeParser(
-        prog="probed", description="Kubernetes probes for LLM inference servers, answered "
-        "from cached verdicts.", allow_abbrev=False,
-        formatter_class=HelpFormatter, argument_default=argparse.SUPPRESS)
-    parser.add_argument("--version", action="version", version="probed " + __version__)
-    parser.add_argument("--check", action="append", metavar='"KIND key=value ..."',
-                        help="a check (repeatable); kinds below")
-    parser.add_argument("--config", metavar="FILE.json", help="checks and settings as JSON")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration (secrets redacted) and exit")
-    parser.add_argument("--allow-no-checks", action="store_true",
-                        help="start with no check at all (every probe passes): only when meant")
-    for option in SERVE_OPTIONS:
-        shown = "" if option.default is None else " (default: %s)" % show_default(option.default)
-        parser.add_argument(option.flag, metavar=option.metavar, help=option.help + shown)
-    return parser
+def _takes_as_flag(arg: str) -> bool:
+    """Whether argparse would read `arg` as an option, not as the value before it."""
+    return (arg.startswith("-") and arg != "-" and not _NEGATIVE_NUMBER.match(arg)
+            and " " not in arg)

@@ -7,7 +7,6 @@ ConfigError naming the flag, variable or key, the bad value and what was expecte
 configuration that would leave a pod broken without a word (no checks at all) is refused.
 """
 
-import argparse
 import json
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -51,7 +50,7 @@ class Settings(NamedTuple):
     notes: Tuple[str, ...] = ()  # what resolution changed on the user's behalf: logged at start
 
 
-def resolve_settings(ns: argparse.Namespace, env: Mapping[str, str]
+def resolve_settings(ns: object, env: Mapping[str, str]
                      ) -> Tuple[Settings, List[Tuple[RawCheck, str]]]:
     """Apply command line > environment > config file > default to every setting; returns the
     settings and every raw check with its origin."""
@@ -105,7 +104,7 @@ def _env_port(env: Mapping[str, str], name: str) -> int:
         raise ConfigError("%s=%s: %s" % (name, env[name], exc)) from None
 
 
-def _given_text(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+def _given_text(ns: object, env: Mapping[str, str], file_data: Dict[str, Any],
                 config_path: Optional[str], flag: str) -> Optional[Tuple[str, str]]:
     """(where, text) of the value a flag was given, by precedence; None when not given."""
     name = dest(flag)
@@ -124,7 +123,7 @@ def _given_text(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[
     return None
 
 
-def _given_presets(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+def _given_presets(ns: object, env: Mapping[str, str], file_data: Dict[str, Any],
                    config_path: Optional[str]) -> Dict[str, str]:
     """The preset flags as the user typed them (for notes on what was changed)."""
     given = {}
@@ -167,7 +166,7 @@ def load_config_file(path: str) -> Dict[str, Any]:
     return data
 
 
-def _collect_checks(ns: argparse.Namespace, env: Mapping[str, str], file_data: Dict[str, Any],
+def _collect_checks(ns: object, env: Mapping[str, str], file_data: Dict[str, Any],
                     config_path: Optional[str]) -> List[Tuple[RawCheck, str]]:
     raws: List[Tuple[RawCheck, str]] = []
     checks = file_data.get("checks", [])

@@ -23,7 +23,7 @@ from probed.admin import (
     build_admin,
 )
 from probed.checks.base import Check, Observation
-from probed.flags import build_serve_parser, parse_admin_addr
+from probed.flags import parse_admin_addr, parse_serve_args
 from probed.settings import Settings, resolve_settings
 from probed.beatregistry import HeartbeatRegistry
 from probed.checks.base import CheckResources
@@ -307,7 +307,7 @@ def pieces(checks: List[Check], log: EventLog) -> Tuple[Pod, Scheduler, List[Che
 
 def settings_with(**values: object) -> Settings:
     """Settings as the command line resolves them (no flags), with `values` replaced."""
-    settings, _ = resolve_settings(build_serve_parser().parse_args(["--allow-no-checks"]), {})
+    settings, _ = resolve_settings(parse_serve_args(["--allow-no-checks"]), {})
     return settings._replace(**values)
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from probed.cli import main
-from probed.flags import build_serve_parser
+from probed.flags import parse_serve_args
 from probed.settings import resolve_settings
 from probed.checkspecs import build_checks, build_spec, describe_spec, split_check_text
 from probed.values import ConfigError, parse_duration, parse_host_port, parse_status_ranges
@@ -94,7 +94,7 @@ def test_secrets_never_shown():
 
 
 def settings(argv, env=None):
-    return resolve_settings(build_serve_parser().parse_args(argv), env or {})
+    return resolve_settings(parse_serve_args(argv), env or {})
 
 
 def test_flag_beats_environment_beats_file_beats_default(tmp_path):

@@ -9,15 +9,16 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from probed import __version__
 from probed.checkspecs import build_checks, split_check_text
 from probed.cli import main
-from probed.flags import build_serve_parser, normalize_argv
+from probed.flags import normalize_argv, parse_serve_args
 from probed.settings import Settings, resolve_settings
 from probed.values import ConfigError
 
 
 def resolve(argv: List[str], env: Optional[Dict[str, str]] = None) -> Any:
-    return resolve_settings(build_serve_parser().parse_args(normalize_argv(argv)), env or {})
+    return resolve_settings(parse_serve_args(argv), env or {})
 
 
 def one_error_line(argv: List[str], capsys: pytest.CaptureFixture) -> str:
@@ -120,6 +121,58 @@ def test_a_value_that_looks_like_a_flag_is_left_alone() -> None:
         "--model", "-draft-", "--addr", "-1"]
     _, raws = resolve(["--vllm", "http://h:8000", "--model=-draft-"])
     assert {raw["name"]: raw.get("model") for raw, _ in raws}["vllm-model"] == "-draft-"
+
+
+# --- the hand parser agrees with argparse ----------------------------------------------------------
+
+AGREED = [
+    [],
+    ["--vllm", "http://h:8000", "--max-waiting", "8"],
+    ["--vllm=http://h:8000", "--addr", ":9000", "--addr", ":9001"],  # the last one wins
+    ["--check", "http url=http://h/", "--check=tcp addr=h:1", "--allow-no-checks"],
+    ["-addr=:8080", "-vllm-endpoint", "http://vllm:8000"],  # Go spellings
+    ["--max-waiting", "-1"],  # a negative number is a value (the settings refuse it later)
+    ["--model", "-"],
+    ["--model", "-x y"],  # a value with a space is never an option
+    ["--addr", ""],
+    ["--print-config", "--vllm", "http://h:8000"],
+]
+REFUSED = [
+    ["--addr"],  # no value at the end
+    ["--model", "-draft-"],  # looks like a flag: argparse takes it as one
+    ["--addr", "--vllm", "http://h"],
+    ["stray", "--addr", ":1"],
+    ["--addr", ":1", "stray", "more"],
+    ["--", "x"],
+    ["--print-config=yes"],
+]
+
+
+@pytest.mark.parametrize("argv", AGREED)
+def test_the_daemon_parses_its_flags_as_argparse_would(argv: List[str]) -> None:
+    from probed.flaghelp import build_serve_parser  # the parser --help shows
+
+    assert vars(parse_serve_args(argv)) == vars(
+        build_serve_parser().parse_args(normalize_argv(argv)))
+
+
+@pytest.mark.parametrize("argv", REFUSED)
+def test_the_daemon_refuses_what_argparse_refuses(argv: List[str]) -> None:
+    from probed.flaghelp import build_serve_parser
+
+    with pytest.raises(ConfigError) as ours:
+        parse_serve_args(argv)
+    with pytest.raises(ConfigError) as theirs:
+        build_serve_parser().parse_args(normalize_argv(argv))
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_help_and_version_print_and_return_0(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--vllm", "http://h:8000", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: probed ") and "--max-waiting N" in out
+    assert "check kinds and their keys" in out  # the epilog, written when help is shown
+    assert main(["--version"]) == 0 and capsys.readouterr().out == "probed %s\n" % __version__
 
 
 # --- --check as users type it -----------------------------------------------------------------------

@@ -59,6 +59,8 @@ ADMIN_ONLY_MODULES = ("probed.admin", "probed.drain", "probed.pushbeat", "probed
 GRPC_ONLY_MODULES = ("probed.hpack", "probed.h2proto", "probed.h2output", "probed.grpchealth",
                      "probed.h2server")
 SUBCOMMAND_ONLY_MODULES = ("probed.checkcmd", "probed.probebench", "probed.beat")
+# The daemon parses its flags by hand (flags.parse_serve_args): argparse builds --help only.
+HELP_ONLY_MODULES = ("argparse", "gettext", "probed.flaghelp")
 
 
 def _version_of(executable: str) -> Optional[str]:
@@ -489,4 +491,5 @@ def test_a_plain_vllm_run_loads_no_ssl_ctypes_grpc_or_subcommand(
     names = {name for _, name in rows}
     assert {"asyncio", "probed.client", "probed.checks.metric"} <= names, daemon.output[-2000:]
     assert_not_loaded(rows, LAZY_ONLY_MODULES + GPU_ONLY_MODULES + GRPC_ONLY_MODULES
-                      + SUBCOMMAND_ONLY_MODULES + UNUSED_KIND_MODULES + ADMIN_ONLY_MODULES)
+                      + SUBCOMMAND_ONLY_MODULES + UNUSED_KIND_MODULES + ADMIN_ONLY_MODULES
+                      + HELP_ONLY_MODULES)

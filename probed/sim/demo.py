@@ -12,7 +12,7 @@ import socket
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..flags import build_serve_parser
+from ..flags import parse_serve_args
 from ..settings import resolve_settings
 from ..checks.base import CheckResources
 from ..checkspecs import build_checks
@@ -51,7 +51,7 @@ def demo_daemon(sim_url: str, port: int, log: EventLog) -> Daemon:
     """probed with the --vllm preset against the simulator, polling every second."""
     argv = ["--vllm", sim_url, "--max-waiting", "8", "--stall-after", "3s",
             "--addr", "127.0.0.1:%d" % port, "--drain-seconds", "0"]
-    settings, raws = resolve_settings(build_serve_parser().parse_args(argv), {})
+    settings, raws = resolve_settings(parse_serve_args(argv), {})
     for raw, _ in raws:
         raw["interval"] = "1s"
     resources = CheckResources()
