@@ -57,7 +57,7 @@ MIN_STARTUP_BUDGET = 600  # seconds: a model download and load must never be cut
 MAX_READINESS_PERIOD = 5  # seconds: readiness changes (shedding, draining) reach the kubelet fast
 MAX_PROBED_CPU_MILLI = 50
 MAX_PROBED_MEMORY_MI = 128
-# probed.py's idle RSS on CPython 3.11-3.13 (bench/footprint.py: 21-22 MB), rounded up.
+# probed.py's idle RSS on CPython 3.11-3.13 (bench/footprint.py: 20-21 MB), rounded up.
 PROBED_IDLE_RSS_MI = 23
 PROBED_SELF_PATH = "/probed/livez"  # probed's own liveness: its loop answers, its pollers deliver
 GROUP_PATHS = {
