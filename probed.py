@@ -18,82 +18,82 @@
 # Contents                                                                  line
 #   the loader (singlefile.py, verbatim) ................................     99
 #   1. package
-#        probed/__init__.py .............................................    294
+#        probed/__init__.py .............................................    296
 #   2. wire format
-#        probed/urlcodec.py .............................................    331
-#        probed/httpproto.py ............................................    385
-#        probed/clientproto.py ..........................................    788
-#        probed/promselector.py .........................................    932
-#        probed/exprules.py .............................................   1084
-#        probed/expfmt.py ...............................................   1428
-#        probed/hpack.py ................................................   1734
-#        probed/h2frames.py .............................................   1998
-#        probed/h2output.py .............................................   2111
-#        probed/h2proto.py ..............................................   2254
-#        probed/grpchealth.py ...........................................   2737
+#        probed/urlcodec.py .............................................    333
+#        probed/httpproto.py ............................................    387
+#        probed/clientproto.py ..........................................    790
+#        probed/promselector.py .........................................    934
+#        probed/exprules.py .............................................   1086
+#        probed/expfmt.py ...............................................   1430
+#        probed/hpack.py ................................................   1736
+#        probed/h2frames.py .............................................   2000
+#        probed/h2output.py .............................................   2113
+#        probed/h2proto.py ..............................................   2256
+#        probed/grpchealth.py ...........................................   2739
 #   3. values
-#        probed/groups.py ...............................................   3051
-#        probed/values.py ...............................................   3060
-#        probed/files.py ................................................   3253
+#        probed/groups.py ...............................................   3053
+#        probed/values.py ...............................................   3062
+#        probed/files.py ................................................   3255
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3321
-#        probed/clientchan.py ...........................................   3414
-#        probed/client.py ...............................................   3593
-#        probed/scrape.py ...............................................   3948
-#        probed/beatregistry.py .........................................   4191
-#        probed/eventlog.py .............................................   4264
-#        probed/nvml.py .................................................   4390
-#        probed/gpufaults.py ............................................   4648
-#        probed/gpureader.py ............................................   4946
+#        probed/blocking.py .............................................   3323
+#        probed/clientchan.py ...........................................   3416
+#        probed/client.py ...............................................   3595
+#        probed/scrape.py ...............................................   3950
+#        probed/beatregistry.py .........................................   4193
+#        probed/eventlog.py .............................................   4266
+#        probed/nvml.py .................................................   4392
+#        probed/gpufaults.py ............................................   4650
+#        probed/gpureader.py ............................................   4948
 #   5. checks
-#        probed/checks/base.py ..........................................   5365
-#        probed/checks/__init__.py ......................................   5600
-#        probed/checks/exec.py ..........................................   5657
-#        probed/checks/gpu.py ...........................................   5792
-#        probed/checks/heartbeat.py .....................................   5902
-#        probed/checks/http.py ..........................................   6137
-#        probed/checks/inference.py .....................................   6315
-#        probed/checks/manual.py ........................................   6544
-#        probed/checks/metric.py ........................................   6606
-#        probed/checks/awake.py .........................................   6920
-#        probed/checks/inflight.py ......................................   7099
-#        probed/checks/process.py .......................................   7185
-#        probed/checks/relay.py .........................................   7262
-#        probed/checks/tcp.py ...........................................   7316
-#        probed/checks/ray.py ...........................................   7367
+#        probed/checks/base.py ..........................................   5367
+#        probed/checks/__init__.py ......................................   5602
+#        probed/checks/exec.py ..........................................   5659
+#        probed/checks/gpu.py ...........................................   5794
+#        probed/checks/heartbeat.py .....................................   5904
+#        probed/checks/http.py ..........................................   6139
+#        probed/checks/inference.py .....................................   6317
+#        probed/checks/manual.py ........................................   6546
+#        probed/checks/metric.py ........................................   6608
+#        probed/checks/awake.py .........................................   6922
+#        probed/checks/inflight.py ......................................   7101
+#        probed/checks/process.py .......................................   7187
+#        probed/checks/relay.py .........................................   7264
+#        probed/checks/tcp.py ...........................................   7318
+#        probed/checks/ray.py ...........................................   7369
 #   6. pod
-#        probed/hygiene.py ..............................................   7704
-#        probed/checkstate.py ...........................................   7777
-#        probed/podevents.py ............................................   7927
-#        probed/pod.py ..................................................   8033
+#        probed/hygiene.py ..............................................   7706
+#        probed/checkstate.py ...........................................   7779
+#        probed/podevents.py ............................................   7929
+#        probed/pod.py ..................................................   8035
 #   7. scheduler
-#        probed/scheduler.py ............................................   8410
+#        probed/scheduler.py ............................................   8412
 #   8. server and router
-#        probed/render.py ...............................................   8610
-#        probed/router.py ...............................................   8694
-#        probed/connection.py ...........................................   8956
-#        probed/fdlimit.py ..............................................   9082
-#        probed/listeners.py ............................................   9134
-#        probed/h2server.py .............................................   9199
-#        probed/server.py ...............................................   9422
-#        probed/selfmetrics.py ..........................................   9889
-#        probed/drain.py ................................................  10118
+#        probed/render.py ...............................................   8612
+#        probed/router.py ...............................................   8696
+#        probed/connection.py ...........................................   8958
+#        probed/fdlimit.py ..............................................   9084
+#        probed/listeners.py ............................................   9136
+#        probed/h2server.py .............................................   9201
+#        probed/server.py ...............................................   9424
+#        probed/selfmetrics.py ..........................................   9891
+#        probed/drain.py ................................................  10120
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10268
-#        probed/presets.py ..............................................  10499
-#        probed/flags.py ................................................  10907
-#        probed/flaghelp.py .............................................  11194
-#        probed/settings.py .............................................  11294
-#        probed/admin.py ................................................  11505
-#        probed/pushbeat.py .............................................  11817
-#        probed/reaper.py ...............................................  11907
-#        probed/daemon.py ...............................................  11980
+#        probed/checkspecs.py ...........................................  10270
+#        probed/presets.py ..............................................  10501
+#        probed/flags.py ................................................  10909
+#        probed/flaghelp.py .............................................  11196
+#        probed/settings.py .............................................  11296
+#        probed/admin.py ................................................  11507
+#        probed/pushbeat.py .............................................  11819
+#        probed/reaper.py ...............................................  11909
+#        probed/daemon.py ...............................................  11982
 #   10. cli
-#        probed/checkcmd.py .............................................  12282
-#        probed/probebench.py ...........................................  12389
-#        probed/beat.py .................................................  12551
-#        probed/cli.py ..................................................  12664
-#   entry point .........................................................  12775
+#        probed/checkcmd.py .............................................  12284
+#        probed/probebench.py ...........................................  12391
+#        probed/beat.py .................................................  12553
+#        probed/cli.py ..................................................  12666
+#   entry point .........................................................  12777
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it, each whole
@@ -123,6 +123,7 @@ function.
 bundle.py copies this file into probed.py verbatim, above the embedded modules, and writes the
 calls that fill and run it; the package never imports it.
 """
+
 import os
 import sys
 from importlib.machinery import ModuleSpec
@@ -172,9 +173,10 @@ class EmbeddedModules:
                               "`python3 probed.py`" % (path, self.filename, self.open_error))
         data = os.pread(self.fd, size, offset)
         if len(data) != size or not data.endswith(b"\n") or data.count(b"\n#") != lines:
-            raise ImportError("%s changed after this process started: %s is no longer at bytes "
-                              "%d-%d; restart the process" % (self.filename, path, offset,
-                                                               offset + size))
+            raise ImportError("%s changed after this process started (or its line ends were "
+                              "converted): %s is no longer at bytes %d-%d; restart the process "
+                              "with the file as generated" % (self.filename, path, offset,
+                                                              offset + size))
         return data.decode("utf-8").replace("\n#", "\n")
 
     def find_spec(self, name: str, path: Optional[Sequence[str]] = None,
@@ -288,9 +290,9 @@ modules = EmbeddedModules(globals().get("__file__", "probed.py"))
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/__init__.py: its lines 1-27 are lines 294-320 here (file line = module line + 293)
+# probed/__init__.py: its lines 1-27 are lines 296-322 here (file line = module line + 295)
 # ------------------------------------------------------------------------------
-modules.add('probed/__init__.py', 294,   17296,   1152,    27)
+modules.add('probed/__init__.py', 296,   17390,   1152,    27)
 #"""probed: a Kubernetes probe daemon for LLM inference servers.
 #
 #The package is the source; `probed.py` at the top of the repository is generated from it by
@@ -325,9 +327,9 @@ modules.add('probed/__init__.py', 294,   17296,   1152,    27)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/urlcodec.py: its lines 1-49 are lines 331-379 here (file line = module line + 330)
+# probed/urlcodec.py: its lines 1-49 are lines 333-381 here (file line = module line + 332)
 # ------------------------------------------------------------------------------
-modules.add('probed/urlcodec.py', 331,   19178,   1856,    49)
+modules.add('probed/urlcodec.py', 333,   19272,   1856,    49)
 #"""Percent-encoding, percent-decoding and query strings (RFC 3986 and HTML forms). Pure.
 #
 #What probed needs of urllib.parse, in a few lines: that module imports ipaddress at start and
@@ -379,9 +381,9 @@ modules.add('probed/urlcodec.py', 331,   19178,   1856,    49)
 #    return percent_decode(text.replace("+", " ").encode("latin-1")).decode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/httpproto.py: its lines 1-398 are lines 385-782 here (file line = module line + 384)
+# probed/httpproto.py: its lines 1-398 are lines 387-784 here (file line = module line + 386)
 # ------------------------------------------------------------------------------
-modules.add('probed/httpproto.py', 385,   21354,  18131,   398)
+modules.add('probed/httpproto.py', 387,   21448,  18131,   398)
 #"""HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
 #
 #The server hands this module its receive buffer and gets back a `Request` (or "need more
@@ -782,9 +784,9 @@ modules.add('probed/httpproto.py', 385,   21354,  18131,   398)
 #        t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
 
 # ------------------------------------------------------------------------------
-# probed/clientproto.py: its lines 1-139 are lines 788-926 here (file line = module line + 787)
+# probed/clientproto.py: its lines 1-139 are lines 790-928 here (file line = module line + 789)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientproto.py', 788,   39809,   6493,   139)
+modules.add('probed/clientproto.py', 790,   39903,   6493,   139)
 #"""The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
 #
 #The client (client.py) moves bytes between a socket and these functions, the way the server
@@ -926,9 +928,9 @@ modules.add('probed/clientproto.py', 788,   39809,   6493,   139)
 #    return status, (match.group(2) or b"").decode("latin-1").strip()
 
 # ------------------------------------------------------------------------------
-# probed/promselector.py: its lines 1-147 are lines 932-1078 here (file line = module line + 931)
+# probed/promselector.py: its lines 1-147 are lines 934-1080 here (file line = module line + 933)
 # ------------------------------------------------------------------------------
-modules.add('probed/promselector.py', 932,   46629,   7032,   147)
+modules.add('probed/promselector.py', 934,   46723,   7032,   147)
 #"""PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
 #syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
 #
@@ -1078,9 +1080,9 @@ modules.add('probed/promselector.py', 932,   46629,   7032,   147)
 #    return float(max(numbers) if how == "max" else min(numbers))
 
 # ------------------------------------------------------------------------------
-# probed/exprules.py: its lines 1-339 are lines 1084-1422 here (file line = module line + 1083)
+# probed/exprules.py: its lines 1-339 are lines 1086-1424 here (file line = module line + 1085)
 # ------------------------------------------------------------------------------
-modules.add('probed/exprules.py', 1084,   53983,  19472,   339)
+modules.add('probed/exprules.py', 1086,   54077,  19472,   339)
 #"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
 #OpenMetrics, one line at a time.
 #
@@ -1422,9 +1424,9 @@ modules.add('probed/exprules.py', 1084,   53983,  19472,   339)
 #
 
 # ------------------------------------------------------------------------------
-# probed/expfmt.py: its lines 1-301 are lines 1428-1728 here (file line = module line + 1427)
+# probed/expfmt.py: its lines 1-301 are lines 1430-1730 here (file line = module line + 1429)
 # ------------------------------------------------------------------------------
-modules.add('probed/expfmt.py', 1428,   73773,  16213,   301)
+modules.add('probed/expfmt.py', 1430,   73867,  16213,   301)
 #"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
 #
 #Sans-I/O: bytes in, samples out; no sockets, files, clocks or logging here. Bad input raises only
@@ -1728,9 +1730,9 @@ modules.add('probed/expfmt.py', 1428,   73773,  16213,   301)
 #    return selector._result(selector._readers[0])
 
 # ------------------------------------------------------------------------------
-# probed/hpack.py: its lines 1-259 are lines 1734-1992 here (file line = module line + 1733)
+# probed/hpack.py: its lines 1-259 are lines 1736-1994 here (file line = module line + 1735)
 # ------------------------------------------------------------------------------
-modules.add('probed/hpack.py', 1734,   90302,  12409,   259)
+modules.add('probed/hpack.py', 1736,   90396,  12409,   259)
 #"""HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
 #
 #Decoding covers all a client may send: indexed fields, literals with and without indexing,
@@ -1992,9 +1994,9 @@ modules.add('probed/hpack.py', 1734,   90302,  12409,   259)
 #    return encode_integer(size, 5, 0x20)
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-108 are lines 1998-2105 here (file line = module line + 1997)
+# probed/h2frames.py: its lines 1-108 are lines 2000-2107 here (file line = module line + 1999)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2frames.py', 1998,  103033,   4477,   108)
+modules.add('probed/h2frames.py', 2000,  103127,   4477,   108)
 #"""HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
 #header, the events the connection machine emits, and what makes a request's fields malformed.
 #
@@ -2105,9 +2107,9 @@ modules.add('probed/h2frames.py', 1998,  103033,   4477,   108)
 #    return REQUIRED_PSEUDO <= pseudo
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 2111-2248 here (file line = module line + 2110)
+# probed/h2output.py: its lines 1-138 are lines 2113-2250 here (file line = module line + 2112)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 2111,  107832,   6258,   138)
+modules.add('probed/h2output.py', 2113,  107926,   6258,   138)
 #"""What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 #flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 #
@@ -2248,9 +2250,9 @@ modules.add('probed/h2output.py', 2111,  107832,   6258,   138)
 #            self.max_frame = value
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 2254-2731 here (file line = module line + 2253)
+# probed/h2proto.py: its lines 1-478 are lines 2256-2733 here (file line = module line + 2255)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 2254,  114410,  23104,   478)
+modules.add('probed/h2proto.py', 2256,  114504,  23104,   478)
 #"""HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 #
 #The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2731,9 +2733,9 @@ modules.add('probed/h2proto.py', 2254,  114410,  23104,   478)
 #        return events
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-304 are lines 2737-3040 here (file line = module line + 2736)
+# probed/grpchealth.py: its lines 1-304 are lines 2739-3042 here (file line = module line + 2738)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2737,  137840,  14583,   304)
+modules.add('probed/grpchealth.py', 2739,  137934,  14583,   304)
 #"""The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 #
 #`Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -3045,18 +3047,18 @@ modules.add('probed/grpchealth.py', 2737,  137840,  14583,   304)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 3051-3054 here (file line = module line + 3050)
+# probed/groups.py: its lines 1-4 are lines 3053-3056 here (file line = module line + 3052)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 3051,  153020,    257,     4)
+modules.add('probed/groups.py', 3053,  153114,    257,     4)
 #"""The three probe groups, the kubelet probe each answers, and the path it is served on."""
 #
 #GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
 #GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 3060-3247 here (file line = module line + 3059)
+# probed/values.py: its lines 1-188 are lines 3062-3249 here (file line = module line + 3061)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 3060,  153595,   7433,   188)
+modules.add('probed/values.py', 3062,  153689,   7433,   188)
 #"""Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 #
 #Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3247,9 +3249,9 @@ modules.add('probed/values.py', 3060,  153595,   7433,   188)
 #    return (host or default_host, number)
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3253-3310 here (file line = module line + 3252)
+# probed/files.py: its lines 1-58 are lines 3255-3312 here (file line = module line + 3254)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3253,  161343,   2671,    58)
+modules.add('probed/files.py', 3255,  161437,   2671,    58)
 #"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 #a device.
 #
@@ -3315,9 +3317,9 @@ modules.add('probed/files.py', 3253,  161343,   2671,    58)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-88 are lines 3321-3408 here (file line = module line + 3320)
+# probed/blocking.py: its lines 1-88 are lines 3323-3410 here (file line = module line + 3322)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3321,  164715,   3999,    88)
+modules.add('probed/blocking.py', 3323,  164809,   3999,    88)
 #"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 #file scans, each kind with its own small cap.
 #
@@ -3408,9 +3410,9 @@ modules.add('probed/blocking.py', 3321,  164715,   3999,    88)
 #                             ) from None
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3414-3587 here (file line = module line + 3413)
+# probed/clientchan.py: its lines 1-174 are lines 3416-3589 here (file line = module line + 3415)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3414,  169040,   8084,   174)
+modules.add('probed/clientchan.py', 3416,  169134,   8084,   174)
 #"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 #buffer, and reads paced so that a fast peer never holds the event loop.
 #
@@ -3587,9 +3589,9 @@ modules.add('probed/clientchan.py', 3414,  169040,   8084,   174)
 #        return True
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-350 are lines 3593-3942 here (file line = module line + 3592)
+# probed/client.py: its lines 1-350 are lines 3595-3944 here (file line = module line + 3594)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3593,  177442,  16560,   350)
+modules.add('probed/client.py', 3595,  177536,  16560,   350)
 #"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 #
 #One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3942,9 +3944,9 @@ modules.add('probed/client.py', 3593,  177442,  16560,   350)
 #    return Response(status, reason, fields, data, time.monotonic() - started)
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3948-4185 here (file line = module line + 3947)
+# probed/scrape.py: its lines 1-238 are lines 3950-4187 here (file line = module line + 3949)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3948,  194320,  11664,   238)
+modules.add('probed/scrape.py', 3950,  194414,  11664,   238)
 #"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 #
 #A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4185,9 +4187,9 @@ modules.add('probed/scrape.py', 3948,  194320,  11664,   238)
 #    return [reading.series[str(s)] for s in selectors]
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4191-4258 here (file line = module line + 4190)
+# probed/beatregistry.py: its lines 1-68 are lines 4193-4260 here (file line = module line + 4192)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4191,  206313,   3094,    68)
+modules.add('probed/beatregistry.py', 4193,  206407,   3094,    68)
 #"""Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 #
 #One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4258,9 +4260,9 @@ modules.add('probed/beatregistry.py', 4191,  206313,   3094,    68)
 #        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4264-4384 here (file line = module line + 4263)
+# probed/eventlog.py: its lines 1-121 are lines 4266-4386 here (file line = module line + 4265)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4264,  209729,   5042,   121)
+modules.add('probed/eventlog.py', 4266,  209823,   5042,   121)
 #"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 #
 #Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4384,9 +4386,9 @@ modules.add('probed/eventlog.py', 4264,  209729,   5042,   121)
 #            self.writer.close()
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4390-4642 here (file line = module line + 4389)
+# probed/nvml.py: its lines 1-253 are lines 4392-4644 here (file line = module line + 4391)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4390,  215085,  11654,   253)
+modules.add('probed/nvml.py', 4392,  215179,  11654,   253)
 #"""NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 #
 #ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4642,9 +4644,9 @@ modules.add('probed/nvml.py', 4390,  215085,  11654,   253)
 #        self._call("nvmlEventSetFree", self._ct.c_void_p(event_set))
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4648-4940 here (file line = module line + 4647)
+# probed/gpufaults.py: its lines 1-293 are lines 4650-4942 here (file line = module line + 4649)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4648,  227063,  14042,   293)
+modules.add('probed/gpufaults.py', 4650,  227157,  14042,   293)
 #"""GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 #is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 #no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4940,9 +4942,9 @@ modules.add('probed/gpufaults.py', 4648,  227063,  14042,   293)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4946-5354 here (file line = module line + 4945)
+# probed/gpureader.py: its lines 1-409 are lines 4948-5356 here (file line = module line + 4947)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4946,  241429,  18183,   409)
+modules.add('probed/gpureader.py', 4948,  241523,  18183,   409)
 #"""The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 #gpu checks of one daemon (through `CheckResources.gpus`).
 #
@@ -5359,9 +5361,9 @@ modules.add('probed/gpureader.py', 4946,  241429,  18183,   409)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-230 are lines 5365-5594 here (file line = module line + 5364)
+# probed/checks/base.py: its lines 1-230 are lines 5367-5596 here (file line = module line + 5366)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5365,  260450,  10819,   230)
+modules.add('probed/checks/base.py', 5367,  260544,  10819,   230)
 #"""The one contract every check kind follows (kube-apiserver healthz style).
 #
 #A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
@@ -5594,9 +5596,9 @@ modules.add('probed/checks/base.py', 5365,  260450,  10819,   230)
 #            raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-52 are lines 5600-5651 here (file line = module line + 5599)
+# probed/checks/__init__.py: its lines 1-52 are lines 5602-5653 here (file line = module line + 5601)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 5600,  271604,   2182,    52)
+modules.add('probed/checks/__init__.py', 5602,  271698,   2182,    52)
 #"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
 #
 #from typing import Dict, Iterator, Mapping, Tuple, Type
@@ -5651,9 +5653,9 @@ modules.add('probed/checks/__init__.py', 5600,  271604,   2182,    52)
 #CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5657-5786 here (file line = module line + 5656)
+# probed/checks/exec.py: its lines 1-130 are lines 5659-5788 here (file line = module line + 5658)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5657,  274114,   4987,   130)
+modules.add('probed/checks/exec.py', 5659,  274208,   4987,   130)
 #"""Check kind `exec`: runs a command; exit 0 within the timeout passes.
 #
 #For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5786,9 +5788,9 @@ modules.add('probed/checks/exec.py', 5657,  274114,   4987,   130)
 #        return code
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5792-5896 here (file line = module line + 5791)
+# probed/checks/gpu.py: its lines 1-105 are lines 5794-5898 here (file line = module line + 5793)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5792,  279427,   5325,   105)
+modules.add('probed/checks/gpu.py', 5794,  279521,   5325,   105)
 #"""Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 #
 #A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5896,9 +5898,9 @@ modules.add('probed/checks/gpu.py', 5792,  279427,   5325,   105)
 #        self.reader.forget_restart()
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-230 are lines 5902-6131 here (file line = module line + 5901)
+# probed/checks/heartbeat.py: its lines 1-230 are lines 5904-6133 here (file line = module line + 5903)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5902,  285090,  12399,   230)
+modules.add('probed/checks/heartbeat.py', 5904,  285184,  12399,   230)
 #"""Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 #
 #Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6131,9 +6133,9 @@ modules.add('probed/checks/heartbeat.py', 5902,  285090,  12399,   230)
 #                                         heartbeat_roster(silent, fresh, missing), note)
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-173 are lines 6137-6309 here (file line = module line + 6136)
+# probed/checks/http.py: its lines 1-173 are lines 6139-6311 here (file line = module line + 6138)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6137,  297817,   9063,   173)
+modules.add('probed/checks/http.py', 6139,  297911,   9063,   173)
 #"""Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 #
 #from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6309,9 +6311,9 @@ modules.add('probed/checks/http.py', 6137,  297817,   9063,   173)
 #        return True, "HTTP %d" % status
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6315-6538 here (file line = module line + 6314)
+# probed/checks/inference.py: its lines 1-224 are lines 6317-6540 here (file line = module line + 6316)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6315,  307218,  10778,   224)
+modules.add('probed/checks/inference.py', 6317,  307312,  10778,   224)
 #"""Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 #completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 #
@@ -6538,9 +6540,9 @@ modules.add('probed/checks/inference.py', 6315,  307218,  10778,   224)
 #                           detail={"status": status, "model": self.model})
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6544-6600 here (file line = module line + 6543)
+# probed/checks/manual.py: its lines 1-57 are lines 6546-6602 here (file line = module line + 6545)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6544,  318327,   2481,    57)
+modules.add('probed/checks/manual.py', 6546,  318421,   2481,    57)
 #"""Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 #
 #`POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6600,9 +6602,9 @@ modules.add('probed/checks/manual.py', 6544,  318327,   2481,    57)
 #        return self.current()
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-309 are lines 6606-6914 here (file line = module line + 6605)
+# probed/checks/metric.py: its lines 1-309 are lines 6608-6916 here (file line = module line + 6607)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6606,  321140,  16367,   309)
+modules.add('probed/checks/metric.py', 6608,  321234,  16367,   309)
 #"""Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 #
 #Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6914,9 +6916,9 @@ modules.add('probed/checks/metric.py', 6606,  321140,  16367,   309)
 #        return True, "idle"
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6920-7093 here (file line = module line + 6919)
+# probed/checks/awake.py: its lines 1-174 are lines 6922-7095 here (file line = module line + 6921)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6920,  337837,   8522,   174)
+modules.add('probed/checks/awake.py', 6922,  337931,   8522,   174)
 #"""Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 #/health says 200.
 #
@@ -7093,9 +7095,9 @@ modules.add('probed/checks/awake.py', 6920,  337837,   8522,   174)
 #        return obs.ok, obs.reason
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7099-7179 here (file line = module line + 7098)
+# probed/checks/inflight.py: its lines 1-81 are lines 7101-7181 here (file line = module line + 7100)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7099,  346694,   4181,    81)
+modules.add('probed/checks/inflight.py', 7101,  346788,   4181,    81)
 #"""Check kind `inflight`: how many requests the backend still has (running + waiting).
 #
 #It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7179,9 +7181,9 @@ modules.add('probed/checks/inflight.py', 7099,  346694,   4181,    81)
 #            self.pause.forget()
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7185-7256 here (file line = module line + 7184)
+# probed/checks/process.py: its lines 1-72 are lines 7187-7258 here (file line = module line + 7186)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7185,  351208,   3683,    72)
+modules.add('probed/checks/process.py', 7187,  351302,   3683,    72)
 #"""Check kind `process`: which incarnation of the backend process is answering.
 #
 #It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7256,9 +7258,9 @@ modules.add('probed/checks/process.py', 7185,  351208,   3683,    72)
 #                           % self.config["metric"].name)
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7262-7310 here (file line = module line + 7261)
+# probed/checks/relay.py: its lines 1-49 are lines 7264-7312 here (file line = module line + 7263)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7262,  355220,   2276,    49)
+modules.add('probed/checks/relay.py', 7264,  355314,   2276,    49)
 #"""Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 #another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 #
@@ -7310,9 +7312,9 @@ modules.add('probed/checks/relay.py', 7262,  355220,   2276,    49)
 #                           detail={"status": resp.status, "body": line})
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7316-7361 here (file line = module line + 7315)
+# probed/checks/tcp.py: its lines 1-46 are lines 7318-7363 here (file line = module line + 7317)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7316,  357821,   1636,    46)
+modules.add('probed/checks/tcp.py', 7318,  357915,   1636,    46)
 #"""Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 #
 #import asyncio
@@ -7361,9 +7363,9 @@ modules.add('probed/checks/tcp.py', 7316,  357821,   1636,    46)
 #        return Observation(True, "connected")
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-327 are lines 7367-7693 here (file line = module line + 7366)
+# probed/checks/ray.py: its lines 1-327 are lines 7369-7695 here (file line = module line + 7368)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7367,  359783,  16151,   327)
+modules.add('probed/checks/ray.py', 7369,  359877,  16151,   327)
 #"""Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 #
 #`ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7698,9 +7700,9 @@ modules.add('probed/checks/ray.py', 7367,  359783,  16151,   327)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7704-7771 here (file line = module line + 7703)
+# probed/hygiene.py: its lines 1-68 are lines 7706-7773 here (file line = module line + 7705)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7704,  376556,   3341,    68)
+modules.add('probed/hygiene.py', 7706,  376650,   3341,    68)
 #"""What an observation may carry into a reply or a log line: no secrets, no control characters,
 #bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 #the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7771,9 +7773,9 @@ modules.add('probed/hygiene.py', 7704,  376556,   3341,    68)
 #    return obs
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-145 are lines 7777-7921 here (file line = module line + 7776)
+# probed/checkstate.py: its lines 1-145 are lines 7779-7923 here (file line = module line + 7778)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7777,  380223,   6473,   145)
+modules.add('probed/checkstate.py', 7779,  380317,   6473,   145)
 #"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 #
 #A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7921,9 +7923,9 @@ modules.add('probed/checkstate.py', 7777,  380223,   6473,   145)
 #        return self.check.judge(self.obs, config, bool(self.ok))
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7927-8027 here (file line = module line + 7926)
+# probed/podevents.py: its lines 1-101 are lines 7929-8029 here (file line = module line + 7928)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7927,  387020,   3899,   101)
+modules.add('probed/podevents.py', 7929,  387114,   3899,   101)
 #"""What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 #
 #The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8027,9 +8029,9 @@ modules.add('probed/podevents.py', 7927,  387020,   3899,   101)
 #    return [e for e in events if isinstance(e, GroupChanged)]
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-367 are lines 8033-8399 here (file line = module line + 8032)
+# probed/pod.py: its lines 1-367 are lines 8035-8401 here (file line = module line + 8034)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8033,  391231,  19641,   367)
+modules.add('probed/pod.py', 8035,  391325,  19641,   367)
 #"""The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 #
 #`Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8404,9 +8406,9 @@ modules.add('probed/pod.py', 8033,  391231,  19641,   367)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8410-8599 here (file line = module line + 8409)
+# probed/scheduler.py: its lines 1-190 are lines 8412-8601 here (file line = module line + 8411)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8410,  411446,   8412,   190)
+modules.add('probed/scheduler.py', 8412,  411540,   8412,   190)
 #"""The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 #
 #One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8604,9 +8606,9 @@ modules.add('probed/scheduler.py', 8410,  411446,   8412,   190)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8610-8688 here (file line = module line + 8609)
+# probed/render.py: its lines 1-79 are lines 8612-8690 here (file line = module line + 8611)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8610,  420547,   3277,    79)
+modules.add('probed/render.py', 8612,  420641,   3277,    79)
 #"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 #
 #The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8688,9 +8690,9 @@ modules.add('probed/render.py', 8610,  420547,   3277,    79)
 #    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8694-8950 here (file line = module line + 8693)
+# probed/router.py: its lines 1-257 are lines 8696-8952 here (file line = module line + 8695)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8694,  424142,  12907,   257)
+modules.add('probed/router.py', 8696,  424236,  12907,   257)
 #"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 #
 #Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8950,9 +8952,9 @@ modules.add('probed/router.py', 8694,  424142,  12907,   257)
 #            + ["/", "/metrics", SELF_PATH])
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-121 are lines 8956-9076 here (file line = module line + 8955)
+# probed/connection.py: its lines 1-121 are lines 8958-9078 here (file line = module line + 8957)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8956,  437375,   5784,   121)
+modules.add('probed/connection.py', 8958,  437469,   5784,   121)
 #"""One client connection's state, the server's counters, and the rules over open connections
 #that need no socket: which one gives way at the cap, and which ones are past their deadline.
 #
@@ -9076,9 +9078,9 @@ modules.add('probed/connection.py', 8956,  437375,   5784,   121)
 #    return [c for c in conns if c.deadline < now]
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9082-9128 here (file line = module line + 9081)
+# probed/fdlimit.py: its lines 1-47 are lines 9084-9130 here (file line = module line + 9083)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9082,  443478,   2162,    47)
+modules.add('probed/fdlimit.py', 9084,  443572,   2162,    47)
 #"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 #
 #Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9128,9 +9130,9 @@ modules.add('probed/fdlimit.py', 9082,  443478,   2162,    47)
 #    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9134-9193 here (file line = module line + 9133)
+# probed/listeners.py: its lines 1-60 are lines 9136-9195 here (file line = module line + 9135)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9134,  445963,   2654,    60)
+modules.add('probed/listeners.py', 9136,  446057,   2654,    60)
 #"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 #
 #Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9193,9 +9195,9 @@ modules.add('probed/listeners.py', 9134,  445963,   2654,    60)
 #    loop.call_later(ACCEPT_PAUSE, resume)
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9199-9416 here (file line = module line + 9198)
+# probed/h2server.py: its lines 1-218 are lines 9201-9418 here (file line = module line + 9200)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9199,  448939,   9095,   218)
+modules.add('probed/h2server.py', 9201,  449033,   9095,   218)
 #"""HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 #
 #Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9416,9 +9418,9 @@ modules.add('probed/h2server.py', 9199,  448939,   9095,   218)
 #            self._sweeper = None
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9422-9883 here (file line = module line + 9421)
+# probed/server.py: its lines 1-462 are lines 9424-9885 here (file line = module line + 9423)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9422,  458352,  21765,   462)
+modules.add('probed/server.py', 9424,  458446,  21765,   462)
 #"""Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 #
 #The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9883,9 +9885,9 @@ modules.add('probed/server.py', 9422,  458352,  21765,   462)
 #        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-224 are lines 9889-10112 here (file line = module line + 9888)
+# probed/selfmetrics.py: its lines 1-224 are lines 9891-10114 here (file line = module line + 9890)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9889,  480446,  11387,   224)
+modules.add('probed/selfmetrics.py', 9891,  480540,  11387,   224)
 #"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 #
 #Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10112,9 +10114,9 @@ modules.add('probed/selfmetrics.py', 9889,  480446,  11387,   224)
 #        hist.observe(max(0.0, time.monotonic() - asked))
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-140 are lines 10118-10257 here (file line = module line + 10117)
+# probed/drain.py: its lines 1-140 are lines 10120-10259 here (file line = module line + 10119)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10118,  492153,   6921,   140)
+modules.add('probed/drain.py', 10120,  492247,   6921,   140)
 #"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 #`probed drain --wait DURATION` for an exec preStop hook.
 #
@@ -10262,9 +10264,9 @@ modules.add('probed/drain.py', 10118,  492153,   6921,   140)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10268-10493 here (file line = module line + 10267)
+# probed/checkspecs.py: its lines 1-226 are lines 10270-10495 here (file line = module line + 10269)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10268,  499773,  10503,   226)
+modules.add('probed/checkspecs.py', 10270,  499867,  10503,   226)
 #"""Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 #
 #Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10493,9 +10495,9 @@ modules.add('probed/checkspecs.py', 10268,  499773,  10503,   226)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-403 are lines 10499-10901 here (file line = module line + 10498)
+# probed/presets.py: its lines 1-403 are lines 10501-10903 here (file line = module line + 10500)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10499,  510600,  21731,   403)
+modules.add('probed/presets.py', 10501,  510694,  21731,   403)
 #"""Presets: one flag per backend that expands into named checks (shown by --print-config).
 #
 #Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10901,9 +10903,9 @@ modules.add('probed/presets.py', 10499,  510600,  21731,   403)
 #    return checks
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-282 are lines 10907-11188 here (file line = module line + 10906)
+# probed/flags.py: its lines 1-282 are lines 10909-11190 here (file line = module line + 10908)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10907,  532651,  12564,   282)
+modules.add('probed/flags.py', 10909,  532745,  12577,   282)
 #"""The daemon's command line: the flag table, the parser built from it, Go-style spellings and
 #one-line errors with a did-you-mean (--help is flaghelp.py's). No I/O; settings.py resolves the
 #values.
@@ -11143,8 +11145,8 @@ modules.add('probed/flags.py', 10907,  532651,  12564,   282)
 #def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
 #    """The `probed [serve]` arguments, parsed as flaghelp.build_serve_parser() would: only given
 #    flags are set, the last of a repeated flag wins, `--check` collects, mistakes are one
-#    ConfigError line. It is not argparse because argparse and gettext are 0.4 MB of a daemon's
-#    RSS (1 MB on 3.8) for one call at start. `-h`/`--help` and `--version` end parsing with
+#    ConfigError line. It is not argparse because argparse and gettext are 0.3-1.2 MB of a
+#    daemon's idle RSS (bench/README.md) for one call at start. `-h`/`--help` and `--version` end parsing with
 #    `help` or `version` set: the caller prints flaghelp's help or the version."""
 #    args = normalize_argv(argv)
 #    ns = SimpleNamespace()
@@ -11188,11 +11190,11 @@ modules.add('probed/flags.py', 10907,  532651,  12564,   282)
 #            and " " not in arg)
 
 # ------------------------------------------------------------------------------
-# probed/flaghelp.py: its lines 1-95 are lines 11194-11288 here (file line = module line + 11193)
+# probed/flaghelp.py: its lines 1-95 are lines 11196-11290 here (file line = module line + 11195)
 # ------------------------------------------------------------------------------
-modules.add('probed/flaghelp.py', 11194,  545540,   4694,    95)
+modules.add('probed/flaghelp.py', 11196,  545647,   4701,    95)
 #"""The argparse parser of `probed [serve]`, built only to print --help: the daemon parses its
-#flags with flags.parse_serve_args, and argparse is 0.4-1 MB of RSS it never needs. The help text
+#flags with flags.parse_serve_args, and argparse is 0.3-1.2 MB of idle RSS it never needs. The help text
 #comes from the same flag table (flags.py), so --help and the parser cannot disagree.
 #"""
 #
@@ -11288,9 +11290,9 @@ modules.add('probed/flaghelp.py', 11194,  545540,   4694,    95)
 #    return parser
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-206 are lines 11294-11499 here (file line = module line + 11293)
+# probed/settings.py: its lines 1-206 are lines 11296-11501 here (file line = module line + 11295)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11294,  550560,   9705,   206)
+modules.add('probed/settings.py', 11296,  550674,   9705,   206)
 #"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 #one typed `Settings` plus the raw checks they ask for.
 #
@@ -11499,9 +11501,9 @@ modules.add('probed/settings.py', 11294,  550560,   9705,   206)
 #
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11505-11811 here (file line = module line + 11504)
+# probed/admin.py: its lines 1-307 are lines 11507-11813 here (file line = module line + 11506)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11505,  560585,  16056,   307)
+modules.add('probed/admin.py', 11507,  560699,  16056,   307)
 #"""The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 #
 #A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11811,9 +11813,9 @@ modules.add('probed/admin.py', 11505,  560585,  16056,   307)
 #    return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11817-11901 here (file line = module line + 11816)
+# probed/pushbeat.py: its lines 1-85 are lines 11819-11903 here (file line = module line + 11818)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11817,  576966,   4021,    85)
+modules.add('probed/pushbeat.py', 11819,  577080,   4021,    85)
 #"""`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 #
 #Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11901,9 +11903,9 @@ modules.add('probed/pushbeat.py', 11817,  576966,   4021,    85)
 #            emit(msg, to=self.url, name=self.name, **fields)
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11907-11974 here (file line = module line + 11906)
+# probed/reaper.py: its lines 1-68 are lines 11909-11976 here (file line = module line + 11908)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11907,  581308,   2740,    68)
+modules.add('probed/reaper.py', 11909,  581422,   2740,    68)
 #"""Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 #
 #The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11974,9 +11976,9 @@ modules.add('probed/reaper.py', 11907,  581308,   2740,    68)
 #        self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11980-12271 here (file line = module line + 11979)
+# probed/daemon.py: its lines 1-292 are lines 11982-12273 here (file line = module line + 11981)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11980,  584370,  14757,   292)
+modules.add('probed/daemon.py', 11982,  584484,  14757,   292)
 #"""The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 #
 #Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12276,9 +12278,9 @@ modules.add('probed/daemon.py', 11980,  584370,  14757,   292)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12282-12383 here (file line = module line + 12281)
+# probed/checkcmd.py: its lines 1-102 are lines 12284-12385 here (file line = module line + 12283)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12282,  599724,   4951,   102)
+modules.add('probed/checkcmd.py', 12284,  599838,   4951,   102)
 #"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 #
 #Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12383,9 +12385,9 @@ modules.add('probed/checkcmd.py', 12282,  599724,   4951,   102)
 #
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12389-12545 here (file line = module line + 12388)
+# probed/probebench.py: its lines 1-157 are lines 12391-12547 here (file line = module line + 12390)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12389,  605005,   7255,   157)
+modules.add('probed/probebench.py', 12391,  605119,   7255,   157)
 #"""`probed bench URL`: probe latency the way the kubelet sees it.
 #
 #Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12545,9 +12547,9 @@ modules.add('probed/probebench.py', 12389,  605005,   7255,   157)
 #    return "\n".join(lines)
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12551-12658 here (file line = module line + 12550)
+# probed/beat.py: its lines 1-108 are lines 12553-12660 here (file line = module line + 12552)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12551,  612578,   4837,   108)
+modules.add('probed/beat.py', 12553,  612692,   4837,   108)
 #"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 #
 #`--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12658,9 +12660,9 @@ modules.add('probed/beat.py', 12551,  612578,   4837,   108)
 #    return BEAT_EXIT_OK
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-110 are lines 12664-12773 here (file line = module line + 12663)
+# probed/cli.py: its lines 1-110 are lines 12666-12775 here (file line = module line + 12665)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12664,  617731,   4119,   110)
+modules.add('probed/cli.py', 12666,  617845,   4119,   110)
 #"""Command line entry point: `probed [serve]` and the subcommands.
 #
 #Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -237,8 +237,8 @@ _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
     """The `probed [serve]` arguments, parsed as flaghelp.build_serve_parser() would: only given
     flags are set, the last of a repeated flag wins, `--check` collects, mistakes are one
-    ConfigError line. It is not argparse because argparse and gettext are 0.4 MB of a daemon's
-    RSS (1 MB on 3.8) for one call at start. `-h`/`--help` and `--version` end parsing with
+    ConfigError line. It is not argparse because argparse and gettext are 0.3-1.2 MB of a
+    daemon's idle RSS (bench/README.md) for one call at start. `-h`/`--help` and `--version` end parsing with
     `help` or `version` set: the caller prints flaghelp's help or the version."""
     args = normalize_argv(argv)
     ns = SimpleNamespace()

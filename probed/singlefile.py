@@ -25,6 +25,7 @@ function.
 bundle.py copies this file into probed.py verbatim, above the embedded modules, and writes the
 calls that fill and run it; the package never imports it.
 """
+
 import os
 import sys
 from importlib.machinery import ModuleSpec
@@ -74,9 +75,10 @@ class EmbeddedModules:
                               "`python3 probed.py`" % (path, self.filename, self.open_error))
         data = os.pread(self.fd, size, offset)
         if len(data) != size or not data.endswith(b"\n") or data.count(b"\n#") != lines:
-            raise ImportError("%s changed after this process started: %s is no longer at bytes "
-                              "%d-%d; restart the process" % (self.filename, path, offset,
-                                                               offset + size))
+            raise ImportError("%s changed after this process started (or its line ends were "
+                              "converted): %s is no longer at bytes %d-%d; restart the process "
+                              "with the file as generated" % (self.filename, path, offset,
+                                                              offset + size))
         return data.decode("utf-8").replace("\n#", "\n")
 
     def find_spec(self, name: str, path: Optional[Sequence[str]] = None,

@@ -331,7 +331,8 @@ def test_a_module_is_read_from_the_file_the_process_started_from(tmp_path: Path)
         f.write(original.replace(b'#NAME = "lazy"', b'NAME = "lazy"#'))
     with pytest.raises(ImportError) as caught:
         fresh.compile("pkg.lazy")
-    assert "changed after this process started: pkg/lazy.py is no longer at bytes" in \
+    assert "changed after this process started (or its line ends were converted): " \
+        "pkg/lazy.py is no longer at bytes" in \
         str(caught.value)
     # No file to read (the text piped to `python3 -`): the import says how to run it.
     orphan = type(fresh)(str(tmp_path / "gone.py"))
@@ -340,6 +341,15 @@ def test_a_module_is_read_from_the_file_the_process_started_from(tmp_path: Path)
         orphan.compile("pkg.lazy")
     assert "cannot read pkg/lazy.py from %s (No such file or directory): run the file itself" % (
         tmp_path / "gone.py") in str(caught.value)
+
+
+def test_line_ends_converted_to_crlf_are_named(tmp_path: Path) -> None:
+    out = write(tmp_path, {})
+    out.write_bytes(out.read_bytes().replace(b"\n", b"\r\n"))  # a Windows checkout, say
+    done = run_bundle(out)
+    assert done.returncode == 1 and "ImportError: %s changed after this process started (or " \
+        "its line ends were converted): pkg/__init__.py is no longer at bytes" % out \
+        in done.stderr, done.stderr
 
 
 BOOM = '''\
