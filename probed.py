@@ -18,82 +18,82 @@
 # Contents                                                                  line
 #   the loader (singlefile.py, verbatim) ................................     99
 #   1. package
-#        probed/__init__.py .............................................    296
+#        probed/__init__.py .............................................    313
 #   2. wire format
-#        probed/urlcodec.py .............................................    333
-#        probed/httpproto.py ............................................    387
-#        probed/clientproto.py ..........................................    790
-#        probed/promselector.py .........................................    934
-#        probed/exprules.py .............................................   1086
-#        probed/expfmt.py ...............................................   1430
-#        probed/hpack.py ................................................   1736
-#        probed/h2frames.py .............................................   2000
-#        probed/h2output.py .............................................   2113
-#        probed/h2proto.py ..............................................   2256
-#        probed/grpchealth.py ...........................................   2739
+#        probed/urlcodec.py .............................................    350
+#        probed/httpproto.py ............................................    404
+#        probed/clientproto.py ..........................................    807
+#        probed/promselector.py .........................................    951
+#        probed/exprules.py .............................................   1103
+#        probed/expfmt.py ...............................................   1447
+#        probed/hpack.py ................................................   1753
+#        probed/h2frames.py .............................................   2017
+#        probed/h2output.py .............................................   2130
+#        probed/h2proto.py ..............................................   2273
+#        probed/grpchealth.py ...........................................   2756
 #   3. values
-#        probed/groups.py ...............................................   3053
-#        probed/values.py ...............................................   3062
-#        probed/files.py ................................................   3255
+#        probed/groups.py ...............................................   3070
+#        probed/values.py ...............................................   3079
+#        probed/files.py ................................................   3272
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3323
-#        probed/clientchan.py ...........................................   3416
-#        probed/client.py ...............................................   3595
-#        probed/scrape.py ...............................................   3950
-#        probed/beatregistry.py .........................................   4193
-#        probed/eventlog.py .............................................   4266
-#        probed/nvml.py .................................................   4392
-#        probed/gpufaults.py ............................................   4650
-#        probed/gpureader.py ............................................   4948
+#        probed/blocking.py .............................................   3340
+#        probed/clientchan.py ...........................................   3433
+#        probed/client.py ...............................................   3612
+#        probed/scrape.py ...............................................   3967
+#        probed/beatregistry.py .........................................   4210
+#        probed/eventlog.py .............................................   4283
+#        probed/nvml.py .................................................   4409
+#        probed/gpufaults.py ............................................   4667
+#        probed/gpureader.py ............................................   4965
 #   5. checks
-#        probed/checks/base.py ..........................................   5367
-#        probed/checks/__init__.py ......................................   5602
-#        probed/checks/exec.py ..........................................   5659
-#        probed/checks/gpu.py ...........................................   5794
-#        probed/checks/heartbeat.py .....................................   5904
-#        probed/checks/http.py ..........................................   6139
-#        probed/checks/inference.py .....................................   6317
-#        probed/checks/manual.py ........................................   6546
-#        probed/checks/metric.py ........................................   6608
-#        probed/checks/awake.py .........................................   6922
-#        probed/checks/inflight.py ......................................   7101
-#        probed/checks/process.py .......................................   7187
-#        probed/checks/relay.py .........................................   7264
-#        probed/checks/tcp.py ...........................................   7318
-#        probed/checks/ray.py ...........................................   7369
+#        probed/checks/base.py ..........................................   5384
+#        probed/checks/__init__.py ......................................   5619
+#        probed/checks/exec.py ..........................................   5676
+#        probed/checks/gpu.py ...........................................   5811
+#        probed/checks/heartbeat.py .....................................   5921
+#        probed/checks/http.py ..........................................   6156
+#        probed/checks/inference.py .....................................   6334
+#        probed/checks/manual.py ........................................   6563
+#        probed/checks/metric.py ........................................   6625
+#        probed/checks/awake.py .........................................   6939
+#        probed/checks/inflight.py ......................................   7118
+#        probed/checks/process.py .......................................   7204
+#        probed/checks/relay.py .........................................   7281
+#        probed/checks/tcp.py ...........................................   7335
+#        probed/checks/ray.py ...........................................   7386
 #   6. pod
-#        probed/hygiene.py ..............................................   7706
-#        probed/checkstate.py ...........................................   7779
-#        probed/podevents.py ............................................   7929
-#        probed/pod.py ..................................................   8035
+#        probed/hygiene.py ..............................................   7723
+#        probed/checkstate.py ...........................................   7796
+#        probed/podevents.py ............................................   7946
+#        probed/pod.py ..................................................   8052
 #   7. scheduler
-#        probed/scheduler.py ............................................   8412
+#        probed/scheduler.py ............................................   8429
 #   8. server and router
-#        probed/render.py ...............................................   8612
-#        probed/router.py ...............................................   8696
-#        probed/connection.py ...........................................   8958
-#        probed/fdlimit.py ..............................................   9084
-#        probed/listeners.py ............................................   9136
-#        probed/h2server.py .............................................   9201
-#        probed/server.py ...............................................   9424
-#        probed/selfmetrics.py ..........................................   9891
-#        probed/drain.py ................................................  10120
+#        probed/render.py ...............................................   8629
+#        probed/router.py ...............................................   8713
+#        probed/connection.py ...........................................   8975
+#        probed/fdlimit.py ..............................................   9101
+#        probed/listeners.py ............................................   9153
+#        probed/h2server.py .............................................   9218
+#        probed/server.py ...............................................   9441
+#        probed/selfmetrics.py ..........................................   9908
+#        probed/drain.py ................................................  10137
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10270
-#        probed/presets.py ..............................................  10501
-#        probed/flags.py ................................................  10909
-#        probed/flaghelp.py .............................................  11196
-#        probed/settings.py .............................................  11296
-#        probed/admin.py ................................................  11507
-#        probed/pushbeat.py .............................................  11819
-#        probed/reaper.py ...............................................  11909
-#        probed/daemon.py ...............................................  11982
+#        probed/checkspecs.py ...........................................  10288
+#        probed/presets.py ..............................................  10519
+#        probed/flags.py ................................................  10927
+#        probed/flaghelp.py .............................................  11216
+#        probed/settings.py .............................................  11316
+#        probed/admin.py ................................................  11527
+#        probed/pushbeat.py .............................................  11839
+#        probed/reaper.py ...............................................  11929
+#        probed/daemon.py ...............................................  12002
 #   10. cli
-#        probed/checkcmd.py .............................................  12284
-#        probed/probebench.py ...........................................  12391
-#        probed/beat.py .................................................  12553
-#        probed/cli.py ..................................................  12666
-#   entry point .........................................................  12777
+#        probed/checkcmd.py .............................................  12304
+#        probed/probebench.py ...........................................  12411
+#        probed/beat.py .................................................  12573
+#        probed/cli.py ..................................................  12686
+#   entry point .........................................................  12797
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it, each whole
@@ -125,6 +125,7 @@ calls that fill and run it; the package never imports it.
 """
 
 import os
+import stat
 import sys
 from importlib.machinery import ModuleSpec
 from types import CodeType, ModuleType
@@ -148,10 +149,19 @@ class EmbeddedModules:
         self.ssl_deferred = False  # run() kept ssl out; probed/__init__.py asks its loader this
         self.fd: Optional[int] = None
         self.open_error = ""
+        self.opened: Tuple[int, int] = (0, 0)  # size and mtime (ns) when opened
         try:
-            self.fd = os.open(self.filename, os.O_RDONLY)  # not inherited by children (PEP 446)
+            # not inherited by children (PEP 446); O_NONBLOCK: a named pipe must not block here
+            fd = os.open(self.filename, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             self.open_error = exc.strerror or str(exc)
+            return
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            self.fd, self.opened = fd, (info.st_size, info.st_mtime_ns)
+        else:
+            os.close(fd)
+            self.open_error = "not a regular file: a pipe?"
 
     def add(self, path: str, first_line: int, offset: int, size: int, lines: int) -> None:
         """Register the module `path` (probed/pod.py), whose line 1 is line `first_line` here.
@@ -171,8 +181,10 @@ class EmbeddedModules:
         if self.fd is None:
             raise ImportError("cannot read %s from %s (%s): run the file itself, as in "
                               "`python3 probed.py`" % (path, self.filename, self.open_error))
+        info = os.fstat(self.fd)  # the same size and mtime: nobody wrote over it since
         data = os.pread(self.fd, size, offset)
-        if len(data) != size or not data.endswith(b"\n") or data.count(b"\n#") != lines:
+        if ((info.st_size, info.st_mtime_ns) != self.opened or len(data) != size
+                or not data.endswith(b"\n") or data.count(b"\n#") != lines):
             raise ImportError("%s changed after this process started (or its line ends were "
                               "converted): %s is no longer at bytes %d-%d; restart the process "
                               "with the file as generated" % (self.filename, path, offset,
@@ -211,6 +223,10 @@ class EmbeddedModules:
         """Run the single file: `--where`, or the entry point with ssl kept out until needed."""
         if list(argv[:1]) == [WHERE_FLAG]:
             return self.where_main(list(argv[1:]))
+        if self.fd is None:
+            print("%s: cannot read the modules it holds (%s): run the file itself, as in "
+                  "`python3 probed.py`" % (self.filename, self.open_error), file=sys.stderr)
+            return 2
         if "ssl" not in sys.modules:
             # asyncio imports ssl when it can (about 4 MB of RSS); probed needs it only for https
             # URLs, and probed.import_ssl() lifts this mark when a check really uses one.
@@ -227,8 +243,9 @@ class EmbeddedModules:
                 raise ValueError("give one LINE of probed.py, or MODULE.py:LINE")
             print(self.where(args[0]))
             return 0
-        except ValueError as exc:
-            print("probed.py: %s %s: %s" % (WHERE_FLAG, " ".join(args), exc), file=sys.stderr)
+        except (ValueError, ImportError) as exc:
+            print("%s: %s %s: %s" % (os.path.basename(self.filename), WHERE_FLAG, " ".join(args),
+                                    exc), file=sys.stderr)
             return 2
 
     def where(self, arg: str) -> str:
@@ -290,9 +307,9 @@ modules = EmbeddedModules(globals().get("__file__", "probed.py"))
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/__init__.py: its lines 1-27 are lines 296-322 here (file line = module line + 295)
+# probed/__init__.py: its lines 1-27 are lines 313-339 here (file line = module line + 312)
 # ------------------------------------------------------------------------------
-modules.add('probed/__init__.py', 296,   17390,   1152,    27)
+modules.add('probed/__init__.py', 313,   18275,   1152,    27)
 #"""probed: a Kubernetes probe daemon for LLM inference servers.
 #
 #The package is the source; `probed.py` at the top of the repository is generated from it by
@@ -327,9 +344,9 @@ modules.add('probed/__init__.py', 296,   17390,   1152,    27)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/urlcodec.py: its lines 1-49 are lines 333-381 here (file line = module line + 332)
+# probed/urlcodec.py: its lines 1-49 are lines 350-398 here (file line = module line + 349)
 # ------------------------------------------------------------------------------
-modules.add('probed/urlcodec.py', 333,   19272,   1856,    49)
+modules.add('probed/urlcodec.py', 350,   20157,   1856,    49)
 #"""Percent-encoding, percent-decoding and query strings (RFC 3986 and HTML forms). Pure.
 #
 #What probed needs of urllib.parse, in a few lines: that module imports ipaddress at start and
@@ -381,9 +398,9 @@ modules.add('probed/urlcodec.py', 333,   19272,   1856,    49)
 #    return percent_decode(text.replace("+", " ").encode("latin-1")).decode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/httpproto.py: its lines 1-398 are lines 387-784 here (file line = module line + 386)
+# probed/httpproto.py: its lines 1-398 are lines 404-801 here (file line = module line + 403)
 # ------------------------------------------------------------------------------
-modules.add('probed/httpproto.py', 387,   21448,  18131,   398)
+modules.add('probed/httpproto.py', 404,   22333,  18131,   398)
 #"""HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
 #
 #The server hands this module its receive buffer and gets back a `Request` (or "need more
@@ -784,9 +801,9 @@ modules.add('probed/httpproto.py', 387,   21448,  18131,   398)
 #        t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
 
 # ------------------------------------------------------------------------------
-# probed/clientproto.py: its lines 1-139 are lines 790-928 here (file line = module line + 789)
+# probed/clientproto.py: its lines 1-139 are lines 807-945 here (file line = module line + 806)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientproto.py', 790,   39903,   6493,   139)
+modules.add('probed/clientproto.py', 807,   40788,   6493,   139)
 #"""The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
 #
 #The client (client.py) moves bytes between a socket and these functions, the way the server
@@ -928,9 +945,9 @@ modules.add('probed/clientproto.py', 790,   39903,   6493,   139)
 #    return status, (match.group(2) or b"").decode("latin-1").strip()
 
 # ------------------------------------------------------------------------------
-# probed/promselector.py: its lines 1-147 are lines 934-1080 here (file line = module line + 933)
+# probed/promselector.py: its lines 1-147 are lines 951-1097 here (file line = module line + 950)
 # ------------------------------------------------------------------------------
-modules.add('probed/promselector.py', 934,   46723,   7032,   147)
+modules.add('probed/promselector.py', 951,   47608,   7032,   147)
 #"""PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
 #syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
 #
@@ -1080,9 +1097,9 @@ modules.add('probed/promselector.py', 934,   46723,   7032,   147)
 #    return float(max(numbers) if how == "max" else min(numbers))
 
 # ------------------------------------------------------------------------------
-# probed/exprules.py: its lines 1-339 are lines 1086-1424 here (file line = module line + 1085)
+# probed/exprules.py: its lines 1-339 are lines 1103-1441 here (file line = module line + 1102)
 # ------------------------------------------------------------------------------
-modules.add('probed/exprules.py', 1086,   54077,  19472,   339)
+modules.add('probed/exprules.py', 1103,   54962,  19472,   339)
 #"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
 #OpenMetrics, one line at a time.
 #
@@ -1424,9 +1441,9 @@ modules.add('probed/exprules.py', 1086,   54077,  19472,   339)
 #
 
 # ------------------------------------------------------------------------------
-# probed/expfmt.py: its lines 1-301 are lines 1430-1730 here (file line = module line + 1429)
+# probed/expfmt.py: its lines 1-301 are lines 1447-1747 here (file line = module line + 1446)
 # ------------------------------------------------------------------------------
-modules.add('probed/expfmt.py', 1430,   73867,  16213,   301)
+modules.add('probed/expfmt.py', 1447,   74752,  16213,   301)
 #"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
 #
 #Sans-I/O: bytes in, samples out; no sockets, files, clocks or logging here. Bad input raises only
@@ -1730,9 +1747,9 @@ modules.add('probed/expfmt.py', 1430,   73867,  16213,   301)
 #    return selector._result(selector._readers[0])
 
 # ------------------------------------------------------------------------------
-# probed/hpack.py: its lines 1-259 are lines 1736-1994 here (file line = module line + 1735)
+# probed/hpack.py: its lines 1-259 are lines 1753-2011 here (file line = module line + 1752)
 # ------------------------------------------------------------------------------
-modules.add('probed/hpack.py', 1736,   90396,  12409,   259)
+modules.add('probed/hpack.py', 1753,   91281,  12409,   259)
 #"""HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
 #
 #Decoding covers all a client may send: indexed fields, literals with and without indexing,
@@ -1994,9 +2011,9 @@ modules.add('probed/hpack.py', 1736,   90396,  12409,   259)
 #    return encode_integer(size, 5, 0x20)
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-108 are lines 2000-2107 here (file line = module line + 1999)
+# probed/h2frames.py: its lines 1-108 are lines 2017-2124 here (file line = module line + 2016)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2frames.py', 2000,  103127,   4477,   108)
+modules.add('probed/h2frames.py', 2017,  104012,   4477,   108)
 #"""HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
 #header, the events the connection machine emits, and what makes a request's fields malformed.
 #
@@ -2107,9 +2124,9 @@ modules.add('probed/h2frames.py', 2000,  103127,   4477,   108)
 #    return REQUIRED_PSEUDO <= pseudo
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 2113-2250 here (file line = module line + 2112)
+# probed/h2output.py: its lines 1-138 are lines 2130-2267 here (file line = module line + 2129)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 2113,  107926,   6258,   138)
+modules.add('probed/h2output.py', 2130,  108811,   6258,   138)
 #"""What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 #flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 #
@@ -2250,9 +2267,9 @@ modules.add('probed/h2output.py', 2113,  107926,   6258,   138)
 #            self.max_frame = value
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 2256-2733 here (file line = module line + 2255)
+# probed/h2proto.py: its lines 1-478 are lines 2273-2750 here (file line = module line + 2272)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 2256,  114504,  23104,   478)
+modules.add('probed/h2proto.py', 2273,  115389,  23104,   478)
 #"""HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 #
 #The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2733,9 +2750,9 @@ modules.add('probed/h2proto.py', 2256,  114504,  23104,   478)
 #        return events
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-304 are lines 2739-3042 here (file line = module line + 2738)
+# probed/grpchealth.py: its lines 1-304 are lines 2756-3059 here (file line = module line + 2755)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2739,  137934,  14583,   304)
+modules.add('probed/grpchealth.py', 2756,  138819,  14583,   304)
 #"""The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 #
 #`Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -3047,18 +3064,18 @@ modules.add('probed/grpchealth.py', 2739,  137934,  14583,   304)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 3053-3056 here (file line = module line + 3052)
+# probed/groups.py: its lines 1-4 are lines 3070-3073 here (file line = module line + 3069)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 3053,  153114,    257,     4)
+modules.add('probed/groups.py', 3070,  153999,    257,     4)
 #"""The three probe groups, the kubelet probe each answers, and the path it is served on."""
 #
 #GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
 #GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 3062-3249 here (file line = module line + 3061)
+# probed/values.py: its lines 1-188 are lines 3079-3266 here (file line = module line + 3078)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 3062,  153689,   7433,   188)
+modules.add('probed/values.py', 3079,  154574,   7433,   188)
 #"""Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 #
 #Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3249,9 +3266,9 @@ modules.add('probed/values.py', 3062,  153689,   7433,   188)
 #    return (host or default_host, number)
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3255-3312 here (file line = module line + 3254)
+# probed/files.py: its lines 1-58 are lines 3272-3329 here (file line = module line + 3271)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3255,  161437,   2671,    58)
+modules.add('probed/files.py', 3272,  162322,   2671,    58)
 #"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 #a device.
 #
@@ -3317,9 +3334,9 @@ modules.add('probed/files.py', 3255,  161437,   2671,    58)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-88 are lines 3323-3410 here (file line = module line + 3322)
+# probed/blocking.py: its lines 1-88 are lines 3340-3427 here (file line = module line + 3339)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3323,  164809,   3999,    88)
+modules.add('probed/blocking.py', 3340,  165694,   3999,    88)
 #"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 #file scans, each kind with its own small cap.
 #
@@ -3410,9 +3427,9 @@ modules.add('probed/blocking.py', 3323,  164809,   3999,    88)
 #                             ) from None
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3416-3589 here (file line = module line + 3415)
+# probed/clientchan.py: its lines 1-174 are lines 3433-3606 here (file line = module line + 3432)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3416,  169134,   8084,   174)
+modules.add('probed/clientchan.py', 3433,  170019,   8084,   174)
 #"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 #buffer, and reads paced so that a fast peer never holds the event loop.
 #
@@ -3589,9 +3606,9 @@ modules.add('probed/clientchan.py', 3416,  169134,   8084,   174)
 #        return True
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-350 are lines 3595-3944 here (file line = module line + 3594)
+# probed/client.py: its lines 1-350 are lines 3612-3961 here (file line = module line + 3611)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3595,  177536,  16560,   350)
+modules.add('probed/client.py', 3612,  178421,  16560,   350)
 #"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 #
 #One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3944,9 +3961,9 @@ modules.add('probed/client.py', 3595,  177536,  16560,   350)
 #    return Response(status, reason, fields, data, time.monotonic() - started)
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3950-4187 here (file line = module line + 3949)
+# probed/scrape.py: its lines 1-238 are lines 3967-4204 here (file line = module line + 3966)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3950,  194414,  11664,   238)
+modules.add('probed/scrape.py', 3967,  195299,  11664,   238)
 #"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 #
 #A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4187,9 +4204,9 @@ modules.add('probed/scrape.py', 3950,  194414,  11664,   238)
 #    return [reading.series[str(s)] for s in selectors]
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4193-4260 here (file line = module line + 4192)
+# probed/beatregistry.py: its lines 1-68 are lines 4210-4277 here (file line = module line + 4209)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4193,  206407,   3094,    68)
+modules.add('probed/beatregistry.py', 4210,  207292,   3094,    68)
 #"""Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 #
 #One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4260,9 +4277,9 @@ modules.add('probed/beatregistry.py', 4193,  206407,   3094,    68)
 #        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4266-4386 here (file line = module line + 4265)
+# probed/eventlog.py: its lines 1-121 are lines 4283-4403 here (file line = module line + 4282)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4266,  209823,   5042,   121)
+modules.add('probed/eventlog.py', 4283,  210708,   5042,   121)
 #"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 #
 #Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4386,9 +4403,9 @@ modules.add('probed/eventlog.py', 4266,  209823,   5042,   121)
 #            self.writer.close()
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4392-4644 here (file line = module line + 4391)
+# probed/nvml.py: its lines 1-253 are lines 4409-4661 here (file line = module line + 4408)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4392,  215179,  11654,   253)
+modules.add('probed/nvml.py', 4409,  216064,  11654,   253)
 #"""NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 #
 #ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4644,9 +4661,9 @@ modules.add('probed/nvml.py', 4392,  215179,  11654,   253)
 #        self._call("nvmlEventSetFree", self._ct.c_void_p(event_set))
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4650-4942 here (file line = module line + 4649)
+# probed/gpufaults.py: its lines 1-293 are lines 4667-4959 here (file line = module line + 4666)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4650,  227157,  14042,   293)
+modules.add('probed/gpufaults.py', 4667,  228042,  14042,   293)
 #"""GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 #is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 #no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4942,9 +4959,9 @@ modules.add('probed/gpufaults.py', 4650,  227157,  14042,   293)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4948-5356 here (file line = module line + 4947)
+# probed/gpureader.py: its lines 1-409 are lines 4965-5373 here (file line = module line + 4964)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4948,  241523,  18183,   409)
+modules.add('probed/gpureader.py', 4965,  242408,  18183,   409)
 #"""The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 #gpu checks of one daemon (through `CheckResources.gpus`).
 #
@@ -5361,9 +5378,9 @@ modules.add('probed/gpureader.py', 4948,  241523,  18183,   409)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-230 are lines 5367-5596 here (file line = module line + 5366)
+# probed/checks/base.py: its lines 1-230 are lines 5384-5613 here (file line = module line + 5383)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5367,  260544,  10819,   230)
+modules.add('probed/checks/base.py', 5384,  261429,  10819,   230)
 #"""The one contract every check kind follows (kube-apiserver healthz style).
 #
 #A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
@@ -5596,9 +5613,9 @@ modules.add('probed/checks/base.py', 5367,  260544,  10819,   230)
 #            raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-52 are lines 5602-5653 here (file line = module line + 5601)
+# probed/checks/__init__.py: its lines 1-52 are lines 5619-5670 here (file line = module line + 5618)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 5602,  271698,   2182,    52)
+modules.add('probed/checks/__init__.py', 5619,  272583,   2182,    52)
 #"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
 #
 #from typing import Dict, Iterator, Mapping, Tuple, Type
@@ -5653,9 +5670,9 @@ modules.add('probed/checks/__init__.py', 5602,  271698,   2182,    52)
 #CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5659-5788 here (file line = module line + 5658)
+# probed/checks/exec.py: its lines 1-130 are lines 5676-5805 here (file line = module line + 5675)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5659,  274208,   4987,   130)
+modules.add('probed/checks/exec.py', 5676,  275093,   4987,   130)
 #"""Check kind `exec`: runs a command; exit 0 within the timeout passes.
 #
 #For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5788,9 +5805,9 @@ modules.add('probed/checks/exec.py', 5659,  274208,   4987,   130)
 #        return code
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5794-5898 here (file line = module line + 5793)
+# probed/checks/gpu.py: its lines 1-105 are lines 5811-5915 here (file line = module line + 5810)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5794,  279521,   5325,   105)
+modules.add('probed/checks/gpu.py', 5811,  280406,   5325,   105)
 #"""Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 #
 #A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5898,9 +5915,9 @@ modules.add('probed/checks/gpu.py', 5794,  279521,   5325,   105)
 #        self.reader.forget_restart()
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-230 are lines 5904-6133 here (file line = module line + 5903)
+# probed/checks/heartbeat.py: its lines 1-230 are lines 5921-6150 here (file line = module line + 5920)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5904,  285184,  12399,   230)
+modules.add('probed/checks/heartbeat.py', 5921,  286069,  12399,   230)
 #"""Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 #
 #Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6133,9 +6150,9 @@ modules.add('probed/checks/heartbeat.py', 5904,  285184,  12399,   230)
 #                                         heartbeat_roster(silent, fresh, missing), note)
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-173 are lines 6139-6311 here (file line = module line + 6138)
+# probed/checks/http.py: its lines 1-173 are lines 6156-6328 here (file line = module line + 6155)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6139,  297911,   9063,   173)
+modules.add('probed/checks/http.py', 6156,  298796,   9063,   173)
 #"""Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 #
 #from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6311,9 +6328,9 @@ modules.add('probed/checks/http.py', 6139,  297911,   9063,   173)
 #        return True, "HTTP %d" % status
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6317-6540 here (file line = module line + 6316)
+# probed/checks/inference.py: its lines 1-224 are lines 6334-6557 here (file line = module line + 6333)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6317,  307312,  10778,   224)
+modules.add('probed/checks/inference.py', 6334,  308197,  10778,   224)
 #"""Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 #completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 #
@@ -6540,9 +6557,9 @@ modules.add('probed/checks/inference.py', 6317,  307312,  10778,   224)
 #                           detail={"status": status, "model": self.model})
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6546-6602 here (file line = module line + 6545)
+# probed/checks/manual.py: its lines 1-57 are lines 6563-6619 here (file line = module line + 6562)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6546,  318421,   2481,    57)
+modules.add('probed/checks/manual.py', 6563,  319306,   2481,    57)
 #"""Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 #
 #`POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6602,9 +6619,9 @@ modules.add('probed/checks/manual.py', 6546,  318421,   2481,    57)
 #        return self.current()
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-309 are lines 6608-6916 here (file line = module line + 6607)
+# probed/checks/metric.py: its lines 1-309 are lines 6625-6933 here (file line = module line + 6624)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6608,  321234,  16367,   309)
+modules.add('probed/checks/metric.py', 6625,  322119,  16367,   309)
 #"""Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 #
 #Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6916,9 +6933,9 @@ modules.add('probed/checks/metric.py', 6608,  321234,  16367,   309)
 #        return True, "idle"
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6922-7095 here (file line = module line + 6921)
+# probed/checks/awake.py: its lines 1-174 are lines 6939-7112 here (file line = module line + 6938)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6922,  337931,   8522,   174)
+modules.add('probed/checks/awake.py', 6939,  338816,   8522,   174)
 #"""Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 #/health says 200.
 #
@@ -7095,9 +7112,9 @@ modules.add('probed/checks/awake.py', 6922,  337931,   8522,   174)
 #        return obs.ok, obs.reason
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7101-7181 here (file line = module line + 7100)
+# probed/checks/inflight.py: its lines 1-81 are lines 7118-7198 here (file line = module line + 7117)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7101,  346788,   4181,    81)
+modules.add('probed/checks/inflight.py', 7118,  347673,   4181,    81)
 #"""Check kind `inflight`: how many requests the backend still has (running + waiting).
 #
 #It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7181,9 +7198,9 @@ modules.add('probed/checks/inflight.py', 7101,  346788,   4181,    81)
 #            self.pause.forget()
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7187-7258 here (file line = module line + 7186)
+# probed/checks/process.py: its lines 1-72 are lines 7204-7275 here (file line = module line + 7203)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7187,  351302,   3683,    72)
+modules.add('probed/checks/process.py', 7204,  352187,   3683,    72)
 #"""Check kind `process`: which incarnation of the backend process is answering.
 #
 #It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7258,9 +7275,9 @@ modules.add('probed/checks/process.py', 7187,  351302,   3683,    72)
 #                           % self.config["metric"].name)
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7264-7312 here (file line = module line + 7263)
+# probed/checks/relay.py: its lines 1-49 are lines 7281-7329 here (file line = module line + 7280)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7264,  355314,   2276,    49)
+modules.add('probed/checks/relay.py', 7281,  356199,   2276,    49)
 #"""Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 #another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 #
@@ -7312,9 +7329,9 @@ modules.add('probed/checks/relay.py', 7264,  355314,   2276,    49)
 #                           detail={"status": resp.status, "body": line})
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7318-7363 here (file line = module line + 7317)
+# probed/checks/tcp.py: its lines 1-46 are lines 7335-7380 here (file line = module line + 7334)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7318,  357915,   1636,    46)
+modules.add('probed/checks/tcp.py', 7335,  358800,   1636,    46)
 #"""Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 #
 #import asyncio
@@ -7363,9 +7380,9 @@ modules.add('probed/checks/tcp.py', 7318,  357915,   1636,    46)
 #        return Observation(True, "connected")
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-327 are lines 7369-7695 here (file line = module line + 7368)
+# probed/checks/ray.py: its lines 1-327 are lines 7386-7712 here (file line = module line + 7385)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7369,  359877,  16151,   327)
+modules.add('probed/checks/ray.py', 7386,  360762,  16151,   327)
 #"""Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 #
 #`ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7700,9 +7717,9 @@ modules.add('probed/checks/ray.py', 7369,  359877,  16151,   327)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7706-7773 here (file line = module line + 7705)
+# probed/hygiene.py: its lines 1-68 are lines 7723-7790 here (file line = module line + 7722)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7706,  376650,   3341,    68)
+modules.add('probed/hygiene.py', 7723,  377535,   3341,    68)
 #"""What an observation may carry into a reply or a log line: no secrets, no control characters,
 #bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 #the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7773,9 +7790,9 @@ modules.add('probed/hygiene.py', 7706,  376650,   3341,    68)
 #    return obs
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-145 are lines 7779-7923 here (file line = module line + 7778)
+# probed/checkstate.py: its lines 1-145 are lines 7796-7940 here (file line = module line + 7795)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7779,  380317,   6473,   145)
+modules.add('probed/checkstate.py', 7796,  381202,   6473,   145)
 #"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 #
 #A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7923,9 +7940,9 @@ modules.add('probed/checkstate.py', 7779,  380317,   6473,   145)
 #        return self.check.judge(self.obs, config, bool(self.ok))
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7929-8029 here (file line = module line + 7928)
+# probed/podevents.py: its lines 1-101 are lines 7946-8046 here (file line = module line + 7945)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7929,  387114,   3899,   101)
+modules.add('probed/podevents.py', 7946,  387999,   3899,   101)
 #"""What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 #
 #The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8029,9 +8046,9 @@ modules.add('probed/podevents.py', 7929,  387114,   3899,   101)
 #    return [e for e in events if isinstance(e, GroupChanged)]
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-367 are lines 8035-8401 here (file line = module line + 8034)
+# probed/pod.py: its lines 1-367 are lines 8052-8418 here (file line = module line + 8051)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8035,  391325,  19641,   367)
+modules.add('probed/pod.py', 8052,  392210,  19641,   367)
 #"""The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 #
 #`Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8406,9 +8423,9 @@ modules.add('probed/pod.py', 8035,  391325,  19641,   367)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8412-8601 here (file line = module line + 8411)
+# probed/scheduler.py: its lines 1-190 are lines 8429-8618 here (file line = module line + 8428)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8412,  411540,   8412,   190)
+modules.add('probed/scheduler.py', 8429,  412425,   8412,   190)
 #"""The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 #
 #One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8606,9 +8623,9 @@ modules.add('probed/scheduler.py', 8412,  411540,   8412,   190)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8612-8690 here (file line = module line + 8611)
+# probed/render.py: its lines 1-79 are lines 8629-8707 here (file line = module line + 8628)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8612,  420641,   3277,    79)
+modules.add('probed/render.py', 8629,  421526,   3277,    79)
 #"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 #
 #The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8690,9 +8707,9 @@ modules.add('probed/render.py', 8612,  420641,   3277,    79)
 #    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8696-8952 here (file line = module line + 8695)
+# probed/router.py: its lines 1-257 are lines 8713-8969 here (file line = module line + 8712)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8696,  424236,  12907,   257)
+modules.add('probed/router.py', 8713,  425121,  12907,   257)
 #"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 #
 #Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8952,9 +8969,9 @@ modules.add('probed/router.py', 8696,  424236,  12907,   257)
 #            + ["/", "/metrics", SELF_PATH])
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-121 are lines 8958-9078 here (file line = module line + 8957)
+# probed/connection.py: its lines 1-121 are lines 8975-9095 here (file line = module line + 8974)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8958,  437469,   5784,   121)
+modules.add('probed/connection.py', 8975,  438354,   5784,   121)
 #"""One client connection's state, the server's counters, and the rules over open connections
 #that need no socket: which one gives way at the cap, and which ones are past their deadline.
 #
@@ -9078,9 +9095,9 @@ modules.add('probed/connection.py', 8958,  437469,   5784,   121)
 #    return [c for c in conns if c.deadline < now]
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9084-9130 here (file line = module line + 9083)
+# probed/fdlimit.py: its lines 1-47 are lines 9101-9147 here (file line = module line + 9100)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9084,  443572,   2162,    47)
+modules.add('probed/fdlimit.py', 9101,  444457,   2162,    47)
 #"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 #
 #Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9130,9 +9147,9 @@ modules.add('probed/fdlimit.py', 9084,  443572,   2162,    47)
 #    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9136-9195 here (file line = module line + 9135)
+# probed/listeners.py: its lines 1-60 are lines 9153-9212 here (file line = module line + 9152)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9136,  446057,   2654,    60)
+modules.add('probed/listeners.py', 9153,  446942,   2654,    60)
 #"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 #
 #Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9195,9 +9212,9 @@ modules.add('probed/listeners.py', 9136,  446057,   2654,    60)
 #    loop.call_later(ACCEPT_PAUSE, resume)
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9201-9418 here (file line = module line + 9200)
+# probed/h2server.py: its lines 1-218 are lines 9218-9435 here (file line = module line + 9217)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9201,  449033,   9095,   218)
+modules.add('probed/h2server.py', 9218,  449918,   9095,   218)
 #"""HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 #
 #Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9418,9 +9435,9 @@ modules.add('probed/h2server.py', 9201,  449033,   9095,   218)
 #            self._sweeper = None
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9424-9885 here (file line = module line + 9423)
+# probed/server.py: its lines 1-462 are lines 9441-9902 here (file line = module line + 9440)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9424,  458446,  21765,   462)
+modules.add('probed/server.py', 9441,  459331,  21765,   462)
 #"""Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 #
 #The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9885,9 +9902,9 @@ modules.add('probed/server.py', 9424,  458446,  21765,   462)
 #        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-224 are lines 9891-10114 here (file line = module line + 9890)
+# probed/selfmetrics.py: its lines 1-224 are lines 9908-10131 here (file line = module line + 9907)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9891,  480540,  11387,   224)
+modules.add('probed/selfmetrics.py', 9908,  481425,  11387,   224)
 #"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 #
 #Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10114,9 +10131,9 @@ modules.add('probed/selfmetrics.py', 9891,  480540,  11387,   224)
 #        hist.observe(max(0.0, time.monotonic() - asked))
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-140 are lines 10120-10259 here (file line = module line + 10119)
+# probed/drain.py: its lines 1-141 are lines 10137-10277 here (file line = module line + 10136)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10120,  492247,   6921,   140)
+modules.add('probed/drain.py', 10137,  493132,   6997,   141)
 #"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 #`probed drain --wait DURATION` for an exec preStop hook.
 #
@@ -10127,7 +10144,6 @@ modules.add('probed/drain.py', 10120,  492247,   6921,   140)
 #does not end it: the daemon keeps serving until every wait has returned.
 #"""
 #
-#import argparse
 #import asyncio
 #import sys
 #import time
@@ -10226,6 +10242,8 @@ modules.add('probed/drain.py', 10120,  492247,   6921,   140)
 #def drain_main(argv: Sequence[str], out: Any = None) -> int:
 #    """`probed drain --wait 120s [--admin URL]`: exit 0 once drained or timed out, 1 on an
 #    error reply, 2 usage, 3 admin listener unreachable."""
+#    import argparse  # here, not at the top: the admin listener imports this module (RSS)
+#
 #    parser = argparse.ArgumentParser(
 #        prog="probed drain", description="preStop drain: fail ready, then wait until the "
 #        "server has no request in flight (GET /wait-for-drain on the admin listener).")
@@ -10264,9 +10282,9 @@ modules.add('probed/drain.py', 10120,  492247,   6921,   140)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10270-10495 here (file line = module line + 10269)
+# probed/checkspecs.py: its lines 1-226 are lines 10288-10513 here (file line = module line + 10287)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10270,  499867,  10503,   226)
+modules.add('probed/checkspecs.py', 10288,  500828,  10503,   226)
 #"""Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 #
 #Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10495,9 +10513,9 @@ modules.add('probed/checkspecs.py', 10270,  499867,  10503,   226)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-403 are lines 10501-10903 here (file line = module line + 10500)
+# probed/presets.py: its lines 1-403 are lines 10519-10921 here (file line = module line + 10518)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10501,  510694,  21731,   403)
+modules.add('probed/presets.py', 10519,  511655,  21731,   403)
 #"""Presets: one flag per backend that expands into named checks (shown by --print-config).
 #
 #Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10903,9 +10921,9 @@ modules.add('probed/presets.py', 10501,  510694,  21731,   403)
 #    return checks
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-282 are lines 10909-11190 here (file line = module line + 10908)
+# probed/flags.py: its lines 1-284 are lines 10927-11210 here (file line = module line + 10926)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10909,  532745,  12577,   282)
+modules.add('probed/flags.py', 10927,  533706,  12706,   284)
 #"""The daemon's command line: the flag table, the parser built from it, Go-style spellings and
 #one-line errors with a did-you-mean (--help is flaghelp.py's). No I/O; settings.py resolves the
 #values.
@@ -11138,7 +11156,8 @@ modules.add('probed/flags.py', 10909,  532745,  12577,   282)
 #    return "unknown flag %s%s; probed --help lists them" % (given, hint)
 #
 #
-## What argparse takes for a value although it starts with "-": a negative number, or "-" alone.
+## What argparse takes for a value although it starts with "-": a negative number (its rule up to
+## 3.12; 3.13 also takes "-1e3" and "-5."), or "-" alone.
 #_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 #
 #
@@ -11155,7 +11174,7 @@ modules.add('probed/flags.py', 10909,  532745,  12577,   282)
 #    while i < len(args):
 #        arg, i = args[i], i + 1
 #        flag, eq, value = arg.partition("=")
-#        if flag in ("-h", "--help"):
+#        if flag in ("-h", "--help") and not eq:
 #            ns.help = True  # the caller prints flaghelp's help: only --help pays for argparse
 #            return ns
 #        if arg == "--":
@@ -11166,7 +11185,8 @@ modules.add('probed/flags.py', 10909,  532745,  12577,   282)
 #            continue
 #        if flag in SWITCHES:
 #            if eq:
-#                raise ConfigError("argument %s: ignored explicit argument %r" % (flag, value))
+#                raise ConfigError("argument %s: ignored explicit argument %r" % (
+#                    "-h/--help" if flag == "--help" else flag, value))
 #            setattr(ns, dest(flag), True)
 #            if flag == "--version":
 #                return ns  # the caller prints it, as it prints the help
@@ -11190,9 +11210,9 @@ modules.add('probed/flags.py', 10909,  532745,  12577,   282)
 #            and " " not in arg)
 
 # ------------------------------------------------------------------------------
-# probed/flaghelp.py: its lines 1-95 are lines 11196-11290 here (file line = module line + 11195)
+# probed/flaghelp.py: its lines 1-95 are lines 11216-11310 here (file line = module line + 11215)
 # ------------------------------------------------------------------------------
-modules.add('probed/flaghelp.py', 11196,  545647,   4701,    95)
+modules.add('probed/flaghelp.py', 11216,  546737,   4701,    95)
 #"""The argparse parser of `probed [serve]`, built only to print --help: the daemon parses its
 #flags with flags.parse_serve_args, and argparse is 0.3-1.2 MB of idle RSS it never needs. The help text
 #comes from the same flag table (flags.py), so --help and the parser cannot disagree.
@@ -11290,9 +11310,9 @@ modules.add('probed/flaghelp.py', 11196,  545647,   4701,    95)
 #    return parser
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-206 are lines 11296-11501 here (file line = module line + 11295)
+# probed/settings.py: its lines 1-206 are lines 11316-11521 here (file line = module line + 11315)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11296,  550674,   9705,   206)
+modules.add('probed/settings.py', 11316,  551764,   9705,   206)
 #"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 #one typed `Settings` plus the raw checks they ask for.
 #
@@ -11501,9 +11521,9 @@ modules.add('probed/settings.py', 11296,  550674,   9705,   206)
 #
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11507-11813 here (file line = module line + 11506)
+# probed/admin.py: its lines 1-307 are lines 11527-11833 here (file line = module line + 11526)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11507,  560699,  16056,   307)
+modules.add('probed/admin.py', 11527,  561789,  16056,   307)
 #"""The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 #
 #A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11813,9 +11833,9 @@ modules.add('probed/admin.py', 11507,  560699,  16056,   307)
 #    return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11819-11903 here (file line = module line + 11818)
+# probed/pushbeat.py: its lines 1-85 are lines 11839-11923 here (file line = module line + 11838)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11819,  577080,   4021,    85)
+modules.add('probed/pushbeat.py', 11839,  578170,   4021,    85)
 #"""`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 #
 #Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11903,9 +11923,9 @@ modules.add('probed/pushbeat.py', 11819,  577080,   4021,    85)
 #            emit(msg, to=self.url, name=self.name, **fields)
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11909-11976 here (file line = module line + 11908)
+# probed/reaper.py: its lines 1-68 are lines 11929-11996 here (file line = module line + 11928)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11909,  581422,   2740,    68)
+modules.add('probed/reaper.py', 11929,  582512,   2740,    68)
 #"""Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 #
 #The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11976,9 +11996,9 @@ modules.add('probed/reaper.py', 11909,  581422,   2740,    68)
 #        self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 11982-12273 here (file line = module line + 11981)
+# probed/daemon.py: its lines 1-292 are lines 12002-12293 here (file line = module line + 12001)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 11982,  584484,  14757,   292)
+modules.add('probed/daemon.py', 12002,  585574,  14757,   292)
 #"""The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 #
 #Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12278,9 +12298,9 @@ modules.add('probed/daemon.py', 11982,  584484,  14757,   292)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12284-12385 here (file line = module line + 12283)
+# probed/checkcmd.py: its lines 1-102 are lines 12304-12405 here (file line = module line + 12303)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12284,  599838,   4951,   102)
+modules.add('probed/checkcmd.py', 12304,  600928,   4951,   102)
 #"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 #
 #Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12385,9 +12405,9 @@ modules.add('probed/checkcmd.py', 12284,  599838,   4951,   102)
 #
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12391-12547 here (file line = module line + 12390)
+# probed/probebench.py: its lines 1-157 are lines 12411-12567 here (file line = module line + 12410)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12391,  605119,   7255,   157)
+modules.add('probed/probebench.py', 12411,  606209,   7255,   157)
 #"""`probed bench URL`: probe latency the way the kubelet sees it.
 #
 #Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12547,9 +12567,9 @@ modules.add('probed/probebench.py', 12391,  605119,   7255,   157)
 #    return "\n".join(lines)
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12553-12660 here (file line = module line + 12552)
+# probed/beat.py: its lines 1-108 are lines 12573-12680 here (file line = module line + 12572)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12553,  612692,   4837,   108)
+modules.add('probed/beat.py', 12573,  613782,   4837,   108)
 #"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 #
 #`--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12660,9 +12680,9 @@ modules.add('probed/beat.py', 12553,  612692,   4837,   108)
 #    return BEAT_EXIT_OK
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-110 are lines 12666-12775 here (file line = module line + 12665)
+# probed/cli.py: its lines 1-110 are lines 12686-12795 here (file line = module line + 12685)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12666,  617845,   4119,   110)
+modules.add('probed/cli.py', 12686,  618935,   4119,   110)
 #"""Command line entry point: `probed [serve]` and the subcommands.
 #
 #Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -8,7 +8,6 @@ because a kubelet preStop `httpGet` can only GET. While a wait is open, a SIGTER
 does not end it: the daemon keeps serving until every wait has returned.
 """
 
-import argparse
 import asyncio
 import sys
 import time
@@ -107,6 +106,8 @@ class DrainWaiter:
 def drain_main(argv: Sequence[str], out: Any = None) -> int:
     """`probed drain --wait 120s [--admin URL]`: exit 0 once drained or timed out, 1 on an
     error reply, 2 usage, 3 admin listener unreachable."""
+    import argparse  # here, not at the top: the admin listener imports this module (RSS)
+
     parser = argparse.ArgumentParser(
         prog="probed drain", description="preStop drain: fail ready, then wait until the "
         "server has no request in flight (GET /wait-for-drain on the admin listener).")

@@ -230,7 +230,8 @@ def unknown_flag(given: str, known: Iterable[str]) -> str:
     return "unknown flag %s%s; probed --help lists them" % (given, hint)
 
 
-# What argparse takes for a value although it starts with "-": a negative number, or "-" alone.
+# What argparse takes for a value although it starts with "-": a negative number (its rule up to
+# 3.12; 3.13 also takes "-1e3" and "-5."), or "-" alone.
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
 
@@ -247,7 +248,7 @@ def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
     while i < len(args):
         arg, i = args[i], i + 1
         flag, eq, value = arg.partition("=")
-        if flag in ("-h", "--help"):
+        if flag in ("-h", "--help") and not eq:
             ns.help = True  # the caller prints flaghelp's help: only --help pays for argparse
             return ns
         if arg == "--":
@@ -258,7 +259,8 @@ def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
             continue
         if flag in SWITCHES:
             if eq:
-                raise ConfigError("argument %s: ignored explicit argument %r" % (flag, value))
+                raise ConfigError("argument %s: ignored explicit argument %r" % (
+                    "-h/--help" if flag == "--help" else flag, value))
             setattr(ns, dest(flag), True)
             if flag == "--version":
                 return ns  # the caller prints it, as it prints the help

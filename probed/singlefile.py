@@ -27,6 +27,7 @@ calls that fill and run it; the package never imports it.
 """
 
 import os
+import stat
 import sys
 from importlib.machinery import ModuleSpec
 from types import CodeType, ModuleType
@@ -50,10 +51,19 @@ class EmbeddedModules:
         self.ssl_deferred = False  # run() kept ssl out; probed/__init__.py asks its loader this
         self.fd: Optional[int] = None
         self.open_error = ""
+        self.opened: Tuple[int, int] = (0, 0)  # size and mtime (ns) when opened
         try:
-            self.fd = os.open(self.filename, os.O_RDONLY)  # not inherited by children (PEP 446)
+            # not inherited by children (PEP 446); O_NONBLOCK: a named pipe must not block here
+            fd = os.open(self.filename, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             self.open_error = exc.strerror or str(exc)
+            return
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            self.fd, self.opened = fd, (info.st_size, info.st_mtime_ns)
+        else:
+            os.close(fd)
+            self.open_error = "not a regular file: a pipe?"
 
     def add(self, path: str, first_line: int, offset: int, size: int, lines: int) -> None:
         """Register the module `path` (probed/pod.py), whose line 1 is line `first_line` here.
@@ -73,8 +83,10 @@ class EmbeddedModules:
         if self.fd is None:
             raise ImportError("cannot read %s from %s (%s): run the file itself, as in "
                               "`python3 probed.py`" % (path, self.filename, self.open_error))
+        info = os.fstat(self.fd)  # the same size and mtime: nobody wrote over it since
         data = os.pread(self.fd, size, offset)
-        if len(data) != size or not data.endswith(b"\n") or data.count(b"\n#") != lines:
+        if ((info.st_size, info.st_mtime_ns) != self.opened or len(data) != size
+                or not data.endswith(b"\n") or data.count(b"\n#") != lines):
             raise ImportError("%s changed after this process started (or its line ends were "
                               "converted): %s is no longer at bytes %d-%d; restart the process "
                               "with the file as generated" % (self.filename, path, offset,
@@ -113,6 +125,10 @@ class EmbeddedModules:
         """Run the single file: `--where`, or the entry point with ssl kept out until needed."""
         if list(argv[:1]) == [WHERE_FLAG]:
             return self.where_main(list(argv[1:]))
+        if self.fd is None:
+            print("%s: cannot read the modules it holds (%s): run the file itself, as in "
+                  "`python3 probed.py`" % (self.filename, self.open_error), file=sys.stderr)
+            return 2
         if "ssl" not in sys.modules:
             # asyncio imports ssl when it can (about 4 MB of RSS); probed needs it only for https
             # URLs, and probed.import_ssl() lifts this mark when a check really uses one.
@@ -129,8 +145,9 @@ class EmbeddedModules:
                 raise ValueError("give one LINE of probed.py, or MODULE.py:LINE")
             print(self.where(args[0]))
             return 0
-        except ValueError as exc:
-            print("probed.py: %s %s: %s" % (WHERE_FLAG, " ".join(args), exc), file=sys.stderr)
+        except (ValueError, ImportError) as exc:
+            print("%s: %s %s: %s" % (os.path.basename(self.filename), WHERE_FLAG, " ".join(args),
+                                    exc), file=sys.stderr)
             return 2
 
     def where(self, arg: str) -> str:

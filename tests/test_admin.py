@@ -399,3 +399,15 @@ def test_admin_listener_end_to_end(start_daemon, tmp_path: Path) -> None:  # typ
     assert admin_call(admin, "POST", "/undrain", "tok-123")[0] == 200
     wait_status(probe, "/readyz", 200)
     assert "tok-123" not in "\n".join(log.lines())
+
+
+def test_the_admin_listener_loads_no_argparse() -> None:
+    """argparse and gettext are for --help and the subcommands only (issue 18, idle RSS): a
+    daemon with --admin-addr imports admin.py and drain.py, and must not pay for them."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+         "import probed.admin, probed.drain, probed.flags, probed.settings, probed.cli; "
+         "print(sorted({'argparse', 'gettext'} & set(sys.modules)))",
+         str(Path(__file__).resolve().parents[1])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -334,6 +335,13 @@ def test_a_module_is_read_from_the_file_the_process_started_from(tmp_path: Path)
     assert "changed after this process started (or its line ends were converted): " \
         "pkg/lazy.py is no longer at bytes" in \
         str(caught.value)
+    # Changed in place at the same length: the file's size and mtime say so.
+    same = loader_of(out)
+    time.sleep(0.01)
+    with open(str(out), "r+b") as f:
+        f.write(original.replace(b'#NAME = "lazy"', b'#NAME = "LAZY"'))
+    with pytest.raises(ImportError, match="changed after this process started"):
+        same.compile("pkg.lazy")
     # No file to read (the text piped to `python3 -`): the import says how to run it.
     orphan = type(fresh)(str(tmp_path / "gone.py"))
     orphan.add("pkg/lazy.py", 10, 100, 20, 1)
@@ -350,6 +358,20 @@ def test_line_ends_converted_to_crlf_are_named(tmp_path: Path) -> None:
     assert done.returncode == 1 and "ImportError: %s changed after this process started (or " \
         "its line ends were converted): pkg/__init__.py is no longer at bytes" % out \
         in done.stderr, done.stderr
+    first = bundle.embedded_sources(build(tmp_path / "b", {}))[0][1]
+    where = run_bundle(out, "--where", str(first))
+    assert where.returncode == 2 and where.stderr.startswith(
+        "pkg.py: --where %d: %s changed after" % (first, out)), where.stderr
+
+
+def test_a_file_read_from_a_pipe_says_to_run_the_file(tmp_path: Path) -> None:
+    out = write(tmp_path, {})
+    done = subprocess.run([sys.executable, "-I", "-S", "/dev/stdin"], input=out.read_text(
+        encoding="utf-8"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=RUN_TIMEOUT)
+    assert done.returncode == 2 and done.stderr == (
+        "/dev/stdin: cannot read the modules it holds (not a regular file: a pipe?): run the "
+        "file itself, as in `python3 probed.py`\n"), done.stderr
 
 
 BOOM = '''\

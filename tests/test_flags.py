@@ -145,6 +145,7 @@ REFUSED = [
     ["--addr", ":1", "stray", "more"],
     ["--", "x"],
     ["--print-config=yes"],
+    ["--help=x"],
 ]
 
 
