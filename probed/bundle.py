@@ -272,7 +272,7 @@ def verify(text: str, where: Sequence[Placed], package: str) -> None:
         mod = item.module
         if read_back.get(mod.rel) != (item.first_line, mod.text):
             raise BundleError("%s does not read back verbatim from %s.py (check it for carriage "
-                              "returns)" % (mod.rel, package))
+                              "returns and a missing final newline)" % (mod.rel, package))
         if lines[item.first_line - 1: item.first_line - 1 + mod.text.count("\n")] != \
                 [EMBED_PREFIX + line for line in mod.text.split("\n")[:-1]]:
             raise BundleError("%s is not at line %d of the file; this is a bundler bug" % (

@@ -441,6 +441,8 @@ def test_where_explains_what_it_cannot_map(tmp_path: Path, args: List[str],
 
 @pytest.mark.parametrize("source, expected", [
     ("HERE = __file__\n", "pkg/user.py line 1 uses __file__"),
+    ("X = 1", "pkg/user.py does not read back verbatim from pkg.py (check it for carriage returns "
+              "and a missing final newline)"),
     ("from .missing import V\n", "pkg.missing, which is not a module of the package"),
     ("from .values import NOPE\n", "pkg/user.py line 1 imports 'NOPE' from pkg/values.py, "
                                    "which does not bind it"),
