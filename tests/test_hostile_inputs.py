@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, List
 
 import pytest
-from backends import Backend, kubelet_probe, wait_status
+from backends import Backend, kubelet_probe, wait_for, wait_status
 from conftest import REPO, free_port, wait_listening
 
 from probed.reaper import zombie_children
@@ -157,11 +157,15 @@ def test_a_backend_echoing_the_token_never_shows_it(start_daemon: Any, tmp_path:
         backend.serve(401, b"bad Authorization: Bearer s3cret-bearer-42\r\n\x1b[31m")
         daemon = start_daemon(["--check", "http name=api url=%s/v1/models token-file=%s "
                                "interval=200ms" % (backend.url, token)])
-        reply = wait_status(daemon.port, "/readyz", 503)
+        # /readyz is 503 from the start ("no result yet"): wait for the 401 itself
+        wait_for(lambda: b"HTTP 401" in kubelet_probe(daemon.port, "/readyz").body,
+                 what="the backend's 401 in /readyz")
+        reply = kubelet_probe(daemon.port, "/readyz")
         for path in ("/readyz", "/readyz?verbose", "/readyz?format=json"):
             body = kubelet_probe(daemon.port, path).body
             assert b"s3cret" not in body and b"\x1b" not in body, (path, body)
-        assert b"Bearer <redacted>" in reply.body
+        assert reply.status == 503 and b"Bearer <redacted>" in reply.body, reply
+        wait_for(lambda: "<redacted>" in daemon.stderr_text(), what="the check's log line")
         log = daemon.stderr_text()
     assert "s3cret" not in log and "\x1b" not in log and "<redacted>" in log
 
