@@ -18,82 +18,82 @@
 # Contents                                                                  line
 #   the loader (singlefile.py, verbatim) ................................     99
 #   1. package
-#        probed/__init__.py .............................................    313
+#        probed/__init__.py .............................................    323
 #   2. wire format
-#        probed/urlcodec.py .............................................    350
-#        probed/httpproto.py ............................................    404
-#        probed/clientproto.py ..........................................    807
-#        probed/promselector.py .........................................    951
-#        probed/exprules.py .............................................   1103
-#        probed/expfmt.py ...............................................   1447
-#        probed/hpack.py ................................................   1753
-#        probed/h2frames.py .............................................   2017
-#        probed/h2output.py .............................................   2130
-#        probed/h2proto.py ..............................................   2273
-#        probed/grpchealth.py ...........................................   2756
+#        probed/urlcodec.py .............................................    360
+#        probed/httpproto.py ............................................    414
+#        probed/clientproto.py ..........................................    817
+#        probed/promselector.py .........................................    961
+#        probed/exprules.py .............................................   1113
+#        probed/expfmt.py ...............................................   1457
+#        probed/hpack.py ................................................   1763
+#        probed/h2frames.py .............................................   2027
+#        probed/h2output.py .............................................   2140
+#        probed/h2proto.py ..............................................   2283
+#        probed/grpchealth.py ...........................................   2766
 #   3. values
-#        probed/groups.py ...............................................   3070
-#        probed/values.py ...............................................   3079
-#        probed/files.py ................................................   3272
+#        probed/groups.py ...............................................   3080
+#        probed/values.py ...............................................   3089
+#        probed/files.py ................................................   3282
 #   4. client and shared resources
-#        probed/blocking.py .............................................   3340
-#        probed/clientchan.py ...........................................   3433
-#        probed/client.py ...............................................   3612
-#        probed/scrape.py ...............................................   3967
-#        probed/beatregistry.py .........................................   4210
-#        probed/eventlog.py .............................................   4283
-#        probed/nvml.py .................................................   4409
-#        probed/gpufaults.py ............................................   4667
-#        probed/gpureader.py ............................................   4965
+#        probed/blocking.py .............................................   3350
+#        probed/clientchan.py ...........................................   3443
+#        probed/client.py ...............................................   3622
+#        probed/scrape.py ...............................................   3977
+#        probed/beatregistry.py .........................................   4220
+#        probed/eventlog.py .............................................   4293
+#        probed/nvml.py .................................................   4419
+#        probed/gpufaults.py ............................................   4677
+#        probed/gpureader.py ............................................   4975
 #   5. checks
-#        probed/checks/base.py ..........................................   5384
-#        probed/checks/__init__.py ......................................   5619
-#        probed/checks/exec.py ..........................................   5676
-#        probed/checks/gpu.py ...........................................   5811
-#        probed/checks/heartbeat.py .....................................   5921
-#        probed/checks/http.py ..........................................   6156
-#        probed/checks/inference.py .....................................   6334
-#        probed/checks/manual.py ........................................   6563
-#        probed/checks/metric.py ........................................   6625
-#        probed/checks/awake.py .........................................   6939
-#        probed/checks/inflight.py ......................................   7118
-#        probed/checks/process.py .......................................   7204
-#        probed/checks/relay.py .........................................   7281
-#        probed/checks/tcp.py ...........................................   7335
-#        probed/checks/ray.py ...........................................   7386
+#        probed/checks/base.py ..........................................   5394
+#        probed/checks/__init__.py ......................................   5629
+#        probed/checks/exec.py ..........................................   5686
+#        probed/checks/gpu.py ...........................................   5821
+#        probed/checks/heartbeat.py .....................................   5931
+#        probed/checks/http.py ..........................................   6166
+#        probed/checks/inference.py .....................................   6344
+#        probed/checks/manual.py ........................................   6573
+#        probed/checks/metric.py ........................................   6635
+#        probed/checks/awake.py .........................................   6949
+#        probed/checks/inflight.py ......................................   7128
+#        probed/checks/process.py .......................................   7214
+#        probed/checks/relay.py .........................................   7291
+#        probed/checks/tcp.py ...........................................   7345
+#        probed/checks/ray.py ...........................................   7396
 #   6. pod
-#        probed/hygiene.py ..............................................   7723
-#        probed/checkstate.py ...........................................   7796
-#        probed/podevents.py ............................................   7946
-#        probed/pod.py ..................................................   8052
+#        probed/hygiene.py ..............................................   7733
+#        probed/checkstate.py ...........................................   7806
+#        probed/podevents.py ............................................   7956
+#        probed/pod.py ..................................................   8062
 #   7. scheduler
-#        probed/scheduler.py ............................................   8429
+#        probed/scheduler.py ............................................   8439
 #   8. server and router
-#        probed/render.py ...............................................   8629
-#        probed/router.py ...............................................   8713
-#        probed/connection.py ...........................................   8975
-#        probed/fdlimit.py ..............................................   9101
-#        probed/listeners.py ............................................   9153
-#        probed/h2server.py .............................................   9218
-#        probed/server.py ...............................................   9441
-#        probed/selfmetrics.py ..........................................   9908
-#        probed/drain.py ................................................  10137
+#        probed/render.py ...............................................   8639
+#        probed/router.py ...............................................   8723
+#        probed/connection.py ...........................................   8985
+#        probed/fdlimit.py ..............................................   9111
+#        probed/listeners.py ............................................   9163
+#        probed/h2server.py .............................................   9228
+#        probed/server.py ...............................................   9451
+#        probed/selfmetrics.py ..........................................   9918
+#        probed/drain.py ................................................  10147
 #   9. daemon
-#        probed/checkspecs.py ...........................................  10288
-#        probed/presets.py ..............................................  10519
-#        probed/flags.py ................................................  10927
-#        probed/flaghelp.py .............................................  11216
-#        probed/settings.py .............................................  11316
-#        probed/admin.py ................................................  11527
-#        probed/pushbeat.py .............................................  11839
-#        probed/reaper.py ...............................................  11929
-#        probed/daemon.py ...............................................  12002
+#        probed/checkspecs.py ...........................................  10298
+#        probed/presets.py ..............................................  10529
+#        probed/flags.py ................................................  10937
+#        probed/flaghelp.py .............................................  11227
+#        probed/settings.py .............................................  11327
+#        probed/admin.py ................................................  11538
+#        probed/pushbeat.py .............................................  11850
+#        probed/reaper.py ...............................................  11940
+#        probed/daemon.py ...............................................  12013
 #   10. cli
-#        probed/checkcmd.py .............................................  12304
-#        probed/probebench.py ...........................................  12411
-#        probed/beat.py .................................................  12573
-#        probed/cli.py ..................................................  12686
-#   entry point .........................................................  12797
+#        probed/checkcmd.py .............................................  12315
+#        probed/probebench.py ...........................................  12422
+#        probed/beat.py .................................................  12586
+#        probed/cli.py ..................................................  12699
+#   entry point .........................................................  12810
 
 
 """The loader at the top of probed.py: the modules of probed/ are embedded below it, each whole
@@ -121,7 +121,8 @@ behind its `#`), and `python3 probed.py --where N` names the module, its line an
 function.
 
 bundle.py copies this file into probed.py verbatim, above the embedded modules, and writes the
-calls that fill and run it; the package never imports it.
+calls that fill and run it; it also reads modules back with `embedded_text`, so the two cannot
+disagree about the format. The package never imports this module.
 """
 
 import os
@@ -135,6 +136,15 @@ if TYPE_CHECKING:  # importlib.abc costs 6 ms and several modules on 3.11: its n
     from importlib.abc import Loader
 
 WHERE_FLAG = "--where"  # `python3 probed.py --where LINE`: handled here, before any module loads
+EMBED_PREFIX = "#"  # before each line of an embedded module: the parser skips comments whole
+
+
+def embedded_text(data: bytes, lines: int) -> Optional[str]:
+    """The source held in `data` (a newline, then `lines` lines each behind EMBED_PREFIX),
+    behind that first newline; None when `data` is not that."""
+    if not data.endswith(b"\n") or data.count(b"\n" + EMBED_PREFIX.encode()) != lines:
+        return None
+    return data.decode("utf-8").replace("\n" + EMBED_PREFIX, "\n")
 
 
 class EmbeddedModules:
@@ -183,13 +193,13 @@ class EmbeddedModules:
                               "`python3 probed.py`" % (path, self.filename, self.open_error))
         info = os.fstat(self.fd)  # the same size and mtime: nobody wrote over it since
         data = os.pread(self.fd, size, offset)
-        if ((info.st_size, info.st_mtime_ns) != self.opened or len(data) != size
-                or not data.endswith(b"\n") or data.count(b"\n#") != lines):
+        text = embedded_text(data, lines) if len(data) == size else None
+        if text is None or (info.st_size, info.st_mtime_ns) != self.opened:
             raise ImportError("%s changed after this process started (or its line ends were "
                               "converted): %s is no longer at bytes %d-%d; restart the process "
                               "with the file as generated" % (self.filename, path, offset,
                                                               offset + size))
-        return data.decode("utf-8").replace("\n#", "\n")
+        return text
 
     def find_spec(self, name: str, path: Optional[Sequence[str]] = None,
                   target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:
@@ -307,9 +317,9 @@ modules = EmbeddedModules(globals().get("__file__", "probed.py"))
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/__init__.py: its lines 1-27 are lines 313-339 here (file line = module line + 312)
+# probed/__init__.py: its lines 1-27 are lines 323-349 here (file line = module line + 322)
 # ------------------------------------------------------------------------------
-modules.add('probed/__init__.py', 313,   18275,   1152,    27)
+modules.add('probed/__init__.py', 323,   18818,   1152,    27)
 #"""probed: a Kubernetes probe daemon for LLM inference servers.
 #
 #The package is the source; `probed.py` at the top of the repository is generated from it by
@@ -344,9 +354,9 @@ modules.add('probed/__init__.py', 313,   18275,   1152,    27)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/urlcodec.py: its lines 1-49 are lines 350-398 here (file line = module line + 349)
+# probed/urlcodec.py: its lines 1-49 are lines 360-408 here (file line = module line + 359)
 # ------------------------------------------------------------------------------
-modules.add('probed/urlcodec.py', 350,   20157,   1856,    49)
+modules.add('probed/urlcodec.py', 360,   20700,   1856,    49)
 #"""Percent-encoding, percent-decoding and query strings (RFC 3986 and HTML forms). Pure.
 #
 #What probed needs of urllib.parse, in a few lines: that module imports ipaddress at start and
@@ -398,9 +408,9 @@ modules.add('probed/urlcodec.py', 350,   20157,   1856,    49)
 #    return percent_decode(text.replace("+", " ").encode("latin-1")).decode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/httpproto.py: its lines 1-398 are lines 404-801 here (file line = module line + 403)
+# probed/httpproto.py: its lines 1-398 are lines 414-811 here (file line = module line + 413)
 # ------------------------------------------------------------------------------
-modules.add('probed/httpproto.py', 404,   22333,  18131,   398)
+modules.add('probed/httpproto.py', 414,   22876,  18131,   398)
 #"""HTTP/1.1 request parsing and response building over bytes: no sockets, no clocks, no asyncio.
 #
 #The server hands this module its receive buffer and gets back a `Request` (or "need more
@@ -801,9 +811,9 @@ modules.add('probed/httpproto.py', 404,   22333,  18131,   398)
 #        t.tm_hour, t.tm_min, t.tm_sec)).encode("ascii")
 
 # ------------------------------------------------------------------------------
-# probed/clientproto.py: its lines 1-139 are lines 807-945 here (file line = module line + 806)
+# probed/clientproto.py: its lines 1-139 are lines 817-955 here (file line = module line + 816)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientproto.py', 807,   40788,   6493,   139)
+modules.add('probed/clientproto.py', 817,   41331,   6493,   139)
 #"""The HTTP/1.1 client's wire format, with no I/O: URLs, request bytes, response heads.
 #
 #The client (client.py) moves bytes between a socket and these functions, the way the server
@@ -945,9 +955,9 @@ modules.add('probed/clientproto.py', 807,   40788,   6493,   139)
 #    return status, (match.group(2) or b"").decode("latin-1").strip()
 
 # ------------------------------------------------------------------------------
-# probed/promselector.py: its lines 1-147 are lines 951-1097 here (file line = module line + 950)
+# probed/promselector.py: its lines 1-147 are lines 961-1107 here (file line = module line + 960)
 # ------------------------------------------------------------------------------
-modules.add('probed/promselector.py', 951,   47608,   7032,   147)
+modules.add('probed/promselector.py', 961,   48151,   7032,   147)
 #"""PromQL-style series selectors (`name{label="v",other=~"a|b"}`) and aggregation, and the name
 #syntax selectors share with the exposition formats (expfmt re-exports what it offers from here).
 #
@@ -1097,9 +1107,9 @@ modules.add('probed/promselector.py', 951,   47608,   7032,   147)
 #    return float(max(numbers) if how == "max" else min(numbers))
 
 # ------------------------------------------------------------------------------
-# probed/exprules.py: its lines 1-339 are lines 1103-1441 here (file line = module line + 1102)
+# probed/exprules.py: its lines 1-339 are lines 1113-1451 here (file line = module line + 1112)
 # ------------------------------------------------------------------------------
-modules.add('probed/exprules.py', 1103,   54962,  19472,   339)
+modules.add('probed/exprules.py', 1113,   55505,  19472,   339)
 #"""The exposition formats' grammar and the rules a line must keep: Prometheus text (0.0.4) and
 #OpenMetrics, one line at a time.
 #
@@ -1441,9 +1451,9 @@ modules.add('probed/exprules.py', 1103,   54962,  19472,   339)
 #
 
 # ------------------------------------------------------------------------------
-# probed/expfmt.py: its lines 1-301 are lines 1447-1747 here (file line = module line + 1446)
+# probed/expfmt.py: its lines 1-301 are lines 1457-1757 here (file line = module line + 1456)
 # ------------------------------------------------------------------------------
-modules.add('probed/expfmt.py', 1447,   74752,  16213,   301)
+modules.add('probed/expfmt.py', 1457,   75295,  16213,   301)
 #"""Prometheus text and OpenMetrics bodies: series selection (whole or streamed) and full parses.
 #
 #Sans-I/O: bytes in, samples out; no sockets, files, clocks or logging here. Bad input raises only
@@ -1747,9 +1757,9 @@ modules.add('probed/expfmt.py', 1447,   74752,  16213,   301)
 #    return selector._result(selector._readers[0])
 
 # ------------------------------------------------------------------------------
-# probed/hpack.py: its lines 1-259 are lines 1753-2011 here (file line = module line + 1752)
+# probed/hpack.py: its lines 1-259 are lines 1763-2021 here (file line = module line + 1762)
 # ------------------------------------------------------------------------------
-modules.add('probed/hpack.py', 1753,   91281,  12409,   259)
+modules.add('probed/hpack.py', 1763,   91824,  12409,   259)
 #"""HPACK (RFC 7541), the header compression of HTTP/2, over bytes: no sockets, no clocks.
 #
 #Decoding covers all a client may send: indexed fields, literals with and without indexing,
@@ -2011,9 +2021,9 @@ modules.add('probed/hpack.py', 1753,   91281,  12409,   259)
 #    return encode_integer(size, 5, 0x20)
 
 # ------------------------------------------------------------------------------
-# probed/h2frames.py: its lines 1-108 are lines 2017-2124 here (file line = module line + 2016)
+# probed/h2frames.py: its lines 1-108 are lines 2027-2134 here (file line = module line + 2026)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2frames.py', 2017,  104012,   4477,   108)
+modules.add('probed/h2frames.py', 2027,  104555,   4477,   108)
 #"""HTTP/2's wire vocabulary (RFC 9113): frame types, flags, error codes, settings, the frame
 #header, the events the connection machine emits, and what makes a request's fields malformed.
 #
@@ -2124,9 +2134,9 @@ modules.add('probed/h2frames.py', 2017,  104012,   4477,   108)
 #    return REQUIRED_PSEUDO <= pseudo
 
 # ------------------------------------------------------------------------------
-# probed/h2output.py: its lines 1-138 are lines 2130-2267 here (file line = module line + 2129)
+# probed/h2output.py: its lines 1-138 are lines 2140-2277 here (file line = module line + 2139)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2output.py', 2130,  108811,   6258,   138)
+modules.add('probed/h2output.py', 2140,  109354,   6258,   138)
 #"""What an HTTP/2 server sends: its streams' reply queues, framed and kept within the client's
 #flow-control windows and frame size, and the settings of the client that shape them. No I/O.
 #
@@ -2267,9 +2277,9 @@ modules.add('probed/h2output.py', 2130,  108811,   6258,   138)
 #            self.max_frame = value
 
 # ------------------------------------------------------------------------------
-# probed/h2proto.py: its lines 1-478 are lines 2273-2750 here (file line = module line + 2272)
+# probed/h2proto.py: its lines 1-478 are lines 2283-2760 here (file line = module line + 2282)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2proto.py', 2273,  115389,  23104,   478)
+modules.add('probed/h2proto.py', 2283,  115932,  23104,   478)
 #"""HTTP/2 (RFC 9113) server connection state machine over bytes: no sockets, no asyncio.
 #
 #The server feeds `receive()` what it read (and the time) and writes out what `data_to_send()`
@@ -2750,9 +2760,9 @@ modules.add('probed/h2proto.py', 2273,  115389,  23104,   478)
 #        return events
 
 # ------------------------------------------------------------------------------
-# probed/grpchealth.py: its lines 1-304 are lines 2756-3059 here (file line = module line + 2755)
+# probed/grpchealth.py: its lines 1-304 are lines 2766-3069 here (file line = module line + 2765)
 # ------------------------------------------------------------------------------
-modules.add('probed/grpchealth.py', 2756,  138819,  14583,   304)
+modules.add('probed/grpchealth.py', 2766,  139362,  14583,   304)
 #"""The gRPC health service (grpc.health.v1.Health) on the HTTP/2 machine: no sockets, no clocks.
 #
 #`Check` answers a service name's status from the daemon's verdicts (only SERVING passes the
@@ -3064,18 +3074,18 @@ modules.add('probed/grpchealth.py', 2756,  138819,  14583,   304)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/groups.py: its lines 1-4 are lines 3070-3073 here (file line = module line + 3069)
+# probed/groups.py: its lines 1-4 are lines 3080-3083 here (file line = module line + 3079)
 # ------------------------------------------------------------------------------
-modules.add('probed/groups.py', 3070,  153999,    257,     4)
+modules.add('probed/groups.py', 3080,  154542,    257,     4)
 #"""The three probe groups, the kubelet probe each answers, and the path it is served on."""
 #
 #GROUPS = ("live", "ready", "started")  # livenessProbe, readinessProbe, startupProbe
 #GROUP_PATHS = {"live": "livez", "ready": "readyz", "started": "startupz"}
 
 # ------------------------------------------------------------------------------
-# probed/values.py: its lines 1-188 are lines 3079-3266 here (file line = module line + 3078)
+# probed/values.py: its lines 1-188 are lines 3089-3276 here (file line = module line + 3088)
 # ------------------------------------------------------------------------------
-modules.add('probed/values.py', 3079,  154574,   7433,   188)
+modules.add('probed/values.py', 3089,  155117,   7433,   188)
 #"""Parsers for configuration values: durations, numbers, URLs, status ranges, probe groups.
 #
 #Pure functions, no I/O. Every parser raises ValueError with a message that says what was
@@ -3266,9 +3276,9 @@ modules.add('probed/values.py', 3079,  154574,   7433,   188)
 #    return (host or default_host, number)
 
 # ------------------------------------------------------------------------------
-# probed/files.py: its lines 1-58 are lines 3272-3329 here (file line = module line + 3271)
+# probed/files.py: its lines 1-58 are lines 3282-3339 here (file line = module line + 3281)
 # ------------------------------------------------------------------------------
-modules.add('probed/files.py', 3272,  162322,   2671,    58)
+modules.add('probed/files.py', 3282,  162865,   2671,    58)
 #"""Reading small local files safely: regular files only, size-capped, never blocks on a FIFO or
 #a device.
 #
@@ -3334,9 +3344,9 @@ modules.add('probed/files.py', 3272,  162322,   2671,    58)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/blocking.py: its lines 1-88 are lines 3340-3427 here (file line = module line + 3339)
+# probed/blocking.py: its lines 1-88 are lines 3350-3437 here (file line = module line + 3349)
 # ------------------------------------------------------------------------------
-modules.add('probed/blocking.py', 3340,  165694,   3999,    88)
+modules.add('probed/blocking.py', 3350,  166237,   3999,    88)
 #"""Blocking calls kept off the event loop, on threads the daemon owns: DNS lookups and heartbeat
 #file scans, each kind with its own small cap.
 #
@@ -3427,9 +3437,9 @@ modules.add('probed/blocking.py', 3340,  165694,   3999,    88)
 #                             ) from None
 
 # ------------------------------------------------------------------------------
-# probed/clientchan.py: its lines 1-174 are lines 3433-3606 here (file line = module line + 3432)
+# probed/clientchan.py: its lines 1-174 are lines 3443-3616 here (file line = module line + 3442)
 # ------------------------------------------------------------------------------
-modules.add('probed/clientchan.py', 3433,  170019,   8084,   174)
+modules.add('probed/clientchan.py', 3443,  170562,   8084,   174)
 #"""One client connection's bytes: a non-blocking socket, TLS over memory BIOs when asked, a read
 #buffer, and reads paced so that a fast peer never holds the event loop.
 #
@@ -3606,9 +3616,9 @@ modules.add('probed/clientchan.py', 3433,  170019,   8084,   174)
 #        return True
 
 # ------------------------------------------------------------------------------
-# probed/client.py: its lines 1-350 are lines 3612-3961 here (file line = module line + 3611)
+# probed/client.py: its lines 1-350 are lines 3622-3971 here (file line = module line + 3621)
 # ------------------------------------------------------------------------------
-modules.add('probed/client.py', 3612,  178421,  16560,   350)
+modules.add('probed/client.py', 3622,  178964,  16560,   350)
 #"""Async HTTP/1.1 client for the background pollers: one request, one connection, one deadline.
 #
 #One deadline bounds the whole call (DNS to last body byte), so a backend that accepts and never
@@ -3961,9 +3971,9 @@ modules.add('probed/client.py', 3612,  178421,  16560,   350)
 #    return Response(status, reason, fields, data, time.monotonic() - started)
 
 # ------------------------------------------------------------------------------
-# probed/scrape.py: its lines 1-238 are lines 3967-4204 here (file line = module line + 3966)
+# probed/scrape.py: its lines 1-238 are lines 3977-4214 here (file line = module line + 3976)
 # ------------------------------------------------------------------------------
-modules.add('probed/scrape.py', 3967,  195299,  11664,   238)
+modules.add('probed/scrape.py', 3977,  195842,  11664,   238)
 #"""One `/metrics` scrape shared by every check that reads the same URL, selected as it arrives.
 #
 #A vLLM preset reads queue depth, KV cache, sleep state, progress and the process start time
@@ -4204,9 +4214,9 @@ modules.add('probed/scrape.py', 3967,  195299,  11664,   238)
 #    return [reading.series[str(s)] for s in selectors]
 
 # ------------------------------------------------------------------------------
-# probed/beatregistry.py: its lines 1-68 are lines 4210-4277 here (file line = module line + 4209)
+# probed/beatregistry.py: its lines 1-68 are lines 4220-4287 here (file line = module line + 4219)
 # ------------------------------------------------------------------------------
-modules.add('probed/beatregistry.py', 4210,  207292,   3094,    68)
+modules.add('probed/beatregistry.py', 4220,  207835,   3094,    68)
 #"""Heartbeats pushed by workers (`POST /heartbeat/NAME` on the admin listener, `probed beat`).
 #
 #One registry per daemon: the admin listener writes it, heartbeat checks without `path=` read it;
@@ -4277,9 +4287,9 @@ modules.add('probed/beatregistry.py', 4210,  207292,   3094,    68)
 #        return tuple((name, now - at) for name, at in sorted(self.beats.items()))
 
 # ------------------------------------------------------------------------------
-# probed/eventlog.py: its lines 1-121 are lines 4283-4403 here (file line = module line + 4282)
+# probed/eventlog.py: its lines 1-121 are lines 4293-4413 here (file line = module line + 4292)
 # ------------------------------------------------------------------------------
-modules.add('probed/eventlog.py', 4283,  210708,   5042,   121)
+modules.add('probed/eventlog.py', 4293,  211251,   5042,   121)
 #"""One-line event logs (logfmt or JSON) for state changes and start-up; never per probe.
 #
 #Only transitions and lifecycle events are logged, so a healthy daemon is silent after its
@@ -4403,9 +4413,9 @@ modules.add('probed/eventlog.py', 4283,  210708,   5042,   121)
 #            self.writer.close()
 
 # ------------------------------------------------------------------------------
-# probed/nvml.py: its lines 1-253 are lines 4409-4661 here (file line = module line + 4408)
+# probed/nvml.py: its lines 1-253 are lines 4419-4671 here (file line = module line + 4418)
 # ------------------------------------------------------------------------------
-modules.add('probed/nvml.py', 4409,  216064,  11654,   253)
+modules.add('probed/nvml.py', 4419,  216607,  11654,   253)
 #"""NVML (`libnvidia-ml.so.1`) through ctypes: the few calls the gpu check makes, nothing else.
 #
 #ctypes is imported only when a library is loaded, so a daemon without a gpu check never
@@ -4661,9 +4671,9 @@ modules.add('probed/nvml.py', 4409,  216064,  11654,   253)
 #        self._call("nvmlEventSetFree", self._ct.c_void_p(event_set))
 
 # ------------------------------------------------------------------------------
-# probed/gpufaults.py: its lines 1-293 are lines 4667-4959 here (file line = module line + 4666)
+# probed/gpufaults.py: its lines 1-293 are lines 4677-4969 here (file line = module line + 4676)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpufaults.py', 4667,  228042,  14042,   293)
+modules.add('probed/gpufaults.py', 4677,  228585,  14042,   293)
 #"""GPU faults: what each one needs (a server restart, or the node's remediation), how long one
 #is remembered, which GPUs the server uses, and the verdict over what the gpu reader saw. Pure:
 #no NVML, no I/O; time comes from the clock a caller passes in.
@@ -4959,9 +4969,9 @@ modules.add('probed/gpufaults.py', 4667,  228042,  14042,   293)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/gpureader.py: its lines 1-409 are lines 4965-5373 here (file line = module line + 4964)
+# probed/gpureader.py: its lines 1-409 are lines 4975-5383 here (file line = module line + 4974)
 # ------------------------------------------------------------------------------
-modules.add('probed/gpureader.py', 4965,  242408,  18183,   409)
+modules.add('probed/gpureader.py', 4975,  242951,  18183,   409)
 #"""The gpu reader: one NVML session per library, read in a thread of its own and shared by the
 #gpu checks of one daemon (through `CheckResources.gpus`).
 #
@@ -5378,9 +5388,9 @@ modules.add('probed/gpureader.py', 4965,  242408,  18183,   409)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checks/base.py: its lines 1-230 are lines 5384-5613 here (file line = module line + 5383)
+# probed/checks/base.py: its lines 1-230 are lines 5394-5623 here (file line = module line + 5393)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/base.py', 5384,  261429,  10819,   230)
+modules.add('probed/checks/base.py', 5394,  261972,  10819,   230)
 #"""The one contract every check kind follows (kube-apiserver healthz style).
 #
 #A check kind is a `Check` subclass whose module and class `checks.CHECK_MODULES` names under its
@@ -5613,9 +5623,9 @@ modules.add('probed/checks/base.py', 5384,  261429,  10819,   230)
 #            raise ConfigError("%s.%s=%r: %s" % (self.name, key, text, exc)) from None
 
 # ------------------------------------------------------------------------------
-# probed/checks/__init__.py: its lines 1-52 are lines 5619-5670 here (file line = module line + 5618)
+# probed/checks/__init__.py: its lines 1-52 are lines 5629-5680 here (file line = module line + 5628)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/__init__.py', 5619,  272583,   2182,    52)
+modules.add('probed/checks/__init__.py', 5629,  273126,   2182,    52)
 #"""Check kinds, and the table that names them for `--check KIND ...` and config files."""
 #
 #from typing import Dict, Iterator, Mapping, Tuple, Type
@@ -5670,9 +5680,9 @@ modules.add('probed/checks/__init__.py', 5619,  272583,   2182,    52)
 #CHECK_KINDS: Mapping[str, Type[Check]] = CheckKinds(CHECK_MODULES)
 
 # ------------------------------------------------------------------------------
-# probed/checks/exec.py: its lines 1-130 are lines 5676-5805 here (file line = module line + 5675)
+# probed/checks/exec.py: its lines 1-130 are lines 5686-5815 here (file line = module line + 5685)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/exec.py', 5676,  275093,   4987,   130)
+modules.add('probed/checks/exec.py', 5686,  275636,   4987,   130)
 #"""Check kind `exec`: runs a command; exit 0 within the timeout passes.
 #
 #For legacy probe scripts (an `/ask` liveness.py). No shell unless the command names one. The
@@ -5805,9 +5815,9 @@ modules.add('probed/checks/exec.py', 5676,  275093,   4987,   130)
 #        return code
 
 # ------------------------------------------------------------------------------
-# probed/checks/gpu.py: its lines 1-105 are lines 5811-5915 here (file line = module line + 5810)
+# probed/checks/gpu.py: its lines 1-105 are lines 5821-5925 here (file line = module line + 5820)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/gpu.py', 5811,  280406,   5325,   105)
+modules.add('probed/checks/gpu.py', 5821,  280949,   5325,   105)
 #"""Check kind `gpu`: NVIDIA GPU faults read through NVML (ctypes), on the GPUs the server uses.
 #
 #A check belongs to groups, and `judge` cannot tell which group asks, so the two answers are
@@ -5915,9 +5925,9 @@ modules.add('probed/checks/gpu.py', 5811,  280406,   5325,   105)
 #        self.reader.forget_restart()
 
 # ------------------------------------------------------------------------------
-# probed/checks/heartbeat.py: its lines 1-230 are lines 5921-6150 here (file line = module line + 5920)
+# probed/checks/heartbeat.py: its lines 1-230 are lines 5931-6160 here (file line = module line + 5930)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/heartbeat.py', 5921,  286069,  12399,   230)
+modules.add('probed/checks/heartbeat.py', 5931,  286612,  12399,   230)
 #"""Check kind `heartbeat`: a worker pool is healthy while enough workers beat (X of Y within T).
 #
 #Workers beat by touching a file (its mtime is the beat) or by `POST /heartbeat/NAME` on the
@@ -6150,9 +6160,9 @@ modules.add('probed/checks/heartbeat.py', 5921,  286069,  12399,   230)
 #                                         heartbeat_roster(silent, fresh, missing), note)
 
 # ------------------------------------------------------------------------------
-# probed/checks/http.py: its lines 1-173 are lines 6156-6328 here (file line = module line + 6155)
+# probed/checks/http.py: its lines 1-173 are lines 6166-6338 here (file line = module line + 6165)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/http.py', 6156,  298796,   9063,   173)
+modules.add('probed/checks/http.py', 6166,  299339,   9063,   173)
 #"""Check kind `http`: a request whose status (and optionally body) says pass or fail."""
 #
 #from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -6328,9 +6338,9 @@ modules.add('probed/checks/http.py', 6156,  298796,   9063,   173)
 #        return True, "HTTP %d" % status
 
 # ------------------------------------------------------------------------------
-# probed/checks/inference.py: its lines 1-224 are lines 6334-6557 here (file line = module line + 6333)
+# probed/checks/inference.py: its lines 1-224 are lines 6344-6567 here (file line = module line + 6343)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inference.py', 6334,  308197,  10778,   224)
+modules.add('probed/checks/inference.py', 6344,  308740,  10778,   224)
 #"""Check kinds that talk to the model: `models` (served and listed) and `inference` (a 1-token
 #completion through the OpenAI API, or any JSON POST endpoint with an expected field).
 #
@@ -6557,9 +6567,9 @@ modules.add('probed/checks/inference.py', 6334,  308197,  10778,   224)
 #                           detail={"status": status, "model": self.model})
 
 # ------------------------------------------------------------------------------
-# probed/checks/manual.py: its lines 1-57 are lines 6563-6619 here (file line = module line + 6562)
+# probed/checks/manual.py: its lines 1-57 are lines 6573-6629 here (file line = module line + 6572)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/manual.py', 6563,  319306,   2481,    57)
+modules.add('probed/checks/manual.py', 6573,  319849,   2481,    57)
 #"""Check kind `manual`: readiness set from outside through the admin listener (llm-d's SPI).
 #
 #`POST /v1/become-ready` / `-unready` flip every manual check; the admin router records the new
@@ -6619,9 +6629,9 @@ modules.add('probed/checks/manual.py', 6563,  319306,   2481,    57)
 #        return self.current()
 
 # ------------------------------------------------------------------------------
-# probed/checks/metric.py: its lines 1-309 are lines 6625-6933 here (file line = module line + 6624)
+# probed/checks/metric.py: its lines 1-309 are lines 6635-6943 here (file line = module line + 6634)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/metric.py', 6625,  322119,  16367,   309)
+modules.add('probed/checks/metric.py', 6635,  322662,  16367,   309)
 #"""Check kinds that read Prometheus metrics: `metric` (a threshold) and `progress` (stalls).
 #
 #Both scrape through the shared `MetricsSource` of their URL, so a preset's several checks cost
@@ -6933,9 +6943,9 @@ modules.add('probed/checks/metric.py', 6625,  322119,  16367,   309)
 #        return True, "idle"
 
 # ------------------------------------------------------------------------------
-# probed/checks/awake.py: its lines 1-174 are lines 6939-7112 here (file line = module line + 6938)
+# probed/checks/awake.py: its lines 1-174 are lines 6949-7122 here (file line = module line + 6948)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/awake.py', 6939,  338816,   8522,   174)
+modules.add('probed/checks/awake.py', 6949,  339359,   8522,   174)
 #"""Check kind `awake`: a vLLM engine that was put to sleep or paused is not ready, though
 #/health says 200.
 #
@@ -7112,9 +7122,9 @@ modules.add('probed/checks/awake.py', 6939,  338816,   8522,   174)
 #        return obs.ok, obs.reason
 
 # ------------------------------------------------------------------------------
-# probed/checks/inflight.py: its lines 1-81 are lines 7118-7198 here (file line = module line + 7117)
+# probed/checks/inflight.py: its lines 1-81 are lines 7128-7208 here (file line = module line + 7127)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/inflight.py', 7118,  347673,   4181,    81)
+modules.add('probed/checks/inflight.py', 7128,  348216,   4181,    81)
 #"""Check kind `inflight`: how many requests the backend still has (running + waiting).
 #
 #It belongs to no group: the preStop drain (`GET /wait-for-drain` on the admin listener) reads
@@ -7198,9 +7208,9 @@ modules.add('probed/checks/inflight.py', 7118,  347673,   4181,    81)
 #            self.pause.forget()
 
 # ------------------------------------------------------------------------------
-# probed/checks/process.py: its lines 1-72 are lines 7204-7275 here (file line = module line + 7203)
+# probed/checks/process.py: its lines 1-72 are lines 7214-7285 here (file line = module line + 7213)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/process.py', 7204,  352187,   3683,    72)
+modules.add('probed/checks/process.py', 7214,  352730,   3683,    72)
 #"""Check kind `process`: which incarnation of the backend process is answering.
 #
 #It reads `process_start_time_seconds` (the Prometheus client libraries export it; vLLM and
@@ -7275,9 +7285,9 @@ modules.add('probed/checks/process.py', 7204,  352187,   3683,    72)
 #                           % self.config["metric"].name)
 
 # ------------------------------------------------------------------------------
-# probed/checks/relay.py: its lines 1-49 are lines 7281-7329 here (file line = module line + 7280)
+# probed/checks/relay.py: its lines 1-49 are lines 7291-7339 here (file line = module line + 7290)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/relay.py', 7281,  356199,   2276,    49)
+modules.add('probed/checks/relay.py', 7291,  356742,   2276,    49)
 #"""Check kind `relay`: the verdict of a remote probe endpoint, so one pod's readiness mirrors
 #another's (a requester pod following its server pod's `/readyz`, or vLLM's `/health`).
 #
@@ -7329,9 +7339,9 @@ modules.add('probed/checks/relay.py', 7281,  356199,   2276,    49)
 #                           detail={"status": resp.status, "body": line})
 
 # ------------------------------------------------------------------------------
-# probed/checks/tcp.py: its lines 1-46 are lines 7335-7380 here (file line = module line + 7334)
+# probed/checks/tcp.py: its lines 1-46 are lines 7345-7390 here (file line = module line + 7344)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/tcp.py', 7335,  358800,   1636,    46)
+modules.add('probed/checks/tcp.py', 7345,  359343,   1636,    46)
 #"""Check kind `tcp`: passes when a TCP connection to `addr` opens within the timeout."""
 #
 #import asyncio
@@ -7380,9 +7390,9 @@ modules.add('probed/checks/tcp.py', 7335,  358800,   1636,    46)
 #        return Observation(True, "connected")
 
 # ------------------------------------------------------------------------------
-# probed/checks/ray.py: its lines 1-327 are lines 7386-7712 here (file line = module line + 7385)
+# probed/checks/ray.py: its lines 1-327 are lines 7396-7722 here (file line = module line + 7395)
 # ------------------------------------------------------------------------------
-modules.add('probed/checks/ray.py', 7386,  360762,  16151,   327)
+modules.add('probed/checks/ray.py', 7396,  361305,  16151,   327)
 #"""Ray check kinds: `ray` (the cluster), `ray-agent` (this node), `ray-gcs` (Ray without dashboard).
 #
 #`ray` asks the dashboard whether the GCS is healthy (`/api/gcs_healthz`) and counts ALIVE nodes and
@@ -7717,9 +7727,9 @@ modules.add('probed/checks/ray.py', 7386,  360762,  16151,   327)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/hygiene.py: its lines 1-68 are lines 7723-7790 here (file line = module line + 7722)
+# probed/hygiene.py: its lines 1-68 are lines 7733-7800 here (file line = module line + 7732)
 # ------------------------------------------------------------------------------
-modules.add('probed/hygiene.py', 7723,  377535,   3341,    68)
+modules.add('probed/hygiene.py', 7733,  378078,   3341,    68)
 #"""What an observation may carry into a reply or a log line: no secrets, no control characters,
 #bounded size. Pure functions; the scheduler applies them to every poll's result, once, before
 #the pod stores it, so every later rendering (plain, verbose, JSON, logs, /metrics) is clean.
@@ -7790,9 +7800,9 @@ modules.add('probed/hygiene.py', 7723,  377535,   3341,    68)
 #    return obs
 
 # ------------------------------------------------------------------------------
-# probed/checkstate.py: its lines 1-145 are lines 7796-7940 here (file line = module line + 7795)
+# probed/checkstate.py: its lines 1-145 are lines 7806-7950 here (file line = module line + 7805)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkstate.py', 7796,  381202,   6473,   145)
+modules.add('probed/checkstate.py', 7806,  381745,   6473,   145)
 #"""One check's state: its last observation folded into pass, fail or pending. Pure, no I/O.
 #
 #A `CheckState` turns a stream of judged observations into an effective verdict with
@@ -7940,9 +7950,9 @@ modules.add('probed/checkstate.py', 7796,  381202,   6473,   145)
 #        return self.check.judge(self.obs, config, bool(self.ok))
 
 # ------------------------------------------------------------------------------
-# probed/podevents.py: its lines 1-101 are lines 7946-8046 here (file line = module line + 7945)
+# probed/podevents.py: its lines 1-101 are lines 7956-8056 here (file line = module line + 7955)
 # ------------------------------------------------------------------------------
-modules.add('probed/podevents.py', 7946,  387999,   3899,   101)
+modules.add('probed/podevents.py', 7956,  388542,   3899,   101)
 #"""What the pod's state machine says happened: events out of `Pod`, and their log lines. Pure.
 #
 #The scheduler routes every event to the sinks that care (the log, gated ports, gRPC watchers,
@@ -8046,9 +8056,9 @@ modules.add('probed/podevents.py', 7946,  387999,   3899,   101)
 #    return [e for e in events if isinstance(e, GroupChanged)]
 
 # ------------------------------------------------------------------------------
-# probed/pod.py: its lines 1-367 are lines 8052-8418 here (file line = module line + 8051)
+# probed/pod.py: its lines 1-367 are lines 8062-8428 here (file line = module line + 8061)
 # ------------------------------------------------------------------------------
-modules.add('probed/pod.py', 8052,  392210,  19641,   367)
+modules.add('probed/pod.py', 8062,  392753,  19641,   367)
 #"""The pod's lifecycle truth as a pure state machine. No sockets, no asyncio, no clocks.
 #
 #`Pod` holds every check's state, the `started` latch, the backend incarnation, the start-up phase
@@ -8423,9 +8433,9 @@ modules.add('probed/pod.py', 8052,  392210,  19641,   367)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/scheduler.py: its lines 1-190 are lines 8429-8618 here (file line = module line + 8428)
+# probed/scheduler.py: its lines 1-190 are lines 8439-8628 here (file line = module line + 8438)
 # ------------------------------------------------------------------------------
-modules.add('probed/scheduler.py', 8429,  412425,   8412,   190)
+modules.add('probed/scheduler.py', 8439,  412968,   8412,   190)
 #"""The scheduler: runs every check on its schedule, feeds the results to the `Pod`, routes events.
 #
 #One asyncio task per check polls under a hard deadline (interval with jitter, the start interval
@@ -8623,9 +8633,9 @@ modules.add('probed/scheduler.py', 8429,  412425,   8412,   190)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/render.py: its lines 1-79 are lines 8629-8707 here (file line = module line + 8628)
+# probed/render.py: its lines 1-79 are lines 8639-8717 here (file line = module line + 8638)
 # ------------------------------------------------------------------------------
-modules.add('probed/render.py', 8629,  421526,   3277,    79)
+modules.add('probed/render.py', 8639,  422069,   3277,    79)
 #"""Reply bodies for group verdicts: plain, kube-apiserver verbose, and JSON. Pure functions.
 #
 #The verbose form is the one Kubernetes operators read every day from kube-apiserver:
@@ -8707,9 +8717,9 @@ modules.add('probed/render.py', 8629,  421526,   3277,    79)
 #    return (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
 # ------------------------------------------------------------------------------
-# probed/router.py: its lines 1-257 are lines 8713-8969 here (file line = module line + 8712)
+# probed/router.py: its lines 1-257 are lines 8723-8979 here (file line = module line + 8722)
 # ------------------------------------------------------------------------------
-modules.add('probed/router.py', 8713,  425121,  12907,   257)
+modules.add('probed/router.py', 8723,  425664,  12907,   257)
 #"""Maps a parsed request to a prepared response, from cached verdicts only. No I/O.
 #
 #Plain group replies (the kubelet's case: no query) are rendered once per verdict change and
@@ -8969,9 +8979,9 @@ modules.add('probed/router.py', 8713,  425121,  12907,   257)
 #            + ["/", "/metrics", SELF_PATH])
 
 # ------------------------------------------------------------------------------
-# probed/connection.py: its lines 1-121 are lines 8975-9095 here (file line = module line + 8974)
+# probed/connection.py: its lines 1-121 are lines 8985-9105 here (file line = module line + 8984)
 # ------------------------------------------------------------------------------
-modules.add('probed/connection.py', 8975,  438354,   5784,   121)
+modules.add('probed/connection.py', 8985,  438897,   5784,   121)
 #"""One client connection's state, the server's counters, and the rules over open connections
 #that need no socket: which one gives way at the cap, and which ones are past their deadline.
 #
@@ -9095,9 +9105,9 @@ modules.add('probed/connection.py', 8975,  438354,   5784,   121)
 #    return [c for c in conns if c.deadline < now]
 
 # ------------------------------------------------------------------------------
-# probed/fdlimit.py: its lines 1-47 are lines 9101-9147 here (file line = module line + 9100)
+# probed/fdlimit.py: its lines 1-47 are lines 9111-9157 here (file line = module line + 9110)
 # ------------------------------------------------------------------------------
-modules.add('probed/fdlimit.py', 9101,  444457,   2162,    47)
+modules.add('probed/fdlimit.py', 9111,  445000,   2162,    47)
 #"""How many client connections the open-file limit (RLIMIT_NOFILE) leaves room for.
 #
 #Every client connection is a file descriptor, and so is every backend poll, token-file read,
@@ -9147,9 +9157,9 @@ modules.add('probed/fdlimit.py', 9101,  444457,   2162,    47)
 #    return ConnectionCap(requested, max(1, min(requested, soft - reserve)), soft, hard, reserve)
 
 # ------------------------------------------------------------------------------
-# probed/listeners.py: its lines 1-60 are lines 9153-9212 here (file line = module line + 9152)
+# probed/listeners.py: its lines 1-60 are lines 9163-9222 here (file line = module line + 9162)
 # ------------------------------------------------------------------------------
-modules.add('probed/listeners.py', 9153,  446942,   2654,    60)
+modules.add('probed/listeners.py', 9163,  447485,   2654,    60)
 #"""Listening sockets: bind one with an error that names the flag, and back off when out of fds.
 #
 #Kept apart from the server so the server holds only the connection logic; the daemon, the
@@ -9212,9 +9222,9 @@ modules.add('probed/listeners.py', 9153,  446942,   2654,    60)
 #    loop.call_later(ACCEPT_PAUSE, resume)
 
 # ------------------------------------------------------------------------------
-# probed/h2server.py: its lines 1-218 are lines 9218-9435 here (file line = module line + 9217)
+# probed/h2server.py: its lines 1-218 are lines 9228-9445 here (file line = module line + 9227)
 # ------------------------------------------------------------------------------
-modules.add('probed/h2server.py', 9218,  449918,   9095,   218)
+modules.add('probed/h2server.py', 9228,  450461,   9095,   218)
 #"""HTTP/2 connections the probe server hands over after the client preface (gRPC probes).
 #
 #Only moves bytes: between each socket and its sans-I/O HTTP/2 machine (h2proto), whose events
@@ -9435,9 +9445,9 @@ modules.add('probed/h2server.py', 9218,  449918,   9095,   218)
 #            self._sweeper = None
 
 # ------------------------------------------------------------------------------
-# probed/server.py: its lines 1-462 are lines 9441-9902 here (file line = module line + 9440)
+# probed/server.py: its lines 1-462 are lines 9451-9912 here (file line = module line + 9450)
 # ------------------------------------------------------------------------------
-modules.add('probed/server.py', 9441,  459331,  21765,   462)
+modules.add('probed/server.py', 9451,  459874,  21765,   462)
 #"""Listening sockets on the asyncio loop: accept, read, parse, reply, with bounded everything.
 #
 #The fast path avoids asyncio transports and protocols altogether: the loop watches raw sockets
@@ -9902,9 +9912,9 @@ modules.add('probed/server.py', 9441,  459331,  21765,   462)
 #        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
 
 # ------------------------------------------------------------------------------
-# probed/selfmetrics.py: its lines 1-224 are lines 9908-10131 here (file line = module line + 9907)
+# probed/selfmetrics.py: its lines 1-224 are lines 9918-10141 here (file line = module line + 9917)
 # ------------------------------------------------------------------------------
-modules.add('probed/selfmetrics.py', 9908,  481425,  11387,   224)
+modules.add('probed/selfmetrics.py', 9918,  481968,  11387,   224)
 #"""probed's own /metrics page (Prometheus text format 0.0.4) and the event-loop lag sampler.
 #
 #Rendering is pure over the state the daemon already keeps and runs only when /metrics is
@@ -10131,9 +10141,9 @@ modules.add('probed/selfmetrics.py', 9908,  481425,  11387,   224)
 #        hist.observe(max(0.0, time.monotonic() - asked))
 
 # ------------------------------------------------------------------------------
-# probed/drain.py: its lines 1-141 are lines 10137-10277 here (file line = module line + 10136)
+# probed/drain.py: its lines 1-141 are lines 10147-10287 here (file line = module line + 10146)
 # ------------------------------------------------------------------------------
-modules.add('probed/drain.py', 10137,  493132,   6997,   141)
+modules.add('probed/drain.py', 10147,  493675,   6997,   141)
 #"""preStop drain: `GET /wait-for-drain?timeout=DURATION` on the admin listener, and
 #`probed drain --wait DURATION` for an exec preStop hook.
 #
@@ -10282,9 +10292,9 @@ modules.add('probed/drain.py', 10137,  493132,   6997,   141)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkspecs.py: its lines 1-226 are lines 10288-10513 here (file line = module line + 10287)
+# probed/checkspecs.py: its lines 1-226 are lines 10298-10523 here (file line = module line + 10297)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkspecs.py', 10288,  500828,  10503,   226)
+modules.add('probed/checkspecs.py', 10298,  501371,  10503,   226)
 #"""Check specifications: `KIND key=value ...` strings and JSON objects into validated `CheckSpec`s.
 #
 #Every mistake becomes a ConfigError naming where it came from (`--check #2`), the key, the bad
@@ -10513,9 +10523,9 @@ modules.add('probed/checkspecs.py', 10288,  500828,  10503,   226)
 #    return out
 
 # ------------------------------------------------------------------------------
-# probed/presets.py: its lines 1-403 are lines 10519-10921 here (file line = module line + 10518)
+# probed/presets.py: its lines 1-403 are lines 10529-10931 here (file line = module line + 10528)
 # ------------------------------------------------------------------------------
-modules.add('probed/presets.py', 10519,  511655,  21731,   403)
+modules.add('probed/presets.py', 10529,  512198,  21731,   403)
 #"""Presets: one flag per backend that expands into named checks (shown by --print-config).
 #
 #Each preset is plain data (raw check dicts, exactly what `--check` would give), so nothing
@@ -10921,9 +10931,9 @@ modules.add('probed/presets.py', 10519,  511655,  21731,   403)
 #    return checks
 
 # ------------------------------------------------------------------------------
-# probed/flags.py: its lines 1-284 are lines 10927-11210 here (file line = module line + 10926)
+# probed/flags.py: its lines 1-285 are lines 10937-11221 here (file line = module line + 10936)
 # ------------------------------------------------------------------------------
-modules.add('probed/flags.py', 10927,  533706,  12706,   284)
+modules.add('probed/flags.py', 10937,  534249,  12751,   285)
 #"""The daemon's command line: the flag table, the parser built from it, Go-style spellings and
 #one-line errors with a did-you-mean (--help is flaghelp.py's). No I/O; settings.py resolves the
 #values.
@@ -11165,8 +11175,8 @@ modules.add('probed/flags.py', 10927,  533706,  12706,   284)
 #    """The `probed [serve]` arguments, parsed as flaghelp.build_serve_parser() would: only given
 #    flags are set, the last of a repeated flag wins, `--check` collects, mistakes are one
 #    ConfigError line. It is not argparse because argparse and gettext are 0.3-1.2 MB of a
-#    daemon's idle RSS (bench/README.md) for one call at start. `-h`/`--help` and `--version` end parsing with
-#    `help` or `version` set: the caller prints flaghelp's help or the version."""
+#    daemon's idle RSS (bench/README.md) for one call at start. `-h`/`--help` and `--version`
+#    end parsing with `help` or `version` set: the caller prints flaghelp's help or the version."""
 #    args = normalize_argv(argv)
 #    ns = SimpleNamespace()
 #    extra: List[str] = []  # words that are no flag nor a flag's value: refused at the end
@@ -11174,7 +11184,9 @@ modules.add('probed/flags.py', 10927,  533706,  12706,   284)
 #    while i < len(args):
 #        arg, i = args[i], i + 1
 #        flag, eq, value = arg.partition("=")
-#        if flag in ("-h", "--help") and not eq:
+#        if flag in ("-h", "--help"):
+#            if eq:
+#                raise ConfigError("argument -h/--help: ignored explicit argument %r" % value)
 #            ns.help = True  # the caller prints flaghelp's help: only --help pays for argparse
 #            return ns
 #        if arg == "--":
@@ -11185,8 +11197,7 @@ modules.add('probed/flags.py', 10927,  533706,  12706,   284)
 #            continue
 #        if flag in SWITCHES:
 #            if eq:
-#                raise ConfigError("argument %s: ignored explicit argument %r" % (
-#                    "-h/--help" if flag == "--help" else flag, value))
+#                raise ConfigError("argument %s: ignored explicit argument %r" % (flag, value))
 #            setattr(ns, dest(flag), True)
 #            if flag == "--version":
 #                return ns  # the caller prints it, as it prints the help
@@ -11210,12 +11221,12 @@ modules.add('probed/flags.py', 10927,  533706,  12706,   284)
 #            and " " not in arg)
 
 # ------------------------------------------------------------------------------
-# probed/flaghelp.py: its lines 1-95 are lines 11216-11310 here (file line = module line + 11215)
+# probed/flaghelp.py: its lines 1-95 are lines 11227-11321 here (file line = module line + 11226)
 # ------------------------------------------------------------------------------
-modules.add('probed/flaghelp.py', 11216,  546737,   4701,    95)
+modules.add('probed/flaghelp.py', 11227,  547325,   4701,    95)
 #"""The argparse parser of `probed [serve]`, built only to print --help: the daemon parses its
-#flags with flags.parse_serve_args, and argparse is 0.3-1.2 MB of idle RSS it never needs. The help text
-#comes from the same flag table (flags.py), so --help and the parser cannot disagree.
+#flags with flags.parse_serve_args, and argparse is 0.3-1.2 MB of idle RSS it never needs. The
+#help text comes from the same flag table (flags.py), so --help and the parser cannot disagree.
 #"""
 #
 #import argparse
@@ -11310,9 +11321,9 @@ modules.add('probed/flaghelp.py', 11216,  546737,   4701,    95)
 #    return parser
 
 # ------------------------------------------------------------------------------
-# probed/settings.py: its lines 1-206 are lines 11316-11521 here (file line = module line + 11315)
+# probed/settings.py: its lines 1-206 are lines 11327-11532 here (file line = module line + 11326)
 # ------------------------------------------------------------------------------
-modules.add('probed/settings.py', 11316,  551764,   9705,   206)
+modules.add('probed/settings.py', 11327,  552352,   9705,   206)
 #"""Daemon settings: flags, `PROBED_<FLAG>` environment and `--config FILE.json`, resolved into
 #one typed `Settings` plus the raw checks they ask for.
 #
@@ -11521,9 +11532,9 @@ modules.add('probed/settings.py', 11316,  551764,   9705,   206)
 #
 
 # ------------------------------------------------------------------------------
-# probed/admin.py: its lines 1-307 are lines 11527-11833 here (file line = module line + 11526)
+# probed/admin.py: its lines 1-307 are lines 11538-11844 here (file line = module line + 11537)
 # ------------------------------------------------------------------------------
-modules.add('probed/admin.py', 11527,  561789,  16056,   307)
+modules.add('probed/admin.py', 11538,  562377,  16056,   307)
 #"""The admin listener (`--admin-addr`): drain, worker heartbeats, and llm-d's readiness SPI.
 #
 #A separate router on a separate port (loopback unless a host is given), so nothing here is ever
@@ -11833,9 +11844,9 @@ modules.add('probed/admin.py', 11527,  561789,  16056,   307)
 #    return AdminListener(AdminRouter(pod, control, registry, log, token, waiter), addr, settings)
 
 # ------------------------------------------------------------------------------
-# probed/pushbeat.py: its lines 1-85 are lines 11839-11923 here (file line = module line + 11838)
+# probed/pushbeat.py: its lines 1-85 are lines 11850-11934 here (file line = module line + 11849)
 # ------------------------------------------------------------------------------
-modules.add('probed/pushbeat.py', 11839,  578170,   4021,    85)
+modules.add('probed/pushbeat.py', 11850,  578758,   4021,    85)
 #"""`--beat-to URL`: this probed beats to another probed's admin listener while a group passes.
 #
 #Multi-node vLLM without Ray (`--nnodes`, `--node-rank`, headless workers that serve no HTTP):
@@ -11923,9 +11934,9 @@ modules.add('probed/pushbeat.py', 11839,  578170,   4021,    85)
 #            emit(msg, to=self.url, name=self.name, **fields)
 
 # ------------------------------------------------------------------------------
-# probed/reaper.py: its lines 1-68 are lines 11929-11996 here (file line = module line + 11928)
+# probed/reaper.py: its lines 1-68 are lines 11940-12007 here (file line = module line + 11939)
 # ------------------------------------------------------------------------------
-modules.add('probed/reaper.py', 11929,  582512,   2740,    68)
+modules.add('probed/reaper.py', 11940,  583100,   2740,    68)
 #"""Reaping orphans when probed is PID 1 (the distroless image's exec-form ENTRYPOINT).
 #
 #The kernel hands every orphan of the container to PID 1; a script an `exec` check runs may
@@ -11996,9 +12007,9 @@ modules.add('probed/reaper.py', 11929,  582512,   2740,    68)
 #        self._timer = asyncio.get_running_loop().call_later(REAP_INTERVAL, self._round)
 
 # ------------------------------------------------------------------------------
-# probed/daemon.py: its lines 1-292 are lines 12002-12293 here (file line = module line + 12001)
+# probed/daemon.py: its lines 1-292 are lines 12013-12304 here (file line = module line + 12012)
 # ------------------------------------------------------------------------------
-modules.add('probed/daemon.py', 12002,  585574,  14757,   292)
+modules.add('probed/daemon.py', 12013,  586162,  14757,   292)
 #"""The serving process: builds the pieces, binds the ports, runs until a signal, drains, exits.
 #
 #Glue only, and all of it here: the pod (the lifecycle truth), the scheduler that polls for it,
@@ -12298,9 +12309,9 @@ modules.add('probed/daemon.py', 12002,  585574,  14757,   292)
 # ==============================================================================
 
 # ------------------------------------------------------------------------------
-# probed/checkcmd.py: its lines 1-102 are lines 12304-12405 here (file line = module line + 12303)
+# probed/checkcmd.py: its lines 1-102 are lines 12315-12416 here (file line = module line + 12314)
 # ------------------------------------------------------------------------------
-modules.add('probed/checkcmd.py', 12304,  600928,   4951,   102)
+modules.add('probed/checkcmd.py', 12315,  601516,   4951,   102)
 #"""`probed check URL`: one HTTP GET whose exit code is the verdict, for exec probes and humans.
 #
 #Exit 0 when the status is below 400, 1 when it is 400 or more, 2 for a usage error, 3 when no
@@ -12405,9 +12416,9 @@ modules.add('probed/checkcmd.py', 12304,  600928,   4951,   102)
 #
 
 # ------------------------------------------------------------------------------
-# probed/probebench.py: its lines 1-157 are lines 12411-12567 here (file line = module line + 12410)
+# probed/probebench.py: its lines 1-159 are lines 12422-12580 here (file line = module line + 12421)
 # ------------------------------------------------------------------------------
-modules.add('probed/probebench.py', 12411,  606209,   7255,   157)
+modules.add('probed/probebench.py', 12422,  606797,   7305,   159)
 #"""`probed bench URL`: probe latency the way the kubelet sees it.
 #
 #Every probe is a new TCP connection (the kubelet disables keep-alive) carrying the kubelet's
@@ -12532,8 +12543,10 @@ modules.add('probed/probebench.py', 12411,  606209,   7255,   157)
 #    """Command line of `probed bench`."""
 #    parser = argparse.ArgumentParser(prog="probed bench", description=__doc__.split("\n")[0])
 #    parser.add_argument("url", help="probe URL, e.g. http://127.0.0.1:8080/readyz")
-#    parser.add_argument("-n", type=int, metavar="N", default=2000, help="probes to time (default 2000)")
-#    parser.add_argument("-c", type=int, metavar="N", default=1, help="concurrent clients (default 1)")
+#    parser.add_argument("-n", type=int, metavar="N", default=2000,
+#                        help="probes to time (default 2000)")
+#    parser.add_argument("-c", type=int, metavar="N", default=1,
+#                        help="concurrent clients (default 1)")
 #    parser.add_argument("--mode", choices=("http", "tcp"), default="http")
 #    parser.add_argument("--warmup", type=int, default=100, metavar="N",
 #                        help="untimed probes first (default 100)")
@@ -12567,9 +12580,9 @@ modules.add('probed/probebench.py', 12411,  606209,   7255,   157)
 #    return "\n".join(lines)
 
 # ------------------------------------------------------------------------------
-# probed/beat.py: its lines 1-108 are lines 12573-12680 here (file line = module line + 12572)
+# probed/beat.py: its lines 1-108 are lines 12586-12693 here (file line = module line + 12585)
 # ------------------------------------------------------------------------------
-modules.add('probed/beat.py', 12573,  613782,   4837,   108)
+modules.add('probed/beat.py', 12586,  614420,   4837,   108)
 #"""`probed beat NAME`: one worker heartbeat, for shell and non-Python workers.
 #
 #`--dir DIR` touches DIR/NAME (its mtime is the beat); `--admin URL` POSTs /heartbeat/NAME to the
@@ -12680,9 +12693,9 @@ modules.add('probed/beat.py', 12573,  613782,   4837,   108)
 #    return BEAT_EXIT_OK
 
 # ------------------------------------------------------------------------------
-# probed/cli.py: its lines 1-110 are lines 12686-12795 here (file line = module line + 12685)
+# probed/cli.py: its lines 1-110 are lines 12699-12808 here (file line = module line + 12698)
 # ------------------------------------------------------------------------------
-modules.add('probed/cli.py', 12686,  618935,   4119,   110)
+modules.add('probed/cli.py', 12699,  619573,   4119,   110)
 #"""Command line entry point: `probed [serve]` and the subcommands.
 #
 #Settings are resolved in settings.py; a ConfigError anywhere ends here as one line on stderr

@@ -4,14 +4,15 @@
 a diff when the committed file is stale. Developers edit probed/; users copy probed.py.
 
 The file is: a header with a table of contents; the loader (singlefile.py, verbatim); every module
-of the package, whole and line for line behind a `#`, after a call that tells the loader where its
-bytes are, under banners by layer (LAYERS, below); and the entry point. The loader compiles a module when it is first imported, at
-its own lines in the file, in its own namespace, exactly as the package would import it: why is
-in singlefile.py. The rules checked here keep that file readable and honest: every module has a
-layer and imports only from its own layer or earlier ones, no import cycles, every imported name
-exists, and each module reads back from the file byte for byte. This module never imports or
-runs the code it bundles: it reads it with `ast`. The output depends only on the package's files,
-so two builds always agree byte for byte.
+of the package, whole and line for line behind a `#`, after a call that tells the loader where
+its bytes are, under banners by layer (LAYERS, below); and the entry point. The loader compiles a
+module when it is first imported, at its own lines in the file, in its own namespace, exactly as
+the package would import it: why is in singlefile.py. The rules checked here keep that file
+readable and honest: every module has a layer and imports only from its own layer or earlier
+ones, no import cycles, every imported name exists, and each module reads back from the file byte
+for byte, through the loader's own `embedded_text`. This module never imports or runs the code
+it bundles: it reads it with `ast`. The output depends only on the package's files, so two
+builds always agree byte for byte.
 """
 
 import argparse
@@ -31,6 +32,7 @@ from .bundlerules import (
     order_by_layer,
     scan_imports,
 )
+from .singlefile import EMBED_PREFIX, embedded_text
 
 # The budget: a ConfigMap holds at most 1 MiB of data (keys and values together), which is what
 # `kubectl create configmap --from-file`, `kubectl replace` and `kubectl apply --server-side` store.
@@ -45,7 +47,6 @@ ENTRY_FUNCTION = "main"
 LOADER_FILE = "singlefile.py"  # copied verbatim to the top of the file; never bundled as a module
 LOADER_VARIABLE = "modules"  # the EmbeddedModules instance the generated code fills and runs
 CHECK_DIFF_LINES = 40  # how much of the diff `--check` shows when the file is stale
-EMBED_PREFIX = "#"  # before each line of an embedded module: the parser skips comments whole
 OFFSET_WIDTH, SIZE_WIDTH, LINES_WIDTH = 7, 6, 5  # digits of the add() numbers (10 MB files)
 BANNER_RULE = "# " + "=" * 78
 MODULE_RULE = "# " + "-" * 78
@@ -87,8 +88,8 @@ class Layer(NamedTuple):
 LAYERS: Tuple[Layer, ...] = (
     Layer("package", "the version, and how the single file keeps ssl out", ("__init__.py",)),
     Layer("wire format", "bytes in, events out: HTTP/1.1, Prometheus text, HTTP/2, gRPC; no I/O",
-          ("urlcodec.py", "httpproto.py", "clientproto.py", "promselector.py", "exprules.py", "expfmt.py",
-           "hpack.py", "h2frames.py", "h2output.py", "h2proto.py", "grpchealth.py")),
+          ("urlcodec.py", "httpproto.py", "clientproto.py", "promselector.py", "exprules.py",
+           "expfmt.py", "hpack.py", "h2frames.py", "h2output.py", "h2proto.py", "grpchealth.py")),
     Layer("values", "what flags and config files hold: parsers, groups, limits",
           ("groups.py", "values.py", "files.py")),
     # eventlog is here, not with the daemon: the scheduler, drain and admin log through it.
@@ -164,12 +165,9 @@ def locate(lines: List[str], where: Sequence[Placed]) -> None:
     for item in where:
         first = item.first_line - 1  # index of the module's line 1
         count = item.module.text.count("\n")
-        offset, end = starts[first] - 1, starts[first + count]
-        region = ("\n" + "".join(line + "\n" for line in lines[first:first + count])).encode(
-            "utf-8")
-        assert len(region) == end - offset
-        lines[first - 1] = add_call(item.module.rel, item.first_line, offset, len(region),
-                                    count)
+        offset = starts[first] - 1
+        lines[first - 1] = add_call(item.module.rel, item.first_line, offset,
+                                    starts[first + count] - offset, count)
 
 
 def layer_banner(index: int, layers: Sequence[Layer], members: Sequence[SourceModule]
@@ -249,10 +247,10 @@ def embedded_sources(text: str) -> List[Tuple[str, int, str]]:
                 and call.func.attr == "add" and len(call.args) == 5):
             path, first, offset, size, count = (ast.literal_eval(arg) for arg in call.args)
             region = data[offset:offset + size]
-            if len(region) != size or region.count(b"\n" + EMBED_PREFIX.encode()) != count:
+            source = embedded_text(region, count) if len(region) == size else None
+            if source is None:
                 raise BundleError("%s: the bytes its add() names do not hold it; this is a "
                                   "bundler bug" % path)
-            source = region.decode("utf-8").replace("\n" + EMBED_PREFIX, "\n")
             found.append((path, first, source[1:]))  # the region starts with the add( line's \n
     return found
 

@@ -1,6 +1,6 @@
 """The argparse parser of `probed [serve]`, built only to print --help: the daemon parses its
-flags with flags.parse_serve_args, and argparse is 0.3-1.2 MB of idle RSS it never needs. The help text
-comes from the same flag table (flags.py), so --help and the parser cannot disagree.
+flags with flags.parse_serve_args, and argparse is 0.3-1.2 MB of idle RSS it never needs. The
+help text comes from the same flag table (flags.py), so --help and the parser cannot disagree.
 """
 
 import argparse

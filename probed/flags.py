@@ -239,8 +239,8 @@ def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
     """The `probed [serve]` arguments, parsed as flaghelp.build_serve_parser() would: only given
     flags are set, the last of a repeated flag wins, `--check` collects, mistakes are one
     ConfigError line. It is not argparse because argparse and gettext are 0.3-1.2 MB of a
-    daemon's idle RSS (bench/README.md) for one call at start. `-h`/`--help` and `--version` end parsing with
-    `help` or `version` set: the caller prints flaghelp's help or the version."""
+    daemon's idle RSS (bench/README.md) for one call at start. `-h`/`--help` and `--version`
+    end parsing with `help` or `version` set: the caller prints flaghelp's help or the version."""
     args = normalize_argv(argv)
     ns = SimpleNamespace()
     extra: List[str] = []  # words that are no flag nor a flag's value: refused at the end
@@ -248,7 +248,9 @@ def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
     while i < len(args):
         arg, i = args[i], i + 1
         flag, eq, value = arg.partition("=")
-        if flag in ("-h", "--help") and not eq:
+        if flag in ("-h", "--help"):
+            if eq:
+                raise ConfigError("argument -h/--help: ignored explicit argument %r" % value)
             ns.help = True  # the caller prints flaghelp's help: only --help pays for argparse
             return ns
         if arg == "--":
@@ -259,8 +261,7 @@ def parse_serve_args(argv: Sequence[str]) -> SimpleNamespace:
             continue
         if flag in SWITCHES:
             if eq:
-                raise ConfigError("argument %s: ignored explicit argument %r" % (
-                    "-h/--help" if flag == "--help" else flag, value))
+                raise ConfigError("argument %s: ignored explicit argument %r" % (flag, value))
             setattr(ns, dest(flag), True)
             if flag == "--version":
                 return ns  # the caller prints it, as it prints the help

@@ -122,8 +122,10 @@ def bench_main(argv: Sequence[str]) -> int:
     """Command line of `probed bench`."""
     parser = argparse.ArgumentParser(prog="probed bench", description=__doc__.split("\n")[0])
     parser.add_argument("url", help="probe URL, e.g. http://127.0.0.1:8080/readyz")
-    parser.add_argument("-n", type=int, metavar="N", default=2000, help="probes to time (default 2000)")
-    parser.add_argument("-c", type=int, metavar="N", default=1, help="concurrent clients (default 1)")
+    parser.add_argument("-n", type=int, metavar="N", default=2000,
+                        help="probes to time (default 2000)")
+    parser.add_argument("-c", type=int, metavar="N", default=1,
+                        help="concurrent clients (default 1)")
     parser.add_argument("--mode", choices=("http", "tcp"), default="http")
     parser.add_argument("--warmup", type=int, default=100, metavar="N",
                         help="untimed probes first (default 100)")

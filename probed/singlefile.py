@@ -23,7 +23,8 @@ behind its `#`), and `python3 probed.py --where N` names the module, its line an
 function.
 
 bundle.py copies this file into probed.py verbatim, above the embedded modules, and writes the
-calls that fill and run it; the package never imports it.
+calls that fill and run it; it also reads modules back with `embedded_text`, so the two cannot
+disagree about the format. The package never imports this module.
 """
 
 import os
@@ -37,6 +38,15 @@ if TYPE_CHECKING:  # importlib.abc costs 6 ms and several modules on 3.11: its n
     from importlib.abc import Loader
 
 WHERE_FLAG = "--where"  # `python3 probed.py --where LINE`: handled here, before any module loads
+EMBED_PREFIX = "#"  # before each line of an embedded module: the parser skips comments whole
+
+
+def embedded_text(data: bytes, lines: int) -> Optional[str]:
+    """The source held in `data` (a newline, then `lines` lines each behind EMBED_PREFIX),
+    behind that first newline; None when `data` is not that."""
+    if not data.endswith(b"\n") or data.count(b"\n" + EMBED_PREFIX.encode()) != lines:
+        return None
+    return data.decode("utf-8").replace("\n" + EMBED_PREFIX, "\n")
 
 
 class EmbeddedModules:
@@ -85,13 +95,13 @@ class EmbeddedModules:
                               "`python3 probed.py`" % (path, self.filename, self.open_error))
         info = os.fstat(self.fd)  # the same size and mtime: nobody wrote over it since
         data = os.pread(self.fd, size, offset)
-        if ((info.st_size, info.st_mtime_ns) != self.opened or len(data) != size
-                or not data.endswith(b"\n") or data.count(b"\n#") != lines):
+        text = embedded_text(data, lines) if len(data) == size else None
+        if text is None or (info.st_size, info.st_mtime_ns) != self.opened:
             raise ImportError("%s changed after this process started (or its line ends were "
                               "converted): %s is no longer at bytes %d-%d; restart the process "
                               "with the file as generated" % (self.filename, path, offset,
                                                               offset + size))
-        return data.decode("utf-8").replace("\n#", "\n")
+        return text
 
     def find_spec(self, name: str, path: Optional[Sequence[str]] = None,
                   target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:

@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .peers import llama_server_binary, vllm_python
 from .procs import (
@@ -125,18 +125,24 @@ class RealServer:
 
     def wait_ready(self, timeout: Optional[float] = None) -> float:
         """Block until /health is 200; seconds waited. Fails with the log if the process exits."""
+        return self.wait_until(lambda: self.health() == 200, "/health 200", timeout)
+
+    def wait_until(self, done: Callable[[], bool], what: str,
+                   timeout: Optional[float] = None) -> float:
+        """Block until `done()`; seconds waited. Fails naming `what`, with the log, when the
+        process exits first or `timeout` (default: its start timeout) passes."""
         t0 = time.monotonic()
         limit = timeout if timeout is not None else self.start_timeout
-        while True:
+        while not done():
             if not self.running():
-                raise AssertionError("%s exited with %s while starting:\n%s" % (
-                    self.kind, self.proc.returncode if self.proc else None, self.log_tail()))
-            if self.health() == 200:
-                return time.monotonic() - t0
+                raise AssertionError("%s exited with %s while waiting for %s:\n%s" % (
+                    self.kind, self.proc.returncode if self.proc else None, what,
+                    self.log_tail()))
             if time.monotonic() - t0 > limit:
-                raise AssertionError("%s: /health not 200 within %gs:\n%s" % (
-                    self.kind, limit, self.log_tail()))
+                raise AssertionError("%s: no %s within %gs:\n%s" % (
+                    self.kind, what, limit, self.log_tail()))
             time.sleep(0.2)
+        return time.monotonic() - t0
 
     def ensure_ready(self) -> None:
         """Start the server if it is not running, and wait until it serves."""
@@ -290,19 +296,10 @@ class LlamaServer(RealServer):
     def auth(self) -> Dict[str, str]:
         return {"Authorization": "Bearer " + self.api_key} if self.api_key else {}
 
-    def wait_loaded(self, timeout: Optional[float] = None) -> None:
+    def wait_loaded(self) -> None:
         """Block until this process's log says its model is loaded: with --reuse-port another
         process may answer /health, so the log is the only word of this one."""
-        limit = timeout if timeout is not None else self.start_timeout
-        t0 = time.monotonic()
-        while LLAMA_LOADED_LINE not in self.log_text():
-            if not self.running():
-                raise AssertionError("llama-server exited with %s while loading:\n%s" % (
-                    self.proc.returncode if self.proc else None, self.log_tail()))
-            if time.monotonic() - t0 > limit:
-                raise AssertionError("llama-server: no %r within %gs:\n%s" % (
-                    LLAMA_LOADED_LINE, limit, self.log_tail()))
-            time.sleep(0.1)
+        self.wait_until(lambda: LLAMA_LOADED_LINE in self.log_text(), repr(LLAMA_LOADED_LINE))
 
     def complete(self, n_predict: int = 8, timeout: float = 120.0,
                  prompt: str = "Hello") -> Tuple[int, Dict[str, Any]]:
